@@ -1,0 +1,236 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * l3iso.h — the one contract between the BPF programs and Go.
+ *
+ * Every struct here is a map key or value; bpf2go generates the Go types
+ * from it (-type), so Go never mirrors these layouts by hand. Keep explicit
+ * padding: the kernel compares keys byte for byte.
+ *
+ * Addresses are always 16 bytes, network byte order: IPv6 as is, IPv4 as
+ * IPv4-mapped IPv6 (::ffff:a.b.c.d). One key shape serves both families and
+ * dual-stack sockets, whose IPv4 peers appear as mapped addresses anyway.
+ *
+ * Policy maps carry a generation number in their keys. Programs read the
+ * active generation once per invocation (l3_gen[0]) and do every lookup in
+ * it, so a policy push — write generation N+1, flip l3_gen, delete
+ * generation N — is atomic for every bind, connect and packet.
+ */
+#ifndef L3ISO_H
+#define L3ISO_H
+
+#include <linux/types.h>
+
+enum l3_limits {
+	L3_MAX_CONTAINERS = 16384, /* container ids are 1..L3_MAX_CONTAINERS */
+	L3_MAX_ADDRS = 16,	   /* addresses per container */
+	L3_MAX_MCAST = 8,	   /* multicast prefixes per container */
+	L3_NAME_LEN = 32,	   /* container name, NUL padded */
+	L3_PATH_LEN = 256,
+	L3_OWNER_PLEN_ADDR = 160, /* l3_owner prefixlen of a whole IP (gen + addr) */
+	L3_OWNER_PLEN_FULL = 184, /* gen + addr + proto + port */
+};
+
+/* An IPv6 or IPv4-mapped address, network byte order. */
+struct l3_addr {
+	__u32 w[4];
+};
+
+/* l3_gen[0]: the active policy generation. */
+
+/* l3_cfg[0]: set by `l3iso up`, read by every program. */
+struct l3_cfg {
+	__u64 netns_cookie; /* the host netns: rules for non-container sockets apply only here */
+	__u32 level;	    /* cgroup level of container cgroups (<root>/l3iso/<name>) */
+	__u32 flags;
+	__u32 delivery;	      /* enum l3_delivery */
+	__u32 uplink_ifindex; /* 0: none, shared addresses live on lo */
+	char cgroot[L3_PATH_LEN];
+	char uplink[16];
+};
+
+enum l3_delivery {
+	L3_DELIVERY_DIRECT = 0,
+	L3_DELIVERY_ROUTED = 1,
+	L3_DELIVERY_BRIDGE = 2,
+};
+
+/* l3_conts: which cgroup is which container. */
+struct l3_cont_key {
+	__u32 gen;
+	__u32 pad;
+	__u64 cgid; /* cgroup id of the container's cgroup (its ancestor at cfg.level) */
+};
+
+enum l3_cont_flags {
+	L3_CF_LOOP_HOST = 1 << 0, /* share the host's loopback instead of isolating it */
+	L3_CF_HAS4 = 1 << 1,	  /* primary4 is valid */
+	L3_CF_HAS6 = 1 << 2,	  /* primary6 is valid */
+	L3_CF_NETNS = 1 << 3,	  /* mode netns */
+};
+
+struct l3_cont {
+	__u32 id;
+	__u32 flags;		 /* enum l3_cont_flags */
+	struct l3_addr primary4; /* first whole IPv4 address (mapped) */
+	struct l3_addr primary6; /* first whole IPv6 address */
+	struct l3_addr lo4;	 /* private loopback, mapped 127.128.0.0 + id */
+	struct l3_addr lo6;	 /* private loopback, L3_LO6_PREFIX::id */
+};
+
+/* l3_local: the addresses a container may use — own and derivative. */
+struct l3_local_key {
+	__u32 gen;
+	__u32 id;
+	struct l3_addr addr;
+};
+
+enum l3_local_kind {
+	L3_LOCAL_WHOLE = 1, /* owns every port of the IP */
+	L3_LOCAL_PART = 2,  /* owns some ports of the IP: see l3_owner */
+	L3_LOCAL_BCAST = 3, /* directed broadcast of an owned subnet */
+	L3_LOCAL_LOOP = 4,  /* its private loopback address */
+};
+
+struct l3_local {
+	__u32 kind;
+	__u32 pad;
+};
+
+/*
+ * l3_owner (LPM trie): who owns an address, or a port range of it.
+ * prefixlen 160 (gen + addr) owns the whole IP; 168 + k narrows to a
+ * protocol and a port prefix (port ranges are split into prefixes).
+ */
+struct l3_owner_key {
+	__u32 prefixlen;
+	__u32 gen;
+	struct l3_addr addr;
+	__u8 proto;
+	__u8 port_hi; /* port, big endian, as two bytes so the trie sees network order */
+	__u8 port_lo;
+	__u8 pad;
+};
+
+enum l3_owner_flags {
+	L3_OF_PARTIAL = 1 << 0, /* addr-level marker: only port ranges are owned; id is 0 */
+};
+
+struct l3_owner {
+	__u32 id;
+	__u32 flags;
+};
+
+/* l3_route (LPM trie): a container's subnets, for source address selection. */
+struct l3_route_key {
+	__u32 prefixlen; /* 64 + subnet bits (of the 128-bit mapped form) */
+	__u32 gen;
+	__u32 id;
+	struct l3_addr addr;
+};
+
+struct l3_route {
+	struct l3_addr src; /* the container's address on that subnet */
+};
+
+/* l3_mcast (LPM trie): multicast groups a container may join. */
+struct l3_mcast_key {
+	__u32 prefixlen; /* 64 + group prefix bits */
+	__u32 gen;
+	__u32 id;
+	struct l3_addr group;
+};
+
+struct l3_mcast {
+	__u32 allowed;
+	__u32 pad;
+};
+
+/*
+ * l3_meta: the operator's view of a container (user space only). Together
+ * with l3_cfg it is the source of truth the stateless CLI rebuilds every
+ * other map from.
+ */
+struct l3_meta_key {
+	__u32 gen;
+	__u32 id;
+};
+
+enum l3_spec_flags {
+	L3_SF_PREFIX = 1 << 0,	   /* prefixlen is valid (IP/PREFIX form) */
+	L3_SF_CONFIGURED = 1 << 1, /* l3iso configured this IP on the host */
+};
+
+struct l3_addr_spec {
+	struct l3_addr addr;
+	__u8 prefixlen; /* of the mapped form for IPv4 (96 + n) */
+	__u8 proto;	/* 0 any, 6 tcp, 17 udp */
+	__u8 flags;	/* enum l3_spec_flags */
+	__u8 pad;
+	__u16 port_lo; /* host order; 0,0 = every port */
+	__u16 port_hi;
+};
+
+struct l3_prefix {
+	struct l3_addr addr;
+	__u8 prefixlen; /* of the mapped form for IPv4 */
+	__u8 pad[3];
+};
+
+enum l3_mode {
+	L3_MODE_SHARED = 0,
+	L3_MODE_NETNS = 1,
+};
+
+struct l3_meta {
+	char name[L3_NAME_LEN];
+	__u64 cgid;
+	__u32 flags; /* enum l3_cont_flags */
+	__u8 mode;   /* enum l3_mode */
+	__u8 naddrs;
+	__u8 nmcast;
+	__u8 pad;
+	struct l3_addr_spec addrs[L3_MAX_ADDRS];
+	struct l3_prefix mcast[L3_MAX_MCAST];
+};
+
+/* l3_stats: per-CPU counters per container id; id 0 is "not a container". */
+enum l3_counter {
+	L3_C_BIND_ALLOWED = 0,
+	L3_C_BIND_DENIED_FOREIGN,   /* EADDRNOTAVAIL: not an address it owns */
+	L3_C_BIND_DENIED_PORT,	    /* EACCES: a port of a shared IP it does not own */
+	L3_C_BIND_REWRITTEN,	    /* wildcard bind rewritten to its own address */
+	L3_C_CONNECT_ALLOWED,	    /* connect or sendmsg passed */
+	L3_C_SRC_REWRITTEN,	    /* unset source filled in with its own address */
+	L3_C_SEND_DENIED_SPOOF,	    /* sendmsg with an explicit source it does not own */
+	L3_C_NO_ADDR,		    /* connect/send in a family it has no address of */
+	L3_C_LOOP_REMAPPED,	    /* 127.0.0.1 / ::1 mapped to its private loopback */
+	L3_C_INGRESS_DROP_FOREIGN,  /* a packet for an address it does not own reached its socket */
+	L3_C_EGRESS_DROP_SPOOF,	    /* a packet with a source it does not own left its socket */
+	L3_C_HOST_BIND_DENIED,	    /* (id 0) a host process tried to bind a container address */
+	L3_C_HOST_INGRESS_DROP,	    /* (id 0) a host socket got a packet for a container address */
+	L3_C_HOST_SRC_REWRITTEN,    /* (id 0) host → container: source set to loopback */
+	L3_C_JOIN_ALLOWED,	    /* multicast join allowed */
+	L3_C_JOIN_DENIED,	    /* multicast join refused: not in the policy */
+	L3_C_MAX = 32,
+};
+
+struct l3_stats {
+	__u64 c[L3_C_MAX];
+};
+
+/* Private loopback ranges: 127.128.0.0/9 and fd6c:3369:736f::/48 (l3iso). */
+#define L3_LO4_BASE 0x7f800000 /* 127.128.0.0, host order */
+#define L3_LO6_W0 0xfd6c3369   /* first two words of L3_LO6 prefix, host order */
+#define L3_LO6_W1 0x736f0000
+
+/* sk_storage flags on a socket. */
+enum l3_sk_flags {
+	L3_SK_LOOP_PRIMARY = 1 << 0, /* its 127.0.0.1/::1 peer was mapped to the container's primary */
+};
+
+struct l3_sk {
+	__u32 flags;
+	__u32 pad;
+};
+
+#endif /* L3ISO_H */

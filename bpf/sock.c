@@ -1,0 +1,937 @@
+//go:build ignore
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * sock.c — the socket layer of l3iso (DESIGN.md rules 1–5, 7).
+ *
+ * Attached once, as bpf_links, at l3iso's cgroup v2 root. A container is the
+ * ancestor cgroup at cfg.level of the calling task (sock_addr hooks) or of
+ * the socket (cgroup_skb hooks), so sub-cgroups inherit their container.
+ *
+ *   bind4/6      ownership and derivative addresses; wildcard → own address
+ *   connect4/6   unbound sockets get the container's source (bpf_bind)
+ *   sendmsg4/6   same for unconnected UDP; explicit foreign sources denied
+ *   recvmsg4/6, getsockname4/6, getpeername4/6
+ *                the private loopback shows as 127.0.0.1 / ::1
+ *   ingress/egress (cgroup_skb)
+ *                backstop: no container socket receives traffic for an
+ *                address it does not own (autobound and listen()-without-
+ *                bind() sockets included) or emits a source it does not own
+ *
+ * Every lookup is a hash or LPM lookup: O(1) in containers and addresses.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "l3iso.h"
+
+#define EPERM 1
+#define EACCES 13
+#define ENETUNREACH 101
+#define EADDRNOTAVAIL 99
+
+#define SK_PASS 1
+#define SK_DROP 0
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* Keep the enums in BTF so bpf2go generates Go constants for them. */
+const enum l3_limits *unused_limits __attribute__((unused));
+const enum l3_counter *unused_counter __attribute__((unused));
+const enum l3_local_kind *unused_local_kind __attribute__((unused));
+const enum l3_cont_flags *unused_cont_flags __attribute__((unused));
+const enum l3_owner_flags *unused_owner_flags __attribute__((unused));
+const enum l3_spec_flags *unused_spec_flags __attribute__((unused));
+const enum l3_mode *unused_mode __attribute__((unused));
+const enum l3_delivery *unused_delivery __attribute__((unused));
+const enum l3_sk_flags *unused_sk_flags __attribute__((unused));
+
+/* Maps. Names are <= 15 characters: the kernel truncates longer ones. */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} l3_gen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct l3_cfg);
+} l3_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * L3_MAX_CONTAINERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_cont_key);
+	__type(value, struct l3_cont);
+} l3_conts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 21);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_local_key);
+	__type(value, struct l3_local);
+} l3_locals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_owner_key);
+	__type(value, struct l3_owner);
+} l3_owners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_route_key);
+	__type(value, struct l3_route);
+} l3_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_mcast_key);
+	__type(value, struct l3_mcast);
+} l3_mcasts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * L3_MAX_CONTAINERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_meta_key);
+	__type(value, struct l3_meta);
+} l3_metas SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, L3_MAX_CONTAINERS + 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct l3_stats);
+} l3_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct l3_sk);
+} l3_skstore SEC(".maps");
+
+/* ---------------------------------------------------------------- helpers */
+
+static __always_inline void count(__u32 id, __u32 c)
+{
+	struct l3_stats *s = bpf_map_lookup_elem(&l3_counters, &id);
+
+	if (s && c < L3_C_MAX)
+		__sync_fetch_and_add(&s->c[c], 1);
+}
+
+static __always_inline __u32 active_gen(void)
+{
+	__u32 zero = 0, *g = bpf_map_lookup_elem(&l3_gen, &zero);
+
+	return g ? *g : 0;
+}
+
+static __always_inline struct l3_cfg *config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&l3_config, &zero);
+}
+
+static __always_inline void addr_set4(struct l3_addr *a, __u32 ip4 /* network order */)
+{
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0x0000ffff);
+	a->w[3] = ip4;
+}
+
+static __always_inline int addr_is_mapped(const struct l3_addr *a)
+{
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline int addr_eq(const struct l3_addr *a, const struct l3_addr *b)
+{
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] &&
+	       a->w[3] == b->w[3];
+}
+
+/* Unspecified: :: or 0.0.0.0 (in mapped form). */
+static __always_inline int addr_is_any(const struct l3_addr *a)
+{
+	return (a->w[0] | a->w[1] | a->w[2] | a->w[3]) == 0 ||
+	       (addr_is_mapped(a) && a->w[3] == 0);
+}
+
+/* 127.0.0.0/8, ::1, ::ffff:127.0.0.0/104 */
+static __always_inline int addr_is_loopback(const struct l3_addr *a)
+{
+	if (addr_is_mapped(a))
+		return (bpf_ntohl(a->w[3]) >> 24) == 127;
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 && a->w[3] == bpf_htonl(1);
+}
+
+/* l3iso's private loopback ranges: 127.128.0.0/9, fd6c:3369:736f::/48 */
+static __always_inline int addr_is_private_loop(const struct l3_addr *a)
+{
+	if (addr_is_mapped(a))
+		return (bpf_ntohl(a->w[3]) & 0xff800000) == L3_LO4_BASE;
+	return a->w[0] == bpf_htonl(L3_LO6_W0) &&
+	       (bpf_ntohl(a->w[1]) & 0xffff0000) == L3_LO6_W1;
+}
+
+static __always_inline int addr_is_multicast(const struct l3_addr *a)
+{
+	if (addr_is_mapped(a))
+		return (bpf_ntohl(a->w[3]) >> 28) == 0xe;
+	return (bpf_ntohl(a->w[0]) >> 24) == 0xff;
+}
+
+static __always_inline void loopback_of(const struct l3_addr *like, struct l3_addr *out)
+{
+	if (addr_is_mapped(like)) {
+		addr_set4(out, bpf_htonl(0x7f000001));
+	} else {
+		out->w[0] = 0;
+		out->w[1] = 0;
+		out->w[2] = 0;
+		out->w[3] = bpf_htonl(1);
+	}
+}
+
+/* The container of the calling task, or NULL for "not a container". */
+static __always_inline struct l3_cont *task_container(__u32 gen, struct l3_cfg *cfg)
+{
+	struct l3_cont_key k = {.gen = gen};
+
+	k.cgid = bpf_get_current_ancestor_cgroup_id(cfg->level);
+	if (!k.cgid)
+		return NULL;
+	return bpf_map_lookup_elem(&l3_conts, &k);
+}
+
+static __always_inline struct l3_local *local_of(__u32 gen, __u32 id, const struct l3_addr *a)
+{
+	struct l3_local_key k = {.gen = gen, .id = id, .addr = *a};
+
+	return bpf_map_lookup_elem(&l3_locals, &k);
+}
+
+static __always_inline struct l3_owner *owner_of(__u32 gen, const struct l3_addr *a,
+						 __u8 proto, __u16 port /* host order */)
+{
+	struct l3_owner_key k = {
+		.prefixlen = L3_OWNER_PLEN_FULL,
+		.gen = gen,
+		.addr = *a,
+		.proto = proto,
+		.port_hi = port >> 8,
+		.port_lo = port & 0xff,
+	};
+
+	return bpf_map_lookup_elem(&l3_owners, &k);
+}
+
+/* Is the whole IP (or any port of it) owned by some container? */
+static __always_inline int owned_by_anyone(__u32 gen, const struct l3_addr *a)
+{
+	return owner_of(gen, a, 0, 0) != NULL;
+}
+
+static __always_inline int mcast_allowed(__u32 gen, __u32 id, const struct l3_addr *g)
+{
+	struct l3_mcast_key k = {.prefixlen = 64 + 128, .gen = gen, .id = id, .group = *g};
+
+	return bpf_map_lookup_elem(&l3_mcasts, &k) != NULL;
+}
+
+/* May container c use address a, port port (proto) as a local address? */
+enum verdict {
+	V_OK = 0,
+	V_FOREIGN,	/* not its address: EADDRNOTAVAIL */
+	V_PORT,		/* a port of a shared IP it does not own: EACCES */
+};
+
+static __always_inline enum verdict may_use(__u32 gen, struct l3_cont *c,
+					    const struct l3_addr *a, __u8 proto, __u16 port)
+{
+	struct l3_local *l = local_of(gen, c->id, a);
+	struct l3_owner *o;
+
+	if (!l) {
+		if (addr_is_multicast(a) && mcast_allowed(gen, c->id, a))
+			return V_OK;
+		if ((c->flags & L3_CF_LOOP_HOST) && addr_is_loopback(a))
+			return V_OK;
+		return V_FOREIGN;
+	}
+	if (l->kind != L3_LOCAL_PART)
+		return V_OK;
+	/* Shared IP: only the port ranges owned by this container. */
+	o = owner_of(gen, a, proto, port);
+	if (o && o->id == c->id)
+		return V_OK;
+	return V_PORT;
+}
+
+/* The source a container's unbound socket gets toward dst (rule 4). */
+static __always_inline int pick_source(__u32 gen, struct l3_cont *c,
+				       const struct l3_addr *dst, struct l3_addr *src)
+{
+	struct l3_route_key k = {.prefixlen = 64 + 128, .gen = gen, .id = c->id, .addr = *dst};
+	struct l3_route *r = bpf_map_lookup_elem(&l3_routes, &k);
+
+	if (r) {
+		*src = r->src;
+		return 0;
+	}
+	if (addr_is_mapped(dst)) {
+		if (!(c->flags & L3_CF_HAS4))
+			return -1;
+		*src = c->primary4;
+	} else {
+		if (!(c->flags & L3_CF_HAS6))
+			return -1;
+		*src = c->primary6;
+	}
+	return 0;
+}
+
+static __always_inline void load_user4(struct bpf_sock_addr *ctx, struct l3_addr *a)
+{
+	addr_set4(a, ctx->user_ip4);
+}
+
+static __always_inline void load_user6(struct bpf_sock_addr *ctx, struct l3_addr *a)
+{
+	a->w[0] = ctx->user_ip6[0];
+	a->w[1] = ctx->user_ip6[1];
+	a->w[2] = ctx->user_ip6[2];
+	a->w[3] = ctx->user_ip6[3];
+}
+
+static __always_inline void store_user6(struct bpf_sock_addr *ctx, const struct l3_addr *a)
+{
+	ctx->user_ip6[0] = a->w[0];
+	ctx->user_ip6[1] = a->w[1];
+	ctx->user_ip6[2] = a->w[2];
+	ctx->user_ip6[3] = a->w[3];
+}
+
+/* Deny with an errno of our choosing (as a real namespace would answer). */
+static __always_inline int deny(int err)
+{
+	bpf_set_retval(-err);
+	return 0;
+}
+
+/* Is a listening (tcp) or bound (udp) socket at a:port in this netns? */
+static __always_inline int has_socket(struct bpf_sock_addr *ctx, const struct l3_addr *a,
+				      __u16 port_be, int udp)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 len;
+
+	if (addr_is_mapped(a)) {
+		t.ipv4.saddr = a->w[3];
+		t.ipv4.daddr = a->w[3];
+		t.ipv4.dport = port_be;
+		len = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, a->w, 16);
+		__builtin_memcpy(t.ipv6.daddr, a->w, 16);
+		t.ipv6.dport = port_be;
+		len = sizeof(t.ipv6);
+	}
+	if (udp)
+		sk = bpf_sk_lookup_udp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_tcp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/*
+ * Where does an isolated container's 127.0.0.1:port (or ::1) lead? To its
+ * private loopback address — unless nothing listens there and its wildcard
+ * listener (which bind rewrote to its primary address) does: a real
+ * namespace's wildcard listener answers on 127.0.0.1 too.
+ */
+static __always_inline int loopback_target(struct bpf_sock_addr *ctx, struct l3_cont *c,
+					   const struct l3_addr *dst, struct l3_addr *to)
+{
+	int udp = ctx->type == 2; /* SOCK_DGRAM */
+	const struct l3_addr *lo, *prim;
+	int has;
+
+	if (addr_is_mapped(dst)) {
+		lo = &c->lo4;
+		prim = &c->primary4;
+		has = c->flags & L3_CF_HAS4;
+	} else {
+		lo = &c->lo6;
+		prim = &c->primary6;
+		has = c->flags & L3_CF_HAS6;
+	}
+	*to = *lo;
+	if (has && !has_socket(ctx, lo, ctx->user_port, udp) &&
+	    has_socket(ctx, prim, ctx->user_port, udp)) {
+		*to = *prim;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline void mark_loop_primary(struct bpf_sock_addr *ctx)
+{
+	struct l3_sk *s;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return;
+	s = bpf_sk_storage_get(&l3_skstore, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (s)
+		s->flags |= L3_SK_LOOP_PRIMARY;
+}
+
+static __always_inline int host_netns(struct bpf_sock_addr *ctx, struct l3_cfg *cfg)
+{
+	return !cfg->netns_cookie || bpf_get_netns_cookie(ctx) == cfg->netns_cookie;
+}
+
+/* ------------------------------------------------------------------- bind */
+
+static __always_inline int do_bind(struct bpf_sock_addr *ctx, struct l3_addr *a, int v6)
+{
+	struct l3_cfg *cfg = config();
+	__u16 port = bpf_ntohs(ctx->user_port);
+	__u8 proto = ctx->protocol;
+	struct l3_cont *c;
+	enum verdict v;
+	__u32 gen;
+
+	if (!cfg)
+		return 1;
+	gen = active_gen();
+	c = task_container(gen, cfg);
+
+	if (!c) {
+		/* Rule 2: the host loses visibility of pushed addresses. */
+		if (!host_netns(ctx, cfg))
+			return 1;
+		if (owned_by_anyone(gen, a) || addr_is_private_loop(a)) {
+			count(0, L3_C_HOST_BIND_DENIED);
+			return deny(EADDRNOTAVAIL);
+		}
+		return 1;
+	}
+
+	if (addr_is_any(a)) {
+		/* Rule 3: a wildcard bind becomes a bind to its own address. */
+		if (!v6 || addr_is_mapped(a)) {
+			if (!(c->flags & L3_CF_HAS4))
+				goto foreign;
+			*a = c->primary4;
+		} else if (c->flags & L3_CF_HAS6) {
+			*a = c->primary6;
+		} else if (c->flags & L3_CF_HAS4) {
+			*a = c->primary4; /* dual-stack socket, IPv4-only container */
+		} else {
+			goto foreign;
+		}
+		if (v6)
+			store_user6(ctx, a);
+		else
+			ctx->user_ip4 = a->w[3];
+		count(c->id, L3_C_BIND_REWRITTEN);
+		return 1;
+	}
+
+	if (addr_is_loopback(a) && !(c->flags & L3_CF_LOOP_HOST)) {
+		/* Rule 5: its 127.0.0.1 / ::1 is its private loopback. */
+		if (addr_is_mapped(a)) {
+			if (v6)
+				store_user6(ctx, &c->lo4);
+			else
+				ctx->user_ip4 = c->lo4.w[3];
+		} else {
+			store_user6(ctx, &c->lo6);
+		}
+		count(c->id, L3_C_LOOP_REMAPPED);
+		return 1;
+	}
+
+	v = may_use(gen, c, a, proto, port);
+	if (v == V_OK) {
+		count(c->id, L3_C_BIND_ALLOWED);
+		return 1;
+	}
+	if (v == V_PORT) {
+		/* Another container owns this port of a shared IP (or nobody does). */
+		count(c->id, L3_C_BIND_DENIED_PORT);
+		return deny(EACCES);
+	}
+foreign:
+	/* Not an address of this container: as in a namespace without it. */
+	count(c->id, L3_C_BIND_DENIED_FOREIGN);
+	return deny(EADDRNOTAVAIL);
+}
+
+SEC("cgroup/bind4")
+int l3_bind4(struct bpf_sock_addr *ctx)
+{
+	struct l3_addr a;
+
+	load_user4(ctx, &a);
+	return do_bind(ctx, &a, 0);
+}
+
+SEC("cgroup/bind6")
+int l3_bind6(struct bpf_sock_addr *ctx)
+{
+	struct l3_addr a;
+
+	load_user6(ctx, &a);
+	return do_bind(ctx, &a, 1);
+}
+
+/* --------------------------------------------------------- connect, send */
+
+/* The address a socket is bound to (mapped form), zero if unbound. */
+static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct l3_addr *a)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	__builtin_memset(a, 0, sizeof(*a));
+	if (!sk)
+		return;
+	if (!v6) {
+		addr_set4(a, sk->src_ip4);
+		if (!sk->src_ip4)
+			__builtin_memset(a, 0, sizeof(*a));
+		return;
+	}
+	a->w[0] = sk->src_ip6[0];
+	a->w[1] = sk->src_ip6[1];
+	a->w[2] = sk->src_ip6[2];
+	a->w[3] = sk->src_ip6[3];
+	if (addr_is_mapped(a) && !a->w[3])
+		__builtin_memset(a, 0, sizeof(*a));
+}
+
+/*
+ * Shared by connect and sendmsg: rewrite an isolated loopback destination,
+ * choose the source for an unbound socket. Returns 1 to allow, 0 denied
+ * (errno set), and the source to use in *src (zero: leave it).
+ */
+static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l3_addr *src,
+				     int *set_src)
+{
+	struct l3_cfg *cfg = config();
+	struct l3_addr dst, bound, lo;
+	struct l3_cont *c;
+	__u32 gen;
+
+	*set_src = 0;
+	if (!cfg)
+		return 1;
+	gen = active_gen();
+	c = task_container(gen, cfg);
+	if (v6)
+		load_user6(ctx, &dst);
+	else
+		load_user4(ctx, &dst);
+	bound_addr(ctx, v6, &bound);
+
+	if (!c) {
+		if (!host_netns(ctx, cfg))
+			return 1;
+		/*
+		 * Host → container address: the kernel would use the
+		 * container's own IP as source (it is local). The host may not
+		 * use it (rule 2), so talk from the host's loopback instead.
+		 */
+		if (addr_is_any(&bound) && owned_by_anyone(gen, &dst)) {
+			loopback_of(&dst, src);
+			*set_src = 1;
+			count(0, L3_C_HOST_SRC_REWRITTEN);
+		}
+		return 1;
+	}
+
+	if (addr_is_loopback(&dst) && !(c->flags & L3_CF_LOOP_HOST)) {
+		if (loopback_target(ctx, c, &dst, &lo))
+			mark_loop_primary(ctx);
+		if (v6)
+			store_user6(ctx, &lo);
+		else
+			ctx->user_ip4 = lo.w[3];
+		count(c->id, L3_C_LOOP_REMAPPED);
+		if (addr_is_any(&bound)) {
+			*src = lo;
+			*set_src = 1;
+		}
+		return 1;
+	}
+
+	if (!addr_is_any(&bound)) {
+		/* bind already checked it */
+		count(c->id, L3_C_CONNECT_ALLOWED);
+		return 1;
+	}
+	if (pick_source(gen, c, &dst, src) < 0) {
+		/* No address of this family: nothing it could send from. */
+		count(c->id, L3_C_NO_ADDR);
+		return deny(ENETUNREACH);
+	}
+	*set_src = 1;
+	count(c->id, L3_C_SRC_REWRITTEN);
+	return 1;
+}
+
+static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
+{
+	struct l3_addr src;
+	int set_src, ret;
+
+	ret = route_out(ctx, v6, &src, &set_src);
+	if (!ret || !set_src)
+		return ret;
+	if (v6) {
+		struct sockaddr_in6 sa = {.sin6_family = 10 /* AF_INET6 */};
+
+		__builtin_memcpy(&sa.sin6_addr, src.w, 16);
+		if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)))
+			return deny(EADDRNOTAVAIL);
+	} else {
+		struct sockaddr_in sa = {.sin_family = 2 /* AF_INET */};
+
+		sa.sin_addr.s_addr = src.w[3];
+		if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)))
+			return deny(EADDRNOTAVAIL);
+	}
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int l3_connect4(struct bpf_sock_addr *ctx)
+{
+	return do_connect(ctx, 0);
+}
+
+SEC("cgroup/connect6")
+int l3_connect6(struct bpf_sock_addr *ctx)
+{
+	return do_connect(ctx, 1);
+}
+
+static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
+{
+	struct l3_cfg *cfg = config();
+	struct l3_addr msrc, src;
+	struct l3_cont *c;
+	int set_src;
+	__u32 gen;
+
+	if (!cfg)
+		return 1;
+	gen = active_gen();
+	c = task_container(gen, cfg);
+
+	/* An explicit source (IP_PKTINFO / bound address) must be its own. */
+	if (v6) {
+		msrc.w[0] = ctx->msg_src_ip6[0];
+		msrc.w[1] = ctx->msg_src_ip6[1];
+		msrc.w[2] = ctx->msg_src_ip6[2];
+		msrc.w[3] = ctx->msg_src_ip6[3];
+		if (addr_is_mapped(&msrc) && !msrc.w[3])
+			__builtin_memset(&msrc, 0, sizeof(msrc));
+	} else {
+		addr_set4(&msrc, ctx->msg_src_ip4);
+		if (!ctx->msg_src_ip4)
+			__builtin_memset(&msrc, 0, sizeof(msrc));
+	}
+	if (c && !addr_is_any(&msrc)) {
+		struct bpf_sock *sk = ctx->sk;
+		__u16 sport = sk ? sk->src_port : 0;
+
+		if (may_use(gen, c, &msrc, ctx->protocol, sport) != V_OK) {
+			/* Rule 4: never a packet from a source it does not own. */
+			count(c->id, L3_C_SEND_DENIED_SPOOF);
+			return deny(EPERM);
+		}
+	}
+
+	if (!route_out(ctx, v6, &src, &set_src))
+		return 0;
+	if (!set_src || !addr_is_any(&msrc))
+		return 1;
+	if (v6) {
+		ctx->msg_src_ip6[0] = src.w[0];
+		ctx->msg_src_ip6[1] = src.w[1];
+		ctx->msg_src_ip6[2] = src.w[2];
+		ctx->msg_src_ip6[3] = src.w[3];
+	} else {
+		ctx->msg_src_ip4 = src.w[3];
+	}
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int l3_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return do_sendmsg(ctx, 0);
+}
+
+SEC("cgroup/sendmsg6")
+int l3_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return do_sendmsg(ctx, 1);
+}
+
+/* ------------------------------------- what applications see (rule 5) */
+
+/*
+ * Show the private loopback (and, for sockets whose 127.0.0.1 led to the
+ * primary address, the primary) as 127.0.0.1 / ::1.
+ */
+static __always_inline int show_loopback(struct bpf_sock_addr *ctx, int v6)
+{
+	struct l3_cfg *cfg = config();
+	struct l3_addr a, lo;
+	struct l3_cont *c;
+	struct l3_sk *s;
+	int hit = 0;
+
+	if (!cfg)
+		return 1;
+	c = task_container(active_gen(), cfg);
+	if (!c || (c->flags & L3_CF_LOOP_HOST))
+		return 1;
+	if (v6)
+		load_user6(ctx, &a);
+	else
+		load_user4(ctx, &a);
+
+	if (addr_eq(&a, &c->lo4) || addr_eq(&a, &c->lo6)) {
+		hit = 1;
+	} else if ((addr_eq(&a, &c->primary4) || addr_eq(&a, &c->primary6)) && ctx->sk) {
+		s = bpf_sk_storage_get(&l3_skstore, ctx->sk, 0, 0);
+		hit = s && (s->flags & L3_SK_LOOP_PRIMARY);
+	}
+	if (!hit)
+		return 1;
+	loopback_of(&a, &lo);
+	if (v6)
+		store_user6(ctx, &lo);
+	else
+		ctx->user_ip4 = lo.w[3];
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int l3_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return show_loopback(ctx, 0);
+}
+
+SEC("cgroup/recvmsg6")
+int l3_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return show_loopback(ctx, 1);
+}
+
+SEC("cgroup/getsockname4")
+int l3_getsockname4(struct bpf_sock_addr *ctx)
+{
+	return show_loopback(ctx, 0);
+}
+
+SEC("cgroup/getsockname6")
+int l3_getsockname6(struct bpf_sock_addr *ctx)
+{
+	return show_loopback(ctx, 1);
+}
+
+SEC("cgroup/getpeername4")
+int l3_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return show_loopback(ctx, 0);
+}
+
+SEC("cgroup/getpeername6")
+int l3_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return show_loopback(ctx, 1);
+}
+
+/* ------------------------------------------------ packet backstop (skb) */
+
+struct pkt {
+	struct l3_addr src, dst;
+	__u8 proto;
+	__u16 sport, dport; /* host order; 0 when not TCP/UDP */
+};
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__builtin_memset(p, 0, sizeof(*p));
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		__u32 off;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return -1;
+		addr_set4(&p->src, ip.saddr);
+		addr_set4(&p->dst, ip.daddr);
+		p->proto = ip.protocol;
+		off = (ip.ihl & 0xf) * 4;
+		if ((ip.frag_off & bpf_htons(0x1fff)) == 0 &&
+		    (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)) {
+			__u16 ports[2];
+
+			if (!bpf_skb_load_bytes(skb, off, ports, sizeof(ports))) {
+				p->sport = bpf_ntohs(ports[0]);
+				p->dport = bpf_ntohs(ports[1]);
+			}
+		}
+		return 0;
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return -1;
+		__builtin_memcpy(p->src.w, &ip6.saddr, 16);
+		__builtin_memcpy(p->dst.w, &ip6.daddr, 16);
+		p->proto = ip6.nexthdr;
+		if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+			__u16 ports[2];
+
+			if (!bpf_skb_load_bytes(skb, sizeof(ip6), ports, sizeof(ports))) {
+				p->sport = bpf_ntohs(ports[0]);
+				p->dport = bpf_ntohs(ports[1]);
+			}
+		}
+		return 0;
+	}
+	return -1;
+}
+
+static __always_inline struct l3_cont *skb_container(struct __sk_buff *skb, __u32 gen,
+						     struct l3_cfg *cfg)
+{
+	struct l3_cont_key k = {.gen = gen};
+
+	k.cgid = bpf_skb_ancestor_cgroup_id(skb, cfg->level);
+	if (!k.cgid)
+		return NULL;
+	return bpf_map_lookup_elem(&l3_conts, &k);
+}
+
+/* Is a an address this container may receive on (its local side)? */
+static __always_inline int may_receive(__u32 gen, struct l3_cont *c, struct pkt *p)
+{
+	struct l3_local *l = local_of(gen, c->id, &p->dst);
+
+	if (l) {
+		if (l->kind == L3_LOCAL_LOOP)
+			/* its private loopback: only from itself */
+			return local_of(gen, c->id, &p->src) != NULL;
+		if (l->kind == L3_LOCAL_PART) {
+			struct l3_owner *o = owner_of(gen, &p->dst, p->proto, p->dport);
+
+			return o && o->id == c->id;
+		}
+		return 1;
+	}
+	if (addr_is_multicast(&p->dst))
+		return mcast_allowed(gen, c->id, &p->dst);
+	if (addr_is_mapped(&p->dst) && p->dst.w[3] == 0xffffffff)
+		return 1; /* limited broadcast: the broadcast issue narrows this */
+	if ((c->flags & L3_CF_LOOP_HOST) && addr_is_loopback(&p->dst))
+		return 1;
+	return 0;
+}
+
+SEC("cgroup_skb/ingress")
+int l3_ingress(struct __sk_buff *skb)
+{
+	struct l3_cfg *cfg = config();
+	struct l3_cont *c;
+	struct pkt p;
+	__u32 gen;
+
+	if (!cfg || parse(skb, &p))
+		return SK_PASS;
+	gen = active_gen();
+	c = skb_container(skb, gen, cfg);
+	if (!c) {
+		if (cfg->netns_cookie && bpf_get_netns_cookie(skb) != cfg->netns_cookie)
+			return SK_PASS; /* another network namespace: not ours to police */
+		/* Host sockets: container addresses are not theirs (rule 2). */
+		if (owned_by_anyone(gen, &p.dst) || addr_is_private_loop(&p.dst)) {
+			count(0, L3_C_HOST_INGRESS_DROP);
+			return SK_DROP;
+		}
+		return SK_PASS;
+	}
+	if (may_receive(gen, c, &p))
+		return SK_PASS;
+	/* Rule 3: traffic for another container's (or the host's) address. */
+	count(c->id, L3_C_INGRESS_DROP_FOREIGN);
+	return SK_DROP;
+}
+
+SEC("cgroup_skb/egress")
+int l3_egress(struct __sk_buff *skb)
+{
+	struct l3_cfg *cfg = config();
+	struct l3_local *l;
+	struct l3_cont *c;
+	struct pkt p;
+	__u32 gen;
+
+	if (!cfg || parse(skb, &p))
+		return SK_PASS;
+	gen = active_gen();
+	c = skb_container(skb, gen, cfg);
+	if (!c)
+		return SK_PASS;
+	l = local_of(gen, c->id, &p.src);
+	if (l && l->kind != L3_LOCAL_BCAST) {
+		if (l->kind != L3_LOCAL_PART)
+			return SK_PASS;
+		struct l3_owner *o = owner_of(gen, &p.src, p.proto, p.sport);
+
+		if (o && o->id == c->id)
+			return SK_PASS;
+	} else if (!l && (c->flags & L3_CF_LOOP_HOST) && addr_is_loopback(&p.src)) {
+		return SK_PASS;
+	}
+	/* Rule 4: a container never emits a source it does not own. */
+	count(c->id, L3_C_EGRESS_DROP_SPOOF);
+	return SK_DROP;
+}

@@ -1,0 +1,164 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// Delivery says how packets reach netns-mode containers.
+type Delivery uint32
+
+// Delivery modes (bpf/l3iso.h enum l3_delivery).
+const (
+	DeliveryDirect = Delivery(sockL3DeliveryL3DELIVERY_DIRECT)
+	DeliveryRouted = Delivery(sockL3DeliveryL3DELIVERY_ROUTED)
+	DeliveryBridge = Delivery(sockL3DeliveryL3DELIVERY_BRIDGE)
+)
+
+func (d Delivery) String() string {
+	switch d {
+	case DeliveryDirect:
+		return "direct"
+	case DeliveryRouted:
+		return "routed"
+	case DeliveryBridge:
+		return "bridge"
+	}
+	return fmt.Sprintf("delivery(%d)", uint32(d))
+}
+
+// ParseDelivery parses "direct", "routed" or "bridge".
+func ParseDelivery(s string) (Delivery, error) {
+	for _, d := range []Delivery{DeliveryDirect, DeliveryRouted, DeliveryBridge} {
+		if d.String() == s {
+			return d, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown delivery %q: use direct, routed or bridge", s)
+}
+
+// Config is what `l3iso up` decided, as the programs read it.
+type Config struct {
+	NetnsCookie   uint64 // the host network namespace
+	Level         uint32 // cgroup level of container cgroups
+	Delivery      Delivery
+	UplinkIfindex uint32
+	CgroupRoot    string // where the programs are attached
+	Uplink        string // interface name; "" = addresses on lo
+}
+
+// Config reads l3_config[0].
+func (s *Set) Config() (Config, error) {
+	var v sockL3Cfg
+	if err := s.Cfg.Lookup(uint32(0), &v); err != nil {
+		return Config{}, fmt.Errorf("read map l3_config: %w", err)
+	}
+	return Config{
+		NetnsCookie: v.NetnsCookie, Level: v.Level, Delivery: Delivery(v.Delivery),
+		UplinkIfindex: v.UplinkIfindex, CgroupRoot: cstr(v.Cgroot[:]), Uplink: cstr(v.Uplink[:]),
+	}, nil
+}
+
+// SetConfig writes l3_config[0].
+func (s *Set) SetConfig(c Config) error {
+	v := sockL3Cfg{NetnsCookie: c.NetnsCookie, Level: c.Level, Delivery: uint32(c.Delivery), UplinkIfindex: c.UplinkIfindex}
+	if len(c.CgroupRoot) >= len(v.Cgroot) {
+		return fmt.Errorf("cgroup root path %q is longer than %d bytes", c.CgroupRoot, len(v.Cgroot)-1)
+	}
+	if len(c.Uplink) >= len(v.Uplink) {
+		return fmt.Errorf("uplink name %q is longer than %d bytes", c.Uplink, len(v.Uplink)-1)
+	}
+	for i := 0; i < len(c.CgroupRoot); i++ {
+		v.Cgroot[i] = int8(c.CgroupRoot[i])
+	}
+	for i := 0; i < len(c.Uplink); i++ {
+		v.Uplink[i] = int8(c.Uplink[i])
+	}
+	if err := s.Cfg.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write map l3_config: %w", err)
+	}
+	return nil
+}
+
+func cstr(b []int8) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}
+
+// CounterNames are the verdict counters, in the order of bpf/l3iso.h enum
+// l3_counter. Each container has every counter; id 0 counts host processes.
+var CounterNames = []string{
+	sockL3CounterL3C_BIND_ALLOWED:         "bind_allowed",
+	sockL3CounterL3C_BIND_DENIED_FOREIGN:  "bind_denied_foreign",
+	sockL3CounterL3C_BIND_DENIED_PORT:     "bind_denied_port",
+	sockL3CounterL3C_BIND_REWRITTEN:       "bind_rewritten",
+	sockL3CounterL3C_CONNECT_ALLOWED:      "connect_allowed",
+	sockL3CounterL3C_SRC_REWRITTEN:        "source_rewritten",
+	sockL3CounterL3C_SEND_DENIED_SPOOF:    "send_denied_spoof",
+	sockL3CounterL3C_NO_ADDR:              "denied_no_address",
+	sockL3CounterL3C_LOOP_REMAPPED:        "loopback_remapped",
+	sockL3CounterL3C_INGRESS_DROP_FOREIGN: "ingress_dropped_foreign",
+	sockL3CounterL3C_EGRESS_DROP_SPOOF:    "egress_dropped_spoof",
+	sockL3CounterL3C_HOST_BIND_DENIED:     "host_bind_denied",
+	sockL3CounterL3C_HOST_INGRESS_DROP:    "host_ingress_dropped",
+	sockL3CounterL3C_HOST_SRC_REWRITTEN:   "host_source_rewritten",
+	sockL3CounterL3C_JOIN_ALLOWED:         "join_allowed",
+	sockL3CounterL3C_JOIN_DENIED:          "join_denied",
+}
+
+// Counters are one container's verdict counters, summed over CPUs, by name.
+type Counters map[string]uint64
+
+// InitCounters creates the zeroed counters of container id (0: the host).
+func (s *Set) InitCounters(id uint32) error {
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("count CPUs: %w", err)
+	}
+	vals := make([]sockL3Stats, n)
+	if err := s.Counters.Update(id, vals, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("create counters of container %d: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteCounters drops the counters of container id.
+func (s *Set) DeleteCounters(id uint32) error {
+	if err := s.Counters.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete counters of container %d: %w", id, err)
+	}
+	return nil
+}
+
+// ReadCounters sums container id's counters over CPUs.
+func (s *Set) ReadCounters(id uint32) (Counters, error) {
+	var vals []sockL3Stats
+	out := Counters{}
+	for _, n := range CounterNames {
+		if n != "" {
+			out[n] = 0
+		}
+	}
+	if err := s.Counters.Lookup(id, &vals); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		return nil, fmt.Errorf("read counters of container %d: %w", id, err)
+	}
+	for _, v := range vals {
+		for i, n := range CounterNames {
+			if n != "" {
+				out[n] += v.C[i]
+			}
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,375 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/l3iso/l3iso/pkg/policy"
+)
+
+// Container is a container as the maps know it: its policy, plus the id the
+// programs count it by and the cgroup that identifies its processes.
+type Container struct {
+	ID       uint32
+	CgroupID uint64
+	Spec     policy.Container
+}
+
+// Loopback4 returns the container's private IPv4 loopback address.
+func (c Container) Loopback4() netip.Addr { return Loopback4(c.ID) }
+
+// Loopback6 returns the container's private IPv6 loopback address.
+func (c Container) Loopback6() netip.Addr { return Loopback6(c.ID) }
+
+// Isolated reports whether the container's loopback is private.
+func (c Container) Isolated() bool { return c.Spec.Loopback != policy.LoopbackHost }
+
+// entries are the map writes that describe one container, in the order that
+// keeps the programs consistent: ownership first, the cgroup → container
+// mapping (which makes the container live) last.
+type entries struct {
+	ownerK []sockL3OwnerKey
+	ownerV []sockL3Owner
+	localK []sockL3LocalKey
+	localV []sockL3Local
+	routeK []sockL3RouteKey
+	routeV []sockL3Route
+	mcastK []sockL3McastKey
+	mcastV []sockL3Mcast
+	metaK  []sockL3MetaKey
+	metaV  []sockL3Meta
+	contK  []sockL3ContKey
+	contV  []sockL3Cont
+	// partial: the addr-level markers of IPs shared by port ranges. They
+	// belong to no container and are written with every owner of a range.
+	partialK []sockL3OwnerKey
+}
+
+func (e *entries) add(gen uint32, c Container) error {
+	if c.ID == 0 || int(c.ID) > MaxContainers {
+		return fmt.Errorf("container %q: id %d out of range 1..%d", c.Spec.Name, c.ID, MaxContainers)
+	}
+	if len(c.Spec.Addresses) > int(sockL3LimitsL3MAX_ADDRS) || len(c.Spec.Multicast) > int(sockL3LimitsL3MAX_MCAST) {
+		return fmt.Errorf("container %q: too many addresses or multicast groups", c.Spec.Name)
+	}
+	cont := sockL3Cont{Id: c.ID, Lo4: toAddr(c.Loopback4()), Lo6: toAddr(c.Loopback6())}
+	if !c.Isolated() {
+		cont.Flags |= uint32(sockL3ContFlagsL3CF_LOOP_HOST)
+	}
+	if c.Spec.Mode == policy.ModeNetns {
+		cont.Flags |= uint32(sockL3ContFlagsL3CF_NETNS)
+	}
+	meta := sockL3Meta{Cgid: c.CgroupID, Naddrs: uint8(len(c.Spec.Addresses)), Nmcast: uint8(len(c.Spec.Multicast))}
+	if len(c.Spec.Name) >= NameLen {
+		return fmt.Errorf("container name %q longer than %d characters", c.Spec.Name, NameLen-1)
+	}
+	for i := 0; i < len(c.Spec.Name); i++ {
+		meta.Name[i] = int8(c.Spec.Name[i])
+	}
+	if c.Spec.Mode == policy.ModeNetns {
+		meta.Mode = uint8(sockL3ModeL3MODE_NETNS)
+	}
+
+	for i, a := range c.Spec.Addresses {
+		la := toAddr(a.Addr)
+		spec := sockL3AddrSpec{Addr: la, Proto: uint8(a.Proto), PortLo: a.PortLo, PortHi: a.PortHi}
+		if a.Subnet.IsValid() {
+			spec.Flags |= uint8(sockL3SpecFlagsL3SF_PREFIX)
+			spec.Prefixlen = uint8(bits16(a.Subnet))
+		}
+		meta.Addrs[i] = spec
+
+		if a.WholeIP() {
+			e.ownerK = append(e.ownerK, sockL3OwnerKey{Prefixlen: 160, Gen: gen, Addr: la})
+			e.ownerV = append(e.ownerV, sockL3Owner{Id: c.ID})
+			e.localK = append(e.localK, sockL3LocalKey{Gen: gen, Id: c.ID, Addr: la})
+			e.localV = append(e.localV, sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_WHOLE)})
+			if a.Addr.Is4() && cont.Flags&uint32(sockL3ContFlagsL3CF_HAS4) == 0 {
+				cont.Flags |= uint32(sockL3ContFlagsL3CF_HAS4)
+				cont.Primary4 = la
+			}
+			if a.Addr.Is6() && cont.Flags&uint32(sockL3ContFlagsL3CF_HAS6) == 0 {
+				cont.Flags |= uint32(sockL3ContFlagsL3CF_HAS6)
+				cont.Primary6 = la
+			}
+			if a.Subnet.IsValid() {
+				e.routeK = append(e.routeK, sockL3RouteKey{
+					Prefixlen: uint32(64 + bits16(a.Subnet)), Gen: gen, Id: c.ID, Addr: toAddr(a.Subnet.Addr()),
+				})
+				e.routeV = append(e.routeV, sockL3Route{Src: la})
+			}
+		} else {
+			for _, pp := range portPrefixes(a.PortLo, a.PortHi) {
+				protos := []policy.Proto{a.Proto}
+				if a.Proto == policy.ProtoAny {
+					protos = []policy.Proto{policy.ProtoTCP, policy.ProtoUDP}
+				}
+				for _, proto := range protos {
+					e.ownerK = append(e.ownerK, sockL3OwnerKey{
+						Prefixlen: uint32(168 + pp[1]), Gen: gen, Addr: la, Proto: uint8(proto),
+						PortHi: uint8(pp[0] >> 8), PortLo: uint8(pp[0]),
+					})
+					e.ownerV = append(e.ownerV, sockL3Owner{Id: c.ID})
+				}
+			}
+			e.partialK = append(e.partialK, sockL3OwnerKey{Prefixlen: 160, Gen: gen, Addr: la})
+			e.localK = append(e.localK, sockL3LocalKey{Gen: gen, Id: c.ID, Addr: la})
+			e.localV = append(e.localV, sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_PART)})
+		}
+		if b, ok := a.Broadcast(); ok {
+			e.localK = append(e.localK, sockL3LocalKey{Gen: gen, Id: c.ID, Addr: toAddr(b)})
+			e.localV = append(e.localV, sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_BCAST)})
+		}
+	}
+	if c.Isolated() {
+		for _, lo := range []netip.Addr{c.Loopback4(), c.Loopback6()} {
+			e.localK = append(e.localK, sockL3LocalKey{Gen: gen, Id: c.ID, Addr: toAddr(lo)})
+			e.localV = append(e.localV, sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_LOOP)})
+		}
+	}
+	for i, g := range c.Spec.Multicast {
+		meta.Mcast[i] = sockL3Prefix{Addr: toAddr(g.Addr()), Prefixlen: uint8(bits16(g))}
+		e.mcastK = append(e.mcastK, sockL3McastKey{Prefixlen: uint32(64 + bits16(g)), Gen: gen, Id: c.ID, Group: toAddr(g.Masked().Addr())})
+		e.mcastV = append(e.mcastV, sockL3Mcast{Allowed: 1})
+	}
+	meta.Flags = cont.Flags
+	e.metaK = append(e.metaK, sockL3MetaKey{Gen: gen, Id: c.ID})
+	e.metaV = append(e.metaV, meta)
+	e.contK = append(e.contK, sockL3ContKey{Gen: gen, Cgid: c.CgroupID})
+	e.contV = append(e.contV, cont)
+	return nil
+}
+
+// put writes keys/values with one batch call where the map supports it.
+func put[K, V any](m *ebpf.Map, name string, ks []K, vs []V) error {
+	if len(ks) == 0 {
+		return nil
+	}
+	if _, err := m.BatchUpdate(ks, vs, nil); err == nil {
+		return nil
+	} else if !errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("update map %s: %w", name, err)
+	}
+	for i := range ks {
+		if err := m.Update(&ks[i], &vs[i], ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("update map %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// del deletes keys; missing keys are fine.
+func del[K any](m *ebpf.Map, name string, ks []K) error {
+	for i := range ks {
+		if err := m.Delete(&ks[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from map %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Insert writes the containers into generation gen. Ownership and derivative
+// addresses go in first; the cgroup → container entries last, so a process
+// never sees a container half described.
+func (s *Set) Insert(gen uint32, cs ...Container) error {
+	var e entries
+	for _, c := range cs {
+		if err := e.add(gen, c); err != nil {
+			return err
+		}
+	}
+	partialV := make([]sockL3Owner, len(e.partialK))
+	for i := range partialV {
+		partialV[i] = sockL3Owner{Flags: uint32(sockL3OwnerFlagsL3OF_PARTIAL)}
+	}
+	for _, step := range []func() error{
+		func() error { return put(s.Owners, "l3_owners", e.partialK, partialV) },
+		func() error { return put(s.Owners, "l3_owners", e.ownerK, e.ownerV) },
+		func() error { return put(s.Locals, "l3_locals", e.localK, e.localV) },
+		func() error { return put(s.Routes, "l3_routes", e.routeK, e.routeV) },
+		func() error { return put(s.Mcasts, "l3_mcasts", e.mcastK, e.mcastV) },
+		func() error { return put(s.Metas, "l3_metas", e.metaK, e.metaV) },
+		func() error { return put(s.Conts, "l3_conts", e.contK, e.contV) },
+	} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Remove deletes container c from generation gen, in the reverse order of
+// Insert. others are the containers that stay: an IP shared by port ranges
+// keeps its marker while one of them still owns a range of it.
+func (s *Set) Remove(gen uint32, c Container, others []Container) error {
+	var e, keep entries
+	if err := e.add(gen, c); err != nil {
+		return err
+	}
+	for _, o := range others {
+		if o.ID != c.ID {
+			if err := keep.add(gen, o); err != nil {
+				return err
+			}
+		}
+	}
+	stillShared := map[sockL3OwnerKey]bool{}
+	for _, k := range keep.partialK {
+		stillShared[k] = true
+	}
+	var partial []sockL3OwnerKey
+	for _, k := range e.partialK {
+		if !stillShared[k] {
+			partial = append(partial, k)
+		}
+	}
+	for _, step := range []func() error{
+		func() error { return del(s.Conts, "l3_conts", e.contK) },
+		func() error { return del(s.Metas, "l3_metas", e.metaK) },
+		func() error { return del(s.Mcasts, "l3_mcasts", e.mcastK) },
+		func() error { return del(s.Routes, "l3_routes", e.routeK) },
+		func() error { return del(s.Locals, "l3_locals", e.localK) },
+		func() error { return del(s.Owners, "l3_owners", e.ownerK) },
+		func() error { return del(s.Owners, "l3_owners", partial) },
+	} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Containers reads the containers of generation gen from l3_metas, by name.
+func (s *Set) Containers(gen uint32) ([]Container, error) {
+	var (
+		k   sockL3MetaKey
+		v   sockL3Meta
+		out []Container
+	)
+	it := s.Metas.Iterate()
+	for it.Next(&k, &v) {
+		if k.Gen != gen {
+			continue
+		}
+		out = append(out, decodeMeta(k.Id, &v))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read map l3_metas: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Spec.Name < out[j].Spec.Name })
+	return out, nil
+}
+
+func decodeMeta(id uint32, v *sockL3Meta) Container {
+	var name []byte
+	for _, ch := range v.Name {
+		if ch == 0 {
+			break
+		}
+		name = append(name, byte(ch))
+	}
+	c := Container{ID: id, CgroupID: v.Cgid, Spec: policy.Container{
+		Name: string(name), Mode: policy.ModeShared, Loopback: policy.LoopbackIsolated,
+	}}
+	if v.Mode == uint8(sockL3ModeL3MODE_NETNS) {
+		c.Spec.Mode = policy.ModeNetns
+	}
+	if v.Flags&uint32(sockL3ContFlagsL3CF_LOOP_HOST) != 0 {
+		c.Spec.Loopback = policy.LoopbackHost
+	}
+	for i := 0; i < int(v.Naddrs) && i < len(v.Addrs); i++ {
+		sp := v.Addrs[i]
+		a := policy.Address{Addr: fromAddr(sp.Addr), Proto: policy.Proto(sp.Proto), PortLo: sp.PortLo, PortHi: sp.PortHi}
+		if sp.Flags&uint8(sockL3SpecFlagsL3SF_PREFIX) != 0 {
+			a.Subnet = prefix16(a.Addr, int(sp.Prefixlen)).Masked()
+		}
+		c.Spec.Addresses = append(c.Spec.Addresses, a)
+	}
+	for i := 0; i < int(v.Nmcast) && i < len(v.Mcast); i++ {
+		g := fromAddr(v.Mcast[i].Addr)
+		c.Spec.Multicast = append(c.Spec.Multicast, prefix16(g, int(v.Mcast[i].Prefixlen)))
+	}
+	return c
+}
+
+// ActiveGen returns the generation the programs use now.
+func (s *Set) ActiveGen() (uint32, error) {
+	var g uint32
+	if err := s.Gen.Lookup(uint32(0), &g); err != nil {
+		return 0, fmt.Errorf("read map l3_gen: %w", err)
+	}
+	return g, nil
+}
+
+// SetActiveGen switches every program to generation g with one 4-byte write.
+func (s *Set) SetActiveGen(g uint32) error {
+	if err := s.Gen.Update(uint32(0), g, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("switch to policy generation %d: %w", g, err)
+	}
+	return nil
+}
+
+// PurgeGen deletes every entry of generation gen from every policy map.
+func (s *Set) PurgeGen(gen uint32) error {
+	if err := purge(s.Conts, "l3_conts", func(k *sockL3ContKey) bool { return k.Gen == gen }); err != nil {
+		return err
+	}
+	if err := purge(s.Metas, "l3_metas", func(k *sockL3MetaKey) bool { return k.Gen == gen }); err != nil {
+		return err
+	}
+	if err := purge(s.Mcasts, "l3_mcasts", func(k *sockL3McastKey) bool { return k.Gen == gen }); err != nil {
+		return err
+	}
+	if err := purge(s.Routes, "l3_routes", func(k *sockL3RouteKey) bool { return k.Gen == gen }); err != nil {
+		return err
+	}
+	if err := purge(s.Locals, "l3_locals", func(k *sockL3LocalKey) bool { return k.Gen == gen }); err != nil {
+		return err
+	}
+	return purge(s.Owners, "l3_owners", func(k *sockL3OwnerKey) bool { return k.Gen == gen })
+}
+
+func purge[K any](m *ebpf.Map, name string, match func(*K) bool) error {
+	var (
+		keys []K
+		prev any // nil: start at the first key
+	)
+	for {
+		var next K
+		if err := m.NextKey(prev, &next); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				break
+			}
+			return fmt.Errorf("read map %s: %w", name, err)
+		}
+		if match(&next) {
+			keys = append(keys, next)
+		}
+		prev = next
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if _, err := m.BatchDelete(keys, nil); err == nil {
+		return nil
+	}
+	return del(m, name, keys)
+}
+
+// Owner returns the id of the container that owns addr (any port), 0 if
+// none, and whether only port ranges of it are owned.
+func (s *Set) Owner(gen uint32, addr netip.Addr) (id uint32, partial bool, err error) {
+	var v sockL3Owner
+	k := sockL3OwnerKey{Prefixlen: 184, Gen: gen, Addr: toAddr(addr)}
+	if err := s.Owners.Lookup(&k, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, false, nil
+		}
+		return 0, false, fmt.Errorf("read map l3_owners: %w", err)
+	}
+	return v.Id, v.Flags&uint32(sockL3OwnerFlagsL3OF_PARTIAL) != 0, nil
+}

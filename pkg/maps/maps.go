@@ -1,0 +1,204 @@
+// Package maps owns the layout of every BPF map l3iso pins. Everything else
+// uses its typed API: containers and netip addresses in, never raw bytes.
+//
+// The layouts come from bpf/l3iso.h through bpf2go; this package turns a
+// container of the policy into map entries and back. Policy maps are keyed by
+// a generation number: a container operation writes into the active
+// generation, a policy push builds the next one and flips l3_gen (see
+// ARCHITECTURE.md, "Atomic pushes").
+package maps
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+)
+
+// Limits shared with the BPF programs (bpf/l3iso.h).
+const (
+	MaxContainers = int(sockL3LimitsL3MAX_CONTAINERS)
+	NameLen       = int(sockL3LimitsL3NAME_LEN)
+	PathLen       = int(sockL3LimitsL3PATH_LEN)
+)
+
+// Set is the collection of maps the socket (and, later, TC) programs share.
+type Set struct {
+	Gen      *ebpf.Map // [0] = active generation
+	Cfg      *ebpf.Map // [0] = Config
+	Conts    *ebpf.Map // cgroup id → container
+	Locals   *ebpf.Map // (container, address) → own/derivative kind
+	Owners   *ebpf.Map // LPM (address, proto, port) → owner
+	Routes   *ebpf.Map // LPM (container, subnet) → source address
+	Mcasts   *ebpf.Map // LPM (container, group) → allowed
+	Metas    *ebpf.Map // (gen, id) → the operator's view of a container
+	Counters *ebpf.Map // per-CPU counters per container id
+	SkStore  *ebpf.Map // per-socket flags
+}
+
+// The pin names under <bpffs>/maps. Changing one breaks upgrades.
+func (s *Set) byName() map[string]**ebpf.Map {
+	return map[string]**ebpf.Map{
+		"l3_gen": &s.Gen, "l3_config": &s.Cfg, "l3_conts": &s.Conts,
+		"l3_locals": &s.Locals, "l3_owners": &s.Owners, "l3_routes": &s.Routes,
+		"l3_mcasts": &s.Mcasts, "l3_metas": &s.Metas, "l3_counters": &s.Counters,
+		"l3_skstore": &s.SkStore,
+	}
+}
+
+// SocketSpec returns the collection spec of the socket programs (bpf/sock.c).
+func SocketSpec() (*ebpf.CollectionSpec, error) {
+	spec, err := loadSock()
+	if err != nil {
+		return nil, fmt.Errorf("load embedded socket programs: %w", err)
+	}
+	return spec, nil
+}
+
+// New creates fresh, unpinned maps from the embedded spec.
+func New() (*Set, error) {
+	spec, err := SocketSpec()
+	if err != nil {
+		return nil, err
+	}
+	s := &Set{}
+	for name, dst := range s.byName() {
+		ms, ok := spec.Maps[name]
+		if !ok {
+			s.Close()
+			return nil, fmt.Errorf("embedded programs have no map %s: rebuild with `make generate`", name)
+		}
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("create map %s: %w", name, err)
+		}
+		*dst = m
+	}
+	return s, nil
+}
+
+// OpenPinned opens the maps pinned in dir.
+func OpenPinned(dir string) (*Set, error) {
+	s := &Set{}
+	for name, dst := range s.byName() {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if err != nil {
+			s.Close()
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("map %s is not pinned in %s: %w", name, dir, os.ErrNotExist)
+			}
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		*dst = m
+	}
+	return s, nil
+}
+
+// Pin pins every map into dir (which must exist).
+func (s *Set) Pin(dir string) error {
+	for name, m := range s.byName() {
+		if err := (*m).Pin(filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Replacements maps the programs' map names to these maps, for loading
+// programs against pinned state (ebpf.CollectionOptions.MapReplacements).
+func (s *Set) Replacements() map[string]*ebpf.Map {
+	r := map[string]*ebpf.Map{}
+	for name, m := range s.byName() {
+		r[name] = *m
+	}
+	return r
+}
+
+// Close releases the file descriptors (pins stay).
+func (s *Set) Close() error {
+	for _, m := range s.byName() {
+		if *m != nil {
+			(*m).Close()
+			*m = nil
+		}
+	}
+	return nil
+}
+
+// ------------------------------------------------------------ addresses
+
+func toAddr(a netip.Addr) sockL3Addr {
+	b := a.As16() // IPv4 becomes IPv4-mapped
+	var r sockL3Addr
+	for i := range r.W {
+		r.W[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return r
+}
+
+func fromAddr(r sockL3Addr) netip.Addr {
+	var b [16]byte
+	for i, w := range r.W {
+		binary.NativeEndian.PutUint32(b[4*i:], w)
+	}
+	return netip.AddrFrom16(b).Unmap()
+}
+
+// bits16 is the prefix length of p in the 128-bit (mapped) form.
+func bits16(p netip.Prefix) int {
+	if p.Addr().Is4() {
+		return 96 + p.Bits()
+	}
+	return p.Bits()
+}
+
+func prefix16(addr netip.Addr, bits int) netip.Prefix {
+	if addr.Is4() {
+		return netip.PrefixFrom(addr, bits-96)
+	}
+	return netip.PrefixFrom(addr, bits)
+}
+
+// Loopback4 and Loopback6 are a container's private loopback addresses:
+// 127.128.0.0/9 and fd6c:3369:736f::/48 plus its id (bpf/l3iso.h).
+func Loopback4(id uint32) netip.Addr {
+	v := uint32(0x7f800000) + id
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// Loopback6 is the IPv6 private loopback address of container id.
+func Loopback6(id uint32) netip.Addr {
+	b := [16]byte{0xfd, 0x6c, 0x33, 0x69, 0x73, 0x6f}
+	binary.BigEndian.PutUint32(b[12:], id)
+	return netip.AddrFrom16(b)
+}
+
+// Loopback6Prefix is the range Loopback6 draws from.
+var Loopback6Prefix = netip.MustParsePrefix("fd6c:3369:736f::/48")
+
+// Loopback4Prefix is the range Loopback4 draws from.
+var Loopback4Prefix = netip.MustParsePrefix("127.128.0.0/9")
+
+// portPrefixes splits [lo, hi] into aligned prefix blocks: (start, bits).
+func portPrefixes(lo, hi uint16) [][2]int {
+	var out [][2]int
+	start := int(lo)
+	for start <= int(hi) {
+		size := 1
+		for size < 65536 && start%(size*2) == 0 && start+size*2-1 <= int(hi) {
+			size *= 2
+		}
+		bits := 16
+		for s := size; s > 1; s >>= 1 {
+			bits--
+		}
+		out = append(out, [2]int{start, bits})
+		start += size
+	}
+	return out
+}
