@@ -1,0 +1,180 @@
+// Package cgroup finds the cgroup v2 hierarchy and creates, identifies and
+// removes the cgroups that l3iso containers live in.
+//
+// The hierarchy is discovered from /proc/self/mountinfo, never assumed: on
+// hybrid-mode hosts it is mounted at /sys/fs/cgroup/unified.
+package cgroup
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mount returns the mount point of the cgroup v2 hierarchy.
+func Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("read mount table: %w", err)
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		// id parent major:minor root mountpoint opts... - fstype source superopts
+		line := s.Text()
+		sep := strings.Index(line, " - ")
+		if sep < 0 {
+			continue
+		}
+		post := strings.Fields(line[sep+3:])
+		pre := strings.Fields(line[:sep])
+		if len(post) > 0 && post[0] == "cgroup2" && len(pre) >= 5 {
+			return unescape(pre[4]), nil
+		}
+	}
+	if err := s.Err(); err != nil {
+		return "", fmt.Errorf("read mount table: %w", err)
+	}
+	return "", errors.New("no cgroup v2 hierarchy is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) and retry")
+}
+
+// unescape undoes mountinfo's octal escapes (\040 for a space).
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Check verifies that path is a directory on a cgroup v2 filesystem.
+func Check(path string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("%s is not on a cgroup v2 filesystem: pass a directory below the cgroup v2 mount", path)
+	}
+	return nil
+}
+
+// Level returns the depth of path below the hierarchy's root (the root is 0),
+// as bpf_get_current_ancestor_cgroup_id counts it.
+func Level(mount, path string) (int, error) {
+	rel, err := filepath.Rel(filepath.Clean(mount), filepath.Clean(path))
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return 0, fmt.Errorf("%s is not below the cgroup v2 mount %s", path, mount)
+	}
+	if rel == "." {
+		return 0, nil
+	}
+	return len(strings.Split(rel, "/")), nil
+}
+
+// ID returns the cgroup id of the cgroup at path: the kernfs inode number,
+// which is what bpf_get_current_cgroup_id and friends return.
+func ID(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("cgroup id of %s: %w", path, err)
+	}
+	return st.Ino, nil
+}
+
+// Create makes the cgroup at path (and missing parents); an existing one is fine.
+func Create(path string) error {
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		return fmt.Errorf("create cgroup %s: %w", path, err)
+	}
+	return nil
+}
+
+// Populated reports whether any process lives in the cgroup or below it.
+func Populated(path string) (bool, error) {
+	b, err := os.ReadFile(filepath.Join(path, "cgroup.events"))
+	if err != nil {
+		return false, err
+	}
+	return bytes.Contains(b, []byte("populated 1")), nil
+}
+
+// Remove kills every process in the cgroup subtree at path and removes it.
+// A missing cgroup is not an error.
+func Remove(path string) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if pop, err := Populated(path); err == nil && pop {
+		if err := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0); err != nil {
+			return fmt.Errorf("kill processes of cgroup %s: %w", path, err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			pop, err := Populated(path)
+			if err != nil || !pop {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("processes of cgroup %s did not exit within 5s: check `cat %s/cgroup.procs`", path, path)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	return removeTree(path)
+}
+
+func removeTree(path string) error {
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("remove cgroup %s: %w", path, err)
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := removeTree(filepath.Join(path, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	var err2 error
+	for i := 0; i < 100; i++ { // rmdir races with exiting tasks being reaped
+		err2 = unix.Rmdir(path)
+		if err2 == nil || errors.Is(err2, unix.ENOENT) {
+			return nil
+		}
+		if !errors.Is(err2, unix.EBUSY) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Errorf("remove cgroup %s: %w", path, err2)
+}
+
+// Enter moves the calling process (all its threads) into the cgroup at path.
+func Enter(path string) error {
+	if err := os.WriteFile(filepath.Join(path, "cgroup.procs"), []byte("0"), 0); err != nil {
+		return fmt.Errorf("enter cgroup %s: %w", path, err)
+	}
+	return nil
+}

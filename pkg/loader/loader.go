@@ -1,0 +1,451 @@
+// Package loader loads l3iso's BPF programs, attaches them once at the
+// cgroup v2 root with bpf_links, and pins everything under bpffs.
+//
+// The pins are the state: a crashed or absent CLI loses nothing, and the
+// programs keep enforcing while no l3iso process runs. Layout:
+//
+//	<bpffs>/maps/<map>     every map (moved into place with one rename)
+//	<bpffs>/links/<prog>   one bpf_link per program (keeps it attached)
+//
+// The directory is flock()ed: shared to read, exclusive to change.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/cgroup"
+	"github.com/l3iso/l3iso/pkg/maps"
+)
+
+// DefaultBPFFS is where l3iso pins its objects unless told otherwise.
+const DefaultBPFFS = "/sys/fs/bpf/l3iso"
+
+// ContainersDir is the cgroup below the cgroup root that holds one cgroup
+// per container.
+const ContainersDir = "l3iso"
+
+// ErrNotUp says nothing is pinned: `l3iso up` has not run (or `down` did).
+var ErrNotUp = errors.New("l3iso is not up")
+
+// Options are what `l3iso up` is told.
+type Options struct {
+	CgroupRoot string // where to attach; "" = the cgroup v2 mount's root
+	BPFFS      string // "" = DefaultBPFFS
+	Uplink     string // "" = shared-mode addresses live on lo
+	Delivery   maps.Delivery
+}
+
+// State is an open installation: its pinned maps, with the lock held.
+type State struct {
+	Dir    string
+	Maps   *maps.Set
+	Config maps.Config
+	lock   *os.File
+}
+
+// ContainerCgroup is the cgroup directory of container name.
+func (s *State) ContainerCgroup(name string) string {
+	return filepath.Join(s.Config.CgroupRoot, ContainersDir, name)
+}
+
+// Close releases the maps and the lock.
+func (s *State) Close() error {
+	if s.Maps != nil {
+		s.Maps.Close()
+	}
+	if s.lock != nil {
+		s.lock.Close() // drops the flock
+	}
+	return nil
+}
+
+func mapsDir(dir string) string  { return filepath.Join(dir, "maps") }
+func linksDir(dir string) string { return filepath.Join(dir, "links") }
+
+// ensureBPFFS makes sure dir's parent is on a bpf filesystem, mounting the
+// standard one at /sys/fs/bpf if nothing is mounted there yet.
+func ensureBPFFS(dir string) error {
+	parent := filepath.Dir(filepath.Clean(dir))
+	var st unix.Statfs_t
+	if err := unix.Statfs(parent, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if parent == "/sys/fs/bpf" {
+		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount bpffs at /sys/fs/bpf: %w (mount it yourself: mount -t bpf bpf /sys/fs/bpf)", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("%s is not on a bpf filesystem: pass --bpffs with a directory below a bpffs mount (mount -t bpf bpf DIR)", parent)
+}
+
+func lockDir(dir string, how int) (*os.File, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return f, nil
+}
+
+// Open opens an installation that `up` created. exclusive takes the write
+// lock (for commands that change state); otherwise the read lock.
+func Open(dir string, exclusive bool) (*State, error) {
+	if dir == "" {
+		dir = DefaultBPFFS
+	}
+	how := unix.LOCK_SH
+	if exclusive {
+		how = unix.LOCK_EX
+	}
+	lock, err := lockDir(dir, how)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: nothing is pinned at %s; run `l3iso up` first (or pass the --bpffs that `up` used)", ErrNotUp, dir)
+	} else if err != nil {
+		return nil, err
+	}
+	s := &State{Dir: dir, lock: lock}
+	s.Maps, err = maps.OpenPinned(mapsDir(dir))
+	if err != nil {
+		s.Close()
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s has no complete set of maps; run `l3iso up` to finish installing", ErrNotUp, dir)
+		}
+		return nil, err
+	}
+	if s.Config, err = s.Maps.Config(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// hostNetnsCookie identifies the calling thread's network namespace.
+func hostNetnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	return c, nil
+}
+
+// Up installs l3iso, or checks and upgrades an existing installation. It is
+// idempotent: a second `up` with the same options changes nothing (changed
+// is false); with a newer binary it swaps programs in place with
+// link.Update, so no bind or connect ever goes unchecked. The returned State
+// holds the exclusive lock.
+func Up(o Options) (st *State, changed bool, err error) {
+	dir := o.BPFFS
+	if dir == "" {
+		dir = DefaultBPFFS
+	}
+	mount, err := cgroup.Mount()
+	if err != nil {
+		return nil, false, err
+	}
+	root := o.CgroupRoot
+	if root == "" {
+		root = mount
+	}
+	root = filepath.Clean(root)
+	if err := cgroup.Check(root); err != nil {
+		return nil, false, err
+	}
+	level, err := cgroup.Level(mount, root)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := ensureBPFFS(dir); err != nil {
+		return nil, false, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("create %s: %w", dir, err)
+	}
+	lock, err := lockDir(dir, unix.LOCK_EX)
+	if err != nil {
+		return nil, false, err
+	}
+	st = &State{Dir: dir, lock: lock}
+	defer func() {
+		if err != nil {
+			st.Close()
+			st = nil
+		}
+	}()
+
+	want := maps.Config{Level: uint32(level + 2), CgroupRoot: root, Uplink: o.Uplink, Delivery: o.Delivery}
+	if want.NetnsCookie, err = hostNetnsCookie(); err != nil {
+		return st, false, err
+	}
+	if o.Uplink != "" {
+		idx, err := ifindex(o.Uplink)
+		if err != nil {
+			return st, false, err
+		}
+		want.UplinkIfindex = idx
+	}
+
+	if _, err := os.Stat(mapsDir(dir)); err == nil {
+		if st.Maps, err = maps.OpenPinned(mapsDir(dir)); err != nil {
+			return st, false, err
+		}
+		if st.Config, err = st.Maps.Config(); err != nil {
+			return st, false, err
+		}
+		if err := sameOptions(dir, st.Config, want); err != nil {
+			return st, false, err
+		}
+	} else {
+		if err := st.createMaps(want); err != nil {
+			return st, false, err
+		}
+		changed = true
+	}
+	if err := cgroup.Create(filepath.Join(root, ContainersDir)); err != nil {
+		return st, changed, err
+	}
+	linked, err := st.ensureLinks()
+	return st, changed || linked, err
+}
+
+func sameOptions(dir string, have, want maps.Config) error {
+	if have.CgroupRoot != want.CgroupRoot {
+		return fmt.Errorf("l3iso is already up at %s with --cgroup-root %s (asked: %s): run `l3iso down` first, or repeat the same options", dir, have.CgroupRoot, want.CgroupRoot)
+	}
+	if have.Uplink != want.Uplink {
+		return fmt.Errorf("l3iso is already up at %s with --uplink %q (asked: %q): run `l3iso down` first, or repeat the same options", dir, have.Uplink, want.Uplink)
+	}
+	if have.Delivery != want.Delivery {
+		return fmt.Errorf("l3iso is already up at %s with --delivery %s (asked: %s): run `l3iso down` first, or repeat the same options", dir, have.Delivery, want.Delivery)
+	}
+	if have.NetnsCookie != want.NetnsCookie {
+		return fmt.Errorf("l3iso at %s was brought up from another network namespace: run l3iso from that namespace, or `l3iso down` first", dir)
+	}
+	return nil
+}
+
+// createMaps makes fresh maps, fills in the config, pins them in a temporary
+// directory and moves that into place with one rename.
+func (st *State) createMaps(cfg maps.Config) error {
+	set, err := maps.New()
+	if err != nil {
+		return err
+	}
+	st.Maps = set
+	if err := set.SetConfig(cfg); err != nil {
+		return err
+	}
+	if err := set.SetActiveGen(0); err != nil {
+		return err
+	}
+	if err := set.InitCounters(0); err != nil {
+		return err
+	}
+	tmp := filepath.Join(st.Dir, "maps-tmp")
+	os.RemoveAll(tmp) // leftover of a crashed `up`: unpinning is removing
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	if err := set.Pin(tmp); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, mapsDir(st.Dir)); err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("move pinned maps into place: %w", err)
+	}
+	st.Config = cfg
+	return nil
+}
+
+// ensureLinks loads the programs against the pinned maps and makes every
+// pinned link run them: attaching missing ones, updating those whose
+// program differs (an upgrade), leaving identical ones alone.
+func (st *State) ensureLinks() (changed bool, err error) {
+	spec, err := maps.SocketSpec()
+	if err != nil {
+		return false, err
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: st.Maps.Replacements()})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return false, fmt.Errorf("the kernel's verifier rejected l3iso's programs (kernel too old?): %+v", ve)
+		}
+		return false, fmt.Errorf("load programs: %w", err)
+	}
+	defer coll.Close()
+	if err := os.MkdirAll(linksDir(st.Dir), 0o700); err != nil {
+		return false, fmt.Errorf("create %s: %w", linksDir(st.Dir), err)
+	}
+	names := make([]string, 0, len(coll.Programs))
+	for n := range coll.Programs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		prog := coll.Programs[name]
+		c, err := st.ensureLink(name, prog, spec.Programs[name].AttachType)
+		if err != nil {
+			return changed, err
+		}
+		changed = changed || c
+	}
+	return changed, nil
+}
+
+func (st *State) ensureLink(name string, prog *ebpf.Program, at ebpf.AttachType) (bool, error) {
+	pin := filepath.Join(linksDir(st.Dir), name)
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err == nil {
+		defer l.Close()
+		same, err := sameProgram(l, prog)
+		if err != nil {
+			return false, fmt.Errorf("inspect pinned link %s: %w", pin, err)
+		}
+		if same {
+			return false, nil
+		}
+		if err := l.Update(prog); err != nil {
+			return false, fmt.Errorf("upgrade program %s in place: %w", name, err)
+		}
+		return true, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("open pinned link %s: %w", pin, err)
+	}
+	l, err = link.AttachCgroup(link.CgroupOptions{Path: st.Config.CgroupRoot, Attach: at, Program: prog})
+	if err != nil {
+		return false, fmt.Errorf("attach %s to cgroup %s: %w", name, st.Config.CgroupRoot, err)
+	}
+	defer l.Close() // the pin keeps it; on error, closing detaches it
+	if err := l.Pin(pin); err != nil {
+		return false, fmt.Errorf("pin link %s: %w", pin, err)
+	}
+	return true, nil
+}
+
+func sameProgram(l link.Link, prog *ebpf.Program) (bool, error) {
+	li, err := l.Info()
+	if err != nil {
+		return false, err
+	}
+	old, err := ebpf.NewProgramFromID(li.Program)
+	if err != nil {
+		return false, err
+	}
+	defer old.Close()
+	oi, err := old.Info()
+	if err != nil {
+		return false, err
+	}
+	ni, err := prog.Info()
+	if err != nil {
+		return false, err
+	}
+	return oi.Tag == ni.Tag, nil
+}
+
+// LinkInfo describes one pinned link, for `status`.
+type LinkInfo struct {
+	Name      string `json:"name"`
+	ID        uint32 `json:"link_id"`
+	ProgramID uint32 `json:"program_id"`
+	Tag       string `json:"program_tag"`
+	Attach    string `json:"attach"`
+	Target    string `json:"target"`
+}
+
+// Links lists the pinned links.
+func (st *State) Links() ([]LinkInfo, error) {
+	entries, err := os.ReadDir(linksDir(st.Dir))
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", linksDir(st.Dir), err)
+	}
+	var out []LinkInfo
+	for _, e := range entries {
+		l, err := link.LoadPinnedLink(filepath.Join(linksDir(st.Dir), e.Name()), nil)
+		if err != nil {
+			return nil, fmt.Errorf("open pinned link %s: %w", e.Name(), err)
+		}
+		li := LinkInfo{Name: e.Name(), Target: st.Config.CgroupRoot}
+		if info, err := l.Info(); err == nil {
+			li.ID = uint32(info.ID)
+			li.ProgramID = uint32(info.Program)
+			if cg := info.Cgroup(); cg != nil {
+				li.Attach = ebpf.AttachType(cg.AttachType).String()
+			}
+			if p, err := ebpf.NewProgramFromID(info.Program); err == nil {
+				if pi, err := p.Info(); err == nil {
+					li.Tag = pi.Tag
+				}
+				p.Close()
+			}
+		}
+		l.Close()
+		out = append(out, li)
+	}
+	return out, nil
+}
+
+// Teardown detaches every link and removes every pin and the containers'
+// parent cgroup. The caller has removed the containers first.
+func (st *State) Teardown() error {
+	entries, _ := os.ReadDir(linksDir(st.Dir))
+	for _, e := range entries {
+		pin := filepath.Join(linksDir(st.Dir), e.Name())
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("remove pin %s: %w", pin, err)
+			}
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			l.Close()
+			return fmt.Errorf("unpin link %s: %w", pin, err)
+		}
+		l.Close() // last reference: the program detaches
+	}
+	if st.Maps != nil {
+		st.Maps.Close()
+		st.Maps = nil
+	}
+	for _, sub := range []string{linksDir(st.Dir), mapsDir(st.Dir), filepath.Join(st.Dir, "maps-tmp")} {
+		if err := os.RemoveAll(sub); err != nil {
+			return fmt.Errorf("remove pins in %s: %w", sub, err)
+		}
+	}
+	if err := cgroup.Remove(filepath.Join(st.Config.CgroupRoot, ContainersDir)); err != nil {
+		return err
+	}
+	if err := os.Remove(st.Dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", st.Dir, err)
+	}
+	return nil
+}
+
+func ifindex(name string) (uint32, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("uplink %q: %w (check `ip link`)", name, err)
+	}
+	return uint32(l.Attrs().Index), nil
+}
