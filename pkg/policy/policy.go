@@ -1,0 +1,318 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+)
+
+// Limits per container. They bound the dataplane's per-container map entries.
+const (
+	MaxAddresses = 16 // addresses a container may own
+	MaxMulticast = 8  // multicast entries a container may list
+)
+
+// Mode is how a container is attached to the host.
+type Mode string
+
+// The container modes.
+const (
+	// ModeShared is a cgroup in the host network stack, isolated by socket
+	// hooks. It is the default.
+	ModeShared Mode = "shared"
+	// ModeNetns is an own network namespace with a veth pair, reached by TC
+	// programs.
+	ModeNetns Mode = "netns"
+)
+
+// Loopback is what a container's 127.0.0.1 and ::1 reach.
+type Loopback string
+
+// The loopback settings.
+const (
+	// LoopbackIsolated confines the container's loopback to its own
+	// sockets. It is the default.
+	LoopbackIsolated Loopback = "isolated"
+	// LoopbackHost lets the container's loopback reach the host's loopback
+	// sockets. Only a shared container may use it.
+	LoopbackHost Loopback = "host"
+)
+
+// Container is one container of a policy.
+type Container struct {
+	// Name identifies the container; see ValidateName.
+	Name string
+	// Mode is ModeShared or ModeNetns. Validate turns "" into ModeShared.
+	Mode Mode
+	// Addresses are what the container owns, in order: the first address
+	// of each family is the container's primary address for that family.
+	Addresses []Address
+	// Loopback is LoopbackIsolated or LoopbackHost. Validate turns "" into
+	// LoopbackIsolated.
+	Loopback Loopback
+	// Multicast are the groups (or prefixes of groups) the container may
+	// join, each a masked prefix inside 224.0.0.0/4 or ff00::/8.
+	Multicast []netip.Prefix
+}
+
+// Policy is a whole ownership policy. After Parse, Load or a successful
+// Validate its containers are sorted by name.
+type Policy struct {
+	Containers []Container
+}
+
+// Find returns the container called name.
+func (p *Policy) Find(name string) (*Container, bool) {
+	if p == nil {
+		return nil, false
+	}
+	for i := range p.Containers {
+		if p.Containers[i].Name == name {
+			return &p.Containers[i], true
+		}
+	}
+	return nil, false
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+
+// ValidateName checks a container name: 1 to 32 characters from a-z, 0-9
+// and '-', starting with a letter or a digit.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("invalid container name %q: use 1-32 characters from a-z, 0-9 and '-', starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// Error is a problem found at a line of a policy file. Its text is
+// "FILE:LINE: problem".
+type Error struct {
+	File string // the file name given to Parse or Load
+	Line int    // 1-based
+	Err  error  // the problem
+}
+
+// Error returns "FILE:LINE: problem".
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s:%d: %v", e.File, e.Line, e.Err)
+}
+
+// Unwrap returns the problem without its position.
+func (e *Error) Unwrap() error { return e.Err }
+
+// maxErrors is how many problems one Parse or Validate reports before it
+// stops listing them.
+const maxErrors = 20
+
+// Validate checks the whole policy: container names, modes, loopback
+// settings, address and multicast limits and syntax, and that no
+// address:port is owned twice. It fills in the default mode and loopback of
+// containers that leave them empty and sorts the containers by name.
+//
+// Every problem found is reported; several are joined with errors.Join, one
+// per line. Validate is what Parse runs after reading a file, so it is also
+// the check for containers built in code (for example from CLI flags).
+func (p *Policy) Validate() error {
+	return validate(p, nil)
+}
+
+// source remembers where a parsed policy's parts came from, so that
+// validation errors can name the line. It is nil for policies built in code.
+type source struct {
+	file       string
+	containers []containerLines // parallel to Policy.Containers before sorting
+}
+
+// containerLines holds the line of every part of one container.
+type containerLines struct {
+	name, mode, loopback, addresses, multicast int
+	addr, mcast                                []int
+}
+
+// lines returns the lines of container i, or zero lines without a source.
+func (s *source) lines(i int) containerLines {
+	if s == nil || i >= len(s.containers) {
+		return containerLines{}
+	}
+	return s.containers[i]
+}
+
+// reporter collects problems, positioned when there is a source.
+type reporter struct {
+	src  *source
+	errs []error
+}
+
+func (r *reporter) add(line int, err error) {
+	if r.src == nil {
+		r.errs = append(r.errs, err)
+		return
+	}
+	r.errs = append(r.errs, &Error{File: r.src.file, Line: line, Err: err})
+}
+
+func (r *reporter) addf(line int, format string, args ...any) {
+	r.add(line, fmt.Errorf(format, args...))
+}
+
+// err returns the collected problems, in line order for a file.
+func (r *reporter) err() error {
+	if len(r.errs) == 0 {
+		return nil
+	}
+	errs := r.errs
+	if r.src != nil {
+		sort.SliceStable(errs, func(i, j int) bool {
+			return errs[i].(*Error).Line < errs[j].(*Error).Line
+		})
+	}
+	if len(errs) > maxErrors {
+		errs = errs[:maxErrors:maxErrors]
+		more := fmt.Errorf("too many problems, stopping after %d", maxErrors)
+		if r.src != nil {
+			more = &Error{File: r.src.file, Line: errs[maxErrors-1].(*Error).Line, Err: more}
+		}
+		errs = append(errs, more)
+	}
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return errors.Join(errs...)
+}
+
+// or returns line, or fallback when line is unknown.
+func or(line, fallback int) int {
+	if line > 0 {
+		return line
+	}
+	return fallback
+}
+
+func at(lines []int, i, fallback int) int {
+	if i < len(lines) {
+		return or(lines[i], fallback)
+	}
+	return fallback
+}
+
+// owner is one address of one container, for the ownership check.
+type owner struct {
+	container, index int
+}
+
+func validate(p *Policy, src *source) error {
+	if p == nil {
+		return nil
+	}
+	r := &reporter{src: src}
+	firstByName := make(map[string]int, len(p.Containers))
+	duplicate := make([]bool, len(p.Containers))
+	validAddr := make([][]bool, len(p.Containers))
+
+	for i := range p.Containers {
+		c := &p.Containers[i]
+		ln := src.lines(i)
+		if err := ValidateName(c.Name); err != nil {
+			r.add(ln.name, err)
+		}
+		if j, ok := firstByName[c.Name]; ok {
+			duplicate[i] = true
+			if src != nil {
+				r.addf(ln.name, "container %q is defined twice (first at line %d): give each container one entry", c.Name, src.lines(j).name)
+			} else {
+				r.addf(ln.name, "container %q is defined twice: give each container one entry", c.Name)
+			}
+		} else {
+			firstByName[c.Name] = i
+		}
+
+		switch c.Mode {
+		case "":
+			c.Mode = ModeShared
+		case ModeShared, ModeNetns:
+		default:
+			r.addf(or(ln.mode, ln.name), "container %q: unknown mode %q: write shared or netns", c.Name, string(c.Mode))
+		}
+		switch c.Loopback {
+		case "":
+			c.Loopback = LoopbackIsolated
+		case LoopbackIsolated, LoopbackHost:
+			if c.Loopback == LoopbackHost && c.Mode == ModeNetns {
+				r.addf(or(ln.loopback, ln.name), "container %q: loopback: host needs mode: shared (a netns container has its own loopback): remove loopback: host or use mode: shared", c.Name)
+			}
+		default:
+			r.addf(or(ln.loopback, ln.name), "container %q: unknown loopback %q: write isolated or host", c.Name, string(c.Loopback))
+		}
+
+		switch n := len(c.Addresses); {
+		case n == 0:
+			r.addf(or(ln.addresses, ln.name), "container %q has no addresses: list at least one under addresses", c.Name)
+		case n > MaxAddresses:
+			r.addf(or(ln.addresses, ln.name), "container %q has %d addresses: at most %d are allowed", c.Name, n, MaxAddresses)
+		}
+		validAddr[i] = make([]bool, len(c.Addresses))
+		for j, a := range c.Addresses {
+			if err := checkAddress(a); err != nil {
+				r.addf(at(ln.addr, j, ln.name), "container %q: invalid address %q: %w", c.Name, a.String(), err)
+				continue
+			}
+			validAddr[i][j] = true
+		}
+
+		if n := len(c.Multicast); n > MaxMulticast {
+			r.addf(or(ln.multicast, ln.name), "container %q has %d multicast entries: at most %d are allowed", c.Name, n, MaxMulticast)
+		}
+		seenGroup := make(map[netip.Prefix]bool, len(c.Multicast))
+		for j, g := range c.Multicast {
+			line := at(ln.mcast, j, ln.name)
+			if err := checkMulticast(g); err != nil {
+				r.addf(line, "container %q: invalid multicast group %q: %w", c.Name, multicastString(g), err)
+				continue
+			}
+			if seenGroup[g] {
+				r.addf(line, "container %q: multicast group %s is listed twice: list it once", c.Name, multicastString(g))
+			}
+			seenGroup[g] = true
+		}
+	}
+
+	// Ownership: group the addresses by IP, so that only addresses of the
+	// same IP are compared. Earlier entries win; the later one is reported.
+	owners := make(map[netip.Addr][]owner)
+	for i := range p.Containers {
+		if duplicate[i] {
+			continue
+		}
+		c := &p.Containers[i]
+		ln := src.lines(i)
+	addresses:
+		for j, a := range c.Addresses {
+			if !validAddr[i][j] {
+				continue
+			}
+			prev := owners[a.Addr]
+			for _, o := range prev {
+				oc := &p.Containers[o.container]
+				b := oc.Addresses[o.index]
+				if !a.Overlaps(b) {
+					continue
+				}
+				if o.container == i {
+					r.addf(at(ln.addr, j, ln.name), "address %s of container %q overlaps its address %s: list each address:port once", a, c.Name, b)
+				} else {
+					r.addf(at(ln.addr, j, ln.name), "address %s of container %q overlaps %s of container %q: an address:port may be owned by one container only", a, c.Name, b, oc.Name)
+				}
+				continue addresses // report each conflict once, and keep the first owner
+			}
+			owners[a.Addr] = append(prev, owner{container: i, index: j})
+		}
+	}
+
+	sort.SliceStable(p.Containers, func(i, j int) bool {
+		return p.Containers[i].Name < p.Containers[j].Name
+	})
+	return r.err()
+}
