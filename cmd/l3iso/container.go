@@ -1,0 +1,171 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/l3iso/l3iso/pkg/control"
+	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/policy"
+)
+
+func newContainer(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "container",
+		Short: "Add, delete and list containers",
+	}
+	cmd.AddCommand(newContainerAdd(g), newContainerDel(g), newContainerList(g))
+	return cmd
+}
+
+func newContainerAdd(g *globals) *cobra.Command {
+	var (
+		addrs, mcast   []string
+		mode, loopback string
+	)
+	cmd := &cobra.Command{
+		Use:   "add NAME --addr ADDRESS [--addr ADDRESS ...]",
+		Short: "Create a container that owns the given addresses",
+		Long: `add creates the container's cgroup, records its ownership in the maps and
+only then configures its addresses on the host (on --uplink, or lo).
+
+Address forms:
+  10.77.0.1            one IP (every port, TCP and UDP)
+  10.77.0.1/24         an IP on subnet 10.77.0.0/24: its broadcast address
+                       becomes usable and the subnet picks this source
+  10.77.0.9:5432/tcp   one port of an IP; ranges: 10.77.0.9:8000-8099/udp
+  [fd77::1]:443/tcp    IPv6 with a port`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec := policy.Container{Name: args[0], Mode: policy.Mode(mode), Loopback: policy.Loopback(loopback)}
+			if err := policy.ValidateName(spec.Name); err != nil {
+				return err
+			}
+			if len(addrs) == 0 {
+				return fmt.Errorf("container %q needs at least one --addr", spec.Name)
+			}
+			for _, s := range addrs {
+				a, err := policy.ParseAddress(s)
+				if err != nil {
+					return fmt.Errorf("--addr %s: %w", s, err)
+				}
+				spec.Addresses = append(spec.Addresses, a)
+			}
+			for _, s := range mcast {
+				p, err := policy.ParseMulticast(s)
+				if err != nil {
+					return fmt.Errorf("--mcast %s: %w", s, err)
+				}
+				spec.Multicast = append(spec.Multicast, p)
+			}
+			c, err := control.Open(g.bpffs, true)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			k, err := c.Add(spec)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "container %q added (id %d, cgroup %s)\n", spec.Name, k.ID, c.CgroupPath(spec.Name))
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVar(&addrs, "addr", nil, "address the container owns (repeatable)")
+	cmd.Flags().StringVar(&mode, "mode", "shared", "shared (host stack, cgroup only) or netns")
+	cmd.Flags().StringVar(&loopback, "loopback", "isolated", "isolated (its own 127.0.0.1/::1) or host")
+	cmd.Flags().StringArrayVar(&mcast, "mcast", nil, "multicast group or prefix it may join (repeatable)")
+	return cmd
+}
+
+func newContainerDel(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "del NAME",
+		Short: "Kill a container's processes and remove it with its addresses",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := control.Open(g.bpffs, true)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if err := c.Del(args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "container %q deleted\n", args[0])
+			return nil
+		},
+	}
+}
+
+// containerJSON is the stable -o json shape of a container.
+type containerJSON struct {
+	Name      string   `json:"name"`
+	ID        uint32   `json:"id"`
+	Mode      string   `json:"mode"`
+	Loopback  string   `json:"loopback"`
+	Addresses []string `json:"addresses"`
+	Multicast []string `json:"multicast"`
+	Cgroup    string   `json:"cgroup"`
+	CgroupID  uint64   `json:"cgroup_id"`
+	Loopback4 string   `json:"loopback4,omitempty"`
+	Loopback6 string   `json:"loopback6,omitempty"`
+}
+
+func toJSON(c *control.Control, k maps.Container) containerJSON {
+	j := containerJSON{
+		Name: k.Spec.Name, ID: k.ID, Mode: string(k.Spec.Mode), Loopback: string(k.Spec.Loopback),
+		Addresses: []string{}, Multicast: []string{}, Cgroup: c.CgroupPath(k.Spec.Name), CgroupID: k.CgroupID,
+	}
+	for _, a := range k.Spec.Addresses {
+		j.Addresses = append(j.Addresses, a.String())
+	}
+	for _, m := range k.Spec.Multicast {
+		j.Multicast = append(j.Multicast, m.String())
+	}
+	if k.Isolated() {
+		j.Loopback4, j.Loopback6 = k.Loopback4().String(), k.Loopback6().String()
+	}
+	return j
+}
+
+func newContainerList(g *globals) *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List containers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(out); err != nil {
+				return err
+			}
+			c, err := control.Open(g.bpffs, false)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			list := []containerJSON{}
+			for _, k := range c.Containers() {
+				list = append(list, toJSON(c, k))
+			}
+			if out == "json" {
+				return writeJSON(cmd.OutOrStdout(), list)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tID\tMODE\tLOOPBACK\tADDRESSES\tMULTICAST")
+			for _, j := range list {
+				m := strings.Join(j.Multicast, ",")
+				if m == "" {
+					m = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", j.Name, j.ID, j.Mode, j.Loopback, strings.Join(j.Addresses, ","), m)
+			}
+			return tw.Flush()
+		},
+	}
+	outputFlag(cmd, &out)
+	return cmd
+}

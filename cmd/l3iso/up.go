@@ -1,0 +1,81 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/l3iso/l3iso/pkg/control"
+	"github.com/l3iso/l3iso/pkg/loader"
+	"github.com/l3iso/l3iso/pkg/maps"
+)
+
+func newUp(g *globals) *cobra.Command {
+	var (
+		o        loader.Options
+		delivery string
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Load, attach (once, at the cgroup v2 root) and pin l3iso; idempotent",
+		Long: `up loads l3iso's BPF programs, attaches them with bpf_links at the cgroup v2
+root (or --cgroup-root) and pins maps and links under --bpffs.
+
+Running it again with the same options changes nothing; running a newer
+binary replaces the programs in place (link update), with no window in
+which binds or connects go unchecked. Other options need 'l3iso down' first.
+
+Caution: at the real cgroup root every process on the machine is subject to
+l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := maps.ParseDelivery(delivery)
+			if err != nil {
+				return err
+			}
+			o.Delivery = d
+			o.BPFFS = g.bpffs
+			st, changed, err := loader.Up(o)
+			if err != nil {
+				return err
+			}
+			c, err := control.FromState(st)
+			if err != nil {
+				st.Close()
+				return err
+			}
+			defer c.Close()
+			if changed {
+				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is up: programs attached at %s, pinned in %s\n", st.Config.CgroupRoot, st.Dir)
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "l3iso was already up at %s (nothing changed)\n", st.Dir)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&o.CgroupRoot, "cgroup-root", "", "cgroup v2 directory to attach at (default: the cgroup v2 mount's root, found in /proc/self/mountinfo)")
+	cmd.Flags().StringVar(&o.Uplink, "uplink", "", "interface that carries container addresses (default: lo)")
+	cmd.Flags().StringVar(&delivery, "delivery", "direct", "how packets reach netns containers: direct, routed or bridge")
+	return cmd
+}
+
+func newDown(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Remove every container, address, cgroup, link and pin l3iso made",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := control.Open(g.bpffs, true)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			n := len(c.Containers())
+			if err := c.Down(); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed %d containers and every pin in %s\n", n, g.bpffs)
+			return nil
+		},
+	}
+}

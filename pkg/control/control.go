@@ -1,0 +1,349 @@
+// Package control is l3iso's control plane: it turns operator requests
+// (container add/del, apply, down) into cgroups, map entries and host
+// addresses, in the order that keeps DESIGN.md's rules true at every
+// instant — even when the process dies half way.
+//
+// Ordering rules:
+//   - an address is owned in the maps before it is configured on the host,
+//     and unconfigured before it leaves the maps (rule 9, both ways);
+//   - a container's processes are killed before its cgroup stops being a
+//     container, so they never run as unconfined host processes;
+//   - `apply` builds the next policy generation beside the active one and
+//     switches with one map write.
+//
+// Every mutating call first reconciles: it finishes what a crashed call left
+// (missing host addresses, orphan cgroups, entries of an unused generation).
+package control
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/l3iso/l3iso/pkg/cgroup"
+	"github.com/l3iso/l3iso/pkg/loader"
+	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/policy"
+)
+
+// ErrNotFound says a named container does not exist.
+var ErrNotFound = errors.New("no such container")
+
+// Control is an open installation plus the operations on it.
+type Control struct {
+	st  *loader.State
+	gen uint32
+	cur []maps.Container // containers of the active generation, by name
+}
+
+// Open opens the installation pinned at bpffs. exclusive is for commands
+// that change state; they also reconcile what a crash may have left.
+func Open(bpffs string, exclusive bool) (*Control, error) {
+	st, err := loader.Open(bpffs, exclusive)
+	if err != nil {
+		return nil, err
+	}
+	c := &Control{st: st}
+	if err := c.load(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if exclusive {
+		if err := c.reconcile(); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("repair state left by an interrupted l3iso: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// FromState wraps a State that `loader.Up` returned (it holds the lock).
+func FromState(st *loader.State) (*Control, error) {
+	c := &Control{st: st}
+	if err := c.load(); err != nil {
+		return nil, err
+	}
+	return c, c.reconcile()
+}
+
+// Close releases the installation.
+func (c *Control) Close() error { return c.st.Close() }
+
+// State is the underlying installation.
+func (c *Control) State() *loader.State { return c.st }
+
+func (c *Control) load() error {
+	gen, err := c.st.Maps.ActiveGen()
+	if err != nil {
+		return err
+	}
+	cur, err := c.st.Maps.Containers(gen)
+	if err != nil {
+		return err
+	}
+	c.gen, c.cur = gen, cur
+	return nil
+}
+
+// Containers lists the containers, by name.
+func (c *Control) Containers() []maps.Container { return c.cur }
+
+// Find returns the container called name.
+func (c *Control) Find(name string) (maps.Container, error) {
+	for _, k := range c.cur {
+		if k.Spec.Name == name {
+			return k, nil
+		}
+	}
+	return maps.Container{}, fmt.Errorf("%w %q: see `l3iso container list`", ErrNotFound, name)
+}
+
+// CgroupPath is the cgroup directory of container name.
+func (c *Control) CgroupPath(name string) string { return c.st.ContainerCgroup(name) }
+
+// reconcile rolls a crashed operation forward or back.
+func (c *Control) reconcile() error {
+	// Entries of any other generation belong to a push that never switched
+	// (or to the one before the last switch): nothing reads them.
+	if err := c.purgeInactive(); err != nil {
+		return err
+	}
+	// A cgroup without a container is an add that died before its
+	// metadata was written, or a delete that died after: remove it.
+	known := map[string]bool{}
+	for _, k := range c.cur {
+		known[k.Spec.Name] = true
+	}
+	dir := filepath.Join(c.st.Config.CgroupRoot, loader.ContainersDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("list %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if e.IsDir() && !known[e.Name()] {
+			if err := cgroup.Remove(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	// Containers whose cgroup vanished (removed by hand): recreate, so the
+	// maps and the cgroup id agree again.
+	for _, k := range c.cur {
+		id, err := cgroup.ID(c.CgroupPath(k.Spec.Name))
+		if err == nil && id == k.CgroupID {
+			continue
+		}
+		if err := c.recreateCgroup(k); err != nil {
+			return err
+		}
+	}
+	if err := c.load(); err != nil {
+		return err
+	}
+	// Addresses the active policy owns but the host lacks: configure them.
+	return c.configureHost(nil, c.cur)
+}
+
+func (c *Control) purgeInactive() error {
+	seen := map[uint32]bool{}
+	for _, g := range []uint32{c.gen - 1, c.gen + 1} {
+		if !seen[g] {
+			seen[g] = true
+			if err := c.st.Maps.PurgeGen(g); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Control) recreateCgroup(k maps.Container) error {
+	path := c.CgroupPath(k.Spec.Name)
+	if err := cgroup.Create(path); err != nil {
+		return err
+	}
+	id, err := cgroup.ID(path)
+	if err != nil {
+		return err
+	}
+	others := c.without(k.Spec.Name)
+	if err := c.st.Maps.Remove(c.gen, k, others); err != nil {
+		return err
+	}
+	k.CgroupID = id
+	return c.st.Maps.Insert(c.gen, k)
+}
+
+func (c *Control) without(name string) []maps.Container {
+	var out []maps.Container
+	for _, k := range c.cur {
+		if k.Spec.Name != name {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func (c *Control) policyOf(cs []maps.Container) *policy.Policy {
+	p := &policy.Policy{}
+	for _, k := range cs {
+		p.Containers = append(p.Containers, k.Spec)
+	}
+	return p
+}
+
+// Policy returns the active policy.
+func (c *Control) Policy() *policy.Policy { return c.policyOf(c.cur) }
+
+func freeIDs(used []maps.Container, n int) ([]uint32, error) {
+	taken := map[uint32]bool{}
+	for _, k := range used {
+		taken[k.ID] = true
+	}
+	var out []uint32
+	for id := uint32(1); len(out) < n && int(id) <= maps.MaxContainers; id++ {
+		if !taken[id] {
+			out = append(out, id)
+		}
+	}
+	if len(out) < n {
+		return nil, fmt.Errorf("too many containers: l3iso supports %d; delete some first", maps.MaxContainers)
+	}
+	return out, nil
+}
+
+// Add creates a container: its cgroup, its ownership in the maps, then its
+// addresses on the host (rule 9). On any error everything it made is undone.
+func (c *Control) Add(spec policy.Container) (maps.Container, error) {
+	if spec.Mode == "" {
+		spec.Mode = policy.ModeShared
+	}
+	if spec.Loopback == "" {
+		spec.Loopback = policy.LoopbackIsolated
+	}
+	if err := checkModes(spec); err != nil {
+		return maps.Container{}, err
+	}
+	if _, err := c.Find(spec.Name); err == nil {
+		return maps.Container{}, fmt.Errorf("container %q already exists: delete it first or choose another name", spec.Name)
+	}
+	p := c.policyOf(append(append([]maps.Container{}, c.cur...), maps.Container{Spec: spec}))
+	if err := p.Validate(); err != nil {
+		return maps.Container{}, err
+	}
+	if err := c.checkHostConflicts(c.cur, []policy.Container{spec}); err != nil {
+		return maps.Container{}, err
+	}
+	ids, err := freeIDs(c.cur, 1)
+	if err != nil {
+		return maps.Container{}, err
+	}
+	k := maps.Container{ID: ids[0], Spec: spec}
+
+	var undo []func()
+	fail := func(err error) (maps.Container, error) {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return maps.Container{}, err
+	}
+	path := c.CgroupPath(spec.Name)
+	if err := cgroup.Create(path); err != nil {
+		return fail(err)
+	}
+	undo = append(undo, func() { cgroup.Remove(path) })
+	if k.CgroupID, err = cgroup.ID(path); err != nil {
+		return fail(err)
+	}
+	if err := c.st.Maps.InitCounters(k.ID); err != nil {
+		return fail(err)
+	}
+	undo = append(undo, func() { c.st.Maps.DeleteCounters(k.ID) })
+	undo = append(undo, func() { c.st.Maps.Remove(c.gen, k, c.cur) })
+	if err := c.st.Maps.Insert(c.gen, k); err != nil {
+		return fail(err)
+	}
+	next := append(append([]maps.Container{}, c.cur...), k)
+	undo = append(undo, func() { c.unconfigureHost(next, c.cur) })
+	if err := c.configureHost(c.cur, next); err != nil {
+		return fail(err)
+	}
+	c.cur = next
+	sort.Slice(c.cur, func(i, j int) bool { return c.cur[i].Spec.Name < c.cur[j].Spec.Name })
+	return k, nil
+}
+
+func checkModes(spec policy.Container) error {
+	if spec.Mode == policy.ModeNetns {
+		return fmt.Errorf("container %q: mode netns is not available in this version of l3iso; use mode shared", spec.Name)
+	}
+	return nil
+}
+
+// Del removes a container: kills its processes, unconfigures its addresses,
+// then releases its ownership and removes its cgroup.
+func (c *Control) Del(name string) error {
+	k, err := c.Find(name)
+	if err != nil {
+		return err
+	}
+	rest := c.without(name)
+	path := c.CgroupPath(name)
+	if pop, _ := cgroup.Populated(path); pop {
+		if err := cgroup.Remove(path); err != nil {
+			return err
+		}
+	}
+	if err := c.unconfigureHost(c.cur, rest); err != nil {
+		return err
+	}
+	if err := c.st.Maps.Remove(c.gen, k, rest); err != nil {
+		return err
+	}
+	if err := cgroup.Remove(path); err != nil {
+		return err
+	}
+	if err := c.st.Maps.DeleteCounters(k.ID); err != nil {
+		return err
+	}
+	c.cur = rest
+	return nil
+}
+
+// Down removes every container, then every link, pin and cgroup.
+func (c *Control) Down() error {
+	for _, k := range append([]maps.Container{}, c.cur...) {
+		if err := c.Del(k.Spec.Name); err != nil {
+			return fmt.Errorf("remove container %q: %w", k.Spec.Name, err)
+		}
+	}
+	return c.st.Teardown()
+}
+
+// Stats returns the counters of container name ("" is the host: processes
+// outside every container).
+func (c *Control) Stats(name string) (maps.Counters, error) {
+	if name == "" {
+		return c.st.Maps.ReadCounters(0)
+	}
+	k, err := c.Find(name)
+	if err != nil {
+		return nil, err
+	}
+	return c.st.Maps.ReadCounters(k.ID)
+}
+
+// OwnerOf names the container owning addr ("" if none).
+func (c *Control) OwnerOf(addr netip.Addr) string {
+	for _, k := range c.cur {
+		for _, a := range k.Spec.Addresses {
+			if a.Addr == addr {
+				return k.Spec.Name
+			}
+		}
+	}
+	return ""
+}

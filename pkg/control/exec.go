@@ -1,0 +1,83 @@
+package control
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/cgroup"
+)
+
+// DroppedCaps are the capabilities a process started with `l3iso exec`
+// loses: those that would let it undo its isolation (DESIGN.md rule 8) —
+// reconfigure the network or BPF, open raw sockets, leave its cgroup or
+// namespaces, load modules, or take over host processes.
+var DroppedCaps = []uintptr{
+	unix.CAP_NET_ADMIN, unix.CAP_NET_RAW, unix.CAP_SYS_ADMIN, unix.CAP_BPF,
+	unix.CAP_PERFMON, unix.CAP_SYS_MODULE, unix.CAP_SYS_PTRACE,
+}
+
+// Exec replaces the calling process with argv, running inside container
+// name: in its cgroup, in a new cgroup namespace rooted there (so not even
+// root inside can move itself out), without DroppedCaps. It returns only on
+// error. The caller must hold no lock it wants to keep.
+func (c *Control) Exec(name string, argv []string) error {
+	if len(argv) == 0 {
+		return fmt.Errorf("exec: no command given: l3iso exec %s -- COMMAND [ARGS...]", name)
+	}
+	if _, err := c.Find(name); err != nil {
+		return err
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return fmt.Errorf("exec in container %q: %w", name, err)
+	}
+	cg := c.CgroupPath(name)
+	c.Close()
+
+	// Namespaces and capabilities belong to the thread that calls execve.
+	runtime.LockOSThread()
+	if err := cgroup.Enter(cg); err != nil {
+		return err
+	}
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		return fmt.Errorf("exec in container %q: new cgroup namespace: %w", name, err)
+	}
+	if err := dropCaps(DroppedCaps); err != nil {
+		return fmt.Errorf("exec in container %q: %w", name, err)
+	}
+	err = unix.Exec(path, argv, os.Environ())
+	return fmt.Errorf("exec %s in container %q: %w", path, name, err)
+}
+
+// dropCaps removes caps from the calling thread's bounding, ambient,
+// effective, permitted and inheritable sets.
+func dropCaps(caps []uintptr) error {
+	for _, cp := range caps {
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, cp, 0, 0, 0); err != nil {
+			return fmt.Errorf("drop capability %d from the bounding set: %w", cp, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("clear ambient capabilities: %w", err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("read capabilities: %w", err)
+	}
+	for _, cp := range caps {
+		bit := uint32(1) << (cp % 32)
+		d := &data[cp/32]
+		d.Effective &^= bit
+		d.Permitted &^= bit
+		d.Inheritable &^= bit
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("set capabilities: %w", err)
+	}
+	return nil
+}
