@@ -45,6 +45,30 @@ func Mount() (string, error) {
 	return "", errors.New("no cgroup v2 hierarchy is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) and retry")
 }
 
+// Mounts returns the mount points of every cgroup filesystem (v1 and v2).
+func Mounts() ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	defer f.Close()
+	var out []string
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		line := s.Text()
+		sep := strings.Index(line, " - ")
+		if sep < 0 {
+			continue
+		}
+		post := strings.Fields(line[sep+3:])
+		pre := strings.Fields(line[:sep])
+		if len(post) > 0 && (post[0] == "cgroup2" || post[0] == "cgroup") && len(pre) >= 5 {
+			out = append(out, unescape(pre[4]))
+		}
+	}
+	return out, s.Err()
+}
+
 // unescape undoes mountinfo's octal escapes (\040 for a space).
 func unescape(s string) string {
 	if !strings.Contains(s, `\`) {

@@ -43,14 +43,39 @@ func (c *Control) Exec(name string, argv []string) error {
 	if err := cgroup.Enter(cg); err != nil {
 		return err
 	}
-	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
-		return fmt.Errorf("exec in container %q: new cgroup namespace: %w", name, err)
+	if err := confineCgroups(); err != nil {
+		return fmt.Errorf("exec in container %q: %w", name, err)
 	}
 	if err := dropCaps(DroppedCaps); err != nil {
 		return fmt.Errorf("exec in container %q: %w", name, err)
 	}
 	err = unix.Exec(path, argv, os.Environ())
 	return fmt.Errorf("exec %s in container %q: %w", path, name, err)
+}
+
+// confineCgroups gives the calling thread a cgroup namespace rooted at its
+// cgroup and a mount namespace in which every cgroup filesystem is
+// read-only. Without nsdelegate a cgroup namespace alone does not stop root
+// from writing its pid to an ancestor's cgroup.procs; a read-only mount
+// does, and remounting it needs CAP_SYS_ADMIN, which dropCaps removes.
+func confineCgroups() error {
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP | unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("new cgroup and mount namespaces: %w", err)
+	}
+	// Our remounts must not propagate back to the host.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	mounts, err := cgroup.Mounts()
+	if err != nil {
+		return err
+	}
+	for _, m := range mounts {
+		if err := unix.Mount("", m, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("make %s read-only: %w", m, err)
+		}
+	}
+	return nil
 }
 
 // dropCaps removes caps from the calling thread's bounding, ambient,

@@ -391,6 +391,9 @@ func (st *State) Links() ([]LinkInfo, error) {
 			li.ProgramID = uint32(info.Program)
 			if cg := info.Cgroup(); cg != nil {
 				li.Attach = ebpf.AttachType(cg.AttachType).String()
+				if ebpf.AttachType(cg.AttachType) == ebpf.AttachCGroupInetIngress {
+					li.Attach = "CGroupInetIngress" // value 0 prints as "None"
+				}
 			}
 			if p, err := ebpf.NewProgramFromID(info.Program); err == nil {
 				if pi, err := p.Info(); err == nil {

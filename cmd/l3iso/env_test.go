@@ -1,0 +1,207 @@
+package main
+
+// End-to-end tests: they build the real l3iso binary and drive it in a
+// private network namespace, cgroup subtree and bpffs, then check the rules
+// with real sockets from agents living in container cgroups.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/internal/sockprobe"
+)
+
+var binary string // the l3iso binary under test
+
+func TestMain(m *testing.M) {
+	sockprobe.MaybeServe()
+	dir, err := os.MkdirTemp("", "l3iso-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "l3iso")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build l3iso: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is one private l3iso installation.
+type env struct {
+	t      *testing.T
+	netns  string // path of the netns l3iso and the agents live in
+	cgroot string // --cgroup-root
+	bpffs  string // --bpffs
+	hostCg string // a cgroup below cgroot that is no container: "the host"
+}
+
+// newEnv brings l3iso up in a fresh netns, cgroup subtree and bpffs.
+// Cleanup takes it down and checks that nothing is left behind.
+func newEnv(t *testing.T, upArgs ...string) *env {
+	t.Helper()
+	e := newBareEnv(t)
+	e.mustRun(append([]string{"up", "--cgroup-root", e.cgroot}, upArgs...)...)
+	t.Cleanup(func() {
+		e.run("down")
+		if _, err := os.Stat(filepath.Join(e.cgroot, "l3iso")); err == nil {
+			t.Errorf("down left the containers' cgroup %s/l3iso behind", e.cgroot)
+		}
+		if entries, _ := os.ReadDir(filepath.Dir(e.bpffs)); len(entries) > 0 {
+			for _, en := range entries {
+				if en.Name() != "maps.debug" && en.Name() != "progs.debug" {
+					t.Errorf("down left %s in bpffs", en.Name())
+				}
+			}
+		}
+	})
+	return e
+}
+
+// newBareEnv makes the netns, cgroups and bpffs but does not run `up`.
+func newBareEnv(t *testing.T) *env {
+	t.Helper()
+	sockprobe.RequirePrivileged(t)
+	e := &env{t: t}
+	e.netns = sockprobe.NewNetns(t)
+	e.cgroot = sockprobe.NewCgroup(t, "")
+	e.hostCg = filepath.Join(e.cgroot, "host")
+	if err := os.Mkdir(e.hostCg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mnt := t.TempDir()
+	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount bpffs %s: %v", mnt, err)
+		}
+	})
+	e.bpffs = filepath.Join(mnt, "l3iso")
+	return e
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// run runs l3iso with args inside the env's netns.
+func (e *env) run(args ...string) result {
+	e.t.Helper()
+	return e.runStdin(nil, args...)
+}
+
+func (e *env) runStdin(stdin []byte, args ...string) result {
+	e.t.Helper()
+	full := append([]string{"--net=" + e.netns, binary, "--bpffs", e.bpffs}, args...)
+	cmd := exec.Command("nsenter", full...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("run l3iso %v: %v", args, err)
+	}
+	return r
+}
+
+// mustRun runs l3iso and fails the test on a non-zero exit.
+func (e *env) mustRun(args ...string) string {
+	e.t.Helper()
+	r := e.run(args...)
+	if r.code != 0 {
+		e.t.Fatalf("l3iso %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// mustFail runs l3iso, expects a non-zero exit and a one-line error that
+// contains every fragment.
+func (e *env) mustFail(fragments []string, args ...string) string {
+	e.t.Helper()
+	r := e.run(args...)
+	if r.code == 0 {
+		e.t.Fatalf("l3iso %s: succeeded, want failure\nstdout: %s", strings.Join(args, " "), r.stdout)
+	}
+	msg := strings.TrimSpace(r.stderr)
+	for _, f := range fragments {
+		if !strings.Contains(msg, f) {
+			e.t.Errorf("l3iso %s: error %q does not mention %q", strings.Join(args, " "), msg, f)
+		}
+	}
+	return msg
+}
+
+// apply writes a policy to a file and applies it.
+func (e *env) apply(yaml string, extra ...string) string {
+	e.t.Helper()
+	f := filepath.Join(e.t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(f, []byte(yaml), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return e.mustRun(append([]string{"apply", "-f", f}, extra...)...)
+}
+
+func (e *env) cgroupOf(container string) string {
+	return filepath.Join(e.cgroot, "l3iso", container)
+}
+
+// agent starts a socket agent inside container name ("" = the host cgroup).
+func (e *env) agent(name string) *sockprobe.Agent {
+	e.t.Helper()
+	cg := e.hostCg
+	if name != "" {
+		cg = e.cgroupOf(name)
+	}
+	return sockprobe.Start(e.t, sockprobe.Options{CgroupDir: cg, NetnsPath: e.netns})
+}
+
+// counters reads `l3iso stats -o json`.
+func (e *env) counters() map[string]map[string]uint64 {
+	e.t.Helper()
+	var out map[string]map[string]uint64
+	if err := json.Unmarshal([]byte(e.mustRun("stats", "-o", "json")), &out); err != nil {
+		e.t.Fatalf("stats -o json: %v", err)
+	}
+	return out
+}
+
+// listJSON reads `l3iso container list -o json`.
+func (e *env) listJSON() []containerJSON {
+	e.t.Helper()
+	var out []containerJSON
+	if err := json.Unmarshal([]byte(e.mustRun("container", "list", "-o", "json")), &out); err != nil {
+		e.t.Fatalf("container list -o json: %v", err)
+	}
+	return out
+}
+
+// hostAddrs lists the addresses configured in the env's netns.
+func (e *env) hostAddrs() string {
+	e.t.Helper()
+	out, err := exec.Command("nsenter", "--net="+e.netns, "ip", "-br", "addr").CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("ip addr: %v: %s", err, out)
+	}
+	return string(out)
+}

@@ -1,0 +1,308 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestLoopback checks rule 5: a container's 127.0.0.1 / ::1 reaches only its
+// own sockets, applications still see 127.0.0.1 / ::1, and `loopback: host`
+// shares the host's.
+func TestLoopback(t *testing.T) {
+	e := newEnv(t)
+	e.apply(basePolicy)
+	web, db, host, share := e.agent("web"), e.agent("db"), e.agent(""), e.agent("shareloop")
+
+	for _, fam := range []struct {
+		name      string
+		p         proto
+		lo, loStr string
+	}{
+		{"v4", tcp4, "127.0.0.1", "127.0.0.1"},
+		{"v6", tcp6, "::1", "[::1]"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			addr := fmt.Sprintf("%s:7100", fam.loStr)
+			lid := listen(t, web, fam.p, addr)
+			defer web.Close(lid)
+
+			// web reaches its own loopback listener and sees loopback
+			// addresses on both ends.
+			cid := web.Socket(fam.p.family, fam.p.typ, 0)
+			defer web.Close(cid)
+			if err := web.Connect(cid, ap(addr)); err != nil {
+				t.Fatalf("web → own %s: %v", addr, err)
+			}
+			aid, peer, err := web.Accept(lid, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer web.Close(aid)
+			for what, got := range map[string]netip.AddrPort{"accepted peer": peer} {
+				if got.Addr().String() != fam.lo {
+					t.Errorf("%s = %s, want %s", what, got, fam.lo)
+				}
+			}
+			if got, _ := web.PeerName(cid); got.Addr().String() != fam.lo {
+				t.Errorf("getpeername = %s, want %s", got, fam.lo)
+			}
+			if got, _ := web.SockName(cid); got.Addr().String() != fam.lo {
+				t.Errorf("getsockname = %s, want %s", got, fam.lo)
+			}
+
+			// Nobody else reaches it through their 127.0.0.1 / ::1.
+			for name, a := range map[string]interface {
+				Socket(int, int, int) int
+				Connect(int, netip.AddrPort) error
+				Close(int) error
+			}{"db": db, "host": host} {
+				id := a.Socket(fam.p.family, fam.p.typ, 0)
+				err := a.Connect(id, ap(addr))
+				a.Close(id)
+				if !errors.Is(err, unix.ECONNREFUSED) {
+					t.Errorf("%s → %s: got %v, want ECONNREFUSED (web's loopback must be private)", name, addr, err)
+				}
+			}
+		})
+	}
+
+	t.Run("wildcard-listener-via-loopback", func(t *testing.T) {
+		// A wildcard listener answers on 127.0.0.1 inside the container,
+		// as in a namespace, although bind put it on 10.77.0.1.
+		lid := listen(t, web, tcp4, "0.0.0.0:7101")
+		defer web.Close(lid)
+		cid := web.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer web.Close(cid)
+		if err := web.Connect(cid, ap("127.0.0.1:7101")); err != nil {
+			t.Fatalf("web → 127.0.0.1:7101 (wildcard listener): %v", err)
+		}
+		if got, _ := web.PeerName(cid); got.Addr().String() != "127.0.0.1" {
+			t.Errorf("getpeername = %s, want 127.0.0.1", got)
+		}
+		aid, _, err := web.Accept(lid, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		web.Close(aid)
+	})
+
+	t.Run("udp", func(t *testing.T) {
+		lid := listen(t, web, udp4, "127.0.0.1:7102")
+		defer web.Close(lid)
+		cid := web.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		defer web.Close(cid)
+		if err := web.SendTo(cid, ap("127.0.0.1:7102"), []byte("hi")); err != nil {
+			t.Fatal(err)
+		}
+		_, from, dst, err := web.RecvFrom(lid, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if from.Addr().String() != "127.0.0.1" {
+			t.Errorf("recvfrom source = %s, want 127.0.0.1", from)
+		}
+		_ = dst
+		// db's datagram to 127.0.0.1:7102 goes to db's own loopback.
+		did := db.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		defer db.Close(did)
+		db.SendTo(did, ap("127.0.0.1:7102"), []byte("leak"))
+		if b, _, _, err := web.RecvFrom(lid, 300*time.Millisecond); err == nil {
+			t.Errorf("web's loopback socket received %q from db", b)
+		}
+	})
+
+	t.Run("host-mode", func(t *testing.T) {
+		// loopback: host shares the host's 127.0.0.1 both ways.
+		lid := listen(t, share, tcp4, "127.0.0.1:7103")
+		defer share.Close(lid)
+		cid := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer host.Close(cid)
+		if err := host.Connect(cid, ap("127.0.0.1:7103")); err != nil {
+			t.Fatalf("host → shareloop's 127.0.0.1 listener: %v", err)
+		}
+	})
+
+	t.Run("host-cannot-reach-private-loopback", func(t *testing.T) {
+		lid := listen(t, web, tcp4, "127.0.0.1:7104")
+		defer web.Close(lid)
+		cid := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer host.Close(cid)
+		// 127.128.0.1 is web's private loopback underneath (id 1 is the
+		// first container by name order: db... ask l3iso for it).
+		var lo4 string
+		for _, c := range e.listJSON() {
+			if c.Name == "web" {
+				lo4 = c.Loopback4
+			}
+		}
+		err := host.Connect(cid, netip.AddrPortFrom(netip.MustParseAddr(lo4), 7104))
+		if err == nil {
+			t.Fatalf("host reached web's private loopback %s:7104", lo4)
+		}
+	})
+	if c := e.counters(); c["web"]["loopback_remapped"] == 0 {
+		t.Errorf("loopback_remapped did not count: %v", c["web"])
+	}
+}
+
+// TestBackstop checks what no sock_addr hook sees: sockets bound by the
+// kernel (listen() without bind(), UDP autobind) still receive only the
+// container's own traffic; the host's wildcard listeners lose container
+// addresses; explicit foreign sources are refused.
+func TestBackstop(t *testing.T) {
+	e := newEnv(t)
+	e.apply(basePolicy)
+	web, db, host := e.agent("web"), e.agent("db"), e.agent("")
+
+	t.Run("listen-without-bind", func(t *testing.T) {
+		lid := web.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer web.Close(lid)
+		if err := web.Listen(lid); err != nil { // autobinds to 0.0.0.0:ephemeral
+			t.Fatal(err)
+		}
+		local, _ := web.SockName(lid)
+		port := local.Port()
+		// To web's own address: accepted.
+		c1 := db.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer db.Close(c1)
+		if err := db.Connect(c1, netip.AddrPortFrom(netip.MustParseAddr("10.77.0.1"), port)); err != nil {
+			t.Fatalf("connect to web's own address on its autobound listener: %v", err)
+		}
+		// To db's address, same port: must not reach web's listener.
+		c2 := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer host.Close(c2)
+		if err := host.Connect(c2, netip.AddrPortFrom(netip.MustParseAddr("10.77.0.2"), port)); err == nil {
+			t.Fatalf("a connection to db's address reached web's autobound listener")
+		} else {
+			t.Logf("connect to db's address on web's autobound port: %v", err)
+		}
+	})
+
+	t.Run("udp-autobind", func(t *testing.T) {
+		srv := listen(t, db, udp4, "10.77.0.2:7200")
+		defer db.Close(srv)
+		cid := web.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		defer web.Close(cid)
+		if err := web.SendTo(cid, ap("10.77.0.2:7200"), []byte("q")); err != nil {
+			t.Fatal(err)
+		}
+		local, _ := web.SockName(cid) // 0.0.0.0:ephemeral: autobound
+		// A datagram to web's address reaches it...
+		hid := host.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		defer host.Close(hid)
+		host.SendTo(hid, netip.AddrPortFrom(netip.MustParseAddr("10.77.0.1"), local.Port()), []byte("ok"))
+		if _, _, _, err := web.RecvFrom(cid, 2*time.Second); err != nil {
+			t.Fatalf("datagram to web's own address: %v", err)
+		}
+		// ...one to db's address on the same port does not.
+		host.SendTo(hid, netip.AddrPortFrom(netip.MustParseAddr("10.77.0.2"), local.Port()), []byte("leak"))
+		if b, _, _, err := web.RecvFrom(cid, 300*time.Millisecond); err == nil {
+			t.Fatalf("web's autobound socket received %q sent to db's address", b)
+		}
+	})
+
+	t.Run("host-wildcard-loses-container-addresses", func(t *testing.T) {
+		lid := listen(t, host, tcp4, "0.0.0.0:7201")
+		defer host.Close(lid)
+		cid := db.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer db.Close(cid)
+		if err := db.Connect(cid, ap("10.77.0.1:7201")); err == nil {
+			t.Fatal("a connection to web's address reached the host's wildcard listener")
+		}
+	})
+
+	t.Run("spoofed-source", func(t *testing.T) {
+		srv := listen(t, db, udp4, "10.77.0.2:7202")
+		defer db.Close(srv)
+		for _, p := range []struct {
+			fam      int
+			src, dst string
+		}{{unix.AF_INET, "10.77.0.2", "10.77.0.2:7202"}, {unix.AF_INET6, "fd77::2", "[fd77::2]:7203"}} {
+			id := web.Socket(p.fam, unix.SOCK_DGRAM, 0)
+			err := web.SendFrom(id, netip.MustParseAddr(p.src), ap(p.dst), []byte("spoof"))
+			web.Close(id)
+			if !errors.Is(err, unix.EPERM) {
+				t.Errorf("send from %s: got %v, want EPERM", p.src, err)
+			}
+		}
+		// Its own address as explicit source is fine.
+		id := web.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		defer web.Close(id)
+		if err := web.SendFrom(id, netip.MustParseAddr("10.77.0.1"), ap("10.77.0.2:7202"), []byte("ok")); err != nil {
+			t.Fatalf("send from own address: %v", err)
+		}
+		if _, from, _, err := db.RecvFrom(srv, 2*time.Second); err != nil || from.Addr().String() != "10.77.0.1" {
+			t.Fatalf("got from=%s err=%v, want from 10.77.0.1", from, err)
+		}
+	})
+
+	c := e.counters()
+	if c["web"]["ingress_dropped_foreign"] == 0 {
+		t.Errorf("ingress_dropped_foreign did not count: %v", c["web"])
+	}
+	if c["web"]["send_denied_spoof"] == 0 {
+		t.Errorf("send_denied_spoof did not count: %v", c["web"])
+	}
+	if c["(host)"]["host_ingress_dropped"] == 0 {
+		t.Errorf("host_ingress_dropped did not count: %v", c["(host)"])
+	}
+}
+
+// TestWildcardTwoContainers checks rule 3 end to end with Go's own
+// listeners (dual-stack, MPTCP since Go 1.24) and a plain TCP one: two
+// containers listen on *:PORT and each gets only connections to its address.
+func TestWildcardTwoContainers(t *testing.T) {
+	e := newEnv(t)
+	e.apply(basePolicy)
+	web, db, host := e.agent("web"), e.agent("db"), e.agent("")
+
+	// Go: net.Listen("tcp", ":7300") in both.
+	wid, wlocal, err := web.GoListen("tcp", ":7300")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer web.Close(wid)
+	did, dlocal, err := db.GoListen("tcp", ":7300")
+	if err != nil {
+		t.Fatalf("second container's Go listener on :7300: %v", err)
+	}
+	defer db.Close(did)
+	if wlocal.Addr().String() != "fd77::1" || dlocal.Addr().String() != "fd77::2" {
+		t.Fatalf("Go listeners bound to %s and %s, want fd77::1 and fd77::2", wlocal, dlocal)
+	}
+	for _, tc := range []struct{ dst, who string }{{"[fd77::1]:7300", "web"}, {"[fd77::2]:7300", "db"}} {
+		_, remote, err := host.GoDial("tcp", tc.dst, 3*time.Second)
+		if err != nil {
+			t.Fatalf("dial %s: %v", tc.dst, err)
+		}
+		a := map[string]interface {
+			GoAccept(int, time.Duration) (netip.AddrPort, error)
+		}{"web": web, "db": db}[tc.who]
+		lid := map[string]int{"web": wid, "db": did}[tc.who]
+		if _, err := a.GoAccept(lid, 3*time.Second); err != nil {
+			t.Fatalf("%s did not accept the connection to %s: %v", tc.who, remote, err)
+		}
+	}
+
+	// Plain TCP (as C programs do): 0.0.0.0:7301 in both.
+	l1 := listen(t, web, tcp4, "0.0.0.0:7301")
+	defer web.Close(l1)
+	l2 := listen(t, db, tcp4, "0.0.0.0:7301")
+	defer db.Close(l2)
+	c := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	defer host.Close(c)
+	if err := host.Connect(c, ap("10.77.0.2:7301")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := db.Accept(l2, 3*time.Second); err != nil {
+		t.Fatalf("db did not get the connection to its address: %v", err)
+	}
+	if _, _, err := web.Accept(l1, 200*time.Millisecond); err == nil {
+		t.Fatal("web got a connection meant for db")
+	}
+}
