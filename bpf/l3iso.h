@@ -41,11 +41,15 @@ struct l3_addr {
 struct l3_cfg {
 	__u64 netns_cookie; /* the host netns: rules for non-container sockets apply only here */
 	__u32 level;	    /* cgroup level of container cgroups (<root>/l3iso/<name>) */
-	__u32 flags;
+	__u32 flags;	    /* enum l3_cfg_flags (user space only) */
 	__u32 delivery;	      /* enum l3_delivery */
 	__u32 uplink_ifindex; /* 0: none, shared addresses live on lo */
 	char cgroot[L3_PATH_LEN];
 	char uplink[16];
+};
+
+enum l3_cfg_flags {
+	L3_CFG_DIRTY = 1 << 0, /* a changing command is (or was, if it died) under way */
 };
 
 enum l3_delivery {
@@ -193,7 +197,7 @@ struct l3_meta {
 	struct l3_prefix mcast[L3_MAX_MCAST];
 };
 
-/* l3_stats: per-CPU counters per container id; id 0 is "not a container". */
+/* l3_counters: per-CPU counters per container id; id 0 is "not a container". */
 enum l3_counter {
 	L3_C_BIND_ALLOWED = 0,
 	L3_C_BIND_DENIED_FOREIGN,   /* EADDRNOTAVAIL: not an address it owns */
@@ -211,7 +215,7 @@ enum l3_counter {
 	L3_C_HOST_SRC_REWRITTEN,    /* (id 0) host → container: source set to loopback */
 	L3_C_JOIN_ALLOWED,	    /* multicast join allowed */
 	L3_C_JOIN_DENIED,	    /* multicast join refused: not in the policy */
-	L3_C_MAX = 32,
+	L3_C_MAX = 24, /* room for the TC counters; x8 bytes x 16385 ids per CPU */
 };
 
 struct l3_stats {

@@ -52,6 +52,7 @@ const enum l3_spec_flags *unused_spec_flags __attribute__((unused));
 const enum l3_mode *unused_mode __attribute__((unused));
 const enum l3_delivery *unused_delivery __attribute__((unused));
 const enum l3_sk_flags *unused_sk_flags __attribute__((unused));
+const enum l3_cfg_flags *unused_cfg_flags __attribute__((unused));
 
 /* Maps. Names are <= 15 characters: the kernel truncates longer ones. */
 
@@ -117,10 +118,13 @@ struct {
 	__type(value, struct l3_meta);
 } l3_metas SEC(".maps");
 
+/*
+ * Preallocated: a per-CPU hash without preallocation draws on an atomic
+ * cache that a burst of container adds exhausts (ENOMEM). Indexed by id.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, L3_MAX_CONTAINERS + 1);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct l3_stats);
 } l3_counters SEC(".maps");
@@ -581,13 +585,19 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 		return 1;
 	}
 
-	if (addr_is_loopback(&dst) && !(c->flags & L3_CF_LOOP_HOST)) {
+	if (addr_is_loopback(&dst) && (c->flags & L3_CF_LOOP_HOST)) {
+		/* loopback: host — the host's 127.0.0.1 / ::1, kernel source */
+		count(c->id, L3_C_CONNECT_ALLOWED);
+		return 1;
+	}
+	if (addr_is_loopback(&dst)) {
 		if (loopback_target(ctx, c, &dst, &lo))
 			mark_loop_primary(ctx);
 		if (v6)
 			store_user6(ctx, &lo);
 		else
 			ctx->user_ip4 = lo.w[3];
+		count(c->id, L3_C_CONNECT_ALLOWED);
 		count(c->id, L3_C_LOOP_REMAPPED);
 		if (addr_is_any(&bound)) {
 			*src = lo;
@@ -607,6 +617,7 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 		return deny(ENETUNREACH);
 	}
 	*set_src = 1;
+	count(c->id, L3_C_CONNECT_ALLOWED);
 	count(c->id, L3_C_SRC_REWRITTEN);
 	return 1;
 }

@@ -116,7 +116,7 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("%v: %s", err, out)
 		}
 		before := e.snapshot()
-		e.mustFail([]string{"10.77.9.9", "already configured", "lo"}, "container", "add", "x", "--addr", "10.77.9.9")
+		e.mustFail([]string{"10.77.9.9", "already in use", "lo"}, "container", "add", "x", "--addr", "10.77.9.9")
 		e.unchanged(before, "add of a host address")
 	})
 
@@ -154,7 +154,7 @@ func TestContainerLifecycle(t *testing.T) {
 	e.mustRun("container", "add", "db", "--addr", "10.77.0.9:5432/tcp", "--loopback", "host")
 	e.mustRun("container", "add", "db2", "--addr", "10.77.0.9:6000-6099/tcp")
 	addrs := e.hostAddrs()
-	for _, want := range []string{"10.77.0.1/24", "fd77::1/128", "10.77.0.9/32"} {
+	for _, want := range []string{"local 10.77.0.1 dev lo", "broadcast 10.77.0.255 dev lo", "fd77::1/128", "local 10.77.0.9 dev lo"} {
 		if !strings.Contains(addrs, want) {
 			t.Errorf("host lacks %s after add:\n%s", want, addrs)
 		}
@@ -178,7 +178,7 @@ func TestContainerLifecycle(t *testing.T) {
 
 	// An IP shared by two containers stays configured until the last goes.
 	e.mustRun("container", "del", "db")
-	if !strings.Contains(e.hostAddrs(), "10.77.0.9/32") {
+	if !strings.Contains(e.hostAddrs(), "local 10.77.0.9 ") {
 		t.Error("10.77.0.9 was unconfigured while db2 still owns ports of it")
 	}
 	host := e.agent("")
@@ -242,7 +242,7 @@ func TestApply(t *testing.T) {
 	if err := web.Bind(id, ap("10.77.0.1:0")); err == nil {
 		t.Error("web could still bind 10.77.0.1 after apply took it away")
 	}
-	if addrs := e.hostAddrs(); strings.Contains(addrs, "10.77.0.1/") || !strings.Contains(addrs, "10.77.0.3/32") {
+	if addrs := e.hostAddrs(); strings.Contains(addrs, "local 10.77.0.1 ") || !strings.Contains(addrs, "local 10.77.0.3 ") {
 		t.Errorf("host addresses after apply:\n%s", addrs)
 	}
 	e.apply("containers: {}\n")
@@ -275,8 +275,8 @@ func TestApplyCrash(t *testing.T) {
 	full := time.Since(start)
 	e.apply(old)
 	seen := map[string]int{}
-	for i := 1; i <= 9; i++ {
-		delay := full * time.Duration(i) / 10
+	for i := 1; i <= 12; i++ {
+		delay := full * time.Duration(i+6) / 16 // 44% .. 112% of a whole apply
 		cmd := exec.Command("nsenter", "--net="+e.netns, binary, "--bpffs", e.bpffs, "apply", "-f", pf)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -306,7 +306,7 @@ func TestApplyCrash(t *testing.T) {
 	if strings.Contains(addrs, "10.91.") {
 		t.Errorf("old policy active but new addresses configured:\n%s", addrs)
 	}
-	if n := strings.Count(addrs, "10.90."); n != 2000 {
+	if n := strings.Count(addrs, "local 10.90."); n != 2000 {
 		t.Errorf("%d of 2000 addresses configured after repeated crashes", n)
 	}
 }

@@ -196,12 +196,18 @@ func (e *env) listJSON() []containerJSON {
 	return out
 }
 
-// hostAddrs lists the addresses configured in the env's netns.
+// hostAddrs lists what is local in the env's netns: interface addresses
+// and l3iso's local-table routes (IPv4 container addresses are AnyIP routes,
+// "local 10.77.0.1 dev lo ...").
 func (e *env) hostAddrs() string {
 	e.t.Helper()
-	out, err := exec.Command("nsenter", "--net="+e.netns, "ip", "-br", "addr").CombinedOutput()
-	if err != nil {
-		e.t.Fatalf("ip addr: %v: %s", err, out)
+	var b strings.Builder
+	for _, args := range [][]string{{"-br", "addr"}, {"route", "show", "table", "local", "proto", "76"}} {
+		out, err := exec.Command("nsenter", append([]string{"--net=" + e.netns, "ip"}, args...)...).CombinedOutput()
+		if err != nil {
+			e.t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+		b.Write(out)
 	}
-	return string(out)
+	return b.String()
 }

@@ -125,6 +125,18 @@ func TestLoopback(t *testing.T) {
 		if err := host.Connect(cid, ap("127.0.0.1:7103")); err != nil {
 			t.Fatalf("host → shareloop's 127.0.0.1 listener: %v", err)
 		}
+		// And shareloop reaches the host's 127.0.0.1 from 127.0.0.1, not
+		// from its own address (rule 5: applications see loopback).
+		hl := listen(t, host, tcp4, "127.0.0.1:7105")
+		defer host.Close(hl)
+		sid := share.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer share.Close(sid)
+		if err := share.Connect(sid, ap("127.0.0.1:7105")); err != nil {
+			t.Fatalf("shareloop → host's 127.0.0.1: %v", err)
+		}
+		if got, _ := share.SockName(sid); got.Addr().String() != "127.0.0.1" {
+			t.Errorf("shareloop's loopback connection has source %s, want 127.0.0.1", got)
+		}
 	})
 
 	t.Run("host-cannot-reach-private-loopback", func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 )
@@ -20,6 +21,10 @@ type globals struct {
 }
 
 func main() {
+	if p := os.Getenv("L3ISO_CPUPROFILE"); p != "" { // for benchmarking l3iso itself
+		stop := startProfile(p)
+		defer stop()
+	}
 	err := newRoot().Execute()
 	if err == nil {
 		return
@@ -30,6 +35,15 @@ func main() {
 	}
 	fmt.Fprintln(os.Stderr, "l3iso:", err)
 	os.Exit(1)
+}
+
+func startProfile(path string) func() {
+	f, err := os.Create(path)
+	if err != nil {
+		return func() {}
+	}
+	pprof.StartCPUProfile(f)
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 func newRoot() *cobra.Command {

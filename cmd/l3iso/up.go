@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -66,6 +67,13 @@ func newDown(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := control.Open(g.bpffs, true)
+			if errors.Is(err, maps.ErrIncompatible) {
+				if err := loader.ForceTeardown(g.bpffs); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed an installation of another version from %s; addresses it configured on the host were left (check `ip addr`)\n", g.bpffs)
+				return nil
+			}
 			if err != nil {
 				return err
 			}

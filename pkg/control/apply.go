@@ -86,8 +86,8 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		}
 		return plan, err
 	}
-	if err := c.st.Maps.PurgeGen(newGen); err != nil {
-		return abort(err)
+	if err := c.begin(); err != nil {
+		return plan, err
 	}
 	for i := range next {
 		if next[i].CgroupID != 0 {
@@ -136,7 +136,7 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	if err := c.configureHost(old, next); err != nil {
 		return plan, fmt.Errorf("policy switched, but configuring host addresses failed (the next l3iso command retries): %w", err)
 	}
-	if err := c.st.Maps.PurgeGen(oldGen); err != nil {
+	if err := c.st.Maps.DeleteGen(oldGen, old); err != nil {
 		return plan, err
 	}
 	for _, k := range gone {
@@ -144,5 +144,5 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 			return plan, err
 		}
 	}
-	return plan, nil
+	return plan, c.end()
 }

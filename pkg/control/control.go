@@ -37,6 +37,8 @@ type Control struct {
 	st  *loader.State
 	gen uint32
 	cur []maps.Container // containers of the active generation, by name
+
+	loIndex, upIndex int // resolved once per command
 }
 
 // Open opens the installation pinned at bpffs. exclusive is for commands
@@ -51,7 +53,7 @@ func Open(bpffs string, exclusive bool) (*Control, error) {
 		st.Close()
 		return nil, err
 	}
-	if exclusive {
+	if exclusive && st.Config.Dirty {
 		if err := c.reconcile(); err != nil {
 			st.Close()
 			return nil, fmt.Errorf("repair state left by an interrupted l3iso: %w", err)
@@ -60,13 +62,45 @@ func Open(bpffs string, exclusive bool) (*Control, error) {
 	return c, nil
 }
 
+// begin marks the installation dirty: should this process die before end,
+// the next changing command reconciles.
+func (c *Control) begin() error {
+	if c.st.Config.Dirty {
+		return nil
+	}
+	cfg := c.st.Config
+	cfg.Dirty = true
+	if err := c.st.Maps.SetConfig(cfg); err != nil {
+		return err
+	}
+	c.st.Config = cfg
+	return nil
+}
+
+// end clears the dirty mark after a command finished cleanly.
+func (c *Control) end() error {
+	if !c.st.Config.Dirty {
+		return nil
+	}
+	cfg := c.st.Config
+	cfg.Dirty = false
+	if err := c.st.Maps.SetConfig(cfg); err != nil {
+		return err
+	}
+	c.st.Config = cfg
+	return nil
+}
+
 // FromState wraps a State that `loader.Up` returned (it holds the lock).
 func FromState(st *loader.State) (*Control, error) {
 	c := &Control{st: st}
 	if err := c.load(); err != nil {
 		return nil, err
 	}
-	return c, c.reconcile()
+	if err := c.reconcile(); err != nil {
+		return nil, err
+	}
+	return c, c.end()
 }
 
 // Close releases the installation.
@@ -144,7 +178,10 @@ func (c *Control) reconcile() error {
 		return err
 	}
 	// Addresses the active policy owns but the host lacks: configure them.
-	return c.configureHost(nil, c.cur)
+	if err := c.repairHost(); err != nil {
+		return err
+	}
+	return c.end()
 }
 
 func (c *Control) purgeInactive() error {
@@ -242,6 +279,9 @@ func (c *Control) Add(spec policy.Container) (maps.Container, error) {
 		return maps.Container{}, err
 	}
 	k := maps.Container{ID: ids[0], Spec: spec}
+	if err := c.begin(); err != nil {
+		return maps.Container{}, err
+	}
 
 	var undo []func()
 	fail := func(err error) (maps.Container, error) {
@@ -273,7 +313,7 @@ func (c *Control) Add(spec policy.Container) (maps.Container, error) {
 	}
 	c.cur = next
 	sort.Slice(c.cur, func(i, j int) bool { return c.cur[i].Spec.Name < c.cur[j].Spec.Name })
-	return k, nil
+	return k, c.end()
 }
 
 func checkModes(spec policy.Container) error {
@@ -292,6 +332,9 @@ func (c *Control) Del(name string) error {
 	}
 	rest := c.without(name)
 	path := c.CgroupPath(name)
+	if err := c.begin(); err != nil {
+		return err
+	}
 	if pop, _ := cgroup.Populated(path); pop {
 		if err := cgroup.Remove(path); err != nil {
 			return err
@@ -310,7 +353,7 @@ func (c *Control) Del(name string) error {
 		return err
 	}
 	c.cur = rest
-	return nil
+	return c.end()
 }
 
 // Down removes every container, then every link, pin and cgroup.

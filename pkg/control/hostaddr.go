@@ -3,7 +3,6 @@ package control
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"sort"
 
@@ -14,163 +13,297 @@ import (
 	"github.com/l3iso/l3iso/pkg/policy"
 )
 
-// hostAddr is an address l3iso configures on the host for shared-mode
-// containers: on the uplink, or on lo when there is none.
-type hostAddr struct {
-	prefix netip.Prefix // the IP with the prefix length to configure
-	onLo   bool         // always on lo (private loopbacks), whatever the uplink
+// What l3iso configures on the host for shared-mode containers, all tagged
+// with RouteProtocol:
+//   - IPv4 addresses: a `local` route in table local on lo (AnyIP): the IP
+//     is bindable and reachable (ARP is answered on every interface), yet
+//     on no interface, so the host never picks it as a source;
+//   - IPv4 subnet broadcasts: a `broadcast` route, so datagrams to it are
+//     delivered to sockets;
+//   - IPv6 addresses (IPv6 bind needs a configured address) and private
+//     IPv6 loopbacks: /128 addresses without DAD on lo (or the uplink).
+type hostItem struct {
+	kind   int // itemLocal4, itemBcast4, itemAddr6
+	ip     netip.Addr
+	onLo   bool
+	prefix netip.Prefix // itemAddr6
 }
 
-// desired is every address the given containers need on the host, by IP.
-// An IP shared by several containers (port ranges) appears once.
-func desired(cs []maps.Container) map[netip.Addr]hostAddr {
-	out := map[netip.Addr]hostAddr{}
+const (
+	itemLocal4 = iota
+	itemBcast4
+	itemAddr6
+)
+
+func (h hostItem) String() string {
+	switch h.kind {
+	case itemLocal4:
+		return "local " + h.ip.String()
+	case itemBcast4:
+		return "broadcast " + h.ip.String()
+	}
+	return h.prefix.String()
+}
+
+// desired is everything the given containers need on the host. An IP
+// shared by several containers (port ranges, one subnet) appears once.
+func desired(cs []maps.Container) map[hostItem]bool {
+	out := map[hostItem]bool{}
 	for _, k := range cs {
 		if k.Spec.Mode == policy.ModeNetns {
 			continue // configured inside the container's namespace
 		}
 		for _, a := range k.Spec.Addresses {
-			p := netip.PrefixFrom(a.Addr, a.Addr.BitLen())
-			if a.Subnet.IsValid() {
-				p = netip.PrefixFrom(a.Addr, a.Subnet.Bits())
-			}
-			if have, ok := out[a.Addr]; !ok || have.prefix.Bits() > p.Bits() {
-				out[a.Addr] = hostAddr{prefix: p}
+			if a.Addr.Is4() {
+				out[hostItem{kind: itemLocal4, ip: a.Addr, onLo: true}] = true
+				if b, ok := a.Broadcast(); ok {
+					out[hostItem{kind: itemBcast4, ip: b}] = true
+				}
+			} else {
+				out[hostItem{kind: itemAddr6, ip: a.Addr, prefix: netip.PrefixFrom(a.Addr, 128)}] = true
 			}
 		}
 		if k.Isolated() {
 			lo6 := k.Loopback6()
-			out[lo6] = hostAddr{prefix: netip.PrefixFrom(lo6, 128), onLo: true}
+			out[hostItem{kind: itemAddr6, ip: lo6, onLo: true, prefix: netip.PrefixFrom(lo6, 128)}] = true
 		}
 	}
 	return out
 }
 
-func (c *Control) device(h hostAddr) (netlink.Link, error) {
-	if !h.onLo && c.st.Config.UplinkIfindex != 0 {
-		l, err := netlink.LinkByIndex(int(c.st.Config.UplinkIfindex))
+// ifindexes resolves lo and the uplink once per command.
+func (c *Control) ifindexes() (lo, up int, err error) {
+	if c.loIndex == 0 {
+		l, err := netlink.LinkByName("lo")
 		if err != nil {
-			return nil, fmt.Errorf("uplink %s (index %d) is gone: %w; run `l3iso down` and `l3iso up` with the new uplink", c.st.Config.Uplink, c.st.Config.UplinkIfindex, err)
+			return 0, 0, fmt.Errorf("find lo: %w", err)
 		}
-		return l, nil
+		c.loIndex = l.Attrs().Index
+		c.upIndex = c.loIndex
+		if c.st.Config.UplinkIfindex != 0 {
+			u, err := netlink.LinkByIndex(int(c.st.Config.UplinkIfindex))
+			if err != nil {
+				return 0, 0, fmt.Errorf("uplink %s (index %d) is gone: %w; run `l3iso down`, then `l3iso up` with the new uplink", c.st.Config.Uplink, c.st.Config.UplinkIfindex, err)
+			}
+			c.upIndex = u.Attrs().Index
+		}
 	}
-	l, err := netlink.LinkByName("lo")
-	if err != nil {
-		return nil, fmt.Errorf("find lo: %w", err)
-	}
-	return l, nil
+	return c.loIndex, c.upIndex, nil
 }
 
-// hostAddrs lists every address configured on any interface: IP → device.
-func hostAddrs() (map[netip.Addr]string, error) {
-	var (
-		links []netlink.Link
-		err   error
-	)
-	for i := 0; i < 5; i++ { // link dumps are interrupted while links change
-		if links, err = netlink.LinkList(); !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
+// apply configures (add) or removes the items.
+func (c *Control) hostItems(add bool, items []hostItem) error {
+	if len(items) == 0 {
+		return nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("list interfaces: %w", err)
-	}
-	names := map[int]string{}
-	for _, l := range links {
-		names[l.Attrs().Index] = l.Attrs().Name
-	}
-	var addrs []netlink.Addr
-	for i := 0; i < 5; i++ {
-		if addrs, err = netlink.AddrList(nil, netlink.FAMILY_ALL); !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
-	}
-	out := map[netip.Addr]string{}
-	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if ok {
-			out[ip.Unmap()] = names[a.LinkIndex]
-		}
-	}
-	return out, nil
-}
-
-// checkHostConflicts refuses addresses someone else configured on the host:
-// l3iso would otherwise take them away from a running service.
-func (c *Control) checkHostConflicts(cur []maps.Container, adding []policy.Container) error {
-	ours := desired(cur)
-	have, err := hostAddrs()
+	lo, up, err := c.ifindexes()
 	if err != nil {
 		return err
 	}
+	b, err := newNLBatch()
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	sort.Slice(items, func(i, j int) bool { return items[i].ip.Less(items[j].ip) })
+	for _, h := range items {
+		dev := up
+		if h.onLo {
+			dev = lo
+		}
+		switch h.kind {
+		case itemLocal4:
+			err = b.route(add, h.ip, unix.RTN_LOCAL, lo)
+		case itemBcast4:
+			err = b.route(add, h.ip, unix.RTN_BROADCAST, dev)
+		default:
+			err = b.address(add, h.prefix, dev)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := b.done(); err != nil {
+		if add {
+			return fmt.Errorf("configure container addresses on the host: %w", err)
+		}
+		return fmt.Errorf("remove container addresses from the host: %w", err)
+	}
+	return nil
+}
+
+func diffItems(from, minus map[hostItem]bool) []hostItem {
+	var out []hostItem
+	for h := range from {
+		if !minus[h] {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// configureHost adds what newer needs and older did not have. The maps
+// already own it (rule 9).
+func (c *Control) configureHost(older, newer []maps.Container) error {
+	return c.hostItems(true, diffItems(desired(newer), desired(older)))
+}
+
+// unconfigureHost removes what older needed and newer does not, while the
+// maps still own it.
+func (c *Control) unconfigureHost(older, newer []maps.Container) error {
+	return c.hostItems(false, diffItems(desired(older), desired(newer)))
+}
+
+// repairHost configures whatever the active policy needs and the host lacks
+// (after a crash, or after someone removed it by hand), and removes l3iso's
+// routes the policy no longer has.
+func (c *Control) repairHost() error {
+	want := desired(c.cur)
+	have := map[hostItem]bool{}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Protocol: RouteProtocol},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return fmt.Errorf("list l3iso's routes: %w", err)
+	}
+	var stray []hostItem
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(r.Dst.IP)
+		if !ok {
+			continue
+		}
+		h := hostItem{kind: itemLocal4, ip: ip.Unmap(), onLo: true}
+		if r.Type == unix.RTN_BROADCAST {
+			h = hostItem{kind: itemBcast4, ip: ip.Unmap()}
+		}
+		if want[h] {
+			have[h] = true
+		} else if !want[hostItem{kind: h.kind, ip: h.ip}] {
+			stray = append(stray, h)
+		} else {
+			have[hostItem{kind: h.kind, ip: h.ip}] = true
+		}
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V6)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	local6 := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			local6[ip] = true
+		}
+	}
+	var missing []hostItem
+	for h := range want {
+		if (h.kind == itemAddr6 && !local6[h.ip]) || (h.kind != itemAddr6 && !have[h]) {
+			missing = append(missing, h)
+		}
+	}
+	if err := c.hostItems(false, stray); err != nil {
+		return err
+	}
+	return c.hostItems(true, missing)
+}
+
+// checkHostConflicts refuses addresses that are already local on the host
+// and not l3iso's: taking them would break a running service.
+func (c *Control) checkHostConflicts(cur []maps.Container, adding []policy.Container) error {
+	ours := map[netip.Addr]bool{}
+	for h := range desired(cur) {
+		ours[h.ip] = true
+	}
+	var check []netip.Addr
+	owner := map[netip.Addr]string{}
 	for _, spec := range adding {
 		if spec.Mode == policy.ModeNetns {
 			continue
 		}
 		for _, a := range spec.Addresses {
-			if _, mine := ours[a.Addr]; mine {
-				continue
-			}
-			if dev, ok := have[a.Addr]; ok {
-				return fmt.Errorf("address %s of container %q is already configured on %s by someone other than l3iso: remove it from the host (ip addr del %s dev %s) or choose another address", a.Addr, spec.Name, dev, a.Addr, dev)
+			if !ours[a.Addr] {
+				check = append(check, a.Addr)
+				owner[a.Addr] = spec.Name
 			}
 		}
 	}
-	return nil
-}
-
-// configureHost adds the addresses newer needs that older did not have (or
-// that are missing, after a crash). The maps already own them (rule 9).
-func (c *Control) configureHost(older, newer []maps.Container) error {
-	want := desired(newer)
-	have, err := hostAddrs()
+	local, err := localAddrs(check)
 	if err != nil {
 		return err
 	}
-	ips := make([]netip.Addr, 0, len(want))
-	for ip := range want {
-		ips = append(ips, ip)
-	}
-	sort.Slice(ips, func(i, j int) bool { return ips[i].Less(ips[j]) })
-	for _, ip := range ips {
-		if _, ok := have[ip]; ok {
-			continue
-		}
-		h := want[ip]
-		dev, err := c.device(h)
-		if err != nil {
-			return err
-		}
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(h.prefix.Bits(), ip.BitLen())}}
-		if ip.Is6() {
-			a.Flags = unix.IFA_F_NODAD
-		}
-		if err := netlink.AddrAdd(dev, a); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("configure %s on %s: %w", h.prefix, dev.Attrs().Name, err)
+	for _, ip := range check {
+		if local[ip] {
+			a, spec := struct{ Addr netip.Addr }{ip}, struct{ Name string }{owner[ip]}
+			return fmt.Errorf("address %s of container %q is already in use on this host (%s), by someone other than l3iso: remove it from the host or choose another address", a.Addr, spec.Name, whereLocal(a.Addr))
 		}
 	}
 	return nil
 }
 
-// unconfigureHost removes the addresses older needed and newer does not,
-// while the maps still own them.
-func (c *Control) unconfigureHost(older, newer []maps.Container) error {
-	want := desired(newer)
-	for ip, h := range desired(older) {
-		if _, keep := want[ip]; keep {
-			continue
+// localAddrs reports which of ips are local on the host (configured on an
+// interface or covered by a local route): a route lookup each for a few, one
+// dump of the local table for many.
+func localAddrs(ips []netip.Addr) (map[netip.Addr]bool, error) {
+	out := map[netip.Addr]bool{}
+	if len(ips) <= 16 {
+		for _, ip := range ips {
+			routes, err := netlink.RouteGet(ip.AsSlice())
+			if err == nil && len(routes) > 0 && routes[0].Type == unix.RTN_LOCAL {
+				out[ip] = true
+			}
 		}
-		dev, err := c.device(h)
-		if err != nil {
-			return err
+		return out, nil
+	}
+	want := map[netip.Addr]bool{}
+	for _, ip := range ips {
+		want[ip] = true
+	}
+	var prefixes []netip.Prefix
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return nil, fmt.Errorf("list local routes: %w", err)
 		}
-		a := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(h.prefix.Bits(), ip.BitLen())}}
-		if err := netlink.AddrDel(dev, a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("remove %s from %s: %w", h.prefix, dev.Attrs().Name, err)
+		for _, r := range routes {
+			if r.Type != unix.RTN_LOCAL || r.Dst == nil {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(r.Dst.IP)
+			if !ok {
+				continue
+			}
+			bits, _ := r.Dst.Mask.Size()
+			prefixes = append(prefixes, netip.PrefixFrom(ip.Unmap(), bits))
 		}
 	}
-	return nil
+	for _, p := range prefixes {
+		if p.IsSingleIP() {
+			if want[p.Addr()] {
+				out[p.Addr()] = true
+			}
+			continue
+		}
+		for _, ip := range ips { // few wide local routes (127.0.0.0/8): fine
+			if p.Contains(ip) {
+				out[ip] = true
+			}
+		}
+	}
+	return out, nil
+}
+
+// whereLocal says where a local address comes from, for error messages.
+func whereLocal(ip netip.Addr) string {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err == nil {
+		for _, a := range addrs {
+			if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+				if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
+					return fmt.Sprintf("configured on %s: ip addr del %s dev %s", l.Attrs().Name, a.IPNet, l.Attrs().Name)
+				}
+			}
+		}
+	}
+	return "a local route covers it: see ip route show table local"
 }

@@ -284,6 +284,9 @@ func (st *State) ensureLinks() (changed bool, err error) {
 		return false, err
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: st.Maps.Replacements()})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return false, fmt.Errorf("%w: %v; run `l3iso down`, then `l3iso up`", maps.ErrIncompatible, err)
+	}
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -406,6 +409,51 @@ func (st *State) Links() ([]LinkInfo, error) {
 		out = append(out, li)
 	}
 	return out, nil
+}
+
+// ForceTeardown removes an installation this binary cannot read (another
+// version's map layout): it detaches and unpins every link, kills and
+// removes the containers' cgroups (found from the links' attach point),
+// and unpins the maps. Addresses configured on the host stay: the old
+// metadata cannot be read to know them.
+func ForceTeardown(dir string) error {
+	if dir == "" {
+		dir = DefaultBPFFS
+	}
+	lock, err := lockDir(dir, unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	var cgid uint64
+	entries, _ := os.ReadDir(linksDir(dir))
+	for _, e := range entries {
+		pin := filepath.Join(linksDir(dir), e.Name())
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			if info, err := l.Info(); err == nil && info.Cgroup() != nil {
+				cgid = info.Cgroup().CgroupId
+			}
+			l.Unpin()
+			l.Close()
+		}
+		os.Remove(pin)
+	}
+	if cgid != 0 {
+		if root, err := cgroup.FindByID(cgid); err == nil {
+			if err := cgroup.Remove(filepath.Join(root, ContainersDir)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, sub := range []string{linksDir(dir), mapsDir(dir), filepath.Join(dir, "maps-tmp")} {
+		if err := os.RemoveAll(sub); err != nil {
+			return fmt.Errorf("remove pins in %s: %w", sub, err)
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
 }
 
 // Teardown detaches every link and removes every pin and the containers'

@@ -47,6 +47,7 @@ type Config struct {
 	UplinkIfindex uint32
 	CgroupRoot    string // where the programs are attached
 	Uplink        string // interface name; "" = addresses on lo
+	Dirty         bool   // a changing command is under way, or died before it finished
 }
 
 // Config reads l3_config[0].
@@ -58,12 +59,16 @@ func (s *Set) Config() (Config, error) {
 	return Config{
 		NetnsCookie: v.NetnsCookie, Level: v.Level, Delivery: Delivery(v.Delivery),
 		UplinkIfindex: v.UplinkIfindex, CgroupRoot: cstr(v.Cgroot[:]), Uplink: cstr(v.Uplink[:]),
+		Dirty: v.Flags&uint32(sockL3CfgFlagsL3CFG_DIRTY) != 0,
 	}, nil
 }
 
 // SetConfig writes l3_config[0].
 func (s *Set) SetConfig(c Config) error {
 	v := sockL3Cfg{NetnsCookie: c.NetnsCookie, Level: c.Level, Delivery: uint32(c.Delivery), UplinkIfindex: c.UplinkIfindex}
+	if c.Dirty {
+		v.Flags |= uint32(sockL3CfgFlagsL3CFG_DIRTY)
+	}
 	if len(c.CgroupRoot) >= len(v.Cgroot) {
 		return fmt.Errorf("cgroup root path %q is longer than %d bytes", c.CgroupRoot, len(v.Cgroot)-1)
 	}
@@ -117,26 +122,21 @@ var CounterNames = []string{
 // Counters are one container's verdict counters, summed over CPUs, by name.
 type Counters map[string]uint64
 
-// InitCounters creates the zeroed counters of container id (0: the host).
+// InitCounters zeroes the counters of container id (0: the host), so a new
+// container does not inherit a deleted one's figures.
 func (s *Set) InitCounters(id uint32) error {
 	n, err := ebpf.PossibleCPU()
 	if err != nil {
 		return fmt.Errorf("count CPUs: %w", err)
 	}
-	vals := make([]sockL3Stats, n)
-	if err := s.Counters.Update(id, vals, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-		return fmt.Errorf("create counters of container %d: %w", id, err)
+	if err := s.Counters.Update(id, make([]sockL3Stats, n), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("reset counters of container %d: %w", id, err)
 	}
 	return nil
 }
 
-// DeleteCounters drops the counters of container id.
-func (s *Set) DeleteCounters(id uint32) error {
-	if err := s.Counters.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete counters of container %d: %w", id, err)
-	}
-	return nil
-}
+// DeleteCounters zeroes the counters of a deleted container id.
+func (s *Set) DeleteCounters(id uint32) error { return s.InitCounters(id) }
 
 // ReadCounters sums container id's counters over CPUs.
 func (s *Set) ReadCounters(id uint32) (Counters, error) {

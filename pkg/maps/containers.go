@@ -49,6 +49,21 @@ type entries struct {
 	partialK []sockL3OwnerKey
 }
 
+// newEntries sizes the slices for cs, so that building 10,000 containers'
+// entries does not spend its time growing slices.
+func newEntries(cs []Container) *entries {
+	n := 0
+	for _, c := range cs {
+		n += len(c.Spec.Addresses)
+	}
+	return &entries{
+		ownerK: make([]sockL3OwnerKey, 0, n), ownerV: make([]sockL3Owner, 0, n),
+		localK: make([]sockL3LocalKey, 0, 2*n+2*len(cs)), localV: make([]sockL3Local, 0, 2*n+2*len(cs)),
+		metaK: make([]sockL3MetaKey, 0, len(cs)), metaV: make([]sockL3Meta, 0, len(cs)),
+		contK: make([]sockL3ContKey, 0, len(cs)), contV: make([]sockL3Cont, 0, len(cs)),
+	}
+}
+
 func (e *entries) add(gen uint32, c Container) error {
 	if c.ID == 0 || int(c.ID) > MaxContainers {
 		return fmt.Errorf("container %q: id %d out of range 1..%d", c.Spec.Name, c.ID, MaxContainers)
@@ -176,7 +191,7 @@ func del[K any](m *ebpf.Map, name string, ks []K) error {
 // addresses go in first; the cgroup → container entries last, so a process
 // never sees a container half described.
 func (s *Set) Insert(gen uint32, cs ...Container) error {
-	var e entries
+	e := newEntries(cs)
 	for _, c := range cs {
 		if err := e.add(gen, c); err != nil {
 			return err
@@ -206,24 +221,31 @@ func (s *Set) Insert(gen uint32, cs ...Container) error {
 // Insert. others are the containers that stay: an IP shared by port ranges
 // keeps its marker while one of them still owns a range of it.
 func (s *Set) Remove(gen uint32, c Container, others []Container) error {
-	var e, keep entries
+	var e entries
 	if err := e.add(gen, c); err != nil {
 		return err
 	}
-	for _, o := range others {
-		if o.ID != c.ID {
-			if err := keep.add(gen, o); err != nil {
-				return err
+	shared := map[netip.Addr]bool{}
+	for _, a := range c.Spec.Addresses {
+		if !a.WholeIP() {
+			shared[a.Addr] = false
+		}
+	}
+	if len(shared) > 0 {
+		for _, o := range others {
+			if o.ID == c.ID {
+				continue
+			}
+			for _, a := range o.Spec.Addresses {
+				if _, ok := shared[a.Addr]; ok && !a.WholeIP() {
+					shared[a.Addr] = true
+				}
 			}
 		}
 	}
-	stillShared := map[sockL3OwnerKey]bool{}
-	for _, k := range keep.partialK {
-		stillShared[k] = true
-	}
 	var partial []sockL3OwnerKey
 	for _, k := range e.partialK {
-		if !stillShared[k] {
+		if !shared[fromAddr(k.Addr)] {
 			partial = append(partial, k)
 		}
 	}
@@ -243,22 +265,66 @@ func (s *Set) Remove(gen uint32, c Container, others []Container) error {
 	return nil
 }
 
+// DeleteGen removes the entries of containers cs from generation gen, by
+// computing their keys (no scan): the cleanup after a policy switch.
+func (s *Set) DeleteGen(gen uint32, cs []Container) error {
+	e := newEntries(cs)
+	for _, c := range cs {
+		if err := e.add(gen, c); err != nil {
+			return err
+		}
+	}
+	for _, step := range []func() error{
+		func() error { return delBatch(s.Conts, "l3_conts", e.contK) },
+		func() error { return delBatch(s.Metas, "l3_metas", e.metaK) },
+		func() error { return delBatch(s.Mcasts, "l3_mcasts", e.mcastK) },
+		func() error { return delBatch(s.Routes, "l3_routes", e.routeK) },
+		func() error { return delBatch(s.Locals, "l3_locals", e.localK) },
+		func() error { return delBatch(s.Owners, "l3_owners", e.ownerK) },
+		func() error { return delBatch(s.Owners, "l3_owners", e.partialK) },
+	} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// delBatch deletes keys with batch calls where the map has them; missing
+// keys are fine.
+func delBatch[K any](m *ebpf.Map, name string, ks []K) error {
+	if len(ks) == 0 {
+		return nil
+	}
+	if _, err := m.BatchDelete(ks, nil); err == nil {
+		return nil
+	}
+	// A batch stops at the first missing key (or is unsupported): one by one.
+	return del(m, name, ks)
+}
+
 // Containers reads the containers of generation gen from l3_metas, by name.
+// It reads in batches: one system call per thousand containers.
 func (s *Set) Containers(gen uint32) ([]Container, error) {
 	var (
-		k   sockL3MetaKey
-		v   sockL3Meta
-		out []Container
+		out    []Container
+		cursor ebpf.MapBatchCursor
+		keys   = make([]sockL3MetaKey, 1024)
+		vals   = make([]sockL3Meta, 1024)
 	)
-	it := s.Metas.Iterate()
-	for it.Next(&k, &v) {
-		if k.Gen != gen {
-			continue
+	for {
+		n, err := s.Metas.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			if keys[i].Gen == gen {
+				out = append(out, decodeMeta(keys[i].Id, &vals[i]))
+			}
 		}
-		out = append(out, decodeMeta(k.Id, &v))
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read map l3_metas: %w", err)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read map l3_metas: %w", err)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Spec.Name < out[j].Spec.Name })
 	return out, nil

@@ -82,8 +82,17 @@ func New() (*Set, error) {
 	return s, nil
 }
 
-// OpenPinned opens the maps pinned in dir.
+// ErrIncompatible says the pins were made by an l3iso whose map layout
+// differs from this binary's.
+var ErrIncompatible = errors.New("pinned maps were made by an incompatible version of l3iso")
+
+// OpenPinned opens the maps pinned in dir and checks that their layout is
+// the one this binary was built with.
 func OpenPinned(dir string) (*Set, error) {
+	spec, err := SocketSpec()
+	if err != nil {
+		return nil, err
+	}
 	s := &Set{}
 	for name, dst := range s.byName() {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
@@ -95,6 +104,10 @@ func OpenPinned(dir string) (*Set, error) {
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 		*dst = m
+		if err := spec.Maps[name].Compatible(m); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("%w (map %s: %v): run `l3iso down` to remove the old installation (it deletes every container), then `l3iso up`", ErrIncompatible, name, err)
+		}
 	}
 	return s, nil
 }

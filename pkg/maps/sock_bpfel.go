@@ -40,6 +40,12 @@ type sockL3Cfg struct {
 	Uplink        [16]int8
 }
 
+type sockL3CfgFlags uint32
+
+const (
+	sockL3CfgFlagsL3CFG_DIRTY sockL3CfgFlags = 1
+)
+
 type sockL3Cont struct {
 	_        structs.HostLayout
 	Id       uint32
@@ -85,7 +91,7 @@ const (
 	sockL3CounterL3C_HOST_SRC_REWRITTEN   sockL3Counter = 13
 	sockL3CounterL3C_JOIN_ALLOWED         sockL3Counter = 14
 	sockL3CounterL3C_JOIN_DENIED          sockL3Counter = 15
-	sockL3CounterL3C_MAX                  sockL3Counter = 32
+	sockL3CounterL3C_MAX                  sockL3Counter = 24
 )
 
 type sockL3Delivery uint32
@@ -234,7 +240,7 @@ const (
 
 type sockL3Stats struct {
 	_ structs.HostLayout
-	C [32]uint64
+	C [24]uint64
 }
 
 // loadSock returns the embedded CollectionSpec for sock.
@@ -315,6 +321,7 @@ type sockMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
+	UnusedCfgFlags   *ebpf.VariableSpec `ebpf:"unused_cfg_flags"`
 	UnusedContFlags  *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
 	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedDelivery   *ebpf.VariableSpec `ebpf:"unused_delivery"`
@@ -377,6 +384,7 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
+	UnusedCfgFlags   *ebpf.Variable `ebpf:"unused_cfg_flags"`
 	UnusedContFlags  *ebpf.Variable `ebpf:"unused_cont_flags"`
 	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedDelivery   *ebpf.Variable `ebpf:"unused_delivery"`
