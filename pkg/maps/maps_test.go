@@ -1,0 +1,143 @@
+package maps
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/l3iso/l3iso/internal/sockprobe"
+	"github.com/l3iso/l3iso/pkg/policy"
+)
+
+func TestPortPrefixes(t *testing.T) {
+	for _, tc := range []struct {
+		lo, hi uint16
+		want   int // number of prefix blocks
+	}{
+		{5432, 5432, 1}, {0, 65535, 1}, {8000, 8099, 3}, {1, 65535, 16}, {6000, 6099, 4}, {65535, 65535, 1},
+	} {
+		blocks := portPrefixes(tc.lo, tc.hi)
+		if len(blocks) != tc.want {
+			t.Errorf("[%d,%d]: %d blocks %v, want %d", tc.lo, tc.hi, len(blocks), blocks, tc.want)
+		}
+		// The blocks cover exactly [lo, hi], in order, aligned.
+		next := int(tc.lo)
+		for _, b := range blocks {
+			size := 1 << (16 - b[1])
+			if b[0] != next || b[0]%size != 0 {
+				t.Fatalf("[%d,%d]: block %v misplaced (want start %d)", tc.lo, tc.hi, b, next)
+			}
+			next += size
+		}
+		if next != int(tc.hi)+1 {
+			t.Errorf("[%d,%d]: blocks end at %d", tc.lo, tc.hi, next-1)
+		}
+	}
+}
+
+func TestAddrRoundTrip(t *testing.T) {
+	for _, s := range []string{"10.77.0.1", "fd77::1", "255.255.255.255", "::1", "127.0.0.1"} {
+		a := netip.MustParseAddr(s)
+		if got := fromAddr(toAddr(a)); got != a {
+			t.Errorf("%s → %s", a, got)
+		}
+	}
+	if Loopback4(1).String() != "127.128.0.1" || Loopback4(300).String() != "127.128.1.44" {
+		t.Errorf("Loopback4: %s %s", Loopback4(1), Loopback4(300))
+	}
+	if !Loopback4Prefix.Contains(Loopback4(uint32(MaxContainers))) || !Loopback6Prefix.Contains(Loopback6(uint32(MaxContainers))) {
+		t.Error("private loopbacks leave their ranges")
+	}
+}
+
+// The loopback ranges are written in bpf/l3iso.h too: keep them in step.
+func TestHeaderConstants(t *testing.T) {
+	h, err := os.ReadFile("../../bpf/l3iso.h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(name string) uint64 {
+		m := regexp.MustCompile(`#define ` + name + ` (0x[0-9a-f]+)`).FindSubmatch(h)
+		if m == nil {
+			t.Fatalf("%s not in l3iso.h", name)
+		}
+		v, _ := strconv.ParseUint(string(m[1][2:]), 16, 64)
+		return v
+	}
+	if b := Loopback4Prefix.Addr().As4(); get("L3_LO4_BASE") != uint64(b[0])<<24|uint64(b[1])<<16 {
+		t.Error("L3_LO4_BASE differs from Loopback4Prefix")
+	}
+	b := Loopback6Prefix.Addr().As16()
+	if get("L3_LO6_W0") != uint64(b[0])<<24|uint64(b[1])<<16|uint64(b[2])<<8|uint64(b[3]) ||
+		get("L3_LO6_W1") != uint64(b[4])<<24|uint64(b[5])<<16 {
+		t.Error("L3_LO6_W0/W1 differ from Loopback6Prefix")
+	}
+	if len(CounterNames) > int(sockL3CounterL3C_MAX) {
+		t.Errorf("%d counter names, room for %d", len(CounterNames), sockL3CounterL3C_MAX)
+	}
+}
+
+// TestInsertRemove writes containers into real maps and checks that Remove
+// and DeleteGen leave nothing behind, and the shared-IP marker lives as
+// long as one owner of a port range does.
+func TestInsertRemove(t *testing.T) {
+	sockprobe.RequirePrivileged(t)
+	rlimit.RemoveMemlock()
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mk := func(id uint32, name string, addrs ...string) Container {
+		c := Container{ID: id, CgroupID: uint64(1000 + id), Spec: policy.Container{Name: name, Mode: policy.ModeShared, Loopback: policy.LoopbackIsolated}}
+		for _, a := range addrs {
+			pa, err := policy.ParseAddress(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Spec.Addresses = append(c.Spec.Addresses, pa)
+		}
+		return c
+	}
+	web := mk(1, "web", "10.77.0.1/24", "fd77::1")
+	db := mk(2, "db", "10.77.0.9:5432/tcp")
+	db2 := mk(3, "db2", "10.77.0.9:6000-6099/tcp")
+	all := []Container{web, db, db2}
+	if err := s.Insert(7, all...); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Containers(7)
+	if err != nil || len(got) != 3 || got[2].Spec.Name != "web" || got[2].Spec.Addresses[0].String() != "10.77.0.1/24" {
+		t.Fatalf("Containers: %+v, %v", got, err)
+	}
+	if id, partial, _ := s.Owner(7, netip.MustParseAddr("10.77.0.9")); id != 0 || !partial {
+		t.Errorf("10.77.0.9: owner %d partial %v, want the shared marker", id, partial)
+	}
+	if id, _, _ := s.Owner(7, netip.MustParseAddr("10.77.0.1")); id != 1 {
+		t.Errorf("10.77.0.1: owner %d, want 1", id)
+	}
+	if err := s.Remove(7, db, all); err != nil {
+		t.Fatal(err)
+	}
+	if _, partial, _ := s.Owner(7, netip.MustParseAddr("10.77.0.9")); !partial {
+		t.Error("removing db dropped the marker while db2 still owns ports of 10.77.0.9")
+	}
+	if err := s.DeleteGen(7, []Container{web, db2}); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range map[string]*ebpf.Map{"conts": s.Conts, "locals": s.Locals, "owners": s.Owners, "routes": s.Routes, "metas": s.Metas} {
+		k := make([]byte, m.KeySize())
+		err := m.NextKey(nil, &k)
+		if err == nil {
+			t.Errorf("map %s still has entries after removing every container", name)
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Fatalf("map %s: %v", name, err)
+		}
+	}
+}
