@@ -33,6 +33,10 @@ const DefaultBPFFS = "/sys/fs/bpf/l3iso"
 // per container.
 const ContainersDir = "l3iso"
 
+// socketSpec is the program collection `up` installs (a test swaps in an
+// "older binary").
+var socketSpec = maps.SocketSpec
+
 // ErrNotUp says nothing is pinned: `l3iso up` has not run (or `down` did).
 var ErrNotUp = errors.New("l3iso is not up")
 
@@ -279,7 +283,7 @@ func (st *State) createMaps(cfg maps.Config) error {
 // pinned link run them: attaching missing ones, updating those whose
 // program differs (an upgrade), leaving identical ones alone.
 func (st *State) ensureLinks() (changed bool, err error) {
-	spec, err := maps.SocketSpec()
+	spec, err := socketSpec()
 	if err != nil {
 		return false, err
 	}

@@ -7,5 +7,11 @@ import "github.com/cilium/ebpf"
 // reruns this (it needs clang-16).
 //go:generate go tool bpf2go -cc clang-16 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type l3_cfg -type l3_cont_key -type l3_cont -type l3_local_key -type l3_local -type l3_owner_key -type l3_owner -type l3_route_key -type l3_route -type l3_mcast_key -type l3_mcast -type l3_meta_key -type l3_meta -type l3_addr_spec -type l3_prefix -type l3_stats -type l3_addr -type l3_sk -type l3_limits -type l3_counter -type l3_local_kind -type l3_cont_flags -type l3_owner_flags -type l3_spec_flags -type l3_mode -type l3_delivery -type l3_sk_flags -type l3_cfg_flags sock ../../bpf/sock.c -- -I../../bpf
 
-// LoadSockSpec returns the collection spec of the socket programs.
-func LoadSockSpec() (*ebpf.CollectionSpec, error) { return loadSock() }
+// The same programs built with L3ISO_VARIANT: identical behaviour, other
+// instructions (so other program tags). Tests install it as the "older
+// binary" that `l3iso up` must upgrade in place.
+//go:generate go tool bpf2go -cc clang-16 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -DL3ISO_VARIANT" -target bpfel sockvariant ../../bpf/sock.c -- -I../../bpf
+
+// VariantSpec returns the L3ISO_VARIANT build of the socket programs, for
+// upgrade tests.
+func VariantSpec() (*ebpf.CollectionSpec, error) { return loadSockvariant() }

@@ -1,0 +1,141 @@
+package loader_test
+
+import (
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/internal/sockprobe"
+	"github.com/l3iso/l3iso/pkg/cgroup"
+	"github.com/l3iso/l3iso/pkg/loader"
+	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/policy"
+)
+
+func TestMain(m *testing.M) {
+	sockprobe.MaybeServe()
+	m.Run()
+}
+
+// TestUpgradeInPlace installs an "older binary" (the same programs with
+// other instructions), then runs Up with the current one: every pinned link
+// must keep its id and run the new program, and a container's wildcard
+// binds must stay rewritten before, during and after the swap.
+func TestUpgradeInPlace(t *testing.T) {
+	sockprobe.RequirePrivileged(t)
+	netns := sockprobe.NewNetns(t)
+	root := sockprobe.NewCgroup(t, "")
+	mnt := t.TempDir()
+	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	dir := filepath.Join(mnt, "l3iso")
+
+	restore := loader.SetSocketSpec(maps.VariantSpec)
+	st, changed, err := loader.Up(loader.Options{CgroupRoot: root, BPFFS: dir})
+	restore()
+	if err != nil || !changed {
+		t.Fatalf("first up: changed=%v err=%v", changed, err)
+	}
+	t.Cleanup(func() {
+		if st, err := loader.Open(dir, true); err == nil {
+			st.Teardown()
+			st.Close()
+		}
+	})
+	before, err := st.Links()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A container owning 10.77.0.1, local in the test's netns.
+	cg := filepath.Join(root, loader.ContainersDir, "web")
+	if err := cgroup.Create(cg); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := cgroup.ID(cg)
+	a, _ := policy.ParseAddress("10.77.0.1")
+	web := maps.Container{ID: 1, CgroupID: id, Spec: policy.Container{Name: "web", Mode: policy.ModeShared, Loopback: policy.LoopbackIsolated, Addresses: []policy.Address{a}}}
+	if err := st.Maps.Insert(0, web); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if out, err := exec.Command("nsenter", "--net="+netns, "ip", "route", "add", "local", "10.77.0.1", "dev", "lo", "table", "local").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	agent := sockprobe.Start(t, sockprobe.Options{CgroupDir: cg, NetnsPath: netns})
+	want := netip.MustParseAddr("10.77.0.1")
+	checkBind := func(when string) {
+		t.Helper()
+		id := agent.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer agent.Close(id)
+		if err := agent.Bind(id, netip.MustParseAddrPort("0.0.0.0:0")); err != nil {
+			t.Fatalf("%s: bind 0.0.0.0: %v", when, err)
+		}
+		if got, _ := agent.SockName(id); got.Addr() != want {
+			t.Fatalf("%s: wildcard bind ended on %s, want %s: the programs were not enforcing", when, got, want)
+		}
+	}
+	checkBind("before the upgrade")
+
+	// Binds keep being checked while the new programs go in.
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			id := agent.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+			err := agent.Bind(id, netip.MustParseAddrPort("0.0.0.0:0"))
+			got, _ := agent.SockName(id)
+			agent.Close(id)
+			if err != nil || got.Addr() != want {
+				t.Errorf("during the upgrade: wildcard bind → %s, %v", got, err)
+			}
+			n++
+		}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	st, changed, err = loader.Up(loader.Options{CgroupRoot: root, BPFFS: dir})
+	time.Sleep(20 * time.Millisecond)
+	close(stop)
+	n := <-done
+	if err != nil || !changed {
+		t.Fatalf("upgrade: changed=%v err=%v", changed, err)
+	}
+	after, err := st.Links()
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Fatalf("%d links before, %d after", len(before), len(after))
+	}
+	for i := range before {
+		if before[i].ID != after[i].ID {
+			t.Errorf("%s: link %d replaced by %d, want the same link updated", before[i].Name, before[i].ID, after[i].ID)
+		}
+		if before[i].Tag == after[i].Tag || before[i].ProgramID == after[i].ProgramID {
+			t.Errorf("%s: program not upgraded (tag %s, id %d)", before[i].Name, after[i].Tag, after[i].ProgramID)
+		}
+	}
+	t.Logf("%d binds checked during the upgrade", n)
+	checkBind("after the upgrade")
+
+	// A second up with the same binary changes nothing.
+	st, changed, err = loader.Up(loader.Options{CgroupRoot: root, BPFFS: dir})
+	if err != nil || changed {
+		t.Fatalf("repeated up: changed=%v err=%v", changed, err)
+	}
+	st.Close()
+}
