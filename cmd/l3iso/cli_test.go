@@ -360,3 +360,93 @@ func TestExec(t *testing.T) {
 		t.Errorf("exec'd python wildcard bind: %q %q", r.stdout, r.stderr)
 	}
 }
+
+// killAt runs l3iso with args and SIGKILLs it after d.
+func (e *env) killAt(d time.Duration, args ...string) {
+	e.t.Helper()
+	cmd := exec.Command("nsenter", append([]string{"--net=" + e.netns, binary, "--bpffs", e.bpffs}, args...)...)
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	time.Sleep(d)
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+}
+
+// TestAddCrash kills `container add` at many instants: afterwards the
+// container exists completely (after the next command's repair) or not at
+// all — no cgroup, no address, no ownership left behind.
+func TestAddCrash(t *testing.T) {
+	e := newEnv(t)
+	e.mustRun("container", "add", "base", "--addr", "10.77.0.1")
+	start := time.Now()
+	e.mustRun("container", "add", "x", "--addr", "10.77.7.1/24", "--addr", "fd77::7")
+	full := time.Since(start)
+	e.mustRun("container", "del", "x")
+	host := e.agent("")
+	seen := map[bool]int{}
+	for i := 0; i < 10; i++ {
+		e.killAt(full*time.Duration(i+3)/10, "container", "add", "x", "--addr", "10.77.7.1/24", "--addr", "fd77::7")
+		// The next changing command repairs whatever the kill left.
+		e.mustRun("container", "add", "probe", "--addr", "10.77.8.1")
+		e.mustRun("container", "del", "probe")
+		exists := false
+		for _, c := range e.listJSON() {
+			exists = exists || c.Name == "x"
+		}
+		seen[exists]++
+		addrs := e.hostAddrs()
+		_, cgErr := os.Stat(e.cgroupOf("x"))
+		if exists {
+			if !strings.Contains(addrs, "local 10.77.7.1 ") || !strings.Contains(addrs, "fd77::7/128") || cgErr != nil {
+				t.Fatalf("round %d: x exists but is incomplete (cgroup: %v):\n%s", i, cgErr, addrs)
+			}
+			e.mustRun("container", "del", "x")
+		} else if strings.Contains(addrs, "10.77.7.1") || strings.Contains(addrs, "fd77::7") || cgErr == nil {
+			t.Fatalf("round %d: x does not exist but left something (cgroup: %v):\n%s", i, cgErr, addrs)
+		}
+		// Nothing of x is owned any more: the host may use the IP again
+		// once someone configures it (no ghost owner).
+		if !exists {
+			out, err := exec.Command("nsenter", "--net="+e.netns, "ip", "route", "add", "local", "10.77.7.1", "dev", "lo", "table", "local").CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			id := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			if err := host.Bind(id, ap("10.77.7.1:0")); err != nil {
+				t.Errorf("round %d: host cannot bind 10.77.7.1 after the add died: %v (a ghost owns it)", i, err)
+			}
+			host.Close(id)
+			exec.Command("nsenter", "--net="+e.netns, "ip", "route", "del", "local", "10.77.7.1", "dev", "lo", "table", "local").Run()
+		}
+	}
+	t.Logf("outcomes (exists → rounds): %v", seen)
+}
+
+// TestUpCrash kills `up` at many instants; the next `up` finishes the job
+// and `down` removes everything.
+func TestUpCrash(t *testing.T) {
+	e := newBareEnv(t)
+	start := time.Now()
+	e.mustRun("up", "--cgroup-root", e.cgroot)
+	full := time.Since(start)
+	e.mustRun("down")
+	for i := 0; i < 8; i++ {
+		e.killAt(full*time.Duration(i+1)/8, "up", "--cgroup-root", e.cgroot)
+		e.mustRun("up", "--cgroup-root", e.cgroot)
+		var st struct {
+			Links []struct{ Name string } `json:"links"`
+		}
+		if err := json.Unmarshal([]byte(e.mustRun("status", "-o", "json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Links) != 14 {
+			t.Fatalf("round %d: %d links after the repeated up, want 14", i, len(st.Links))
+		}
+		e.mustRun("container", "add", "web", "--addr", "10.77.0.1")
+		e.mustRun("down")
+		if entries, _ := os.ReadDir(filepath.Dir(e.bpffs)); len(entries) > 2 {
+			t.Fatalf("round %d: down left pins behind: %v", i, entries)
+		}
+	}
+}

@@ -138,13 +138,10 @@ func (c *Control) Find(name string) (maps.Container, error) {
 // CgroupPath is the cgroup directory of container name.
 func (c *Control) CgroupPath(name string) string { return c.st.ContainerCgroup(name) }
 
-// reconcile rolls a crashed operation forward or back.
+// reconcile rolls a crashed operation forward or back. l3_metas is the
+// source of truth: a container is there (then everything it needs is made
+// to exist) or it is not (then nothing of it may remain).
 func (c *Control) reconcile() error {
-	// Entries of any other generation belong to a push that never switched
-	// (or to the one before the last switch): nothing reads them.
-	if err := c.purgeInactive(); err != nil {
-		return err
-	}
 	// A cgroup without a container is an add that died before its
 	// metadata was written, or a delete that died after: remove it.
 	known := map[string]bool{}
@@ -163,55 +160,32 @@ func (c *Control) reconcile() error {
 			}
 		}
 	}
-	// Containers whose cgroup vanished (removed by hand): recreate, so the
-	// maps and the cgroup id agree again.
-	for _, k := range c.cur {
+	// Containers whose cgroup vanished (removed by hand): recreate it and
+	// take its new id.
+	for i, k := range c.cur {
 		id, err := cgroup.ID(c.CgroupPath(k.Spec.Name))
 		if err == nil && id == k.CgroupID {
 			continue
 		}
-		if err := c.recreateCgroup(k); err != nil {
+		path := c.CgroupPath(k.Spec.Name)
+		if err := cgroup.Create(path); err != nil {
+			return err
+		}
+		if c.cur[i].CgroupID, err = cgroup.ID(path); err != nil {
 			return err
 		}
 	}
-	if err := c.load(); err != nil {
+	// Map entries: exactly those of the active generation's containers
+	// (other generations' and orphaned entries go).
+	if err := c.st.Maps.Repair(c.gen, c.cur); err != nil {
 		return err
 	}
-	// Addresses the active policy owns but the host lacks: configure them.
+	// Host state: what the policy needs and the host lacks is added;
+	// l3iso's routes the policy does not need are removed.
 	if err := c.repairHost(); err != nil {
 		return err
 	}
 	return c.end()
-}
-
-func (c *Control) purgeInactive() error {
-	seen := map[uint32]bool{}
-	for _, g := range []uint32{c.gen - 1, c.gen + 1} {
-		if !seen[g] {
-			seen[g] = true
-			if err := c.st.Maps.PurgeGen(g); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func (c *Control) recreateCgroup(k maps.Container) error {
-	path := c.CgroupPath(k.Spec.Name)
-	if err := cgroup.Create(path); err != nil {
-		return err
-	}
-	id, err := cgroup.ID(path)
-	if err != nil {
-		return err
-	}
-	others := c.without(k.Spec.Name)
-	if err := c.st.Maps.Remove(c.gen, k, others); err != nil {
-		return err
-	}
-	k.CgroupID = id
-	return c.st.Maps.Insert(c.gen, k)
 }
 
 func (c *Control) without(name string) []maps.Container {

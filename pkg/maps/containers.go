@@ -265,6 +265,48 @@ func (s *Set) Remove(gen uint32, c Container, others []Container) error {
 	return nil
 }
 
+// Repair makes the policy maps hold exactly the entries of containers cs in
+// generation gen: it rewrites those and deletes every other key — entries of
+// other generations, and orphans of a command that died between writing
+// ownership and the metadata that explains it. It scans every map: run it
+// only after an interrupted command.
+func (s *Set) Repair(gen uint32, cs []Container) error {
+	e := newEntries(cs)
+	for _, c := range cs {
+		if err := e.add(gen, c); err != nil {
+			return err
+		}
+	}
+	if err := s.Insert(gen, cs...); err != nil {
+		return err
+	}
+	if err := prune(s.Conts, "l3_conts", e.contK); err != nil {
+		return err
+	}
+	if err := prune(s.Metas, "l3_metas", e.metaK); err != nil {
+		return err
+	}
+	if err := prune(s.Mcasts, "l3_mcasts", e.mcastK); err != nil {
+		return err
+	}
+	if err := prune(s.Routes, "l3_routes", e.routeK); err != nil {
+		return err
+	}
+	if err := prune(s.Locals, "l3_locals", e.localK); err != nil {
+		return err
+	}
+	return prune(s.Owners, "l3_owners", append(e.ownerK, e.partialK...))
+}
+
+// prune deletes every key of m that is not in keep.
+func prune[K comparable](m *ebpf.Map, name string, keep []K) error {
+	want := make(map[K]bool, len(keep))
+	for _, k := range keep {
+		want[k] = true
+	}
+	return purge(m, name, func(k *K) bool { return !want[*k] })
+}
+
 // DeleteGen removes the entries of containers cs from generation gen, by
 // computing their keys (no scan): the cleanup after a policy switch.
 func (s *Set) DeleteGen(gen uint32, cs []Container) error {

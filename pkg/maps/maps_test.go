@@ -141,3 +141,51 @@ func TestInsertRemove(t *testing.T) {
 		}
 	}
 }
+
+// TestRepair: orphans of a dead command and other generations' entries go;
+// the containers' own entries stay (or come back).
+func TestRepair(t *testing.T) {
+	sockprobe.RequirePrivileged(t)
+	rlimit.RemoveMemlock()
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mk := func(id uint32, name, addr string) Container {
+		a, _ := policy.ParseAddress(addr)
+		return Container{ID: id, CgroupID: uint64(1000 + id), Spec: policy.Container{Name: name, Mode: policy.ModeShared, Loopback: policy.LoopbackIsolated, Addresses: []policy.Address{a}}}
+	}
+	web, ghost, old := mk(1, "web", "10.77.0.1/24"), mk(2, "ghost", "10.77.0.2"), mk(3, "old", "10.77.0.3")
+	if err := s.Insert(5, web, ghost); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Insert(4, old); err != nil {
+		t.Fatal(err)
+	}
+	// The ghost's add died before its metadata and container entry.
+	s.Metas.Delete(sockL3MetaKey{Gen: 5, Id: 2})
+	s.Conts.Delete(sockL3ContKey{Gen: 5, Cgid: 1002})
+	// And one of web's entries was lost.
+	s.Owners.Delete(sockL3OwnerKey{Prefixlen: 160, Gen: 5, Addr: toAddr(netip.MustParseAddr("10.77.0.1"))})
+
+	if err := s.Repair(5, []Container{web}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		gen  uint32
+		addr string
+		want uint32
+	}{{5, "10.77.0.1", 1}, {5, "10.77.0.2", 0}, {4, "10.77.0.3", 0}} {
+		if id, _, _ := s.Owner(tc.gen, netip.MustParseAddr(tc.addr)); id != tc.want {
+			t.Errorf("gen %d %s: owner %d, want %d", tc.gen, tc.addr, id, tc.want)
+		}
+	}
+	var v sockL3Local
+	if err := s.Locals.Lookup(sockL3LocalKey{Gen: 5, Id: 2, Addr: toAddr(netip.MustParseAddr("10.77.0.2"))}, &v); err == nil {
+		t.Error("the ghost's local entry survived repair")
+	}
+	if got, _ := s.Containers(4); len(got) != 0 {
+		t.Errorf("generation 4 survived repair: %+v", got)
+	}
+}
