@@ -171,62 +171,80 @@ func TestBackstop(t *testing.T) {
 	e.apply(basePolicy)
 	web, db, host := e.agent("web"), e.agent("db"), e.agent("")
 
-	t.Run("listen-without-bind", func(t *testing.T) {
-		lid := web.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer web.Close(lid)
-		if err := web.Listen(lid); err != nil { // autobinds to 0.0.0.0:ephemeral
-			t.Fatal(err)
-		}
-		local, _ := web.SockName(lid)
-		port := local.Port()
-		// To web's own address: accepted.
-		c1 := db.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer db.Close(c1)
-		if err := db.Connect(c1, netip.AddrPortFrom(netip.MustParseAddr("10.77.0.1"), port)); err != nil {
-			t.Fatalf("connect to web's own address on its autobound listener: %v", err)
-		}
-		// To db's address, same port: must not reach web's listener.
-		c2 := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer host.Close(c2)
-		if err := host.Connect(c2, netip.AddrPortFrom(netip.MustParseAddr("10.77.0.2"), port)); err == nil {
-			t.Fatalf("a connection to db's address reached web's autobound listener")
-		} else {
-			t.Logf("connect to db's address on web's autobound port: %v", err)
-		}
-	})
+	for _, fam := range []struct {
+		name            string
+		af              int
+		web, db, dbPort string // web's and db's addresses, a db listener address
+	}{
+		{"v4", unix.AF_INET, "10.77.0.1", "10.77.0.2", "10.77.0.2:7200"},
+		{"v6", unix.AF_INET6, "fd77::1", "fd77::2", "[fd77::2]:7210"},
+	} {
+		webIP, dbIP := netip.MustParseAddr(fam.web), netip.MustParseAddr(fam.db)
+		t.Run(fam.name+"/listen-without-bind", func(t *testing.T) {
+			lid := web.Socket(fam.af, unix.SOCK_STREAM, 0)
+			defer web.Close(lid)
+			if err := web.Listen(lid); err != nil { // autobinds to the wildcard
+				t.Fatal(err)
+			}
+			local, _ := web.SockName(lid)
+			port := local.Port()
+			// To web's own address: accepted.
+			c1 := db.Socket(fam.af, unix.SOCK_STREAM, 0)
+			defer db.Close(c1)
+			if err := db.Connect(c1, netip.AddrPortFrom(webIP, port)); err != nil {
+				t.Fatalf("connect to web's own address on its autobound listener: %v", err)
+			}
+			// To db's address, same port: must not reach web's listener.
+			c2 := host.Socket(fam.af, unix.SOCK_STREAM, 0)
+			defer host.Close(c2)
+			if err := host.Connect(c2, netip.AddrPortFrom(dbIP, port)); err == nil {
+				t.Fatalf("a connection to db's address reached web's autobound listener")
+			} else {
+				t.Logf("connect to db's address on web's autobound port: %v", err)
+			}
+		})
 
-	t.Run("udp-autobind", func(t *testing.T) {
-		srv := listen(t, db, udp4, "10.77.0.2:7200")
-		defer db.Close(srv)
-		cid := web.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		defer web.Close(cid)
-		if err := web.SendTo(cid, ap("10.77.0.2:7200"), []byte("q")); err != nil {
-			t.Fatal(err)
-		}
-		local, _ := web.SockName(cid) // 0.0.0.0:ephemeral: autobound
-		// A datagram to web's address reaches it...
-		hid := host.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		defer host.Close(hid)
-		host.SendTo(hid, netip.AddrPortFrom(netip.MustParseAddr("10.77.0.1"), local.Port()), []byte("ok"))
-		if _, _, _, err := web.RecvFrom(cid, 2*time.Second); err != nil {
-			t.Fatalf("datagram to web's own address: %v", err)
-		}
-		// ...one to db's address on the same port does not.
-		host.SendTo(hid, netip.AddrPortFrom(netip.MustParseAddr("10.77.0.2"), local.Port()), []byte("leak"))
-		if b, _, _, err := web.RecvFrom(cid, 300*time.Millisecond); err == nil {
-			t.Fatalf("web's autobound socket received %q sent to db's address", b)
-		}
-	})
+		t.Run(fam.name+"/udp-autobind", func(t *testing.T) {
+			srv := listen(t, db, map[int]proto{unix.AF_INET: udp4, unix.AF_INET6: udp6}[fam.af], fam.dbPort)
+			defer db.Close(srv)
+			cid := web.Socket(fam.af, unix.SOCK_DGRAM, 0)
+			defer web.Close(cid)
+			if err := web.SendTo(cid, ap(fam.dbPort), []byte("q")); err != nil {
+				t.Fatal(err)
+			}
+			local, _ := web.SockName(cid) // the wildcard and an ephemeral port: autobound
+			if !local.Addr().IsUnspecified() {
+				t.Fatalf("expected an autobound wildcard socket, got %s", local)
+			}
+			// A datagram to web's address reaches it...
+			hid := host.Socket(fam.af, unix.SOCK_DGRAM, 0)
+			defer host.Close(hid)
+			host.SendTo(hid, netip.AddrPortFrom(webIP, local.Port()), []byte("ok"))
+			if _, _, _, err := web.RecvFrom(cid, 2*time.Second); err != nil {
+				t.Fatalf("datagram to web's own address: %v", err)
+			}
+			// ...one to db's address on the same port does not.
+			host.SendTo(hid, netip.AddrPortFrom(dbIP, local.Port()), []byte("leak"))
+			if b, _, _, err := web.RecvFrom(cid, 300*time.Millisecond); err == nil {
+				t.Fatalf("web's autobound socket received %q sent to db's address", b)
+			}
+		})
 
-	t.Run("host-wildcard-loses-container-addresses", func(t *testing.T) {
-		lid := listen(t, host, tcp4, "0.0.0.0:7201")
-		defer host.Close(lid)
-		cid := db.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer db.Close(cid)
-		if err := db.Connect(cid, ap("10.77.0.1:7201")); err == nil {
-			t.Fatal("a connection to web's address reached the host's wildcard listener")
-		}
-	})
+		t.Run(fam.name+"/host-wildcard-loses-container-addresses", func(t *testing.T) {
+			any := "0.0.0.0:7201"
+			if fam.af == unix.AF_INET6 {
+				any = "[::]:7211"
+			}
+			p := map[int]proto{unix.AF_INET: tcp4, unix.AF_INET6: tcp6}[fam.af]
+			lid := listen(t, host, p, any)
+			defer host.Close(lid)
+			cid := db.Socket(fam.af, unix.SOCK_STREAM, 0)
+			defer db.Close(cid)
+			if err := db.Connect(cid, netip.AddrPortFrom(webIP, ap(any).Port())); err == nil {
+				t.Fatal("a connection to web's address reached the host's wildcard listener")
+			}
+		})
+	}
 
 	t.Run("spoofed-source", func(t *testing.T) {
 		srv := listen(t, db, udp4, "10.77.0.2:7202")
