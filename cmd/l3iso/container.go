@@ -30,7 +30,8 @@ func newContainerAdd(g *globals) *cobra.Command {
 		Use:   "add NAME --addr ADDRESS [--addr ADDRESS ...]",
 		Short: "Create a container that owns the given addresses",
 		Long: `add creates the container's cgroup, records its ownership in the maps and
-only then configures its addresses on the host (on --uplink, or lo).
+only then makes its addresses local on the host: IPv4 addresses as local
+routes (proto 76) on lo, IPv6 addresses on lo (or the --uplink given to up).
 
 Address forms:
   10.77.0.1            one IP (every port, TCP and UDP)
