@@ -1,0 +1,469 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/internal/sockprobe"
+)
+
+// commandTimeout bounds every l3iso invocation and every child.
+const commandTimeout = 5 * time.Minute
+
+// freeAddr is configured on lo of every benchmark netns and owned by no
+// container: the address host and unmanaged processes use.
+var freeAddr = netip.MustParseAddr("10.99.0.1")
+
+func TestMain(m *testing.M) {
+	if kind := os.Getenv(envChild); kind != "" {
+		os.Exit(childMain(kind))
+	}
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+var (
+	buildDir string
+	l3isoBin = sync.OnceValues(buildL3iso)
+)
+
+// buildL3iso builds cmd/l3iso once per test binary run. `go test` puts
+// its own GOROOT/bin first in the test's PATH.
+func buildL3iso() (string, error) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("build cmd/l3iso: %w", err)
+	}
+	buildDir, err = os.MkdirTemp("", "l3iso-bench-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(buildDir, "l3iso")
+	out, err := exec.Command(goTool, "build", "-o", bin, "github.com/l3iso/l3iso/cmd/l3iso").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build cmd/l3iso: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// world is one benchmark's private environment: a cgroup subtree, a bpffs
+// mount, and the netns and installations made in them. Everything is
+// removed by t.Cleanup, and a last cleanup checks that nothing is left.
+type world struct {
+	tb    testing.TB
+	bin   string // the l3iso binary
+	top   string // the benchmark's cgroup subtree
+	bpffs string // the private bpffs mount point
+
+	mu     sync.Mutex
+	netnss []string // for the leftover check
+}
+
+func newWorld(tb testing.TB) *world {
+	tb.Helper()
+	sockprobe.RequirePrivileged(tb)
+	if _, err := exec.LookPath("nsenter"); err != nil {
+		tb.Fatalf("nsenter (util-linux) is needed to run l3iso in a test netns: %v", err)
+	}
+	bin, err := l3isoBin()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w := &world{tb: tb, bin: bin}
+	// Registered first, so it runs last: after every other cleanup.
+	tb.Cleanup(w.checkLeftovers)
+
+	w.bpffs = tb.TempDir()
+	if err := unix.Mount("bpf", w.bpffs, "bpf", 0, "mode=0700"); err != nil {
+		tb.Fatalf("mount a private bpffs at %s: %v", w.bpffs, err)
+	}
+	tb.Cleanup(func() {
+		if err := unix.Unmount(w.bpffs, 0); err != nil {
+			tb.Errorf("unmount private bpffs %s: %v", w.bpffs, err)
+		}
+	})
+	w.top = sockprobe.NewCgroup(tb, "")
+	return w
+}
+
+// checkLeftovers fails the benchmark if a netns, cgroup or mount survived.
+func (w *world) checkLeftovers() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.netnss {
+		if _, err := os.Stat(p); err == nil {
+			w.tb.Errorf("leftover network namespace %s (ip netns list)", p)
+		}
+	}
+	if w.top != "" {
+		if _, err := os.Stat(w.top); err == nil {
+			w.tb.Errorf("leftover cgroup %s", w.top)
+		}
+	}
+	if w.bpffs != "" {
+		mi, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			w.tb.Errorf("read mountinfo: %v", err)
+		} else if bytes.Contains(mi, []byte(" "+w.bpffs+" ")) {
+			w.tb.Errorf("leftover bpffs mount at %s", w.bpffs)
+		}
+	}
+}
+
+// newNetns makes a fresh netns with lo up and freeAddr on lo.
+func (w *world) newNetns() string {
+	w.tb.Helper()
+	path := sockprobe.NewNetns(w.tb)
+	w.mu.Lock()
+	w.netnss = append(w.netnss, path)
+	w.mu.Unlock()
+	if err := addLoAddr(path, freeAddr); err != nil {
+		w.tb.Fatal(err)
+	}
+	return path
+}
+
+// addLoAddr configures addr/32 on lo of the netns at path, through a
+// netlink handle bound to that namespace (no thread changes namespace).
+func addLoAddr(path string, addr netip.Addr) error {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in netns %s: %w", path, err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("lo in netns %s: %w", path, err)
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(addr.BitLen(), addr.BitLen())}}
+	if err := h.AddrAdd(lo, a); err != nil {
+		return fmt.Errorf("add %s to lo in netns %s: %w", addr, path, err)
+	}
+	return nil
+}
+
+// install is one l3iso installation: `l3iso up` run inside its own netns,
+// attached at its own cgroup root, pinned in its own directory of the
+// private bpffs.
+type install struct {
+	w      *world
+	netns  string
+	cgroot string
+	bpffs  string
+	empty  string        // a policy file without containers, for teardown
+	up     time.Duration // how long `l3iso up` took
+}
+
+// newInstall brings l3iso up in a fresh netns, attached at a fresh cgroup
+// below the world's subtree. t.Cleanup removes every container (one apply
+// of an empty policy: `down` deletes containers one by one) and runs
+// `l3iso down`.
+func (w *world) newInstall(name string) *install {
+	w.tb.Helper()
+	in := &install{
+		w:      w,
+		netns:  w.newNetns(),
+		cgroot: sockprobe.NewCgroup(w.tb, w.top),
+		bpffs:  filepath.Join(w.bpffs, name),
+	}
+	in.empty = in.policyFile(0)
+	w.tb.Cleanup(in.teardown)
+	var err error
+	if _, in.up, err = in.l3iso("up", "--cgroup-root", in.cgroot); err != nil {
+		w.tb.Fatal(err)
+	}
+	return in
+}
+
+func (in *install) teardown() {
+	if _, err := os.Stat(in.bpffs); errors.Is(err, os.ErrNotExist) {
+		return // never came up
+	}
+	if _, _, err := in.l3iso("apply", "-f", in.empty); err != nil {
+		in.w.tb.Errorf("remove containers before down: %v", err)
+	}
+	if _, _, err := in.l3iso("down"); err != nil {
+		in.w.tb.Errorf("%v", err)
+	}
+}
+
+// l3iso runs the l3iso binary with this installation's --bpffs inside its
+// netns, and returns its output and how long the invocation took (process
+// start included).
+func (in *install) l3iso(args ...string) (string, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	argv := append([]string{"--net=" + in.netns, "--", in.w.bin, "--bpffs", in.bpffs}, args...)
+	cmd := exec.CommandContext(ctx, "nsenter", argv...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	d := time.Since(start)
+	if err != nil {
+		return out.String(), d, fmt.Errorf("l3iso %s (netns %s): %w\n%s", strings.Join(args, " "), in.netns, err, out.String())
+	}
+	return out.String(), d, nil
+}
+
+// containerCgroup is the cgroup of container name.
+func (in *install) containerCgroup(name string) string {
+	return filepath.Join(in.cgroot, "l3iso", name)
+}
+
+// policyFile writes a policy of n containers c00001..cNNNNN (see
+// containerAddr) and returns its path.
+func (in *install) policyFile(n int) string {
+	in.w.tb.Helper()
+	var b bytes.Buffer
+	b.WriteString("# generated by bench: one whole IPv4 address per shared-mode container\ncontainers:\n")
+	if n == 0 {
+		b.WriteString("  {}\n")
+	}
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "  %s:\n    addresses: [%s]\n", containerName(i), containerAddr(i))
+	}
+	p := filepath.Join(in.w.tb.TempDir(), fmt.Sprintf("policy-%d.yaml", n))
+	if err := os.WriteFile(p, b.Bytes(), 0o644); err != nil {
+		in.w.tb.Fatal(err)
+	}
+	return p
+}
+
+// apply runs `l3iso apply -f` of the n-container policy and returns how
+// long the invocation took.
+func (in *install) apply(n int) time.Duration {
+	in.w.tb.Helper()
+	_, d, err := in.l3iso("apply", "-f", in.policyFile(n))
+	if err != nil {
+		in.w.tb.Fatal(err)
+	}
+	return d
+}
+
+// attempt is one l3iso invocation: how long it took and how it ended.
+type attempt struct {
+	d   time.Duration
+	err error
+}
+
+// maxAttempts bounds the tries of one apply.
+const maxAttempts = 3
+
+// applyMany brings the installation to the n-container policy: one
+// `l3iso apply -f`, tried up to maxAttempts times. The attempts are
+// returned, failures included: they are a finding, not noise. If every
+// attempt fails, it gets there in steps of 1,000 containers (each step
+// tried up to maxAttempts times), so the dataplane can still be measured,
+// and fails the benchmark only if that fails too.
+//
+// Why: while l3_counters was a per-CPU hash without preallocation, `l3iso
+// apply` of thousands of containers failed now and then with "create
+// counters of container N: update: cannot allocate memory" (README.md). A
+// regression must show up as a figure, not as a run without figures.
+func (in *install) applyMany(n int) []attempt {
+	in.w.tb.Helper()
+	p := in.policyFile(n)
+	var tries []attempt
+	for len(tries) < maxAttempts {
+		_, d, err := in.l3iso("apply", "-f", p)
+		tries = append(tries, attempt{d, err})
+		if err == nil {
+			return tries
+		}
+	}
+	for step := 1000; ; step += 1000 {
+		step = min(step, n)
+		var err error
+		for i := 0; i < maxAttempts; i++ {
+			if _, _, err = in.l3iso("apply", "-f", in.policyFile(step)); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			in.w.tb.Fatalf("register %d containers in steps of 1,000: %v", n, err)
+		}
+		if step == n {
+			return tries
+		}
+	}
+}
+
+// report logs the attempts of applyMany and returns the time of the
+// successful one (0 if none).
+func report(tb testing.TB, what string, tries []attempt) time.Duration {
+	tb.Helper()
+	var ok time.Duration
+	failed := 0
+	for i, a := range tries {
+		if a.err != nil {
+			failed++
+			say("L3ISO FAILURE: %s, attempt %d of %d, failed after %d ms: %v\n", what, i+1, len(tries), a.d.Milliseconds(), firstLine(a.err))
+		} else {
+			ok = a.d
+		}
+	}
+	if failed == len(tries) {
+		say("L3ISO FAILURE: %s failed %d times; registered the containers in steps of 1,000 instead\n", what, failed)
+	}
+	return ok
+}
+
+// firstLine is the l3iso error line of an invocation error.
+func firstLine(err error) string {
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if strings.HasPrefix(l, "l3iso: ") {
+			return l
+		}
+	}
+	return err.Error()
+}
+
+func containerName(i int) string { return fmt.Sprintf("c%05d", i) }
+
+// containerAddr is container i's address: 10.80.0.0 + i (10.80.0.1,
+// 10.80.0.2, ...; past 10.80.255.255 it continues in 10.81.0.0/16).
+func containerAddr(i int) netip.Addr { return nthAddr(netip.MustParseAddr("10.80.0.0"), i) }
+
+func nthAddr(base netip.Addr, i int) netip.Addr {
+	b := base.As4()
+	v := binary.BigEndian.Uint32(b[:]) + uint32(i)
+	binary.BigEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// child runs the test binary as a child in cgroup cg and netns ns with the
+// given environment and decodes its JSON result into out.
+func child(tb testing.TB, cg, ns string, out any, env ...string) error {
+	tb.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := sockprobe.Command(ctx, tb, sockprobe.Options{CgroupDir: cg, NetnsPath: ns}, exe)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("child %v in cgroup %s, netns %s: %w\n%s", env, cg, ns, err, stderr.String())
+	}
+	if err := json.Unmarshal(stdout.Bytes(), out); err != nil {
+		return fmt.Errorf("child %v: bad result %q: %w", env, stdout.String(), err)
+	}
+	return nil
+}
+
+// say prints part of the report. Benchmark logs are cut after ten lines,
+// so the tables go to stdout, which `go test` passes through.
+func say(format string, args ...any) {
+	fmt.Fprintf(os.Stdout, format, args...)
+}
+
+// agent is a socket workload child that stays alive between batches.
+type agent struct {
+	tb     testing.TB
+	what   string
+	cmd    *exec.Cmd
+	in     io.WriteCloser
+	out    *bufio.Scanner
+	stderr bytes.Buffer
+}
+
+// startAgent starts a workload child in cgroup cg and netns ns. t.Cleanup
+// closes its stdin, which ends it, and reaps it.
+func startAgent(tb testing.TB, what, cg, ns string, env ...string) *agent {
+	tb.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	a := &agent{tb: tb, what: what}
+	a.cmd = sockprobe.Command(ctx, tb, sockprobe.Options{CgroupDir: cg, NetnsPath: ns}, exe)
+	a.cmd.Env = append(os.Environ(), env...)
+	a.cmd.Stderr = &a.stderr
+	if a.in, err = a.cmd.StdinPipe(); err != nil {
+		tb.Fatal(err)
+	}
+	stdout, err := a.cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a.out = bufio.NewScanner(stdout)
+	if err := a.cmd.Start(); err != nil {
+		cancel()
+		tb.Fatalf("start %s: %v", what, err)
+	}
+	tb.Cleanup(func() {
+		a.in.Close()
+		done := make(chan error, 1)
+		go func() { done <- a.cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil && !tb.Failed() {
+				tb.Errorf("%s: %v\n%s", what, err, a.stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			a.cmd.Process.Kill()
+			<-done
+			tb.Errorf("%s did not exit within 10 s of its stdin closing: killed", what)
+		}
+		cancel()
+	})
+	return a
+}
+
+// run has the agent run its workload n times and returns ns per call.
+func (a *agent) run(n int) float64 {
+	a.tb.Helper()
+	if _, err := fmt.Fprintf(a.in, "%d\n", n); err != nil {
+		a.cmd.Wait() // it died: collect its stderr
+		a.tb.Fatalf("%s: send batch: %v\n%s", a.what, err, a.stderr.String())
+	}
+	if !a.out.Scan() {
+		a.cmd.Wait()
+		a.tb.Fatalf("%s: no result (%v)\n%s", a.what, a.out.Err(), a.stderr.String())
+	}
+	var res loopResult
+	if err := json.Unmarshal(a.out.Bytes(), &res); err != nil {
+		a.tb.Fatalf("%s: bad result %q: %v", a.what, a.out.Text(), err)
+	}
+	return res.NsPerOp
+}
+
+// machine describes the machine for the report.
+func machine() string {
+	var u unix.Utsname
+	unix.Uname(&u)
+	return fmt.Sprintf("nproc %d, Linux %s, %s", runtime.NumCPU(), unix.ByteSliceToString(u.Release[:]), runtime.Version())
+}
