@@ -330,11 +330,12 @@ func (c *Control) Del(name string) error {
 	return c.end()
 }
 
-// Down removes every container, then every link, pin and cgroup.
+// Down removes every container — in one bulk apply of the empty policy,
+// not one delete each — then every link, pin and cgroup.
 func (c *Control) Down() error {
-	for _, k := range append([]maps.Container{}, c.cur...) {
-		if err := c.Del(k.Spec.Name); err != nil {
-			return fmt.Errorf("remove container %q: %w", k.Spec.Name, err)
+	if len(c.cur) > 0 {
+		if _, err := c.Apply(&policy.Policy{}, false); err != nil {
+			return fmt.Errorf("remove the containers: %w", err)
 		}
 	}
 	return c.st.Teardown()
