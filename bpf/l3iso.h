@@ -50,6 +50,8 @@ struct l3_cfg {
 
 enum l3_cfg_flags {
 	L3_CFG_DIRTY = 1 << 0, /* a changing command is (or was, if it died) under way */
+	L3_CFG_FWD4 = 1 << 1,  /* l3iso turned on IPv4 forwarding (routed, bridge): undo it later */
+	L3_CFG_FWD6 = 1 << 2,  /* l3iso turned on IPv6 forwarding (routed, bridge): undo it later */
 };
 
 enum l3_delivery {
@@ -117,6 +119,7 @@ struct l3_owner_key {
 
 enum l3_owner_flags {
 	L3_OF_PARTIAL = 1 << 0, /* addr-level marker: only port ranges are owned; id is 0 */
+	L3_OF_NETNS = 1 << 1,	/* owned by a netns container: not local on the host */
 };
 
 struct l3_owner {
@@ -215,7 +218,35 @@ enum l3_counter {
 	L3_C_HOST_SRC_REWRITTEN,    /* (id 0) host → container: source set to loopback */
 	L3_C_JOIN_ALLOWED,	    /* multicast join allowed */
 	L3_C_JOIN_DENIED,	    /* multicast join refused: not in the policy */
-	L3_C_MAX = 24, /* room for the TC counters; x8 bytes x 16385 ids per CPU */
+	/* TC (bpf/tc.c), netns containers; id 0 counts what belongs to no container */
+	L3_C_TC_REDIRECT_IN,	    /* redirected into it (bpf_redirect_peer), from the uplink or a sibling */
+	L3_C_TC_REDIRECT_OUT,	    /* from it, redirected out of the uplink or into a sibling */
+	L3_C_TC_TO_HOST,	    /* from it, passed to the host stack (host or link-scope destination) */
+	L3_C_TC_DROP_SPOOF,	    /* from it with a source it does not own (id 0: from the uplink
+				       with a local container's source) */
+	L3_C_TC_DROP_NO_ROUTE,	    /* from it, for a destination the host has no route to */
+	L3_C_TC_DROP_MALFORMED,	    /* from it, with a truncated IPv4/IPv6 header */
+	L3_C_TC_DROP_UNKNOWN_PORT,  /* (id 0) on a veth l3iso guards but knows no container of */
+	L3_C_MAX = 24, /* x8 bytes x 16385 ids per CPU */
+};
+
+/*
+ * l3_delivs: where each address of a netns container lives, key struct
+ * l3_addr. The TC programs deliver to it (direct) and check the source of
+ * what leaves a container against it (every delivery mode). Written when
+ * the container's veth exists, for its whole lifetime in every mode.
+ */
+struct l3_deliv {
+	__u32 ifindex;	   /* host-side veth, in the host netns */
+	__u32 id;	   /* container id */
+	__u8 peer_mac[6];  /* eth0 inside the container */
+	__u8 host_mac[6];  /* the host-side veth */
+};
+
+/* l3_ports: host-side veth ifindex → the container behind it. */
+struct l3_port {
+	__u32 id;
+	__u32 pad;
 };
 
 struct l3_stats {

@@ -31,6 +31,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "l3iso.h"
+#include "maps.h"
 
 #define EPERM 1
 #define EACCES 13
@@ -54,129 +55,7 @@ const enum l3_delivery *unused_delivery __attribute__((unused));
 const enum l3_sk_flags *unused_sk_flags __attribute__((unused));
 const enum l3_cfg_flags *unused_cfg_flags __attribute__((unused));
 
-/* Maps. Names are <= 15 characters: the kernel truncates longer ones. */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} l3_gen SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct l3_cfg);
-} l3_config SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2 * L3_MAX_CONTAINERS);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct l3_cont_key);
-	__type(value, struct l3_cont);
-} l3_conts SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 21);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct l3_local_key);
-	__type(value, struct l3_local);
-} l3_locals SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1 << 20);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct l3_owner_key);
-	__type(value, struct l3_owner);
-} l3_owners SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1 << 20);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct l3_route_key);
-	__type(value, struct l3_route);
-} l3_routes SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1 << 18);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct l3_mcast_key);
-	__type(value, struct l3_mcast);
-} l3_mcasts SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2 * L3_MAX_CONTAINERS);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct l3_meta_key);
-	__type(value, struct l3_meta);
-} l3_metas SEC(".maps");
-
-/*
- * Preallocated: a per-CPU hash without preallocation draws on an atomic
- * cache that a burst of container adds exhausts (ENOMEM). Indexed by id.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, L3_MAX_CONTAINERS + 1);
-	__type(key, __u32);
-	__type(value, struct l3_stats);
-} l3_counters SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct l3_sk);
-} l3_skstore SEC(".maps");
-
-/* ---------------------------------------------------------------- helpers */
-
-static __always_inline void count(__u32 id, __u32 c)
-{
-	struct l3_stats *s = bpf_map_lookup_elem(&l3_counters, &id);
-
-	if (s && c < L3_C_MAX)
-		__sync_fetch_and_add(&s->c[c], 1);
-}
-
-static __always_inline __u32 active_gen(void)
-{
-	__u32 zero = 0, *g = bpf_map_lookup_elem(&l3_gen, &zero);
-
-	return g ? *g : 0;
-}
-
-static __always_inline struct l3_cfg *config(void)
-{
-	__u32 zero = 0;
-
-#ifdef L3ISO_VARIANT
-	/* The upgrade test's "older binary": same behaviour, other instructions. */
-	asm volatile("r0 = 0" ::: "r0");
-#endif
-
-	return bpf_map_lookup_elem(&l3_config, &zero);
-}
-
-static __always_inline void addr_set4(struct l3_addr *a, __u32 ip4 /* network order */)
-{
-	a->w[0] = 0;
-	a->w[1] = 0;
-	a->w[2] = bpf_htonl(0x0000ffff);
-	a->w[3] = ip4;
-}
-
-static __always_inline int addr_is_mapped(const struct l3_addr *a)
-{
-	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0x0000ffff);
-}
+/* Maps and the helpers every program shares: maps.h. */
 
 static __always_inline int addr_eq(const struct l3_addr *a, const struct l3_addr *b)
 {
@@ -264,6 +143,14 @@ static __always_inline struct l3_owner *owner_of(__u32 gen, const struct l3_addr
 static __always_inline int owned_by_anyone(__u32 gen, const struct l3_addr *a)
 {
 	return owner_of(gen, a, 0, 0) != NULL;
+}
+
+/* Owned by a shared-mode container, i.e. local on the host? */
+static __always_inline int owned_on_host(__u32 gen, const struct l3_addr *a)
+{
+	struct l3_owner *o = owner_of(gen, a, 0, 0);
+
+	return o && !(o->flags & L3_OF_NETNS);
 }
 
 static __always_inline int mcast_allowed(__u32 gen, __u32 id, const struct l3_addr *g)
@@ -578,11 +465,13 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 		if (!host_netns(ctx, cfg))
 			return 1;
 		/*
-		 * Host → container address: the kernel would use the
+		 * Host → shared container address: the kernel would use the
 		 * container's own IP as source (it is local). The host may not
 		 * use it (rule 2), so talk from the host's loopback instead.
+		 * A netns container's address is not local: it is routed to
+		 * its veth, and the kernel's source is a host address.
 		 */
-		if (addr_is_any(&bound) && owned_by_anyone(gen, &dst)) {
+		if (addr_is_any(&bound) && owned_on_host(gen, &dst)) {
 			loopback_of(&dst, src);
 			*set_src = 1;
 			count(0, L3_C_HOST_SRC_REWRITTEN);

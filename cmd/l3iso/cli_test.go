@@ -62,7 +62,8 @@ func TestBadInput(t *testing.T) {
 	badAddr := file("badaddr.yaml", "containers:\n  web:\n    addresses: [10.77.0.300]\n")
 	overlap := file("overlap.yaml", "containers:\n  a:\n    addresses: [10.77.5.1]\n  b:\n    addresses: [\"10.77.5.1:80/tcp\"]\n")
 	syntax := file("syntax.yaml", "containers:\n  web:\n    addresses: [10.77.0.1\n")
-	netns := file("netns.yaml", "containers:\n  a:\n    mode: netns\n    addresses: [10.77.5.1]\n")
+	modeChange := file("mode.yaml", "containers:\n  web:\n    mode: netns\n    addresses: [10.77.0.1/24, fd77::1]\n  db:\n    addresses: [\"10.77.0.9:5432/tcp\"]\n")
+	netnsPorts := file("netns.yaml", "containers:\n  a:\n    mode: netns\n    addresses: [\"10.77.5.1:80/tcp\"]\n")
 
 	before := e.snapshot()
 	cases := []struct {
@@ -76,7 +77,9 @@ func TestBadInput(t *testing.T) {
 		{"syntax", []string{"apply", "-f", syntax}, []string{syntax + ":"}},
 		{"missing-file", []string{"apply", "-f", filepath.Join(dir, "nope.yaml")}, []string{"nope.yaml"}},
 		{"no-file", []string{"apply"}, []string{"-f"}},
-		{"netns-mode", []string{"apply", "-f", netns}, []string{"netns"}},
+		{"netns-ports", []string{"apply", "-f", netnsPorts}, []string{netnsPorts + ":4", "netns", "whole IPs"}},
+		{"netns-loopback-host", []string{"container", "add", "x", "--mode", "netns", "--addr", "10.77.0.7", "--loopback", "host"}, []string{"netns", "loopback"}},
+		{"mode-change", []string{"apply", "-f", modeChange}, []string{`"web"`, "shared to netns", "delete it first"}},
 		{"add-owned-twice", []string{"container", "add", "x", "--addr", "10.77.0.1"}, []string{`"web"`, "10.77.0.1"}},
 		{"add-port-overlap", []string{"container", "add", "x", "--addr", "10.77.0.9:5000-6000/tcp"}, []string{`"db"`, "5432"}},
 		{"add-existing", []string{"container", "add", "web", "--addr", "10.77.0.7"}, []string{`"web"`, "already exists"}},
@@ -93,7 +96,7 @@ func TestBadInput(t *testing.T) {
 		{"stats-unknown", []string{"stats", "nope"}, []string{`"nope"`}},
 		{"bad-output", []string{"container", "list", "-o", "yaml"}, []string{"yaml", "json"}},
 		{"up-other-root", []string{"up", "--cgroup-root", e.hostCg}, []string{"already up", "down"}},
-		{"up-other-delivery", []string{"up", "--cgroup-root", e.cgroot, "--delivery", "bridge"}, []string{"already up", "bridge"}},
+		{"up-other-uplink", []string{"up", "--cgroup-root", e.cgroot, "--uplink", "lo"}, []string{"already up", "--uplink", "down"}},
 		{"up-bad-delivery", []string{"up", "--cgroup-root", e.cgroot, "--delivery", "teleport"}, []string{"teleport", "direct"}},
 	}
 	for _, c := range cases {

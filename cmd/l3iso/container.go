@@ -10,6 +10,7 @@ import (
 	"github.com/l3iso/l3iso/pkg/control"
 	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/policy"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 func newContainer(g *globals) *cobra.Command {
@@ -30,8 +31,12 @@ func newContainerAdd(g *globals) *cobra.Command {
 		Use:   "add NAME --addr ADDRESS [--addr ADDRESS ...]",
 		Short: "Create a container that owns the given addresses",
 		Long: `add creates the container's cgroup, records its ownership in the maps and
-only then makes its addresses local on the host: IPv4 addresses as local
-routes (proto 76) on lo, IPv6 addresses on lo (or the --uplink given to up).
+only then makes its addresses local: with --mode shared on the host, IPv4
+addresses as local routes (proto 76) on lo, IPv6 addresses on lo (or the
+--uplink given to up); with --mode netns in its own network namespace
+l3iso-NAME, joined to the host by a veth pair (host side l3i-NAME), with
+default routes through the host and the delivery chosen by 'l3iso up'
+(direct, routed or bridge). A netns container owns whole IPs (no ports).
 
 Address forms:
   10.77.0.1            one IP (every port, TCP and UDP)
@@ -114,6 +119,10 @@ type containerJSON struct {
 	CgroupID  uint64   `json:"cgroup_id"`
 	Loopback4 string   `json:"loopback4,omitempty"`
 	Loopback6 string   `json:"loopback6,omitempty"`
+	// netns mode: the network namespace (as `ip netns` names it) and the
+	// host-side veth.
+	Netns    string `json:"netns,omitempty"`
+	HostVeth string `json:"host_veth,omitempty"`
 }
 
 func toJSON(c *control.Control, k maps.Container) containerJSON {
@@ -127,7 +136,10 @@ func toJSON(c *control.Control, k maps.Container) containerJSON {
 	for _, m := range k.Spec.Multicast {
 		j.Multicast = append(j.Multicast, m.String())
 	}
-	if k.Isolated() {
+	switch {
+	case k.Spec.Mode == policy.ModeNetns:
+		j.Netns, j.HostVeth = veth.NetnsName(k.Spec.Name), veth.HostIfName(k.Spec.Name)
+	case k.Isolated():
 		j.Loopback4, j.Loopback6 = k.Loopback4().String(), k.Loopback6().String()
 	}
 	return j

@@ -54,6 +54,15 @@ type env struct {
 func newEnv(t *testing.T, upArgs ...string) *env {
 	t.Helper()
 	e := newBareEnv(t)
+	e.up(upArgs...)
+	return e
+}
+
+// up runs `l3iso up` with the env's cgroup root and upArgs; Cleanup takes
+// l3iso down and checks that nothing is left behind.
+func (e *env) up(upArgs ...string) {
+	t := e.t
+	t.Helper()
 	e.mustRun(append([]string{"up", "--cgroup-root", e.cgroot}, upArgs...)...)
 	t.Cleanup(func() {
 		e.run("down")
@@ -68,7 +77,6 @@ func newEnv(t *testing.T, upArgs ...string) *env {
 			}
 		}
 	})
-	return e
 }
 
 // newBareEnv makes the netns, cgroups and bpffs but does not run `up`.

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"net"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -9,6 +11,8 @@ import (
 	"github.com/l3iso/l3iso/pkg/control"
 	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/policy"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 type statusJSON struct {
@@ -17,8 +21,53 @@ type statusJSON struct {
 	Uplink     string              `json:"uplink"`
 	Delivery   string              `json:"delivery"`
 	Links      []loader.LinkInfo   `json:"links"`
+	Interfaces []interfaceJSON     `json:"interfaces"`
 	Containers []containerStatJSON `json:"containers"`
 	Host       maps.Counters       `json:"host_counters"`
+}
+
+// interfaceJSON is what runs on the TCX hooks of one interface l3iso uses
+// (the uplink, host-side veths), l3iso's programs and anyone else's, in
+// order: bpftool 7.1 and tc 6.1 cannot show TCX attachments.
+type interfaceJSON struct {
+	Name     string              `json:"name"`
+	Ifindex  int                 `json:"ifindex"`
+	Role     string              `json:"role"` // uplink, or the container's name
+	Programs []loader.TCXProgram `json:"tcx"`
+}
+
+// interfaces lists the uplink and the host-side veths of netns containers.
+func interfaces(c *control.Control) ([]interfaceJSON, error) {
+	out := []interfaceJSON{}
+	add := func(name, role string) error {
+		ifc, err := net.InterfaceByName(name)
+		if err != nil {
+			out = append(out, interfaceJSON{Name: name, Role: role + " (interface missing: run `l3iso up` to repair)", Programs: []loader.TCXProgram{}})
+			return nil
+		}
+		progs, err := loader.QueryTCX(ifc.Index)
+		if err != nil {
+			return err
+		}
+		if progs == nil {
+			progs = []loader.TCXProgram{}
+		}
+		out = append(out, interfaceJSON{Name: name, Ifindex: ifc.Index, Role: role, Programs: progs})
+		return nil
+	}
+	if up := c.State().Config.Uplink; up != "" {
+		if err := add(up, "uplink"); err != nil {
+			return nil, err
+		}
+	}
+	for _, k := range c.Containers() {
+		if k.Spec.Mode == policy.ModeNetns {
+			if err := add(veth.HostIfName(k.Spec.Name), "container "+k.Spec.Name); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
 }
 
 type containerStatJSON struct {
@@ -46,6 +95,9 @@ func newStatus(g *globals) *cobra.Command {
 			if s.Links, err = st.Links(); err != nil {
 				return err
 			}
+			if s.Interfaces, err = interfaces(c); err != nil {
+				return err
+			}
 			if s.Host, err = c.Stats(""); err != nil {
 				return err
 			}
@@ -71,15 +123,36 @@ func newStatus(g *globals) *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", l.Name, l.ID, l.ProgramID, l.Tag, l.Attach, l.Target)
 			}
 			tw.Flush()
+			if len(s.Interfaces) > 0 {
+				fmt.Fprintln(w)
+				tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "INTERFACE\tIFINDEX\tROLE\tTCX PROGRAMS (in order)")
+				for _, i := range s.Interfaces {
+					var progs []string
+					for _, p := range i.Programs {
+						progs = append(progs, fmt.Sprintf("%s:%s(prog %d, link %d)", p.Direction, p.Name, p.ProgramID, p.LinkID))
+					}
+					if len(progs) == 0 {
+						progs = []string{"-"}
+					}
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", i.Name, i.Ifindex, i.Role, strings.Join(progs, " "))
+				}
+				tw.Flush()
+			}
 			fmt.Fprintf(w, "\n%d containers\n", len(s.Containers))
 			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tID\tMODE\tADDRESSES\tALLOWED\tDENIED\tREWRITTEN\tDROPPED")
+			fmt.Fprintln(tw, "NAME\tID\tMODE\tNETNS/VETH\tADDRESSES\tALLOWED\tDENIED\tREWRITTEN\tDROPPED")
 			for _, k := range s.Containers {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%v\t%d\t%d\t%d\t%d\n", k.Name, k.ID, k.Mode, k.Addresses,
+				where := "-"
+				if k.Netns != "" {
+					where = k.Netns + "/" + k.HostVeth
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%v\t%d\t%d\t%d\t%d\n", k.Name, k.ID, k.Mode, where, k.Addresses,
 					k.Counters["bind_allowed"]+k.Counters["connect_allowed"],
 					k.Counters["bind_denied_foreign"]+k.Counters["bind_denied_port"]+k.Counters["send_denied_spoof"]+k.Counters["denied_no_address"],
 					k.Counters["bind_rewritten"]+k.Counters["source_rewritten"]+k.Counters["loopback_remapped"],
-					k.Counters["ingress_dropped_foreign"]+k.Counters["egress_dropped_spoof"])
+					k.Counters["ingress_dropped_foreign"]+k.Counters["egress_dropped_spoof"]+
+						k.Counters["tc_dropped_spoof"]+k.Counters["tc_dropped_no_route"]+k.Counters["tc_dropped_malformed"])
 			}
 			return tw.Flush()
 		},

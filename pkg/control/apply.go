@@ -7,6 +7,7 @@ import (
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/policy"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 // Plan is what Apply would change.
@@ -34,6 +35,11 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	byName := map[string]maps.Container{}
 	for _, k := range c.cur {
 		byName[k.Spec.Name] = k
+	}
+	for _, spec := range p.Containers {
+		if old, ok := byName[spec.Name]; ok && old.Spec.Mode != spec.Mode {
+			return plan, fmt.Errorf("container %q: its mode cannot change from %s to %s while it exists (its processes cannot move to another network stack): delete it first (remove it from the policy and apply), then add it with the new mode", spec.Name, old.Spec.Mode, spec.Mode)
+		}
 	}
 	if err := c.checkHostConflicts(c.cur, p.Containers); err != nil {
 		return plan, err
@@ -123,6 +129,28 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	if err := c.unconfigureHost(c.cur, next); err != nil {
 		return abort(err)
 	}
+	// netns containers that go lose their namespace, and those that lose
+	// addresses lose them, while the active policy still owns them.
+	var goneNetns []string
+	for _, k := range gone {
+		if isNetns(k) {
+			if err := c.unplumb(k, false); err != nil {
+				return abort(err)
+			}
+			goneNetns = append(goneNetns, k.Spec.Name)
+		}
+	}
+	readdressed := map[string]bool{}
+	for _, k := range next {
+		o, ok := byName[k.Spec.Name]
+		if !ok || !isNetns(k) || sameAddrs(vethAddrs(o), vethAddrs(k)) {
+			continue
+		}
+		readdressed[k.Spec.Name] = true
+		if err := c.shrinkAddrs(o, k); err != nil {
+			return abort(err)
+		}
+	}
 
 	if err := c.st.Maps.SetActiveGen(newGen); err != nil {
 		return abort(err)
@@ -135,6 +163,29 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	c.gen, c.cur = newGen, next
 	if err := c.configureHost(old, next); err != nil {
 		return plan, fmt.Errorf("policy switched, but configuring host addresses failed (the next l3iso command retries): %w", err)
+	}
+	// netns containers that come get their namespace, those that gain
+	// addresses get them: now that the active policy owns them.
+	var comeNetns []maps.Container
+	for _, k := range next {
+		if isNetns(k) && !keep[k.Spec.Name] {
+			comeNetns = append(comeNetns, k)
+		}
+	}
+	if err := c.plumbAll(comeNetns); err != nil {
+		return plan, fmt.Errorf("policy switched, but %w (the next l3iso command retries)", err)
+	}
+	for _, k := range next {
+		switch {
+		case !isNetns(k):
+		case readdressed[k.Spec.Name]:
+			if err := c.growAddrs(k); err != nil {
+				return plan, fmt.Errorf("policy switched, but configuring the addresses of container %q failed (the next l3iso command retries): %w", k.Spec.Name, err)
+			}
+		}
+	}
+	if err := veth.DeleteMany(goneNetns); err != nil {
+		return plan, err
 	}
 	if err := c.st.Maps.DeleteGen(oldGen, old); err != nil {
 		return plan, err

@@ -38,7 +38,8 @@ type Control struct {
 	gen uint32
 	cur []maps.Container // containers of the active generation, by name
 
-	loIndex, upIndex int // resolved once per command
+	loIndex, upIndex int  // resolved once per command
+	deliveryReady    bool // ensureDelivery ran in this command
 }
 
 // Open opens the installation pinned at bpffs. exclusive is for commands
@@ -58,6 +59,23 @@ func Open(bpffs string, exclusive bool) (*Control, error) {
 			st.Close()
 			return nil, fmt.Errorf("repair state left by an interrupted l3iso: %w", err)
 		}
+	}
+	return c, nil
+}
+
+// OpenForDown opens the installation for Down, exclusively and without the
+// repair Open does: whatever an interrupted command left, Down removes it
+// anyway, and a repair that cannot finish (programs of another version not
+// pinned, an uplink that is gone) must not keep anyone from removing l3iso.
+func OpenForDown(bpffs string) (*Control, error) {
+	st, err := loader.Open(bpffs, true)
+	if err != nil {
+		return nil, err
+	}
+	c := &Control{st: st}
+	if err := c.load(); err != nil {
+		st.Close()
+		return nil, err
 	}
 	return c, nil
 }
@@ -185,6 +203,10 @@ func (c *Control) reconcile() error {
 	if err := c.repairHost(); err != nil {
 		return err
 	}
+	// netns containers: namespaces, veths, TC links, delivery mode.
+	if err := c.repairNetns(); err != nil {
+		return err
+	}
 	return c.end()
 }
 
@@ -285,16 +307,26 @@ func (c *Control) Add(spec policy.Container) (maps.Container, error) {
 	if err := c.configureHost(c.cur, next); err != nil {
 		return fail(err)
 	}
+	if isNetns(k) {
+		// Its namespace, veth and addresses: after the maps own them.
+		if err := c.plumb(k); err != nil {
+			return fail(err)
+		}
+	}
 	c.cur = next
 	sort.Slice(c.cur, func(i, j int) bool { return c.cur[i].Spec.Name < c.cur[j].Spec.Name })
 	return k, c.end()
 }
 
+// checkModes refuses what a container's mode cannot do. Both modes are
+// available; policy.Validate has checked the rest (netns containers own
+// whole IPs and have their own loopback).
 func checkModes(spec policy.Container) error {
-	if spec.Mode == policy.ModeNetns {
-		return fmt.Errorf("container %q: mode netns is not available in this version of l3iso; use mode shared", spec.Name)
+	switch spec.Mode {
+	case policy.ModeShared, policy.ModeNetns:
+		return nil
 	}
-	return nil
+	return fmt.Errorf("container %q: unknown mode %q: use shared or netns", spec.Name, spec.Mode)
 }
 
 // Del removes a container: kills its processes, unconfigures its addresses,
@@ -317,6 +349,13 @@ func (c *Control) Del(name string) error {
 	if err := c.unconfigureHost(c.cur, rest); err != nil {
 		return err
 	}
+	if isNetns(k) {
+		// Its namespace and veth go while the maps still own its
+		// addresses (rule 9, the other way).
+		if err := c.unplumb(k, true); err != nil {
+			return err
+		}
+	}
 	if err := c.st.Maps.Remove(c.gen, k, rest); err != nil {
 		return err
 	}
@@ -337,6 +376,9 @@ func (c *Control) Down() error {
 		if _, err := c.Apply(&policy.Policy{}, false); err != nil {
 			return fmt.Errorf("remove the containers: %w", err)
 		}
+	}
+	if err := c.teardownDelivery(); err != nil {
+		return err
 	}
 	return c.st.Teardown()
 }

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 // DroppedCaps are the capabilities a process started with `l3iso exec`
@@ -21,14 +22,15 @@ var DroppedCaps = []uintptr{
 }
 
 // Exec replaces the calling process with argv, running inside container
-// name: in its cgroup, in a new cgroup namespace rooted there (so not even
+// name: in its network namespace (netns mode), in its cgroup, in a new cgroup namespace rooted there (so not even
 // root inside can move itself out), without DroppedCaps. It returns only on
 // error. The caller must hold no lock it wants to keep.
 func (c *Control) Exec(name string, argv []string) error {
 	if len(argv) == 0 {
 		return fmt.Errorf("exec: no command given: l3iso exec %s -- COMMAND [ARGS...]", name)
 	}
-	if _, err := c.Find(name); err != nil {
+	k, err := c.Find(name)
+	if err != nil {
 		return err
 	}
 	path, err := exec.LookPath(argv[0])
@@ -36,10 +38,26 @@ func (c *Control) Exec(name string, argv []string) error {
 		return fmt.Errorf("exec in container %q: %w", name, err)
 	}
 	cg := c.CgroupPath(name)
+	netns := -1
+	if isNetns(k) {
+		p := veth.NetnsPath(name)
+		if netns, err = unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("exec in container %q: open its network namespace %s: %w (run `l3iso up` to repair it)", name, p, err)
+		}
+	}
 	c.Close()
 
 	// Namespaces and capabilities belong to the thread that calls execve.
 	runtime.LockOSThread()
+	if netns >= 0 {
+		// Its network namespace first, while this thread may still
+		// (CAP_SYS_ADMIN); the command inherits it with execve.
+		err := unix.Setns(netns, unix.CLONE_NEWNET)
+		unix.Close(netns)
+		if err != nil {
+			return fmt.Errorf("exec in container %q: enter network namespace %s: %w", name, veth.NetnsName(name), err)
+		}
+	}
 	if err := cgroup.Enter(cg); err != nil {
 		return err
 	}

@@ -218,9 +218,8 @@ func (c *Control) checkHostConflicts(cur []maps.Container, adding []policy.Conta
 	var check []netip.Addr
 	owner := map[netip.Addr]string{}
 	for _, spec := range adding {
-		if spec.Mode == policy.ModeNetns {
-			continue
-		}
+		// netns containers too: the host routes their addresses to their
+		// veth, which a local address would override.
 		for _, a := range spec.Addresses {
 			if !ours[a.Addr] {
 				check = append(check, a.Addr)

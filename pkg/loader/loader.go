@@ -13,6 +13,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -46,6 +47,9 @@ type Options struct {
 	BPFFS      string // "" = DefaultBPFFS
 	Uplink     string // "" = shared-mode addresses live on lo
 	Delivery   maps.Delivery
+	// KeepDelivery leaves the delivery of an existing installation as it
+	// is (Delivery then applies only to a new one).
+	KeepDelivery bool
 }
 
 // State is an open installation: its pinned maps, with the lock held.
@@ -54,6 +58,11 @@ type State struct {
 	Maps   *maps.Set
 	Config maps.Config
 	lock   *os.File
+	progs  map[string]*ebpf.Program // pinned TC programs opened so far
+	// Switched is set by Up when it changed the delivery of a running
+	// installation; From is the delivery before.
+	Switched bool
+	From     maps.Delivery
 }
 
 // ContainerCgroup is the cgroup directory of container name.
@@ -66,6 +75,10 @@ func (s *State) Close() error {
 	if s.Maps != nil {
 		s.Maps.Close()
 	}
+	for _, p := range s.progs {
+		p.Close()
+	}
+	s.progs = nil
 	if s.lock != nil {
 		s.lock.Close() // drops the flock
 	}
@@ -207,6 +220,13 @@ func Up(o Options) (st *State, changed bool, err error) {
 	}
 
 	if _, err := os.Stat(mapsDir(dir)); err == nil {
+		// Maps a newer l3iso added (an upgrade): create them beside the
+		// others; the programs loaded below use them.
+		added, err := maps.PinMissing(mapsDir(dir))
+		if err != nil {
+			return st, false, err
+		}
+		changed = len(added) > 0
 		if st.Maps, err = maps.OpenPinned(mapsDir(dir)); err != nil {
 			return st, false, err
 		}
@@ -215,6 +235,22 @@ func Up(o Options) (st *State, changed bool, err error) {
 		}
 		if err := sameOptions(dir, st.Config, want); err != nil {
 			return st, false, err
+		}
+		if o.KeepDelivery {
+			want.Delivery = st.Config.Delivery
+		}
+		st.From, st.Switched = st.Config.Delivery, st.Config.Delivery != want.Delivery
+		// The delivery may change on a running host (the caller switches
+		// the containers: dirty until it is done), and the uplink may have
+		// been recreated under its name.
+		if st.Config.Delivery != want.Delivery || st.Config.UplinkIfindex != want.UplinkIfindex {
+			cfg := st.Config
+			cfg.Delivery, cfg.UplinkIfindex, cfg.Dirty = want.Delivery, want.UplinkIfindex, true
+			if err := st.Maps.SetConfig(cfg); err != nil {
+				return st, changed, err
+			}
+			st.Config = cfg
+			changed = true
 		}
 	} else {
 		if err := st.createMaps(want); err != nil {
@@ -226,7 +262,11 @@ func Up(o Options) (st *State, changed bool, err error) {
 		return st, changed, err
 	}
 	linked, err := st.ensureLinks()
-	return st, changed || linked, err
+	if err != nil {
+		return st, changed || linked, err
+	}
+	tc, err := st.ensureTCPrograms()
+	return st, changed || linked || tc, err
 }
 
 func sameOptions(dir string, have, want maps.Config) error {
@@ -235,9 +275,6 @@ func sameOptions(dir string, have, want maps.Config) error {
 	}
 	if have.Uplink != want.Uplink {
 		return fmt.Errorf("l3iso is already up at %s with --uplink %q (asked: %q): run `l3iso down` first, or repeat the same options", dir, have.Uplink, want.Uplink)
-	}
-	if have.Delivery != want.Delivery {
-		return fmt.Errorf("l3iso is already up at %s with --delivery %s (asked: %s): run `l3iso down` first, or repeat the same options", dir, have.Delivery, want.Delivery)
 	}
 	if have.NetnsCookie != want.NetnsCookie {
 		return fmt.Errorf("l3iso at %s was brought up from another network namespace: run l3iso from that namespace, or `l3iso down` first", dir)
@@ -402,6 +439,13 @@ func (st *State) Links() ([]LinkInfo, error) {
 					li.Attach = "CGroupInetIngress" // value 0 prints as "None"
 				}
 			}
+			if tcx := info.TCX(); tcx != nil {
+				li.Attach = ebpf.AttachType(tcx.AttachType).String()
+				li.Target = fmt.Sprintf("ifindex %d (gone)", tcx.Ifindex)
+				if ifc, err := net.InterfaceByIndex(int(tcx.Ifindex)); err == nil && tcx.Ifindex != 0 {
+					li.Target = ifc.Name
+				}
+			}
 			if p, err := ebpf.NewProgramFromID(info.Program); err == nil {
 				if pi, err := p.Info(); err == nil {
 					li.Tag = pi.Tag
@@ -449,7 +493,7 @@ func ForceTeardown(dir string) error {
 			}
 		}
 	}
-	for _, sub := range []string{linksDir(dir), mapsDir(dir), filepath.Join(dir, "maps-tmp")} {
+	for _, sub := range []string{linksDir(dir), mapsDir(dir), progsDir(dir), filepath.Join(dir, "maps-tmp")} {
 		if err := os.RemoveAll(sub); err != nil {
 			return fmt.Errorf("remove pins in %s: %w", sub, err)
 		}
@@ -483,7 +527,11 @@ func (st *State) Teardown() error {
 		st.Maps.Close()
 		st.Maps = nil
 	}
-	for _, sub := range []string{linksDir(st.Dir), mapsDir(st.Dir), filepath.Join(st.Dir, "maps-tmp")} {
+	for _, p := range st.progs {
+		p.Close()
+	}
+	st.progs = nil
+	for _, sub := range []string{linksDir(st.Dir), mapsDir(st.Dir), progsDir(st.Dir), filepath.Join(st.Dir, "maps-tmp")} {
 		if err := os.RemoveAll(sub); err != nil {
 			return fmt.Errorf("remove pins in %s: %w", sub, err)
 		}

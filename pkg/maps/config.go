@@ -48,6 +48,10 @@ type Config struct {
 	CgroupRoot    string // where the programs are attached
 	Uplink        string // interface name; "" = addresses on lo
 	Dirty         bool   // a changing command is under way, or died before it finished
+	// Forward4 and Forward6 say that l3iso turned on IPv4 / IPv6 forwarding
+	// (for routed or bridge delivery), so it turns it off again when no
+	// longer needed, and leaves alone forwarding the operator turned on.
+	Forward4, Forward6 bool
 }
 
 // Config reads l3_config[0].
@@ -59,7 +63,9 @@ func (s *Set) Config() (Config, error) {
 	return Config{
 		NetnsCookie: v.NetnsCookie, Level: v.Level, Delivery: Delivery(v.Delivery),
 		UplinkIfindex: v.UplinkIfindex, CgroupRoot: cstr(v.Cgroot[:]), Uplink: cstr(v.Uplink[:]),
-		Dirty: v.Flags&uint32(sockL3CfgFlagsL3CFG_DIRTY) != 0,
+		Dirty:    v.Flags&uint32(sockL3CfgFlagsL3CFG_DIRTY) != 0,
+		Forward4: v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD4) != 0,
+		Forward6: v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD6) != 0,
 	}, nil
 }
 
@@ -68,6 +74,12 @@ func (s *Set) SetConfig(c Config) error {
 	v := sockL3Cfg{NetnsCookie: c.NetnsCookie, Level: c.Level, Delivery: uint32(c.Delivery), UplinkIfindex: c.UplinkIfindex}
 	if c.Dirty {
 		v.Flags |= uint32(sockL3CfgFlagsL3CFG_DIRTY)
+	}
+	if c.Forward4 {
+		v.Flags |= uint32(sockL3CfgFlagsL3CFG_FWD4)
+	}
+	if c.Forward6 {
+		v.Flags |= uint32(sockL3CfgFlagsL3CFG_FWD6)
 	}
 	if len(c.CgroupRoot) >= len(v.Cgroot) {
 		return fmt.Errorf("cgroup root path %q is longer than %d bytes", c.CgroupRoot, len(v.Cgroot)-1)
@@ -117,6 +129,14 @@ var CounterNames = []string{
 	sockL3CounterL3C_HOST_SRC_REWRITTEN:   "host_source_rewritten",
 	sockL3CounterL3C_JOIN_ALLOWED:         "join_allowed",
 	sockL3CounterL3C_JOIN_DENIED:          "join_denied",
+
+	sockL3CounterL3C_TC_REDIRECT_IN:       "tc_redirected_in",
+	sockL3CounterL3C_TC_REDIRECT_OUT:      "tc_redirected_out",
+	sockL3CounterL3C_TC_TO_HOST:           "tc_to_host",
+	sockL3CounterL3C_TC_DROP_SPOOF:        "tc_dropped_spoof",
+	sockL3CounterL3C_TC_DROP_NO_ROUTE:     "tc_dropped_no_route",
+	sockL3CounterL3C_TC_DROP_MALFORMED:    "tc_dropped_malformed",
+	sockL3CounterL3C_TC_DROP_UNKNOWN_PORT: "tc_dropped_unknown_port",
 }
 
 // Counters are one container's verdict counters, summed over CPUs, by name.

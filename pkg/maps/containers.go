@@ -75,7 +75,8 @@ func (e *entries) add(gen uint32, c Container) error {
 	if !c.Isolated() {
 		cont.Flags |= uint32(sockL3ContFlagsL3CF_LOOP_HOST)
 	}
-	if c.Spec.Mode == policy.ModeNetns {
+	netns := c.Spec.Mode == policy.ModeNetns
+	if netns {
 		cont.Flags |= uint32(sockL3ContFlagsL3CF_NETNS)
 	}
 	meta := sockL3Meta{Cgid: c.CgroupID, Naddrs: uint8(len(c.Spec.Addresses)), Nmcast: uint8(len(c.Spec.Multicast))}
@@ -100,7 +101,11 @@ func (e *entries) add(gen uint32, c Container) error {
 
 		if a.WholeIP() {
 			e.ownerK = append(e.ownerK, sockL3OwnerKey{Prefixlen: 160, Gen: gen, Addr: la})
-			e.ownerV = append(e.ownerV, sockL3Owner{Id: c.ID})
+			o := sockL3Owner{Id: c.ID}
+			if netns {
+				o.Flags |= uint32(sockL3OwnerFlagsL3OF_NETNS)
+			}
+			e.ownerV = append(e.ownerV, o)
 			e.localK = append(e.localK, sockL3LocalKey{Gen: gen, Id: c.ID, Addr: la})
 			e.localV = append(e.localV, sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_WHOLE)})
 			if a.Addr.Is4() && cont.Flags&uint32(sockL3ContFlagsL3CF_HAS4) == 0 {
@@ -140,7 +145,7 @@ func (e *entries) add(gen uint32, c Container) error {
 			e.localV = append(e.localV, sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_BCAST)})
 		}
 	}
-	if c.Isolated() {
+	if c.Isolated() && !netns {
 		for _, lo := range []netip.Addr{c.Loopback4(), c.Loopback6()} {
 			e.localK = append(e.localK, sockL3LocalKey{Gen: gen, Id: c.ID, Addr: toAddr(lo)})
 			e.localV = append(e.localV, sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_LOOP)})
@@ -152,6 +157,13 @@ func (e *entries) add(gen uint32, c Container) error {
 		e.mcastV = append(e.mcastV, sockL3Mcast{Allowed: 1})
 	}
 	meta.Flags = cont.Flags
+	if netns {
+		// Its 127.0.0.1 and ::1 are its namespace's own lo: the programs
+		// must not remap them to the private loopback of shared mode,
+		// which exists only on the host's lo. (The metadata keeps the
+		// policy's setting.)
+		cont.Flags |= uint32(sockL3ContFlagsL3CF_LOOP_HOST)
+	}
 	e.metaK = append(e.metaK, sockL3MetaKey{Gen: gen, Id: c.ID})
 	e.metaV = append(e.metaV, meta)
 	e.contK = append(e.contK, sockL3ContKey{Gen: gen, Cgid: c.CgroupID})

@@ -38,6 +38,8 @@ type Set struct {
 	Metas    *ebpf.Map // (gen, id) → the operator's view of a container
 	Counters *ebpf.Map // per-CPU counters per container id
 	SkStore  *ebpf.Map // per-socket flags
+	Delivs   *ebpf.Map // netns container address → its veth and MACs
+	Ports    *ebpf.Map // host-side veth ifindex → container id
 }
 
 // The pin names under <bpffs>/maps. Changing one breaks upgrades.
@@ -46,7 +48,7 @@ func (s *Set) byName() map[string]**ebpf.Map {
 		"l3_gen": &s.Gen, "l3_config": &s.Cfg, "l3_conts": &s.Conts,
 		"l3_locals": &s.Locals, "l3_owners": &s.Owners, "l3_routes": &s.Routes,
 		"l3_mcasts": &s.Mcasts, "l3_metas": &s.Metas, "l3_counters": &s.Counters,
-		"l3_skstore": &s.SkStore,
+		"l3_skstore": &s.SkStore, "l3_delivs": &s.Delivs, "l3_ports": &s.Ports,
 	}
 }
 
@@ -57,6 +59,48 @@ func SocketSpec() (*ebpf.CollectionSpec, error) {
 		return nil, fmt.Errorf("load embedded socket programs: %w", err)
 	}
 	return spec, nil
+}
+
+// TCSpec returns the collection spec of the TC programs (bpf/tc.c). It
+// declares the same maps as SocketSpec: load it with Replacements.
+func TCSpec() (*ebpf.CollectionSpec, error) {
+	spec, err := loadTc()
+	if err != nil {
+		return nil, fmt.Errorf("load embedded TC programs: %w", err)
+	}
+	return spec, nil
+}
+
+// PinMissing creates and pins, in dir, the maps this binary has and the
+// pinned installation lacks (maps an older l3iso did not know), and returns
+// their names. Existing pins are left alone.
+func PinMissing(dir string) ([]string, error) {
+	spec, err := SocketSpec()
+	if err != nil {
+		return nil, err
+	}
+	var added []string
+	for name := range (&Set{}).byName() {
+		pin := filepath.Join(dir, name)
+		if _, err := os.Stat(pin); err == nil || !errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		ms, ok := spec.Maps[name]
+		if !ok {
+			return added, fmt.Errorf("embedded programs have no map %s: rebuild with `make generate`", name)
+		}
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			return added, fmt.Errorf("create map %s: %w", name, err)
+		}
+		err = m.Pin(pin)
+		m.Close()
+		if err != nil {
+			return added, fmt.Errorf("pin map %s: %w", name, err)
+		}
+		added = append(added, name)
+	}
+	return added, nil
 }
 
 // New creates fresh, unpinned maps from the embedded spec.

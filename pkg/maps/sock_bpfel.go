@@ -44,6 +44,8 @@ type sockL3CfgFlags uint32
 
 const (
 	sockL3CfgFlagsL3CFG_DIRTY sockL3CfgFlags = 1
+	sockL3CfgFlagsL3CFG_FWD4  sockL3CfgFlags = 2
+	sockL3CfgFlagsL3CFG_FWD6  sockL3CfgFlags = 4
 )
 
 type sockL3Cont struct {
@@ -91,8 +93,23 @@ const (
 	sockL3CounterL3C_HOST_SRC_REWRITTEN   sockL3Counter = 13
 	sockL3CounterL3C_JOIN_ALLOWED         sockL3Counter = 14
 	sockL3CounterL3C_JOIN_DENIED          sockL3Counter = 15
+	sockL3CounterL3C_TC_REDIRECT_IN       sockL3Counter = 16
+	sockL3CounterL3C_TC_REDIRECT_OUT      sockL3Counter = 17
+	sockL3CounterL3C_TC_TO_HOST           sockL3Counter = 18
+	sockL3CounterL3C_TC_DROP_SPOOF        sockL3Counter = 19
+	sockL3CounterL3C_TC_DROP_NO_ROUTE     sockL3Counter = 20
+	sockL3CounterL3C_TC_DROP_MALFORMED    sockL3Counter = 21
+	sockL3CounterL3C_TC_DROP_UNKNOWN_PORT sockL3Counter = 22
 	sockL3CounterL3C_MAX                  sockL3Counter = 24
 )
+
+type sockL3Deliv struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Id      uint32
+	PeerMac [6]uint8
+	HostMac [6]uint8
+}
 
 type sockL3Delivery uint32
 
@@ -186,6 +203,7 @@ type sockL3OwnerFlags uint32
 
 const (
 	sockL3OwnerFlagsL3OF_PARTIAL sockL3OwnerFlags = 1
+	sockL3OwnerFlagsL3OF_NETNS   sockL3OwnerFlags = 2
 )
 
 type sockL3OwnerKey struct {
@@ -197,6 +215,12 @@ type sockL3OwnerKey struct {
 	PortHi    uint8
 	PortLo    uint8
 	Pad       uint8
+}
+
+type sockL3Port struct {
+	_   structs.HostLayout
+	Id  uint32
+	Pad uint32
 }
 
 type sockL3Prefix struct {
@@ -308,11 +332,13 @@ type sockMapSpecs struct {
 	L3Config   *ebpf.MapSpec `ebpf:"l3_config"`
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
+	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
 	L3Gen      *ebpf.MapSpec `ebpf:"l3_gen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
+	L3Ports    *ebpf.MapSpec `ebpf:"l3_ports"`
 	L3Routes   *ebpf.MapSpec `ebpf:"l3_routes"`
 	L3Skstore  *ebpf.MapSpec `ebpf:"l3_skstore"`
 }
@@ -356,11 +382,13 @@ type sockMaps struct {
 	L3Config   *ebpf.Map `ebpf:"l3_config"`
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
+	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
 	L3Gen      *ebpf.Map `ebpf:"l3_gen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
+	L3Ports    *ebpf.Map `ebpf:"l3_ports"`
 	L3Routes   *ebpf.Map `ebpf:"l3_routes"`
 	L3Skstore  *ebpf.Map `ebpf:"l3_skstore"`
 }
@@ -370,11 +398,13 @@ func (m *sockMaps) Close() error {
 		m.L3Config,
 		m.L3Conts,
 		m.L3Counters,
+		m.L3Delivs,
 		m.L3Gen,
 		m.L3Locals,
 		m.L3Mcasts,
 		m.L3Metas,
 		m.L3Owners,
+		m.L3Ports,
 		m.L3Routes,
 		m.L3Skstore,
 	)

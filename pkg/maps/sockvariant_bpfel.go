@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type sockvariantL3Addr struct {
+	_ structs.HostLayout
+	W [4]uint32
+}
+
 type sockvariantL3Cfg struct {
 	_             structs.HostLayout
 	NetnsCookie   uint64
@@ -28,22 +33,10 @@ type sockvariantL3Cont struct {
 	_        structs.HostLayout
 	Id       uint32
 	Flags    uint32
-	Primary4 struct {
-		_ structs.HostLayout
-		W [4]uint32
-	}
-	Primary6 struct {
-		_ structs.HostLayout
-		W [4]uint32
-	}
-	Lo4 struct {
-		_ structs.HostLayout
-		W [4]uint32
-	}
-	Lo6 struct {
-		_ structs.HostLayout
-		W [4]uint32
-	}
+	Primary4 sockvariantL3Addr
+	Primary6 sockvariantL3Addr
+	Lo4      sockvariantL3Addr
+	Lo6      sockvariantL3Addr
 }
 
 type sockvariantL3ContKey struct {
@@ -51,6 +44,14 @@ type sockvariantL3ContKey struct {
 	Gen  uint32
 	Pad  uint32
 	Cgid uint64
+}
+
+type sockvariantL3Deliv struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Id      uint32
+	PeerMac [6]uint8
+	HostMac [6]uint8
 }
 
 type sockvariantL3Local struct {
@@ -63,10 +64,7 @@ type sockvariantL3LocalKey struct {
 	_    structs.HostLayout
 	Gen  uint32
 	Id   uint32
-	Addr struct {
-		_ structs.HostLayout
-		W [4]uint32
-	}
+	Addr sockvariantL3Addr
 }
 
 type sockvariantL3Mcast struct {
@@ -80,10 +78,7 @@ type sockvariantL3McastKey struct {
 	Prefixlen uint32
 	Gen       uint32
 	Id        uint32
-	Group     struct {
-		_ structs.HostLayout
-		W [4]uint32
-	}
+	Group     sockvariantL3Addr
 }
 
 type sockvariantL3Meta struct {
@@ -96,11 +91,8 @@ type sockvariantL3Meta struct {
 	Nmcast uint8
 	Pad    uint8
 	Addrs  [16]struct {
-		_    structs.HostLayout
-		Addr struct {
-			_ structs.HostLayout
-			W [4]uint32
-		}
+		_         structs.HostLayout
+		Addr      sockvariantL3Addr
 		Prefixlen uint8
 		Proto     uint8
 		Flags     uint8
@@ -109,11 +101,8 @@ type sockvariantL3Meta struct {
 		PortHi    uint16
 	}
 	Mcast [8]struct {
-		_    structs.HostLayout
-		Addr struct {
-			_ structs.HostLayout
-			W [4]uint32
-		}
+		_         structs.HostLayout
+		Addr      sockvariantL3Addr
 		Prefixlen uint8
 		Pad       [3]uint8
 	}
@@ -135,22 +124,22 @@ type sockvariantL3OwnerKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Gen       uint32
-	Addr      struct {
-		_ structs.HostLayout
-		W [4]uint32
-	}
-	Proto  uint8
-	PortHi uint8
-	PortLo uint8
-	Pad    uint8
+	Addr      sockvariantL3Addr
+	Proto     uint8
+	PortHi    uint8
+	PortLo    uint8
+	Pad       uint8
+}
+
+type sockvariantL3Port struct {
+	_   structs.HostLayout
+	Id  uint32
+	Pad uint32
 }
 
 type sockvariantL3Route struct {
 	_   structs.HostLayout
-	Src struct {
-		_ structs.HostLayout
-		W [4]uint32
-	}
+	Src sockvariantL3Addr
 }
 
 type sockvariantL3RouteKey struct {
@@ -158,10 +147,7 @@ type sockvariantL3RouteKey struct {
 	Prefixlen uint32
 	Gen       uint32
 	Id        uint32
-	Addr      struct {
-		_ structs.HostLayout
-		W [4]uint32
-	}
+	Addr      sockvariantL3Addr
 }
 
 type sockvariantL3Sk struct {
@@ -240,11 +226,13 @@ type sockvariantMapSpecs struct {
 	L3Config   *ebpf.MapSpec `ebpf:"l3_config"`
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
+	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
 	L3Gen      *ebpf.MapSpec `ebpf:"l3_gen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
+	L3Ports    *ebpf.MapSpec `ebpf:"l3_ports"`
 	L3Routes   *ebpf.MapSpec `ebpf:"l3_routes"`
 	L3Skstore  *ebpf.MapSpec `ebpf:"l3_skstore"`
 }
@@ -288,11 +276,13 @@ type sockvariantMaps struct {
 	L3Config   *ebpf.Map `ebpf:"l3_config"`
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
+	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
 	L3Gen      *ebpf.Map `ebpf:"l3_gen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
+	L3Ports    *ebpf.Map `ebpf:"l3_ports"`
 	L3Routes   *ebpf.Map `ebpf:"l3_routes"`
 	L3Skstore  *ebpf.Map `ebpf:"l3_skstore"`
 }
@@ -302,11 +292,13 @@ func (m *sockvariantMaps) Close() error {
 		m.L3Config,
 		m.L3Conts,
 		m.L3Counters,
+		m.L3Delivs,
 		m.L3Gen,
 		m.L3Locals,
 		m.L3Mcasts,
 		m.L3Metas,
 		m.L3Owners,
+		m.L3Ports,
 		m.L3Routes,
 		m.L3Skstore,
 	)

@@ -259,6 +259,10 @@ func validate(p *Policy, src *source) error {
 				r.addf(at(ln.addr, j, ln.name), "container %q: invalid address %q: %w", c.Name, a.String(), err)
 				continue
 			}
+			if c.Mode == ModeNetns && !a.WholeIP() {
+				r.addf(at(ln.addr, j, ln.name), "container %q: address %s names ports, but a netns container owns whole IPs (the address lives in its own namespace): drop the port, or use mode: shared to share an IP by ports", c.Name, a)
+				continue
+			}
 			validAddr[i][j] = true
 		}
 

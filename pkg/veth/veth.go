@@ -122,6 +122,9 @@ type Spec struct {
 	Addrs []netip.Prefix
 	// MTU of both veth ends; 0 means DefaultMTU.
 	MTU int
+	// SubnetsViaGateway routes the subnets of Addrs through the gateway
+	// instead of on-link (see SetSubnetRoutes).
+	SubnetsViaGateway bool
 }
 
 // Endpoint describes the kernel objects of one netns-mode container.
@@ -257,6 +260,7 @@ type creation struct {
 	name, nsPath, hostIf string
 	addrs                []netip.Prefix
 	mtu                  int
+	viaGateway           bool
 	hostMAC, peerMAC     net.HardwareAddr
 
 	host *netlink.Handle // host namespace
@@ -292,12 +296,13 @@ func create(s Spec) (ep *Endpoint, err error) {
 		return nil, err
 	}
 	c := &creation{
-		name:   s.Container,
-		nsPath: NetnsPath(s.Container),
-		hostIf: HostIfName(s.Container),
-		addrs:  append([]netip.Prefix(nil), s.Addrs...),
-		mtu:    mtu,
-		nsFd:   -1,
+		name:       s.Container,
+		nsPath:     NetnsPath(s.Container),
+		hostIf:     HostIfName(s.Container),
+		addrs:      append([]netip.Prefix(nil), s.Addrs...),
+		mtu:        mtu,
+		viaGateway: s.SubnetsViaGateway,
+		nsFd:       -1,
 	}
 	if c.hostMAC, err = randomMAC(); err != nil {
 		return nil, err
@@ -517,6 +522,11 @@ func (c *creation) addGateways() error {
 		}
 		if err := c.ns.RouteAdd(r); err != nil {
 			return fmt.Errorf("add default route via %v dev %s in netns %s: %w", GatewayIPv6, PeerIfName, NetnsName(c.name), err)
+		}
+	}
+	if c.viaGateway {
+		if err := subnetRoutes(c.ns, c.peerIndex, c.addrs, true); err != nil {
+			return fmt.Errorf("in netns %s: %w", NetnsName(c.name), err)
 		}
 	}
 	return nil

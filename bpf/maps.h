@@ -1,0 +1,154 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * maps.h — the maps of every l3iso program (sock.c, tc.c) and the helpers
+ * they share. Both objects declare every map identically, so either spec
+ * can create the set and each loads against the pinned maps by name
+ * (pkg/maps owns them; pkg/loader pins them in <bpffs>/maps).
+ *
+ * Include after l3iso.h and the libbpf headers.
+ */
+#ifndef L3ISO_MAPS_H
+#define L3ISO_MAPS_H
+
+/* Maps. Names are <= 15 characters: the kernel truncates longer ones. */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} l3_gen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct l3_cfg);
+} l3_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * L3_MAX_CONTAINERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_cont_key);
+	__type(value, struct l3_cont);
+} l3_conts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 21);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_local_key);
+	__type(value, struct l3_local);
+} l3_locals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_owner_key);
+	__type(value, struct l3_owner);
+} l3_owners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_route_key);
+	__type(value, struct l3_route);
+} l3_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_mcast_key);
+	__type(value, struct l3_mcast);
+} l3_mcasts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * L3_MAX_CONTAINERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_meta_key);
+	__type(value, struct l3_meta);
+} l3_metas SEC(".maps");
+
+/*
+ * Preallocated: a per-CPU hash without preallocation draws on an atomic
+ * cache that a burst of container adds exhausts (ENOMEM). Indexed by id.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, L3_MAX_CONTAINERS + 1);
+	__type(key, __u32);
+	__type(value, struct l3_stats);
+} l3_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct l3_sk);
+} l3_skstore SEC(".maps");
+
+/* l3_delivs, l3_ports: netns containers' addresses and host-side veths (tc.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, L3_MAX_CONTAINERS * L3_MAX_ADDRS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_addr);
+	__type(value, struct l3_deliv);
+} l3_delivs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * L3_MAX_CONTAINERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct l3_port);
+} l3_ports SEC(".maps");
+
+/* ---------------------------------------------------------------- helpers */
+
+static __always_inline void count(__u32 id, __u32 c)
+{
+	struct l3_stats *s = bpf_map_lookup_elem(&l3_counters, &id);
+
+	if (s && c < L3_C_MAX)
+		__sync_fetch_and_add(&s->c[c], 1);
+}
+
+static __always_inline __u32 active_gen(void)
+{
+	__u32 zero = 0, *g = bpf_map_lookup_elem(&l3_gen, &zero);
+
+	return g ? *g : 0;
+}
+
+static __always_inline struct l3_cfg *config(void)
+{
+	__u32 zero = 0;
+
+#ifdef L3ISO_VARIANT
+	/* The upgrade test's "older binary": same behaviour, other instructions. */
+	asm volatile("r0 = 0" ::: "r0");
+#endif
+
+	return bpf_map_lookup_elem(&l3_config, &zero);
+}
+
+static __always_inline void addr_set4(struct l3_addr *a, __u32 ip4 /* network order */)
+{
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0x0000ffff);
+	a->w[3] = ip4;
+}
+
+static __always_inline int addr_is_mapped(const struct l3_addr *a)
+{
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0x0000ffff);
+}
+
+#endif /* L3ISO_MAPS_H */

@@ -1,0 +1,330 @@
+//go:build ignore
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * tc.c — the packet path of netns-mode containers (DESIGN.md, "Two
+ * container modes"). TCX ingress programs, attached with bpf_links:
+ *
+ *   l3_tc_uplink  on the uplink (delivery direct): a packet for a container
+ *                 address gets the container's L2 header and goes straight
+ *                 into its namespace with bpf_redirect_peer — no host IP
+ *                 input, no forwarding, no netfilter, no bridge.
+ *   l3_tc_veth    on every host-side veth (delivery direct): what leaves a
+ *                 container must carry a source it owns; to a sibling
+ *                 container it goes by bpf_redirect_peer, elsewhere by a FIB
+ *                 lookup and bpf_redirect / bpf_redirect_neigh out of the
+ *                 egress interface (the uplink), to the host itself it passes.
+ *   l3_tc_guard   on every host-side veth (delivery routed and bridge): only
+ *                 the source check; the kernel routes or bridges the rest.
+ *
+ * The host is not a hop: redirected packets keep their TTL / hop limit, as
+ * they would on one L2 segment (and as Cilium's host routing does).
+ *
+ * Lookups are hash lookups keyed by address or ifindex: O(1) in containers.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "l3iso.h"
+#include "maps.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* What the parser extracted from an Ethernet frame. */
+struct tpkt {
+	struct l3_addr src, dst;
+	__u8 v6;
+	__u8 proto;  /* IPv4 protocol / IPv6 next header */
+	__u8 tos;    /* IPv4 TOS */
+	__u32 flow;  /* IPv6 flow label word */
+};
+
+enum parse_result {
+	P_IP = 0,	  /* IPv4 or IPv6, src/dst filled in */
+	P_OTHER = 1,	  /* not IP (ARP, ...) */
+	P_MALFORMED = -1, /* IP with a truncated header */
+};
+
+static __always_inline int parse(struct __sk_buff *skb, struct tpkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u32 need;
+
+	if ((void *)(eth + 1) > end)
+		return P_MALFORMED;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		need = sizeof(struct ethhdr) + sizeof(struct iphdr);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		need = sizeof(struct ethhdr) + sizeof(struct ipv6hdr);
+	else
+		return P_OTHER;
+	if (data + need > end) {
+		/* Headers not in the linear part: pull them in, or give up. */
+		if (skb->len < need || bpf_skb_pull_data(skb, need))
+			return P_MALFORMED;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		if (data + need > end)
+			return P_MALFORMED;
+		eth = data;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end)
+			return P_MALFORMED;
+		addr_set4(&p->src, ip->saddr);
+		addr_set4(&p->dst, ip->daddr);
+		p->v6 = 0;
+		p->proto = ip->protocol;
+		p->tos = ip->tos;
+		p->flow = 0;
+		return P_IP;
+	}
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+	if ((void *)(ip6 + 1) > end)
+		return P_MALFORMED;
+	__builtin_memcpy(p->src.w, &ip6->saddr, 16);
+	__builtin_memcpy(p->dst.w, &ip6->daddr, 16);
+	p->v6 = 1;
+	p->proto = ip6->nexthdr;
+	p->tos = 0;
+	p->flow = *(__u32 *)ip6 & bpf_htonl(0x0fffffff);
+	return P_IP;
+}
+
+/* Rewrite the Ethernet addresses. The header is linear: parse checked it. */
+static __always_inline int set_l2(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, src, ETH_ALEN);
+	return 0;
+}
+
+static __always_inline int addr_is_unspec(const struct l3_addr *a)
+{
+	return (a->w[0] | a->w[1] | a->w[2] | a->w[3]) == 0 ||
+	       (addr_is_mapped(a) && a->w[3] == 0);
+}
+
+/* fe80::/10 */
+static __always_inline int addr_is_ll6(const struct l3_addr *a)
+{
+	return !addr_is_mapped(a) && (bpf_ntohl(a->w[0]) & 0xffc00000) == 0xfe800000;
+}
+
+/*
+ * Destinations the host never forwards: IPv4 limited broadcast and
+ * multicast (no multicast routing); IPv6 multicast and fe80::/10. The host
+ * stack handles them. (IPv4 169.254/16 is not among them: Linux would route
+ * it, so it takes the FIB path like any unicast destination.)
+ */
+static __always_inline int dst_link_scope(const struct l3_addr *a)
+{
+	if (addr_is_mapped(a)) {
+		__u32 v = bpf_ntohl(a->w[3]);
+
+		return v == 0xffffffff || (v >> 28) == 0xe;
+	}
+	return (bpf_ntohl(a->w[0]) >> 24) == 0xff || addr_is_ll6(a);
+}
+
+enum src_verdict {
+	SRC_OWN,   /* a source the container owns */
+	SRC_LINK,  /* link-scope traffic (no address yet, link-local): host only */
+	SRC_SPOOF, /* anything else */
+};
+
+/*
+ * Rule 4 at the packet level: a container emits only sources it owns. The
+ * one exception is link-scope traffic from the unspecified or a link-local
+ * source (IPv6 neighbour discovery, MLD, DHCP), which the host stack
+ * consumes and never forwards.
+ */
+static __always_inline enum src_verdict check_source(__u32 id, const struct tpkt *p)
+{
+	struct l3_deliv *d = bpf_map_lookup_elem(&l3_delivs, &p->src);
+
+	if (dst_link_scope(&p->dst)) {
+		if ((d && d->id == id) || addr_is_unspec(&p->src) || addr_is_ll6(&p->src))
+			return SRC_LINK;
+		return SRC_SPOOF;
+	}
+	if (d && d->id == id)
+		return SRC_OWN;
+	return SRC_SPOOF;
+}
+
+/* Into a sibling container's namespace. */
+static __always_inline int to_peer(struct __sk_buff *skb, struct l3_deliv *d)
+{
+	if (set_l2(skb, d->peer_mac, d->host_mac)) {
+		/* Cannot happen after parse; never deliver a half-rewritten frame. */
+		return TC_ACT_SHOT;
+	}
+	count(d->id, L3_C_TC_REDIRECT_IN);
+	return bpf_redirect_peer(d->ifindex, 0);
+}
+
+/*
+ * Out of the host, by the kernel's FIB: bpf_redirect with resolved MACs, or
+ * bpf_redirect_neigh to let the neighbour subsystem resolve the next hop.
+ * tot_len 0 makes the kernel check the MTU against the skb (GSO aware).
+ */
+static __always_inline int to_fib(struct __sk_buff *skb, __u32 id, const struct tpkt *p)
+{
+	struct bpf_fib_lookup fib = {};
+	struct bpf_redir_neigh nh = {};
+	int rc;
+
+	fib.ifindex = skb->ifindex;
+	fib.l4_protocol = p->proto;
+	if (p->v6) {
+		fib.family = AF_INET6;
+		fib.flowinfo = p->flow;
+		__builtin_memcpy(fib.ipv6_src, p->src.w, 16);
+		__builtin_memcpy(fib.ipv6_dst, p->dst.w, 16);
+	} else {
+		fib.family = AF_INET;
+		fib.tos = p->tos;
+		fib.ipv4_src = p->src.w[3];
+		fib.ipv4_dst = p->dst.w[3];
+	}
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+		if (set_l2(skb, fib.dmac, fib.smac))
+			return TC_ACT_SHOT; /* cannot happen after parse */
+		count(id, L3_C_TC_REDIRECT_OUT);
+		return bpf_redirect(fib.ifindex, 0);
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		nh.nh_family = fib.family;
+		if (p->v6)
+			__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
+		else
+			nh.ipv4_nh = fib.ipv4_dst;
+		count(id, L3_C_TC_REDIRECT_OUT);
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	case BPF_FIB_LKUP_RET_NOT_FWDED:
+		/* A host address (or not unicast): the host stack's. */
+		count(id, L3_C_TC_TO_HOST);
+		return TC_ACT_OK;
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		/* Too big for the egress MTU: the stack sends the ICMP error. */
+		count(id, L3_C_TC_TO_HOST);
+		return TC_ACT_OK;
+	default:
+		/*
+		 * Blackhole, unreachable or prohibited routes, no route at
+		 * all, forwarding disabled on the veth: the host would not
+		 * forward this either.
+		 */
+		count(id, L3_C_TC_DROP_NO_ROUTE);
+		return TC_ACT_SHOT;
+	}
+}
+
+/* Shared by l3_tc_veth (deliver) and l3_tc_guard (check only). */
+static __always_inline int from_container(struct __sk_buff *skb, int deliver)
+{
+	__u32 ifindex = skb->ifindex;
+	struct l3_port *port = bpf_map_lookup_elem(&l3_ports, &ifindex);
+	struct l3_deliv *d;
+	struct tpkt p;
+	int rc;
+
+	if (!port) {
+		/*
+		 * A veth l3iso attached to but has no container for (being
+		 * created or deleted): fail closed.
+		 */
+		count(0, L3_C_TC_DROP_UNKNOWN_PORT);
+		return TC_ACT_SHOT;
+	}
+	rc = parse(skb, &p);
+	if (rc == P_OTHER)
+		return TC_ACT_OK; /* ARP & co: the host stack (or bridge) answers */
+	if (rc != P_IP) {
+		/* An IP frame too short for its header: nothing may use it. */
+		count(port->id, L3_C_TC_DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	}
+	switch (check_source(port->id, &p)) {
+	case SRC_SPOOF:
+		/* Rule 4: never a packet from a source it does not own. */
+		count(port->id, L3_C_TC_DROP_SPOOF);
+		return TC_ACT_SHOT;
+	case SRC_LINK:
+		count(port->id, L3_C_TC_TO_HOST);
+		return TC_ACT_OK;
+	default:
+		break;
+	}
+	if (!deliver)
+		return TC_ACT_OK;
+	if (skb->pkt_type != PACKET_HOST) {
+		/* Not sent to the gateway's MAC (L2 broadcast): the host's. */
+		count(port->id, L3_C_TC_TO_HOST);
+		return TC_ACT_OK;
+	}
+	d = bpf_map_lookup_elem(&l3_delivs, &p.dst);
+	if (d) {
+		count(port->id, L3_C_TC_REDIRECT_OUT);
+		return to_peer(skb, d);
+	}
+	return to_fib(skb, port->id, &p);
+}
+
+SEC("tcx/ingress")
+int l3_tc_veth(struct __sk_buff *skb)
+{
+	return from_container(skb, 1);
+}
+
+SEC("tcx/ingress")
+int l3_tc_guard(struct __sk_buff *skb)
+{
+	return from_container(skb, 0);
+}
+
+SEC("tcx/ingress")
+int l3_tc_uplink(struct __sk_buff *skb)
+{
+	struct l3_deliv *d;
+	struct tpkt p;
+
+	if (skb->pkt_type != PACKET_HOST)
+		return TC_ACT_OK; /* broadcast, multicast, not for us: the stack's */
+	if (parse(skb, &p) != P_IP)
+		return TC_ACT_OK; /* ARP, NDP's L2 part, junk: the stack decides */
+	d = bpf_map_lookup_elem(&l3_delivs, &p.dst);
+	if (!d)
+		return TC_ACT_OK; /* the host's own traffic */
+	if (bpf_map_lookup_elem(&l3_delivs, &p.src)) {
+		/*
+		 * From outside, claiming a local container's address: a
+		 * container's packets to a sibling never cross the uplink.
+		 */
+		count(0, L3_C_TC_DROP_SPOOF);
+		return TC_ACT_SHOT;
+	}
+	return to_peer(skb, d);
+}

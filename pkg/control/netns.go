@@ -1,0 +1,439 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/l3iso/l3iso/pkg/loader"
+	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/policy"
+	"github.com/l3iso/l3iso/pkg/veth"
+)
+
+// What a netns container has besides its cgroup and its policy entries:
+//
+//   - the network namespace l3iso-NAME and a veth pair (pkg/veth), with its
+//     addresses on eth0 and its routes (made after the maps own them: rule 9);
+//   - l3_ports / l3_delivs entries: the veth's ifindex and MACs per address;
+//   - a TCX link on the host-side veth: l3_tc_veth (direct) or l3_tc_guard
+//     (routed, bridge);
+//   - in bridge delivery, the host-side veth is a port of l3iso-br0.
+//
+// Host-wide, per delivery: l3_tc_uplink on the uplink (direct), IP
+// forwarding (routed, bridge), the bridge (bridge).
+
+func isNetns(k maps.Container) bool { return k.Spec.Mode == policy.ModeNetns }
+
+// vethAddrs are the container's addresses as eth0 gets them: with their
+// subnet where the policy gives one, else as /32 or /128.
+func vethAddrs(k maps.Container) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(k.Spec.Addresses))
+	for _, a := range k.Spec.Addresses {
+		if a.Subnet.IsValid() {
+			out = append(out, netip.PrefixFrom(a.Addr, a.Subnet.Bits()))
+		} else {
+			out = append(out, veth.HostPrefix(a.Addr))
+		}
+	}
+	return out
+}
+
+func ips(k maps.Container) []netip.Addr {
+	out := make([]netip.Addr, 0, len(k.Spec.Addresses))
+	for _, a := range k.Spec.Addresses {
+		out = append(out, a.Addr)
+	}
+	return out
+}
+
+// plumb creates the namespace and veth of netns container k and wires them
+// for the current delivery. The maps already own k's addresses (rule 9). On
+// error nothing of it is left.
+func (c *Control) plumb(k maps.Container) error {
+	if err := c.ensureDelivery(); err != nil {
+		return err
+	}
+	ep, err := veth.Create(veth.Spec{
+		Container:         k.Spec.Name,
+		Addrs:             vethAddrs(k),
+		SubnetsViaGateway: c.st.Config.Delivery != maps.DeliveryBridge,
+	})
+	if err != nil {
+		return err
+	}
+	if err := c.wire(k, ep, true); err != nil {
+		c.unplumb(k, true)
+		return err
+	}
+	return nil
+}
+
+// plumbAll plumbs netns containers one after the other. (Workers in
+// parallel gained nothing measurable: the kernel serialises namespace and
+// link creation.)
+func (c *Control) plumbAll(ks []maps.Container) error {
+	for _, k := range ks {
+		if err := c.plumb(k); err != nil {
+			return fmt.Errorf("creating the network namespace of container %q failed: %w", k.Spec.Name, err)
+		}
+	}
+	return nil
+}
+
+// wire registers a container's veth in the maps, attaches the TC program
+// the delivery needs and puts the veth on or off the bridge. It is
+// idempotent: reconcile and delivery switches run it on live containers,
+// whose sockets never notice (only host-side state and container routes
+// change). fresh says the namespace was just made for this delivery.
+func (c *Control) wire(k maps.Container, ep *veth.Endpoint, fresh bool) error {
+	port := maps.Port{ID: k.ID, IfIndex: ep.HostIfIndex, HostMAC: ep.HostMAC, PeerMAC: ep.PeerMAC}
+	if err := c.st.Maps.SetPort(port, ips(k)); err != nil {
+		return fmt.Errorf("container %q: %w", k.Spec.Name, err)
+	}
+	prog := loader.ProgGuard
+	if c.st.Config.Delivery == maps.DeliveryDirect {
+		prog = loader.ProgVeth
+		if err := vethForwarding(ep.HostIf); err != nil {
+			return fmt.Errorf("container %q: %w", k.Spec.Name, err)
+		}
+	}
+	if _, err := c.st.AttachTC(ep.HostIf, ep.HostIfIndex, prog); err != nil {
+		return fmt.Errorf("container %q: %w", k.Spec.Name, err)
+	}
+	bridge := c.st.Config.Delivery == maps.DeliveryBridge
+	switch {
+	case bridge && !ep.Bridged:
+		if err := veth.Enslave(ep.HostIf); err != nil {
+			return fmt.Errorf("container %q: %w", k.Spec.Name, err)
+		}
+	case !bridge && ep.Bridged:
+		if err := veth.Release(ep.HostIf); err != nil {
+			return fmt.Errorf("container %q: %w", k.Spec.Name, err)
+		}
+	}
+	if !fresh {
+		if err := veth.SetSubnetRoutes(k.Spec.Name, !bridge); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unplumb detaches and removes a netns container's host-side state and its
+// namespace (its processes are dead by now). wait makes it wait until the
+// kernel has destroyed the veth pair; without it, call veth.DeleteMany
+// later.
+func (c *Control) unplumb(k maps.Container, wait bool) error {
+	hostIf := veth.HostIfName(k.Spec.Name)
+	var errs []error
+	if err := c.st.DetachTC(hostIf); err != nil {
+		errs = append(errs, err)
+	}
+	ifindex := 0
+	if l, err := netlink.LinkByName(hostIf); err == nil {
+		ifindex = l.Attrs().Index
+	} else if ports, err := c.st.Maps.PortIDs(); err == nil {
+		for idx, id := range ports {
+			if id == k.ID {
+				ifindex = idx
+			}
+		}
+	}
+	if err := c.st.Maps.DeletePort(ifindex, ips(k)); err != nil {
+		errs = append(errs, err)
+	}
+	if wait {
+		if err := veth.DeleteMany([]string{k.Spec.Name}); err != nil {
+			errs = append(errs, err)
+		}
+	} else if err := veth.Delete(k.Spec.Name); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove network namespace of container %q: %w", k.Spec.Name, err)
+	}
+	return nil
+}
+
+// ensureDelivery makes the host-wide state of the delivery mode exist, once
+// per command: the uplink's TC program (direct), IP forwarding (routed,
+// bridge), the bridge (bridge).
+func (c *Control) ensureDelivery() error {
+	if c.deliveryReady {
+		return nil
+	}
+	d := c.st.Config.Delivery
+	if c.st.Config.Uplink != "" {
+		if d == maps.DeliveryDirect {
+			if _, err := c.st.AttachTC(c.st.Config.Uplink, int(c.st.Config.UplinkIfindex), loader.ProgUplink); err != nil {
+				return fmt.Errorf("delivery direct: %w", err)
+			}
+		} else if err := c.st.DetachTC(c.st.Config.Uplink); err != nil {
+			return err
+		}
+	}
+	if err := c.setForwarding(d != maps.DeliveryDirect); err != nil {
+		return err
+	}
+	if d == maps.DeliveryBridge {
+		if _, err := veth.EnsureBridge(nil, nil); err != nil {
+			return fmt.Errorf("delivery bridge: %w", err)
+		}
+	}
+	c.deliveryReady = true
+	return nil
+}
+
+// forwarding sysctls of the host network namespace (the one l3iso runs in).
+var forwardSysctls = [2]string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"}
+
+// setForwarding turns IPv4 and IPv6 forwarding on (routed and bridge
+// delivery need the kernel to forward) or back off. l3iso turns off only
+// what it turned on itself (l3_config remembers), so forwarding an operator
+// enabled stays.
+func (c *Control) setForwarding(on bool) error {
+	cfg := c.st.Config
+	for i, path := range forwardSysctls {
+		mine := &cfg.Forward4
+		if i == 1 {
+			mine = &cfg.Forward6
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", path, err)
+		}
+		enabled := strings.TrimSpace(string(b)) != "0"
+		switch {
+		case on && !enabled:
+			if err := os.WriteFile(path, []byte("1"), 0); err != nil {
+				return fmt.Errorf("enable forwarding (%s) for routed/bridge delivery: %w", path, err)
+			}
+			*mine = true
+		case !on && enabled && *mine:
+			if err := os.WriteFile(path, []byte("0"), 0); err != nil {
+				return fmt.Errorf("disable the forwarding l3iso enabled (%s): %w", path, err)
+			}
+			*mine = false
+		case !on && !enabled:
+			*mine = false
+		}
+	}
+	if cfg != c.st.Config {
+		if err := c.st.Maps.SetConfig(cfg); err != nil {
+			return err
+		}
+		c.st.Config = cfg
+	}
+	return nil
+}
+
+// vethForwarding sets forwarding on the host-side veth ifname (only there,
+// IPv4 and IPv6), as the FIB lookup of l3_tc_veth requires
+// (bpf_fib_lookup answers "forwarding disabled" for packets entering an
+// interface without it). The kernel itself forwards nothing that way: the
+// program redirects every packet it does not hand to the host's own
+// sockets, and the host's all/ip_forward switch stays as it is.
+func vethForwarding(ifname string) error {
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		path := "/proc/sys/net/" + fam + "/conf/" + ifname + "/forwarding"
+		b, err := os.ReadFile(path)
+		if err == nil && strings.TrimSpace(string(b)) == "1" {
+			continue
+		}
+		if err := os.WriteFile(path, []byte("1"), 0); err != nil {
+			return fmt.Errorf("enable %s forwarding on %s (needed by direct delivery's FIB lookup): %w", fam, ifname, err)
+		}
+	}
+	return nil
+}
+
+// repairNetns makes every netns container's namespace, veth and wiring
+// exist for the current delivery, removes what belongs to no container
+// (veths l3iso made for containers that are gone, TC links of vanished
+// interfaces), and removes the bridge outside bridge delivery.
+func (c *Control) repairNetns() error {
+	if err := c.ensureDelivery(); err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, k := range c.cur {
+		if !isNetns(k) {
+			continue
+		}
+		known[k.Spec.Name] = true
+		ep, err := veth.Lookup(k.Spec.Name)
+		if errors.Is(err, veth.ErrNotFound) || errors.Is(err, veth.ErrIncomplete) {
+			// An add that died half way, or a namespace removed by hand:
+			// make it again (its processes, if any, are in the old one).
+			if err := c.unplumb(k, true); err != nil {
+				return err
+			}
+			if err := c.plumb(k); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if !sameAddrs(ep.Addrs, vethAddrs(k)) {
+			// An apply that died between the switch and the namespace.
+			if err := veth.SetAddrs(k.Spec.Name, vethAddrs(k), c.st.Config.Delivery != maps.DeliveryBridge); err != nil {
+				return err
+			}
+		}
+		if err := c.wire(k, ep, false); err != nil {
+			return err
+		}
+	}
+	if err := c.pruneDeliveries(); err != nil {
+		return err
+	}
+	// Leftovers: namespaces of containers that are gone.
+	names, err := veth.List()
+	if err != nil {
+		return err
+	}
+	var stray []string
+	for _, n := range names {
+		if known[n] {
+			continue
+		}
+		// Only ours: its host-side veth is in this (the host) namespace.
+		if l, err := netlink.LinkByName(veth.HostIfName(n)); err == nil && strings.HasPrefix(l.Attrs().Alias, "l3iso:") {
+			stray = append(stray, n)
+		}
+	}
+	if err := veth.DeleteMany(stray); err != nil {
+		return err
+	}
+	links, err := c.st.TCLinks()
+	if err != nil {
+		return err
+	}
+	for _, tl := range links {
+		if tl.Interface == "" {
+			if err := c.st.DetachTCPin(tl.Pin); err != nil {
+				return err
+			}
+		}
+	}
+	if c.st.Config.Delivery != maps.DeliveryBridge {
+		if err := veth.DeleteBridge(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pruneDeliveries removes l3_ports and l3_delivs entries that no current
+// netns container explains: of deleted containers whose removal died half
+// way, and of veths that were recreated under another ifindex.
+func (c *Control) pruneDeliveries() error {
+	wantPort := map[int]uint32{}
+	wantAddr := map[netip.Addr]bool{}
+	for _, k := range c.cur {
+		if !isNetns(k) {
+			continue
+		}
+		if l, err := netlink.LinkByName(veth.HostIfName(k.Spec.Name)); err == nil {
+			wantPort[l.Attrs().Index] = k.ID
+		}
+		for _, a := range ips(k) {
+			wantAddr[a] = true
+		}
+	}
+	ports, err := c.st.Maps.PortIDs()
+	if err != nil {
+		return err
+	}
+	for idx, id := range ports {
+		if wantPort[idx] != id {
+			if err := c.st.Maps.DeletePort(idx, nil); err != nil {
+				return err
+			}
+		}
+	}
+	delivs, err := c.st.Maps.Deliveries()
+	if err != nil {
+		return err
+	}
+	var stale []netip.Addr
+	for a := range delivs {
+		if !wantAddr[a] {
+			stale = append(stale, a)
+		}
+	}
+	return c.st.Maps.DeleteDeliveries(stale)
+}
+
+func sameAddrs(a, b []netip.Prefix) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	seen := map[netip.Prefix]bool{}
+	for _, p := range a {
+		seen[p] = true
+	}
+	for _, p := range b {
+		if !seen[p] {
+			return false
+		}
+	}
+	return true
+}
+
+// teardownDelivery removes the host-wide delivery state (for down): the
+// uplink's TC link, the bridge, and the forwarding l3iso turned on.
+func (c *Control) teardownDelivery() error {
+	if c.st.Config.Uplink != "" {
+		if err := c.st.DetachTC(c.st.Config.Uplink); err != nil {
+			return err
+		}
+	}
+	if err := veth.DeleteBridge(); err != nil {
+		return err
+	}
+	return c.setForwarding(false)
+}
+
+// shrinkAddrs removes from netns container o (the old version of k) the
+// addresses k no longer has: deliveries first, then the namespace's
+// addresses and host routes. It runs before the policy switch, while the
+// maps still own them.
+func (c *Control) shrinkAddrs(o, k maps.Container) error {
+	want := map[netip.Prefix]bool{}
+	for _, p := range vethAddrs(k) {
+		want[p] = true
+	}
+	var stay []netip.Prefix
+	var goneIPs []netip.Addr
+	for _, p := range vethAddrs(o) {
+		if want[p] {
+			stay = append(stay, p)
+		} else {
+			goneIPs = append(goneIPs, p.Addr())
+		}
+	}
+	if err := c.st.Maps.DeleteDeliveries(goneIPs); err != nil {
+		return err
+	}
+	return veth.SetAddrs(k.Spec.Name, stay, c.st.Config.Delivery != maps.DeliveryBridge)
+}
+
+// growAddrs gives netns container k all its addresses, after the switch.
+func (c *Control) growAddrs(k maps.Container) error {
+	if err := veth.SetAddrs(k.Spec.Name, vethAddrs(k), c.st.Config.Delivery != maps.DeliveryBridge); err != nil {
+		return err
+	}
+	ep, err := veth.Lookup(k.Spec.Name)
+	if err != nil {
+		return err
+	}
+	return c.wire(k, ep, false)
+}
