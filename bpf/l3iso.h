@@ -72,6 +72,7 @@ enum l3_cont_flags {
 	L3_CF_HAS4 = 1 << 1,	  /* primary4 is valid */
 	L3_CF_HAS6 = 1 << 2,	  /* primary6 is valid */
 	L3_CF_NETNS = 1 << 3,	  /* mode netns */
+	L3_CF_SUBNETS = 1 << 4,	  /* has IP/PREFIX addresses: l3_routes picks its source */
 };
 
 struct l3_cont {

@@ -193,12 +193,14 @@ static __always_inline enum verdict may_use(__u32 gen, struct l3_cont *c,
 static __always_inline int pick_source(__u32 gen, struct l3_cont *c,
 				       const struct l3_addr *dst, struct l3_addr *src)
 {
-	struct l3_route_key k = {.prefixlen = 64 + 128, .gen = gen, .id = c->id, .addr = *dst};
-	struct l3_route *r = bpf_map_lookup_elem(&l3_routes, &k);
+	if (c->flags & L3_CF_SUBNETS) {
+		struct l3_route_key k = {.prefixlen = 64 + 128, .gen = gen, .id = c->id, .addr = *dst};
+		struct l3_route *r = bpf_map_lookup_elem(&l3_routes, &k);
 
-	if (r) {
-		*src = r->src;
-		return 0;
+		if (r) {
+			*src = r->src;
+			return 0;
+		}
 	}
 	if (addr_is_mapped(dst)) {
 		if (!(c->flags & L3_CF_HAS4))
@@ -442,19 +444,13 @@ static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct
  * choose the source for an unbound socket. Returns 1 to allow, 0 denied
  * (errno set), and the source to use in *src (zero: leave it).
  */
-static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l3_addr *src,
+static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l3_cfg *cfg,
+				     __u32 gen, struct l3_cont *c, struct l3_addr *src,
 				     int *set_src)
 {
-	struct l3_cfg *cfg = config();
 	struct l3_addr dst, bound, lo;
-	struct l3_cont *c;
-	__u32 gen;
 
 	*set_src = 0;
-	if (!cfg)
-		return 1;
-	gen = active_gen();
-	c = task_container(gen, cfg);
 	if (v6)
 		load_user6(ctx, &dst);
 	else
@@ -518,10 +514,15 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 
 static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 {
+	struct l3_cfg *cfg = config();
 	struct l3_addr src;
 	int set_src, ret;
+	__u32 gen;
 
-	ret = route_out(ctx, v6, &src, &set_src);
+	if (!cfg)
+		return 1;
+	gen = active_gen();
+	ret = route_out(ctx, v6, cfg, gen, task_container(gen, cfg), &src, &set_src);
 	if (!ret || !set_src)
 		return ret;
 	if (v6) {
@@ -589,10 +590,13 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
 		}
 	}
 
-	if (!route_out(ctx, v6, &src, &set_src))
+	if (!route_out(ctx, v6, cfg, gen, c, &src, &set_src))
 		return 0;
 	if (!set_src || !addr_is_any(&msrc))
 		return 1;
+	/* Make the compiler address the stores from ctx itself: the verifier
+	 * rejects a store through a saved ctx+offset pointer. */
+	asm volatile("" : "+r"(ctx));
 	if (v6) {
 		ctx->msg_src_ip6[0] = src.w[0];
 		ctx->msg_src_ip6[1] = src.w[1];
@@ -700,45 +704,55 @@ struct pkt {
 	__u16 sport, dport; /* host order; 0 when not TCP/UDP */
 };
 
+/* Copy len bytes at off: straight from the linear packet data when it is
+ * there (the common case: cgroup_skb sees the network header first),
+ * else with the helper. */
+#define LOAD(skb, off, dst, len)                                                        \
+	({                                                                              \
+		void *__d = (void *)(long)(skb)->data, *__e = (void *)(long)(skb)->data_end; \
+		int __r = 0;                                                            \
+		if (__d + (off) + (len) <= __e)                                         \
+			__builtin_memcpy((dst), __d + (off), (len));                   \
+		else                                                                    \
+			__r = bpf_skb_load_bytes((skb), (off), (dst), (len));           \
+		__r;                                                                    \
+	})
+
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
+	__u16 ports[2];
+
 	__builtin_memset(p, 0, sizeof(*p));
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 		__u32 off;
 
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+		if (LOAD(skb, 0, &ip, sizeof(ip)))
 			return -1;
 		addr_set4(&p->src, ip.saddr);
 		addr_set4(&p->dst, ip.daddr);
 		p->proto = ip.protocol;
 		off = (ip.ihl & 0xf) * 4;
 		if ((ip.frag_off & bpf_htons(0x1fff)) == 0 &&
-		    (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)) {
-			__u16 ports[2];
-
-			if (!bpf_skb_load_bytes(skb, off, ports, sizeof(ports))) {
-				p->sport = bpf_ntohs(ports[0]);
-				p->dport = bpf_ntohs(ports[1]);
-			}
+		    (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) &&
+		    !LOAD(skb, off, ports, sizeof(ports))) {
+			p->sport = bpf_ntohs(ports[0]);
+			p->dport = bpf_ntohs(ports[1]);
 		}
 		return 0;
 	}
 	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
-		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+		if (LOAD(skb, 0, &ip6, sizeof(ip6)))
 			return -1;
 		__builtin_memcpy(p->src.w, &ip6.saddr, 16);
 		__builtin_memcpy(p->dst.w, &ip6.daddr, 16);
 		p->proto = ip6.nexthdr;
-		if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
-			__u16 ports[2];
-
-			if (!bpf_skb_load_bytes(skb, sizeof(ip6), ports, sizeof(ports))) {
-				p->sport = bpf_ntohs(ports[0]);
-				p->dport = bpf_ntohs(ports[1]);
-			}
+		if ((p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) &&
+		    !LOAD(skb, sizeof(ip6), ports, sizeof(ports))) {
+			p->sport = bpf_ntohs(ports[0]);
+			p->dport = bpf_ntohs(ports[1]);
 		}
 		return 0;
 	}
@@ -819,11 +833,11 @@ int l3_egress(struct __sk_buff *skb)
 	struct pkt p;
 	__u32 gen;
 
-	if (!cfg || parse(skb, &p))
+	if (!cfg)
 		return SK_PASS;
 	gen = active_gen();
 	c = skb_container(skb, gen, cfg);
-	if (!c)
+	if (!c || parse(skb, &p)) /* host sockets: nothing to check on the way out */
 		return SK_PASS;
 	l = local_of(gen, c->id, &p.src);
 	if (l && l->kind != L3_LOCAL_BCAST) {

@@ -117,6 +117,7 @@ func (e *entries) add(gen uint32, c Container) error {
 				cont.Primary6 = la
 			}
 			if a.Subnet.IsValid() {
+				cont.Flags |= uint32(sockL3ContFlagsL3CF_SUBNETS)
 				e.routeK = append(e.routeK, sockL3RouteKey{
 					Prefixlen: uint32(64 + bits16(a.Subnet)), Gen: gen, Id: c.ID, Addr: toAddr(a.Subnet.Addr()),
 				})

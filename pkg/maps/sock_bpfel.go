@@ -65,6 +65,7 @@ const (
 	sockL3ContFlagsL3CF_HAS4      sockL3ContFlags = 2
 	sockL3ContFlagsL3CF_HAS6      sockL3ContFlags = 4
 	sockL3ContFlagsL3CF_NETNS     sockL3ContFlags = 8
+	sockL3ContFlagsL3CF_SUBNETS   sockL3ContFlags = 16
 )
 
 type sockL3ContKey struct {
