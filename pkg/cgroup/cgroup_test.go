@@ -1,0 +1,41 @@
+package cgroup
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestMountAndLevel(t *testing.T) {
+	m, err := Mount()
+	if err != nil {
+		t.Skipf("no cgroup v2 here: %v", err)
+	}
+	if err := Check(m); err != nil {
+		t.Fatal(err)
+	}
+	all, err := Mounts()
+	if err != nil || len(all) == 0 {
+		t.Fatalf("Mounts: %v %v", all, err)
+	}
+	for _, tc := range []struct {
+		path string
+		want int
+	}{{m, 0}, {filepath.Join(m, "a"), 1}, {filepath.Join(m, "a/b/c"), 3}} {
+		if got, err := Level(m, tc.path); err != nil || got != tc.want {
+			t.Errorf("Level(%s) = %d, %v; want %d", tc.path, got, err, tc.want)
+		}
+	}
+	if _, err := Level(m, "/tmp"); err == nil {
+		t.Error("Level of a path outside the mount succeeded")
+	}
+	if err := Check(os.TempDir()); err == nil {
+		t.Error("Check accepted a directory that is not on cgroup v2")
+	}
+}
+
+func TestUnescape(t *testing.T) {
+	if got := unescape(`/a\040b`); got != "/a b" {
+		t.Errorf("unescape = %q", got)
+	}
+}
