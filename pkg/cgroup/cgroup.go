@@ -18,35 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Mount returns the mount point of the cgroup v2 hierarchy.
-func Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("read mount table: %w", err)
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		// id parent major:minor root mountpoint opts... - fstype source superopts
-		line := s.Text()
-		sep := strings.Index(line, " - ")
-		if sep < 0 {
-			continue
-		}
-		post := strings.Fields(line[sep+3:])
-		pre := strings.Fields(line[:sep])
-		if len(post) > 0 && post[0] == "cgroup2" && len(pre) >= 5 {
-			return unescape(pre[4]), nil
-		}
-	}
-	if err := s.Err(); err != nil {
-		return "", fmt.Errorf("read mount table: %w", err)
-	}
-	return "", errors.New("no cgroup v2 hierarchy is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) and retry")
-}
-
-// Mounts returns the mount points of every cgroup filesystem (v1 and v2).
-func Mounts() ([]string, error) {
+// mounts lists the mount points of file systems of the given types, in
+// /proc/self/mountinfo order.
+func mounts(fstypes ...string) ([]string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
@@ -55,19 +29,42 @@ func Mounts() ([]string, error) {
 	var out []string
 	s := bufio.NewScanner(f)
 	for s.Scan() {
+		// id parent major:minor root mountpoint opts... - fstype source superopts
 		line := s.Text()
 		sep := strings.Index(line, " - ")
 		if sep < 0 {
 			continue
 		}
-		post := strings.Fields(line[sep+3:])
-		pre := strings.Fields(line[:sep])
-		if len(post) > 0 && (post[0] == "cgroup2" || post[0] == "cgroup") && len(pre) >= 5 {
-			out = append(out, unescape(pre[4]))
+		pre, post := strings.Fields(line[:sep]), strings.Fields(line[sep+3:])
+		if len(pre) < 5 || len(post) == 0 {
+			continue
+		}
+		for _, t := range fstypes {
+			if post[0] == t {
+				out = append(out, unescape(pre[4]))
+			}
 		}
 	}
-	return out, s.Err()
+	if err := s.Err(); err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	return out, nil
 }
+
+// Mount returns the mount point of the cgroup v2 hierarchy.
+func Mount() (string, error) {
+	m, err := mounts("cgroup2")
+	if err != nil {
+		return "", err
+	}
+	if len(m) == 0 {
+		return "", errors.New("no cgroup v2 hierarchy is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) and retry")
+	}
+	return m[0], nil
+}
+
+// Mounts returns the mount points of every cgroup filesystem (v1 and v2).
+func Mounts() ([]string, error) { return mounts("cgroup2", "cgroup") }
 
 // unescape undoes mountinfo's octal escapes (\040 for a space).
 func unescape(s string) string {
