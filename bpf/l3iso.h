@@ -52,6 +52,7 @@ enum l3_cfg_flags {
 	L3_CFG_DIRTY = 1 << 0, /* a changing command is (or was, if it died) under way */
 	L3_CFG_FWD4 = 1 << 1,  /* l3iso turned on IPv4 forwarding (routed, bridge): undo it later */
 	L3_CFG_FWD6 = 1 << 2,  /* l3iso turned on IPv6 forwarding (routed, bridge): undo it later */
+	L3_CFG_ACCEPT_LOCAL = 1 << 3, /* l3iso turned on lo's accept_local: down turns it off */
 };
 
 enum l3_delivery {
@@ -228,7 +229,11 @@ enum l3_counter {
 	L3_C_TC_DROP_NO_ROUTE,	    /* from it, for a destination the host has no route to */
 	L3_C_TC_DROP_MALFORMED,	    /* from it, with a truncated IPv4/IPv6 header */
 	L3_C_TC_DROP_UNKNOWN_PORT,  /* (id 0) on a veth l3iso guards but knows no container of */
-	L3_C_MAX = 24, /* x8 bytes x 16385 ids per CPU */
+	/* Broadcast and multicast (rule 6) */
+	L3_C_GROUP_COPY,	    /* a broadcast/multicast copy steered to its listening socket */
+	L3_C_GROUP_NO_LISTENER,	    /* (id 0) a broadcast/multicast datagram no container listens for */
+	L3_C_GROUP_LOST,	    /* a copy whose listener was gone when it arrived */
+	L3_C_MAX = 32, /* x8 bytes x 16385 ids per CPU */
 };
 
 /*
@@ -262,11 +267,58 @@ struct l3_stats {
 /* sk_storage flags on a socket. */
 enum l3_sk_flags {
 	L3_SK_LOOP_PRIMARY = 1 << 0, /* its 127.0.0.1/::1 peer was mapped to the container's primary */
+	L3_SK_LISTENER = 1 << 1,     /* a shared-mode UDP wildcard bind: registered in l3_listen */
 };
 
+enum l3_group_limits {
+	L3_SK_GROUPS = 4,     /* multicast groups one socket may join */
+	L3_MAX_LISTEN = 32,   /* containers listening on one (group or broadcast, port) */
+	L3_MARK_TAG = 0x6c330000, /* skb->mark of a steered copy: tag | container id (< 1 << 16) */
+	L3_MARK_MASK = 0xffff0000,
+};
+
+/*
+ * Per-socket state (l3_skstore). For a registered listener: the container,
+ * the port and the address its wildcard bind was rewritten to, and the
+ * multicast groups it joined, so the release hook unregisters exactly what
+ * the socket registered.
+ */
 struct l3_sk {
-	__u32 flags;
+	__u32 flags; /* enum l3_sk_flags */
+	__u32 id;    /* container id (L3_SK_LISTENER, groups) */
+	__u16 port;  /* host order (L3_SK_LISTENER) */
+	__u16 pad;
+	__u32 pad2;
+	struct l3_addr addr;			/* its own address (L3_SK_LISTENER) */
+	struct l3_addr groups[L3_SK_GROUPS];	/* joined groups; zero = free */
+};
+
+/*
+ * l3_listen: the broadcast/multicast listener registry, filled by the
+ * socket hooks (bind, setsockopt, sock_release), read by l3_tc_group.
+ * Key: a multicast group, or L3_BCAST_KEY (255.255.255.255, mapped) for
+ * "every broadcast address this container may receive", and a UDP port.
+ * Value: up to L3_MAX_LISTEN containers, each with the address its socket
+ * is bound to (the TC program steers a copy to that socket) and the number
+ * of its sockets registered there.
+ */
+struct l3_lkey {
+	struct l3_addr group;
+	__u16 port; /* host order */
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct l3_lent {
+	__u32 id; /* 0: free slot */
+	__u32 refs;
+	struct l3_addr addr;
+};
+
+struct l3_lset {
+	struct bpf_spin_lock lock;
 	__u32 pad;
+	struct l3_lent e[L3_MAX_LISTEN];
 };
 
 #endif /* L3ISO_H */

@@ -109,6 +109,15 @@ struct {
 	__type(value, struct l3_port);
 } l3_ports SEC(".maps");
 
+/* l3_listen: broadcast/multicast listeners by (group or broadcast, port). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 16);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_lkey);
+	__type(value, struct l3_lset);
+} l3_listen SEC(".maps");
+
 /* ---------------------------------------------------------------- helpers */
 
 static __always_inline void count(__u32 id, __u32 c)
@@ -151,6 +160,32 @@ static __always_inline void addr_set4(struct l3_addr *a, __u32 ip4 /* network or
 static __always_inline int addr_is_mapped(const struct l3_addr *a)
 {
 	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline int addr_eq(const struct l3_addr *a, const struct l3_addr *b)
+{
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] &&
+	       a->w[3] == b->w[3];
+}
+
+/* The l3_listen key of broadcast listeners: 255.255.255.255, mapped. */
+static __always_inline void bcast_key(struct l3_addr *a)
+{
+	addr_set4(a, 0xffffffff);
+}
+
+static __always_inline int addr_is_mcast(const struct l3_addr *a)
+{
+	if (addr_is_mapped(a))
+		return (bpf_ntohl(a->w[3]) >> 28) == 0xe;
+	return (bpf_ntohl(a->w[0]) >> 24) == 0xff;
+}
+
+static __always_inline int mcast_allowed(__u32 gen, __u32 id, const struct l3_addr *g)
+{
+	struct l3_mcast_key k = {.prefixlen = 64 + 128, .gen = gen, .id = id, .group = *g};
+
+	return bpf_map_lookup_elem(&l3_mcasts, &k) != NULL;
 }
 
 #endif /* L3ISO_MAPS_H */

@@ -54,14 +54,9 @@ const enum l3_mode *unused_mode __attribute__((unused));
 const enum l3_delivery *unused_delivery __attribute__((unused));
 const enum l3_sk_flags *unused_sk_flags __attribute__((unused));
 const enum l3_cfg_flags *unused_cfg_flags __attribute__((unused));
+const enum l3_group_limits *unused_group_limits __attribute__((unused));
 
 /* Maps and the helpers every program shares: maps.h. */
-
-static __always_inline int addr_eq(const struct l3_addr *a, const struct l3_addr *b)
-{
-	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] &&
-	       a->w[3] == b->w[3];
-}
 
 /* Unspecified: :: or 0.0.0.0 (in mapped form). */
 static __always_inline int addr_is_any(const struct l3_addr *a)
@@ -85,13 +80,6 @@ static __always_inline int addr_is_private_loop(const struct l3_addr *a)
 		return (bpf_ntohl(a->w[3]) & 0xff800000) == L3_LO4_BASE;
 	return a->w[0] == bpf_htonl(L3_LO6_W0) &&
 	       (bpf_ntohl(a->w[1]) & 0xffff0000) == L3_LO6_W1;
-}
-
-static __always_inline int addr_is_multicast(const struct l3_addr *a)
-{
-	if (addr_is_mapped(a))
-		return (bpf_ntohl(a->w[3]) >> 28) == 0xe;
-	return (bpf_ntohl(a->w[0]) >> 24) == 0xff;
 }
 
 static __always_inline void loopback_of(const struct l3_addr *like, struct l3_addr *out)
@@ -153,13 +141,6 @@ static __always_inline int owned_on_host(__u32 gen, const struct l3_addr *a)
 	return o && !(o->flags & L3_OF_NETNS);
 }
 
-static __always_inline int mcast_allowed(__u32 gen, __u32 id, const struct l3_addr *g)
-{
-	struct l3_mcast_key k = {.prefixlen = 64 + 128, .gen = gen, .id = id, .group = *g};
-
-	return bpf_map_lookup_elem(&l3_mcasts, &k) != NULL;
-}
-
 /* May container c use address a, port port (proto) as a local address? */
 enum verdict {
 	V_OK = 0,
@@ -174,7 +155,7 @@ static __always_inline enum verdict may_use(__u32 gen, struct l3_cont *c,
 	struct l3_owner *o;
 
 	if (!l) {
-		if (addr_is_multicast(a) && mcast_allowed(gen, c->id, a))
+		if (addr_is_mcast(a) && mcast_allowed(gen, c->id, a))
 			return V_OK;
 		if ((c->flags & L3_CF_LOOP_HOST) && addr_is_loopback(a))
 			return V_OK;
@@ -319,6 +300,107 @@ static __always_inline int host_netns(struct bpf_sock_addr *ctx, struct l3_cfg *
 	return !cfg->netns_cookie || bpf_get_netns_cookie(ctx) == cfg->netns_cookie;
 }
 
+/* ------------------------------------ broadcast/multicast registry (rule 6) */
+
+/* An empty l3_lset (too big for the stack). */
+static const struct l3_lset lset_zero;
+
+/*
+ * Register (or count once more) container id, listening at addr, under
+ * (group, port). Returns 0, or -1 when the entry is full.
+ */
+static __always_inline int reg_add(const struct l3_addr *group, __u16 port, __u32 id,
+				   const struct l3_addr *addr)
+{
+	struct l3_lkey k = {.group = *group, .port = port};
+	struct l3_lset *v = bpf_map_lookup_elem(&l3_listen, &k);
+	int i, ret = -1, free = -1;
+
+	if (!v) {
+		bpf_map_update_elem(&l3_listen, &k, &lset_zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&l3_listen, &k);
+		if (!v)
+			return -1;
+	}
+	bpf_spin_lock(&v->lock);
+	for (i = 0; i < L3_MAX_LISTEN; i++) {
+		struct l3_lent *e = &v->e[i];
+
+		if (e->id == id && addr_eq(&e->addr, addr)) {
+			e->refs++;
+			ret = 0;
+			break;
+		}
+		if (!e->id && free < 0)
+			free = i;
+	}
+	if (ret && free >= 0 && free < L3_MAX_LISTEN) {
+		v->e[free].addr = *addr;
+		v->e[free].refs = 1;
+		v->e[free].id = id;
+		ret = 0;
+	}
+	bpf_spin_unlock(&v->lock);
+	return ret;
+}
+
+static __always_inline void reg_del(const struct l3_addr *group, __u16 port, __u32 id,
+				    const struct l3_addr *addr)
+{
+	struct l3_lkey k = {.group = *group, .port = port};
+	struct l3_lset *v = bpf_map_lookup_elem(&l3_listen, &k);
+	int i;
+
+	if (!v)
+		return;
+	bpf_spin_lock(&v->lock);
+	for (i = 0; i < L3_MAX_LISTEN; i++) {
+		struct l3_lent *e = &v->e[i];
+
+		if (e->id == id && addr_eq(&e->addr, addr)) {
+			if (e->refs > 1) {
+				e->refs--;
+			} else {
+				e->refs = 0;
+				e->id = 0;
+			}
+			break;
+		}
+	}
+	bpf_spin_unlock(&v->lock);
+}
+
+/*
+ * A shared-mode container's UDP wildcard bind, rewritten to addr:port: it
+ * listens for broadcasts on port, and for the groups it joined before.
+ */
+static __always_inline void register_listener(struct bpf_sock_addr *ctx, __u32 id,
+					      const struct l3_addr *addr, __u16 port)
+{
+	struct l3_addr bk;
+	struct l3_sk *s;
+	int i;
+
+	if (!ctx->sk || !port)
+		return; /* port 0: an ephemeral port, no broadcast listener */
+	s = bpf_sk_storage_get(&l3_skstore, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s || (s->flags & L3_SK_LISTENER))
+		return;
+	bcast_key(&bk);
+	if (reg_add(&bk, port, id, addr))
+		return;
+	s->flags |= L3_SK_LISTENER;
+	s->id = id;
+	s->port = port;
+	s->addr = *addr;
+	for (i = 0; i < L3_SK_GROUPS; i++) {
+		struct l3_addr g = s->groups[i];
+
+		if (g.w[0] | g.w[1] | g.w[2] | g.w[3])
+			reg_add(&g, port, id, addr);
+	}
+}
+
 /* ------------------------------------------------------------------- bind */
 
 static __always_inline int do_bind(struct bpf_sock_addr *ctx, struct l3_addr *a, int v6)
@@ -359,11 +441,25 @@ static __always_inline int do_bind(struct bpf_sock_addr *ctx, struct l3_addr *a,
 		} else {
 			goto foreign;
 		}
+		if (c->flags & L3_CF_NETNS) {
+			/*
+			 * Its own stack: no other container can collide with
+			 * its wildcard, and its kernel delivers broadcasts and
+			 * multicast to it. Registered under its address (which
+			 * l3_delivs maps to its veth) for the TC fan-out.
+			 */
+			if (proto == IPPROTO_UDP)
+				register_listener(ctx, c->id, a, port);
+			count(c->id, L3_C_BIND_ALLOWED);
+			return 1;
+		}
 		if (v6)
 			store_user6(ctx, a);
 		else
 			ctx->user_ip4 = a->w[3];
 		count(c->id, L3_C_BIND_REWRITTEN);
+		if (proto == IPPROTO_UDP)
+			register_listener(ctx, c->id, a, port);
 		return 1;
 	}
 
@@ -771,7 +867,28 @@ static __always_inline struct l3_cont *skb_container(struct __sk_buff *skb, __u3
 }
 
 /* Is a an address this container may receive on (its local side)? */
-static __always_inline int may_receive(__u32 gen, struct l3_cont *c, struct pkt *p)
+static __always_inline int sk_joined(struct __sk_buff *skb, const struct l3_addr *g)
+{
+	struct bpf_sock *sk = skb->sk;
+	struct l3_sk *s;
+	int i;
+
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 0;
+	s = bpf_sk_storage_get(&l3_skstore, sk, 0, 0);
+	if (!s)
+		return 0;
+	for (i = 0; i < L3_SK_GROUPS; i++)
+		if (addr_eq(&s->groups[i], g))
+			return 1;
+	return 0;
+}
+
+static __always_inline int may_receive(struct __sk_buff *skb, __u32 gen, struct l3_cont *c,
+				       struct pkt *p)
 {
 	struct l3_local *l = local_of(gen, c->id, &p->dst);
 
@@ -786,8 +903,10 @@ static __always_inline int may_receive(__u32 gen, struct l3_cont *c, struct pkt 
 		}
 		return 1;
 	}
-	if (addr_is_multicast(&p->dst))
-		return mcast_allowed(gen, c->id, &p->dst);
+	if (addr_is_mcast(&p->dst))
+		/* A socket that did not join the group gets nothing of it,
+		 * however the kernel matched it (IP_MULTICAST_ALL). */
+		return mcast_allowed(gen, c->id, &p->dst) && sk_joined(skb, &p->dst);
 	if (addr_is_mapped(&p->dst) && p->dst.w[3] == 0xffffffff)
 		return 1; /* limited broadcast: the broadcast issue narrows this */
 	if ((c->flags & L3_CF_LOOP_HOST) && addr_is_loopback(&p->dst))
@@ -817,7 +936,7 @@ int l3_ingress(struct __sk_buff *skb)
 		}
 		return SK_PASS;
 	}
-	if (may_receive(gen, c, &p))
+	if (may_receive(skb, gen, c, &p))
 		return SK_PASS;
 	/* Rule 3: traffic for another container's (or the host's) address. */
 	count(c->id, L3_C_INGRESS_DROP_FOREIGN);
@@ -853,4 +972,174 @@ int l3_egress(struct __sk_buff *skb)
 	/* Rule 4: a container never emits a source it does not own. */
 	count(c->id, L3_C_EGRESS_DROP_SPOOF);
 	return SK_DROP;
+}
+
+/* ------------------------------------------ multicast joins (rule 6) */
+
+#define SOL_IP 0
+#define SOL_IPV6 41
+#define IP_ADD_MEMBERSHIP 35
+#define IP_DROP_MEMBERSHIP 36
+#define IP_ADD_SOURCE_MEMBERSHIP 39
+#define IP_DROP_SOURCE_MEMBERSHIP 40
+#define MCAST_JOIN_GROUP 42
+#define MCAST_LEAVE_GROUP 45
+#define MCAST_JOIN_SOURCE_GROUP 46
+#define MCAST_LEAVE_SOURCE_GROUP 47
+#define IPV6_ADD_MEMBERSHIP 20
+#define IPV6_DROP_MEMBERSHIP 21
+#define ENOBUFS 105
+
+enum { J_NONE = 0, J_JOIN, J_LEAVE };
+
+/*
+ * The group of a join or leave, from the option's value. Layouts: ip_mreq,
+ * ip_mreqn, ip_mreq_source start with the IPv4 group; ipv6_mreq with the
+ * IPv6 group; group_req and group_source_req carry a sockaddr_storage at
+ * offset 8 (sin_addr at 12, sin6_addr at 16).
+ */
+static __always_inline int sockopt_group(struct bpf_sockopt *ctx, struct l3_addr *g)
+{
+	void *p = ctx->optval, *end = ctx->optval_end;
+	int op = J_NONE, form = 0; /* 4: in_addr at 0, 6: in6_addr at 0, 8: sockaddr at 8 */
+
+	if (ctx->level == SOL_IP) {
+		switch (ctx->optname) {
+		case IP_ADD_MEMBERSHIP:
+		case IP_ADD_SOURCE_MEMBERSHIP:
+			op = J_JOIN, form = 4;
+			break;
+		case IP_DROP_MEMBERSHIP:
+			op = J_LEAVE, form = 4;
+			break;
+		}
+	} else if (ctx->level == SOL_IPV6) {
+		switch (ctx->optname) {
+		case IPV6_ADD_MEMBERSHIP:
+			op = J_JOIN, form = 6;
+			break;
+		case IPV6_DROP_MEMBERSHIP:
+			op = J_LEAVE, form = 6;
+			break;
+		}
+	}
+	if (ctx->level == SOL_IP || ctx->level == SOL_IPV6) {
+		switch (ctx->optname) {
+		case MCAST_JOIN_GROUP:
+		case MCAST_JOIN_SOURCE_GROUP:
+			op = J_JOIN, form = 8;
+			break;
+		case MCAST_LEAVE_GROUP:
+			op = J_LEAVE, form = 8;
+			break;
+		}
+	}
+	/* IP_DROP_SOURCE_MEMBERSHIP / MCAST_LEAVE_SOURCE_GROUP drop one
+	 * source; the group stays registered until a leave or close. */
+	if (op == J_NONE)
+		return J_NONE;
+	if (form == 4) {
+		if (p + 4 > end)
+			return J_NONE;
+		addr_set4(g, *(__u32 *)p);
+	} else if (form == 6) {
+		if (p + 16 > end)
+			return J_NONE;
+		__builtin_memcpy(g->w, p, 16);
+	} else {
+		if (p + 32 > end)
+			return J_NONE;
+		if (*(__u16 *)(p + 8) == 2 /* AF_INET */)
+			addr_set4(g, *(__u32 *)(p + 12));
+		else if (*(__u16 *)(p + 8) == 10 /* AF_INET6 */)
+			__builtin_memcpy(g->w, p + 16, 16);
+		else
+			return J_NONE;
+	}
+	if (!addr_is_mcast(g))
+		return J_NONE; /* the kernel refuses it itself */
+	return op;
+}
+
+SEC("cgroup/setsockopt")
+int l3_setsockopt(struct bpf_sockopt *ctx)
+{
+	struct l3_cfg *cfg = config();
+	struct l3_cont *c;
+	struct l3_addr g;
+	struct l3_sk *s;
+	__u32 gen;
+	int op, i, slot = -1;
+
+	if (!cfg)
+		return 1;
+	op = sockopt_group(ctx, &g);
+	if (op == J_NONE)
+		return 1;
+	gen = active_gen();
+	c = task_container(gen, cfg);
+	if (!c)
+		return 1; /* host processes join what they like */
+	if (op == J_JOIN && !mcast_allowed(gen, c->id, &g)) {
+		count(c->id, L3_C_JOIN_DENIED);
+		return deny(EPERM);
+	}
+	if (!ctx->sk)
+		return 1;
+	s = bpf_sk_storage_get(&l3_skstore, ctx->sk, 0,
+			       op == J_JOIN ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	if (!s)
+		return 1;
+	for (i = 0; i < L3_SK_GROUPS; i++) {
+		struct l3_addr *e = &s->groups[i];
+
+		if (addr_eq(e, &g)) {
+			slot = i;
+			break;
+		}
+		if (slot < 0 && !(e->w[0] | e->w[1] | e->w[2] | e->w[3]))
+			slot = i + 100; /* first free slot, if g is not there */
+	}
+	if (op == J_JOIN) {
+		count(c->id, L3_C_JOIN_ALLOWED);
+		if (slot >= 0 && slot < L3_SK_GROUPS)
+			return 1; /* joined already (another source, interface) */
+		if (slot < 100 || slot >= 100 + L3_SK_GROUPS)
+			return deny(ENOBUFS); /* more groups than l3iso tracks per socket */
+		s->groups[slot - 100] = g;
+		if (s->flags & L3_SK_LISTENER)
+			reg_add(&g, s->port, s->id, &s->addr);
+		return 1;
+	}
+	if (slot >= 0 && slot < L3_SK_GROUPS) {
+		__builtin_memset(&s->groups[slot], 0, sizeof(s->groups[slot]));
+		if (s->flags & L3_SK_LISTENER)
+			reg_del(&g, s->port, s->id, &s->addr);
+	}
+	return 1;
+}
+
+/* A closing socket takes its registrations with it. */
+SEC("cgroup/sock_release")
+int l3_sock_release(struct bpf_sock *sk)
+{
+	struct l3_addr bk;
+	struct l3_sk *s;
+	int i;
+
+	if (!config())
+		return 1; /* not up yet */
+	s = bpf_sk_storage_get(&l3_skstore, sk, 0, 0);
+	if (!s || !(s->flags & L3_SK_LISTENER))
+		return 1;
+	bcast_key(&bk);
+	reg_del(&bk, s->port, s->id, &s->addr);
+	for (i = 0; i < L3_SK_GROUPS; i++) {
+		struct l3_addr g = s->groups[i];
+
+		if (g.w[0] | g.w[1] | g.w[2] | g.w[3])
+			reg_del(&g, s->port, s->id, &s->addr);
+	}
+	s->flags &= ~L3_SK_LISTENER;
+	return 1;
 }

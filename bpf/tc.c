@@ -34,6 +34,8 @@
 #include "l3iso.h"
 #include "maps.h"
 
+#define TCX_NEXT (-1) /* TC_ACT_UNSPEC: on to the next TCX program (TC_ACT_OK ends the chain) */
+#define LOOPBACK_IFINDEX 1 /* lo, in every network namespace */
 #define AF_INET 2
 #define AF_INET6 10
 
@@ -242,6 +244,282 @@ static __always_inline int to_fib(struct __sk_buff *skb, __u32 id, const struct 
 	}
 }
 
+/* ------------------------------------------ broadcast/multicast (rule 6) */
+
+/* The Ethernet destination of a broadcast or of multicast group g. */
+static __always_inline void group_mac(const struct l3_addr *g, __u8 *mac)
+{
+	if (!addr_is_mcast(g)) {
+		__builtin_memset(mac, 0xff, ETH_ALEN);
+	} else if (addr_is_mapped(g)) {
+		__u32 v = bpf_ntohl(g->w[3]);
+
+		mac[0] = 0x01, mac[1] = 0x00, mac[2] = 0x5e;
+		mac[3] = (v >> 16) & 0x7f, mac[4] = v >> 8, mac[5] = v;
+	} else {
+		__u32 v = bpf_ntohl(g->w[3]);
+
+		mac[0] = 0x33, mac[1] = 0x33;
+		mac[2] = v >> 24, mac[3] = v >> 16, mac[4] = v >> 8, mac[5] = v;
+	}
+}
+
+/* Is dst a broadcast container id may receive (id 0: some container's subnet broadcast)? */
+static __always_inline int is_bcast_for(__u32 gen, __u32 id, const struct l3_addr *dst)
+{
+	struct l3_local_key k = {.gen = gen, .id = id, .addr = *dst};
+	struct l3_local *l;
+
+	if (dst->w[3] == 0xffffffff)
+		return 1; /* limited broadcast: every listener of the segment */
+	l = bpf_map_lookup_elem(&l3_locals, &k);
+	return l && l->kind == L3_LOCAL_BCAST;
+}
+
+/*
+ * l3_tc_group, TCX ingress on lo and the uplink (shared mode). A UDP
+ * datagram to a broadcast address or a multicast group on port P is
+ * cloned once per registered listener (l3_listen) back into the same
+ * device's ingress, each copy tagged with its container in skb->mark; the
+ * copy's second pass assigns it to that container's socket (its own
+ * address:P) with bpf_sk_assign, which UDP receive honours before its
+ * broadcast/multicast branch. The IP header is untouched: recvfrom shows
+ * the sender, IP_PKTINFO the broadcast address or group. The original
+ * continues to the host stack (host sockets, sockets bound to the
+ * broadcast address or the group itself). Cost: O(listeners of P).
+ */
+/* One listener of the fan-out (a bpf_loop callback: verified once). */
+struct fan {
+	struct __sk_buff *skb;
+	struct l3_lset *v;
+	struct l3_addr dst;
+	__u32 gen, target, egress, bcast, direct, sent;
+};
+
+static long fan_one(__u32 i, void *arg)
+{
+	struct fan *f = arg;
+	struct __sk_buff *skb = f->skb;
+	struct l3_lent *e;
+	struct l3_deliv *d;
+	struct l3_addr own;
+	__u32 id;
+
+	if (i >= L3_MAX_LISTEN)
+		return 1;
+	e = &f->v->e[i];
+	id = e->id;
+	own = e->addr;
+	if (!id || id > 0xffff)
+		return 0;
+	if (addr_is_mapped(&own) != addr_is_mapped(&f->dst))
+		return 0;
+	if (f->bcast ? !is_bcast_for(f->gen, id, &f->dst) : !mcast_allowed(f->gen, id, &f->dst))
+		return 0;
+	d = bpf_map_lookup_elem(&l3_delivs, &own);
+	if (d) {
+		/*
+		 * A netns container (delivery direct): one copy into its
+		 * namespace, as a broadcast/multicast frame; its own kernel
+		 * hands it to every socket that wants it.
+		 */
+		if (!f->direct || d->ifindex == skb->ifindex)
+			return 0;
+		if (!bpf_clone_redirect(skb, d->ifindex, 0)) {
+			count(d->id, L3_C_GROUP_COPY);
+			f->sent = 1;
+		}
+		return 0;
+	}
+	if (f->egress && !f->bcast)
+		return 0; /* multicast the host (or a netns container) sends: see group() */
+	skb->mark = L3_MARK_TAG | id;
+	if (!bpf_clone_redirect(skb, f->target, BPF_F_INGRESS))
+		f->sent = 1;
+	return 0;
+}
+
+enum group_from {
+	G_IN = 0,	/* TCX ingress of lo or the uplink */
+	G_HOST_OUT = 1, /* TCX egress of the uplink: the host sends */
+	G_NETNS = 2,	/* TCX ingress of a netns container's host-side veth */
+};
+
+static __always_inline int group(struct __sk_buff *skb, int from)
+{
+	int egress = from != G_IN;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct bpf_sock_tuple t = {};
+	struct l3_lkey k = {};
+	struct l3_addr dst;
+	struct l3_lset *v;
+	__u32 tuple_len, gen, mark, target, sent = 0;
+	__u8 gmac[ETH_ALEN], odst[ETH_ALEN], osrc[ETH_ALEN];
+	struct l3_cfg *cfg;
+	__u16 dport;
+	int bcast = 0, direct, saved = 0, i;
+
+	if (skb->pkt_type == PACKET_LOOPBACK)
+		return TCX_NEXT; /* the kernel's local copy of a multicast/broadcast it sends */
+	if ((void *)(eth + 1) > end)
+		return TCX_NEXT;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		struct udphdr_s { __u16 s, d; } *u;
+
+		if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP ||
+		    (ip->frag_off & bpf_htons(0x3fff)) || ip->ihl != 5)
+			return TCX_NEXT;
+		u = (void *)(ip + 1);
+		if ((void *)(u + 1) > end)
+			return TCX_NEXT;
+		addr_set4(&dst, ip->daddr);
+		if (!addr_is_mcast(&dst)) {
+			/* 255.255.255.255, or a container subnet's broadcast */
+			if (ip->daddr != 0xffffffff && !is_bcast_for(active_gen(), 0, &dst))
+				return TCX_NEXT;
+			bcast = 1;
+		}
+		t.ipv4.saddr = ip->saddr;
+		t.ipv4.sport = u->s;
+		t.ipv4.dport = u->d;
+		tuple_len = sizeof(t.ipv4);
+		dport = bpf_ntohs(u->d);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		struct udphdr_s { __u16 s, d; } *u;
+
+		if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_UDP)
+			return TCX_NEXT;
+		u = (void *)(ip6 + 1);
+		if ((void *)(u + 1) > end)
+			return TCX_NEXT;
+		__builtin_memcpy(dst.w, &ip6->daddr, 16);
+		if (!addr_is_mcast(&dst))
+			return TCX_NEXT;
+		__builtin_memcpy(t.ipv6.saddr, &ip6->saddr, 16);
+		t.ipv6.sport = u->s;
+		t.ipv6.dport = u->d;
+		tuple_len = sizeof(t.ipv6);
+		dport = bpf_ntohs(u->d);
+	} else {
+		return TCX_NEXT;
+	}
+	if (from == G_HOST_OUT) {
+		struct l3_addr src;
+
+		if (tuple_len == sizeof(t.ipv4))
+			addr_set4(&src, t.ipv4.saddr);
+		else
+			__builtin_memcpy(src.w, t.ipv6.saddr, 16);
+		if (bpf_map_lookup_elem(&l3_delivs, &src))
+			return TCX_NEXT; /* a netns container's: fanned out on its veth */
+	}
+	k.port = dport;
+	if (bcast)
+		bcast_key(&k.group);
+	else
+		k.group = dst;
+	v = bpf_map_lookup_elem(&l3_listen, &k);
+	gen = active_gen();
+	mark = skb->mark;
+
+	if (!egress && (mark & L3_MARK_MASK) == L3_MARK_TAG) {
+		/* A copy for one container: find its socket, assign it. */
+		__u32 id = mark & ~L3_MARK_MASK;
+		struct bpf_sock *sk;
+		struct l3_addr own = {};
+		int found = 0;
+
+		skb->mark = 0;
+		if (v) {
+			for (i = 0; i < L3_MAX_LISTEN; i++) {
+				if (v->e[i].id == id) {
+					own = v->e[i].addr;
+					if (addr_is_mapped(&own) == addr_is_mapped(&dst)) {
+						found = 1;
+						break;
+					}
+				}
+			}
+		}
+		if (!found) {
+			count(id, L3_C_GROUP_LOST);
+			return TC_ACT_SHOT;
+		}
+		if (tuple_len == sizeof(t.ipv4))
+			t.ipv4.daddr = own.w[3];
+		else
+			__builtin_memcpy(t.ipv6.daddr, own.w, 16);
+		sk = bpf_sk_lookup_udp(skb, &t, tuple_len, BPF_F_CURRENT_NETNS, 0);
+		if (!sk) {
+			count(id, L3_C_GROUP_LOST);
+			return TC_ACT_SHOT;
+		}
+		i = bpf_sk_assign(skb, sk, 0);
+		bpf_sk_release(sk);
+		if (i) {
+			count(id, L3_C_GROUP_LOST);
+			return TC_ACT_SHOT;
+		}
+		count(id, L3_C_GROUP_COPY);
+		return TC_ACT_OK; /* assigned: straight to the stack */
+	}
+
+	/*
+	 * Multicast sent by this host reaches netns containers only: a copy
+	 * for a shared-mode socket into lo would need lo to be a member of
+	 * the group, one into the uplink carries a local source the uplink
+	 * refuses (martian).
+	 */
+	if (!v && from != G_NETNS) {
+		count(0, L3_C_GROUP_NO_LISTENER);
+		return TCX_NEXT;
+	}
+	/*
+	 * Copies re-enter where the datagram came in; what this host sends
+	 * (lo, uplink egress) re-enters through lo, which accepts local
+	 * sources (accept_local; lo only ever receives what the host sent).
+	 */
+	target = egress ? LOOPBACK_IFINDEX : skb->ifindex;
+	cfg = config();
+	direct = cfg && cfg->delivery == L3_DELIVERY_DIRECT;
+	group_mac(&dst, gmac);
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) <= end) {
+		__builtin_memcpy(odst, eth->h_dest, ETH_ALEN);
+		__builtin_memcpy(osrc, eth->h_source, ETH_ALEN);
+		saved = 1;
+	}
+	if (v) {
+		struct fan f = {
+			.skb = skb, .v = v, .dst = dst, .gen = gen, .target = target,
+			.egress = egress, .bcast = bcast, .direct = direct,
+		};
+
+		/* Frames into netns containers carry the group's address. */
+		if (direct && saved)
+			set_l2(skb, gmac, osrc);
+		bpf_loop(L3_MAX_LISTEN, fan_one, &f, 0);
+		sent = f.sent;
+	}
+	skb->mark = mark;
+	if (from == G_NETNS && cfg && cfg->uplink_ifindex && (bcast ? dst.w[3] == 0xffffffff : 1)) {
+		/* and out of the uplink, as from a host on its segment */
+		if (saved && set_l2(skb, gmac, osrc) == 0)
+			bpf_clone_redirect(skb, cfg->uplink_ifindex, 0);
+	}
+	if (saved)
+		set_l2(skb, odst, osrc); /* the original goes on as it came */
+	if (!sent)
+		count(0, L3_C_GROUP_NO_LISTENER);
+	return TCX_NEXT;
+}
+
 /* Shared by l3_tc_veth (deliver) and l3_tc_guard (check only). */
 static __always_inline int from_container(struct __sk_buff *skb, int deliver)
 {
@@ -273,6 +551,11 @@ static __always_inline int from_container(struct __sk_buff *skb, int deliver)
 		count(port->id, L3_C_TC_DROP_SPOOF);
 		return TC_ACT_SHOT;
 	case SRC_LINK:
+		if (deliver)
+			/* Broadcast/multicast from its own address: copies to the
+			 * listening containers (and the uplink); the host stack
+			 * gets the original. */
+			group(skb, G_NETNS);
 		count(port->id, L3_C_TC_TO_HOST);
 		return TC_ACT_OK;
 	default:
@@ -281,7 +564,9 @@ static __always_inline int from_container(struct __sk_buff *skb, int deliver)
 	if (!deliver)
 		return TC_ACT_OK;
 	if (skb->pkt_type != PACKET_HOST) {
-		/* Not sent to the gateway's MAC (L2 broadcast): the host's. */
+		/* Not sent to the gateway's MAC (L2 broadcast): the host's,
+		 * and a directed broadcast's copies to its listeners. */
+		group(skb, G_NETNS);
 		count(port->id, L3_C_TC_TO_HOST);
 		return TC_ACT_OK;
 	}
@@ -327,4 +612,17 @@ int l3_tc_uplink(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	return to_peer(skb, d);
+}
+
+SEC("tcx/ingress")
+int l3_tc_group(struct __sk_buff *skb)
+{
+	return group(skb, G_IN);
+}
+
+/* On the uplink's egress: broadcasts this host sends out of it. */
+SEC("tcx/egress")
+int l3_tc_group_out(struct __sk_buff *skb)
+{
+	return group(skb, G_HOST_OUT);
 }

@@ -66,6 +66,10 @@ func (e *env) up(upArgs ...string) {
 	e.mustRun(append([]string{"up", "--cgroup-root", e.cgroot}, upArgs...)...)
 	t.Cleanup(func() {
 		e.run("down")
+		// down restores the host sysctls l3iso changed.
+		if out, err := exec.Command("nsenter", "--net="+e.netns, "cat", "/proc/sys/net/ipv4/conf/lo/accept_local").Output(); err == nil && strings.TrimSpace(string(out)) != "0" {
+			t.Errorf("down left net.ipv4.conf.lo.accept_local = %s", strings.TrimSpace(string(out)))
+		}
 		if _, err := os.Stat(filepath.Join(e.cgroot, "l3iso")); err == nil {
 			t.Errorf("down left the containers' cgroup %s/l3iso behind", e.cgroot)
 		}

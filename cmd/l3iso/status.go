@@ -24,6 +24,39 @@ type statusJSON struct {
 	Interfaces []interfaceJSON     `json:"interfaces"`
 	Containers []containerStatJSON `json:"containers"`
 	Host       maps.Counters       `json:"host_counters"`
+	Listeners  []listenerJSON      `json:"listeners"`
+}
+
+// listenerJSON is one entry of the broadcast/multicast registry.
+type listenerJSON struct {
+	Container string `json:"container"`
+	Group     string `json:"group"` // "broadcast" or the multicast group
+	Port      uint16 `json:"port"`
+	Addr      string `json:"addr"` // the address its socket is bound to
+	Sockets   uint32 `json:"sockets"`
+}
+
+func listeners(c *control.Control) ([]listenerJSON, error) {
+	ls, err := c.State().Maps.Listeners()
+	if err != nil {
+		return nil, err
+	}
+	names := map[uint32]string{}
+	for _, k := range c.Containers() {
+		names[k.ID] = k.Spec.Name
+	}
+	out := []listenerJSON{}
+	for _, l := range ls {
+		j := listenerJSON{Container: names[l.ID], Group: "broadcast", Port: l.Port, Addr: l.Addr.String(), Sockets: l.Refs}
+		if j.Container == "" {
+			j.Container = fmt.Sprintf("(gone: id %d)", l.ID)
+		}
+		if l.Group.IsValid() {
+			j.Group = l.Group.String()
+		}
+		out = append(out, j)
+	}
+	return out, nil
 }
 
 // interfaceJSON is what runs on the TCX hooks of one interface l3iso uses
@@ -101,6 +134,9 @@ func newStatus(g *globals) *cobra.Command {
 			if s.Host, err = c.Stats(""); err != nil {
 				return err
 			}
+			if s.Listeners, err = listeners(c); err != nil {
+				return err
+			}
 			for _, k := range c.Containers() {
 				cnt, err := c.Stats(k.Spec.Name)
 				if err != nil {
@@ -136,6 +172,15 @@ func newStatus(g *globals) *cobra.Command {
 						progs = []string{"-"}
 					}
 					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", i.Name, i.Ifindex, i.Role, strings.Join(progs, " "))
+				}
+				tw.Flush()
+			}
+			if len(s.Listeners) > 0 {
+				fmt.Fprintln(w)
+				tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "LISTENER\tGROUP\tPORT\tBOUND TO\tSOCKETS")
+				for _, l := range s.Listeners {
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\n", l.Container, l.Group, l.Port, l.Addr, l.Sockets)
 				}
 				tw.Flush()
 			}

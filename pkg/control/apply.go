@@ -194,6 +194,9 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		if err := c.st.Maps.DeleteCounters(k.ID); err != nil {
 			return plan, err
 		}
+		if err := c.st.Maps.PurgeListeners(k.ID); err != nil {
+			return plan, err
+		}
 	}
 	return plan, c.end()
 }

@@ -365,6 +365,11 @@ func (c *Control) Del(name string) error {
 	if err := c.st.Maps.DeleteCounters(k.ID); err != nil {
 		return err
 	}
+	// Its sockets' release hooks emptied the registry; purge what a
+	// crash of ours or a race could leave.
+	if err := c.st.Maps.PurgeListeners(k.ID); err != nil {
+		return err
+	}
 	c.cur = rest
 	return c.end()
 }

@@ -57,7 +57,9 @@ func desired(cs []maps.Container) map[hostItem]bool {
 			if a.Addr.Is4() {
 				out[hostItem{kind: itemLocal4, ip: a.Addr, onLo: true}] = true
 				if b, ok := a.Broadcast(); ok {
-					out[hostItem{kind: itemBcast4, ip: b}] = true
+					// On lo: what the host sends to it enters through lo,
+					// where l3_tc_group copies it to the listeners.
+					out[hostItem{kind: itemBcast4, ip: b, onLo: true}] = true
 				}
 			} else {
 				out[hostItem{kind: itemAddr6, ip: a.Addr, prefix: netip.PrefixFrom(a.Addr, 128)}] = true
@@ -176,7 +178,7 @@ func (c *Control) repairHost() error {
 		}
 		h := hostItem{kind: itemLocal4, ip: ip.Unmap(), onLo: true}
 		if r.Type == unix.RTN_BROADCAST {
-			h = hostItem{kind: itemBcast4, ip: ip.Unmap()}
+			h = hostItem{kind: itemBcast4, ip: ip.Unmap(), onLo: true}
 		}
 		if want[h] {
 			have[h] = true

@@ -266,7 +266,11 @@ func Up(o Options) (st *State, changed bool, err error) {
 		return st, changed || linked, err
 	}
 	tc, err := st.ensureTCPrograms()
-	return st, changed || linked || tc, err
+	if err != nil {
+		return st, changed || linked || tc, err
+	}
+	group, err := st.ensureGroupLinks()
+	return st, changed || linked || tc || group, err
 }
 
 func sameOptions(dir string, have, want maps.Config) error {
@@ -507,6 +511,11 @@ func ForceTeardown(dir string) error {
 // Teardown detaches every link and removes every pin and the containers'
 // parent cgroup. The caller has removed the containers first.
 func (st *State) Teardown() error {
+	if st.Config.AcceptLocal {
+		if err := os.WriteFile(acceptLocal, []byte("0"), 0o644); err != nil {
+			return fmt.Errorf("restore net.ipv4.conf.lo.accept_local: %w", err)
+		}
+	}
 	entries, _ := os.ReadDir(linksDir(st.Dir))
 	for _, e := range entries {
 		pin := filepath.Join(linksDir(st.Dir), e.Name())

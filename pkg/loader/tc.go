@@ -26,7 +26,17 @@ const (
 	// ProgGuard only checks the source of what leaves a container (delivery
 	// routed and bridge), on its host-side veth.
 	ProgGuard = "l3_tc_guard"
+	// ProgGroup steers broadcast and multicast datagrams to the
+	// shared-mode containers that listen for them, on lo and the uplink.
+	ProgGroup = "l3_tc_group"
+	// ProgGroupOut does the same for broadcasts this host sends out of the
+	// uplink (TCX egress).
+	ProgGroupOut = "l3_tc_group_out"
 )
+
+// groupLinkName is the pin name of the TCX ingress link of ProgGroup on
+// interface ifname (it chains with the interface's other l3iso program).
+func groupLinkName(ifname string) string { return "tc-" + ifname + "-group" }
 
 func progsDir(dir string) string { return filepath.Join(dir, "progs") }
 
@@ -152,13 +162,67 @@ func (st *State) program(name string) (*ebpf.Program, error) {
 // a pin whose interface is gone (a recreated interface of the same name).
 // It reports whether anything changed.
 func (st *State) AttachTC(ifname string, ifindex int, prog string) (bool, error) {
+	return st.attachTC(tcLinkName(ifname), ifname, ifindex, prog, ebpf.AttachTCXIngress)
+}
+
+// ensureGroupLinks attaches ProgGroup to lo and the uplink (if any).
+func (st *State) ensureGroupLinks() (bool, error) {
+	ifs := []string{"lo"}
+	if st.Config.Uplink != "" {
+		ifs = append(ifs, st.Config.Uplink)
+	}
+	changed := false
+	for _, name := range ifs {
+		idx, err := ifindex(name)
+		if err != nil {
+			return changed, err
+		}
+		c, err := st.attachTC(groupLinkName(name), name, int(idx), ProgGroup, ebpf.AttachTCXIngress)
+		if err != nil {
+			return changed, err
+		}
+		changed = changed || c
+		if name != "lo" {
+			c, err := st.attachTC(groupLinkName(name)+"-out", name, int(idx), ProgGroupOut, ebpf.AttachTCXEgress)
+			if err != nil {
+				return changed, err
+			}
+			changed = changed || c
+		}
+	}
+	// Copies of broadcasts the host sends re-enter through lo with their
+	// local source: lo receives nothing but what the host sent, so
+	// accepting local sources there opens nothing.
+	// l3iso remembers whether it turned it on, so down restores the host.
+	b, err := os.ReadFile(acceptLocal)
+	if err != nil {
+		return changed, fmt.Errorf("read %s: %w", acceptLocal, err)
+	}
+	if strings.TrimSpace(string(b)) == "0" {
+		if err := os.WriteFile(acceptLocal, []byte("1"), 0o644); err != nil {
+			return changed, fmt.Errorf("set net.ipv4.conf.lo.accept_local: %w", err)
+		}
+		cfg := st.Config
+		cfg.AcceptLocal = true
+		if err := st.Maps.SetConfig(cfg); err != nil {
+			return changed, err
+		}
+		st.Config = cfg
+	}
+	return changed, nil
+}
+
+// acceptLocal is lo's accept_local sysctl in l3iso's network namespace.
+const acceptLocal = "/proc/sys/net/ipv4/conf/lo/accept_local"
+
+func (st *State) attachTC(pinName, ifname string, ifindex int, prog string, at ebpf.AttachType) (bool, error) {
 	p, err := st.program(prog)
 	if err != nil {
 		return false, err
 	}
-	pin := filepath.Join(linksDir(st.Dir), tcLinkName(ifname))
+	pin := filepath.Join(linksDir(st.Dir), pinName)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		tl := describeTC(l, tcLinkName(ifname))
+		tl := describeTC(l, pinName)
 		if tl.Ifindex == ifindex {
 			defer l.Close()
 			if tl.Program == prog {
@@ -178,9 +242,15 @@ func (st *State) AttachTC(ifname string, ifindex int, prog string) (bool, error)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("open pinned link %s: %w", pin, err)
 	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: p, Attach: ebpf.AttachTCXIngress})
+	o := link.TCXOptions{Interface: ifindex, Program: p, Attach: at}
+	if prog == ProgGroup || prog == ProgGroupOut {
+		// First in the chain: it only copies, then hands on (TCX_NEXT)
+		// to the interface's other programs.
+		o.Anchor = link.Head()
+	}
+	l, err := link.AttachTCX(o)
 	if err != nil {
-		return false, fmt.Errorf("attach %s to the TCX ingress of %s (index %d; needs Linux 6.6 or newer): %w", prog, ifname, ifindex, err)
+		return false, fmt.Errorf("attach %s to the %s of %s (index %d; needs Linux 6.6 or newer): %w", prog, at, ifname, ifindex, err)
 	}
 	defer l.Close() // the pin keeps it; on error, closing detaches it
 	if err := os.MkdirAll(linksDir(st.Dir), 0o700); err != nil {

@@ -4,9 +4,12 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/l3iso/l3iso/internal/sockprobe"
@@ -19,6 +22,34 @@ import (
 func TestMain(m *testing.M) {
 	sockprobe.MaybeServe()
 	m.Run()
+}
+
+// upIn runs loader.Up from inside the network namespace at path: Up
+// attaches TCX programs to lo (and the uplink) and sets lo's sysctls in the
+// namespace it runs in, which must never be the machine's.
+func upIn(t *testing.T, path string, o loader.Options) (*loader.State, bool, error) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := netns.Set(ns); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic(err) // this thread must not go back to the pool in the wrong namespace
+		}
+	}()
+	return loader.Up(o)
 }
 
 // TestUpgradeInPlace installs an "older binary" (the same programs with
@@ -37,7 +68,7 @@ func TestUpgradeInPlace(t *testing.T) {
 	dir := filepath.Join(mnt, "l3iso")
 
 	restore := loader.SetSocketSpec(maps.VariantSpec)
-	st, changed, err := loader.Up(loader.Options{CgroupRoot: root, BPFFS: dir})
+	st, changed, err := upIn(t, netns, loader.Options{CgroupRoot: root, BPFFS: dir})
 	restore()
 	if err != nil || !changed {
 		t.Fatalf("first up: changed=%v err=%v", changed, err)
@@ -106,7 +137,7 @@ func TestUpgradeInPlace(t *testing.T) {
 		}
 	}()
 	time.Sleep(20 * time.Millisecond)
-	st, changed, err = loader.Up(loader.Options{CgroupRoot: root, BPFFS: dir})
+	st, changed, err = upIn(t, netns, loader.Options{CgroupRoot: root, BPFFS: dir})
 	time.Sleep(20 * time.Millisecond)
 	close(stop)
 	n := <-done
@@ -122,6 +153,9 @@ func TestUpgradeInPlace(t *testing.T) {
 		t.Fatalf("%d links before, %d after", len(before), len(after))
 	}
 	for i := range before {
+		if strings.HasPrefix(before[i].Name, "tc-") {
+			continue // TC programs: not part of the socket programs' variant build
+		}
 		if before[i].ID != after[i].ID {
 			t.Errorf("%s: link %d replaced by %d, want the same link updated", before[i].Name, before[i].ID, after[i].ID)
 		}
@@ -133,7 +167,7 @@ func TestUpgradeInPlace(t *testing.T) {
 	checkBind("after the upgrade")
 
 	// A second up with the same binary changes nothing.
-	st, changed, err = loader.Up(loader.Options{CgroupRoot: root, BPFFS: dir})
+	st, changed, err = upIn(t, netns, loader.Options{CgroupRoot: root, BPFFS: dir})
 	if err != nil || changed {
 		t.Fatalf("repeated up: changed=%v err=%v", changed, err)
 	}

@@ -52,6 +52,9 @@ type Config struct {
 	// (for routed or bridge delivery), so it turns it off again when no
 	// longer needed, and leaves alone forwarding the operator turned on.
 	Forward4, Forward6 bool
+	// AcceptLocal says that l3iso turned on net.ipv4.conf.lo.accept_local
+	// (broadcast copies re-enter lo with a local source); down turns it off.
+	AcceptLocal bool
 }
 
 // Config reads l3_config[0].
@@ -66,6 +69,7 @@ func (s *Set) Config() (Config, error) {
 		Dirty:    v.Flags&uint32(sockL3CfgFlagsL3CFG_DIRTY) != 0,
 		Forward4: v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD4) != 0,
 		Forward6: v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD6) != 0,
+		AcceptLocal: v.Flags&uint32(sockL3CfgFlagsL3CFG_ACCEPT_LOCAL) != 0,
 	}, nil
 }
 
@@ -77,6 +81,9 @@ func (s *Set) SetConfig(c Config) error {
 	}
 	if c.Forward4 {
 		v.Flags |= uint32(sockL3CfgFlagsL3CFG_FWD4)
+	}
+	if c.AcceptLocal {
+		v.Flags |= uint32(sockL3CfgFlagsL3CFG_ACCEPT_LOCAL)
 	}
 	if c.Forward6 {
 		v.Flags |= uint32(sockL3CfgFlagsL3CFG_FWD6)
@@ -137,6 +144,10 @@ var CounterNames = []string{
 	sockL3CounterL3C_TC_DROP_NO_ROUTE:     "tc_dropped_no_route",
 	sockL3CounterL3C_TC_DROP_MALFORMED:    "tc_dropped_malformed",
 	sockL3CounterL3C_TC_DROP_UNKNOWN_PORT: "tc_dropped_unknown_port",
+
+	sockL3CounterL3C_GROUP_COPY:        "group_copies",
+	sockL3CounterL3C_GROUP_NO_LISTENER: "group_no_listener",
+	sockL3CounterL3C_GROUP_LOST:        "group_copies_lost",
 }
 
 // Counters are one container's verdict counters, summed over CPUs, by name.

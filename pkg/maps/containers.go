@@ -47,6 +47,10 @@ type entries struct {
 	// partial: the addr-level markers of IPs shared by port ranges. They
 	// belong to no container and are written with every owner of a range.
 	partialK []sockL3OwnerKey
+	// bcast: (gen, id 0, broadcast address) markers in l3_locals — "the
+	// broadcast address of some container's subnet", for l3_tc_group. Also
+	// written with every container on the subnet.
+	bcastK []sockL3LocalKey
 }
 
 // newEntries sizes the slices for cs, so that building 10,000 containers'
@@ -144,6 +148,7 @@ func (e *entries) add(gen uint32, c Container) error {
 		if b, ok := a.Broadcast(); ok {
 			e.localK = append(e.localK, sockL3LocalKey{Gen: gen, Id: c.ID, Addr: toAddr(b)})
 			e.localV = append(e.localV, sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_BCAST)})
+			e.bcastK = append(e.bcastK, sockL3LocalKey{Gen: gen, Addr: toAddr(b)})
 		}
 	}
 	if c.Isolated() && !netns {
@@ -214,8 +219,13 @@ func (s *Set) Insert(gen uint32, cs ...Container) error {
 	for i := range partialV {
 		partialV[i] = sockL3Owner{Flags: uint32(sockL3OwnerFlagsL3OF_PARTIAL)}
 	}
+	bcastV := make([]sockL3Local, len(e.bcastK))
+	for i := range bcastV {
+		bcastV[i] = sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_BCAST)}
+	}
 	for _, step := range []func() error{
 		func() error { return put(s.Owners, "l3_owners", e.partialK, partialV) },
+		func() error { return put(s.Locals, "l3_locals", e.bcastK, bcastV) },
 		func() error { return put(s.Owners, "l3_owners", e.ownerK, e.ownerV) },
 		func() error { return put(s.Locals, "l3_locals", e.localK, e.localV) },
 		func() error { return put(s.Routes, "l3_routes", e.routeK, e.routeV) },
@@ -262,6 +272,21 @@ func (s *Set) Remove(gen uint32, c Container, others []Container) error {
 			partial = append(partial, k)
 		}
 	}
+	// A subnet's broadcast marker stays while another container is on it.
+	var bcast []sockL3LocalKey
+	for _, k := range e.bcastK {
+		keep := false
+		for _, o := range others {
+			for _, a := range o.Spec.Addresses {
+				if b, ok := a.Broadcast(); ok && o.ID != c.ID && toAddr(b) == k.Addr {
+					keep = true
+				}
+			}
+		}
+		if !keep {
+			bcast = append(bcast, k)
+		}
+	}
 	for _, step := range []func() error{
 		func() error { return del(s.Conts, "l3_conts", e.contK) },
 		func() error { return del(s.Metas, "l3_metas", e.metaK) },
@@ -270,6 +295,7 @@ func (s *Set) Remove(gen uint32, c Container, others []Container) error {
 		func() error { return del(s.Locals, "l3_locals", e.localK) },
 		func() error { return del(s.Owners, "l3_owners", e.ownerK) },
 		func() error { return del(s.Owners, "l3_owners", partial) },
+		func() error { return del(s.Locals, "l3_locals", bcast) },
 	} {
 		if err := step(); err != nil {
 			return err
@@ -305,7 +331,7 @@ func (s *Set) Repair(gen uint32, cs []Container) error {
 	if err := prune(s.Routes, "l3_routes", e.routeK); err != nil {
 		return err
 	}
-	if err := prune(s.Locals, "l3_locals", e.localK); err != nil {
+	if err := prune(s.Locals, "l3_locals", append(e.localK, e.bcastK...)); err != nil {
 		return err
 	}
 	return prune(s.Owners, "l3_owners", append(e.ownerK, e.partialK...))
@@ -337,6 +363,7 @@ func (s *Set) DeleteGen(gen uint32, cs []Container) error {
 		func() error { return delBatch(s.Locals, "l3_locals", e.localK) },
 		func() error { return delBatch(s.Owners, "l3_owners", e.ownerK) },
 		func() error { return delBatch(s.Owners, "l3_owners", e.partialK) },
+		func() error { return delBatch(s.Locals, "l3_locals", e.bcastK) },
 	} {
 		if err := step(); err != nil {
 			return err

@@ -43,9 +43,10 @@ type sockL3Cfg struct {
 type sockL3CfgFlags uint32
 
 const (
-	sockL3CfgFlagsL3CFG_DIRTY sockL3CfgFlags = 1
-	sockL3CfgFlagsL3CFG_FWD4  sockL3CfgFlags = 2
-	sockL3CfgFlagsL3CFG_FWD6  sockL3CfgFlags = 4
+	sockL3CfgFlagsL3CFG_DIRTY        sockL3CfgFlags = 1
+	sockL3CfgFlagsL3CFG_FWD4         sockL3CfgFlags = 2
+	sockL3CfgFlagsL3CFG_FWD6         sockL3CfgFlags = 4
+	sockL3CfgFlagsL3CFG_ACCEPT_LOCAL sockL3CfgFlags = 8
 )
 
 type sockL3Cont struct {
@@ -101,7 +102,10 @@ const (
 	sockL3CounterL3C_TC_DROP_NO_ROUTE     sockL3Counter = 20
 	sockL3CounterL3C_TC_DROP_MALFORMED    sockL3Counter = 21
 	sockL3CounterL3C_TC_DROP_UNKNOWN_PORT sockL3Counter = 22
-	sockL3CounterL3C_MAX                  sockL3Counter = 24
+	sockL3CounterL3C_GROUP_COPY           sockL3Counter = 23
+	sockL3CounterL3C_GROUP_NO_LISTENER    sockL3Counter = 24
+	sockL3CounterL3C_GROUP_LOST           sockL3Counter = 25
+	sockL3CounterL3C_MAX                  sockL3Counter = 32
 )
 
 type sockL3Deliv struct {
@@ -120,6 +124,22 @@ const (
 	sockL3DeliveryL3DELIVERY_BRIDGE sockL3Delivery = 2
 )
 
+type sockL3GroupLimits uint32
+
+const (
+	sockL3GroupLimitsL3SK_GROUPS  sockL3GroupLimits = 4
+	sockL3GroupLimitsL3MAX_LISTEN sockL3GroupLimits = 32
+	sockL3GroupLimitsL3MARK_TAG   sockL3GroupLimits = 1815281664
+	sockL3GroupLimitsL3MARK_MASK  sockL3GroupLimits = 4294901760
+)
+
+type sockL3Lent struct {
+	_    structs.HostLayout
+	Id   uint32
+	Refs uint32
+	Addr sockL3Addr
+}
+
 type sockL3Limits uint32
 
 const (
@@ -131,6 +151,14 @@ const (
 	sockL3LimitsL3OWNER_PLEN_ADDR sockL3Limits = 160
 	sockL3LimitsL3OWNER_PLEN_FULL sockL3Limits = 184
 )
+
+type sockL3Lkey struct {
+	_     structs.HostLayout
+	Group sockL3Addr
+	Port  uint16
+	Pad   uint16
+	Pad2  uint32
+}
 
 type sockL3Local struct {
 	_    structs.HostLayout
@@ -153,6 +181,16 @@ const (
 	sockL3LocalKindL3LOCAL_BCAST sockL3LocalKind = 3
 	sockL3LocalKindL3LOCAL_LOOP  sockL3LocalKind = 4
 )
+
+type sockL3Lset struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Pad uint32
+	E   [32]sockL3Lent
+}
 
 type sockL3Mcast struct {
 	_       structs.HostLayout
@@ -245,15 +283,21 @@ type sockL3RouteKey struct {
 }
 
 type sockL3Sk struct {
-	_     structs.HostLayout
-	Flags uint32
-	Pad   uint32
+	_      structs.HostLayout
+	Flags  uint32
+	Id     uint32
+	Port   uint16
+	Pad    uint16
+	Pad2   uint32
+	Addr   sockL3Addr
+	Groups [4]sockL3Addr
 }
 
 type sockL3SkFlags uint32
 
 const (
 	sockL3SkFlagsL3SK_LOOP_PRIMARY sockL3SkFlags = 1
+	sockL3SkFlagsL3SK_LISTENER     sockL3SkFlags = 2
 )
 
 type sockL3SpecFlags uint32
@@ -265,7 +309,7 @@ const (
 
 type sockL3Stats struct {
 	_ structs.HostLayout
-	C [24]uint64
+	C [32]uint64
 }
 
 // loadSock returns the embedded CollectionSpec for sock.
@@ -324,6 +368,8 @@ type sockProgramSpecs struct {
 	L3Recvmsg6     *ebpf.ProgramSpec `ebpf:"l3_recvmsg6"`
 	L3Sendmsg4     *ebpf.ProgramSpec `ebpf:"l3_sendmsg4"`
 	L3Sendmsg6     *ebpf.ProgramSpec `ebpf:"l3_sendmsg6"`
+	L3Setsockopt   *ebpf.ProgramSpec `ebpf:"l3_setsockopt"`
+	L3SockRelease  *ebpf.ProgramSpec `ebpf:"l3_sock_release"`
 }
 
 // sockMapSpecs contains maps before they are loaded into the kernel.
@@ -335,6 +381,7 @@ type sockMapSpecs struct {
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
 	L3Gen      *ebpf.MapSpec `ebpf:"l3_gen"`
+	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
@@ -348,16 +395,17 @@ type sockMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
-	UnusedCfgFlags   *ebpf.VariableSpec `ebpf:"unused_cfg_flags"`
-	UnusedContFlags  *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
-	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedDelivery   *ebpf.VariableSpec `ebpf:"unused_delivery"`
-	UnusedLimits     *ebpf.VariableSpec `ebpf:"unused_limits"`
-	UnusedLocalKind  *ebpf.VariableSpec `ebpf:"unused_local_kind"`
-	UnusedMode       *ebpf.VariableSpec `ebpf:"unused_mode"`
-	UnusedOwnerFlags *ebpf.VariableSpec `ebpf:"unused_owner_flags"`
-	UnusedSkFlags    *ebpf.VariableSpec `ebpf:"unused_sk_flags"`
-	UnusedSpecFlags  *ebpf.VariableSpec `ebpf:"unused_spec_flags"`
+	UnusedCfgFlags    *ebpf.VariableSpec `ebpf:"unused_cfg_flags"`
+	UnusedContFlags   *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
+	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedDelivery    *ebpf.VariableSpec `ebpf:"unused_delivery"`
+	UnusedGroupLimits *ebpf.VariableSpec `ebpf:"unused_group_limits"`
+	UnusedLimits      *ebpf.VariableSpec `ebpf:"unused_limits"`
+	UnusedLocalKind   *ebpf.VariableSpec `ebpf:"unused_local_kind"`
+	UnusedMode        *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedOwnerFlags  *ebpf.VariableSpec `ebpf:"unused_owner_flags"`
+	UnusedSkFlags     *ebpf.VariableSpec `ebpf:"unused_sk_flags"`
+	UnusedSpecFlags   *ebpf.VariableSpec `ebpf:"unused_spec_flags"`
 }
 
 // sockObjects contains all objects after they have been loaded into the kernel.
@@ -385,6 +433,7 @@ type sockMaps struct {
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
 	L3Gen      *ebpf.Map `ebpf:"l3_gen"`
+	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
@@ -401,6 +450,7 @@ func (m *sockMaps) Close() error {
 		m.L3Counters,
 		m.L3Delivs,
 		m.L3Gen,
+		m.L3Listen,
 		m.L3Locals,
 		m.L3Mcasts,
 		m.L3Metas,
@@ -415,16 +465,17 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
-	UnusedCfgFlags   *ebpf.Variable `ebpf:"unused_cfg_flags"`
-	UnusedContFlags  *ebpf.Variable `ebpf:"unused_cont_flags"`
-	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedDelivery   *ebpf.Variable `ebpf:"unused_delivery"`
-	UnusedLimits     *ebpf.Variable `ebpf:"unused_limits"`
-	UnusedLocalKind  *ebpf.Variable `ebpf:"unused_local_kind"`
-	UnusedMode       *ebpf.Variable `ebpf:"unused_mode"`
-	UnusedOwnerFlags *ebpf.Variable `ebpf:"unused_owner_flags"`
-	UnusedSkFlags    *ebpf.Variable `ebpf:"unused_sk_flags"`
-	UnusedSpecFlags  *ebpf.Variable `ebpf:"unused_spec_flags"`
+	UnusedCfgFlags    *ebpf.Variable `ebpf:"unused_cfg_flags"`
+	UnusedContFlags   *ebpf.Variable `ebpf:"unused_cont_flags"`
+	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedDelivery    *ebpf.Variable `ebpf:"unused_delivery"`
+	UnusedGroupLimits *ebpf.Variable `ebpf:"unused_group_limits"`
+	UnusedLimits      *ebpf.Variable `ebpf:"unused_limits"`
+	UnusedLocalKind   *ebpf.Variable `ebpf:"unused_local_kind"`
+	UnusedMode        *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedOwnerFlags  *ebpf.Variable `ebpf:"unused_owner_flags"`
+	UnusedSkFlags     *ebpf.Variable `ebpf:"unused_sk_flags"`
+	UnusedSpecFlags   *ebpf.Variable `ebpf:"unused_spec_flags"`
 }
 
 // sockPrograms contains all programs after they have been loaded into the kernel.
@@ -445,6 +496,8 @@ type sockPrograms struct {
 	L3Recvmsg6     *ebpf.Program `ebpf:"l3_recvmsg6"`
 	L3Sendmsg4     *ebpf.Program `ebpf:"l3_sendmsg4"`
 	L3Sendmsg6     *ebpf.Program `ebpf:"l3_sendmsg6"`
+	L3Setsockopt   *ebpf.Program `ebpf:"l3_setsockopt"`
+	L3SockRelease  *ebpf.Program `ebpf:"l3_sock_release"`
 }
 
 func (p *sockPrograms) Close() error {
@@ -463,6 +516,8 @@ func (p *sockPrograms) Close() error {
 		p.L3Recvmsg6,
 		p.L3Sendmsg4,
 		p.L3Sendmsg6,
+		p.L3Setsockopt,
+		p.L3SockRelease,
 	)
 }
 

@@ -54,6 +54,14 @@ type sockvariantL3Deliv struct {
 	HostMac [6]uint8
 }
 
+type sockvariantL3Lkey struct {
+	_     structs.HostLayout
+	Group sockvariantL3Addr
+	Port  uint16
+	Pad   uint16
+	Pad2  uint32
+}
+
 type sockvariantL3Local struct {
 	_    structs.HostLayout
 	Kind uint32
@@ -65,6 +73,21 @@ type sockvariantL3LocalKey struct {
 	Gen  uint32
 	Id   uint32
 	Addr sockvariantL3Addr
+}
+
+type sockvariantL3Lset struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Pad uint32
+	E   [32]struct {
+		_    structs.HostLayout
+		Id   uint32
+		Refs uint32
+		Addr sockvariantL3Addr
+	}
 }
 
 type sockvariantL3Mcast struct {
@@ -151,14 +174,19 @@ type sockvariantL3RouteKey struct {
 }
 
 type sockvariantL3Sk struct {
-	_     structs.HostLayout
-	Flags uint32
-	Pad   uint32
+	_      structs.HostLayout
+	Flags  uint32
+	Id     uint32
+	Port   uint16
+	Pad    uint16
+	Pad2   uint32
+	Addr   sockvariantL3Addr
+	Groups [4]sockvariantL3Addr
 }
 
 type sockvariantL3Stats struct {
 	_ structs.HostLayout
-	C [24]uint64
+	C [32]uint64
 }
 
 // loadSockvariant returns the embedded CollectionSpec for sockvariant.
@@ -217,6 +245,8 @@ type sockvariantProgramSpecs struct {
 	L3Recvmsg6     *ebpf.ProgramSpec `ebpf:"l3_recvmsg6"`
 	L3Sendmsg4     *ebpf.ProgramSpec `ebpf:"l3_sendmsg4"`
 	L3Sendmsg6     *ebpf.ProgramSpec `ebpf:"l3_sendmsg6"`
+	L3Setsockopt   *ebpf.ProgramSpec `ebpf:"l3_setsockopt"`
+	L3SockRelease  *ebpf.ProgramSpec `ebpf:"l3_sock_release"`
 }
 
 // sockvariantMapSpecs contains maps before they are loaded into the kernel.
@@ -228,6 +258,7 @@ type sockvariantMapSpecs struct {
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
 	L3Gen      *ebpf.MapSpec `ebpf:"l3_gen"`
+	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
@@ -241,16 +272,17 @@ type sockvariantMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockvariantVariableSpecs struct {
-	UnusedCfgFlags   *ebpf.VariableSpec `ebpf:"unused_cfg_flags"`
-	UnusedContFlags  *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
-	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedDelivery   *ebpf.VariableSpec `ebpf:"unused_delivery"`
-	UnusedLimits     *ebpf.VariableSpec `ebpf:"unused_limits"`
-	UnusedLocalKind  *ebpf.VariableSpec `ebpf:"unused_local_kind"`
-	UnusedMode       *ebpf.VariableSpec `ebpf:"unused_mode"`
-	UnusedOwnerFlags *ebpf.VariableSpec `ebpf:"unused_owner_flags"`
-	UnusedSkFlags    *ebpf.VariableSpec `ebpf:"unused_sk_flags"`
-	UnusedSpecFlags  *ebpf.VariableSpec `ebpf:"unused_spec_flags"`
+	UnusedCfgFlags    *ebpf.VariableSpec `ebpf:"unused_cfg_flags"`
+	UnusedContFlags   *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
+	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedDelivery    *ebpf.VariableSpec `ebpf:"unused_delivery"`
+	UnusedGroupLimits *ebpf.VariableSpec `ebpf:"unused_group_limits"`
+	UnusedLimits      *ebpf.VariableSpec `ebpf:"unused_limits"`
+	UnusedLocalKind   *ebpf.VariableSpec `ebpf:"unused_local_kind"`
+	UnusedMode        *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedOwnerFlags  *ebpf.VariableSpec `ebpf:"unused_owner_flags"`
+	UnusedSkFlags     *ebpf.VariableSpec `ebpf:"unused_sk_flags"`
+	UnusedSpecFlags   *ebpf.VariableSpec `ebpf:"unused_spec_flags"`
 }
 
 // sockvariantObjects contains all objects after they have been loaded into the kernel.
@@ -278,6 +310,7 @@ type sockvariantMaps struct {
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
 	L3Gen      *ebpf.Map `ebpf:"l3_gen"`
+	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
@@ -294,6 +327,7 @@ func (m *sockvariantMaps) Close() error {
 		m.L3Counters,
 		m.L3Delivs,
 		m.L3Gen,
+		m.L3Listen,
 		m.L3Locals,
 		m.L3Mcasts,
 		m.L3Metas,
@@ -308,16 +342,17 @@ func (m *sockvariantMaps) Close() error {
 //
 // It can be passed to loadSockvariantObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockvariantVariables struct {
-	UnusedCfgFlags   *ebpf.Variable `ebpf:"unused_cfg_flags"`
-	UnusedContFlags  *ebpf.Variable `ebpf:"unused_cont_flags"`
-	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedDelivery   *ebpf.Variable `ebpf:"unused_delivery"`
-	UnusedLimits     *ebpf.Variable `ebpf:"unused_limits"`
-	UnusedLocalKind  *ebpf.Variable `ebpf:"unused_local_kind"`
-	UnusedMode       *ebpf.Variable `ebpf:"unused_mode"`
-	UnusedOwnerFlags *ebpf.Variable `ebpf:"unused_owner_flags"`
-	UnusedSkFlags    *ebpf.Variable `ebpf:"unused_sk_flags"`
-	UnusedSpecFlags  *ebpf.Variable `ebpf:"unused_spec_flags"`
+	UnusedCfgFlags    *ebpf.Variable `ebpf:"unused_cfg_flags"`
+	UnusedContFlags   *ebpf.Variable `ebpf:"unused_cont_flags"`
+	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedDelivery    *ebpf.Variable `ebpf:"unused_delivery"`
+	UnusedGroupLimits *ebpf.Variable `ebpf:"unused_group_limits"`
+	UnusedLimits      *ebpf.Variable `ebpf:"unused_limits"`
+	UnusedLocalKind   *ebpf.Variable `ebpf:"unused_local_kind"`
+	UnusedMode        *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedOwnerFlags  *ebpf.Variable `ebpf:"unused_owner_flags"`
+	UnusedSkFlags     *ebpf.Variable `ebpf:"unused_sk_flags"`
+	UnusedSpecFlags   *ebpf.Variable `ebpf:"unused_spec_flags"`
 }
 
 // sockvariantPrograms contains all programs after they have been loaded into the kernel.
@@ -338,6 +373,8 @@ type sockvariantPrograms struct {
 	L3Recvmsg6     *ebpf.Program `ebpf:"l3_recvmsg6"`
 	L3Sendmsg4     *ebpf.Program `ebpf:"l3_sendmsg4"`
 	L3Sendmsg6     *ebpf.Program `ebpf:"l3_sendmsg6"`
+	L3Setsockopt   *ebpf.Program `ebpf:"l3_setsockopt"`
+	L3SockRelease  *ebpf.Program `ebpf:"l3_sock_release"`
 }
 
 func (p *sockvariantPrograms) Close() error {
@@ -356,6 +393,8 @@ func (p *sockvariantPrograms) Close() error {
 		p.L3Recvmsg6,
 		p.L3Sendmsg4,
 		p.L3Sendmsg6,
+		p.L3Setsockopt,
+		p.L3SockRelease,
 	)
 }
 

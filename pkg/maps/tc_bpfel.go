@@ -54,9 +54,11 @@ type tcSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcProgramSpecs struct {
-	L3TcGuard  *ebpf.ProgramSpec `ebpf:"l3_tc_guard"`
-	L3TcUplink *ebpf.ProgramSpec `ebpf:"l3_tc_uplink"`
-	L3TcVeth   *ebpf.ProgramSpec `ebpf:"l3_tc_veth"`
+	L3TcGroup    *ebpf.ProgramSpec `ebpf:"l3_tc_group"`
+	L3TcGroupOut *ebpf.ProgramSpec `ebpf:"l3_tc_group_out"`
+	L3TcGuard    *ebpf.ProgramSpec `ebpf:"l3_tc_guard"`
+	L3TcUplink   *ebpf.ProgramSpec `ebpf:"l3_tc_uplink"`
+	L3TcVeth     *ebpf.ProgramSpec `ebpf:"l3_tc_veth"`
 }
 
 // tcMapSpecs contains maps before they are loaded into the kernel.
@@ -68,6 +70,7 @@ type tcMapSpecs struct {
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
 	L3Gen      *ebpf.MapSpec `ebpf:"l3_gen"`
+	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
@@ -108,6 +111,7 @@ type tcMaps struct {
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
 	L3Gen      *ebpf.Map `ebpf:"l3_gen"`
+	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
@@ -124,6 +128,7 @@ func (m *tcMaps) Close() error {
 		m.L3Counters,
 		m.L3Delivs,
 		m.L3Gen,
+		m.L3Listen,
 		m.L3Locals,
 		m.L3Mcasts,
 		m.L3Metas,
@@ -144,13 +149,17 @@ type tcVariables struct {
 //
 // It can be passed to loadTcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcPrograms struct {
-	L3TcGuard  *ebpf.Program `ebpf:"l3_tc_guard"`
-	L3TcUplink *ebpf.Program `ebpf:"l3_tc_uplink"`
-	L3TcVeth   *ebpf.Program `ebpf:"l3_tc_veth"`
+	L3TcGroup    *ebpf.Program `ebpf:"l3_tc_group"`
+	L3TcGroupOut *ebpf.Program `ebpf:"l3_tc_group_out"`
+	L3TcGuard    *ebpf.Program `ebpf:"l3_tc_guard"`
+	L3TcUplink   *ebpf.Program `ebpf:"l3_tc_uplink"`
+	L3TcVeth     *ebpf.Program `ebpf:"l3_tc_veth"`
 }
 
 func (p *tcPrograms) Close() error {
 	return _TcClose(
+		p.L3TcGroup,
+		p.L3TcGroupOut,
 		p.L3TcGuard,
 		p.L3TcUplink,
 		p.L3TcVeth,
