@@ -66,9 +66,9 @@ func (s *Set) Config() (Config, error) {
 	return Config{
 		NetnsCookie: v.NetnsCookie, Level: v.Level, Delivery: Delivery(v.Delivery),
 		UplinkIfindex: v.UplinkIfindex, CgroupRoot: cstr(v.Cgroot[:]), Uplink: cstr(v.Uplink[:]),
-		Dirty:    v.Flags&uint32(sockL3CfgFlagsL3CFG_DIRTY) != 0,
-		Forward4: v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD4) != 0,
-		Forward6: v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD6) != 0,
+		Dirty:       v.Flags&uint32(sockL3CfgFlagsL3CFG_DIRTY) != 0,
+		Forward4:    v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD4) != 0,
+		Forward6:    v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD6) != 0,
 		AcceptLocal: v.Flags&uint32(sockL3CfgFlagsL3CFG_ACCEPT_LOCAL) != 0,
 	}, nil
 }
