@@ -163,15 +163,15 @@ func NetnsPath(container string) string { return filepath.Join(NetnsDir, NetnsNa
 
 // HostIfName returns the name of the container's host-side veth. It is
 // "l3i-" + container when that fits in IFNAMSIZ-1 (15) characters; longer
-// names become "l3i-" + the first 5 characters + "-" + the first 5 hex digits
-// of the SHA-256 of the whole name. Two long names can collide (1 in 2^20);
+// names become "l3i-" + the first 2 characters + the first 9 hex digits
+// of the SHA-256 of the whole name. Two long names collide with odds of 1 in 2^36;
 // Create then fails and names the container holding the interface.
 func HostIfName(container string) string {
 	if len(HostIfPrefix)+len(container) <= maxIfNameLen {
 		return HostIfPrefix + container
 	}
 	sum := sha256.Sum256([]byte(container))
-	return HostIfPrefix + container[:5] + "-" + hex.EncodeToString(sum[:3])[:5]
+	return HostIfPrefix + container[:2] + hex.EncodeToString(sum[:5])[:9]
 }
 
 // ValidateName reports whether container is a valid container name.
