@@ -7,7 +7,8 @@
 #   make demo             a guided tour of the L3 rules, confined to its own netns,
 #                         cgroup and bpffs directory (needs root)
 #   make deps             runtime tools the tests need on a fresh Debian 12
-#   make bench / bench-quick
+#   make bench / bench-quick   l3iso bench: loopback, shared, bridge, bridge_ct, routed, direct
+#   make bench-hooks[-quick]   the socket-hook and control-plane cost benchmarks
 #   make clean
 #
 # The generated .go/.o files are committed, so `make build` and `make test`
@@ -22,7 +23,7 @@ GOTEST_TIMEOUT ?= 40m
 
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build generate check-generated test demo bench bench-quick deps clean
+.PHONY: all build generate check-generated test demo bench bench-quick bench-hooks bench-hooks-quick deps clean
 
 all: build
 
@@ -82,10 +83,20 @@ test:
 demo: build
 	bash examples/demo.sh $(BIN)
 
-bench:
+# l3iso bench (bench/engine): every topology, interleaved rounds, scaling
+# and control plane; Markdown on stdout, report.md, results.json,
+# details.json and chart.svg in bench/results/. Needs root.
+bench: build
+	$(BIN) bench --dir bench/results
+
+bench-quick: build
+	$(BIN) bench --quick --dir bench/results
+
+# The socket-hook and control-plane cost benchmarks (bench/*_test.go).
+bench-hooks:
 	$(GO) test -run '^$$' -bench . -count=1 ./bench/...
 
-bench-quick:
+bench-hooks-quick:
 	$(GO) test -run '^$$' -bench . -benchtime=1x -short -count=1 ./bench/...
 
 # Runtime tools the tests call: ip (iproute2), nsenter (util-linux),

@@ -1,0 +1,693 @@
+// Package engine is l3iso's network benchmark: it builds every topology in
+// private namespaces — loopback, shared-mode containers, and netns
+// containers behind l3iso's bridge (with and without conntrack), routed
+// and direct delivery — runs its own Go load generator through each
+// (udp_pps, tcp_rr with latency percentiles, tcp_crr, tcp_gbps),
+// configurations interleaved round-robin, and reports medians with min–max
+// and per-round ratios to loopback and to bridge. It also measures how the
+// figures change with 100 and 1,000 containers on the host, and the
+// control plane (up, container add, apply of 10,000 containers, down).
+//
+// `l3iso bench` and `make bench` run it; see bench/README.md for what is
+// measured and how to read it. It needs root. Everything it makes — network
+// namespaces, a cgroup subtree, a private bpffs mount — is its own and is
+// removed when Run returns, after a failure or an interrupt (cancel the
+// context) too. It never attaches at the machine's cgroup root and sends
+// traffic only inside the namespaces it made.
+//
+// The engine lives in bench/ beside the socket-hook benchmarks because it
+// is the project's measuring instrument, not part of the dataplane that
+// pkg/ holds; cmd/l3iso only parses flags and prints.
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options configure a run. The zero value is the full benchmark.
+type Options struct {
+	// Binary is the l3iso binary: it sets the installations up and is
+	// started as the load generator (it must call MaybeWorker). Default:
+	// this executable.
+	Binary string
+	// Quick selects the short defaults (make bench-quick).
+	Quick bool
+	// Rounds (default 15, quick 5) and RunTime, the duration of one run of
+	// one workload in one configuration (default 0.4 s, quick 0.25 s).
+	Rounds  int
+	RunTime time.Duration
+	// Scale are the container counts of the scaling runs (shared and
+	// direct). Default 100 and 1,000; set NoScale for none.
+	Scale   []int
+	NoScale bool
+	// ControlPlane is the number of containers of the control-plane apply
+	// (default 10,000); SkipControlPlane leaves that phase out.
+	ControlPlane     int
+	SkipControlPlane bool
+	// SkipCrossCheck leaves out iperf3 even where it is installed.
+	SkipCrossCheck bool
+	// Progress receives the live progress line (os.Stderr for a person).
+	Progress io.Writer
+	// RunID (6 hex digits; default random) is in the name of everything
+	// the run makes: namespaces l3b-bID-*, cgroup l3iso-bench-bID, and
+	// the containers' namespaces l3iso-ID[:4]…
+	RunID string
+}
+
+func (o *Options) defaults() error {
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find the l3iso binary: %w", err)
+		}
+		o.Binary = exe
+	}
+	// Many short rounds rather than few long ones: the runs a per-round
+	// ratio pairs are then seconds apart, not tens of seconds, and a burst
+	// of load from elsewhere spoils one round, not a whole configuration.
+	if o.Rounds == 0 {
+		o.Rounds = 15
+		if o.Quick {
+			o.Rounds = 5
+		}
+	}
+	if o.RunTime == 0 {
+		o.RunTime = 400 * time.Millisecond
+		if o.Quick {
+			o.RunTime = 250 * time.Millisecond
+		}
+	}
+	if o.Scale == nil && !o.NoScale {
+		o.Scale = []int{100, 1000}
+	}
+	if o.NoScale {
+		o.Scale = nil
+	}
+	if o.ControlPlane == 0 {
+		o.ControlPlane = 10_000
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	return nil
+}
+
+// scaledWorkloads are measured with 100 and 1,000 containers too: the
+// per-packet and the per-connection figure.
+var scaledWorkloads = map[string]bool{UDPPPS: true, TCPCRR: true}
+
+// target is one configuration under test with its two workers.
+type target struct {
+	config     string
+	containers int
+	server     place
+	client     place
+	srv, cli   *proc
+	broken     error // set when the warm-up failed: left out of the rounds
+}
+
+func (t *target) label() string {
+	if t.containers == 1 {
+		return t.config
+	}
+	return fmt.Sprintf("%s ×%d", t.config, t.containers)
+}
+
+// Run sets everything up, measures, tears everything down and returns the
+// report. Cancelling ctx (Ctrl-C in `l3iso bench`) stops the run; the
+// teardown still happens before Run returns.
+func Run(ctx context.Context, o Options) (rep *Report, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the benchmark needs root: it creates network namespaces, cgroups and a bpffs mount")
+	}
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	for _, tool := range []string{"ip", "nsenter"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return nil, fmt.Errorf("%s is needed (apt-get install iproute2 util-linux): %w", tool, err)
+		}
+	}
+	pr := newProgress(o.Progress)
+	machine := describeMachine()
+	if o.RunID != "" && (len(o.RunID) != 6 || strings.Trim(o.RunID, "0123456789abcdef") != "") {
+		return nil, fmt.Errorf("run id %q: want 6 hex digits", o.RunID)
+	}
+	w, err := newWorld(o.Binary, o.RunID)
+	defer func() {
+		pr.phase("tearing down")
+		if terr := w.teardown(); terr != nil {
+			err = errors.Join(err, terr)
+		}
+		pr.done()
+	}()
+	if err != nil {
+		return nil, err
+	}
+
+	unavailable := map[string]string{
+		BcastFanout: "broadcast delivery into containers (issue 4) is not in this build yet",
+	}
+	b := &bench{o: o, w: w, pr: pr, m: Measurements{}, failures: map[string]int{}}
+
+	// Topologies.
+	pr.phase("setting up the topologies")
+	var installs []*install
+	mk := func(tag, delivery string, ct bool, n int) (*install, error) {
+		pr.status("setting up %s (%d containers)", tag, n)
+		in, err := w.newInstall(ctx, tag, delivery, ct)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := in.populate(ctx, n); err != nil {
+			return nil, err
+		}
+		installs = append(installs, in)
+		return in, nil
+	}
+	cpuServer, cpuClient := -1, -1
+	if runtime.NumCPU() >= 2 {
+		cpuServer, cpuClient = 1, 0
+		machine.Pinning = "client (sender) pinned to CPU 0, server (receiver) to CPU 1, in every configuration"
+	} else {
+		machine.Pinning = "no CPU pinning (1 CPU)"
+	}
+	add := func(config string, n int, in *install) {
+		b.targets = append(b.targets, &target{config: config, containers: n, server: in.server(cpuServer), client: in.client(cpuClient)})
+	}
+	s1, err := mk("s1", "", false, 1)
+	if err != nil {
+		return nil, err
+	}
+	lo := place{w.unmanaged, s1.host, loopbackAddr, cpuServer}
+	loc := lo
+	loc.cpu = cpuClient
+	b.targets = append(b.targets, &target{config: Loopback, containers: 1, server: lo, client: loc})
+	add(Shared, 1, s1)
+	deliveries := []struct {
+		config, tag, delivery string
+		ct                    bool
+	}{{Bridge, "br", "bridge", false}, {BridgeCT, "bc", "bridge", true}, {Routed, "rt", "routed", false}, {Direct, "d1", "direct", false}}
+	for _, d := range deliveries {
+		if d.ct {
+			if _, err := exec.LookPath("nft"); err != nil {
+				unavailable[BridgeCT] = "nft (nftables) is not installed"
+				continue
+			}
+		}
+		in, err := mk(d.tag, d.delivery, d.ct, 1)
+		if err != nil {
+			return nil, err
+		}
+		if d.ct {
+			b.ct = in
+		}
+		add(d.config, 1, in)
+	}
+	for _, n := range o.Scale {
+		in, err := mk(fmt.Sprintf("s%d", n), "", false, n)
+		if err != nil {
+			return nil, err
+		}
+		add(Shared, n, in)
+		if in, err = mk(fmt.Sprintf("d%d", n), "direct", false, n); err != nil {
+			return nil, err
+		}
+		add(Direct, n, in)
+	}
+
+	// Workers.
+	for _, t := range b.targets {
+		pr.status("starting the load generator for %s", t.label())
+		if err := b.start(ctx, t); err != nil {
+			return nil, err
+		}
+	}
+
+	if err := b.measure(ctx); err != nil {
+		return nil, err
+	}
+	for _, t := range b.targets {
+		if t.broken != nil {
+			unavailable[t.label()] = "left out (its runs count as missing) after: " + t.broken.Error()
+		}
+	}
+	if b.ct != nil {
+		// Proof that bridge_ct's packets went through conntrack.
+		if n, err := b.ct.conntracked(ctx); err != nil || n == 0 {
+			unavailable[BridgeCT+" (check)"] = fmt.Sprintf("the conntrack rule counted %d packets (%v): bridge_ct may not be what it claims", n, err)
+		}
+	}
+	for what, n := range b.failures {
+		if _, broken := unavailable[strings.SplitN(what, " in ", 2)[1]]; !broken {
+			unavailable[what] = fmt.Sprintf("%d of %d runs failed (counted as missing)", n, o.Rounds)
+		}
+	}
+	var cross []Cross
+	if !o.SkipCrossCheck {
+		cross = b.crossCheck(ctx)
+	}
+	var ops []Op
+	var up Series
+	for _, in := range installs {
+		up = append(up, ms(in.up))
+	}
+	ops = append(ops, op(fmt.Sprintf("l3iso up (fresh; the %d installations above)", len(up)), up))
+	if !o.SkipControlPlane {
+		cp, err := b.controlPlane(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, cp...)
+	}
+	rep = Build(b.m, o.Rounds, machine, unavailable)
+	rep.RunSeconds = o.RunTime.Seconds()
+	rep.CrossCheck = cross
+	rep.ControlPlane = ops
+	return rep, nil
+}
+
+// loopbackAddr is where the loopback configuration's server listens.
+var loopbackAddr = mustAddr("127.0.0.1")
+
+// bench is one run in progress.
+type bench struct {
+	o        Options
+	w        *world
+	pr       *progress
+	targets  []*target
+	m        Measurements
+	failures map[string]int // runs that failed, by "workload in config"
+	ct       *install       // bridge_ct's installation
+}
+
+// start starts the target's server and then its client.
+func (b *bench) start(ctx context.Context, t *target) error {
+	var err error
+	if t.srv, err = b.w.startWorker(ctx, "load generator server ("+t.label()+")", "server", t.server); err != nil {
+		return err
+	}
+	var p ports
+	if err := t.srv.recv(ctx, 30*time.Second, &p); err != nil {
+		return err
+	}
+	pj, _ := json.Marshal(p)
+	t.cli, err = b.w.startWorker(ctx, "load generator client ("+t.label()+")", "client", t.client, envPorts+"="+string(pj))
+	return err
+}
+
+// runsOf lists the targets a workload runs in.
+func (b *bench) runsOf(workload string) []*target {
+	var out []*target
+	for _, t := range b.targets {
+		if t.containers == 1 || scaledWorkloads[workload] {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// workloads are the measured workloads, in the order of a round.
+var measured = []string{UDPPPS, TCPRR, TCPCRR, TCPGbps}
+
+// measure runs the warm-up and the rounds.
+func (b *bench) measure(ctx context.Context) error {
+	total := 0
+	for _, w := range measured {
+		total += len(b.runsOf(w))
+	}
+	d := b.o.RunTime
+	b.pr.phase(fmt.Sprintf("warm-up, then %d rounds × %d runs of %v", b.o.Rounds, total, d))
+	for _, w := range measured {
+		for _, t := range b.runsOf(w) {
+			if t.broken != nil {
+				continue
+			}
+			b.pr.status("warm-up · %s · %s", w, t.label())
+			// At least 200 ms: the first packets of a path wait for ARP,
+			// and a receiver that is not scheduled in a short window
+			// counts nothing.
+			if _, err := b.runOnce(ctx, t, w, max(d/2, 200*time.Millisecond)); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				// A configuration that carries no traffic is reported,
+				// loudly, and the others are still measured.
+				t.broken = err
+				b.pr.phase(fmt.Sprintf("%s does not work, left out: %v", t.label(), err))
+			}
+		}
+	}
+	start, done := time.Now(), 0
+	for r := 0; r < b.o.Rounds; r++ {
+		for _, w := range measured {
+			ts := b.runsOf(w)
+			for k := range ts {
+				t := ts[(k+r)%len(ts)] // rotate the order every round
+				left := "…"
+				if done > 0 {
+					left = (time.Since(start) / time.Duration(done) * time.Duration(b.o.Rounds*total-done)).Round(time.Second).String()
+				}
+				b.pr.status("round %d/%d · %s · %s · run %d/%d · ~%s left", r+1, b.o.Rounds, w, t.label(), done+1, b.o.Rounds*total, left)
+				var vals map[string]float64
+				var err error
+				if t.broken == nil {
+					vals, err = b.runOnce(ctx, t, w, d)
+				}
+				if t.broken != nil {
+					err = t.broken
+				}
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					// NaN keeps the rounds aligned for the per-round ratios.
+					vals = map[string]float64{}
+					for _, name := range figures[w] {
+						vals[name] = math.NaN()
+					}
+					b.failures[fmt.Sprintf("%s in %s", w, t.label())]++
+					if t.broken == nil {
+						// Its workers may still answer the failed run
+						// later: leave the configuration out from here on.
+						b.pr.phase(fmt.Sprintf("round %d: %s in %s failed, left out from here on: %v", r+1, w, t.label(), err))
+						t.broken = err
+					}
+				}
+				for name, v := range vals {
+					k := Key{t.config, name, t.containers}
+					b.m[k] = append(b.m[k], v)
+				}
+				done++
+			}
+		}
+	}
+	return nil
+}
+
+// figures are the names a workload's run produces.
+var figures = map[string][]string{
+	UDPPPS: {UDPPPS}, TCPRR: {TCPRR, tcpRRP50, TCPRRP99, tcpRRP999}, TCPCRR: {TCPCRR}, TCPGbps: {TCPGbps},
+}
+
+// runOnce runs workload w in t for d and returns its figures by name.
+// Stream workloads (udp_pps, tcp_gbps) are measured at the receiver:
+// counters read 20 % and 80 % into the sender's run, so start-up and
+// wind-down stay out of the window. Transactional ones are measured by the
+// client.
+func (b *bench) runOnce(ctx context.Context, t *target, w string, d time.Duration) (map[string]float64, error) {
+	if err := t.cli.send(fmt.Sprintf("%s %d", w, d.Nanoseconds())); err != nil {
+		return nil, err
+	}
+	var s1, s2 snap
+	stream := w == UDPPPS || w == TCPGbps
+	if stream {
+		for i, s := range []*snap{&s1, &s2} {
+			wait := d / 5
+			if i == 1 {
+				wait = d * 3 / 5
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(wait):
+			}
+			if err := t.srv.send("snap"); err != nil {
+				return nil, err
+			}
+			if err := t.srv.recv(ctx, 30*time.Second, s); err != nil {
+				return nil, err
+			}
+		}
+	}
+	var res runResult
+	if err := t.cli.recv(ctx, d+60*time.Second, &res); err != nil {
+		return nil, err
+	}
+	if res.Error != "" {
+		return nil, fmt.Errorf("%s in %s: %s", w, t.label(), res.Error)
+	}
+	win := float64(s2.Ns - s1.Ns)
+	switch w {
+	case UDPPPS:
+		if s2.UDP == s1.UDP {
+			return nil, fmt.Errorf("udp_pps in %s: no datagram arrived (%d sent)", t.label(), res.Ops)
+		}
+		return map[string]float64{UDPPPS: float64(s2.UDP-s1.UDP) / win * 1e9}, nil
+	case TCPGbps:
+		return map[string]float64{TCPGbps: float64(s2.Stream-s1.Stream) * 8 / win}, nil
+	case TCPRR:
+		return map[string]float64{
+			TCPRR:     float64(res.Ops) / float64(res.Ns) * 1e9,
+			tcpRRP50:  float64(res.P50) / 1e3,
+			TCPRRP99:  float64(res.P99) / 1e3,
+			tcpRRP999: float64(res.P999) / 1e3,
+		}, nil
+	case TCPCRR:
+		return map[string]float64{TCPCRR: float64(res.Ops) / float64(res.Ns) * 1e9}, nil
+	}
+	return nil, fmt.Errorf("unknown workload %q", w)
+}
+
+// crossCheck measures tcp_gbps once per main configuration with iperf3,
+// if it is installed, with the same placement and pinning. Failures are
+// reported in the progress output and leave the cell empty.
+func (b *bench) crossCheck(ctx context.Context) []Cross {
+	iperf, err := exec.LookPath("iperf3")
+	if err != nil {
+		return nil
+	}
+	var out []Cross
+	secs := max(1, int(math.Ceil(b.o.RunTime.Seconds())))
+	for _, t := range b.targets {
+		if t.containers != 1 || t.broken != nil {
+			continue
+		}
+		b.pr.status("cross-check · iperf3 · %s", t.label())
+		v, err := b.iperf(ctx, iperf, t, secs)
+		if err != nil {
+			b.pr.phase(fmt.Sprintf("cross-check with iperf3 in %s failed: %v", t.label(), err))
+			continue
+		}
+		out = append(out, Cross{Config: t.config, Workload: TCPGbps, Tool: "iperf3", Value: v, Unit: "Gbit/s"})
+	}
+	return out
+}
+
+func (b *bench) iperf(ctx context.Context, iperf string, t *target, secs int) (float64, error) {
+	const port = "5299"
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
+	defer cancel()
+	srv, release, err := command(ctx, t.server.cgroup, t.server.netns, iperf, "-s", "-1", "-B", t.server.addr.String(), "-p", port, fmt.Sprintf("-A%d", max(t.server.cpu, 0)))
+	if err != nil {
+		return 0, err
+	}
+	defer release()
+	if err := srv.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	var lastErr error
+	for try := 0; try < 20; try++ {
+		time.Sleep(100 * time.Millisecond)
+		cli, rel, err := command(ctx, t.client.cgroup, t.client.netns, iperf, "-c", t.client.addr.String(), "-p", port, "-t", fmt.Sprint(secs), "-J", fmt.Sprintf("-A%d", max(t.client.cpu, 0)))
+		if err != nil {
+			return 0, err
+		}
+		outb, err := cli.Output()
+		rel()
+		var res struct {
+			End struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+			Error string `json:"error"`
+		}
+		if jerr := json.Unmarshal(outb, &res); jerr == nil && res.Error == "" && res.End.SumReceived.BitsPerSecond > 0 {
+			return res.End.SumReceived.BitsPerSecond / 1e9, nil
+		}
+		lastErr = fmt.Errorf("iperf3 client: %v %s %s", err, res.Error, strings.TrimSpace(string(outb[:min(len(outb), 200)])))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return 0, lastErr
+}
+
+// controlPlane times the l3iso binary as an operator runs it, in an
+// installation of its own (direct delivery, so netns containers get TC
+// programs): container add in shared and netns mode, apply of an
+// o.ControlPlane-container policy (from none, and again unchanged), and
+// down with all of them registered.
+func (b *bench) controlPlane(ctx context.Context) ([]Op, error) {
+	b.pr.phase("control plane")
+	in, err := b.w.newInstall(ctx, "cp", "direct", false)
+	if err != nil {
+		return nil, err
+	}
+	const adds = 10
+	var shared, netns Series
+	for i := 1; i <= adds; i++ {
+		b.pr.status("control plane · container add %d/%d", i, adds)
+		d, err := in.l3iso(ctx, "container", "add", fmt.Sprintf("cps%02d", i), "--addr", nthAddr(mustAddr("10.81.0.0"), i).String())
+		if err != nil {
+			return nil, err
+		}
+		shared = append(shared, ms(d))
+		d, err = in.l3iso(ctx, "container", "add", fmt.Sprintf("%sn%03d", in.namePrefix(), i), "--mode", "netns", "--addr", nthAddr(mustAddr("10.79.0.0"), i).String())
+		if err != nil {
+			return nil, err
+		}
+		netns = append(netns, ms(d))
+	}
+	empty, err := in.policy(0, "shared")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := in.l3iso(ctx, "apply", "-f", empty); err != nil {
+		return nil, err
+	}
+	n := b.o.ControlPlane
+	b.pr.status("control plane · apply of %d containers", n)
+	p, err := in.policy(n, "shared")
+	if err != nil {
+		return nil, err
+	}
+	apply, err := in.l3iso(ctx, "apply", "-f", p)
+	if err != nil {
+		return nil, err
+	}
+	b.pr.status("control plane · the same apply again")
+	again, err := in.l3iso(ctx, "apply", "-f", p)
+	if err != nil {
+		return nil, err
+	}
+	b.pr.status("control plane · down with %d containers", n)
+	down, err := in.l3iso(ctx, "down")
+	if err != nil {
+		return nil, err
+	}
+	return []Op{
+		op(fmt.Sprintf("container add, shared (%d adds)", adds), shared),
+		op(fmt.Sprintf("container add --mode netns (%d adds)", adds), netns),
+		op(fmt.Sprintf("apply of %d shared containers, from 0", n), Series{ms(apply)}),
+		op(fmt.Sprintf("apply of the same %d again (no change)", n), Series{ms(again)}),
+		op(fmt.Sprintf("down with %d containers registered", n), Series{ms(down)}),
+	}, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func op(name string, s Series) Op {
+	return Op{Operation: name, N: len(s), MedianMs: s.Median(), MinMs: s.Min(), MaxMs: s.Max()}
+}
+
+// describeMachine fills in the machine line.
+func describeMachine() Machine {
+	var u unix.Utsname
+	unix.Uname(&u)
+	m := Machine{
+		CPUs:   runtime.NumCPU(),
+		Kernel: unix.ByteSliceToString(u.Release[:]),
+		Go:     runtime.Version(),
+		Date:   time.Now().UTC().Format("2006-01-02 15:04 UTC"),
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/etc/os-release"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "PRETTY_NAME="); ok {
+				m.OS = strings.Trim(v, `"`)
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		f := strings.Fields(string(b))
+		if len(f) >= 3 {
+			m.Load = strings.Join(f[:3], " ")
+		}
+	}
+	return m
+}
+
+// progress is the live progress line: rewritten in place on a terminal,
+// one line per phase otherwise.
+type progress struct {
+	w   io.Writer
+	tty bool
+}
+
+func newProgress(w io.Writer) *progress {
+	p := &progress{w: w}
+	if f, ok := w.(*os.File); ok {
+		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+		p.tty = err == nil
+	}
+	return p
+}
+
+func (p *progress) status(format string, args ...any) {
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K%s", fmt.Sprintf(format, args...))
+	}
+}
+
+func (p *progress) phase(msg string) {
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K")
+	}
+	fmt.Fprintf(p.w, "l3iso bench: %s\n", msg)
+}
+
+func (p *progress) done() {
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K")
+	}
+}
+
+// WriteFiles writes the Markdown report, the details JSON and the SVG
+// chart into dir (bench/results by default in `make bench`).
+func (r *Report) WriteFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for name, write := range map[string]func(io.Writer) error{
+		"report.md":    r.WriteMarkdown,
+		"details.json": r.WriteDetails,
+		"results.json": r.WriteJSON,
+		"chart.svg":    r.WriteSVG,
+	} {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		err = write(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %w", filepath.Join(dir, name), err)
+		}
+	}
+	return nil
+}

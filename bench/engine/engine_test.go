@@ -1,0 +1,125 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/l3iso/l3iso/internal/sockprobe"
+	"github.com/l3iso/l3iso/pkg/cgroup"
+)
+
+// leftovers lists what the run with id could have left behind: its
+// network namespaces (l3b-bID-*, and the containers' l3iso-ID[:4]…) and
+// its cgroup subtree. Only its own: other sessions may run this test at
+// the same time on the same machine.
+func leftovers(t *testing.T, id string) []string {
+	t.Helper()
+	var out []string
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "l3b-b"+id+"-") || strings.HasPrefix(e.Name(), "l3iso-"+id[:4]) {
+			out = append(out, "netns "+e.Name())
+		}
+	}
+	mount, err := cgroup.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(mount, "l3iso-bench-b"+id)); err == nil {
+		out = append(out, "cgroup "+filepath.Join(mount, "l3iso-bench-b"+id))
+	}
+	return out
+}
+
+func runID() string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// TestSmoke runs the whole engine with tiny durations — every topology,
+// the scaling runs (with 3 containers instead of 100 and 1,000), the
+// control plane (20 containers instead of 10,000) — and checks that every
+// configuration carried traffic and that nothing is left behind. It says
+// nothing about performance.
+func TestSmoke(t *testing.T) {
+	sockprobe.RequirePrivileged(t)
+	if _, err := exec.LookPath("nsenter"); err != nil {
+		t.Fatalf("nsenter (util-linux) is needed: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "l3iso")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/l3iso/l3iso/cmd/l3iso").CombinedOutput(); err != nil {
+		t.Fatalf("go build cmd/l3iso: %v\n%s", err, out)
+	}
+	id := runID()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	rep, err := Run(ctx, Options{
+		Binary: bin, Rounds: 2, RunTime: 100 * time.Millisecond,
+		Scale: []int{3}, ControlPlane: 20, SkipCrossCheck: true, Progress: &progress, RunID: id,
+	})
+	for _, l := range leftovers(t, id) {
+		t.Errorf("left behind: %s", l)
+	}
+	if err != nil {
+		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
+	}
+	for _, r := range rep.Results {
+		if r.Workload == BcastFanout {
+			continue
+		}
+		if r.Median == nil || *r.Median <= 0 {
+			t.Errorf("%s %s: nothing measured", r.Config, r.Workload)
+		}
+	}
+	for _, s := range rep.Scaling {
+		if s.Median == nil {
+			t.Errorf("%s %s with %d containers: nothing measured", s.Config, s.Workload, s.Containers)
+		}
+	}
+	if len(rep.Scaling) != 8 {
+		t.Errorf("%d scaling figures, want 8 (shared and direct × udp_pps and tcp_crr × 1 and 3 containers)", len(rep.Scaling))
+	}
+	if len(rep.ControlPlane) != 6 {
+		t.Errorf("control plane: %+v, want 6 operations", rep.ControlPlane)
+	}
+	for _, u := range rep.Unavailable {
+		if !strings.HasPrefix(u, BcastFanout) {
+			t.Errorf("not measured: %s", u)
+		}
+	}
+	if t.Failed() {
+		var md bytes.Buffer
+		rep.WriteMarkdown(&md)
+		t.Logf("progress:\n%s\nreport:\n%s", progress.String(), md.String())
+	}
+}
+
+// Cancelling the context (what Ctrl-C does in `l3iso bench`) stops the
+// run and still removes everything.
+func TestCancel(t *testing.T) {
+	sockprobe.RequirePrivileged(t)
+	bin := filepath.Join(t.TempDir(), "l3iso")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/l3iso/l3iso/cmd/l3iso").CombinedOutput(); err != nil {
+		t.Fatalf("go build cmd/l3iso: %v\n%s", err, out)
+	}
+	id := runID()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(3*time.Second, cancel) // in the middle of the setup or the rounds
+	_, err := Run(ctx, Options{Binary: bin, Rounds: 50, RunTime: 100 * time.Millisecond, NoScale: true, SkipControlPlane: true, SkipCrossCheck: true, RunID: id})
+	if err == nil {
+		t.Error("Run after cancel: no error")
+	}
+	for _, l := range leftovers(t, id) {
+		t.Errorf("left behind after cancel: %s", l)
+	}
+}

@@ -1,0 +1,203 @@
+package engine
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestSeries(t *testing.T) {
+	nan := math.NaN()
+	tests := []struct {
+		name             string
+		s                Series
+		median, min, max float64
+	}{
+		{"odd", Series{3, 1, 2}, 2, 1, 3},
+		{"even", Series{4, 1, 3, 2}, 2.5, 1, 4},
+		{"a failed round is left out", Series{1, nan, 3}, 2, 1, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.s.Median(); got != tt.median {
+				t.Errorf("Median = %v, want %v", got, tt.median)
+			}
+			if got := tt.s.Min(); got != tt.min {
+				t.Errorf("Min = %v, want %v", got, tt.min)
+			}
+			if got := tt.s.Max(); got != tt.max {
+				t.Errorf("Max = %v, want %v", got, tt.max)
+			}
+		})
+	}
+	if !math.IsNaN(Series{}.Median()) {
+		t.Error("median of nothing must be NaN (null in JSON), not 0")
+	}
+}
+
+// Ratios are taken round by round, then their median: not the ratio of
+// the medians.
+func TestRatiosPerRound(t *testing.T) {
+	a := Series{10, 20, 30}
+	b := Series{10, 40, 10}
+	r := Ratios(a, b)
+	if want := (Series{1, 0.5, 3}); !slices.Equal(r, want) {
+		t.Fatalf("Ratios = %v, want %v", r, want)
+	}
+	if got := r.Median(); got != 1 {
+		t.Errorf("median of per-round ratios = %v, want 1 (the ratio of medians would be %v)", got, a.Median()/b.Median())
+	}
+	r = Ratios(Series{1, 2}, Series{math.NaN(), 0})
+	if !math.IsNaN(r[0]) || !math.IsNaN(r[1]) {
+		t.Errorf("a missing round or a zero must give NaN, got %v", r)
+	}
+}
+
+func TestOverlap(t *testing.T) {
+	tests := []struct {
+		a, b Series
+		want bool
+	}{
+		{Series{1, 2}, Series{3, 4}, false},
+		{Series{1, 3}, Series{3, 4}, true}, // touching counts as overlapping
+		{Series{1, 5}, Series{2, 3}, true}, // one inside the other
+		{Series{10, 11}, Series{1, 2}, false},
+		{Series{}, Series{1}, true}, // nothing measured: no difference shown
+	}
+	for _, tt := range tests {
+		if got := Overlap(tt.a, tt.b); got != tt.want {
+			t.Errorf("Overlap(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+// fixture is a run in which direct is clearly faster than bridge, shared
+// overlaps loopback, and bridge_ct was not measured.
+func fixture() *Report {
+	m := Measurements{}
+	set := func(c, w string, n int, v ...float64) { m[Key{c, w, n}] = v }
+	for _, w := range []string{UDPPPS, TCPRR, TCPCRR, TCPGbps, TCPRRP99, tcpRRP50, tcpRRP999} {
+		set(Loopback, w, 1, 100, 110, 90, 100, 105)
+		set(Shared, w, 1, 98, 109, 91, 97, 104)
+		set(Bridge, w, 1, 60, 66, 54, 60, 63)
+		set(Routed, w, 1, 70, 77, 63, 70, 73)
+		set(Direct, w, 1, 92, 101, 83, 92, 96)
+	}
+	set(Direct, UDPPPS, 1000, 91, 100, 84, 92, 95)
+	return Build(m, 5, Machine{CPUs: 2}, map[string]string{BcastFanout: "not built", BridgeCT: "no nft"})
+}
+
+func find(t *testing.T, rs []Result, config, workload string) Result {
+	t.Helper()
+	for _, r := range rs {
+		if r.Config == config && r.Workload == workload {
+			return r
+		}
+	}
+	t.Fatalf("no result for %s %s", config, workload)
+	return Result{}
+}
+
+func TestBuild(t *testing.T) {
+	r := fixture()
+	d := find(t, r.Results, Direct, UDPPPS)
+	if *d.Median != 92 || *d.Min != 83 || *d.Max != 101 || d.Unit != "pps" {
+		t.Errorf("direct udp_pps = %v (%v–%v) %s, want 92 (83–101) pps", *d.Median, *d.Min, *d.Max, d.Unit)
+	}
+	// Per round: 92/100, 101/110, 83/90, 92/100, 96/105 → median 0.92.
+	if math.Abs(*d.VsLoopback-0.92) > 1e-9 {
+		t.Errorf("direct vs_loopback = %v, want 0.92", *d.VsLoopback)
+	}
+	if math.Abs(*d.VsBridge-92.0/60) > 0.01 {
+		t.Errorf("direct vs_bridge = %v, want ~1.53", *d.VsBridge)
+	}
+	if b := find(t, r.Results, BridgeCT, UDPPPS); b.Median != nil || b.VsLoopback != nil {
+		t.Errorf("unmeasured bridge_ct must be null, got %+v", b)
+	}
+	if len(r.Scaling) != 2 || r.Scaling[1].Containers != 1000 || r.Scaling[1].DifferenceShown {
+		t.Errorf("scaling = %+v, want direct udp_pps at 1 and 1000, no difference shown", r.Scaling)
+	}
+
+	var md bytes.Buffer
+	if err := r.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"| udp_pps | shared | 98 (91–109) pps | 0.99× [0.97–1.01] (no difference shown) |", // ranges overlap
+		"| udp_pps | direct | 92 (83–101) pps | 0.92× [0.91–0.92] (no difference shown) | **1.53×** [1.52–1.54] |",
+		"| udp_pps | bridge_ct | not available |",
+		"| direct ≥ 1.25× bridge in udp_pps | 1.533 | met |",
+		"| direct ≥ 0.90× loopback in udp_pps | 0.920 | met — min–max ranges of direct and loopback overlap: no difference shown |",
+		"| shared ≥ 0.97× loopback in udp_pps | 0.990 | met — ",
+		"| direct udp_pps: 1,000 containers within 5% of 1 |",
+		"- bcast_fanout: not built",
+		"| direct tcp_rr p99 no worse than bridge | 1.533 | missed |", // latency: higher is worse
+	} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("Markdown lacks %q:\n%s", want, md.String())
+		}
+	}
+	var svg bytes.Buffer
+	if err := r.WriteSVG(&svg); err != nil || !strings.HasPrefix(svg.String(), "<svg") || !strings.Contains(svg.String(), "direct udp_pps: 0.920× loopback") {
+		t.Errorf("SVG: %v\n%.300s", err, svg.String())
+	}
+}
+
+// The -o json shape is a documented contract: exactly these keys, every
+// configuration × workload, nulls for what was not measured.
+func TestStableJSONShape(t *testing.T) {
+	var buf bytes.Buffer
+	if err := fixture().WriteJSON(&buf); err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(buf.Bytes(), &top); err != nil {
+		t.Fatal(err)
+	}
+	if keys := slices.Sorted(mapKeysOf(top)); !slices.Equal(keys, []string{"machine", "results", "rounds"}) {
+		t.Fatalf("top-level keys = %v, want machine, results, rounds", keys)
+	}
+	var rounds int
+	json.Unmarshal(top["rounds"], &rounds)
+	if rounds != 5 {
+		t.Errorf("rounds = %d, want 5", rounds)
+	}
+	var results []map[string]any
+	if err := json.Unmarshal(top["results"], &results); err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != len(Configs)*len(Workloads) {
+		t.Fatalf("%d results, want %d (every config × workload)", len(results), len(Configs)*len(Workloads))
+	}
+	want := []string{"config", "max", "median", "min", "unit", "vs_bridge", "vs_loopback", "workload"}
+	seen := map[string]bool{}
+	for _, r := range results {
+		if keys := slices.Sorted(mapKeysOf(r)); !slices.Equal(keys, want) {
+			t.Fatalf("result keys = %v, want %v", keys, want)
+		}
+		seen[r["config"].(string)+"/"+r["workload"].(string)] = true
+		if r["workload"] == BcastFanout && r["median"] != nil {
+			t.Errorf("bcast_fanout must be null until it is measured: %v", r)
+		}
+	}
+	for _, c := range []string{"loopback", "shared", "bridge", "bridge_ct", "routed", "direct"} {
+		for _, w := range []string{"udp_pps", "tcp_rr", "tcp_rr_p99_us", "tcp_crr", "tcp_gbps", "bcast_fanout"} {
+			if !seen[c+"/"+w] {
+				t.Errorf("no result for %s/%s", c, w)
+			}
+		}
+	}
+}
+
+func mapKeysOf[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}

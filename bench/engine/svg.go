@@ -1,0 +1,88 @@
+package engine
+
+import (
+	"fmt"
+	"html"
+	"io"
+	"math"
+	"net/netip"
+	"strings"
+)
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// chartColors per configuration, in Configs order.
+var chartColors = []string{"#4d4d4d", "#8c6bb1", "#e6550d", "#a63603", "#3182bd", "#31a354"}
+
+// WriteSVG draws the throughput workloads as grouped bars: the median of
+// each configuration relative to loopback's median, with whiskers from the
+// minimum to the maximum over rounds (on the same scale).
+func (r *Report) WriteSVG(w io.Writer) error {
+	groups := []string{UDPPPS, TCPRR, TCPCRR, TCPGbps}
+	const (
+		width, height          = 960, 440
+		left, right, top, bott = 60, 20, 50, 90
+	)
+	plotW, plotH := float64(width-left-right), float64(height-top-bott)
+	type bar struct{ med, lo, hi float64 }
+	bars := make([][]bar, len(groups))
+	ymax := 1.2
+	for g, wl := range groups {
+		base := r.series(Loopback, wl, 1).Median()
+		for _, c := range Configs {
+			s := r.series(c, wl, 1)
+			b := bar{s.Median() / base, s.Min() / base, s.Max() / base}
+			if !math.IsNaN(b.hi) && b.hi > ymax {
+				ymax = b.hi
+			}
+			bars[g] = append(bars[g], b)
+		}
+	}
+	ymax = math.Ceil(ymax*4) / 4
+	y := func(v float64) float64 { return float64(top) + plotH*(1-v/ymax) }
+
+	var s strings.Builder
+	fmt.Fprintf(&s, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
+	fmt.Fprintf(&s, `<rect width="%d" height="%d" fill="white"/>`+"\n", width, height)
+	fmt.Fprintf(&s, `<text x="%d" y="22" font-size="15" font-weight="bold">l3iso bench: throughput relative to loopback (median of %d rounds; whiskers: min–max)</text>`+"\n", left, r.Rounds)
+	fmt.Fprintf(&s, `<text x="%d" y="40" fill="#555">%s</text>`+"\n", left, html.EscapeString(r.Machine.String()))
+	for v := 0.0; v <= ymax+1e-9; v += 0.25 {
+		stroke := "#e0e0e0"
+		if v == 1 {
+			stroke = "#888"
+		}
+		fmt.Fprintf(&s, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="%s"/>`+"\n", left, width-right, y(v), y(v), stroke)
+		fmt.Fprintf(&s, `<text x="%d" y="%.1f" text-anchor="end" fill="#555">%.2f×</text>`+"\n", left-6, y(v)+4, v)
+	}
+	gw := plotW / float64(len(groups))
+	bw := gw * 0.8 / float64(len(Configs))
+	for g, wl := range groups {
+		x0 := float64(left) + gw*float64(g) + gw*0.1
+		for c, b := range bars[g] {
+			x := x0 + bw*float64(c)
+			if math.IsNaN(b.med) {
+				fmt.Fprintf(&s, `<text x="%.1f" y="%.1f" text-anchor="middle" fill="#999" font-size="10">n/a</text>`+"\n", x+bw/2, y(0)-4)
+				continue
+			}
+			fmt.Fprintf(&s, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %.3f× loopback (%.3f–%.3f)</title></rect>`+"\n",
+				x+1, y(b.med), bw-2, y(0)-y(b.med), chartColors[c], Configs[c], wl, b.med, b.lo, b.hi)
+			cx := x + bw/2
+			fmt.Fprintf(&s, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/>`+"\n", cx, cx, y(b.lo), y(b.hi))
+			for _, v := range []float64{b.lo, b.hi} {
+				fmt.Fprintf(&s, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/>`+"\n", cx-bw/4, cx+bw/4, y(v), y(v))
+			}
+		}
+		unit := units[wl]
+		base := r.series(Loopback, wl, 1).Median()
+		fmt.Fprintf(&s, `<text x="%.1f" y="%d" text-anchor="middle" font-weight="bold">%s</text>`+"\n", x0+gw*0.4, height-bott+18, wl)
+		fmt.Fprintf(&s, `<text x="%.1f" y="%d" text-anchor="middle" fill="#555">loopback = %s %s</text>`+"\n", x0+gw*0.4, height-bott+34, fmtVal(base, unit), unit)
+	}
+	lx := float64(left)
+	for c, name := range Configs {
+		fmt.Fprintf(&s, `<rect x="%.1f" y="%d" width="12" height="12" fill="%s"/><text x="%.1f" y="%d">%s</text>`+"\n", lx, height-28, chartColors[c], lx+16, height-18, name)
+		lx += 130
+	}
+	s.WriteString("</svg>\n")
+	_, err := io.WriteString(w, s.String())
+	return err
+}

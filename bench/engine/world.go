@@ -1,0 +1,528 @@
+package engine
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/cgroup"
+	"github.com/l3iso/l3iso/pkg/veth"
+)
+
+// commandTimeout bounds one setup or teardown command (an l3iso apply of
+// 10,000 containers included).
+const commandTimeout = 5 * time.Minute
+
+// world is one benchmark run's private environment: a cgroup subtree, a
+// bpffs mount, a temporary directory, and the network namespaces and l3iso
+// installations made in them. Everything made is recorded on an undo stack
+// the moment it exists; teardown runs it in reverse, also after a failure
+// or an interrupt.
+type world struct {
+	bin       string // the l3iso binary (also the worker)
+	id        string // random, in every name this run makes
+	top       string // the run's cgroup subtree
+	unmanaged string // a cgroup below top that no l3iso installation covers
+	mnt       string // the private bpffs mount
+	tmp       string // policies
+
+	installs []*install
+
+	mu   sync.Mutex
+	undo []undoStep
+}
+
+type undoStep struct {
+	what string
+	fn   func() error
+}
+
+// onTeardown records fn to run at teardown (last recorded, first run).
+func (w *world) onTeardown(what string, fn func() error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.undo = append(w.undo, undoStep{what, fn})
+}
+
+// teardown runs the undo stack and returns every failure; it goes on after
+// one, so a failed step leaves as little as possible behind.
+func (w *world) teardown() error {
+	w.mu.Lock()
+	steps := w.undo
+	w.undo = nil
+	w.mu.Unlock()
+	var errs []error
+	for i := len(steps) - 1; i >= 0; i-- {
+		if err := steps[i].fn(); err != nil {
+			errs = append(errs, fmt.Errorf("teardown: %s: %w", steps[i].what, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// newWorld makes the cgroup subtree, the bpffs mount and the temp dir.
+func newWorld(bin, id string) (*world, error) {
+	if id == "" {
+		b := make([]byte, 3)
+		rand.Read(b)
+		id = hex.EncodeToString(b)
+	}
+	w := &world{bin: bin, id: "b" + id}
+	mount, err := cgroup.Mount()
+	if err != nil {
+		return w, err
+	}
+	w.top = filepath.Join(mount, "l3iso-bench-"+w.id)
+	if err := cgroup.Create(w.top); err != nil {
+		return w, err
+	}
+	w.onTeardown("remove cgroup "+w.top, func() error { return cgroup.Remove(w.top) })
+	w.unmanaged = filepath.Join(w.top, "unmanaged")
+	if err := cgroup.Create(w.unmanaged); err != nil {
+		return w, err
+	}
+	if w.tmp, err = os.MkdirTemp("", "l3iso-bench-"); err != nil {
+		return w, err
+	}
+	w.onTeardown("remove "+w.tmp, func() error { return os.RemoveAll(w.tmp) })
+	w.mnt = filepath.Join(w.tmp, "bpffs")
+	if err := os.Mkdir(w.mnt, 0o700); err != nil {
+		return w, err
+	}
+	if err := unix.Mount("bpf", w.mnt, "bpf", 0, "mode=0700"); err != nil {
+		return w, fmt.Errorf("mount a private bpffs at %s: %w", w.mnt, err)
+	}
+	w.onTeardown("unmount "+w.mnt, func() error { return unix.Unmount(w.mnt, unix.MNT_DETACH) })
+	return w, nil
+}
+
+// command prepares name with args to run in place (cgroup and netns; either
+// may be empty). Every child gets its own process group: a Ctrl-C at the
+// terminal reaches only the benchmark, which then stops its children in
+// order and cleans up.
+func command(ctx context.Context, cg, netns, name string, args ...string) (*exec.Cmd, func(), error) {
+	if netns != "" {
+		args = append([]string{"--net=" + netns, "--", name}, args...)
+		name = "nsenter"
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 5 * time.Second
+	release := func() {}
+	if cg != "" {
+		fd, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open cgroup %s: %w", cg, err)
+		}
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
+		release = func() { unix.Close(fd) }
+	}
+	return cmd, release, nil
+}
+
+// run runs a setup or teardown command and returns its combined output.
+func run(ctx context.Context, netns, name string, args ...string) (string, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
+	defer cancel()
+	cmd, release, err := command(ctx, "", netns, name, args...)
+	if err != nil {
+		return "", 0, err
+	}
+	defer release()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err = cmd.Run()
+	d := time.Since(start)
+	if err != nil {
+		where := ""
+		if netns != "" {
+			where = " (in netns " + netns + ")"
+		}
+		// %v, not %w: an *exec.ExitError in the chain would make the
+		// l3iso CLI exit with the child's status and print nothing.
+		return out.String(), d, fmt.Errorf("%s %s%s: %v: %s", name, strings.Join(args, " "), where, err, strings.TrimSpace(out.String()))
+	}
+	return out.String(), d, nil
+}
+
+// newNetns creates the named network namespace l3b-ID-TAG with lo up and
+// returns its path.
+func (w *world) newNetns(ctx context.Context, tag string) (string, error) {
+	name := "l3b-" + w.id + "-" + tag
+	if _, _, err := run(ctx, "", "ip", "netns", "add", name); err != nil {
+		return "", err
+	}
+	w.onTeardown("delete netns "+name, func() error {
+		_, _, err := run(context.Background(), "", "ip", "netns", "del", name)
+		return err
+	})
+	if _, _, err := run(ctx, "", "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
+		return "", err
+	}
+	return filepath.Join("/run/netns", name), nil
+}
+
+// Addresses of the netns installations. Each has its own host and outside
+// namespace, so all of them use the same ones.
+var (
+	hostUp4   = netip.MustParseAddr("192.0.2.1")
+	outside4  = netip.MustParseAddr("192.0.2.2")
+	netnsBase = netip.MustParseAddr("10.78.0.0") // container i: 10.78.0.0 + i
+	sharedBas = netip.MustParseAddr("10.80.0.0") // container i: 10.80.0.0 + i
+)
+
+// install is one l3iso installation: `l3iso up` in its own "host"
+// namespace, attached at its own cgroup below the run's, pinned in its own
+// directory of the private bpffs. netns installations also have an
+// "outside" namespace joined to the host by the veth uplink up0.
+type install struct {
+	w          *world
+	tag        string
+	host       string // netns path
+	outside    string // netns path; "" for shared installations
+	cgroot     string
+	bpffs      string
+	first      string // the container the workloads use
+	containers int
+	up         time.Duration
+	letter     byte // see namePrefix
+}
+
+// l3iso runs the l3iso binary with this installation's --bpffs in its host
+// namespace.
+func (in *install) l3iso(ctx context.Context, args ...string) (time.Duration, error) {
+	_, d, err := run(ctx, in.host, in.w.bin, append([]string{"--bpffs", in.bpffs}, args...)...)
+	return d, err
+}
+
+// newInstall brings l3iso up in a new host namespace; uplink and delivery
+// are "" for a shared-mode installation.
+func (w *world) newInstall(ctx context.Context, tag, delivery string, conntrack bool) (*install, error) {
+	in := &install{w: w, tag: tag, cgroot: filepath.Join(w.top, tag), bpffs: filepath.Join(w.mnt, tag), letter: 'a' + byte(len(w.installs))}
+	w.installs = append(w.installs, in)
+	var err error
+	if in.host, err = w.newNetns(ctx, tag+"h"); err != nil {
+		return nil, err
+	}
+	if err := cgroup.Create(in.cgroot); err != nil {
+		return nil, err
+	}
+	up := []string{"up", "--cgroup-root", in.cgroot}
+	if delivery != "" {
+		if in.outside, err = w.newNetns(ctx, tag+"o"); err != nil {
+			return nil, err
+		}
+		if err := in.uplink(ctx); err != nil {
+			return nil, err
+		}
+		up = append(up, "--uplink", "up0", "--delivery", delivery)
+	}
+	w.onTeardown("l3iso down ("+tag+")", func() error { return in.down() })
+	if in.up, err = in.l3iso(ctx, up...); err != nil {
+		return nil, err
+	}
+	if conntrack {
+		if err := in.conntrack(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return in, nil
+}
+
+// uplink joins host and outside with the veth up0 — eth0, gives both
+// addresses and routes: the outside host reaches the containers (10/8)
+// with one plain route via the host, like any peer of an l3iso host.
+func (in *install) uplink(ctx context.Context) error {
+	h, o := filepath.Base(in.host), filepath.Base(in.outside)
+	for _, args := range [][]string{
+		{"link", "add", "up0", "netns", h, "type", "veth", "peer", "name", "eth0", "netns", o},
+		{"-n", h, "addr", "add", hostUp4.String() + "/24", "dev", "up0"},
+		{"-n", o, "addr", "add", outside4.String() + "/24", "dev", "eth0"},
+		{"-n", h, "link", "set", "up0", "up"},
+		{"-n", o, "link", "set", "eth0", "up"},
+		{"-n", o, "route", "add", "10.0.0.0/8", "via", hostUp4.String()},
+		{"-n", h, "route", "add", "default", "via", outside4.String()},
+	} {
+		if _, _, err := run(ctx, "", "ip", args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// conntrackRules make the host namespace of bridge_ct a Docker-like host:
+// netfilter with connection tracking on the forward path. br_netfilter is
+// built into this kernel and on (bridge-nf-call-iptables=1) in every new
+// namespace, so the bridge's frames go through the IP hooks too.
+const conntrackRules = `table inet l3bench {
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		ct state established,related counter accept
+		ct state new counter accept
+	}
+}
+`
+
+func (in *install) conntrack(ctx context.Context) error {
+	f := filepath.Join(in.w.tmp, in.tag+".nft")
+	if err := os.WriteFile(f, []byte(conntrackRules), 0o644); err != nil {
+		return err
+	}
+	_, _, err := run(ctx, in.host, "nft", "-f", f)
+	return err
+}
+
+// conntracked is how many packets the conntrack rules counted.
+func (in *install) conntracked(ctx context.Context) (uint64, error) {
+	out, _, err := run(ctx, in.host, "nft", "list", "table", "inet", "l3bench")
+	if err != nil {
+		return 0, err
+	}
+	var total uint64
+	f := strings.Fields(out)
+	for i := 0; i+2 < len(f); i++ {
+		if f[i] == "counter" && f[i+1] == "packets" {
+			var n uint64
+			fmt.Sscan(f[i+2], &n)
+			total += n
+		}
+	}
+	return total, nil
+}
+
+// down removes the installation's containers and pins; container
+// namespaces `down` missed are removed as well, and the failure reported.
+func (in *install) down() error {
+	if _, err := os.Stat(in.bpffs); errors.Is(err, os.ErrNotExist) {
+		return nil // never came up
+	}
+	_, err := in.l3iso(context.Background(), "down")
+	if in.outside != "" {
+		prefix := veth.NetnsPrefix + in.namePrefix()
+		entries, _ := os.ReadDir(veth.NetnsDir)
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), prefix) {
+				p := filepath.Join(veth.NetnsDir, e.Name())
+				unix.Unmount(p, unix.MNT_DETACH)
+				os.Remove(p)
+				err = errors.Join(err, fmt.Errorf("down left network namespace %s (removed now)", e.Name()))
+			}
+		}
+	}
+	return err
+}
+
+// containerName is the name of container i (1-based) of the installation.
+// netns containers need machine-unique names (their namespace is
+// /run/netns/l3iso-NAME), so they carry the run's id; and names of at most
+// 11 characters, so the host-side veth is "l3i-NAME" — longer names are
+// hashed into 20 bits (pkg/veth), and among 1,000 names with a common
+// prefix two collide about one run in three.
+func (in *install) containerName(i int) string {
+	if in.outside == "" {
+		return fmt.Sprintf("c%05d", i)
+	}
+	return fmt.Sprintf("%s%04d", in.namePrefix(), i)
+}
+
+// namePrefix starts the names of the installation's netns containers:
+// 4 hex digits of the run's id and one letter per installation.
+func (in *install) namePrefix() string {
+	return in.w.id[1:5] + string(in.letter)
+}
+
+func nthAddr(base netip.Addr, i int) netip.Addr {
+	b := base.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v += uint32(i)
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// containerAddr is container i's one address.
+func (in *install) containerAddr(i int) netip.Addr {
+	if in.outside == "" {
+		return nthAddr(sharedBas, i)
+	}
+	return nthAddr(netnsBase, i)
+}
+
+// policy writes a policy of n containers (mode shared or netns) and
+// returns its path.
+func (in *install) policy(n int, mode string) (string, error) {
+	var b bytes.Buffer
+	b.WriteString("# generated by l3iso bench\ncontainers:\n")
+	if n == 0 {
+		b.WriteString("  {}\n")
+	}
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "  %s:\n    mode: %s\n    addresses: [%s]\n", in.containerName(i), mode, in.containerAddr(i))
+	}
+	p := filepath.Join(in.w.tmp, fmt.Sprintf("%s-%s-%d.yaml", in.tag, mode, n))
+	return p, os.WriteFile(p, b.Bytes(), 0o644)
+}
+
+// populate registers n containers with one `l3iso apply -f`.
+func (in *install) populate(ctx context.Context, n int) (time.Duration, error) {
+	mode := "shared"
+	if in.outside != "" {
+		mode = "netns"
+	}
+	p, err := in.policy(n, mode)
+	if err != nil {
+		return 0, err
+	}
+	in.first, in.containers = in.containerName(1), n
+	return in.l3iso(ctx, "apply", "-f", p)
+}
+
+// place is where a worker runs.
+type place struct {
+	cgroup string
+	netns  string
+	addr   netip.Addr // server: listen on; client: connect to
+	cpu    int
+}
+
+// server and client are where the workload's two ends run in this
+// installation. Shared: both in its first container, over its own
+// address. netns: the server in the first container, the client on the
+// outside host (in no l3iso cgroup).
+func (in *install) server(cpu int) place {
+	if in.outside == "" {
+		return place{filepath.Join(in.cgroot, "l3iso", in.first), in.host, in.containerAddr(1), cpu}
+	}
+	return place{filepath.Join(in.cgroot, "l3iso", in.first), veth.NetnsPath(in.first), in.containerAddr(1), cpu}
+}
+
+func (in *install) client(cpu int) place {
+	if in.outside == "" {
+		return place{filepath.Join(in.cgroot, "l3iso", in.first), in.host, in.containerAddr(1), cpu}
+	}
+	return place{in.w.unmanaged, in.outside, in.containerAddr(1), cpu}
+}
+
+// proc is a running worker.
+type proc struct {
+	what   string
+	cmd    *exec.Cmd
+	in     io.WriteCloser
+	lines  chan string
+	stderr *lockedBuffer
+	done   chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.TrimSpace(l.b.String())
+}
+
+// startWorker starts the worker binary in p with the given role; teardown
+// stops it (the cgroup removal would kill it anyway).
+func (w *world) startWorker(ctx context.Context, what, role string, p place, env ...string) (*proc, error) {
+	cmd, release, err := command(ctx, p.cgroup, p.netns, w.bin)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	// No asynchronous preemption: fewer signals interrupting the workers'
+	// system calls.
+	cmd.Env = append(os.Environ(), "GODEBUG=asyncpreemptoff=1", envWorker+"="+role, envAddr+"="+p.addr.String(), fmt.Sprintf("%s=%d", envCPU, p.cpu))
+	cmd.Env = append(cmd.Env, env...)
+	pr := &proc{what: what, cmd: cmd, lines: make(chan string, 1), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	cmd.Stderr = pr.stderr
+	if pr.in, err = cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", what, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			pr.lines <- sc.Text()
+		}
+		close(pr.lines)
+		cmd.Wait()
+		close(pr.done)
+	}()
+	w.onTeardown("stop "+what, func() error { pr.stop(); return nil })
+	return pr, nil
+}
+
+// stop closes the worker's stdin, which ends it, and kills it if it does
+// not exit within 5 s.
+func (p *proc) stop() {
+	p.in.Close()
+	go func() { // unread answers must not block the reader
+		for range p.lines {
+		}
+	}()
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// send writes one command line.
+func (p *proc) send(line string) error {
+	if _, err := io.WriteString(p.in, line+"\n"); err != nil {
+		return fmt.Errorf("%s: send %q: %w (%s)", p.what, line, err, p.stderr.String())
+	}
+	return nil
+}
+
+// recv decodes the next line into v.
+func (p *proc) recv(ctx context.Context, timeout time.Duration, v any) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			<-p.done
+			return fmt.Errorf("%s exited: %s", p.what, p.stderr.String())
+		}
+		if err := json.Unmarshal([]byte(l), v); err != nil {
+			return fmt.Errorf("%s: bad line %q: %w", p.what, l, err)
+		}
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%s: no answer within %v (%s)", p.what, timeout, p.stderr.String())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
