@@ -320,6 +320,23 @@ func (st *State) createMaps(cfg maps.Config) error {
 	return nil
 }
 
+// loadAgainstPins loads spec's programs with the pinned maps in place of
+// their own, saying what to do when the kernel or the pins refuse.
+func (st *State) loadAgainstPins(spec *ebpf.CollectionSpec, what string) (*ebpf.Collection, error) {
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: st.Maps.Replacements()})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return nil, fmt.Errorf("%w: %v; run `l3iso down`, then `l3iso up`", maps.ErrIncompatible, err)
+	}
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("the kernel's verifier rejected l3iso's %s (kernel too old?): %+v", what, ve)
+		}
+		return nil, fmt.Errorf("load %s: %w", what, err)
+	}
+	return coll, nil
+}
+
 // ensureLinks loads the programs against the pinned maps and makes every
 // pinned link run them: attaching missing ones, updating those whose
 // program differs (an upgrade), leaving identical ones alone.
@@ -328,16 +345,9 @@ func (st *State) ensureLinks() (changed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: st.Maps.Replacements()})
-	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return false, fmt.Errorf("%w: %v; run `l3iso down`, then `l3iso up`", maps.ErrIncompatible, err)
-	}
+	coll, err := st.loadAgainstPins(spec, "programs")
 	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return false, fmt.Errorf("the kernel's verifier rejected l3iso's programs (kernel too old?): %+v", ve)
-		}
-		return false, fmt.Errorf("load programs: %w", err)
+		return false, err
 	}
 	defer coll.Close()
 	if err := os.MkdirAll(linksDir(st.Dir), 0o700); err != nil {

@@ -53,16 +53,9 @@ func (st *State) ensureTCPrograms() (changed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: st.Maps.Replacements()})
-	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return false, fmt.Errorf("%w: %v; run `l3iso down`, then `l3iso up`", maps.ErrIncompatible, err)
-	}
+	coll, err := st.loadAgainstPins(spec, "TC programs")
 	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return false, fmt.Errorf("the kernel's verifier rejected l3iso's TC programs (kernel too old?): %+v", ve)
-		}
-		return false, fmt.Errorf("load TC programs: %w", err)
+		return false, err
 	}
 	defer coll.Close()
 	dir := progsDir(st.Dir)
