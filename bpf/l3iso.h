@@ -11,8 +11,8 @@
  * dual-stack sockets, whose IPv4 peers appear as mapped addresses anyway.
  *
  * Policy maps carry a generation number in their keys. Programs read the
- * active generation once per invocation (l3_gen[0]) and do every lookup in
- * it, so a policy push — write generation N+1, flip l3_gen, delete
+ * active generation once per invocation (l3_config[0].gen) and do every
+ * lookup in it, so a policy push — write generation N+1, flip gen, delete
  * generation N — is atomic for every bind, connect and packet.
  */
 #ifndef L3ISO_H
@@ -35,15 +35,36 @@ struct l3_addr {
 	__u32 w[4];
 };
 
-/* l3_gen[0]: the active policy generation. */
+/* Bits of l3_cfg.bcast_bloom: a 256-bit filter of broadcast addresses. */
+enum l3_bloom {
+	L3_BLOOM_BITS = 256,
+	L3_BLOOM_MUL = 0x45d9f3b, /* multiplicative hash: bit = (__u32)(ip4 * MUL) >> 24 */
+};
 
-/* l3_cfg[0]: set by `l3iso up`, read by every program. */
+/*
+ * l3_config[0]: set by `l3iso up`, read by every program. The first 64
+ * bytes are what the hot paths read — one cache line: the active policy
+ * generation and the broadcast filter. The map is mmapable so user space
+ * flips gen with one atomic 4-byte store and sets filter bits with atomic
+ * ORs; the rest it writes with map updates, which rewrite gen and the
+ * filter with the bytes they already hold.
+ */
 struct l3_cfg {
-	__u64 netns_cookie; /* the host netns: rules for non-container sockets apply only here */
+	__u32 gen;	    /* the active policy generation (see the top of this file) */
 	__u32 level;	    /* cgroup level of container cgroups (<root>/l3iso/<name>) */
-	__u32 flags;	    /* enum l3_cfg_flags (user space only) */
+	__u64 netns_cookie; /* the host netns: rules for non-container sockets apply only here */
 	__u32 delivery;	      /* enum l3_delivery */
 	__u32 uplink_ifindex; /* 0: none, shared addresses live on lo */
+	__u32 flags;	      /* enum l3_cfg_flags (user space only) */
+	__u32 pad;
+	/*
+	 * Every directed broadcast address of a container subnet (IPv4, as
+	 * loaded from the header) has bit (ip4 * L3_BLOOM_MUL) >> 24 set; a
+	 * clear bit proves a UDP destination is no such broadcast without a
+	 * map lookup (the per-datagram cost on lo). Bits are added before the
+	 * addresses go live and cleared only when recomputed from the policy.
+	 */
+	__u64 bcast_bloom[L3_BLOOM_BITS / 64];
 	char cgroot[L3_PATH_LEN];
 	char uplink[16];
 };

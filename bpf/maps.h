@@ -12,16 +12,11 @@
 
 /* Maps. Names are <= 15 characters: the kernel truncates longer ones. */
 
+/* Mmapable: user space flips gen with an atomic store (l3iso.h, l3_cfg). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} l3_gen SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct l3_cfg);
 } l3_config SEC(".maps");
@@ -130,13 +125,6 @@ static __always_inline void count(__u32 id, __u32 c)
 		s->c[c]++;
 }
 
-static __always_inline __u32 active_gen(void)
-{
-	__u32 zero = 0, *g = bpf_map_lookup_elem(&l3_gen, &zero);
-
-	return g ? *g : 0;
-}
-
 static __always_inline struct l3_cfg *config(void)
 {
 	__u32 zero = 0;
@@ -147,6 +135,23 @@ static __always_inline struct l3_cfg *config(void)
 #endif
 
 	return bpf_map_lookup_elem(&l3_config, &zero);
+}
+
+/* Read once per invocation: every lookup of one decision uses one generation. */
+static __always_inline __u32 active_gen(void)
+{
+	struct l3_cfg *cfg = config();
+
+	return cfg ? *(volatile __u32 *)&cfg->gen : 0;
+}
+
+/* May ip4 (network order) be a container subnet's broadcast address? A
+ * "no" is certain; a "yes" needs the l3_locals lookup. */
+static __always_inline int maybe_bcast4(const struct l3_cfg *cfg, __u32 ip4)
+{
+	__u32 bit = (__u32)(ip4 * (__u32)L3_BLOOM_MUL) >> 24;
+
+	return (cfg->bcast_bloom[bit >> 6] >> (bit & 63)) & 1;
 }
 
 static __always_inline void addr_set4(struct l3_addr *a, __u32 ip4 /* network order */)

@@ -55,6 +55,7 @@ const enum l3_delivery *unused_delivery __attribute__((unused));
 const enum l3_sk_flags *unused_sk_flags __attribute__((unused));
 const enum l3_cfg_flags *unused_cfg_flags __attribute__((unused));
 const enum l3_group_limits *unused_group_limits __attribute__((unused));
+const enum l3_bloom *unused_bloom __attribute__((unused));
 
 /* Maps and the helpers every program shares: maps.h. */
 
@@ -866,6 +867,14 @@ static __always_inline struct l3_cont *skb_container(struct __sk_buff *skb, __u3
 	return bpf_map_lookup_elem(&l3_conts, &k);
 }
 
+/* Is a the container's first IPv4 or IPv6 address (always a whole IP)? */
+static __always_inline int own_primary(const struct l3_cont *c, const struct l3_addr *a)
+{
+	if (addr_is_mapped(a))
+		return (c->flags & L3_CF_HAS4) && a->w[3] == c->primary4.w[3];
+	return (c->flags & L3_CF_HAS6) && addr_eq(a, &c->primary6);
+}
+
 /* Is a an address this container may receive on (its local side)? */
 static __always_inline int sk_joined(struct __sk_buff *skb, const struct l3_addr *g)
 {
@@ -890,7 +899,11 @@ static __always_inline int sk_joined(struct __sk_buff *skb, const struct l3_addr
 static __always_inline int may_receive(struct __sk_buff *skb, __u32 gen, struct l3_cont *c,
 				       struct pkt *p)
 {
-	struct l3_local *l = local_of(gen, c->id, &p->dst);
+	struct l3_local *l;
+
+	if (own_primary(c, &p->dst))
+		return 1; /* a whole IP of its own: the common case, one lookup less */
+	l = local_of(gen, c->id, &p->dst);
 
 	if (l) {
 		if (l->kind == L3_LOCAL_LOOP)
@@ -957,6 +970,10 @@ int l3_egress(struct __sk_buff *skb)
 	gen = active_gen();
 	c = skb_container(skb, gen, cfg);
 	if (!c || parse(skb, &p)) /* host sockets: nothing to check on the way out */
+		return SK_PASS;
+	/* The common case without a second lookup: its first address of
+	 * the family, which is always a whole IP. */
+	if (own_primary(c, &p.src))
 		return SK_PASS;
 	l = local_of(gen, c->id, &p.src);
 	if (l && l->kind != L3_LOCAL_BCAST) {

@@ -377,9 +377,14 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 			return TCX_NEXT;
 		addr_set4(&dst, ip->daddr);
 		if (!addr_is_mcast(&dst)) {
-			/* 255.255.255.255, or a container subnet's broadcast */
-			if (ip->daddr != 0xffffffff && !is_bcast_for(active_gen(), 0, &dst))
-				return TCX_NEXT;
+			/* 255.255.255.255, or a container subnet's broadcast: most
+			 * unicast datagrams are told apart by the filter alone */
+			if (ip->daddr != 0xffffffff) {
+				cfg = config();
+				if (!cfg || !maybe_bcast4(cfg, ip->daddr) ||
+				    !is_bcast_for(cfg->gen, 0, &dst))
+					return TCX_NEXT;
+			}
 			bcast = 1;
 		}
 		t.ipv4.saddr = ip->saddr;

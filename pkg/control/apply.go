@@ -190,6 +190,9 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	if err := c.st.Maps.DeleteGen(oldGen, old); err != nil {
 		return plan, err
 	}
+	if err := c.st.Maps.ResetBcastFilter(next); err != nil {
+		return plan, err
+	}
 	for _, k := range gone {
 		if err := c.st.Maps.DeleteCounters(k.ID); err != nil {
 			return plan, err

@@ -73,9 +73,17 @@ func (s *Set) Config() (Config, error) {
 	}, nil
 }
 
-// SetConfig writes l3_config[0].
+// SetConfig writes l3_config[0]. The generation and the broadcast filter
+// are not the operator's settings: they keep the values they have.
 func (s *Set) SetConfig(c Config) error {
-	v := sockL3Cfg{NetnsCookie: c.NetnsCookie, Level: c.Level, Delivery: uint32(c.Delivery), UplinkIfindex: c.UplinkIfindex}
+	var cur sockL3Cfg
+	if err := s.Cfg.Lookup(uint32(0), &cur); err != nil {
+		return fmt.Errorf("read map l3_config: %w", err)
+	}
+	v := sockL3Cfg{
+		Gen: cur.Gen, BcastBloom: cur.BcastBloom,
+		NetnsCookie: c.NetnsCookie, Level: c.Level, Delivery: uint32(c.Delivery), UplinkIfindex: c.UplinkIfindex,
+	}
 	if c.Dirty {
 		v.Flags |= uint32(sockL3CfgFlagsL3CFG_DIRTY)
 	}

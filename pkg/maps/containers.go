@@ -224,6 +224,7 @@ func (s *Set) Insert(gen uint32, cs ...Container) error {
 		bcastV[i] = sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_BCAST)}
 	}
 	for _, step := range []func() error{
+		func() error { return s.addBcast(cs) },
 		func() error { return put(s.Owners, "l3_owners", e.partialK, partialV) },
 		func() error { return put(s.Locals, "l3_locals", e.bcastK, bcastV) },
 		func() error { return put(s.Owners, "l3_owners", e.ownerK, e.ownerV) },
@@ -296,6 +297,15 @@ func (s *Set) Remove(gen uint32, c Container, others []Container) error {
 		func() error { return del(s.Owners, "l3_owners", e.ownerK) },
 		func() error { return del(s.Owners, "l3_owners", partial) },
 		func() error { return del(s.Locals, "l3_locals", bcast) },
+		func() error {
+			var stay []Container
+			for _, o := range others {
+				if o.ID != c.ID {
+					stay = append(stay, o)
+				}
+			}
+			return s.ResetBcastFilter(stay)
+		},
 	} {
 		if err := step(); err != nil {
 			return err
@@ -334,7 +344,10 @@ func (s *Set) Repair(gen uint32, cs []Container) error {
 	if err := prune(s.Locals, "l3_locals", append(e.localK, e.bcastK...)); err != nil {
 		return err
 	}
-	return prune(s.Owners, "l3_owners", append(e.ownerK, e.partialK...))
+	if err := prune(s.Owners, "l3_owners", append(e.ownerK, e.partialK...)); err != nil {
+		return err
+	}
+	return s.ResetBcastFilter(cs)
 }
 
 // prune deletes every key of m that is not in keep.
@@ -442,23 +455,6 @@ func decodeMeta(id uint32, v *sockL3Meta) Container {
 		c.Spec.Multicast = append(c.Spec.Multicast, prefix16(g, int(v.Mcast[i].Prefixlen)))
 	}
 	return c
-}
-
-// ActiveGen returns the generation the programs use now.
-func (s *Set) ActiveGen() (uint32, error) {
-	var g uint32
-	if err := s.Gen.Lookup(uint32(0), &g); err != nil {
-		return 0, fmt.Errorf("read map l3_gen: %w", err)
-	}
-	return g, nil
-}
-
-// SetActiveGen switches every program to generation g with one 4-byte write.
-func (s *Set) SetActiveGen(g uint32) error {
-	if err := s.Gen.Update(uint32(0), g, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("switch to policy generation %d: %w", g, err)
-	}
-	return nil
 }
 
 // PurgeGen deletes every entry of generation gen from every policy map.

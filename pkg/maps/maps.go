@@ -4,8 +4,8 @@
 // The layouts come from bpf/l3iso.h through bpf2go; this package turns a
 // container of the policy into map entries and back. Policy maps are keyed by
 // a generation number: a container operation writes into the active
-// generation, a policy push builds the next one and flips l3_gen (see
-// ARCHITECTURE.md, "Atomic pushes").
+// generation, a policy push builds the next one and flips the generation
+// word of l3_config (see ARCHITECTURE.md, "Atomic pushes").
 package maps
 
 import (
@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // Limits shared with the BPF programs (bpf/l3iso.h).
@@ -28,8 +29,7 @@ const (
 
 // Set is the collection of maps the socket (and, later, TC) programs share.
 type Set struct {
-	Gen      *ebpf.Map // [0] = active generation
-	Cfg      *ebpf.Map // [0] = Config
+	Cfg      *ebpf.Map // [0] = Config, the active generation, the broadcast filter
 	Conts    *ebpf.Map // cgroup id → container
 	Locals   *ebpf.Map // (container, address) → own/derivative kind
 	Owners   *ebpf.Map // LPM (address, proto, port) → owner
@@ -41,12 +41,14 @@ type Set struct {
 	Delivs   *ebpf.Map // netns container address → its veth and MACs
 	Ports    *ebpf.Map // host-side veth ifindex → container id
 	Listen   *ebpf.Map // (group or broadcast, port) → listening containers
+
+	cfgMem []byte // l3_config's value, mmapped (hotline.go)
 }
 
 // The pin names under <bpffs>/maps. Changing one breaks upgrades.
 func (s *Set) byName() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
-		"l3_gen": &s.Gen, "l3_config": &s.Cfg, "l3_conts": &s.Conts,
+		"l3_config": &s.Cfg, "l3_conts": &s.Conts,
 		"l3_locals": &s.Locals, "l3_owners": &s.Owners, "l3_routes": &s.Routes,
 		"l3_mcasts": &s.Mcasts, "l3_metas": &s.Metas, "l3_counters": &s.Counters,
 		"l3_skstore": &s.SkStore, "l3_delivs": &s.Delivs, "l3_ports": &s.Ports,
@@ -180,6 +182,10 @@ func (s *Set) Replacements() map[string]*ebpf.Map {
 
 // Close releases the file descriptors (pins stay).
 func (s *Set) Close() error {
+	if s.cfgMem != nil {
+		unix.Munmap(s.cfgMem)
+		s.cfgMem = nil
+	}
 	for _, m := range s.byName() {
 		if *m != nil {
 			(*m).Close()

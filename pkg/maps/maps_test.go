@@ -122,13 +122,44 @@ func TestInsertRemove(t *testing.T) {
 	if id, _, _ := s.Owner(7, netip.MustParseAddr("10.77.0.1")); id != 1 {
 		t.Errorf("10.77.0.1: owner %d, want 1", id)
 	}
+	// The broadcast filter has 10.77.0.255, set through the mmapped
+	// config line, and the map update of the rest of the config keeps it.
+	bcast := bloomBit(netip.MustParseAddr("10.77.0.255"))
+	bloom := func() uint64 {
+		var v sockL3Cfg
+		if err := s.Cfg.Lookup(uint32(0), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v.BcastBloom[bcast/64] >> (bcast % 64) & 1
+	}
+	if err := s.SetConfig(Config{Level: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if bloom() != 1 {
+		t.Error("the broadcast filter lacks 10.77.0.255 after Insert and SetConfig")
+	}
+	if err := s.SetActiveGen(7); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := s.ActiveGen(); err != nil || g != 7 {
+		t.Errorf("ActiveGen = %d, %v; want 7", g, err)
+	}
+	if c, err := s.Config(); err != nil || c.Level != 3 {
+		t.Errorf("Config after SetActiveGen: %+v, %v", c, err)
+	}
 	if err := s.Remove(7, db, all); err != nil {
 		t.Fatal(err)
 	}
 	if _, partial, _ := s.Owner(7, netip.MustParseAddr("10.77.0.9")); !partial {
 		t.Error("removing db dropped the marker while db2 still owns ports of 10.77.0.9")
 	}
-	if err := s.DeleteGen(7, []Container{web, db2}); err != nil {
+	if err := s.Remove(7, web, []Container{web, db2}); err != nil {
+		t.Fatal(err)
+	}
+	if bloom() != 0 {
+		t.Error("the broadcast filter still has 10.77.0.255 after its only container went")
+	}
+	if err := s.DeleteGen(7, []Container{db2}); err != nil {
 		t.Fatal(err)
 	}
 	for name, m := range map[string]*ebpf.Map{"conts": s.Conts, "locals": s.Locals, "owners": s.Owners, "routes": s.Routes, "metas": s.Metas} {

@@ -29,13 +29,23 @@ type sockL3AddrSpec struct {
 	PortHi    uint16
 }
 
+type sockL3Bloom uint32
+
+const (
+	sockL3BloomL3BLOOM_BITS sockL3Bloom = 256
+	sockL3BloomL3BLOOM_MUL  sockL3Bloom = 73244475
+)
+
 type sockL3Cfg struct {
 	_             structs.HostLayout
-	NetnsCookie   uint64
+	Gen           uint32
 	Level         uint32
-	Flags         uint32
+	NetnsCookie   uint64
 	Delivery      uint32
 	UplinkIfindex uint32
+	Flags         uint32
+	Pad           uint32
+	BcastBloom    [4]uint64
 	Cgroot        [256]int8
 	Uplink        [16]int8
 }
@@ -380,7 +390,6 @@ type sockMapSpecs struct {
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
-	L3Gen      *ebpf.MapSpec `ebpf:"l3_gen"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
@@ -395,6 +404,7 @@ type sockMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
+	UnusedBloom       *ebpf.VariableSpec `ebpf:"unused_bloom"`
 	UnusedCfgFlags    *ebpf.VariableSpec `ebpf:"unused_cfg_flags"`
 	UnusedContFlags   *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
@@ -432,7 +442,6 @@ type sockMaps struct {
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
-	L3Gen      *ebpf.Map `ebpf:"l3_gen"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
@@ -449,7 +458,6 @@ func (m *sockMaps) Close() error {
 		m.L3Conts,
 		m.L3Counters,
 		m.L3Delivs,
-		m.L3Gen,
 		m.L3Listen,
 		m.L3Locals,
 		m.L3Mcasts,
@@ -465,6 +473,7 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
+	UnusedBloom       *ebpf.Variable `ebpf:"unused_bloom"`
 	UnusedCfgFlags    *ebpf.Variable `ebpf:"unused_cfg_flags"`
 	UnusedContFlags   *ebpf.Variable `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`

@@ -20,11 +20,14 @@ type sockvariantL3Addr struct {
 
 type sockvariantL3Cfg struct {
 	_             structs.HostLayout
-	NetnsCookie   uint64
+	Gen           uint32
 	Level         uint32
-	Flags         uint32
+	NetnsCookie   uint64
 	Delivery      uint32
 	UplinkIfindex uint32
+	Flags         uint32
+	Pad           uint32
+	BcastBloom    [4]uint64
 	Cgroot        [256]int8
 	Uplink        [16]int8
 }
@@ -257,7 +260,6 @@ type sockvariantMapSpecs struct {
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
-	L3Gen      *ebpf.MapSpec `ebpf:"l3_gen"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
@@ -272,6 +274,7 @@ type sockvariantMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockvariantVariableSpecs struct {
+	UnusedBloom       *ebpf.VariableSpec `ebpf:"unused_bloom"`
 	UnusedCfgFlags    *ebpf.VariableSpec `ebpf:"unused_cfg_flags"`
 	UnusedContFlags   *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
@@ -309,7 +312,6 @@ type sockvariantMaps struct {
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
-	L3Gen      *ebpf.Map `ebpf:"l3_gen"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
@@ -326,7 +328,6 @@ func (m *sockvariantMaps) Close() error {
 		m.L3Conts,
 		m.L3Counters,
 		m.L3Delivs,
-		m.L3Gen,
 		m.L3Listen,
 		m.L3Locals,
 		m.L3Mcasts,
@@ -342,6 +343,7 @@ func (m *sockvariantMaps) Close() error {
 //
 // It can be passed to loadSockvariantObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockvariantVariables struct {
+	UnusedBloom       *ebpf.Variable `ebpf:"unused_bloom"`
 	UnusedCfgFlags    *ebpf.Variable `ebpf:"unused_cfg_flags"`
 	UnusedContFlags   *ebpf.Variable `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`

@@ -69,7 +69,6 @@ type tcMapSpecs struct {
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
-	L3Gen      *ebpf.MapSpec `ebpf:"l3_gen"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
@@ -110,7 +109,6 @@ type tcMaps struct {
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
-	L3Gen      *ebpf.Map `ebpf:"l3_gen"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
@@ -127,7 +125,6 @@ func (m *tcMaps) Close() error {
 		m.L3Conts,
 		m.L3Counters,
 		m.L3Delivs,
-		m.L3Gen,
 		m.L3Listen,
 		m.L3Locals,
 		m.L3Mcasts,
