@@ -8,3 +8,10 @@ func SetSocketSpec(f func() (*ebpf.CollectionSpec, error)) (restore func()) {
 	socketSpec = f
 	return func() { socketSpec = old }
 }
+
+// SetTCSpec makes Up install f's TC programs until restore is called.
+func SetTCSpec(f func() (*ebpf.CollectionSpec, error)) (restore func()) {
+	old := tcSpec
+	tcSpec = f
+	return func() { tcSpec = old }
+}

@@ -38,6 +38,10 @@ const (
 // interface ifname (it chains with the interface's other l3iso program).
 func groupLinkName(ifname string) string { return "tc-" + ifname + "-group" }
 
+// tcSpec is the TC program collection `up` installs (a test swaps in an
+// "older binary").
+var tcSpec = maps.TCSpec
+
 func progsDir(dir string) string { return filepath.Join(dir, "progs") }
 
 // tcLinkName is the pin name of the TCX ingress link on interface ifname.
@@ -49,7 +53,7 @@ func tcLinkName(ifname string) string { return "tc-" + ifname + "-ingress" }
 // its pin with one rename, and every pinned TC link running the old one is
 // switched to it in place with link.Update.
 func (st *State) ensureTCPrograms() (changed bool, err error) {
-	spec, err := maps.TCSpec()
+	spec, err := tcSpec()
 	if err != nil {
 		return false, err
 	}

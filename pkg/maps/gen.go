@@ -19,3 +19,10 @@ func VariantSpec() (*ebpf.CollectionSpec, error) { return loadSockvariant() }
 // The TC programs of netns containers (bpf/tc.c). They declare the same maps
 // (bpf/maps.h), so the Go types come from the socket build above.
 //go:generate go tool bpf2go -cc clang-16 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -no-global-types tc ../../bpf/tc.c -- -I../../bpf
+
+// The TC programs built with L3ISO_VARIANT, for the same upgrade tests.
+//go:generate go tool bpf2go -cc clang-16 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -DL3ISO_VARIANT" -target bpfel -no-global-types tcvariant ../../bpf/tc.c -- -I../../bpf
+
+// TCVariantSpec returns the L3ISO_VARIANT build of the TC programs, for
+// upgrade tests.
+func TCVariantSpec() (*ebpf.CollectionSpec, error) { return loadTcvariant() }
