@@ -67,6 +67,8 @@ struct l3_cfg {
 	__u64 bcast_bloom[L3_BLOOM_BITS / 64];
 	char cgroot[L3_PATH_LEN];
 	char uplink[16];
+	__u8 uplink_mac[6]; /* source of the frames l3iso sends out of the uplink itself */
+	__u16 pad2;
 };
 
 enum l3_cfg_flags {
@@ -296,6 +298,8 @@ enum l3_group_limits {
 	L3_MAX_LISTEN = 32,   /* containers listening on one (group or broadcast, port) */
 	L3_MARK_TAG = 0x6c330000, /* skb->mark of a steered copy: tag | container id (< 1 << 16) */
 	L3_MARK_MASK = 0xffff0000,
+	L3_MARK_COPY = 0x6c340001, /* a multicast copy assigned to its socket through lo (see tc.c) */
+	L3_MARK_OUT = 0x6c340002,  /* a container's limited broadcast sent out of the uplink */
 };
 
 /*

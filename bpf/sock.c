@@ -916,10 +916,15 @@ static __always_inline int may_receive(struct __sk_buff *skb, __u32 gen, struct 
 		}
 		return 1;
 	}
-	if (addr_is_mcast(&p->dst))
+	if (addr_is_mcast(&p->dst)) {
+		/* A copy of a group this host sent, steered to this very socket
+		 * by l3_tc_group (which checked the policy and the join). */
+		if (skb->mark == L3_MARK_COPY)
+			return 1;
 		/* A socket that did not join the group gets nothing of it,
 		 * however the kernel matched it (IP_MULTICAST_ALL). */
 		return mcast_allowed(gen, c->id, &p->dst) && sk_joined(skb, &p->dst);
+	}
 	if (addr_is_mapped(&p->dst) && p->dst.w[3] == 0xffffffff)
 		return 1; /* limited broadcast: the broadcast issue narrows this */
 	if ((c->flags & L3_CF_LOOP_HOST) && addr_is_loopback(&p->dst))

@@ -331,12 +331,44 @@ static long fan_one(__u32 i, void *arg)
 		}
 		return 0;
 	}
-	if (f->egress && !f->bcast)
-		return 0; /* multicast the host (or a netns container) sends: see group() */
 	skb->mark = L3_MARK_TAG | id;
 	if (!bpf_clone_redirect(skb, f->target, BPF_F_INGRESS))
 		f->sent = 1;
 	return 0;
+}
+
+/*
+ * lo is no member of the groups containers join, so IP input would drop a
+ * multicast copy steered into lo. lo is a member of the all-hosts groups
+ * (224.0.0.1, ff02::1): the copy, already assigned to its socket, takes
+ * that destination (checksums fixed) and is delivered. Its socket sees the
+ * sender as it is, and the all-hosts group as the destination in
+ * IP_PKTINFO (README, limits). The frame carries an Ethernet header.
+ */
+static __always_inline int to_all_hosts(struct __sk_buff *skb, int v6)
+{
+	if (!v6) {
+		__u32 old, new = bpf_htonl(0xe0000001);
+		__u32 daddr = ETH_HLEN + offsetof(struct iphdr, daddr);
+
+		if (bpf_skb_load_bytes(skb, daddr, &old, 4) ||
+		    bpf_l4_csum_replace(skb, ETH_HLEN + sizeof(struct iphdr) + 6, old, new,
+					BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4) ||
+		    bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 4))
+			return -1;
+		return bpf_skb_store_bytes(skb, daddr, &new, 4, 0);
+	}
+	struct l3_addr old, new = {.w = {bpf_htonl(0xff020000), 0, 0, bpf_htonl(1)}};
+	__u32 daddr = ETH_HLEN + offsetof(struct ipv6hdr, daddr);
+	__s64 diff;
+
+	if (bpf_skb_load_bytes(skb, daddr, &old, 16))
+		return -1;
+	diff = bpf_csum_diff(old.w, 16, new.w, 16, 0);
+	if (diff < 0 ||
+	    bpf_l4_csum_replace(skb, ETH_HLEN + sizeof(struct ipv6hdr) + 6, 0, diff, BPF_F_PSEUDO_HDR))
+		return -1;
+	return bpf_skb_store_bytes(skb, daddr, &new, 16, 0);
 }
 
 enum group_from {
@@ -359,7 +391,7 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 	__u8 gmac[ETH_ALEN], odst[ETH_ALEN], osrc[ETH_ALEN];
 	struct l3_cfg *cfg;
 	__u16 dport;
-	int bcast = 0, direct, saved = 0, i;
+	int bcast = 0, direct, saved = 0, out = 0, i;
 
 	if (skb->pkt_type == PACKET_LOOPBACK)
 		return TCX_NEXT; /* the kernel's local copy of a multicast/broadcast it sends */
@@ -415,6 +447,13 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 	if (from == G_HOST_OUT) {
 		struct l3_addr src;
 
+		if (skb->mark == L3_MARK_OUT) {
+			/* a container's broadcast l3iso itself sends out (below) */
+			asm volatile("" : "+r"(skb));
+			skb->mark = 0;
+			return TCX_NEXT;
+		}
+
 		if (tuple_len == sizeof(t.ipv4))
 			addr_set4(&src, t.ipv4.saddr);
 		else
@@ -429,6 +468,7 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 		k.group = dst;
 	v = bpf_map_lookup_elem(&l3_listen, &k);
 	gen = active_gen();
+	asm volatile("" : "+r"(skb));
 	mark = skb->mark;
 
 	if (!egress && (mark & L3_MARK_MASK) == L3_MARK_TAG) {
@@ -469,27 +509,51 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 			count(id, L3_C_GROUP_LOST);
 			return TC_ACT_SHOT;
 		}
+		if (skb->ifindex == LOOPBACK_IFINDEX && !bcast) {
+			if (to_all_hosts(skb, tuple_len != sizeof(t.ipv4))) {
+				count(id, L3_C_GROUP_LOST);
+				return TC_ACT_SHOT;
+			}
+			asm volatile("" : "+r"(skb));
+			skb->mark = L3_MARK_COPY; /* for the socket backstop */
+		}
 		count(id, L3_C_GROUP_COPY);
 		return TC_ACT_OK; /* assigned: straight to the stack */
 	}
 
 	/*
-	 * Multicast sent by this host reaches netns containers only: a copy
-	 * for a shared-mode socket into lo would need lo to be a member of
-	 * the group, one into the uplink carries a local source the uplink
-	 * refuses (martian).
+	 * A limited broadcast or an IPv4 multicast a shared container sends
+	 * leaves through lo (the kernel routes them by their source, which is
+	 * on no interface): l3iso sends it out of the uplink too, as the
+	 * segment would see it from a host of its own.
 	 */
-	if (!v && from != G_NETNS) {
+	if (from == G_IN && skb->ifindex == LOOPBACK_IFINDEX && tuple_len == sizeof(t.ipv4) &&
+	    (bcast ? dst.w[3] == 0xffffffff : 1)) {
+		struct l3_owner_key ok = {.prefixlen = L3_OWNER_PLEN_FULL, .gen = gen};
+		struct l3_owner *o;
+
+		addr_set4(&ok.addr, t.ipv4.saddr);
+		o = bpf_map_lookup_elem(&l3_owners, &ok);
+		out = o && !(o->flags & L3_OF_NETNS);
+	}
+	if (!v && from != G_NETNS && !out) {
 		count(0, L3_C_GROUP_NO_LISTENER);
 		return TCX_NEXT;
 	}
 	/*
-	 * Copies re-enter where the datagram came in; what this host sends
-	 * (lo, uplink egress) re-enters through lo, which accepts local
-	 * sources (accept_local; lo only ever receives what the host sent).
+	 * Copies re-enter where the datagram came in. What this host sends
+	 * (uplink egress, a netns container's veth) re-enters through lo,
+	 * which accepts local sources (accept_local; lo only ever receives
+	 * what the host sent) — but IPv6 input on lo has no route for a
+	 * multicast group, so IPv6 copies re-enter through the uplink, a
+	 * member of the groups its listeners joined (IPv6 takes local
+	 * sources there; IPv4 would call them martians).
 	 */
-	target = egress ? LOOPBACK_IFINDEX : skb->ifindex;
 	cfg = config();
+	target = skb->ifindex;
+	if (egress)
+		target = tuple_len != sizeof(t.ipv4) && cfg && cfg->uplink_ifindex ?
+				 cfg->uplink_ifindex : LOOPBACK_IFINDEX;
 	direct = cfg && cfg->delivery == L3_DELIVERY_DIRECT;
 	group_mac(&dst, gmac);
 	data = (void *)(long)skb->data;
@@ -517,6 +581,15 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 		/* and out of the uplink, as from a host on its segment */
 		if (saved && set_l2(skb, gmac, osrc) == 0)
 			bpf_clone_redirect(skb, cfg->uplink_ifindex, 0);
+	}
+	if (out && cfg && cfg->uplink_ifindex && saved && set_l2(skb, gmac, cfg->uplink_mac) == 0) {
+		/* Stores through skb itself: the verifier rejects them through
+		 * a saved skb+offset pointer. */
+		asm volatile("" : "+r"(skb));
+		skb->mark = L3_MARK_OUT; /* l3_tc_group_out lets it pass */
+		bpf_clone_redirect(skb, cfg->uplink_ifindex, 0);
+		asm volatile("" : "+r"(skb));
+		skb->mark = mark;
 	}
 	if (saved)
 		set_l2(skb, odst, osrc); /* the original goes on as it came */

@@ -170,14 +170,19 @@ func TestBroadcastShared(t *testing.T) {
 	g.expect(t, "c4 → "+bc.String(), socks, others, want, netip.MustParseAddr("10.79.0.4"), bc)
 
 	// The limited broadcast from a container: its source lives on lo, so
-	// the kernel sends it through lo (as for any address on no interface).
+	// the kernel sends it through lo (as for any address on no interface);
+	// l3iso sends it out of the uplink too, where the outside host gets it
+	// from the container's address.
+	ol := udpBound(t, g.out, unix.AF_INET, grpPort)
 	lb := netip.MustParseAddr("255.255.255.255")
 	sendN(t, g.agents[3], s, netip.AddrPortFrom(lb, grpPort), n)
 	g.expect(t, "c4 → "+lb.String(), socks, others, want, netip.MustParseAddr("10.79.0.4"), lb)
+	if got := drain(t, "outside", g.out, ol, netip.MustParseAddr("10.79.0.4"), lb); got != n {
+		t.Errorf("outside host got %d of c4's %d limited broadcasts", got, n)
+	}
 
 	// The host's limited broadcast leaves by the uplink (the outside host
 	// gets it) and reaches the listening containers too.
-	ol := udpBound(t, g.out, unix.AF_INET, grpPort)
 	host := g.agent("")
 	hs := host.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 	if err := host.SetBroadcast(hs, true); err != nil {
@@ -241,6 +246,11 @@ func TestBroadcastShared(t *testing.T) {
 func TestMulticastShared(t *testing.T) {
 	g := newGroupEnv(t)
 	const n = 4
+	// A netns container beside them sends too.
+	nn := g.name("n6")
+	g.netEnv.names = append(g.netEnv.names, nn)
+	g.mustRun("container", "add", nn, "--mode", "netns", "--addr", "10.78.0.6/24", "--addr", "fd78::6/64", "--mcast", "239.1.0.0/16", "--mcast", "ff15::/16")
+	na := g.in(nn)
 	for _, tc := range []struct {
 		fam   int
 		group netip.Addr
@@ -285,6 +295,40 @@ func TestMulticastShared(t *testing.T) {
 			dst := netip.AddrPortFrom(tc.group, grpPort)
 			sendN(t, g.out, o, dst, n)
 			g.expect(t, "joined c1, c2", socks, others, [5]int{n, n, 0, -1, -1}, tc.from, tc.group)
+
+			// From a container (c4, no member) and from a host process:
+			// the members get one copy each, and the outside host, a
+			// member on its link, gets c4's too. IPv4 copies reach the
+			// members through lo, a member of the all-hosts group only:
+			// 224.0.0.1 is their destination in IP_PKTINFO (README,
+			// limits). IPv6 copies re-enter through the uplink and keep
+			// the group.
+			seen, c4addr, hostAddr := netip.MustParseAddr("224.0.0.1"), netip.MustParseAddr("10.79.0.4"), hostUp4
+			if tc.fam == unix.AF_INET6 {
+				seen, c4addr, hostAddr = tc.group, netip.MustParseAddr("fd79::4"), hostUp6
+			}
+			ol := udpBound(t, g.out, tc.fam, grpPort)
+			if err := g.out.JoinGroup(ol, tc.group, 0); err != nil {
+				t.Fatalf("outside join %v: %v", tc.group, err)
+			}
+			c4 := g.agents[3].Socket(tc.fam, unix.SOCK_DGRAM, 0)
+			sendN(t, g.agents[3], c4, dst, n)
+			g.expect(t, "c4 → group", socks, others, [5]int{n, n, 0, -1, -1}, c4addr, seen)
+			if got := drain(t, "outside", g.out, ol, c4addr, tc.group); got != n {
+				t.Errorf("outside host got %d of c4's %d datagrams to %v", got, n, tc.group)
+			}
+			g.out.Close(ol)
+			host := g.agent("")
+			hs := host.Socket(tc.fam, unix.SOCK_DGRAM, 0)
+			sendN(t, host, hs, dst, n)
+			g.expect(t, "host → group", socks, others, [5]int{n, n, 0, -1, -1}, hostAddr, seen)
+			nfrom := netip.MustParseAddr("10.78.0.6")
+			if tc.fam == unix.AF_INET6 {
+				nfrom = netip.MustParseAddr("fd78::6")
+			}
+			ns := na.Socket(tc.fam, unix.SOCK_DGRAM, 0)
+			sendN(t, na, ns, dst, n)
+			g.expect(t, "netns n6 → group", socks, others, [5]int{n, n, 0, -1, -1}, nfrom, seen)
 
 			// Leave stops delivery at once.
 			if err := g.agents[0].LeaveGroup(socks[0], tc.group, 0); err != nil {

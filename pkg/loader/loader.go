@@ -212,11 +212,9 @@ func Up(o Options) (st *State, changed bool, err error) {
 		return st, false, err
 	}
 	if o.Uplink != "" {
-		idx, err := ifindex(o.Uplink)
-		if err != nil {
+		if want.UplinkIfindex, want.UplinkMAC, err = linkOf(o.Uplink); err != nil {
 			return st, false, err
 		}
-		want.UplinkIfindex = idx
 	}
 
 	if _, err := os.Stat(mapsDir(dir)); err == nil {
@@ -243,9 +241,9 @@ func Up(o Options) (st *State, changed bool, err error) {
 		// The delivery may change on a running host (the caller switches
 		// the containers: dirty until it is done), and the uplink may have
 		// been recreated under its name.
-		if st.Config.Delivery != want.Delivery || st.Config.UplinkIfindex != want.UplinkIfindex {
+		if st.Config.Delivery != want.Delivery || st.Config.UplinkIfindex != want.UplinkIfindex || st.Config.UplinkMAC != want.UplinkMAC {
 			cfg := st.Config
-			cfg.Delivery, cfg.UplinkIfindex, cfg.Dirty = want.Delivery, want.UplinkIfindex, true
+			cfg.Delivery, cfg.UplinkIfindex, cfg.UplinkMAC, cfg.Dirty = want.Delivery, want.UplinkIfindex, want.UplinkMAC, true
 			if err := st.Maps.SetConfig(cfg); err != nil {
 				return st, changed, err
 			}
@@ -564,10 +562,13 @@ func (st *State) Teardown() error {
 	return nil
 }
 
-func ifindex(name string) (uint32, error) {
+// linkOf returns an interface's ifindex and MAC address.
+func linkOf(name string) (uint32, [6]byte, error) {
+	var mac [6]byte
 	l, err := netlink.LinkByName(name)
 	if err != nil {
-		return 0, fmt.Errorf("uplink %q: %w (check `ip link`)", name, err)
+		return 0, mac, fmt.Errorf("interface %q: %w (check `ip link`)", name, err)
 	}
-	return uint32(l.Attrs().Index), nil
+	copy(mac[:], l.Attrs().HardwareAddr)
+	return uint32(l.Attrs().Index), mac, nil
 }

@@ -170,7 +170,7 @@ func (st *State) ensureGroupLinks() (bool, error) {
 	}
 	changed := false
 	for _, name := range ifs {
-		idx, err := ifindex(name)
+		idx, _, err := linkOf(name)
 		if err != nil {
 			return changed, err
 		}

@@ -45,9 +45,10 @@ type Config struct {
 	Level         uint32 // cgroup level of container cgroups
 	Delivery      Delivery
 	UplinkIfindex uint32
-	CgroupRoot    string // where the programs are attached
-	Uplink        string // interface name; "" = addresses on lo
-	Dirty         bool   // a changing command is under way, or died before it finished
+	UplinkMAC     [6]byte // source MAC of what l3iso itself sends out of the uplink
+	CgroupRoot    string  // where the programs are attached
+	Uplink        string  // interface name; "" = addresses on lo
+	Dirty         bool    // a changing command is under way, or died before it finished
 	// Forward4 and Forward6 say that l3iso turned on IPv4 / IPv6 forwarding
 	// (for routed or bridge delivery), so it turns it off again when no
 	// longer needed, and leaves alone forwarding the operator turned on.
@@ -65,7 +66,7 @@ func (s *Set) Config() (Config, error) {
 	}
 	return Config{
 		NetnsCookie: v.NetnsCookie, Level: v.Level, Delivery: Delivery(v.Delivery),
-		UplinkIfindex: v.UplinkIfindex, CgroupRoot: cstr(v.Cgroot[:]), Uplink: cstr(v.Uplink[:]),
+		UplinkIfindex: v.UplinkIfindex, UplinkMAC: v.UplinkMac, CgroupRoot: cstr(v.Cgroot[:]), Uplink: cstr(v.Uplink[:]),
 		Dirty:       v.Flags&uint32(sockL3CfgFlagsL3CFG_DIRTY) != 0,
 		Forward4:    v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD4) != 0,
 		Forward6:    v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD6) != 0,
@@ -83,6 +84,7 @@ func (s *Set) SetConfig(c Config) error {
 	v := sockL3Cfg{
 		Gen: cur.Gen, BcastBloom: cur.BcastBloom,
 		NetnsCookie: c.NetnsCookie, Level: c.Level, Delivery: uint32(c.Delivery), UplinkIfindex: c.UplinkIfindex,
+		UplinkMac: c.UplinkMAC,
 	}
 	if c.Dirty {
 		v.Flags |= uint32(sockL3CfgFlagsL3CFG_DIRTY)

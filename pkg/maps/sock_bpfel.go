@@ -48,6 +48,8 @@ type sockL3Cfg struct {
 	BcastBloom    [4]uint64
 	Cgroot        [256]int8
 	Uplink        [16]int8
+	UplinkMac     [6]uint8
+	Pad2          uint16
 }
 
 type sockL3CfgFlags uint32
@@ -141,6 +143,8 @@ const (
 	sockL3GroupLimitsL3MAX_LISTEN sockL3GroupLimits = 32
 	sockL3GroupLimitsL3MARK_TAG   sockL3GroupLimits = 1815281664
 	sockL3GroupLimitsL3MARK_MASK  sockL3GroupLimits = 4294901760
+	sockL3GroupLimitsL3MARK_COPY  sockL3GroupLimits = 1815347201
+	sockL3GroupLimitsL3MARK_OUT   sockL3GroupLimits = 1815347202
 )
 
 type sockL3Lent struct {

@@ -30,6 +30,8 @@ type sockvariantL3Cfg struct {
 	BcastBloom    [4]uint64
 	Cgroot        [256]int8
 	Uplink        [16]int8
+	UplinkMac     [6]uint8
+	Pad2          uint16
 }
 
 type sockvariantL3Cont struct {
