@@ -813,3 +813,39 @@ func (e *env) exists(c string) bool {
 	}
 	return false
 }
+
+// TestNetnsMTU: a netns container's veth takes the uplink's MTU, so a
+// datagram too big for the uplink is fragmented in the container instead
+// of dying in direct delivery, which skips the forwarding path that would
+// answer with ICMP "fragmentation needed" / "packet too big".
+func TestNetnsMTU(t *testing.T) {
+	n := newNetEnv(t, "direct")
+	for _, args := range [][]string{
+		{"-n", filepath.Base(n.netns), "link", "set", "up0", "mtu", "1400"},
+		{"-n", filepath.Base(n.outside), "link", "set", "eth0", "mtu", "1400"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	c := n.add("m", "10.78.0.1/24", "fd78::1/64")
+	out, err := exec.Command("ip", "-n", veth.NetnsName(c), "-o", "link", "show", "eth0").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), " mtu 1400 ") {
+		t.Errorf("container veth: %v: %s; want mtu 1400, the uplink's", err, out)
+	}
+	in, o := n.in(c), n.out()
+	payload := make([]byte, 1450) // fits 1500, not 1400
+	for i, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		dst := []netip.Addr{outside4, outside6}[i]
+		r := udpBound(t, o, fam, 7800)
+		s := in.Socket(fam, unix.SOCK_DGRAM, 0)
+		for k := 0; k < 3; k++ {
+			if err := in.SendTo(s, netip.AddrPortFrom(dst, 7800), payload); err != nil {
+				t.Fatalf("send %d bytes to %v: %v", len(payload), dst, err)
+			}
+		}
+		if got := drain(t, "outside", o, r, netip.Addr{}, netip.Addr{}); got != 3 {
+			t.Errorf("%v: the outside host got %d of 3 datagrams of %d bytes", dst, got, len(payload))
+		}
+	}
+}

@@ -51,6 +51,23 @@ func ips(k maps.Container) []netip.Addr {
 	return out
 }
 
+// vethMTU is the MTU of a new container veth: the uplink's (0, the
+// default, without one). Direct delivery skips the forwarding path that
+// answers a packet too big for the uplink with ICMP "fragmentation needed"
+// or "packet too big"; with the uplink's MTU a container never sends one —
+// it cannot raise its own (no CAP_NET_ADMIN), and its stack fragments or
+// segments to fit, as it would on the uplink itself.
+func (c *Control) vethMTU() int {
+	if c.st.Config.UplinkIfindex == 0 {
+		return 0
+	}
+	l, err := netlink.LinkByIndex(int(c.st.Config.UplinkIfindex))
+	if err != nil {
+		return 0
+	}
+	return l.Attrs().MTU
+}
+
 // plumb creates the namespace and veth of netns container k and wires them
 // for the current delivery. The maps already own k's addresses (rule 9). On
 // error nothing of it is left.
@@ -62,6 +79,7 @@ func (c *Control) plumb(k maps.Container) error {
 		Container:         k.Spec.Name,
 		Addrs:             vethAddrs(k),
 		SubnetsViaGateway: c.st.Config.Delivery != maps.DeliveryBridge,
+		MTU:               c.vethMTU(),
 	})
 	if err != nil {
 		return err
