@@ -63,6 +63,12 @@ static __always_inline int parse(struct __sk_buff *skb, struct tpkt *p)
 	struct ethhdr *eth = data;
 	__u32 need;
 
+#ifdef L3ISO_VARIANT
+	/* The upgrade test's "older binary" (as in config(), maps.h): programs
+	 * that never read l3_config differ too. */
+	asm volatile("r0 = 0" ::: "r0");
+#endif
+
 	if ((void *)(eth + 1) > end)
 		return P_MALFORMED;
 	if (eth->h_proto == bpf_htons(ETH_P_IP))

@@ -74,9 +74,16 @@ func TestUpgradeInPlace(t *testing.T) {
 		t.Fatalf("first up: changed=%v err=%v", changed, err)
 	}
 	t.Cleanup(func() {
-		if st, err := loader.Open(dir, true); err == nil {
-			st.Teardown()
-			st.Close()
+		// Teardown restores lo's sysctls: those of the test's netns.
+		err := inNetns(netns, func() error {
+			if st, err := loader.Open(dir, true); err == nil {
+				st.Teardown()
+				st.Close()
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
 		}
 	})
 	before, err := st.Links()
