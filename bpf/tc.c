@@ -459,6 +459,10 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 			skb->mark = 0;
 			return TCX_NEXT;
 		}
+		if (skb->ingress_ifindex)
+			/* Received, then forwarded (ip_forward on): its copies were
+			 * made where it came in. Only what this host sends is new. */
+			return TCX_NEXT;
 
 		if (tuple_len == sizeof(t.ipv4))
 			addr_set4(&src, t.ipv4.saddr);

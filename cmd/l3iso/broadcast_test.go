@@ -403,6 +403,15 @@ func TestGroupNetns(t *testing.T) {
 		sendN(t, g.out, o, netip.AddrPortFrom(dst, grpPort), n)
 		g.expect(t, "outside → "+dst.String(), socks, others, want, outside4, dst)
 	}
+	// Still exactly once when the host forwards: the original of a
+	// directed broadcast is then routed back out of the uplink, where
+	// l3_tc_group_out must not copy it again (it fans out only what the
+	// host itself sends).
+	g.setSysctl("net.ipv4.ip_forward", "1")
+	bc := netip.MustParseAddr("10.78.0.255")
+	sendN(t, g.out, o, netip.AddrPortFrom(bc, grpPort), n)
+	g.expect(t, "outside → "+bc.String()+" with ip_forward=1", socks, others, want, outside4, bc)
+	g.setSysctl("net.ipv4.ip_forward", "0")
 
 	// From a netns container: its listening siblings and the uplink.
 	ol := udpBound(t, g.out, unix.AF_INET, grpPort)

@@ -141,6 +141,14 @@ func (n *netEnv) sysctl(key string) string {
 	return strings.TrimSpace(string(out))
 }
 
+// setSysctl writes key (dotted) in the host namespace.
+func (n *netEnv) setSysctl(key, val string) {
+	n.t.Helper()
+	if out, err := exec.Command("nsenter", "--net="+n.netns, "sysctl", "-qw", key+"="+val).CombinedOutput(); err != nil {
+		n.t.Fatalf("sysctl %s=%s: %v: %s", key, val, err, out)
+	}
+}
+
 func family(a netip.Addr) int {
 	if a.Is4() {
 		return unix.AF_INET
