@@ -2,11 +2,13 @@
 // private namespaces — loopback, shared-mode containers, and netns
 // containers behind l3iso's bridge (with and without conntrack), routed
 // and direct delivery — runs its own Go load generator through each
-// (udp_pps, tcp_rr with latency percentiles, tcp_crr, tcp_gbps),
-// configurations interleaved round-robin, and reports medians with min–max
-// and per-round ratios to loopback and to bridge. It also measures how the
-// figures change with 100 and 1,000 containers on the host, and the
-// control plane (up, container add, apply of 10,000 containers, down).
+// (udp_pps, tcp_rr with latency percentiles, tcp_crr, tcp_gbps, and
+// bcast_fanout: a broadcast from outside into 100 containers of which two
+// listen), configurations interleaved round-robin, and reports medians
+// with min–max and per-round ratios to loopback and to bridge. It also
+// measures how the figures change with 100 and 1,000 containers on the
+// host, and the control plane (up, container add, apply of 10,000
+// containers, down).
 //
 // `l3iso bench` and `make bench` run it; see bench/README.md for what is
 // measured and how to read it. It needs root. Everything it makes — network
@@ -53,6 +55,12 @@ type Options struct {
 	// direct). Default 100 and 1,000; set NoScale for none.
 	Scale   []int
 	NoScale bool
+	// Fanout is the number of containers of each bcast_fanout
+	// installation (bridge, shared, direct), of which the first and the
+	// last listen: default FanoutContainers, at least 3 and at most 253
+	// (one /24). NoFanout leaves bcast_fanout out.
+	Fanout   int
+	NoFanout bool
 	// ControlPlane is the number of containers of the control-plane apply
 	// (default 10,000); SkipControlPlane leaves that phase out.
 	ControlPlane     int
@@ -96,6 +104,12 @@ func (o *Options) defaults() error {
 	if o.NoScale {
 		o.Scale = nil
 	}
+	if o.Fanout == 0 {
+		o.Fanout = FanoutContainers
+	}
+	if o.Fanout < 3 || o.Fanout > 253 {
+		return fmt.Errorf("bcast_fanout with %d containers: want 3 to 253 (two listen, one must not, all on one /24)", o.Fanout)
+	}
 	if o.ControlPlane == 0 {
 		o.ControlPlane = 10_000
 	}
@@ -109,7 +123,8 @@ func (o *Options) defaults() error {
 // per-packet and the per-connection figure.
 var scaledWorkloads = map[string]bool{UDPPPS: true, TCPCRR: true}
 
-// target is one configuration under test with its two workers.
+// target is one configuration under test with its workers: a server and
+// a client, or for bcast_fanout the listeners and a client (the sender).
 type target struct {
 	config     string
 	containers int
@@ -117,10 +132,19 @@ type target struct {
 	client     place
 	srv, cli   *proc
 	broken     error // set when the warm-up failed: left out of the rounds
+
+	fanout    bool     // runs bcast_fanout only
+	in        *install // bcast_fanout: its installation
+	listenAt  []place
+	listeners []*proc
+	sent      uint64 // bcast_fanout: datagrams the sender sent in all runs
 }
 
 func (t *target) label() string {
-	if t.containers == 1 {
+	switch {
+	case t.fanout:
+		return fmt.Sprintf("%s bcast ×%d", t.config, t.containers)
+	case t.containers == 1:
 		return t.config
 	}
 	return fmt.Sprintf("%s ×%d", t.config, t.containers)
@@ -158,9 +182,7 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		return nil, err
 	}
 
-	unavailable := map[string]string{
-		BcastFanout: "broadcast delivery into containers (issue 4) is not in this build yet",
-	}
+	unavailable := map[string]string{}
 	b := &bench{o: o, w: w, pr: pr, m: Measurements{}, failures: map[string]int{}}
 
 	// Topologies.
@@ -228,6 +250,11 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		}
 		add(Direct, n, in)
 	}
+	if o.NoFanout {
+		unavailable[BcastFanout] = "left out (--no-bcast)"
+	} else if err := b.setupFanout(ctx, cpuServer, cpuClient, &installs, unavailable); err != nil {
+		return nil, err
+	}
 
 	// Workers.
 	for _, t := range b.targets {
@@ -251,6 +278,7 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 			unavailable[BridgeCT+" (check)"] = fmt.Sprintf("the conntrack rule counted %d packets (%v): bridge_ct may not be what it claims", n, err)
 		}
 	}
+	checks := b.fanoutChecks(ctx, unavailable)
 	for what, n := range b.failures {
 		if _, broken := unavailable[strings.SplitN(what, " in ", 2)[1]]; !broken {
 			unavailable[what] = fmt.Sprintf("%d of %d runs failed (counted as missing)", n, o.Rounds)
@@ -274,6 +302,9 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		ops = append(ops, cp...)
 	}
 	rep = Build(b.m, o.Rounds, machine, unavailable)
+	if rep.Fanout != nil {
+		rep.Fanout.Checks = checks
+	}
 	rep.RunSeconds = o.RunTime.Seconds()
 	rep.CrossCheck = cross
 	rep.ControlPlane = ops
@@ -292,10 +323,31 @@ type bench struct {
 	m        Measurements
 	failures map[string]int // runs that failed, by "workload in config"
 	ct       *install       // bridge_ct's installation
+	softirqd []int          // pids of the ksoftirqd threads (bcast_cpu_ns)
+	epoch    time.Time      // bcast_cpu_ns's clock
 }
 
-// start starts the target's server and then its client.
+// start starts the target's server (bcast_fanout: its listeners) and then
+// its client.
 func (b *bench) start(ctx context.Context, t *target) error {
+	if t.fanout {
+		pj, _ := json.Marshal(ports{Bcast: fanoutPort})
+		for i, p := range t.listenAt {
+			l, err := b.w.startWorker(ctx, fmt.Sprintf("broadcast listener %d (%s)", i+1, t.label()), "listener", p, envPorts+"="+string(pj))
+			if err != nil {
+				return err
+			}
+			// The socket is bound (and registered) once it answers.
+			var got ports
+			if err := l.recv(ctx, 30*time.Second, &got); err != nil {
+				return err
+			}
+			t.listeners = append(t.listeners, l)
+		}
+		var err error
+		t.cli, err = b.w.startWorker(ctx, "broadcast sender ("+t.label()+")", "client", t.client, envPorts+"="+string(pj))
+		return err
+	}
 	var err error
 	if t.srv, err = b.w.startWorker(ctx, "load generator server ("+t.label()+")", "server", t.server); err != nil {
 		return err
@@ -313,15 +365,18 @@ func (b *bench) start(ctx context.Context, t *target) error {
 func (b *bench) runsOf(workload string) []*target {
 	var out []*target
 	for _, t := range b.targets {
-		if t.containers == 1 || scaledWorkloads[workload] {
+		if t.fanout != (workload == BcastFanout) {
+			continue
+		}
+		if t.fanout || t.containers == 1 || scaledWorkloads[workload] {
 			out = append(out, t)
 		}
 	}
 	return out
 }
 
-// workloads are the measured workloads, in the order of a round.
-var measured = []string{UDPPPS, TCPRR, TCPCRR, TCPGbps}
+// measured are the measured workloads, in the order of a round.
+var measured = []string{UDPPPS, TCPRR, TCPCRR, TCPGbps, BcastFanout}
 
 // measure runs the warm-up and the rounds.
 func (b *bench) measure(ctx context.Context) error {
@@ -401,6 +456,7 @@ func (b *bench) measure(ctx context.Context) error {
 // figures are the names a workload's run produces.
 var figures = map[string][]string{
 	UDPPPS: {UDPPPS}, TCPRR: {TCPRR, tcpRRP50, TCPRRP99, tcpRRP999}, TCPCRR: {TCPCRR}, TCPGbps: {TCPGbps},
+	BcastFanout: {BcastFanout, BcastCPUNs, bcastMachine, bcastBalance},
 }
 
 // runOnce runs workload w in t for d and returns its figures by name.
@@ -409,6 +465,9 @@ var figures = map[string][]string{
 // wind-down stay out of the window. Transactional ones are measured by the
 // client.
 func (b *bench) runOnce(ctx context.Context, t *target, w string, d time.Duration) (map[string]float64, error) {
+	if t.fanout {
+		return b.runFanout(ctx, t, d)
+	}
 	if err := t.cli.send(fmt.Sprintf("%s %d", w, d.Nanoseconds())); err != nil {
 		return nil, err
 	}
@@ -473,7 +532,7 @@ func (b *bench) crossCheck(ctx context.Context) []Cross {
 	var out []Cross
 	secs := max(1, int(math.Ceil(b.o.RunTime.Seconds())))
 	for _, t := range b.targets {
-		if t.containers != 1 || t.broken != nil {
+		if t.containers != 1 || t.broken != nil || t.fanout {
 			continue
 		}
 		b.pr.status("cross-check · iperf3 · %s", t.label())

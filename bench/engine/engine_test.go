@@ -46,10 +46,11 @@ func runID() string {
 }
 
 // TestSmoke runs the whole engine with tiny durations — every topology,
-// the scaling runs (with 3 containers instead of 100 and 1,000), the
-// control plane (20 containers instead of 10,000) — and checks that every
-// configuration carried traffic and that nothing is left behind. It says
-// nothing about performance.
+// the scaling runs (with 3 containers instead of 100 and 1,000),
+// bcast_fanout (4 containers instead of 100), the control plane (20
+// containers instead of 10,000) — and checks that every configuration
+// carried traffic, that broadcasts reached the listeners and only them,
+// and that nothing is left behind. It says nothing about performance.
 func TestSmoke(t *testing.T) {
 	sockprobe.RequirePrivileged(t)
 	if _, err := exec.LookPath("nsenter"); err != nil {
@@ -65,7 +66,7 @@ func TestSmoke(t *testing.T) {
 	var progress bytes.Buffer
 	rep, err := Run(ctx, Options{
 		Binary: bin, Rounds: 2, RunTime: 100 * time.Millisecond,
-		Scale: []int{3}, ControlPlane: 20, SkipCrossCheck: true, Progress: &progress, RunID: id,
+		Scale: []int{3}, Fanout: 4, ControlPlane: 20, SkipCrossCheck: true, Progress: &progress, RunID: id,
 	})
 	for _, l := range leftovers(t, id) {
 		t.Errorf("left behind: %s", l)
@@ -73,12 +74,25 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
 	}
+	fanoutIn := map[string]bool{Bridge: true, Shared: true, Direct: true}
 	for _, r := range rep.Results {
-		if r.Workload == BcastFanout {
+		if (r.Workload == BcastFanout || r.Workload == BcastCPUNs) && !fanoutIn[r.Config] {
+			if r.Median != nil {
+				t.Errorf("%s %s: measured, but the configuration delivers no broadcasts", r.Config, r.Workload)
+			}
 			continue
 		}
 		if r.Median == nil || *r.Median <= 0 {
 			t.Errorf("%s %s: nothing measured", r.Config, r.Workload)
+		}
+	}
+	if f := rep.Fanout; f == nil || f.Containers != 4 || len(f.Checks) != 3 {
+		t.Errorf("bcast: %+v, want 4 containers and checks of bridge, shared and direct", rep.Fanout)
+	} else {
+		for _, c := range f.Checks {
+			if strings.Contains(c, "unexpected") {
+				t.Errorf("bcast check: %s", c)
+			}
 		}
 	}
 	for _, s := range rep.Scaling {

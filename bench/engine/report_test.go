@@ -75,7 +75,8 @@ func TestOverlap(t *testing.T) {
 }
 
 // fixture is a run in which direct is clearly faster than bridge, shared
-// overlaps loopback, and bridge_ct was not measured.
+// overlaps loopback, and bridge_ct was not measured; bcast_fanout ran in
+// bridge and direct with 100 containers.
 func fixture() *Report {
 	m := Measurements{}
 	set := func(c, w string, n int, v ...float64) { m[Key{c, w, n}] = v }
@@ -87,7 +88,14 @@ func fixture() *Report {
 		set(Direct, w, 1, 92, 101, 83, 92, 96)
 	}
 	set(Direct, UDPPPS, 1000, 91, 100, 84, 92, 95)
-	return Build(m, 5, Machine{CPUs: 2}, map[string]string{BcastFanout: "not built", BridgeCT: "no nft"})
+	set(Bridge, BcastFanout, 100, 10, 11, 9, 10, 12)
+	set(Direct, BcastFanout, 100, 120, 130, 110, 125, 118)
+	set(Bridge, BcastCPUNs, 100, 200000, 210000, 190000, 205000, 180000)
+	set(Direct, BcastCPUNs, 100, 15000, 16000, 14000, 21000, 15500)
+	set(Bridge, bcastBalance, 100, 1, 0.99, 0.98, 1, 0.97)
+	set(Direct, bcastBalance, 100, 0.95, 0.99, 0.9, 1, 0.97)
+	set(Direct, bcastMachine, 100, 20000, 21000, 19000, 30000, 20500)
+	return Build(m, 5, Machine{CPUs: 2}, map[string]string{BcastFanout + " in " + Routed: "no broadcasts", BridgeCT: "no nft"})
 }
 
 func find(t *testing.T, rs []Result, config, workload string) Result {
@@ -118,7 +126,22 @@ func TestBuild(t *testing.T) {
 		t.Errorf("unmeasured bridge_ct must be null, got %+v", b)
 	}
 	if len(r.Scaling) != 2 || r.Scaling[1].Containers != 1000 || r.Scaling[1].DifferenceShown {
-		t.Errorf("scaling = %+v, want direct udp_pps at 1 and 1000, no difference shown", r.Scaling)
+		t.Errorf("scaling = %+v, want direct udp_pps at 1 and 1000, no difference shown (bcast_fanout is no scaling figure)", r.Scaling)
+	}
+	// bcast_fanout's main figures are those of its 100-container
+	// installations; loopback has none, so vs_loopback is null.
+	bf := find(t, r.Results, Direct, BcastFanout)
+	if bf.Median == nil || *bf.Median != 120 || bf.Unit != "deliveries/s" || bf.VsLoopback != nil || bf.VsBridge == nil || *bf.VsBridge != 12 {
+		t.Errorf("direct bcast_fanout = %+v, want 120 deliveries/s, 12× bridge, no vs_loopback", bf)
+	}
+	if rt := find(t, r.Results, Routed, BcastFanout); rt.Median != nil {
+		t.Errorf("routed bcast_fanout must be null, got %+v", rt)
+	}
+	if f := r.Fanout; f == nil || f.Containers != 100 || f.Listening != 2 || f.Balance[Direct] != 0.9 || f.MachineCPUNs[Direct] != 20500 {
+		t.Errorf("Fanout = %+v, want 100 containers, 2 listening, direct balance 0.9, machine 20500 ns", r.Fanout)
+	}
+	if !lowerIsBetter(BcastCPUNs) || lowerIsBetter(BcastFanout) {
+		t.Error("bcast_cpu_ns is a cost (lower is better), bcast_fanout a rate")
 	}
 
 	var md bytes.Buffer
@@ -133,16 +156,55 @@ func TestBuild(t *testing.T) {
 		"| direct ≥ 0.90× loopback in udp_pps | 0.920 | met — min–max ranges of direct and loopback overlap: no difference shown |",
 		"| shared ≥ 0.97× loopback in udp_pps | 0.990 | met — ",
 		"| direct udp_pps: 1,000 containers within 5% of 1 |",
-		"- bcast_fanout: not built",
+		"- bcast_fanout in routed: no broadcasts",
 		"| direct tcp_rr p99 no worse than bridge | 1.533 | missed |", // latency: higher is worse
+		"| bcast_fanout | loopback | not available | – | – |",
+		"| bcast_fanout | direct | 120 (110–130) deliveries/s | – | **12.00×** [9.83–12.50] |",
+		"| bcast_cpu_ns | direct | 15.5k (14.0k–21.0k) ns | – | **0.08×** [0.07–0.10] |",
+		// Per round bridge / direct: 13.3, 13.1, 13.6, 9.8, 11.6.
+		"| direct ≥ 10× cheaper than bridge per broadcast datagram (bcast_cpu_ns, bridge / direct; 100 containers, 2 listening) | 13.125 | met |",
+		"of which 2 listen (a UDP socket on 0.0.0.0:7400)",
 	} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("Markdown lacks %q:\n%s", want, md.String())
 		}
 	}
 	var svg bytes.Buffer
-	if err := r.WriteSVG(&svg); err != nil || !strings.HasPrefix(svg.String(), "<svg") || !strings.Contains(svg.String(), "direct udp_pps: 0.920× loopback") {
-		t.Errorf("SVG: %v\n%.300s", err, svg.String())
+	if err := r.WriteSVG(&svg); err != nil || !strings.HasPrefix(svg.String(), "<svg") || !strings.Contains(svg.String(), "direct udp_pps: 0.920× loopback") ||
+		!strings.Contains(svg.String(), "15.5k ns — 13.1× cheaper than bridge") {
+		t.Errorf("SVG: %v\n%s", err, svg.String())
+	}
+}
+
+// Without bcast_fanout (--no-bcast) its figures are null, there is no
+// bcast section, and its target is "not measured".
+func TestBuildWithoutFanout(t *testing.T) {
+	m := Measurements{}
+	for _, c := range []string{Loopback, Bridge, Direct} {
+		m[Key{c, UDPPPS, 1}] = Series{1, 2, 3}
+	}
+	r := Build(m, 3, Machine{}, map[string]string{BcastFanout: "left out"})
+	if r.Fanout != nil {
+		t.Errorf("Fanout = %+v, want nil", r.Fanout)
+	}
+	if b := find(t, r.Results, Direct, BcastCPUNs); b.Median != nil {
+		t.Errorf("bcast_cpu_ns = %+v, want null", b)
+	}
+	found := false
+	for _, tg := range r.Targets {
+		if strings.Contains(tg.What, "bcast_cpu_ns") {
+			found = true
+			if tg.Verdict != "not measured" || tg.Ratio != nil {
+				t.Errorf("target %+v, want not measured", tg)
+			}
+		}
+	}
+	if !found {
+		t.Error("no bcast_cpu_ns target")
+	}
+	var svg bytes.Buffer
+	if err := r.WriteSVG(&svg); err != nil || strings.Contains(svg.String(), "bcast_cpu_ns") {
+		t.Errorf("SVG without bcast figures: %v, has a bcast panel: %v", err, strings.Contains(svg.String(), "bcast_cpu_ns"))
 	}
 }
 
@@ -179,12 +241,15 @@ func TestStableJSONShape(t *testing.T) {
 			t.Fatalf("result keys = %v, want %v", keys, want)
 		}
 		seen[r["config"].(string)+"/"+r["workload"].(string)] = true
-		if r["workload"] == BcastFanout && r["median"] != nil {
-			t.Errorf("bcast_fanout must be null until it is measured: %v", r)
+		if r["workload"] == BcastFanout && r["config"] == Direct && (r["median"] == nil || r["unit"] != "deliveries/s") {
+			t.Errorf("direct bcast_fanout: %v, want a figure in deliveries/s", r)
+		}
+		if r["workload"] == BcastCPUNs && r["config"] == Loopback && r["median"] != nil {
+			t.Errorf("loopback bcast_cpu_ns must be null (not measured): %v", r)
 		}
 	}
 	for _, c := range []string{"loopback", "shared", "bridge", "bridge_ct", "routed", "direct"} {
-		for _, w := range []string{"udp_pps", "tcp_rr", "tcp_rr_p99_us", "tcp_crr", "tcp_gbps", "bcast_fanout"} {
+		for _, w := range []string{"udp_pps", "tcp_rr", "tcp_rr_p99_us", "tcp_crr", "tcp_gbps", "bcast_fanout", "bcast_cpu_ns"} {
 			if !seen[c+"/"+w] {
 				t.Errorf("no result for %s/%s", c, w)
 			}

@@ -3,16 +3,21 @@ package engine
 // The load generator. The engine starts the l3iso binary itself (or any
 // binary that calls MaybeWorker first thing) as a worker process, born in
 // the cgroup of the configuration under test (CLONE_INTO_CGROUP) and
-// running in its network namespace (nsenter --net). Two roles:
+// running in its network namespace (nsenter --net). Three roles:
 //
-//	server  listens on ADDR: one UDP socket (counts datagrams), one TCP
-//	        listener each for tcp_rr (echo), tcp_crr (accept, read 1 byte,
-//	        write 1 byte, close) and tcp_gbps (counts bytes). It prints its
-//	        ports as one JSON line, then answers every "snap" line on stdin
-//	        with its counters and a monotonic timestamp.
-//	client  for every line "WORKLOAD NANOSECONDS" on stdin runs that
-//	        workload against the server for that long and prints one JSON
-//	        result line.
+//	server    listens on ADDR: one UDP socket (counts datagrams), one TCP
+//	          listener each for tcp_rr (echo), tcp_crr (accept, read 1
+//	          byte, write 1 byte, close) and tcp_gbps (counts bytes). It
+//	          prints its ports as one JSON line, then answers every "snap"
+//	          line on stdin with its counters and a monotonic timestamp.
+//	listener  bcast_fanout's receiver: one UDP socket bound to ADDR (the
+//	          wildcard) and the port in $L3ISO_BENCH_PORTS, counting
+//	          datagrams; prints its ports, then answers "snap" like the
+//	          server, with its socket's drops and the machine's busy CPU
+//	          time added.
+//	client    for every line "WORKLOAD NANOSECONDS" on stdin runs that
+//	          workload against the server (bcast_fanout: the broadcast
+//	          address ADDR) for that long and prints one JSON result line.
 //
 // Both use raw system calls (golang.org/x/sys/unix) on blocking sockets
 // from goroutines locked to OS threads pinned to one CPU, so what is timed
@@ -37,9 +42,9 @@ import (
 
 // Environment of a worker process.
 const (
-	envWorker = "L3ISO_BENCH_WORKER" // server or client
-	envAddr   = "L3ISO_BENCH_ADDR"   // server: address to listen on; client: the server's
-	envPorts  = "L3ISO_BENCH_PORTS"  // client: the server's ports (JSON)
+	envWorker = "L3ISO_BENCH_WORKER" // server, listener or client
+	envAddr   = "L3ISO_BENCH_ADDR"   // server, listener: address to listen on; client: the server's
+	envPorts  = "L3ISO_BENCH_PORTS"  // client: the server's ports (JSON); listener: its port (bcast)
 	envCPU    = "L3ISO_BENCH_CPU"    // CPU to pin the working threads to; -1: none
 )
 
@@ -56,6 +61,7 @@ type ports struct {
 	RR     int `json:"rr"`
 	CRR    int `json:"crr"`
 	Stream int `json:"stream"`
+	Bcast  int `json:"bcast,omitempty"` // bcast_fanout: the listeners' port
 }
 
 // snap is the server's answer to "snap".
@@ -63,6 +69,12 @@ type snap struct {
 	UDP    uint64 `json:"udp"`    // datagrams received so far
 	Stream uint64 `json:"stream"` // stream bytes received so far
 	Ns     int64  `json:"ns"`     // monotonic nanoseconds
+	// Busy is the machine's busy CPU time so far, all CPUs, from
+	// /proc/stat, read together with the counters (listener only).
+	Busy int64 `json:"busy_ns,omitempty"`
+	// Drops are the datagrams the listener's socket dropped so far
+	// because its receive buffer was full (listener only).
+	Drops uint64 `json:"drops,omitempty"`
 }
 
 // runResult is the client's answer to a run.
@@ -102,10 +114,13 @@ func worker(role string) error {
 	switch role {
 	case "server":
 		return server(addr, cpu)
-	case "client":
+	case "listener", "client":
 		var p ports
 		if err := json.Unmarshal([]byte(os.Getenv(envPorts)), &p); err != nil {
 			return fmt.Errorf("$%s: %w", envPorts, err)
+		}
+		if role == "listener" {
+			return listener(addr, p.Bcast, cpu)
 		}
 		return client(addr, p, cpu)
 	}
@@ -283,6 +298,136 @@ func server(addr netip.Addr, cpu int) error {
 	}
 }
 
+// listener counts the datagrams that arrive on one UDP socket bound to
+// addr:port — in bcast_fanout the wildcard address, the way an application
+// that wants broadcasts listens — and answers "snap" with the count and the
+// machine's busy CPU time.
+func listener(addr netip.Addr, port, cpu int) error {
+	start := time.Now()
+	if port <= 0 {
+		return fmt.Errorf("$%s: no bcast port", envPorts)
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	if err := unix.Bind(fd, sockaddr(addr, port)); err != nil {
+		return fmt.Errorf("bind %s:%d: %w", addr, port, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("fstat the socket: %w", err)
+	}
+	if _, err := socketDrops(st.Ino); err != nil {
+		return err
+	}
+	if _, err := busyNs(); err != nil {
+		return err
+	}
+	var pkts atomic.Uint64
+	fail := make(chan error, 1)
+	go func() {
+		if err := pin(cpu); err != nil {
+			fail <- err
+			return
+		}
+		buf := make([]byte, 2048)
+		for {
+			_, _, err := unix.Recvfrom(fd, buf, 0)
+			if err == nil {
+				pkts.Add(1)
+			} else if !errors.Is(err, unix.EINTR) {
+				fail <- fmt.Errorf("udp recv: %w", err)
+				return
+			}
+		}
+	}()
+	out := json.NewEncoder(os.Stdout)
+	if err := out.Encode(ports{Bcast: port}); err != nil {
+		return err
+	}
+	lines := make(chan string)
+	go func() {
+		in := bufio.NewScanner(os.Stdin)
+		for in.Scan() {
+			lines <- in.Text()
+		}
+		close(lines)
+	}()
+	for {
+		select {
+		case err := <-fail:
+			return err
+		case l, ok := <-lines:
+			if !ok {
+				return nil
+			}
+			if strings.TrimSpace(l) != "snap" {
+				return fmt.Errorf("unknown command %q", l)
+			}
+			drops, err := socketDrops(st.Ino)
+			if err != nil {
+				return err
+			}
+			busy, err := busyNs()
+			if err != nil {
+				return err
+			}
+			if err := out.Encode(snap{UDP: pkts.Load(), Ns: time.Since(start).Nanoseconds(), Busy: busy, Drops: drops}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// socketDrops is the drop count of the UDP socket with inode ino, from
+// /proc/net/udp of this process's network namespace: datagrams the kernel
+// had for it but discarded, mostly because its receive buffer was full.
+func socketDrops(ino uint64) (uint64, error) {
+	b, err := os.ReadFile("/proc/self/net/udp")
+	if err != nil {
+		return 0, err
+	}
+	want := strconv.FormatUint(ino, 10)
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		// sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+		f := strings.Fields(l)
+		if len(f) >= 13 && f[9] == want {
+			return strconv.ParseUint(f[12], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("socket inode %d is not in /proc/self/net/udp", ino)
+}
+
+// userHZ is the unit of /proc/stat: 1/100 s on every Linux architecture
+// Go runs on here (USER_HZ, not the kernel's HZ).
+const userHZ = 100
+
+// busyNs is the busy CPU time of the machine so far, summed over all CPUs:
+// user, nice, system, irq and softirq of the "cpu" line of /proc/stat
+// (idle, iowait and steal left out; guest time is already in user). Its
+// resolution is 10 ms, and the kernel samples it at each tick.
+func busyNs() (int64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var busy int64
+	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system . . irq softirq
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %q: %w", line, err)
+		}
+		busy += v
+	}
+	return busy * (1e9 / userHZ), nil
+}
+
 // acceptLoop accepts connections on ln and serves each in its own
 // goroutine, on a thread pinned to cpu.
 func acceptLoop(ln, cpu int, fail chan<- error, serve func(fd int)) {
@@ -312,17 +457,17 @@ func acceptLoop(ln, cpu int, fail chan<- error, serve func(fd int)) {
 
 // clientState keeps the client's long-lived sockets between runs.
 type clientState struct {
-	addr              netip.Addr
-	p                 ports
-	udp, rr, stream   int
-	buf1, udpBuf, big []byte
+	addr                   netip.Addr
+	p                      ports
+	udp, rr, stream, bcast int
+	buf1, udpBuf, big      []byte
 }
 
 func client(addr netip.Addr, p ports, cpu int) error {
 	if err := pin(cpu); err != nil {
 		return err
 	}
-	c := &clientState{addr: addr, p: p, udp: -1, rr: -1, stream: -1,
+	c := &clientState{addr: addr, p: p, udp: -1, rr: -1, stream: -1, bcast: -1,
 		buf1: make([]byte, 1), udpBuf: make([]byte, udpPayload), big: make([]byte, streamChunk)}
 	in := bufio.NewScanner(os.Stdin)
 	out := json.NewEncoder(os.Stdout)
@@ -369,6 +514,27 @@ func (c *clientState) dial(typ, port int, linger bool) (int, error) {
 	return fd, nil
 }
 
+// dialBroadcast connects a UDP socket with SO_BROADCAST to the broadcast
+// address and the listeners' port. The outside host routes the containers'
+// subnet broadcast like any address via the l3iso host, but a sender that
+// knows it as a broadcast address needs SO_BROADCAST (else EACCES), so it
+// is set, as a broadcasting application would.
+func (c *clientState) dialBroadcast() (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BROADCAST, 1); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("SO_BROADCAST: %w", err)
+	}
+	if err := unix.Connect(fd, sockaddr(c.addr, c.p.Bcast)); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("connect %s:%d: %w", c.addr, c.p.Bcast, err)
+	}
+	return fd, nil
+}
+
 func (c *clientState) run(workload string, d time.Duration) (runResult, error) {
 	var res runResult
 	var err error
@@ -380,14 +546,17 @@ func (c *clientState) run(workload string, d time.Duration) (runResult, error) {
 				return res, err
 			}
 		}
-		for time.Since(start) < d {
-			for range udpCheckEvery {
-				if _, err := unix.Write(c.udp, c.udpBuf); err == nil {
-					res.Ops++
-				} else if !errors.Is(err, unix.ECONNREFUSED) && !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EINTR) {
-					return res, fmt.Errorf("udp send: %w", err)
-				}
+		if res.Ops, err = c.blast(c.udp, start, d); err != nil {
+			return res, err
+		}
+	case BcastFanout:
+		if c.bcast < 0 {
+			if c.bcast, err = c.dialBroadcast(); err != nil {
+				return res, err
 			}
+		}
+		if res.Ops, err = c.blast(c.bcast, start, d); err != nil {
+			return res, err
 		}
 	case TCPRR:
 		if c.rr < 0 {
@@ -444,6 +613,22 @@ func (c *clientState) run(workload string, d time.Duration) (runResult, error) {
 	}
 	res.Ns = time.Since(start).Nanoseconds()
 	return res, nil
+}
+
+// blast writes 64-byte datagrams on the connected UDP socket fd until d
+// has passed since start and returns how many the kernel took.
+func (c *clientState) blast(fd int, start time.Time, d time.Duration) (uint64, error) {
+	var n uint64
+	for time.Since(start) < d {
+		for range udpCheckEvery {
+			if _, err := unix.Write(fd, c.udpBuf); err == nil {
+				n++
+			} else if !errors.Is(err, unix.ECONNREFUSED) && !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EINTR) {
+				return n, fmt.Errorf("udp send: %w", err)
+			}
+		}
+	}
+	return n, nil
 }
 
 // transact writes one byte and reads one back.

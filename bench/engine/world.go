@@ -35,7 +35,7 @@ const commandTimeout = 5 * time.Minute
 // the moment it exists; teardown runs it in reverse, also after a failure
 // or an interrupt.
 type world struct {
-	bin       string // the l3iso binary (also the worker)
+	bin       string // the run's copy of the l3iso binary (also the worker)
 	id        string // random, in every name this run makes
 	top       string // the run's cgroup subtree
 	unmanaged string // a cgroup below top that no l3iso installation covers
@@ -101,6 +101,12 @@ func newWorld(bin, id string) (*world, error) {
 		return w, err
 	}
 	w.onTeardown("remove "+w.tmp, func() error { return os.RemoveAll(w.tmp) })
+	// The run's own copy of the binary: every worker and every l3iso
+	// command of the run is then the same program, even when bin/l3iso is
+	// rebuilt while the run goes on (a make build elsewhere).
+	if w.bin, err = copyBinary(bin, filepath.Join(w.tmp, "l3iso")); err != nil {
+		return w, err
+	}
 	w.mnt = filepath.Join(w.tmp, "bpffs")
 	if err := os.Mkdir(w.mnt, 0o700); err != nil {
 		return w, err
@@ -110,6 +116,27 @@ func newWorld(bin, id string) (*world, error) {
 	}
 	w.onTeardown("unmount "+w.mnt, func() error { return unix.Unmount(w.mnt, unix.MNT_DETACH) })
 	return w, nil
+}
+
+// copyBinary copies the executable from to to.
+func copyBinary(from, to string) (string, error) {
+	src, err := os.Open(from)
+	if err != nil {
+		return "", fmt.Errorf("copy the l3iso binary: %w", err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
+	if err != nil {
+		return "", fmt.Errorf("copy the l3iso binary: %w", err)
+	}
+	_, err = io.Copy(dst, src)
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("copy the l3iso binary to %s: %w", to, err)
+	}
+	return to, nil
 }
 
 // command prepares name with args to run in place (cgroup and netns; either
@@ -188,6 +215,23 @@ var (
 	sharedBas = netip.MustParseAddr("10.80.0.0") // container i: 10.80.0.0 + i
 )
 
+// The bcast_fanout installations: container i owns 10.78.0.i/24 (netns or
+// shared mode), so 10.78.0.255 is its subnet's directed broadcast address;
+// containers 1 and N listen on the wildcard address, port fanoutPort.
+const (
+	// FanoutContainers is the default number of containers of each
+	// bcast_fanout installation: the issue's 100.
+	FanoutContainers = 100
+	fanoutListeners  = 2
+	fanoutPort       = 7400
+	fanoutPrefix     = 24
+)
+
+var (
+	fanoutBase  = netip.MustParseAddr("10.78.0.0")
+	fanoutBcast = netip.MustParseAddr("10.78.0.255")
+)
+
 // install is one l3iso installation: `l3iso up` in its own "host"
 // namespace, attached at its own cgroup below the run's, pinned in its own
 // directory of the private bpffs. netns installations also have an
@@ -202,7 +246,9 @@ type install struct {
 	first      string // the container the workloads use
 	containers int
 	up         time.Duration
-	letter     byte // see namePrefix
+	letter     byte   // see namePrefix
+	mode       string // of the containers: "shared" or "netns"; "" = netns if there is an uplink
+	fanout     bool   // a bcast_fanout installation: addresses 10.78.0.i/24
 }
 
 // l3iso runs the l3iso binary with this installation's --bpffs in its host
@@ -357,10 +403,34 @@ func nthAddr(base netip.Addr, i int) netip.Addr {
 
 // containerAddr is container i's one address.
 func (in *install) containerAddr(i int) netip.Addr {
-	if in.outside == "" {
+	switch {
+	case in.fanout:
+		return nthAddr(fanoutBase, i)
+	case in.outside == "":
 		return nthAddr(sharedBas, i)
 	}
 	return nthAddr(netnsBase, i)
+}
+
+// addrSpec is container i's address as the policy gives it: with the
+// subnet's prefix length in the bcast_fanout installations, so the
+// subnet's broadcast address is theirs.
+func (in *install) addrSpec(i int) string {
+	if in.fanout {
+		return fmt.Sprintf("%s/%d", in.containerAddr(i), fanoutPrefix)
+	}
+	return in.containerAddr(i).String()
+}
+
+// containerMode is the mode of the installation's containers.
+func (in *install) containerMode() string {
+	switch {
+	case in.mode != "":
+		return in.mode
+	case in.outside == "":
+		return "shared"
+	}
+	return "netns"
 }
 
 // policy writes a policy of n containers (mode shared or netns) and
@@ -372,7 +442,7 @@ func (in *install) policy(n int, mode string) (string, error) {
 		b.WriteString("  {}\n")
 	}
 	for i := 1; i <= n; i++ {
-		fmt.Fprintf(&b, "  %s:\n    mode: %s\n    addresses: [%s]\n", in.containerName(i), mode, in.containerAddr(i))
+		fmt.Fprintf(&b, "  %s:\n    mode: %s\n    addresses: [%s]\n", in.containerName(i), mode, in.addrSpec(i))
 	}
 	p := filepath.Join(in.w.tmp, fmt.Sprintf("%s-%s-%d.yaml", in.tag, mode, n))
 	return p, os.WriteFile(p, b.Bytes(), 0o644)
@@ -380,11 +450,7 @@ func (in *install) policy(n int, mode string) (string, error) {
 
 // populate registers n containers with one `l3iso apply -f`.
 func (in *install) populate(ctx context.Context, n int) (time.Duration, error) {
-	mode := "shared"
-	if in.outside != "" {
-		mode = "netns"
-	}
-	p, err := in.policy(n, mode)
+	p, err := in.policy(n, in.containerMode())
 	if err != nil {
 		return 0, err
 	}
@@ -416,6 +482,95 @@ func (in *install) client(cpu int) place {
 		return place{filepath.Join(in.cgroot, "l3iso", in.first), in.host, in.containerAddr(1), cpu}
 	}
 	return place{in.w.unmanaged, in.outside, in.containerAddr(1), cpu}
+}
+
+// listener is where the bcast_fanout listener in container i runs: in its
+// cgroup and its network namespace (shared mode: the host's), on the
+// wildcard address.
+func (in *install) listener(i, cpu int) place {
+	name := in.containerName(i)
+	netns := in.host
+	if in.containerMode() == "netns" {
+		netns = veth.NetnsPath(name)
+	}
+	return place{filepath.Join(in.cgroot, "l3iso", name), netns, netip.IPv4Unspecified(), cpu}
+}
+
+// listening are the containers of a bcast_fanout installation that
+// listen: the first and the last, so neither end of the bridge's port
+// list is favoured.
+func (in *install) listening() []int { return []int{1, in.containers} }
+
+// broadcaster is where the bcast_fanout sender runs: the outside host, in
+// no l3iso cgroup, sending to the containers' directed broadcast address.
+func (in *install) broadcaster(cpu int) place {
+	return place{in.w.unmanaged, in.outside, fanoutBcast, cpu}
+}
+
+// forwardBroadcasts makes the host of a bridge installation forward a
+// directed broadcast to the container subnet from the uplink onto the
+// bridge, which floods it to every port. Linux does not by default. The
+// local table needs the subnet's broadcast route on the bridge — the one
+// the kernel adds by itself for a bridge with an address on the subnet, as
+// Docker's docker0 has; l3iso's bridge has none. Without it the host routes
+// 10.78.0.255 like a unicast address, back out of the uplink. And
+// bc_forwarding must be on for "all" and for the receiving interface, up0:
+// without it the host takes the datagram itself (the bridge's own setting
+// is not consulted). Checked on 6.18. Only this installation's host
+// namespace is changed.
+func (in *install) forwardBroadcasts(ctx context.Context) error {
+	if _, _, err := run(ctx, "", "ip", "-n", filepath.Base(in.host), "route", "add", "broadcast", fanoutBcast.String(),
+		"dev", veth.BridgeName, "table", "local", "scope", "link"); err != nil {
+		return err
+	}
+	for _, dev := range []string{"all", "up0"} {
+		if _, _, err := run(ctx, in.host, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/"+dev+"/bc_forwarding"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// counters are the l3iso verdict counters of container name.
+func (in *install) counters(ctx context.Context, name string) (map[string]uint64, error) {
+	out, _, err := run(ctx, in.host, in.w.bin, "--bpffs", in.bpffs, "stats", name, "-o", "json")
+	if err != nil {
+		return nil, err
+	}
+	var all map[string]map[string]uint64
+	if err := json.Unmarshal([]byte(out), &all); err != nil {
+		return nil, fmt.Errorf("l3iso stats %s -o json: %w", name, err)
+	}
+	return all[name], nil
+}
+
+// udpCounter reads one counter of the Udp lines of /proc/net/snmp in
+// netns, e.g. IgnoredMulti: broadcasts and multicasts the stack received
+// for a port no socket listens on.
+func udpCounter(ctx context.Context, netns, name string) (uint64, error) {
+	out, _, err := run(ctx, netns, "cat", "/proc/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f[1:]
+			continue
+		}
+		for i, n := range names {
+			if n == name && i+1 < len(f) {
+				var v uint64
+				_, err := fmt.Sscan(f[i+1], &v)
+				return v, err
+			}
+		}
+	}
+	return 0, fmt.Errorf("no Udp counter %s in /proc/net/snmp of %s", name, netns)
 }
 
 // proc is a running worker.

@@ -29,15 +29,17 @@ func newBench() *cobra.Command {
 subtree and a private bpffs mount — loopback (no l3iso), shared-mode
 containers, and netns containers behind l3iso's bridge (with and without
 conntrack), routed and direct delivery — runs l3iso's own load generator
-through each (udp_pps, tcp_rr with p50/p99/p99.9, tcp_crr, tcp_gbps),
-configurations interleaved round-robin, then with 100 and 1,000 containers
-registered, then times the control plane. It removes everything it made
-when it ends, fails or is interrupted (Ctrl-C). It never attaches at the
-machine's cgroup root and sends traffic only inside its own namespaces.
+through each (udp_pps, tcp_rr with p50/p99/p99.9, tcp_crr, tcp_gbps;
+bcast_fanout: a broadcast from outside to 100 containers of which two
+listen, in bridge, shared and direct), configurations interleaved
+round-robin, then with 100 and 1,000 containers registered, then times the
+control plane. It removes everything it made when it ends, fails or is
+interrupted (Ctrl-C). It never attaches at the machine's cgroup root and
+sends traffic only inside its own namespaces.
 
 Prints a Markdown table (or the stable JSON with -o json); writes
 report.md, results.json, details.json and chart.svg into --dir.
---quick (make bench-quick) takes about 1.5 minutes on a 2-vCPU machine, the
+--quick (make bench-quick) takes about 1.5–2 minutes on a 2-vCPU machine, the
 full run (make bench) about 5.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -88,6 +90,7 @@ full run (make bench) about 5.`,
 	cmd.Flags().IntVar(&rounds, "rounds", 0, "rounds (default 15, with --quick 5)")
 	cmd.Flags().DurationVar(&runFor, "run", 0, "duration of one run of one workload in one configuration (default 400ms, with --quick 250ms)")
 	cmd.Flags().BoolVar(&o.NoScale, "no-scale", false, "leave out the runs with 100 and 1,000 containers")
+	cmd.Flags().BoolVar(&o.NoFanout, "no-bcast", false, "leave out bcast_fanout (its three installations of 100 containers)")
 	cmd.Flags().BoolVar(&o.SkipControlPlane, "no-control-plane", false, "leave out the control-plane timings")
 	cmd.Flags().BoolVar(&o.SkipCrossCheck, "no-crosscheck", false, "leave out the iperf3 cross-check")
 	cmd.Flags().StringVar(&dir, "dir", "", "also write report.md, results.json, details.json and chart.svg into this directory")
