@@ -65,6 +65,14 @@ func newNetEnv(t *testing.T, delivery string) *netEnv {
 		{"-n", hostNS, "addr", "add", hostUp6.String() + "/64", "dev", "up0", "nodad"},
 		{"-n", outNS, "addr", "add", outside4.String() + "/24", "dev", "eth0"},
 		{"-n", outNS, "addr", "add", outside6.String() + "/64", "dev", "eth0", "nodad"},
+		// Link-local addresses usable at once, as on an uplink that has
+		// been up a while: while DAD runs (1–2 s) the host sends no
+		// neighbour solicitation, and a container's first datagrams out
+		// would wait for the next probe, past a test's patience.
+		{"-n", hostNS, "link", "set", "up0", "addrgenmode", "none"},
+		{"-n", outNS, "link", "set", "eth0", "addrgenmode", "none"},
+		{"-n", hostNS, "addr", "add", "fe80::1:1/64", "dev", "up0", "nodad"},
+		{"-n", outNS, "addr", "add", "fe80::1:2/64", "dev", "eth0", "nodad"},
 		{"-n", hostNS, "link", "set", "up0", "up"},
 		{"-n", outNS, "link", "set", "eth0", "up"},
 		// One plain route via the host per family, as on any peer.
