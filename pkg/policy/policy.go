@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"sort"
 )
 
@@ -76,12 +75,25 @@ func (p *Policy) Find(name string) (*Container, bool) {
 	return nil, false
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+// validName is ^[a-z0-9][a-z0-9-]{0,31}$, without a regexp: a policy of
+// 10,000 containers checks 10,000 names.
+func validName(name string) bool {
+	if len(name) == 0 || len(name) > 32 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		ch := name[i]
+		if !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9' || ch == '-' && i > 0) {
+			return false
+		}
+	}
+	return true
+}
 
 // ValidateName checks a container name: 1 to 32 characters from a-z, 0-9
 // and '-', starting with a letter or a digit.
 func ValidateName(name string) error {
-	if !nameRE.MatchString(name) {
+	if !validName(name) {
 		return fmt.Errorf("invalid container name %q: use 1-32 characters from a-z, 0-9 and '-', starting with a letter or digit", name)
 	}
 	return nil
@@ -285,7 +297,11 @@ func validate(p *Policy, src *source) error {
 
 	// Ownership: group the addresses by IP, so that only addresses of the
 	// same IP are compared. Earlier entries win; the later one is reported.
-	owners := make(map[netip.Addr][]owner)
+	n := 0
+	for i := range p.Containers {
+		n += len(p.Containers[i].Addresses)
+	}
+	owners := make(map[netip.Addr][]owner, n)
 	for i := range p.Containers {
 		if duplicate[i] {
 			continue

@@ -60,8 +60,16 @@ func (e *extraDocumentError) Error() string {
 }
 
 // decodeYAML returns the root node of data's only document, or nil for an
-// empty document.
+// empty document. Plain policy files take a fast path (fastyaml.go).
 func decodeYAML(data []byte) (*yaml.Node, error) {
+	if root, ok := fastDecode(data); ok {
+		return root, nil
+	}
+	return decodeYAMLv3(data)
+}
+
+// decodeYAMLv3 is decodeYAML by yaml.v3 alone.
+func decodeYAMLv3(data []byte) (*yaml.Node, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
@@ -251,6 +259,8 @@ func (b *builder) containers(v *yaml.Node) {
 		b.r.addf(v.Line, "containers must map each container name to its settings, not %s", describe(v))
 		return
 	}
+	b.p.Containers = slices.Grow(b.p.Containers, len(v.Content)/2)
+	b.src.containers = slices.Grow(b.src.containers, len(v.Content)/2)
 	for i := 0; i+1 < len(v.Content); i += 2 {
 		k, val := resolve(v.Content[i]), resolve(v.Content[i+1])
 		if k.Kind != yaml.ScalarNode {
@@ -267,7 +277,7 @@ func (b *builder) containers(v *yaml.Node) {
 }
 
 func (b *builder) container(c *Container, ln *containerLines, v *yaml.Node) {
-	where := fmt.Sprintf("container %q: ", c.Name)
+	where := "container " + strconv.Quote(c.Name) + ": " // = fmt.Sprintf("container %q: "), cheaper
 	if isNull(v) {
 		return
 	}
@@ -317,18 +327,45 @@ func (b *builder) container(c *Container, ln *containerLines, v *yaml.Node) {
 // fields calls f for each key and value of mapping m, rejecting keys that
 // are not plain names, keys set twice and keys not in known.
 func (b *builder) fields(m *yaml.Node, where string, known []string, f func(k, v *yaml.Node)) {
-	seen := make(map[string]int)
+	// The keys seen, with their lines: a few, so a slice (a map per
+	// container costs more than the rest of its checks).
+	type keyLine struct {
+		key  string
+		line int
+	}
+	var seenBuf [8]keyLine
+	seen := seenBuf[:0]
+	firstLine := func(key string) (int, bool) {
+		for _, s := range seen {
+			if s.key == key {
+				return s.line, true
+			}
+		}
+		return 0, false
+	}
+	var seenMap map[string]int // for mappings with many keys
+	if len(m.Content) > 2*len(seenBuf) {
+		seenMap = make(map[string]int, len(m.Content)/2)
+		firstLine = func(key string) (int, bool) {
+			l, ok := seenMap[key]
+			return l, ok
+		}
+	}
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		k, v := resolve(m.Content[i]), resolve(m.Content[i+1])
 		if k.Kind != yaml.ScalarNode {
 			b.r.addf(k.Line, "%sa key must be a plain name, not %s", where, describe(k))
 			continue
 		}
-		if first, ok := seen[k.Value]; ok {
+		if first, ok := firstLine(k.Value); ok {
 			b.r.addf(k.Line, "%sfield %q is set twice (first at line %d): keep one", where, k.Value, first)
 			continue
 		}
-		seen[k.Value] = k.Line
+		if seenMap != nil {
+			seenMap[k.Value] = k.Line
+		} else {
+			seen = append(seen, keyLine{k.Value, k.Line})
+		}
 		if !slices.Contains(known, k.Value) {
 			b.r.addf(k.Line, "%sunknown field %q: %s", where, k.Value, suggestField(k.Value, known))
 			continue
