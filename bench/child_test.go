@@ -50,8 +50,9 @@ type addResult struct {
 
 // addSpec is one container the add child creates.
 type addSpec struct {
-	Name string `json:"name"`
-	Addr string `json:"addr"`
+	Name     string `json:"name"`
+	Addr     string `json:"addr"`
+	Loopback string `json:"loopback,omitempty"` // "" = the default (isolated)
 }
 
 // childMain runs the child named by $L3ISO_BENCH_CHILD and returns the
@@ -277,7 +278,7 @@ func childAdd() (addResult, error) {
 		if err != nil {
 			return res, err
 		}
-		spec := policy.Container{Name: s.Name, Addresses: []policy.Address{a}}
+		spec := policy.Container{Name: s.Name, Addresses: []policy.Address{a}, Loopback: policy.Loopback(s.Loopback)}
 		start := time.Now()
 		if _, err := c.Add(spec); err != nil {
 			return res, fmt.Errorf("add %s: %w", s.Name, err)

@@ -219,10 +219,19 @@ func (in *install) teardown() {
 // netns, and returns its output and how long the invocation took (process
 // start included).
 func (in *install) l3iso(args ...string) (string, time.Duration, error) {
+	return in.l3isoEnv(nil, args...)
+}
+
+// l3isoEnv is l3iso with more environment variables (e.g. L3ISO_TRACE=1:
+// the output then has the trace lines too).
+func (in *install) l3isoEnv(env []string, args ...string) (string, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 	argv := append([]string{"--net=" + in.netns, "--", in.w.bin, "--bpffs", in.bpffs}, args...)
 	cmd := exec.CommandContext(ctx, "nsenter", argv...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()

@@ -160,8 +160,12 @@ func newContainerList(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
+			cs, err := c.Containers()
+			if err != nil {
+				return err
+			}
 			list := []containerJSON{}
-			for _, k := range c.Containers() {
+			for _, k := range cs {
 				list = append(list, toJSON(c, k))
 			}
 			if out == "json" {

@@ -32,7 +32,11 @@ func newStats(g *globals) *cobra.Command {
 				}
 				names = append(names, args[0])
 			} else {
-				for _, k := range c.Containers() {
+				cs, err := c.Containers()
+				if err != nil {
+					return err
+				}
+				for _, k := range cs {
 					names = append(names, k.Spec.Name)
 				}
 				names = append(names, "")

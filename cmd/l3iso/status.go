@@ -41,8 +41,12 @@ func listeners(c *control.Control) ([]listenerJSON, error) {
 	if err != nil {
 		return nil, err
 	}
+	cs, err := c.Containers()
+	if err != nil {
+		return nil, err
+	}
 	names := map[uint32]string{}
-	for _, k := range c.Containers() {
+	for _, k := range cs {
 		names[k.ID] = k.Spec.Name
 	}
 	out := []listenerJSON{}
@@ -93,7 +97,11 @@ func interfaces(c *control.Control) ([]interfaceJSON, error) {
 			return nil, err
 		}
 	}
-	for _, k := range c.Containers() {
+	cs, err := c.Containers()
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range cs {
 		if k.Spec.Mode == policy.ModeNetns {
 			if err := add(veth.HostIfName(k.Spec.Name), "container "+k.Spec.Name); err != nil {
 				return nil, err
@@ -137,7 +145,11 @@ func newStatus(g *globals) *cobra.Command {
 			if s.Listeners, err = listeners(c); err != nil {
 				return err
 			}
-			for _, k := range c.Containers() {
+			cs, err := c.Containers()
+			if err != nil {
+				return err
+			}
+			for _, k := range cs {
 				cnt, err := c.Stats(k.Spec.Name)
 				if err != nil {
 					return err

@@ -94,7 +94,11 @@ func newDown(g *globals) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			n := len(c.Containers())
+			cs, err := c.Containers()
+			if err != nil {
+				return err
+			}
+			n := len(cs)
 			if err := c.Down(); err != nil {
 				return err
 			}

@@ -2,6 +2,7 @@ package control
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
@@ -23,6 +24,7 @@ func (p Plan) Empty() bool { return len(p.Changes) == 0 }
 // active one and switched to with one map write, so no bind and no packet
 // sees a mix of the old and the new policy. With dryRun it only plans.
 func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
+	tr := trace("apply")
 	if err := p.Validate(); err != nil {
 		return Plan{}, err
 	}
@@ -31,8 +33,14 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 			return Plan{}, err
 		}
 	}
-	plan := Plan{Changes: policy.Diff(c.Policy(), p)}
-	byName := map[string]maps.Container{}
+	tr.step("validate")
+	if _, err := c.all(); err != nil {
+		return Plan{}, err
+	}
+	tr.step("read containers")
+	plan := Plan{Changes: policy.Diff(c.policyOf(c.cur), p)}
+	tr.step("diff")
+	byName := make(map[string]maps.Container, len(c.cur))
 	for _, k := range c.cur {
 		byName[k.Spec.Name] = k
 	}
@@ -41,17 +49,29 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 			return plan, fmt.Errorf("container %q: its mode cannot change from %s to %s while it exists (its processes cannot move to another network stack): delete it first (remove it from the policy and apply), then add it with the new mode", spec.Name, old.Spec.Mode, spec.Mode)
 		}
 	}
-	if err := c.checkHostConflicts(c.cur, p.Containers); err != nil {
+	// The addresses the host must not have already: those of containers
+	// that come or change (an unchanged shared container's are l3iso's),
+	// and every netns container's (they are not l3iso's on the host).
+	var checking []policy.Container
+	for _, spec := range p.Containers {
+		old, ok := byName[spec.Name]
+		if !ok || spec.Mode == policy.ModeNetns || !slices.Equal(old.Spec.Addresses, spec.Addresses) {
+			checking = append(checking, spec)
+		}
+	}
+	if err := c.checkHostConflicts(c.cur, checking); err != nil {
 		return plan, err
 	}
+	tr.step("check host")
 	if dryRun || plan.Empty() {
 		return plan, nil
 	}
 
 	// Build the next generation: survivors keep id, cgroup and counters.
-	keep := map[string]bool{}
-	var next []maps.Container
+	keep := make(map[string]bool, len(c.cur))
+	next := make([]maps.Container, 0, len(p.Containers))
 	var fresh []maps.Container
+	var freshAt []int // index of each fresh container in next
 	n := 0
 	for _, spec := range p.Containers {
 		if _, ok := byName[spec.Name]; !ok {
@@ -70,6 +90,7 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		}
 		k := maps.Container{ID: ids[0], Spec: spec}
 		ids = ids[1:]
+		freshAt = append(freshAt, len(next))
 		next = append(next, k)
 		fresh = append(fresh, k)
 	}
@@ -79,45 +100,64 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 			gone = append(gone, k)
 		}
 	}
+	// What changes on the host: the items of the containers that go, come
+	// or change, against those of the others (hostDiff).
+	before := append([]maps.Container{}, gone...)
+	var after, same []maps.Container
+	for _, k := range next {
+		switch o, ok := byName[k.Spec.Name]; {
+		case !ok:
+			after = append(after, k)
+		case sameItems(o, k):
+			same = append(same, k)
+		default:
+			before, after = append(before, o), append(after, k)
+		}
+	}
+	unconfigure, configure := hostDiff(before, after, same)
 
 	// Up to the switch, a failure leaves the active policy untouched: undo
 	// the new cgroups and counters; the next generation is purged by the
 	// next reconcile (or right here).
 	newGen := c.gen + 1
+	x := c.st.Maps.Index()
 	abort := func(err error) (Plan, error) {
 		c.st.Maps.PurgeGen(newGen)
 		for _, k := range fresh {
 			cgroup.Remove(c.CgroupPath(k.Spec.Name))
 			c.st.Maps.DeleteCounters(k.ID)
 		}
+		if x != nil {
+			x.Remove(fresh...)
+		}
 		return plan, err
 	}
 	if err := c.begin(); err != nil {
 		return plan, err
 	}
-	for i := range next {
-		if next[i].CgroupID != 0 {
-			continue
-		}
-		path := c.CgroupPath(next[i].Spec.Name)
-		if err := cgroup.Create(path); err != nil {
+	freshIDs := make([]uint32, 0, len(fresh))
+	for j, i := range freshAt {
+		if next[i].CgroupID, _, err = cgroup.Make(c.CgroupPath(next[i].Spec.Name)); err != nil {
 			return abort(err)
 		}
-		if next[i].CgroupID, err = cgroup.ID(path); err != nil {
-			return abort(err)
-		}
-		if err := c.st.Maps.InitCounters(next[i].ID); err != nil {
-			return abort(err)
-		}
-		for j := range fresh {
-			if fresh[j].ID == next[i].ID {
-				fresh[j].CgroupID = next[i].CgroupID
-			}
-		}
+		fresh[j].CgroupID = next[i].CgroupID
+		freshIDs = append(freshIDs, next[i].ID)
 	}
-	if err := c.st.Maps.Insert(newGen, next...); err != nil {
+	tr.step("cgroups")
+	if err := c.st.Maps.InitCountersOf(freshIDs); err != nil {
 		return abort(err)
 	}
+	if x != nil {
+		// In the index before their metadata exists (maps/index.go).
+		if err := x.Add(fresh...); err != nil {
+			return abort(err)
+		}
+	}
+	tr.step("counters, index")
+	if err := c.st.Maps.InsertNext(newGen, next...); err != nil {
+		return abort(err)
+	}
+	tr.step("insert next generation")
 	// Containers that go: their processes die first (after the switch they
 	// would be host processes), and their addresses leave the host while
 	// the active policy still owns them.
@@ -126,9 +166,11 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 			return abort(err)
 		}
 	}
-	if err := c.unconfigureHost(c.cur, next); err != nil {
+	tr.step("kill removed")
+	if err := c.hostItems(false, unconfigure); err != nil {
 		return abort(err)
 	}
+	tr.step("unconfigure host")
 	// netns containers that go lose their namespace, and those that lose
 	// addresses lose them, while the active policy still owns them.
 	var goneNetns []string
@@ -152,6 +194,7 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		}
 	}
 
+	tr.step("netns before")
 	if err := c.st.Maps.SetActiveGen(newGen); err != nil {
 		return abort(err)
 	}
@@ -160,8 +203,10 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	old := c.cur
 	oldGen := c.gen
 	sort.Slice(next, func(i, j int) bool { return next[i].Spec.Name < next[j].Spec.Name })
-	c.gen, c.cur = newGen, next
-	if err := c.configureHost(old, next); err != nil {
+	c.gen = newGen
+	c.setCur(next)
+	tr.step("switch")
+	if err := c.hostItems(true, configure); err != nil {
 		return plan, fmt.Errorf("policy switched, but configuring host addresses failed (the next l3iso command retries): %w", err)
 	}
 	// netns containers that come get their namespace, those that gain
@@ -184,22 +229,33 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 			}
 		}
 	}
+	tr.step("configure host, netns")
 	if err := veth.DeleteMany(goneNetns); err != nil {
 		return plan, err
 	}
 	if err := c.st.Maps.DeleteGen(oldGen, old); err != nil {
 		return plan, err
 	}
+	tr.step("delete old generation")
 	if err := c.st.Maps.ResetBcastFilter(next); err != nil {
 		return plan, err
 	}
+	goneIDs := make([]uint32, 0, len(gone))
 	for _, k := range gone {
-		if err := c.st.Maps.DeleteCounters(k.ID); err != nil {
-			return plan, err
-		}
-		if err := c.st.Maps.PurgeListeners(k.ID); err != nil {
+		goneIDs = append(goneIDs, k.ID)
+	}
+	if err := c.st.Maps.InitCountersOf(goneIDs); err != nil { // zeroed
+		return plan, err
+	}
+	if err := c.st.Maps.PurgeListeners(goneIDs...); err != nil {
+		return plan, err
+	}
+	if x != nil {
+		// Out of the index once their metadata is gone.
+		if err := x.Remove(gone...); err != nil {
 			return plan, err
 		}
 	}
+	defer tr.step("counters, listeners, index")
 	return plan, c.end()
 }

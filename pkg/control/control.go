@@ -36,28 +36,46 @@ var ErrNotFound = errors.New("no such container")
 type Control struct {
 	st  *loader.State
 	gen uint32
-	cur []maps.Container // containers of the active generation, by name
+	// The containers of the active generation, by name, once read (all):
+	// commands that change one container do without them (see Add).
+	cur    []maps.Container
+	loaded bool
+	byName map[string]int // index into cur, built on demand
 
 	loIndex, upIndex int  // resolved once per command
 	deliveryReady    bool // ensureDelivery ran in this command
+
+	tr *tracer // the steps of the add under way (L3ISO_TRACE)
 }
 
 // Open opens the installation pinned at bpffs. exclusive is for commands
-// that change state; they also reconcile what a crash may have left.
+// that change state; they also reconcile what a crash may have left, and
+// give an installation made by an older l3iso its index (maps/index.go).
+// The containers are read when a command needs them all, not here.
 func Open(bpffs string, exclusive bool) (*Control, error) {
 	st, err := loader.Open(bpffs, exclusive)
 	if err != nil {
 		return nil, err
 	}
 	c := &Control{st: st}
-	if err := c.load(); err != nil {
+	if c.gen, err = st.Maps.ActiveGen(); err != nil {
 		st.Close()
 		return nil, err
 	}
-	if exclusive && st.Config.Dirty {
+	switch {
+	case exclusive && st.Config.Dirty:
 		if err := c.reconcile(); err != nil {
 			st.Close()
 			return nil, fmt.Errorf("repair state left by an interrupted l3iso: %w", err)
+		}
+	case exclusive && st.Maps.Index() == nil:
+		cs, err := c.all()
+		if err == nil {
+			err = st.Maps.BuildIndex(cs)
+		}
+		if err != nil {
+			st.Close()
+			return nil, err
 		}
 	}
 	return c, nil
@@ -132,25 +150,85 @@ func (c *Control) load() error {
 	if err != nil {
 		return err
 	}
-	cur, err := c.st.Maps.Containers(gen)
-	if err != nil {
-		return err
+	c.gen, c.loaded = gen, false
+	_, err = c.all()
+	return err
+}
+
+// all returns the containers of the active generation, by name, reading
+// them from l3_metas the first time.
+func (c *Control) all() ([]maps.Container, error) {
+	if !c.loaded {
+		cur, err := c.st.Maps.Containers(c.gen)
+		if err != nil {
+			return nil, err
+		}
+		c.setCur(cur)
 	}
-	c.gen, c.cur = gen, cur
-	return nil
+	return c.cur, nil
+}
+
+// setCur replaces the known containers (sorted by name).
+func (c *Control) setCur(cs []maps.Container) {
+	c.cur, c.loaded, c.byName = cs, true, nil
 }
 
 // Containers lists the containers, by name.
-func (c *Control) Containers() []maps.Container { return c.cur }
+func (c *Control) Containers() ([]maps.Container, error) { return c.all() }
 
-// Find returns the container called name.
+// Find returns the container called name. With the index, that is two map
+// lookups; without it (an installation an older l3iso made, read by a
+// command that does not change it) every container is read.
 func (c *Control) Find(name string) (maps.Container, error) {
-	for _, k := range c.cur {
-		if k.Spec.Name == name {
-			return k, nil
+	if !c.loaded {
+		if k, ok, err := c.findIndexed(name); err != nil || ok {
+			return k, err
 		}
 	}
-	return maps.Container{}, fmt.Errorf("%w %q: see `l3iso container list`", ErrNotFound, name)
+	if _, err := c.all(); err != nil {
+		return maps.Container{}, err
+	}
+	if c.byName == nil {
+		c.byName = make(map[string]int, len(c.cur))
+		for i, k := range c.cur {
+			c.byName[k.Spec.Name] = i
+		}
+	}
+	if i, ok := c.byName[name]; ok {
+		return c.cur[i], nil
+	}
+	return maps.Container{}, notFound(name)
+}
+
+func notFound(name string) error {
+	return fmt.Errorf("%w %q: see `l3iso container list`", ErrNotFound, name)
+}
+
+// findIndexed answers Find from the index where it can (ok): the container,
+// or ErrNotFound. The index holds every container whose metadata exists
+// (maps/index.go); a cgroup of that name without an index entry, which
+// only an older l3iso writing to this installation could leave, sends the
+// question to the full read.
+func (c *Control) findIndexed(name string) (k maps.Container, ok bool, err error) {
+	x := c.st.Maps.Index()
+	if x == nil {
+		return k, false, nil
+	}
+	id, err := x.Lookup(name)
+	if err != nil {
+		return k, false, err
+	}
+	if id == 0 {
+		if _, err := os.Lstat(c.CgroupPath(name)); errors.Is(err, os.ErrNotExist) {
+			return k, true, notFound(name)
+		}
+		return k, false, nil
+	}
+	k, found, err := c.st.Maps.Meta(c.gen, id)
+	if err != nil || !found || k.Spec.Name != name {
+		return maps.Container{}, false, err // stale (an apply under way): read all
+	}
+	return k, true, nil
 }
 
 // CgroupPath is the cgroup directory of container name.
@@ -160,6 +238,9 @@ func (c *Control) CgroupPath(name string) string { return c.st.ContainerCgroup(n
 // source of truth: a container is there (then everything it needs is made
 // to exist) or it is not (then nothing of it may remain).
 func (c *Control) reconcile() error {
+	if _, err := c.all(); err != nil {
+		return err
+	}
 	// A cgroup without a container is an add that died before its
 	// metadata was written, or a delete that died after: remove it.
 	known := map[string]bool{}
@@ -198,6 +279,9 @@ func (c *Control) reconcile() error {
 	if err := c.st.Maps.Repair(c.gen, c.cur); err != nil {
 		return err
 	}
+	if err := c.st.Maps.BuildIndex(c.cur); err != nil {
+		return err
+	}
 	// Host state: what the policy needs and the host lacks is added;
 	// l3iso's routes the policy does not need are removed.
 	if err := c.repairHost(); err != nil {
@@ -221,7 +305,7 @@ func (c *Control) without(name string) []maps.Container {
 }
 
 func (c *Control) policyOf(cs []maps.Container) *policy.Policy {
-	p := &policy.Policy{}
+	p := &policy.Policy{Containers: make([]policy.Container, 0, len(cs))}
 	for _, k := range cs {
 		p.Containers = append(p.Containers, k.Spec)
 	}
@@ -229,10 +313,16 @@ func (c *Control) policyOf(cs []maps.Container) *policy.Policy {
 }
 
 // Policy returns the active policy.
-func (c *Control) Policy() *policy.Policy { return c.policyOf(c.cur) }
+func (c *Control) Policy() (*policy.Policy, error) {
+	cs, err := c.all()
+	if err != nil {
+		return nil, err
+	}
+	return c.policyOf(cs), nil
+}
 
 func freeIDs(used []maps.Container, n int) ([]uint32, error) {
-	taken := map[uint32]bool{}
+	taken := make(map[uint32]bool, len(used))
 	for _, k := range used {
 		taken[k.ID] = true
 	}
@@ -250,6 +340,14 @@ func freeIDs(used []maps.Container, n int) ([]uint32, error) {
 
 // Add creates a container: its cgroup, its ownership in the maps, then its
 // addresses on the host (rule 9). On any error everything it made is undone.
+//
+// Adding a container that conflicts with nothing costs the same next to
+// 10,000 containers as next to none: it is checked against what could
+// conflict with it (the index for its name, l3_owners for its addresses, the
+// host for each address), not against every container. Every other case —
+// a name in use, an address someone owns (a port range of a shared IP, or a
+// conflict to report), an address local on the host, a container invalid
+// by itself — gets the full check, which words the error.
 func (c *Control) Add(spec policy.Container) (maps.Container, error) {
 	if spec.Mode == "" {
 		spec.Mode = policy.ModeShared
@@ -258,6 +356,106 @@ func (c *Control) Add(spec policy.Container) (maps.Container, error) {
 		spec.Loopback = policy.LoopbackIsolated
 	}
 	if err := checkModes(spec); err != nil {
+		return maps.Container{}, err
+	}
+	if !c.loaded {
+		k, done, err := c.addAlone(spec)
+		if done {
+			return k, err
+		}
+	}
+	return c.addChecked(spec)
+}
+
+// addAlone is Add for a container that conflicts with nothing (see Add);
+// done is false, with nothing changed, when it cannot tell cheaply.
+func (c *Control) addAlone(spec policy.Container) (k maps.Container, done bool, err error) {
+	x := c.st.Maps.Index()
+	if x == nil || c.st.Config.Dirty {
+		return k, false, nil
+	}
+	tr := trace("add")
+	c.tr = tr
+	defer func() { c.tr = nil }()
+	alone := &policy.Policy{Containers: []policy.Container{spec}}
+	if alone.Validate() != nil {
+		return k, false, nil
+	}
+	if id, err := x.Lookup(spec.Name); err != nil || id != 0 {
+		return k, false, err
+	}
+	// A cgroup of that name belongs to no container here (the dirty bit is
+	// clear): let the full check look.
+	path := c.CgroupPath(spec.Name)
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		return k, false, nil
+	}
+	ips := make([]netip.Addr, 0, len(spec.Addresses))
+	for _, a := range spec.Addresses {
+		id, partial, err := c.st.Maps.Owner(c.gen, a.Addr)
+		if err != nil {
+			return k, false, err
+		}
+		if id != 0 || partial {
+			return k, false, nil
+		}
+		ips = append(ips, a.Addr)
+	}
+	// Owned by no container, so none of them is l3iso's on the host:
+	// each must not be local at all.
+	tr.step("check name, owners")
+	local, err := localAddrs(ips)
+	if err != nil {
+		return k, false, err
+	}
+	if len(local) > 0 {
+		return k, false, nil
+	}
+	tr.step("check host")
+	ids, err := x.FreeIDs(1)
+	if err != nil {
+		return k, true, err
+	}
+	k = maps.Container{ID: ids[0], Spec: spec}
+	// Its subnets' broadcast routes that the host has for other containers
+	// already: an undo leaves them (and their markers) alone.
+	var sharedBcast []netip.Addr
+	for _, a := range spec.Addresses {
+		if b, ok := a.Broadcast(); ok {
+			used, err := c.st.Maps.BroadcastInUse(c.gen, b)
+			if err != nil {
+				return k, false, err
+			}
+			if used {
+				sharedBcast = append(sharedBcast, b)
+			}
+		}
+	}
+	mine := desired([]maps.Container{k})
+	for _, b := range sharedBcast {
+		delete(mine, hostItem{kind: itemBcast4, ip: b, onLo: true})
+	}
+	err = c.create(&k,
+		func() { c.st.Maps.RemoveSole(c.gen, k, sharedBcast) },
+		func() error { return c.hostItems(true, items(desired([]maps.Container{k}))) },
+		func() { c.hostItems(false, items(mine)) })
+	if err != nil {
+		return maps.Container{}, true, err
+	}
+	return k, true, nil
+}
+
+func items(m map[hostItem]bool) []hostItem {
+	out := make([]hostItem, 0, len(m))
+	for h := range m {
+		out = append(out, h)
+	}
+	return out
+}
+
+// addChecked is Add with the full check: against every container.
+func (c *Control) addChecked(spec policy.Container) (maps.Container, error) {
+	if _, err := c.all(); err != nil {
 		return maps.Container{}, err
 	}
 	if _, err := c.Find(spec.Name); err == nil {
@@ -275,47 +473,75 @@ func (c *Control) Add(spec policy.Container) (maps.Container, error) {
 		return maps.Container{}, err
 	}
 	k := maps.Container{ID: ids[0], Spec: spec}
-	if err := c.begin(); err != nil {
+	cur := c.cur
+	next := append(append([]maps.Container{}, cur...), k)
+	err = c.create(&k,
+		func() { c.st.Maps.Remove(c.gen, k, cur) },
+		func() error { return c.configureHost(cur, next) },
+		func() { c.unconfigureHost(next, cur) })
+	if err != nil {
 		return maps.Container{}, err
 	}
+	next[len(next)-1] = k
+	sort.Slice(next, func(i, j int) bool { return next[i].Spec.Name < next[j].Spec.Name })
+	c.setCur(next)
+	return k, nil
+}
 
+// create makes checked container k (its id chosen; create fills in its
+// cgroup id): cgroup, index entry, counters, map entries (unmap undoes
+// them), host addresses (configure; unconfigure undoes them), a netns
+// container's namespace. On an error it undoes what it did and leaves the
+// dirty bit set: the next command repairs whatever an undo could not.
+func (c *Control) create(k *maps.Container, unmap func(), configure func() error, unconfigure func()) error {
+	if err := c.begin(); err != nil {
+		return err
+	}
 	var undo []func()
-	fail := func(err error) (maps.Container, error) {
+	fail := func(err error) error {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
 		}
-		return maps.Container{}, err
+		return err
 	}
-	path := c.CgroupPath(spec.Name)
-	if err := cgroup.Create(path); err != nil {
+	path := c.CgroupPath(k.Spec.Name)
+	var err error
+	c.tr.step("begin")
+	if k.CgroupID, _, err = cgroup.Make(path); err != nil {
 		return fail(err)
 	}
+	c.tr.step("cgroup")
 	undo = append(undo, func() { cgroup.Remove(path) })
-	if k.CgroupID, err = cgroup.ID(path); err != nil {
-		return fail(err)
+	if x := c.st.Maps.Index(); x != nil {
+		// In the index before its metadata exists (maps/index.go).
+		if err := x.Add(*k); err != nil {
+			return fail(err)
+		}
+		undo = append(undo, func() { x.Remove(*k) })
 	}
 	if err := c.st.Maps.InitCounters(k.ID); err != nil {
 		return fail(err)
 	}
 	undo = append(undo, func() { c.st.Maps.DeleteCounters(k.ID) })
-	undo = append(undo, func() { c.st.Maps.Remove(c.gen, k, c.cur) })
-	if err := c.st.Maps.Insert(c.gen, k); err != nil {
+	undo = append(undo, unmap)
+	c.tr.step("index, counters")
+	if err := c.st.Maps.Insert(c.gen, *k); err != nil {
 		return fail(err)
 	}
-	next := append(append([]maps.Container{}, c.cur...), k)
-	undo = append(undo, func() { c.unconfigureHost(next, c.cur) })
-	if err := c.configureHost(c.cur, next); err != nil {
+	c.tr.step("maps")
+	undo = append(undo, unconfigure)
+	if err := configure(); err != nil {
 		return fail(err)
 	}
-	if isNetns(k) {
+	c.tr.step("host addresses")
+	if isNetns(*k) {
 		// Its namespace, veth and addresses: after the maps own them.
-		if err := c.plumb(k); err != nil {
+		if err := c.plumb(*k); err != nil {
 			return fail(err)
 		}
 	}
-	c.cur = next
-	sort.Slice(c.cur, func(i, j int) bool { return c.cur[i].Spec.Name < c.cur[j].Spec.Name })
-	return k, c.end()
+	defer c.tr.step("end")
+	return c.end()
 }
 
 // checkModes refuses what a container's mode cannot do. Both modes are
@@ -329,14 +555,37 @@ func checkModes(spec policy.Container) error {
 	return fmt.Errorf("container %q: unknown mode %q: use shared or netns", spec.Name, spec.Mode)
 }
 
+// sole reports whether k shares nothing with other containers that its
+// deletion would have to look at: no port range of an IP (others may have
+// ranges of it) and no subnet (others may be on it).
+func sole(k maps.Container) bool {
+	for _, a := range k.Spec.Addresses {
+		if !a.WholeIP() {
+			return false
+		}
+		if _, ok := a.Broadcast(); ok {
+			return false
+		}
+	}
+	return true
+}
+
 // Del removes a container: kills its processes, unconfigures its addresses,
-// then releases its ownership and removes its cgroup.
+// then releases its ownership and removes its cgroup. A container that
+// shares nothing (see sole) is removed without reading the others.
 func (c *Control) Del(name string) error {
 	k, err := c.Find(name)
 	if err != nil {
 		return err
 	}
-	rest := c.without(name)
+	alone := !c.loaded && sole(k) && c.st.Maps.Index() != nil
+	var rest []maps.Container
+	if !alone {
+		if _, err := c.all(); err != nil {
+			return err
+		}
+		rest = c.without(name)
+	}
 	path := c.CgroupPath(name)
 	if err := c.begin(); err != nil {
 		return err
@@ -346,7 +595,13 @@ func (c *Control) Del(name string) error {
 			return err
 		}
 	}
-	if err := c.unconfigureHost(c.cur, rest); err != nil {
+	if alone {
+		// Every host item of k is its own: whole IPs, no subnet.
+		err = c.hostItems(false, items(desired([]maps.Container{k})))
+	} else {
+		err = c.unconfigureHost(c.cur, rest)
+	}
+	if err != nil {
 		return err
 	}
 	if isNetns(k) {
@@ -356,7 +611,12 @@ func (c *Control) Del(name string) error {
 			return err
 		}
 	}
-	if err := c.st.Maps.Remove(c.gen, k, rest); err != nil {
+	if alone {
+		err = c.st.Maps.RemoveSole(c.gen, k, nil)
+	} else {
+		err = c.st.Maps.Remove(c.gen, k, rest)
+	}
+	if err != nil {
 		return err
 	}
 	if err := cgroup.Remove(path); err != nil {
@@ -370,14 +630,26 @@ func (c *Control) Del(name string) error {
 	if err := c.st.Maps.PurgeListeners(k.ID); err != nil {
 		return err
 	}
-	c.cur = rest
+	if x := c.st.Maps.Index(); x != nil {
+		// Out of the index once its metadata is gone (maps/index.go).
+		if err := x.Remove(k); err != nil {
+			return err
+		}
+	}
+	if !alone {
+		c.setCur(rest)
+	}
 	return c.end()
 }
 
 // Down removes every container — in one bulk apply of the empty policy,
 // not one delete each — then every link, pin and cgroup.
 func (c *Control) Down() error {
-	if len(c.cur) > 0 {
+	cs, err := c.all()
+	if err != nil {
+		return err
+	}
+	if len(cs) > 0 {
 		if _, err := c.Apply(&policy.Policy{}, false); err != nil {
 			return fmt.Errorf("remove the containers: %w", err)
 		}
@@ -399,16 +671,4 @@ func (c *Control) Stats(name string) (maps.Counters, error) {
 		return nil, err
 	}
 	return c.st.Maps.ReadCounters(k.ID)
-}
-
-// OwnerOf names the container owning addr ("" if none).
-func (c *Control) OwnerOf(addr netip.Addr) string {
-	for _, k := range c.cur {
-		for _, a := range k.Spec.Addresses {
-			if a.Addr == addr {
-				return k.Spec.Name
-			}
-		}
-	}
-	return ""
 }

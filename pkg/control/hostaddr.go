@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/vishvananda/netlink"
@@ -48,39 +49,76 @@ func (h hostItem) String() string {
 // desired is everything the given containers need on the host. An IP
 // shared by several containers (port ranges, one subnet) appears once.
 func desired(cs []maps.Container) map[hostItem]bool {
-	out := map[hostItem]bool{}
+	n := 0
 	for _, k := range cs {
-		if k.Spec.Mode == policy.ModeNetns {
-			continue // configured inside the container's namespace
-		}
-		for _, a := range k.Spec.Addresses {
-			if a.Addr.Is4() {
-				out[hostItem{kind: itemLocal4, ip: a.Addr, onLo: true}] = true
-				if b, ok := a.Broadcast(); ok {
-					// On lo: what the host sends to it enters through lo,
-					// where l3_tc_group copies it to the listeners.
-					out[hostItem{kind: itemBcast4, ip: b, onLo: true}] = true
-				}
-			} else {
-				out[hostItem{kind: itemAddr6, ip: a.Addr, prefix: netip.PrefixFrom(a.Addr, 128)}] = true
-			}
-		}
-		if k.Isolated() {
-			lo6 := k.Loopback6()
-			out[hostItem{kind: itemAddr6, ip: lo6, onLo: true, prefix: netip.PrefixFrom(lo6, 128)}] = true
-		}
+		n += len(k.Spec.Addresses) + 1
+	}
+	out := make(map[hostItem]bool, n)
+	for _, k := range cs {
+		eachItem(k, func(h hostItem) { out[h] = true })
 	}
 	return out
 }
 
+// eachItem calls f with each item container k needs on the host.
+func eachItem(k maps.Container, f func(hostItem)) {
+	if k.Spec.Mode == policy.ModeNetns {
+		return // configured inside the container's namespace
+	}
+	for _, a := range k.Spec.Addresses {
+		if a.Addr.Is4() {
+			f(hostItem{kind: itemLocal4, ip: a.Addr, onLo: true})
+			if b, ok := a.Broadcast(); ok {
+				// On lo: what the host sends to it enters through lo,
+				// where l3_tc_group copies it to the listeners.
+				f(hostItem{kind: itemBcast4, ip: b, onLo: true})
+			}
+		} else {
+			f(hostItem{kind: itemAddr6, ip: a.Addr, prefix: netip.PrefixFrom(a.Addr, 128)})
+		}
+	}
+	if k.Isolated() {
+		lo6 := k.Loopback6()
+		f(hostItem{kind: itemAddr6, ip: lo6, onLo: true, prefix: netip.PrefixFrom(lo6, 128)})
+	}
+}
+
+// sameItems reports whether a container needs the same host items before
+// (o) and after (k) an apply.
+func sameItems(o, k maps.Container) bool {
+	return o.ID == k.ID && o.Spec.Mode == k.Spec.Mode && o.Isolated() == k.Isolated() &&
+		slices.Equal(o.Spec.Addresses, k.Spec.Addresses)
+}
+
+// hostDiff is what changes on the host when the containers before (those
+// that go, and the old version of those that change) become after (those
+// that come, and the new version of those that change), while the
+// containers same keep their items: what to remove and what to add. It
+// equals diffItems of desired(before+same) and desired(after+same), without
+// a map of every container's items: same is only scanned for the items in
+// question.
+func hostDiff(before, after, same []maps.Container) (remove, add []hostItem) {
+	b, a := desired(before), desired(after)
+	if len(b) == 0 && len(a) == 0 {
+		return nil, nil
+	}
+	for _, k := range same {
+		eachItem(k, func(h hostItem) {
+			delete(b, h)
+			delete(a, h)
+		})
+	}
+	return diffItems(b, a), diffItems(a, b)
+}
+
+// loIfindex is lo's: the kernel gives it index 1 in every network
+// namespace (LOOPBACK_IFINDEX).
+const loIfindex = 1
+
 // ifindexes resolves lo and the uplink once per command.
 func (c *Control) ifindexes() (lo, up int, err error) {
 	if c.loIndex == 0 {
-		l, err := netlink.LinkByName("lo")
-		if err != nil {
-			return 0, 0, fmt.Errorf("find lo: %w", err)
-		}
-		c.loIndex = l.Attrs().Index
+		c.loIndex = loIfindex
 		c.upIndex = c.loIndex
 		if c.st.Config.UplinkIfindex != 0 {
 			u, err := netlink.LinkByIndex(int(c.st.Config.UplinkIfindex))
@@ -211,21 +249,32 @@ func (c *Control) repairHost() error {
 }
 
 // checkHostConflicts refuses addresses that are already local on the host
-// and not l3iso's: taking them would break a running service.
+// and not l3iso's: taking them would break a running service. cur are the
+// installed containers (what l3iso configured is theirs), adding the
+// containers whose addresses are to be checked.
 func (c *Control) checkHostConflicts(cur []maps.Container, adding []policy.Container) error {
-	ours := map[netip.Addr]bool{}
-	for h := range desired(cur) {
-		ours[h.ip] = true
-	}
-	var check []netip.Addr
-	owner := map[netip.Addr]string{}
+	owner := map[netip.Addr]string{} // the last container that has it
 	for _, spec := range adding {
 		// netns containers too: the host routes their addresses to their
 		// veth, which a local address would override.
 		for _, a := range spec.Addresses {
-			if !ours[a.Addr] {
+			owner[a.Addr] = spec.Name
+		}
+	}
+	if len(owner) == 0 {
+		return nil
+	}
+	// Those l3iso configured already are its own.
+	for _, k := range cur {
+		eachItem(k, func(h hostItem) { delete(owner, h.ip) })
+	}
+	check := make([]netip.Addr, 0, len(owner))
+	seen := make(map[netip.Addr]bool, len(owner))
+	for _, spec := range adding { // in the policy's order: the first error is the first address
+		for _, a := range spec.Addresses {
+			if _, ok := owner[a.Addr]; ok && !seen[a.Addr] {
+				seen[a.Addr] = true
 				check = append(check, a.Addr)
-				owner[a.Addr] = spec.Name
 			}
 		}
 	}
@@ -235,8 +284,7 @@ func (c *Control) checkHostConflicts(cur []maps.Container, adding []policy.Conta
 	}
 	for _, ip := range check {
 		if local[ip] {
-			a, spec := struct{ Addr netip.Addr }{ip}, struct{ Name string }{owner[ip]}
-			return fmt.Errorf("address %s of container %q is already in use on this host (%s), by someone other than l3iso: remove it from the host or choose another address", a.Addr, spec.Name, whereLocal(a.Addr))
+			return fmt.Errorf("address %s of container %q is already in use on this host (%s), by someone other than l3iso: remove it from the host or choose another address", ip, owner[ip], whereLocal(ip))
 		}
 	}
 	return nil
@@ -248,9 +296,12 @@ func (c *Control) checkHostConflicts(cur []maps.Container, adding []policy.Conta
 func localAddrs(ips []netip.Addr) (map[netip.Addr]bool, error) {
 	out := map[netip.Addr]bool{}
 	if len(ips) <= 16 {
-		for _, ip := range ips {
-			routes, err := netlink.RouteGet(ip.AsSlice())
-			if err == nil && len(routes) > 0 && routes[0].Type == unix.RTN_LOCAL {
+		types, err := routeTypes(ips)
+		if err != nil {
+			return nil, err
+		}
+		for ip, typ := range types {
+			if typ == unix.RTN_LOCAL {
 				out[ip] = true
 			}
 		}

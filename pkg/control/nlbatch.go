@@ -165,7 +165,11 @@ func (b *nlBatch) route(add bool, ip netip.Addr, typ uint8, ifindex int) error {
 }
 
 // address queues an IPv6 address on ifindex (IPv6 binds need a configured
-// address): no duplicate address detection, tagged with RouteProtocol.
+// address): no duplicate address detection, tagged with RouteProtocol, and
+// no prefix route (the address's own route in table local is all that
+// delivery needs; for a /128 the prefix route in table main only doubles
+// it, and removing it on delete costs the kernel another walk of its
+// routes: 10,000 deletions took 5 s instead of 11 s here).
 func (b *nlBatch) address(add bool, p netip.Prefix, ifindex int) error {
 	ip := p.Addr()
 	body := make([]byte, 8)
@@ -177,7 +181,7 @@ func (b *nlBatch) address(add bool, p netip.Prefix, ifindex int) error {
 	body = append(body, attr(unix.IFA_LOCAL, ip.AsSlice())...)
 	body = append(body, attr(unix.IFA_ADDRESS, ip.AsSlice())...)
 	if add {
-		body = append(body, attr(unix.IFA_FLAGS, u32(unix.IFA_F_NODAD))...)
+		body = append(body, attr(unix.IFA_FLAGS, u32(unix.IFA_F_NODAD|unix.IFA_F_NOPREFIXROUTE))...)
 		body = append(body, attr(ifaProto, []byte{RouteProtocol})...)
 		return b.add(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, body, "add address "+p.String())
 	}
@@ -186,3 +190,67 @@ func (b *nlBatch) address(add bool, p netip.Prefix, ifindex int) error {
 
 // ifaProto is IFA_PROTO (linux/if_addr.h, Linux 6.1+), not in x/sys yet.
 const ifaProto = 11
+
+// routeTypes looks each of ips up in the routing tables, all requests in
+// one sendmsg on one socket, and returns the type of the route each takes
+// (unix.RTN_LOCAL: an address of the host); no route: 0.
+func routeTypes(ips []netip.Addr) (map[netip.Addr]uint8, error) {
+	out := make(map[netip.Addr]uint8, len(ips))
+	if len(ips) == 0 {
+		return out, nil
+	}
+	b, err := newNLBatch()
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	for i, ip := range ips {
+		fam := uint8(unix.AF_INET)
+		if ip.Is6() {
+			fam = unix.AF_INET6
+		}
+		body := []byte{fam, uint8(ip.BitLen()), 0, 0, 0, 0, 0, 0}
+		body = append(body, u32(unix.RTM_F_LOOKUP_TABLE)...)
+		body = append(body, attr(unix.RTA_DST, ip.AsSlice())...)
+		h := make([]byte, unix.NLMSG_HDRLEN)
+		binary.NativeEndian.PutUint32(h[0:], uint32(unix.NLMSG_HDRLEN+len(body)))
+		binary.NativeEndian.PutUint16(h[4:], unix.RTM_GETROUTE)
+		binary.NativeEndian.PutUint16(h[6:], unix.NLM_F_REQUEST)
+		binary.NativeEndian.PutUint32(h[8:], uint32(i+1))
+		b.buf = append(append(b.buf, h...), body...)
+	}
+	if err := unix.Sendto(b.fd, b.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("rtnetlink send: %w", err)
+	}
+	rb := make([]byte, 1<<16)
+	for pending := len(ips); pending > 0; {
+		n, _, err := unix.Recvfrom(b.fd, rb, 0)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return nil, fmt.Errorf("rtnetlink receive: %w", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(rb[:n])
+		if err != nil {
+			return nil, fmt.Errorf("rtnetlink parse: %w", err)
+		}
+		for _, m := range msgs {
+			i := int(m.Header.Seq) - 1
+			if i < 0 || i >= len(ips) {
+				continue
+			}
+			switch m.Header.Type {
+			case unix.RTM_NEWROUTE:
+				if len(m.Data) >= 8 {
+					out[ips[i]] = m.Data[7] // rtmsg.rtm_type
+				}
+				pending--
+			case unix.NLMSG_ERROR:
+				out[ips[i]] = 0 // no route (ENETUNREACH and the like)
+				pending--
+			}
+		}
+	}
+	return out, nil
+}

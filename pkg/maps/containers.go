@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sort"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 
@@ -209,10 +212,42 @@ func del[K any](m *ebpf.Map, name string, ks []K) error {
 // addresses go in first; the cgroup → container entries last, so a process
 // never sees a container half described.
 func (s *Set) Insert(gen uint32, cs ...Container) error {
+	steps, err := s.insertSteps(gen, cs, 1)
+	if err != nil {
+		return err
+	}
+	if err := s.addBcast(cs); err != nil {
+		return err
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// InsertNext is Insert for a generation the programs do not read yet (the
+// next one of an apply): no order among its entries matters until the
+// switch, so the maps are written concurrently, in parts.
+func (s *Set) InsertNext(gen uint32, cs ...Container) error {
+	steps, err := s.insertSteps(gen, cs, runtime.GOMAXPROCS(0))
+	if err != nil {
+		return err
+	}
+	if err := s.addBcast(cs); err != nil { // the filter covers the next generation too
+		return err
+	}
+	return concurrently(steps)
+}
+
+// insertSteps are the writes of Insert, in its order; each big one cut in
+// parts pieces.
+func (s *Set) insertSteps(gen uint32, cs []Container, parts int) ([]func() error, error) {
 	e := newEntries(cs)
 	for _, c := range cs {
 		if err := e.add(gen, c); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	partialV := make([]sockL3Owner, len(e.partialK))
@@ -223,68 +258,120 @@ func (s *Set) Insert(gen uint32, cs ...Container) error {
 	for i := range bcastV {
 		bcastV[i] = sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_BCAST)}
 	}
-	for _, step := range []func() error{
-		func() error { return s.addBcast(cs) },
-		func() error { return put(s.Owners, "l3_owners", e.partialK, partialV) },
-		func() error { return put(s.Locals, "l3_locals", e.bcastK, bcastV) },
-		func() error { return put(s.Owners, "l3_owners", e.ownerK, e.ownerV) },
-		func() error { return put(s.Locals, "l3_locals", e.localK, e.localV) },
-		func() error { return put(s.Routes, "l3_routes", e.routeK, e.routeV) },
-		func() error { return put(s.Mcasts, "l3_mcasts", e.mcastK, e.mcastV) },
-		func() error { return put(s.Metas, "l3_metas", e.metaK, e.metaV) },
-		func() error { return put(s.Conts, "l3_conts", e.contK, e.contV) },
-	} {
-		if err := step(); err != nil {
-			return err
-		}
+	var steps []func() error
+	steps = append(steps, putParts(s.Owners, "l3_owners", e.partialK, partialV, parts)...)
+	steps = append(steps, putParts(s.Locals, "l3_locals", e.bcastK, bcastV, parts)...)
+	steps = append(steps, putParts(s.Owners, "l3_owners", e.ownerK, e.ownerV, parts)...)
+	steps = append(steps, putParts(s.Locals, "l3_locals", e.localK, e.localV, parts)...)
+	steps = append(steps, putParts(s.Routes, "l3_routes", e.routeK, e.routeV, parts)...)
+	steps = append(steps, putParts(s.Mcasts, "l3_mcasts", e.mcastK, e.mcastV, parts)...)
+	steps = append(steps, putParts(s.Metas, "l3_metas", e.metaK, e.metaV, parts)...)
+	steps = append(steps, putParts(s.Conts, "l3_conts", e.contK, e.contV, parts)...)
+	return steps, nil
+}
+
+// putParts cuts a put of more than a few thousand entries in parts.
+func putParts[K, V any](m *ebpf.Map, name string, ks []K, vs []V, parts int) []func() error {
+	if len(ks) == 0 {
+		return nil
 	}
-	return nil
+	parts = max(1, min(parts, len(ks)/2048))
+	var out []func() error
+	for i := 0; i < parts; i++ {
+		lo, hi := i*len(ks)/parts, (i+1)*len(ks)/parts
+		out = append(out, func() error { return put(m, name, ks[lo:hi], vs[lo:hi]) })
+	}
+	return out
+}
+
+// concurrently runs the steps at the same time and returns their errors.
+func concurrently(steps []func() error) error {
+	errs := make([]error, len(steps))
+	var wg sync.WaitGroup
+	for i, step := range steps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = step()
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Remove deletes container c from generation gen, in the reverse order of
 // Insert. others are the containers that stay: an IP shared by port ranges
 // keeps its marker while one of them still owns a range of it.
 func (s *Set) Remove(gen uint32, c Container, others []Container) error {
-	var e entries
-	if err := e.add(gen, c); err != nil {
-		return err
-	}
-	shared := map[netip.Addr]bool{}
-	for _, a := range c.Spec.Addresses {
-		if !a.WholeIP() {
-			shared[a.Addr] = false
-		}
-	}
-	if len(shared) > 0 {
+	sharedIP := func(a netip.Addr) bool {
 		for _, o := range others {
 			if o.ID == c.ID {
 				continue
 			}
-			for _, a := range o.Spec.Addresses {
-				if _, ok := shared[a.Addr]; ok && !a.WholeIP() {
-					shared[a.Addr] = true
+			for _, b := range o.Spec.Addresses {
+				if b.Addr == a && !b.WholeIP() {
+					return true
 				}
 			}
 		}
+		return false
+	}
+	// A subnet's broadcast marker stays while another container is on it.
+	bcastUsed := func(addr sockL3Addr) bool {
+		for _, o := range others {
+			for _, a := range o.Spec.Addresses {
+				if b, ok := a.Broadcast(); ok && o.ID != c.ID && toAddr(b) == addr {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	return s.remove(gen, c, sharedIP, bcastUsed, func() error {
+		var stay []Container
+		for _, o := range others {
+			if o.ID != c.ID {
+				stay = append(stay, o)
+			}
+		}
+		return s.ResetBcastFilter(stay)
+	})
+}
+
+// RemoveSole deletes container c from generation gen without knowing the
+// other containers: c must own whole IPs only (no other container has a
+// port range of them), and keepBcast lists the broadcast addresses of c's
+// subnets that other containers are on (their markers stay). The broadcast
+// filter keeps c's bits: a stale bit only costs the programs a lookup, and
+// the next apply or repair clears it.
+func (s *Set) RemoveSole(gen uint32, c Container, keepBcast []netip.Addr) error {
+	for _, a := range c.Spec.Addresses {
+		if !a.WholeIP() {
+			return fmt.Errorf("container %q: shares an IP by ports: remove it with the others known", c.Spec.Name)
+		}
+	}
+	keep := map[sockL3Addr]bool{}
+	for _, b := range keepBcast {
+		keep[toAddr(b)] = true
+	}
+	return s.remove(gen, c, func(netip.Addr) bool { return false },
+		func(a sockL3Addr) bool { return keep[a] }, func() error { return nil })
+}
+
+func (s *Set) remove(gen uint32, c Container, sharedIP func(netip.Addr) bool, bcastUsed func(sockL3Addr) bool, resetFilter func() error) error {
+	var e entries
+	if err := e.add(gen, c); err != nil {
+		return err
 	}
 	var partial []sockL3OwnerKey
 	for _, k := range e.partialK {
-		if !shared[fromAddr(k.Addr)] {
+		if !sharedIP(fromAddr(k.Addr)) {
 			partial = append(partial, k)
 		}
 	}
-	// A subnet's broadcast marker stays while another container is on it.
 	var bcast []sockL3LocalKey
 	for _, k := range e.bcastK {
-		keep := false
-		for _, o := range others {
-			for _, a := range o.Spec.Addresses {
-				if b, ok := a.Broadcast(); ok && o.ID != c.ID && toAddr(b) == k.Addr {
-					keep = true
-				}
-			}
-		}
-		if !keep {
+		if !bcastUsed(k.Addr) {
 			bcast = append(bcast, k)
 		}
 	}
@@ -298,13 +385,10 @@ func (s *Set) Remove(gen uint32, c Container, others []Container) error {
 		func() error { return del(s.Owners, "l3_owners", partial) },
 		func() error { return del(s.Locals, "l3_locals", bcast) },
 		func() error {
-			var stay []Container
-			for _, o := range others {
-				if o.ID != c.ID {
-					stay = append(stay, o)
-				}
+			if len(e.bcastK) == 0 {
+				return nil // c set no filter bit: the others' filter stays
 			}
-			return s.ResetBcastFilter(stay)
+			return resetFilter()
 		},
 	} {
 		if err := step(); err != nil {
@@ -368,21 +452,33 @@ func (s *Set) DeleteGen(gen uint32, cs []Container) error {
 			return err
 		}
 	}
-	for _, step := range []func() error{
-		func() error { return delBatch(s.Conts, "l3_conts", e.contK) },
-		func() error { return delBatch(s.Metas, "l3_metas", e.metaK) },
-		func() error { return delBatch(s.Mcasts, "l3_mcasts", e.mcastK) },
-		func() error { return delBatch(s.Routes, "l3_routes", e.routeK) },
-		func() error { return delBatch(s.Locals, "l3_locals", e.localK) },
-		func() error { return delBatch(s.Owners, "l3_owners", e.ownerK) },
-		func() error { return delBatch(s.Owners, "l3_owners", e.partialK) },
-		func() error { return delBatch(s.Locals, "l3_locals", e.bcastK) },
-	} {
-		if err := step(); err != nil {
-			return err
-		}
+	// No program reads generation gen any more: no order matters, so the
+	// maps are emptied concurrently, in parts.
+	parts := runtime.GOMAXPROCS(0)
+	var steps []func() error
+	steps = append(steps, delParts(s.Conts, "l3_conts", e.contK, parts)...)
+	steps = append(steps, delParts(s.Metas, "l3_metas", e.metaK, parts)...)
+	steps = append(steps, delParts(s.Mcasts, "l3_mcasts", e.mcastK, parts)...)
+	steps = append(steps, delParts(s.Routes, "l3_routes", e.routeK, parts)...)
+	steps = append(steps, delParts(s.Locals, "l3_locals", e.localK, parts)...)
+	steps = append(steps, delParts(s.Owners, "l3_owners", e.ownerK, parts)...)
+	steps = append(steps, delParts(s.Owners, "l3_owners", e.partialK, parts)...)
+	steps = append(steps, delParts(s.Locals, "l3_locals", e.bcastK, parts)...)
+	return concurrently(steps)
+}
+
+// delParts cuts a delBatch of more than a few thousand keys in parts.
+func delParts[K any](m *ebpf.Map, name string, ks []K, parts int) []func() error {
+	if len(ks) == 0 {
+		return nil
 	}
-	return nil
+	parts = max(1, min(parts, len(ks)/2048))
+	var out []func() error
+	for i := 0; i < parts; i++ {
+		lo, hi := i*len(ks)/parts, (i+1)*len(ks)/parts
+		out = append(out, func() error { return delBatch(m, name, ks[lo:hi]) })
+	}
+	return out
 }
 
 // delBatch deletes keys with batch calls where the map has them; missing
@@ -402,18 +498,21 @@ func delBatch[K any](m *ebpf.Map, name string, ks []K) error {
 // It reads in batches: one system call per thousand containers.
 func (s *Set) Containers(gen uint32) ([]Container, error) {
 	var (
-		out    []Container
+		chunks [][]Container // one per batch: no slice of 10,000 grown step by step
+		total  int
 		cursor ebpf.MapBatchCursor
 		keys   = make([]sockL3MetaKey, 1024)
 		vals   = make([]sockL3Meta, 1024)
 	)
 	for {
 		n, err := s.Metas.BatchLookup(&cursor, keys, vals, nil)
+		chunk := make([]Container, 0, n)
 		for i := 0; i < n; i++ {
 			if keys[i].Gen == gen {
-				out = append(out, decodeMeta(keys[i].Id, &vals[i]))
+				chunk = append(chunk, decodeMeta(keys[i].Id, &vals[i]))
 			}
 		}
+		chunks, total = append(chunks, chunk), total+len(chunk)
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			break
 		}
@@ -421,7 +520,18 @@ func (s *Set) Containers(gen uint32) ([]Container, error) {
 			return nil, fmt.Errorf("read map l3_metas: %w", err)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Spec.Name < out[j].Spec.Name })
+	// Sort pointers, then copy each container once, in order.
+	ptrs := make([]*Container, 0, total)
+	for _, c := range chunks {
+		for i := range c {
+			ptrs = append(ptrs, &c[i])
+		}
+	}
+	slices.SortFunc(ptrs, func(a, b *Container) int { return strings.Compare(a.Spec.Name, b.Spec.Name) })
+	out := make([]Container, len(ptrs))
+	for i, p := range ptrs {
+		out[i] = *p
+	}
 	return out, nil
 }
 
@@ -441,6 +551,9 @@ func decodeMeta(id uint32, v *sockL3Meta) Container {
 	}
 	if v.Flags&uint32(sockL3ContFlagsL3CF_LOOP_HOST) != 0 {
 		c.Spec.Loopback = policy.LoopbackHost
+	}
+	if v.Naddrs > 0 {
+		c.Spec.Addresses = make([]policy.Address, 0, min(int(v.Naddrs), len(v.Addrs)))
 	}
 	for i := 0; i < int(v.Naddrs) && i < len(v.Addrs); i++ {
 		sp := v.Addrs[i]
@@ -504,6 +617,32 @@ func purge[K any](m *ebpf.Map, name string, match func(*K) bool) error {
 	return del(m, name, keys)
 }
 
+// Meta returns container id of generation gen, as its metadata describes
+// it; ok is false if there is none.
+func (s *Set) Meta(gen, id uint32) (c Container, ok bool, err error) {
+	var v sockL3Meta
+	if err := s.Metas.Lookup(&sockL3MetaKey{Gen: gen, Id: id}, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Container{}, false, nil
+		}
+		return Container{}, false, fmt.Errorf("read map l3_metas: %w", err)
+	}
+	return decodeMeta(id, &v), true, nil
+}
+
+// BroadcastInUse reports whether some container of generation gen has a
+// subnet whose broadcast address is b (its l3_locals marker exists).
+func (s *Set) BroadcastInUse(gen uint32, b netip.Addr) (bool, error) {
+	var v sockL3Local
+	if err := s.Locals.Lookup(&sockL3LocalKey{Gen: gen, Addr: toAddr(b)}, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("read map l3_locals: %w", err)
+	}
+	return true, nil
+}
+
 // Owner returns the id of the container that owns addr (any port), 0 if
 // none, and whether only port ranges of it are owned.
 func (s *Set) Owner(gen uint32, addr netip.Addr) (id uint32, partial bool, err error) {
@@ -516,4 +655,30 @@ func (s *Set) Owner(gen uint32, addr netip.Addr) (id uint32, partial bool, err e
 		return 0, false, fmt.Errorf("read map l3_owners: %w", err)
 	}
 	return v.Id, v.Flags&uint32(sockL3OwnerFlagsL3OF_PARTIAL) != 0, nil
+}
+
+// InitCountersOf zeroes the counters of containers ids (see InitCounters),
+// a batch of them per system call.
+func (s *Set) InitCountersOf(ids []uint32) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("count CPUs: %w", err)
+	}
+	const chunk = 1024
+	zero := make([]sockL3Stats, min(len(ids), chunk)*n)
+	for len(ids) > 0 {
+		k := ids[:min(len(ids), chunk)]
+		ids = ids[len(k):]
+		if _, err := s.Counters.BatchUpdate(k, zero[:len(k)*n], nil); err != nil {
+			for _, id := range k { // no batch operations on this kernel
+				if err := s.InitCounters(id); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }

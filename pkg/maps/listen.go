@@ -48,11 +48,20 @@ func (s *Set) Listeners() ([]Listener, error) {
 	return out, nil
 }
 
-// PurgeListeners removes container id from the registry (its sockets are
-// gone: their release hook normally did it already) and deletes entries
-// nobody listens in any more. The entry is read and written under its
-// spin lock (BPF_F_LOCK).
-func (s *Set) PurgeListeners(id uint32) error {
+// PurgeListeners removes containers ids from the registry (their sockets
+// are gone: their release hook normally did it already) and deletes entries
+// nobody listens in any more, in one pass over the registry. The entry is
+// read and written under its spin lock (BPF_F_LOCK).
+func (s *Set) PurgeListeners(ids ...uint32) error {
+	gone := make(map[uint32]bool, len(ids))
+	for _, id := range ids {
+		if id != 0 {
+			gone[id] = true
+		}
+	}
+	if len(gone) == 0 {
+		return nil
+	}
 	var (
 		k    sockL3Lkey
 		v    sockL3Lset
@@ -71,7 +80,7 @@ func (s *Set) PurgeListeners(id uint32) error {
 		}
 		changed, used := false, false
 		for i := range v.E {
-			if v.E[i].Id == id && id != 0 {
+			if gone[v.E[i].Id] {
 				v.E[i] = sockL3Lent{}
 				changed = true
 			}

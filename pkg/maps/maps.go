@@ -43,6 +43,9 @@ type Set struct {
 	Listen   *ebpf.Map // (group or broadcast, port) → listening containers
 
 	cfgMem []byte // l3_config's value, mmapped (hotline.go)
+
+	dir   string // where the maps are pinned ("" for New's)
+	index *Index // user space's index (index.go); nil until built
 }
 
 // The pin names under <bpffs>/maps. Changing one breaks upgrades.
@@ -136,12 +139,13 @@ var ErrIncompatible = errors.New("pinned maps were made by an incompatible versi
 
 // OpenPinned opens the maps pinned in dir and checks that their layout is
 // the one this binary was built with.
+//
+// Checking the layouts needs the embedded object parsed, which costs more
+// than the rest of a `container add`: once the pins passed the check, the
+// index remembers which object they passed it against (index.go), and later
+// opens by a binary with the same object skip it.
 func OpenPinned(dir string) (*Set, error) {
-	spec, err := SocketSpec()
-	if err != nil {
-		return nil, err
-	}
-	s := &Set{}
+	s := &Set{dir: dir}
 	for name, dst := range s.byName() {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
 		if err != nil {
@@ -152,11 +156,23 @@ func OpenPinned(dir string) (*Set, error) {
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 		*dst = m
-		if err := spec.Maps[name].Compatible(m); err != nil {
+	}
+	s.index = openIndex(dir)
+	if s.index.stamped() {
+		return s, nil
+	}
+	spec, err := SocketSpec()
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	for name, m := range s.byName() {
+		if err := spec.Maps[name].Compatible(*m); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("%w (map %s: %v): run `l3iso down` to remove the old installation (it deletes every container), then `l3iso up`", ErrIncompatible, name, err)
 		}
 	}
+	s.index.stamp()
 	return s, nil
 }
 
@@ -186,6 +202,8 @@ func (s *Set) Close() error {
 		unix.Munmap(s.cfgMem)
 		s.cfgMem = nil
 	}
+	s.index.Close()
+	s.index = nil
 	for _, m := range s.byName() {
 		if *m != nil {
 			(*m).Close()
