@@ -65,7 +65,8 @@ type Options struct {
 	// (default 10,000); SkipControlPlane leaves that phase out.
 	ControlPlane     int
 	SkipControlPlane bool
-	// SkipCrossCheck leaves out iperf3 even where it is installed.
+	// SkipCrossCheck leaves out iperf3 and sockperf even where they are
+	// installed.
 	SkipCrossCheck bool
 	// Progress receives the live progress line (os.Stderr for a person).
 	Progress io.Writer
@@ -539,12 +540,15 @@ func (b *bench) runOnce(ctx context.Context, t *target, w string, d time.Duratio
 	return nil, fmt.Errorf("unknown workload %q", w)
 }
 
-// crossCheck measures tcp_gbps once per main configuration with iperf3,
-// if it is installed, with the same placement and pinning. Failures are
+// crossCheck measures, once per main configuration and with the same
+// placement and pinning, tcp_gbps with iperf3 and udp_pps and
+// tcp_rr_p99_us with sockperf (--quick: in sockperfQuick only), each if
+// it is installed. Failures are
 // reported in the progress output and leave the cell empty.
 func (b *bench) crossCheck(ctx context.Context) []Cross {
-	iperf, err := exec.LookPath("iperf3")
-	if err != nil {
+	iperf, ierr := exec.LookPath("iperf3")
+	sockperf, serr := exec.LookPath("sockperf")
+	if ierr != nil && serr != nil {
 		return nil
 	}
 	var out []Cross
@@ -553,13 +557,26 @@ func (b *bench) crossCheck(ctx context.Context) []Cross {
 		if t.containers != 1 || t.broken != nil || t.fanout {
 			continue
 		}
-		b.pr.status("cross-check · iperf3 · %s", t.label())
-		v, err := b.iperf(ctx, iperf, t, secs)
-		if err != nil {
-			b.pr.phase(fmt.Sprintf("cross-check with iperf3 in %s failed: %v", t.label(), err))
-			continue
+		if ctx.Err() != nil {
+			break
 		}
-		out = append(out, Cross{Config: t.config, Workload: TCPGbps, Tool: "iperf3", Value: v, Unit: "Gbit/s"})
+		if ierr == nil {
+			b.pr.status("cross-check · iperf3 · %s", t.label())
+			v, err := b.iperf(ctx, iperf, t, secs)
+			if err != nil {
+				b.pr.phase(fmt.Sprintf("cross-check with iperf3 in %s failed: %v", t.label(), err))
+			} else {
+				out = append(out, Cross{Config: t.config, Workload: TCPGbps, Tool: "iperf3", Value: v, Unit: "Gbit/s"})
+			}
+		}
+		if serr == nil && (!b.o.Quick || sockperfQuick[t.config]) {
+			b.pr.status("cross-check · sockperf · %s", t.label())
+			cs, errs := b.sockperfCross(ctx, sockperf, t, secs)
+			for _, err := range errs {
+				b.pr.phase(fmt.Sprintf("cross-check with sockperf in %s failed: %v", t.label(), err))
+			}
+			out = append(out, cs...)
+		}
 	}
 	return out
 }

@@ -92,7 +92,7 @@ full run (make bench) about 5.`,
 	cmd.Flags().BoolVar(&o.NoScale, "no-scale", false, "leave out the runs with 100 and 1,000 containers")
 	cmd.Flags().BoolVar(&o.NoFanout, "no-bcast", false, "leave out bcast_fanout (its three installations of 100 containers)")
 	cmd.Flags().BoolVar(&o.SkipControlPlane, "no-control-plane", false, "leave out the control-plane timings")
-	cmd.Flags().BoolVar(&o.SkipCrossCheck, "no-crosscheck", false, "leave out the iperf3 cross-check")
+	cmd.Flags().BoolVar(&o.SkipCrossCheck, "no-crosscheck", false, "leave out the iperf3 and sockperf cross-checks")
 	cmd.Flags().StringVar(&dir, "dir", "", "also write report.md, results.json, details.json and chart.svg into this directory")
 	cmd.Flags().StringVar(&svg, "svg", "", "also write the chart (bars: median relative to loopback, whiskers: min–max) to this file")
 	outputFlag(cmd, &out)
