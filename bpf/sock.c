@@ -315,7 +315,7 @@ static __always_inline int reg_add(const struct l3_addr *group, __u16 port, __u3
 {
 	struct l3_lkey k = {.group = *group, .port = port};
 	struct l3_lset *v = bpf_map_lookup_elem(&l3_listen, &k);
-	int i, ret = -1, free = -1;
+	int i, ret = -1;
 
 	if (!v) {
 		bpf_map_update_elem(&l3_listen, &k, &lset_zero, BPF_NOEXIST);
@@ -323,6 +323,12 @@ static __always_inline int reg_add(const struct l3_addr *group, __u16 port, __u3
 		if (!v)
 			return -1;
 	}
+	/*
+	 * Two passes, each acting in place: remembering the first free
+	 * index across the first pass would give the verifier one state per
+	 * index it might hold (and bind inlines this up to 2 + 2 * L3_SK_GROUPS
+	 * times).
+	 */
 	bpf_spin_lock(&v->lock);
 	for (i = 0; i < L3_MAX_LISTEN; i++) {
 		struct l3_lent *e = &v->e[i];
@@ -332,14 +338,16 @@ static __always_inline int reg_add(const struct l3_addr *group, __u16 port, __u3
 			ret = 0;
 			break;
 		}
-		if (!e->id && free < 0)
-			free = i;
 	}
-	if (ret && free >= 0 && free < L3_MAX_LISTEN) {
-		v->e[free].addr = *addr;
-		v->e[free].refs = 1;
-		v->e[free].id = id;
-		ret = 0;
+	for (i = 0; ret && i < L3_MAX_LISTEN; i++) {
+		struct l3_lent *e = &v->e[i];
+
+		if (!e->id) {
+			e->addr = *addr;
+			e->refs = 1;
+			e->id = id;
+			ret = 0;
+		}
 	}
 	bpf_spin_unlock(&v->lock);
 	return ret;
