@@ -465,6 +465,26 @@ func (a *Agent) LeaveGroup(id int, group netip.Addr, ifindex int) error {
 	return a.call(&request{Op: opLeaveGroup, ID: id, Src: group, Ifindex: ifindex}).Err.decode()
 }
 
+// SourceFilter changes socket id's source filter for a multicast group
+// (RFC 3678) with option opt, source being the source it names:
+//
+//   - unix.IP_ADD_SOURCE_MEMBERSHIP, IP_DROP_SOURCE_MEMBERSHIP,
+//     IP_BLOCK_SOURCE, IP_UNBLOCK_SOURCE: the IPv4 API (struct
+//     ip_mreq_source, at IPPROTO_IP); IPv4 group and source only, the
+//     interface named by its first IPv4 address (ifindex 0: the kernel
+//     chooses);
+//   - unix.MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP,
+//     MCAST_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE: the protocol-independent
+//     API (struct group_source_req), at IPPROTO_IP for an IPv4 group and
+//     IPPROTO_IPV6 for an IPv6 one, on interface ifindex (0: the kernel
+//     chooses).
+//
+// A kernel failure is returned as a bare unix.Errno.
+func (a *Agent) SourceFilter(id, opt int, group, source netip.Addr, ifindex int) error {
+	a.t.Helper()
+	return a.call(&request{Op: opSourceFilter, ID: id, Opt: opt, Group: group, Src: source, Ifindex: ifindex}).Err.decode()
+}
+
 // Close closes any socket in the agent; for a GoListen listener also the
 // connections it accepted.
 func (a *Agent) Close(id int) error {

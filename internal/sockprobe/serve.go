@@ -2,6 +2,7 @@ package sockprobe
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -224,6 +226,8 @@ func (srv *server) dispatch(req *request, rep *reply) error {
 		})
 	case opJoinGroup, opLeaveGroup:
 		return s.withFD(func(fd int) error { return membership(fd, req.Op == opJoinGroup, req.Src, req.Ifindex) })
+	case opSourceFilter:
+		return s.withFD(func(fd int) error { return sourceFilter(fd, req.Opt, req.Group, req.Src, req.Ifindex) })
 	case opSendTo:
 		if s.pc != nil {
 			return goPacketSend(s.pc, req)
@@ -509,6 +513,90 @@ func membership(fd int, join bool, group netip.Addr, ifindex int) error {
 		return unix.SetsockoptIPv6Mreq(fd, unix.IPPROTO_IPV6, opt, &unix.IPv6Mreq{Multiaddr: group.As16(), Interface: uint32(ifindex)})
 	}
 	return misusef("multicast membership: invalid group address")
+}
+
+// sourceFilter sets one of the per-source multicast options (Agent.SourceFilter).
+func sourceFilter(fd, opt int, group, source netip.Addr, ifindex int) error {
+	if !group.IsValid() || !source.IsValid() || group.Is4() != source.Is4() {
+		return misusef("source filter: group %v and source %v must be addresses of one family", group, source)
+	}
+	switch opt {
+	case unix.IP_ADD_SOURCE_MEMBERSHIP, unix.IP_DROP_SOURCE_MEMBERSHIP, unix.IP_BLOCK_SOURCE, unix.IP_UNBLOCK_SOURCE:
+		if !group.Is4() {
+			return misusef("source filter: option %d takes an IPv4 group and source", opt)
+		}
+		// struct ip_mreq_source: imr_multiaddr, imr_interface, imr_sourceaddr.
+		var b [12]byte
+		g, s := group.As4(), source.As4()
+		copy(b[0:4], g[:])
+		copy(b[8:12], s[:])
+		if ifindex != 0 {
+			ifa, err := ifaceAddr4(ifindex)
+			if err != nil {
+				return err
+			}
+			copy(b[4:8], ifa[:])
+		}
+		return setsockoptBytes(fd, unix.IPPROTO_IP, opt, b[:])
+	case unix.MCAST_JOIN_SOURCE_GROUP, unix.MCAST_LEAVE_SOURCE_GROUP, unix.MCAST_BLOCK_SOURCE, unix.MCAST_UNBLOCK_SOURCE:
+		// struct group_source_req on 64-bit Linux: gsr_interface (4 bytes,
+		// 4 of padding), then two 128-byte sockaddr_storage: the group at 8,
+		// the source at 136.
+		var b [8 + 2*128]byte
+		binary.NativeEndian.PutUint32(b[0:4], uint32(ifindex))
+		putSockaddr(b[8:136], group)
+		putSockaddr(b[136:264], source)
+		level := unix.IPPROTO_IPV6
+		if group.Is4() {
+			level = unix.IPPROTO_IP
+		}
+		return setsockoptBytes(fd, level, opt, b[:])
+	}
+	return misusef("source filter: option %d is not a per-source multicast option", opt)
+}
+
+// ifaceAddr4 is the first IPv4 address of interface ifindex: the IPv4
+// multicast API names interfaces by address.
+func ifaceAddr4(ifindex int) ([4]byte, error) {
+	ifi, err := net.InterfaceByIndex(ifindex)
+	if err != nil {
+		return [4]byte{}, err
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return [4]byte{}, err
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if p, ok := netip.AddrFromSlice(n.IP); ok && p.Unmap().Is4() {
+				return p.Unmap().As4(), nil
+			}
+		}
+	}
+	return [4]byte{}, fmt.Errorf("interface %s has no IPv4 address", ifi.Name)
+}
+
+// putSockaddr writes a as a sockaddr_in (IPv4) or sockaddr_in6 into b.
+func putSockaddr(b []byte, a netip.Addr) {
+	if a.Is4() {
+		binary.NativeEndian.PutUint16(b[0:2], unix.AF_INET)
+		v := a.As4()
+		copy(b[4:8], v[:])
+		return
+	}
+	binary.NativeEndian.PutUint16(b[0:2], unix.AF_INET6)
+	v := a.As16()
+	copy(b[8:24], v[:])
+}
+
+// setsockoptBytes is setsockopt(2) with a struct given as bytes.
+func setsockoptBytes(fd, level, opt int, b []byte) error {
+	_, _, e := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt),
+		uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 // toSockaddr keeps the exact form of the address: an IPv4 address becomes

@@ -224,6 +224,43 @@ func TestAgent(t *testing.T) {
 		if err := a.LeaveGroup(u, group, 1); err != nil {
 			t.Fatalf("LeaveGroup(%v, lo): %v", group, err)
 		}
+
+		// Per-source options, both APIs, both families: the kernel takes
+		// the structs as built (a malformed one would be EINVAL at once)
+		// and keeps include and exclude filters apart.
+		for _, tc := range []struct {
+			fam                int
+			group, s1, s2      string
+			join, leave, block int
+			ifindex            int
+		}{
+			{unix.AF_INET, "239.1.2.3", "127.0.0.2", "127.0.0.3", unix.IP_ADD_SOURCE_MEMBERSHIP, unix.IP_DROP_SOURCE_MEMBERSHIP, unix.IP_BLOCK_SOURCE, 1},
+			{unix.AF_INET, "239.1.2.3", "127.0.0.2", "127.0.0.3", unix.MCAST_JOIN_SOURCE_GROUP, unix.MCAST_LEAVE_SOURCE_GROUP, unix.MCAST_BLOCK_SOURCE, 1},
+			{unix.AF_INET6, "ff15::1", "fd00::2", "fd00::3", unix.MCAST_JOIN_SOURCE_GROUP, unix.MCAST_LEAVE_SOURCE_GROUP, unix.MCAST_BLOCK_SOURCE, 1},
+		} {
+			g, s1, s2 := netip.MustParseAddr(tc.group), netip.MustParseAddr(tc.s1), netip.MustParseAddr(tc.s2)
+			u := a.Socket(tc.fam, unix.SOCK_DGRAM, 0)
+			if err := a.SourceFilter(u, tc.join, g, s1, tc.ifindex); err != nil {
+				t.Errorf("option %d: join (%v, %v): %v", tc.join, s1, g, err)
+			}
+			if err := a.SourceFilter(u, tc.join, g, s2, tc.ifindex); err != nil {
+				t.Errorf("option %d: join (%v, %v): %v", tc.join, s2, g, err)
+			}
+			// Include mode: blocking a source is an error.
+			if err := a.SourceFilter(u, tc.block, g, s1, tc.ifindex); err != unix.EINVAL {
+				t.Errorf("option %d: block %v in include mode = %v, want EINVAL", tc.block, s1, err)
+			}
+			for _, src := range []netip.Addr{s1, s2} {
+				if err := a.SourceFilter(u, tc.leave, g, src, tc.ifindex); err != nil {
+					t.Errorf("option %d: leave (%v, %v): %v", tc.leave, src, g, err)
+				}
+			}
+			// The last source dropped left the group.
+			if err := a.SourceFilter(u, tc.leave, g, s1, tc.ifindex); err == nil {
+				t.Errorf("option %d: leave (%v, %v) after the group was left: no error", tc.leave, s1, g)
+			}
+			a.Close(u)
+		}
 	})
 
 	t.Run("go-tcp", func(t *testing.T) {

@@ -32,6 +32,7 @@ const (
 	opRead          = "read"
 	opJoinGroup     = "join-group"
 	opLeaveGroup    = "leave-group"
+	opSourceFilter  = "source-filter"
 	opClose         = "close"
 	opGoListen      = "go-listen"
 	opGoAccept      = "go-accept"
@@ -59,6 +60,7 @@ type request struct {
 	Payload []byte         `json:"payload,omitempty"`
 	Timeout time.Duration  `json:"timeout,omitempty"`
 	Ifindex int            `json:"ifindex,omitempty"`
+	Group   netip.Addr     `json:"group,omitzero"`
 }
 
 // reply is one answer line from the agent. Seq 0 is the agent's hello.
