@@ -256,6 +256,8 @@ enum l3_counter {
 	L3_C_GROUP_COPY,	    /* a broadcast/multicast copy steered to its listening socket */
 	L3_C_GROUP_NO_LISTENER,	    /* (id 0) a broadcast/multicast datagram no container listens for */
 	L3_C_GROUP_LOST,	    /* a copy whose listener was gone when it arrived */
+	L3_C_GROUP_FILTERED,	    /* a multicast copy its socket's source filter refused (or a
+				       socket that did not join the group) */
 	L3_C_MAX = 32, /* x8 bytes x 16385 ids per CPU */
 };
 
@@ -294,7 +296,7 @@ enum l3_sk_flags {
 };
 
 enum l3_group_limits {
-	L3_SK_GROUPS = 4,     /* multicast groups one socket may join */
+	L3_SK_GROUPS = 8,     /* (group, source) entries one socket may hold: see struct l3_sk */
 	L3_MAX_LISTEN = 32,   /* containers listening on one (group or broadcast, port) */
 	L3_MARK_TAG = 0x6c330000, /* skb->mark of a steered copy: tag | container id (< 1 << 16) */
 	L3_MARK_MASK = 0xffff0000,
@@ -303,10 +305,28 @@ enum l3_group_limits {
 };
 
 /*
+ * What one slot of a socket's multicast state says about the sources of its
+ * group (struct l3_sk). The kernel keeps, per socket and group, a filter
+ * mode and a source list (RFC 3678): INCLUDE {S...} receives from S... only,
+ * EXCLUDE {S...} from everyone else. l3iso mirrors it in slots: an
+ * any-source join is one L3_SRC_ANY slot (EXCLUDE {}), and each blocked
+ * source an L3_SRC_EXCLUDE slot beside it; a source-specific join is one
+ * L3_SRC_INCLUDE slot per source. One group is in one mode at a time.
+ */
+enum l3_sk_src_mode {
+	L3_SRC_ANY = 0,	    /* joined G from any source (sources[i] unused, zero) */
+	L3_SRC_INCLUDE = 1, /* joined G from sources[i] (IP_ADD_SOURCE_MEMBERSHIP, MCAST_JOIN_SOURCE_GROUP) */
+	L3_SRC_EXCLUDE = 2, /* an any-source join of G blocks sources[i] (IP_BLOCK_SOURCE, MCAST_BLOCK_SOURCE) */
+};
+
+/*
  * Per-socket state (l3_skstore). For a registered listener: the container,
  * the port and the address its wildcard bind was rewritten to, and the
  * multicast groups it joined, so the release hook unregisters exactly what
- * the socket registered.
+ * the socket registered. A group may fill several slots (one per source of
+ * its filter, see enum l3_sk_src_mode); it is registered in l3_listen once,
+ * while it holds any. sources[] and modes[] were added after groups[]: the
+ * older fields keep their offsets.
  */
 struct l3_sk {
 	__u32 flags; /* enum l3_sk_flags */
@@ -315,7 +335,9 @@ struct l3_sk {
 	__u16 pad;
 	__u32 pad2;
 	struct l3_addr addr;			/* its own address (L3_SK_LISTENER) */
-	struct l3_addr groups[L3_SK_GROUPS];	/* joined groups; zero = free */
+	struct l3_addr groups[L3_SK_GROUPS];	/* per slot: the group; zero = a free slot */
+	struct l3_addr sources[L3_SK_GROUPS];	/* per slot: the source (INCLUDE, EXCLUDE) */
+	__u8 modes[L3_SK_GROUPS];		/* per slot: enum l3_sk_src_mode */
 };
 
 /*

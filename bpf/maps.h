@@ -193,4 +193,29 @@ static __always_inline int mcast_allowed(__u32 gen, __u32 id, const struct l3_ad
 	return bpf_map_lookup_elem(&l3_mcasts, &k) != NULL;
 }
 
+/*
+ * May a socket whose multicast state is s receive a datagram to group g
+ * from src? The kernel's per-socket source filter (ip_mc_sf_allow,
+ * inet6_mc_check), from l3iso's mirror of it (struct l3_sk): a slot of g
+ * naming src decides (INCLUDE: yes, EXCLUDE: no); else an any-source join
+ * of g says yes; a socket with no slot of g did not join it. Checked where
+ * l3iso delivers around the kernel's filter: copies assigned to a socket
+ * with bpf_sk_assign never reach it (tc.c, and the skb backstop).
+ */
+static __always_inline int sk_source_ok(const struct l3_sk *s, const struct l3_addr *g,
+					const struct l3_addr *src)
+{
+	int i, any = 0;
+
+	for (i = 0; i < L3_SK_GROUPS; i++) {
+		if (!addr_eq(&s->groups[i], g))
+			continue;
+		if (s->modes[i] == L3_SRC_ANY)
+			any = 1;
+		else if (addr_eq(&s->sources[i], src))
+			return s->modes[i] == L3_SRC_INCLUDE;
+	}
+	return any;
+}
+
 #endif /* L3ISO_MAPS_H */

@@ -380,6 +380,20 @@ static __always_inline void reg_del(const struct l3_addr *group, __u16 port, __u
 }
 
 /*
+ * Is slot i the first of its group in s? A group with several sources
+ * fills several slots; l3_listen holds it once per socket.
+ */
+static __always_inline int first_slot(const struct l3_sk *s, int i)
+{
+	int j;
+
+	for (j = 0; j < L3_SK_GROUPS && j < i; j++)
+		if (addr_eq(&s->groups[j], &s->groups[i]))
+			return 0;
+	return 1;
+}
+
+/*
  * A shared-mode container's UDP wildcard bind, rewritten to addr:port: it
  * listens for broadcasts on port, and for the groups it joined before.
  */
@@ -405,7 +419,7 @@ static __always_inline void register_listener(struct bpf_sock_addr *ctx, __u32 i
 	for (i = 0; i < L3_SK_GROUPS; i++) {
 		struct l3_addr g = s->groups[i];
 
-		if (g.w[0] | g.w[1] | g.w[2] | g.w[3])
+		if ((g.w[0] | g.w[1] | g.w[2] | g.w[3]) && first_slot(s, i))
 			reg_add(&g, port, id, addr);
 	}
 }
@@ -883,12 +897,12 @@ static __always_inline int own_primary(const struct l3_cont *c, const struct l3_
 	return (c->flags & L3_CF_HAS6) && addr_eq(a, &c->primary6);
 }
 
-/* Is a an address this container may receive on (its local side)? */
-static __always_inline int sk_joined(struct __sk_buff *skb, const struct l3_addr *g)
+/* Did the receiving socket join group g, for datagrams from src? */
+static __always_inline int sk_joined(struct __sk_buff *skb, const struct l3_addr *g,
+				     const struct l3_addr *src)
 {
 	struct bpf_sock *sk = skb->sk;
 	struct l3_sk *s;
-	int i;
 
 	if (!sk)
 		return 0;
@@ -896,12 +910,7 @@ static __always_inline int sk_joined(struct __sk_buff *skb, const struct l3_addr
 	if (!sk)
 		return 0;
 	s = bpf_sk_storage_get(&l3_skstore, sk, 0, 0);
-	if (!s)
-		return 0;
-	for (i = 0; i < L3_SK_GROUPS; i++)
-		if (addr_eq(&s->groups[i], g))
-			return 1;
-	return 0;
+	return s && sk_source_ok(s, g, src);
 }
 
 static __always_inline int may_receive(struct __sk_buff *skb, __u32 gen, struct l3_cont *c,
@@ -926,12 +935,15 @@ static __always_inline int may_receive(struct __sk_buff *skb, __u32 gen, struct 
 	}
 	if (addr_is_mcast(&p->dst)) {
 		/* A copy of a group this host sent, steered to this very socket
-		 * by l3_tc_group (which checked the policy and the join). */
+		 * by l3_tc_group, which checked the policy, the join and the
+		 * source before it readdressed the copy to 224.0.0.1. */
 		if (skb->mark == L3_MARK_COPY)
 			return 1;
 		/* A socket that did not join the group gets nothing of it,
-		 * however the kernel matched it (IP_MULTICAST_ALL). */
-		return mcast_allowed(gen, c->id, &p->dst) && sk_joined(skb, &p->dst);
+		 * however the kernel matched it (IP_MULTICAST_ALL), nor what its
+		 * source filter refuses (copies assigned to it bypass the
+		 * kernel's filter). */
+		return mcast_allowed(gen, c->id, &p->dst) && sk_joined(skb, &p->dst, &p->src);
 	}
 	if (addr_is_mapped(&p->dst) && p->dst.w[3] == 0xffffffff)
 		return 1; /* limited broadcast: the broadcast issue narrows this */
@@ -1010,9 +1022,13 @@ int l3_egress(struct __sk_buff *skb)
 #define SOL_IPV6 41
 #define IP_ADD_MEMBERSHIP 35
 #define IP_DROP_MEMBERSHIP 36
+#define IP_UNBLOCK_SOURCE 37
+#define IP_BLOCK_SOURCE 38
 #define IP_ADD_SOURCE_MEMBERSHIP 39
 #define IP_DROP_SOURCE_MEMBERSHIP 40
 #define MCAST_JOIN_GROUP 42
+#define MCAST_BLOCK_SOURCE 43
+#define MCAST_UNBLOCK_SOURCE 44
 #define MCAST_LEAVE_GROUP 45
 #define MCAST_JOIN_SOURCE_GROUP 46
 #define MCAST_LEAVE_SOURCE_GROUP 47
@@ -1020,132 +1036,295 @@ int l3_egress(struct __sk_buff *skb)
 #define IPV6_DROP_MEMBERSHIP 21
 #define ENOBUFS 105
 
-enum { J_NONE = 0, J_JOIN, J_LEAVE };
+enum {
+	J_NONE = 0,
+	J_JOIN,	   /* any-source join: IP_ADD_MEMBERSHIP, MCAST_JOIN_GROUP, IPV6_ADD_MEMBERSHIP */
+	J_LEAVE,   /* the whole group: IP_DROP_MEMBERSHIP, MCAST_LEAVE_GROUP, IPV6_DROP_MEMBERSHIP */
+	J_SJOIN,   /* one source: IP_ADD_SOURCE_MEMBERSHIP, MCAST_JOIN_SOURCE_GROUP */
+	J_SLEAVE,  /* one source: IP_DROP_SOURCE_MEMBERSHIP, MCAST_LEAVE_SOURCE_GROUP */
+	J_BLOCK,   /* IP_BLOCK_SOURCE, MCAST_BLOCK_SOURCE */
+	J_UNBLOCK, /* IP_UNBLOCK_SOURCE, MCAST_UNBLOCK_SOURCE */
+};
+
+/* Option layouts (x86-64), by where the group and the source are. */
+enum {
+	F_IN4 = 1, /* ip_mreq, ip_mreqn: the IPv4 group at 0 */
+	F_SRC4,	   /* ip_mreq_source: group at 0, source at 8 */
+	F_IN6,	   /* ipv6_mreq: the IPv6 group at 0 */
+	F_GR,	   /* group_req: a sockaddr_storage at 8 */
+	F_GSR,	   /* group_source_req: sockaddr_storages at 8 (group) and 136 (source) */
+};
+
+/* The address of a sockaddr_in or sockaddr_in6 (mapped form); -1 if neither. */
+static __always_inline int sockaddr_ip(const void *sa, struct l3_addr *a)
+{
+	if (*(__u16 *)sa == 2 /* AF_INET */)
+		addr_set4(a, *(__u32 *)(sa + 4));
+	else if (*(__u16 *)sa == 10 /* AF_INET6 */)
+		__builtin_memcpy(a->w, sa + 8, 16);
+	else
+		return -1;
+	return 0;
+}
 
 /*
- * The group of a join or leave, from the option's value. Layouts: ip_mreq,
- * ip_mreqn, ip_mreq_source start with the IPv4 group; ipv6_mreq with the
- * IPv6 group; group_req and group_source_req carry a sockaddr_storage at
- * offset 8 (sin_addr at 12, sin6_addr at 16).
+ * The group (and, for the per-source options, the source) of a join,
+ * leave or source change, from the option's value. *has_src says whether
+ * a source of the group's family was found; without one the kernel refuses
+ * a per-source option itself. 32-bit (compat) layouts are not parsed.
  */
-static __always_inline int sockopt_group(struct bpf_sockopt *ctx, struct l3_addr *g)
+static __always_inline int sockopt_group(struct bpf_sockopt *ctx, struct l3_addr *g,
+					 struct l3_addr *src, int *has_src)
 {
 	void *p = ctx->optval, *end = ctx->optval_end;
-	int op = J_NONE, form = 0; /* 4: in_addr at 0, 6: in6_addr at 0, 8: sockaddr at 8 */
+	int op = J_NONE, form = 0;
 
 	if (ctx->level == SOL_IP) {
 		switch (ctx->optname) {
 		case IP_ADD_MEMBERSHIP:
-		case IP_ADD_SOURCE_MEMBERSHIP:
-			op = J_JOIN, form = 4;
+			op = J_JOIN, form = F_IN4;
 			break;
 		case IP_DROP_MEMBERSHIP:
-			op = J_LEAVE, form = 4;
+			op = J_LEAVE, form = F_IN4;
+			break;
+		case IP_ADD_SOURCE_MEMBERSHIP:
+			op = J_SJOIN, form = F_SRC4;
+			break;
+		case IP_DROP_SOURCE_MEMBERSHIP:
+			op = J_SLEAVE, form = F_SRC4;
+			break;
+		case IP_BLOCK_SOURCE:
+			op = J_BLOCK, form = F_SRC4;
+			break;
+		case IP_UNBLOCK_SOURCE:
+			op = J_UNBLOCK, form = F_SRC4;
 			break;
 		}
 	} else if (ctx->level == SOL_IPV6) {
 		switch (ctx->optname) {
 		case IPV6_ADD_MEMBERSHIP:
-			op = J_JOIN, form = 6;
+			op = J_JOIN, form = F_IN6;
 			break;
 		case IPV6_DROP_MEMBERSHIP:
-			op = J_LEAVE, form = 6;
+			op = J_LEAVE, form = F_IN6;
 			break;
 		}
 	}
 	if (ctx->level == SOL_IP || ctx->level == SOL_IPV6) {
 		switch (ctx->optname) {
 		case MCAST_JOIN_GROUP:
-		case MCAST_JOIN_SOURCE_GROUP:
-			op = J_JOIN, form = 8;
+			op = J_JOIN, form = F_GR;
 			break;
 		case MCAST_LEAVE_GROUP:
-			op = J_LEAVE, form = 8;
+			op = J_LEAVE, form = F_GR;
+			break;
+		case MCAST_JOIN_SOURCE_GROUP:
+			op = J_SJOIN, form = F_GSR;
+			break;
+		case MCAST_LEAVE_SOURCE_GROUP:
+			op = J_SLEAVE, form = F_GSR;
+			break;
+		case MCAST_BLOCK_SOURCE:
+			op = J_BLOCK, form = F_GSR;
+			break;
+		case MCAST_UNBLOCK_SOURCE:
+			op = J_UNBLOCK, form = F_GSR;
 			break;
 		}
 	}
-	/* IP_DROP_SOURCE_MEMBERSHIP / MCAST_LEAVE_SOURCE_GROUP drop one
-	 * source; the group stays registered until a leave or close. */
 	if (op == J_NONE)
 		return J_NONE;
-	if (form == 4) {
+	*has_src = 0;
+	if (form == F_IN4 || form == F_SRC4) {
 		if (p + 4 > end)
 			return J_NONE;
 		addr_set4(g, *(__u32 *)p);
-	} else if (form == 6) {
+		if (form == F_SRC4 && p + 12 <= end) {
+			addr_set4(src, *(__u32 *)(p + 8));
+			*has_src = 1;
+		}
+	} else if (form == F_IN6) {
 		if (p + 16 > end)
 			return J_NONE;
 		__builtin_memcpy(g->w, p, 16);
 	} else {
-		if (p + 32 > end)
+		if (p + 32 > end || sockaddr_ip(p + 8, g))
 			return J_NONE;
-		if (*(__u16 *)(p + 8) == 2 /* AF_INET */)
-			addr_set4(g, *(__u32 *)(p + 12));
-		else if (*(__u16 *)(p + 8) == 10 /* AF_INET6 */)
-			__builtin_memcpy(g->w, p + 16, 16);
-		else
-			return J_NONE;
+		/* the source's sockaddr_in6 ends at 136 + 24 */
+		if (form == F_GSR && p + 160 <= end && !sockaddr_ip(p + 136, src) &&
+		    addr_is_mapped(src) == addr_is_mapped(g))
+			*has_src = 1;
 	}
 	if (!addr_is_mcast(g))
 		return J_NONE; /* the kernel refuses it itself */
 	return op;
 }
 
+_Static_assert(L3_SRC_ANY == 0, "a zeroed slot is free and any-source");
+
+/*
+ * Multicast joins (rule 6). The program runs before the kernel applies the
+ * option: a join of a group outside the container's policy fails with
+ * EPERM; every other change is mirrored in the socket's slots (struct l3_sk)
+ * the way the kernel changes its per-socket filter (ip_mc_source,
+ * ip6_mc_source) — assuming the kernel accepts it — so that l3iso can
+ * apply the filter to the copies it assigns to the socket:
+ *
+ *   join (any source)   G has no slot: one ANY slot. Joined already: no change.
+ *   join source S       G in exclude mode with blocked sources: no change (EINVAL).
+ *                       An ANY slot of G becomes INCLUDE S (the kernel switches an
+ *                       empty exclude filter to include); else one more INCLUDE slot.
+ *   leave source S      its INCLUDE slot goes; the last one leaves G, as in the kernel.
+ *   block / unblock S   an EXCLUDE slot beside G's ANY slot, or its removal.
+ *   leave G             every slot of G.
+ *
+ * A slot that does not fit (L3_SK_GROUPS per socket) fails the option with
+ * ENOBUFS, before the kernel runs it. A socket that is a registered
+ * listener has each group in l3_listen once, from its first slot to its
+ * last. Slots are changed in place in a loop (no index carried out of one:
+ * the verifier would track each value it may hold, as for flags and
+ * counts, which stay 0/1), the group written last and cleared first, so
+ * readers never see half a slot.
+ */
 SEC("cgroup/setsockopt")
 int l3_setsockopt(struct bpf_sockopt *ctx)
 {
 	struct l3_cfg *cfg = config();
+	struct l3_addr g, src = {};
 	struct l3_cont *c;
-	struct l3_addr g;
 	struct l3_sk *s;
 	__u32 gen;
-	int op, i, slot = -1;
+	int op, i, has_src = 0, ng = 0, multi = 0, any = 0, match = 0, excl = 0, free = 0, done = 0;
+	__u8 mode;
 
 	if (!cfg)
 		return 1;
-	op = sockopt_group(ctx, &g);
+	op = sockopt_group(ctx, &g, &src, &has_src);
 	if (op == J_NONE)
 		return 1;
 	gen = active_gen();
 	c = task_container(gen, cfg);
 	if (!c)
 		return 1; /* host processes join what they like */
-	if (op == J_JOIN && !mcast_allowed(gen, c->id, &g)) {
+	if ((op == J_JOIN || op == J_SJOIN) && !mcast_allowed(gen, c->id, &g)) {
 		count(c->id, L3_C_JOIN_DENIED);
 		return deny(EPERM);
 	}
 	if (!ctx->sk)
 		return 1;
+	if (op != J_JOIN && op != J_LEAVE && !has_src)
+		return 1; /* no source the kernel would take: it refuses the option */
 	s = bpf_sk_storage_get(&l3_skstore, ctx->sk, 0,
-			       op == J_JOIN ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+			       op == J_JOIN || op == J_SJOIN ? BPF_SK_STORAGE_GET_F_CREATE : 0);
 	if (!s)
 		return 1;
+	if (op == J_JOIN || op == J_SJOIN)
+		count(c->id, L3_C_JOIN_ALLOWED);
+
+	/* What the socket holds of g: slots (ng; multi: more than one), an
+	 * any-source join, the mode of a slot naming src, blocked sources. */
 	for (i = 0; i < L3_SK_GROUPS; i++) {
 		struct l3_addr *e = &s->groups[i];
 
 		if (addr_eq(e, &g)) {
-			slot = i;
-			break;
+			multi = ng;
+			ng = 1;
+			if (s->modes[i] == L3_SRC_ANY)
+				any = 1;
+			else if (addr_eq(&s->sources[i], &src))
+				match = s->modes[i];
+			if (s->modes[i] == L3_SRC_EXCLUDE)
+				excl = 1;
+		} else if (!(e->w[0] | e->w[1] | e->w[2] | e->w[3])) {
+			free = 1;
 		}
-		if (slot < 0 && !(e->w[0] | e->w[1] | e->w[2] | e->w[3]))
-			slot = i + 100; /* first free slot, if g is not there */
 	}
-	if (op == J_JOIN) {
-		count(c->id, L3_C_JOIN_ALLOWED);
-		if (slot >= 0 && slot < L3_SK_GROUPS)
-			return 1; /* joined already (another source, interface) */
-		if (slot < 100 || slot >= 100 + L3_SK_GROUPS)
-			return deny(ENOBUFS); /* more groups than l3iso tracks per socket */
-		s->groups[slot - 100] = g;
-		if (s->flags & L3_SK_LISTENER)
-			reg_add(&g, s->port, s->id, &s->addr);
-		return 1;
+
+	/* What changes: a new slot of mode `mode`, or the ones found below. */
+	switch (op) {
+	case J_JOIN:
+		if (ng)
+			return 1; /* joined already (the kernel: EADDRINUSE) */
+		mode = L3_SRC_ANY;
+		break;
+	case J_SJOIN:
+		if (excl || match)
+			return 1; /* exclude mode (the kernel: EINVAL), or there already */
+		if (any) {
+			/* Any source → this source only: the kernel's mode switch. */
+			for (i = 0; i < L3_SK_GROUPS; i++) {
+				if (addr_eq(&s->groups[i], &g) && s->modes[i] == L3_SRC_ANY) {
+					s->sources[i] = src;
+					/* readers: any source until the mode changes */
+					asm volatile("" ::: "memory");
+					s->modes[i] = L3_SRC_INCLUDE;
+					break;
+				}
+			}
+			return 1;
+		}
+		mode = L3_SRC_INCLUDE;
+		break;
+	case J_BLOCK:
+		if (!any || match)
+			return 1; /* not an any-source join (EINVAL), or blocked already */
+		mode = L3_SRC_EXCLUDE;
+		break;
+	case J_UNBLOCK:
+	case J_SLEAVE:
+		mode = op == J_UNBLOCK ? L3_SRC_EXCLUDE : L3_SRC_INCLUDE;
+		if (match != mode)
+			return 1;
+		for (i = 0; i < L3_SK_GROUPS; i++) {
+			if (addr_eq(&s->groups[i], &g) && s->modes[i] == mode &&
+			    addr_eq(&s->sources[i], &src)) {
+				__builtin_memset(&s->groups[i], 0, sizeof(s->groups[i]));
+				asm volatile("" ::: "memory");
+				__builtin_memset(&s->sources[i], 0, sizeof(s->sources[i]));
+				s->modes[i] = L3_SRC_ANY;
+				break;
+			}
+		}
+		/* The last source of an include filter leaves the group. */
+		if (op == J_UNBLOCK || multi)
+			return 1;
+		goto unregister;
+	default: /* J_LEAVE */
+		if (!ng)
+			return 1;
+		for (i = 0; i < L3_SK_GROUPS; i++) {
+			if (addr_eq(&s->groups[i], &g)) {
+				__builtin_memset(&s->groups[i], 0, sizeof(s->groups[i]));
+				asm volatile("" ::: "memory");
+				__builtin_memset(&s->sources[i], 0, sizeof(s->sources[i]));
+				s->modes[i] = L3_SRC_ANY;
+			}
+		}
+		goto unregister;
 	}
-	if (slot >= 0 && slot < L3_SK_GROUPS) {
-		__builtin_memset(&s->groups[slot], 0, sizeof(s->groups[slot]));
-		if (s->flags & L3_SK_LISTENER)
-			reg_del(&g, s->port, s->id, &s->addr);
+
+	/* A new slot (J_JOIN, J_SJOIN, J_BLOCK). */
+	if (!free)
+		return deny(ENOBUFS); /* more than l3iso tracks per socket */
+	for (i = 0; i < L3_SK_GROUPS && !done; i++) {
+		struct l3_addr *e = &s->groups[i];
+
+		if (!(e->w[0] | e->w[1] | e->w[2] | e->w[3])) {
+			s->sources[i] = src;
+			s->modes[i] = mode;
+			asm volatile("" ::: "memory");
+			*e = g;
+			done = 1;
+		}
 	}
+	if (op == J_BLOCK || ng)
+		return 1; /* the group was there already */
+	if (s->flags & L3_SK_LISTENER)
+		reg_add(&g, s->port, s->id, &s->addr);
+	return 1;
+unregister:
+	if (s->flags & L3_SK_LISTENER)
+		reg_del(&g, s->port, s->id, &s->addr);
 	return 1;
 }
 
@@ -1167,7 +1346,7 @@ int l3_sock_release(struct bpf_sock *sk)
 	for (i = 0; i < L3_SK_GROUPS; i++) {
 		struct l3_addr g = s->groups[i];
 
-		if (g.w[0] | g.w[1] | g.w[2] | g.w[3])
+		if ((g.w[0] | g.w[1] | g.w[2] | g.w[3]) && first_slot(s, i))
 			reg_del(&g, s->port, s->id, &s->addr);
 	}
 	s->flags &= ~L3_SK_LISTENER;

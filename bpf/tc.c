@@ -513,6 +513,26 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 			count(id, L3_C_GROUP_LOST);
 			return TC_ACT_SHOT;
 		}
+		if (!bcast) {
+			/*
+			 * An assigned copy skips the kernel's per-socket source
+			 * filter (UDP takes the assigned socket before its
+			 * multicast branch): apply the socket's own, before a
+			 * copy through lo loses its group to 224.0.0.1.
+			 */
+			struct l3_sk *s = bpf_sk_storage_get(&l3_skstore, sk, 0, 0);
+			struct l3_addr src;
+
+			if (tuple_len == sizeof(t.ipv4))
+				addr_set4(&src, t.ipv4.saddr);
+			else
+				__builtin_memcpy(src.w, t.ipv6.saddr, 16);
+			if (!s || !sk_source_ok(s, &dst, &src)) {
+				bpf_sk_release(sk);
+				count(id, L3_C_GROUP_FILTERED);
+				return TC_ACT_SHOT;
+			}
+		}
 		i = bpf_sk_assign(skb, sk, 0);
 		bpf_sk_release(sk);
 		if (i) {

@@ -158,6 +158,7 @@ var CounterNames = []string{
 	sockL3CounterL3C_GROUP_COPY:        "group_copies",
 	sockL3CounterL3C_GROUP_NO_LISTENER: "group_no_listener",
 	sockL3CounterL3C_GROUP_LOST:        "group_copies_lost",
+	sockL3CounterL3C_GROUP_FILTERED:    "group_copies_filtered",
 }
 
 // Counters are one container's verdict counters, summed over CPUs, by name.

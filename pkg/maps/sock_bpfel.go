@@ -117,6 +117,7 @@ const (
 	sockL3CounterL3C_GROUP_COPY           sockL3Counter = 23
 	sockL3CounterL3C_GROUP_NO_LISTENER    sockL3Counter = 24
 	sockL3CounterL3C_GROUP_LOST           sockL3Counter = 25
+	sockL3CounterL3C_GROUP_FILTERED       sockL3Counter = 26
 	sockL3CounterL3C_MAX                  sockL3Counter = 32
 )
 
@@ -139,7 +140,7 @@ const (
 type sockL3GroupLimits uint32
 
 const (
-	sockL3GroupLimitsL3SK_GROUPS  sockL3GroupLimits = 4
+	sockL3GroupLimitsL3SK_GROUPS  sockL3GroupLimits = 8
 	sockL3GroupLimitsL3MAX_LISTEN sockL3GroupLimits = 32
 	sockL3GroupLimitsL3MARK_TAG   sockL3GroupLimits = 1815281664
 	sockL3GroupLimitsL3MARK_MASK  sockL3GroupLimits = 4294901760
@@ -297,14 +298,16 @@ type sockL3RouteKey struct {
 }
 
 type sockL3Sk struct {
-	_      structs.HostLayout
-	Flags  uint32
-	Id     uint32
-	Port   uint16
-	Pad    uint16
-	Pad2   uint32
-	Addr   sockL3Addr
-	Groups [4]sockL3Addr
+	_       structs.HostLayout
+	Flags   uint32
+	Id      uint32
+	Port    uint16
+	Pad     uint16
+	Pad2    uint32
+	Addr    sockL3Addr
+	Groups  [8]sockL3Addr
+	Sources [8]sockL3Addr
+	Modes   [8]uint8
 }
 
 type sockL3SkFlags uint32

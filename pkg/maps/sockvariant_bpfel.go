@@ -179,14 +179,16 @@ type sockvariantL3RouteKey struct {
 }
 
 type sockvariantL3Sk struct {
-	_      structs.HostLayout
-	Flags  uint32
-	Id     uint32
-	Port   uint16
-	Pad    uint16
-	Pad2   uint32
-	Addr   sockvariantL3Addr
-	Groups [4]sockvariantL3Addr
+	_       structs.HostLayout
+	Flags   uint32
+	Id      uint32
+	Port    uint16
+	Pad     uint16
+	Pad2    uint32
+	Addr    sockvariantL3Addr
+	Groups  [8]sockvariantL3Addr
+	Sources [8]sockvariantL3Addr
+	Modes   [8]uint8
 }
 
 type sockvariantL3Stats struct {
