@@ -268,8 +268,17 @@ func server(addr netip.Addr, cpu int) error {
 		}
 	})
 
+	return answerSnaps(p, fail, func() (any, error) {
+		return snap{UDP: udpPkts.Load(), Stream: streamBytes.Load(), Ns: time.Since(start).Nanoseconds()}, nil
+	})
+}
+
+// answerSnaps prints first as one JSON line, then answers every "snap" line
+// on stdin with one JSON line of snapshot(); it returns when stdin closes,
+// on a failure from fail, or on anything else on stdin.
+func answerSnaps(first any, fail <-chan error, snapshot func() (any, error)) error {
 	out := json.NewEncoder(os.Stdout)
-	if err := out.Encode(p); err != nil {
+	if err := out.Encode(first); err != nil {
 		return err
 	}
 	lines := make(chan string)
@@ -291,7 +300,11 @@ func server(addr netip.Addr, cpu int) error {
 			if strings.TrimSpace(l) != "snap" {
 				return fmt.Errorf("unknown command %q", l)
 			}
-			if err := out.Encode(snap{UDP: udpPkts.Load(), Stream: streamBytes.Load(), Ns: time.Since(start).Nanoseconds()}); err != nil {
+			v, err := snapshot()
+			if err != nil {
+				return err
+			}
+			if err := out.Encode(v); err != nil {
 				return err
 			}
 		}
@@ -342,42 +355,17 @@ func listener(addr netip.Addr, port, cpu int) error {
 			}
 		}
 	}()
-	out := json.NewEncoder(os.Stdout)
-	if err := out.Encode(ports{Bcast: port}); err != nil {
-		return err
-	}
-	lines := make(chan string)
-	go func() {
-		in := bufio.NewScanner(os.Stdin)
-		for in.Scan() {
-			lines <- in.Text()
+	return answerSnaps(ports{Bcast: port}, fail, func() (any, error) {
+		drops, err := socketDrops(st.Ino)
+		if err != nil {
+			return nil, err
 		}
-		close(lines)
-	}()
-	for {
-		select {
-		case err := <-fail:
-			return err
-		case l, ok := <-lines:
-			if !ok {
-				return nil
-			}
-			if strings.TrimSpace(l) != "snap" {
-				return fmt.Errorf("unknown command %q", l)
-			}
-			drops, err := socketDrops(st.Ino)
-			if err != nil {
-				return err
-			}
-			busy, err := busyNs()
-			if err != nil {
-				return err
-			}
-			if err := out.Encode(snap{UDP: pkts.Load(), Ns: time.Since(start).Nanoseconds(), Busy: busy, Drops: drops}); err != nil {
-				return err
-			}
+		busy, err := busyNs()
+		if err != nil {
+			return nil, err
 		}
-	}
+		return snap{UDP: pkts.Load(), Ns: time.Since(start).Nanoseconds(), Busy: busy, Drops: drops}, nil
+	})
 }
 
 // socketDrops is the drop count of the UDP socket with inode ino, from
