@@ -864,4 +864,22 @@ func TestNetnsMTU(t *testing.T) {
 			t.Errorf("%v: the outside host got %d of 3 datagrams of %d bytes", dst, got, len(payload))
 		}
 	}
+
+	// An uplink below IPv6's minimum MTU: an IPv6 container is refused,
+	// with the reason, and nothing of it is left.
+	if out, err := exec.Command("ip", "-n", filepath.Base(n.netns), "link", "set", "up0", "mtu", "1200").CombinedOutput(); err != nil {
+		t.Fatalf("set mtu: %v: %s", err, out)
+	}
+	bad := n.name("m2")
+	res := n.run("container", "add", bad, "--mode", "netns", "--addr", "fd78::9")
+	if res.code == 0 || !strings.Contains(res.stderr, "below the IPv6 minimum") || !strings.Contains(res.stderr, "uplink up0: 1200") {
+		t.Errorf("add with a 1200-byte uplink: exit %d, stderr %q; want a failure naming the uplink's MTU", res.code, res.stderr)
+	}
+	if _, err := os.Stat(veth.NetnsPath(bad)); err == nil {
+		n.names = append(n.names, bad)
+		t.Errorf("the refused container's namespace %s exists", veth.NetnsName(bad))
+	}
+	if got := n.mustRun("container", "list"); strings.Contains(got, bad) {
+		t.Errorf("the refused container is listed: %s", got)
+	}
 }

@@ -75,13 +75,17 @@ func (c *Control) plumb(k maps.Container) error {
 	if err := c.ensureDelivery(); err != nil {
 		return err
 	}
+	mtu := c.vethMTU()
 	ep, err := veth.Create(veth.Spec{
 		Container:         k.Spec.Name,
 		Addrs:             vethAddrs(k),
 		SubnetsViaGateway: c.st.Config.Delivery != maps.DeliveryBridge,
-		MTU:               c.vethMTU(),
+		MTU:               mtu,
 	})
 	if err != nil {
+		if mtu != 0 && errors.Is(err, veth.ErrInvalid) {
+			return fmt.Errorf("%w (a container's veth takes the MTU of the uplink %s: %d)", err, c.st.Config.Uplink, mtu)
+		}
 		return err
 	}
 	if err := c.wire(k, ep, true); err != nil {
