@@ -468,6 +468,22 @@ func (b *bench) measure(ctx context.Context) error {
 	return nil
 }
 
+// untilSnap waits from snapshot i-1 (or the run's start) to snapshot i of a
+// run of d: snapshots are 20 % and 80 % into the run, so start-up and
+// wind-down stay out of the measuring window.
+func untilSnap(ctx context.Context, d time.Duration, i int) error {
+	wait := d / 5
+	if i == 1 {
+		wait = d * 3 / 5
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(wait):
+		return nil
+	}
+}
+
 // errStarved: the receiver counted nothing in the measuring window while
 // the sender sent. Seen only on a loaded machine; the workers stay in step.
 var errStarved = errors.New("no datagram arrived in the measuring window")
@@ -494,14 +510,8 @@ func (b *bench) runOnce(ctx context.Context, t *target, w string, d time.Duratio
 	stream := w == UDPPPS || w == TCPGbps
 	if stream {
 		for i, s := range []*snap{&s1, &s2} {
-			wait := d / 5
-			if i == 1 {
-				wait = d * 3 / 5
-			}
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(wait):
+			if err := untilSnap(ctx, d, i); err != nil {
+				return nil, err
 			}
 			if err := t.srv.send("snap"); err != nil {
 				return nil, err

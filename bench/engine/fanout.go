@@ -101,14 +101,8 @@ func (b *bench) runFanout(ctx context.Context, t *target, d time.Duration) (map[
 	snaps := [2][]snap{make([]snap, len(t.listeners)), make([]snap, len(t.listeners))}
 	var cpu, at [2]int64
 	for i := range snaps {
-		wait := d / 5
-		if i == 1 {
-			wait = d * 3 / 5
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
+		if err := untilSnap(ctx, d, i); err != nil {
+			return nil, err
 		}
 		var err error
 		at[i] = time.Since(b.epoch).Nanoseconds()

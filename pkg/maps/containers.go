@@ -272,14 +272,20 @@ func (s *Set) insertSteps(gen uint32, cs []Container, parts int) ([]func() error
 
 // putParts cuts a put of more than a few thousand entries in parts.
 func putParts[K, V any](m *ebpf.Map, name string, ks []K, vs []V, parts int) []func() error {
-	if len(ks) == 0 {
+	return inParts(len(ks), parts, func(lo, hi int) error { return put(m, name, ks[lo:hi], vs[lo:hi]) })
+}
+
+// inParts cuts n items into at most parts steps of at least 2,048 items
+// each (one step for fewer); step i does items [lo, hi).
+func inParts(n, parts int, step func(lo, hi int) error) []func() error {
+	if n == 0 {
 		return nil
 	}
-	parts = max(1, min(parts, len(ks)/2048))
-	var out []func() error
+	parts = max(1, min(parts, n/2048))
+	out := make([]func() error, 0, parts)
 	for i := 0; i < parts; i++ {
-		lo, hi := i*len(ks)/parts, (i+1)*len(ks)/parts
-		out = append(out, func() error { return put(m, name, ks[lo:hi], vs[lo:hi]) })
+		lo, hi := i*n/parts, (i+1)*n/parts
+		out = append(out, func() error { return step(lo, hi) })
 	}
 	return out
 }
@@ -469,16 +475,7 @@ func (s *Set) DeleteGen(gen uint32, cs []Container) error {
 
 // delParts cuts a delBatch of more than a few thousand keys in parts.
 func delParts[K any](m *ebpf.Map, name string, ks []K, parts int) []func() error {
-	if len(ks) == 0 {
-		return nil
-	}
-	parts = max(1, min(parts, len(ks)/2048))
-	var out []func() error
-	for i := 0; i < parts; i++ {
-		lo, hi := i*len(ks)/parts, (i+1)*len(ks)/parts
-		out = append(out, func() error { return delBatch(m, name, ks[lo:hi]) })
-	}
-	return out
+	return inParts(len(ks), parts, func(lo, hi int) error { return delBatch(m, name, ks[lo:hi]) })
 }
 
 // delBatch deletes keys with batch calls where the map has them; missing

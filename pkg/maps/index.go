@@ -153,6 +153,14 @@ func (s *Set) BuildIndex(cs []Container) error {
 	return nil
 }
 
+// indexKey is container c's l3_names key, after checking its id.
+func indexKey(c Container) ([NameLen]byte, error) {
+	if c.ID == 0 || int(c.ID) > MaxContainers {
+		return [NameLen]byte{}, fmt.Errorf("container %q: id %d out of range 1..%d", c.Spec.Name, c.ID, MaxContainers)
+	}
+	return nameKey(c.Spec.Name)
+}
+
 // reset makes the index hold exactly cs.
 func (x *Index) reset(cs []Container) error {
 	var bm idBitmap
@@ -160,12 +168,9 @@ func (x *Index) reset(cs []Container) error {
 	keys := make([][NameLen]byte, 0, len(cs))
 	vals := make([]uint32, 0, len(cs))
 	for _, c := range cs {
-		k, err := nameKey(c.Spec.Name)
+		k, err := indexKey(c)
 		if err != nil {
 			return err
-		}
-		if c.ID == 0 || int(c.ID) > MaxContainers {
-			return fmt.Errorf("container %q: id %d out of range 1..%d", c.Spec.Name, c.ID, MaxContainers)
 		}
 		keep[k] = true
 		keys, vals = append(keys, k), append(vals, c.ID)
@@ -251,12 +256,9 @@ func (x *Index) Add(cs ...Container) error {
 	keys := make([][NameLen]byte, 0, len(cs))
 	vals := make([]uint32, 0, len(cs))
 	for _, c := range cs {
-		k, err := nameKey(c.Spec.Name)
+		k, err := indexKey(c)
 		if err != nil {
 			return err
-		}
-		if c.ID == 0 || int(c.ID) > MaxContainers {
-			return fmt.Errorf("container %q: id %d out of range 1..%d", c.Spec.Name, c.ID, MaxContainers)
 		}
 		keys, vals = append(keys, k), append(vals, c.ID)
 		bm[c.ID/64] |= 1 << (c.ID % 64)
