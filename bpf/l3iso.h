@@ -297,7 +297,6 @@ enum l3_sk_flags {
 
 enum l3_group_limits {
 	L3_SK_GROUPS = 8,     /* (group, source) entries one socket may hold: see struct l3_sk */
-	L3_MAX_LISTEN = 32,   /* containers listening on one (group or broadcast, port) */
 	L3_MARK_TAG = 0x6c330000, /* skb->mark of a steered copy: tag | container id (< 1 << 16) */
 	L3_MARK_MASK = 0xffff0000,
 	L3_MARK_COPY = 0x6c340001, /* a multicast copy assigned to its socket through lo (see tc.c) */
@@ -343,29 +342,66 @@ struct l3_sk {
 /*
  * l3_listen: the broadcast/multicast listener registry, filled by the
  * socket hooks (bind, setsockopt, sock_release), read by l3_tc_group.
- * Key: a multicast group, or L3_BCAST_KEY (255.255.255.255, mapped) for
- * "every broadcast address this container may receive", and a UDP port.
- * Value: up to L3_MAX_LISTEN containers, each with the address its socket
- * is bound to (the TC program steers a copy to that socket) and the number
- * of its sockets registered there.
+ * Key: a multicast group, or 255.255.255.255 (mapped) for "every broadcast
+ * address this container may receive", a UDP port, and a page.
+ *
+ * Every container has a fixed place: page (id - 1) / L3_LPAGE_IDS, and in
+ * it one entry per family (slot ((id - 1) % L3_LPAGE_IDS) * 2 + is IPv6),
+ * so registering and finding a container's entry is O(1) and every
+ * container fits (L3_MAX_CONTAINERS / L3_LPAGE_IDS pages). l3_lsum says
+ * which pages of (group, port) hold anybody, each page's used which of its
+ * slots do, so a fan-out visits listeners only: O(listeners +
+ * L3_LPAGE_WORDS), not O(containers).
+ *
+ * An entry holds the address its sockets are bound to (the TC program
+ * steers a copy to that socket) and the number of its sockets registered.
+ * A page's entries and used bits change under its lock; its bit in l3_lsum
+ * is set and cleared under that lock too (an atomic or/and: the pages of
+ * one word have different locks), so it is set while the page holds
+ * anybody. User space never writes l3_lsum, and purges a page only under
+ * its lock (BPF_F_LOCK), leaving at worst a bit set for an empty page.
  */
 struct l3_lkey {
 	struct l3_addr group;
 	__u16 port; /* host order */
-	__u16 pad;
-	__u32 pad2;
+	__u16 page; /* (id - 1) / L3_LPAGE_IDS */
+	__u32 pad;
 };
 
 struct l3_lent {
-	__u32 id; /* 0: free slot */
+	__u32 id; /* 0: free */
 	__u32 refs;
 	struct l3_addr addr;
+};
+
+enum l3_lpage_limits {
+	L3_LPAGE_IDS = 32, /* containers per page: two slots (IPv4, IPv6) each */
+	L3_LPAGE_SLOTS = 2 * L3_LPAGE_IDS,
+	L3_LPAGES = L3_MAX_CONTAINERS / L3_LPAGE_IDS,
+	L3_LPAGE_WORDS = L3_LPAGES / 64,
 };
 
 struct l3_lset {
 	struct bpf_spin_lock lock;
 	__u32 pad;
-	struct l3_lent e[L3_MAX_LISTEN];
+	__u64 used; /* bit s: e[s] holds a container */
+	struct l3_lent e[L3_LPAGE_SLOTS];
+};
+
+/* l3_lsum: key (group, port, page 0): bit p of pages: page p holds anybody. */
+struct l3_lpages {
+	__u64 pages[L3_LPAGE_WORDS];
+};
+
+/*
+ * What user space asks of l3_purge (tc.c), run with BPF_PROG_TEST_RUN
+ * as its packet: remove container id's entries from page key.page of
+ * key.group/key.port, under the page's lock.
+ */
+struct l3_purge_req {
+	struct l3_lkey key;
+	__u32 id;
+	__u32 pad;
 };
 
 #endif /* L3ISO_H */

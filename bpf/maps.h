@@ -104,7 +104,7 @@ struct {
 	__type(value, struct l3_port);
 } l3_ports SEC(".maps");
 
-/* l3_listen: broadcast/multicast listeners by (group or broadcast, port). */
+/* l3_listen: broadcast/multicast listeners by (group or broadcast, port, page). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 16);
@@ -112,6 +112,15 @@ struct {
 	__type(key, struct l3_lkey);
 	__type(value, struct l3_lset);
 } l3_listen SEC(".maps");
+
+/* l3_lsum: which pages of l3_listen hold listeners, by (group, port). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 16);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_lkey);
+	__type(value, struct l3_lpages);
+} l3_lsum SEC(".maps");
 
 /* ---------------------------------------------------------------- helpers */
 

@@ -56,6 +56,8 @@ const enum l3_sk_flags *unused_sk_flags __attribute__((unused));
 const enum l3_cfg_flags *unused_cfg_flags __attribute__((unused));
 const enum l3_group_limits *unused_group_limits __attribute__((unused));
 const enum l3_bloom *unused_bloom __attribute__((unused));
+const enum l3_lpage_limits *unused_lpage_limits __attribute__((unused));
+const struct l3_purge_req *unused_purge_req __attribute__((unused)); /* tc.c's l3_purge */
 
 /* Maps and the helpers every program shares: maps.h. */
 
@@ -303,77 +305,96 @@ static __always_inline int host_netns(struct bpf_sock_addr *ctx, struct l3_cfg *
 
 /* ------------------------------------ broadcast/multicast registry (rule 6) */
 
-/* An empty l3_lset (too big for the stack). */
+/* An empty l3_lset (too big for the stack), an empty l3_lsum. */
 static const struct l3_lset lset_zero;
+static const struct l3_lpages lsum_zero;
+
+/* The entry of key k in map m, made from zero when missing. */
+static __always_inline void *lookup_or_make(void *m, const struct l3_lkey *k, const void *zero)
+{
+	void *v = bpf_map_lookup_elem(m, k);
+
+	if (!v) {
+		bpf_map_update_elem(m, k, zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(m, k);
+	}
+	return v;
+}
 
 /*
  * Register (or count once more) container id, listening at addr, under
- * (group, port). Returns 0, or -1 when the entry is full.
+ * (group, port): O(1), its entry has a fixed place (struct l3_lset).
+ * Returns 0, or -1 when the registry is out of memory or entries.
  */
 static __always_inline int reg_add(const struct l3_addr *group, __u16 port, __u32 id,
 				   const struct l3_addr *addr)
 {
 	struct l3_lkey k = {.group = *group, .port = port};
-	struct l3_lset *v = bpf_map_lookup_elem(&l3_listen, &k);
-	int i, ret = -1;
+	struct l3_lpages *sum;
+	struct l3_lset *v;
+	struct l3_lent *e;
+	__u32 n, pg, slot;
 
-	if (!v) {
-		bpf_map_update_elem(&l3_listen, &k, &lset_zero, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&l3_listen, &k);
-		if (!v)
-			return -1;
-	}
-	/*
-	 * Two passes, each acting in place: remembering the first free
-	 * index across the first pass would give the verifier one state per
-	 * index it might hold (and bind inlines this up to 2 + 2 * L3_SK_GROUPS
-	 * times).
-	 */
+	if (!id || id > L3_MAX_CONTAINERS)
+		return -1;
+	n = id - 1;
+	pg = n / L3_LPAGE_IDS;
+	slot = (n % L3_LPAGE_IDS) * 2 + !addr_is_mapped(addr);
+	sum = lookup_or_make(&l3_lsum, &k, &lsum_zero);
+	if (!sum)
+		return -1;
+	k.page = pg;
+	v = lookup_or_make(&l3_listen, &k, &lset_zero);
+	if (!v)
+		return -1;
+	e = &v->e[slot];
 	bpf_spin_lock(&v->lock);
-	for (i = 0; i < L3_MAX_LISTEN; i++) {
-		struct l3_lent *e = &v->e[i];
-
-		if (e->id == id && addr_eq(&e->addr, addr)) {
-			e->refs++;
-			ret = 0;
-			break;
-		}
-	}
-	for (i = 0; ret && i < L3_MAX_LISTEN; i++) {
-		struct l3_lent *e = &v->e[i];
-
-		if (!e->id) {
-			e->addr = *addr;
-			e->refs = 1;
-			e->id = id;
-			ret = 0;
-		}
+	if (e->id == id) {
+		e->refs++;
+	} else {
+		/* free (or left by a deleted container whose id came back) */
+		e->id = id;
+		e->refs = 1;
+		e->addr = *addr;
+		v->used |= 1ULL << slot;
+		__sync_fetch_and_or(&sum->pages[pg / 64], 1ULL << (pg % 64));
 	}
 	bpf_spin_unlock(&v->lock);
-	return ret;
+	return 0;
 }
 
 static __always_inline void reg_del(const struct l3_addr *group, __u16 port, __u32 id,
 				    const struct l3_addr *addr)
 {
 	struct l3_lkey k = {.group = *group, .port = port};
-	struct l3_lset *v = bpf_map_lookup_elem(&l3_listen, &k);
-	int i;
+	struct l3_lpages *sum;
+	struct l3_lset *v;
+	struct l3_lent *e;
+	__u32 n, pg, slot;
 
+	if (!id || id > L3_MAX_CONTAINERS)
+		return;
+	n = id - 1;
+	pg = n / L3_LPAGE_IDS;
+	slot = (n % L3_LPAGE_IDS) * 2 + !addr_is_mapped(addr);
+	sum = bpf_map_lookup_elem(&l3_lsum, &k);
+	if (!sum)
+		return;
+	k.page = pg;
+	v = bpf_map_lookup_elem(&l3_listen, &k);
 	if (!v)
 		return;
+	e = &v->e[slot];
 	bpf_spin_lock(&v->lock);
-	for (i = 0; i < L3_MAX_LISTEN; i++) {
-		struct l3_lent *e = &v->e[i];
-
-		if (e->id == id && addr_eq(&e->addr, addr)) {
-			if (e->refs > 1) {
-				e->refs--;
-			} else {
-				e->refs = 0;
-				e->id = 0;
-			}
-			break;
+	if (e->id == id) {
+		if (e->refs > 1) {
+			e->refs--;
+		} else {
+			e->refs = 0;
+			e->id = 0;
+			v->used &= ~(1ULL << slot);
+			if (!v->used)
+				__sync_fetch_and_and(&sum->pages[pg / 64], ~(1ULL << (pg % 64)));
 		}
 	}
 	bpf_spin_unlock(&v->lock);

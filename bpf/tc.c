@@ -292,36 +292,44 @@ static __always_inline int is_bcast_for(__u32 gen, __u32 id, const struct l3_add
  * broadcast/multicast branch. The IP header is untouched: recvfrom shows
  * the sender, IP_PKTINFO the broadcast address or group. The original
  * continues to the host stack (host sockets, sockets bound to the
- * broadcast address or the group itself). Cost: O(listeners of P).
+ * broadcast address or the group itself). Cost: O(listeners of P), plus
+ * one read of each word of its l3_lsum (struct l3_lpages).
  */
-/* One listener of the fan-out (a bpf_loop callback: verified once). */
+/* The fan-out over the registry's pages (struct l3_lset). */
 struct fan {
 	struct __sk_buff *skb;
-	struct l3_lset *v;
+	struct l3_lpages *sum;	/* the pages of (group, port) that hold anybody */
+	struct l3_lkey k;	/* (group or broadcast, port, page) */
 	struct l3_addr dst;
-	__u32 gen, target, egress, bcast, direct, sent;
+	__u64 w;		/* the word of l3_lsum being visited */
+	__u64 fam;		/* the slots of the datagram's family */
+	__u32 base;		/* the page of bit 0 of w */
+	__u32 gen, target, bcast, direct, sent;
 };
 
-static long fan_one(__u32 i, void *arg)
+/* One page: the fan and its slots holding the datagram's family. */
+struct fan_page {
+	struct fan *f;
+	struct l3_lset *v;
+	__u64 pw;
+};
+
+/* One copy for the listener in e. */
+static __always_inline void fan_one(struct fan *f, const struct l3_lent *e)
 {
-	struct fan *f = arg;
 	struct __sk_buff *skb = f->skb;
-	struct l3_lent *e;
 	struct l3_deliv *d;
 	struct l3_addr own;
 	__u32 id;
 
-	if (i >= L3_MAX_LISTEN)
-		return 1;
-	e = &f->v->e[i];
 	id = e->id;
 	own = e->addr;
-	if (!id || id > 0xffff)
-		return 0;
+	if (!id || id > L3_MAX_CONTAINERS)
+		return;
 	if (addr_is_mapped(&own) != addr_is_mapped(&f->dst))
-		return 0;
+		return;
 	if (f->bcast ? !is_bcast_for(f->gen, id, &f->dst) : !mcast_allowed(f->gen, id, &f->dst))
-		return 0;
+		return;
 	d = bpf_map_lookup_elem(&l3_delivs, &own);
 	if (d) {
 		/*
@@ -330,18 +338,71 @@ static long fan_one(__u32 i, void *arg)
 		 * hands it to every socket that wants it.
 		 */
 		if (!f->direct || d->ifindex == skb->ifindex)
-			return 0;
+			return;
 		if (!bpf_clone_redirect(skb, d->ifindex, 0)) {
 			count(d->id, L3_C_GROUP_COPY);
 			f->sent = 1;
 		}
-		return 0;
+		return;
 	}
 	skb->mark = L3_MARK_TAG | id;
 	if (!bpf_clone_redirect(skb, f->target, BPF_F_INGRESS))
 		f->sent = 1;
+}
+
+/*
+ * bpf_loop callbacks (each verified once per call site), indexed by the
+ * loop's counter: the verifier bounds it, where a cursor kept in the fan
+ * would need a state per value. Each stops after the last set bit.
+ */
+static long fan_slot(__u32 i, void *arg)
+{
+	struct fan_page *p = arg;
+
+	if (i >= L3_LPAGE_SLOTS || !(p->pw >> i))
+		return 1;
+	if ((p->pw >> i) & 1)
+		fan_one(p->f, &p->v->e[i]);
 	return 0;
 }
+
+static long fan_page(__u32 i, void *arg)
+{
+	struct fan *f = arg;
+	struct fan_page p = {.f = f};
+
+	if (i >= 64 || !(f->w >> i))
+		return 1;
+	if (!((f->w >> i) & 1))
+		return 0;
+	f->k.page = f->base + i;
+	p.v = bpf_map_lookup_elem(&l3_listen, &f->k);
+	if (!p.v)
+		return 0;
+	p.pw = p.v->used & f->fam;
+	if (p.pw)
+		bpf_loop(L3_LPAGE_SLOTS, fan_slot, &p, 0);
+	return 0;
+}
+
+static long fan_word(__u32 i, void *arg)
+{
+	struct fan *f = arg;
+
+	if (i >= L3_LPAGE_WORDS || !f->sum)
+		return 1;
+	asm volatile("" : "+r"(i)); /* keep the checked copy of i */
+	f->w = f->sum->pages[i & (L3_LPAGE_WORDS - 1)];
+	if (f->w) {
+		f->base = i * 64;
+		bpf_loop(64, fan_page, f, 0);
+	}
+	return 0;
+}
+
+/* The slots of one family: IPv4 in the even ones, IPv6 in the odd. */
+#define L3_SLOTS4 0x5555555555555555ULL
+#define L3_SLOTS6 0xaaaaaaaaaaaaaaaaULL
 
 /*
  * lo is no member of the groups containers join, so IP input would drop a
@@ -392,7 +453,7 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 	struct bpf_sock_tuple t = {};
 	struct l3_lkey k = {};
 	struct l3_addr dst;
-	struct l3_lset *v;
+	struct l3_lpages *sum;
 	__u32 tuple_len, gen, mark, target, sent = 0;
 	__u8 gmac[ETH_ALEN], odst[ETH_ALEN], osrc[ETH_ALEN];
 	struct l3_cfg *cfg;
@@ -476,7 +537,7 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 		bcast_key(&k.group);
 	else
 		k.group = dst;
-	v = bpf_map_lookup_elem(&l3_listen, &k);
+	sum = bpf_map_lookup_elem(&l3_lsum, &k);
 	gen = active_gen();
 	asm volatile("" : "+r"(skb));
 	mark = skb->mark;
@@ -489,15 +550,17 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 		int found = 0;
 
 		skb->mark = 0;
-		if (v) {
-			for (i = 0; i < L3_MAX_LISTEN; i++) {
-				if (v->e[i].id == id) {
-					own = v->e[i].addr;
-					if (addr_is_mapped(&own) == addr_is_mapped(&dst)) {
-						found = 1;
-						break;
-					}
-				}
+		if (id && id <= L3_MAX_CONTAINERS) {
+			/* its entry's fixed place (struct l3_lset) */
+			__u32 n = id - 1, slot;
+			struct l3_lset *pv;
+
+			slot = (n % L3_LPAGE_IDS) * 2 + !addr_is_mapped(&dst);
+			k.page = n / L3_LPAGE_IDS;
+			pv = bpf_map_lookup_elem(&l3_listen, &k);
+			if (pv && slot < L3_LPAGE_SLOTS && pv->e[slot].id == id) {
+				own = pv->e[slot].addr;
+				found = addr_is_mapped(&own) == addr_is_mapped(&dst);
 			}
 		}
 		if (!found) {
@@ -566,7 +629,7 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 		o = bpf_map_lookup_elem(&l3_owners, &ok);
 		out = o && !(o->flags & L3_OF_NETNS);
 	}
-	if (!v && from != G_NETNS && !out) {
+	if (!sum && from != G_NETNS && !out) {
 		count(0, L3_C_GROUP_NO_LISTENER);
 		return TCX_NEXT;
 	}
@@ -594,16 +657,17 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 		__builtin_memcpy(osrc, eth->h_source, ETH_ALEN);
 		saved = 1;
 	}
-	if (v) {
+	if (sum) {
 		struct fan f = {
-			.skb = skb, .v = v, .dst = dst, .gen = gen, .target = target,
-			.egress = egress, .bcast = bcast, .direct = direct,
+			.skb = skb, .sum = sum, .k = k, .dst = dst, .gen = gen, .target = target,
+			.bcast = bcast, .direct = direct,
+			.fam = addr_is_mapped(&dst) ? L3_SLOTS4 : L3_SLOTS6,
 		};
 
 		/* Frames into netns containers carry the group's address. */
 		if (direct && saved)
 			set_l2(skb, gmac, osrc);
-		bpf_loop(L3_MAX_LISTEN, fan_one, &f, 0);
+		bpf_loop(L3_LPAGE_WORDS, fan_word, &f, 0);
 		sent = f.sent;
 	}
 	skb->mark = mark;
@@ -733,4 +797,54 @@ SEC("tcx/egress")
 int l3_tc_group_out(struct __sk_buff *skb)
 {
 	return group(skb, G_HOST_OUT);
+}
+
+/*
+ * Not attached anywhere: user space runs it (BPF_PROG_TEST_RUN) to remove
+ * a deleted container's leftover entries from l3_listen (sockets that
+ * outlived their container). Under the page's lock, like the socket hooks:
+ * a write from user space would replace the whole page and could undo a
+ * registration another container's socket makes meanwhile. Returns the
+ * number of entries removed.
+ */
+SEC("tc")
+int l3_purge(struct __sk_buff *skb)
+{
+	struct l3_purge_req r;
+	struct l3_lpages *sum;
+	struct l3_lset *v;
+	__u32 n, pg, s, removed = 0;
+
+#ifdef L3ISO_VARIANT
+	asm volatile("r0 = 0" ::: "r0"); /* the upgrade test's "older binary" */
+#endif
+	if (bpf_skb_load_bytes(skb, 0, &r, sizeof(r)) || !r.id || r.id > L3_MAX_CONTAINERS)
+		return 0;
+	n = r.id - 1;
+	pg = n / L3_LPAGE_IDS;
+	s = (n % L3_LPAGE_IDS) * 2;
+	r.key.page = pg;
+	r.key.pad = 0;
+	v = bpf_map_lookup_elem(&l3_listen, &r.key);
+	if (!v)
+		return 0;
+	r.key.page = 0;
+	sum = bpf_map_lookup_elem(&l3_lsum, &r.key);
+	bpf_spin_lock(&v->lock);
+	if (v->e[s].id == r.id) {
+		v->e[s].id = 0;
+		v->e[s].refs = 0;
+		v->used &= ~(1ULL << s);
+		removed++;
+	}
+	if (v->e[s + 1].id == r.id) {
+		v->e[s + 1].id = 0;
+		v->e[s + 1].refs = 0;
+		v->used &= ~(1ULL << (s + 1));
+		removed++;
+	}
+	if (!v->used && sum)
+		__sync_fetch_and_and(&sum->pages[pg / 64], ~(1ULL << (pg % 64)));
+	bpf_spin_unlock(&v->lock);
+	return removed;
 }

@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -48,15 +49,23 @@ func (s *Set) Listeners() ([]Listener, error) {
 	return out, nil
 }
 
-// PurgeListeners removes containers ids from the registry (their sockets
-// are gone: their release hook normally did it already) and deletes entries
-// nobody listens in any more, in one pass over the registry. The entry is
-// read and written under its spin lock (BPF_F_LOCK).
+// PurgeListeners removes containers ids from the registry: their sockets
+// are gone, and their release hook normally took their entries with it;
+// what is left belongs to sockets that outlived their container (passed to
+// a process elsewhere). A read of the pages the ids can be in finds those;
+// only then is l3_purge (tc.c) loaded, and run once per leftover entry: it
+// changes the page under its lock, as the socket hooks do, where a write
+// from here would replace the whole page and could undo a registration of
+// another container made meanwhile. Pages and l3_lsum are not deleted
+// while l3iso is up (a hook may hold a pointer to one; `down` removes the
+// maps).
 func (s *Set) PurgeListeners(ids ...uint32) error {
 	gone := make(map[uint32]bool, len(ids))
+	pages := make(map[uint16]bool, len(ids))
 	for _, id := range ids {
-		if id != 0 {
+		if id != 0 && id <= uint32(MaxContainers) {
 			gone[id] = true
+			pages[listenPage(id)] = true
 		}
 	}
 	if len(gone) == 0 {
@@ -65,40 +74,60 @@ func (s *Set) PurgeListeners(ids ...uint32) error {
 	var (
 		k    sockL3Lkey
 		v    sockL3Lset
-		keys []sockL3Lkey
+		reqs []sockL3PurgeReq
 	)
 	it := s.Listen.Iterate()
 	for it.Next(&k, &v) {
-		keys = append(keys, k)
+		if !pages[k.Page] {
+			continue
+		}
+		seen := map[uint32]bool{}
+		for _, e := range v.E {
+			if e.Id != 0 && gone[e.Id] && !seen[e.Id] {
+				seen[e.Id] = true
+				reqs = append(reqs, sockL3PurgeReq{Key: k, Id: e.Id})
+			}
+		}
 	}
 	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("read map l3_listen: %w", err)
 	}
-	for _, k := range keys {
-		if err := s.Listen.LookupWithFlags(&k, &v, ebpf.LookupLock); err != nil {
-			continue // deleted meanwhile
+	if len(reqs) == 0 {
+		return nil
+	}
+	prog, err := s.purgeProgram()
+	if err != nil {
+		return err
+	}
+	defer prog.Close()
+	for _, r := range reqs {
+		buf, err := binary.Append(nil, binary.NativeEndian, &r)
+		if err != nil {
+			return fmt.Errorf("encode a registry purge: %w", err)
 		}
-		changed, used := false, false
-		for i := range v.E {
-			if gone[v.E[i].Id] {
-				v.E[i] = sockL3Lent{}
-				changed = true
-			}
-			used = used || v.E[i].Id != 0
-		}
-		if !used {
-			// Nobody left. A socket registering right now would lose its
-			// entry: a hook that raced with a container's deletion.
-			if err := s.Listen.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("delete from map l3_listen: %w", err)
-			}
-			continue
-		}
-		if changed {
-			if err := s.Listen.Update(&k, &v, ebpf.UpdateExist|ebpf.UpdateLock); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("update map l3_listen: %w", err)
-			}
+		if _, err := prog.Run(&ebpf.RunOptions{Data: buf}); err != nil {
+			return fmt.Errorf("purge container %d from map l3_listen: %w", r.Id, err)
 		}
 	}
 	return nil
+}
+
+// listenPage is the l3_listen page of container id (struct l3_lset).
+func listenPage(id uint32) uint16 {
+	return uint16((id - 1) / uint32(sockL3LpageLimitsL3LPAGE_IDS))
+}
+
+// purgeProgram loads l3_purge against the set's maps.
+func (s *Set) purgeProgram() (*ebpf.Program, error) {
+	spec, err := loadTc()
+	if err != nil {
+		return nil, fmt.Errorf("load embedded TC programs: %w", err)
+	}
+	var objs struct {
+		Purge *ebpf.Program `ebpf:"l3_purge"`
+	}
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: s.Replacements()}); err != nil {
+		return nil, fmt.Errorf("load the registry purge program: %w", err)
+	}
+	return objs.Purge, nil
 }

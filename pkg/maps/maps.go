@@ -40,7 +40,8 @@ type Set struct {
 	SkStore  *ebpf.Map // per-socket flags
 	Delivs   *ebpf.Map // netns container address → its veth and MACs
 	Ports    *ebpf.Map // host-side veth ifindex → container id
-	Listen   *ebpf.Map // (group or broadcast, port) → listening containers
+	Listen   *ebpf.Map // (group or broadcast, port, page) → listening containers
+	Lsum     *ebpf.Map // (group or broadcast, port) → the pages of Listen that hold anybody
 
 	cfgMem []byte // l3_config's value, mmapped (hotline.go)
 
@@ -55,7 +56,7 @@ func (s *Set) byName() map[string]**ebpf.Map {
 		"l3_locals": &s.Locals, "l3_owners": &s.Owners, "l3_routes": &s.Routes,
 		"l3_mcasts": &s.Mcasts, "l3_metas": &s.Metas, "l3_counters": &s.Counters,
 		"l3_skstore": &s.SkStore, "l3_delivs": &s.Delivs, "l3_ports": &s.Ports,
-		"l3_listen": &s.Listen,
+		"l3_listen": &s.Listen, "l3_lsum": &s.Lsum,
 	}
 }
 

@@ -140,12 +140,11 @@ const (
 type sockL3GroupLimits uint32
 
 const (
-	sockL3GroupLimitsL3SK_GROUPS  sockL3GroupLimits = 8
-	sockL3GroupLimitsL3MAX_LISTEN sockL3GroupLimits = 32
-	sockL3GroupLimitsL3MARK_TAG   sockL3GroupLimits = 1815281664
-	sockL3GroupLimitsL3MARK_MASK  sockL3GroupLimits = 4294901760
-	sockL3GroupLimitsL3MARK_COPY  sockL3GroupLimits = 1815347201
-	sockL3GroupLimitsL3MARK_OUT   sockL3GroupLimits = 1815347202
+	sockL3GroupLimitsL3SK_GROUPS sockL3GroupLimits = 8
+	sockL3GroupLimitsL3MARK_TAG  sockL3GroupLimits = 1815281664
+	sockL3GroupLimitsL3MARK_MASK sockL3GroupLimits = 4294901760
+	sockL3GroupLimitsL3MARK_COPY sockL3GroupLimits = 1815347201
+	sockL3GroupLimitsL3MARK_OUT  sockL3GroupLimits = 1815347202
 )
 
 type sockL3Lent struct {
@@ -171,8 +170,8 @@ type sockL3Lkey struct {
 	_     structs.HostLayout
 	Group sockL3Addr
 	Port  uint16
-	Pad   uint16
-	Pad2  uint32
+	Page  uint16
+	Pad   uint32
 }
 
 type sockL3Local struct {
@@ -197,14 +196,29 @@ const (
 	sockL3LocalKindL3LOCAL_LOOP  sockL3LocalKind = 4
 )
 
+type sockL3LpageLimits uint32
+
+const (
+	sockL3LpageLimitsL3LPAGE_IDS   sockL3LpageLimits = 32
+	sockL3LpageLimitsL3LPAGE_SLOTS sockL3LpageLimits = 64
+	sockL3LpageLimitsL3LPAGES      sockL3LpageLimits = 512
+	sockL3LpageLimitsL3LPAGE_WORDS sockL3LpageLimits = 8
+)
+
+type sockL3Lpages struct {
+	_     structs.HostLayout
+	Pages [8]uint64
+}
+
 type sockL3Lset struct {
 	_    structs.HostLayout
 	Lock struct {
 		_   structs.HostLayout
 		Val uint32
 	}
-	Pad uint32
-	E   [32]sockL3Lent
+	Pad  uint32
+	Used uint64
+	E    [64]sockL3Lent
 }
 
 type sockL3Mcast struct {
@@ -282,6 +296,13 @@ type sockL3Prefix struct {
 	Addr      sockL3Addr
 	Prefixlen uint8
 	Pad       [3]uint8
+}
+
+type sockL3PurgeReq struct {
+	_   structs.HostLayout
+	Key sockL3Lkey
+	Id  uint32
+	Pad uint32
 }
 
 type sockL3Route struct {
@@ -399,6 +420,7 @@ type sockMapSpecs struct {
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
+	L3Lsum     *ebpf.MapSpec `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
@@ -419,8 +441,10 @@ type sockVariableSpecs struct {
 	UnusedGroupLimits *ebpf.VariableSpec `ebpf:"unused_group_limits"`
 	UnusedLimits      *ebpf.VariableSpec `ebpf:"unused_limits"`
 	UnusedLocalKind   *ebpf.VariableSpec `ebpf:"unused_local_kind"`
+	UnusedLpageLimits *ebpf.VariableSpec `ebpf:"unused_lpage_limits"`
 	UnusedMode        *ebpf.VariableSpec `ebpf:"unused_mode"`
 	UnusedOwnerFlags  *ebpf.VariableSpec `ebpf:"unused_owner_flags"`
+	UnusedPurgeReq    *ebpf.VariableSpec `ebpf:"unused_purge_req"`
 	UnusedSkFlags     *ebpf.VariableSpec `ebpf:"unused_sk_flags"`
 	UnusedSpecFlags   *ebpf.VariableSpec `ebpf:"unused_spec_flags"`
 }
@@ -451,6 +475,7 @@ type sockMaps struct {
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
+	L3Lsum     *ebpf.Map `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
@@ -467,6 +492,7 @@ func (m *sockMaps) Close() error {
 		m.L3Delivs,
 		m.L3Listen,
 		m.L3Locals,
+		m.L3Lsum,
 		m.L3Mcasts,
 		m.L3Metas,
 		m.L3Owners,
@@ -488,8 +514,10 @@ type sockVariables struct {
 	UnusedGroupLimits *ebpf.Variable `ebpf:"unused_group_limits"`
 	UnusedLimits      *ebpf.Variable `ebpf:"unused_limits"`
 	UnusedLocalKind   *ebpf.Variable `ebpf:"unused_local_kind"`
+	UnusedLpageLimits *ebpf.Variable `ebpf:"unused_lpage_limits"`
 	UnusedMode        *ebpf.Variable `ebpf:"unused_mode"`
 	UnusedOwnerFlags  *ebpf.Variable `ebpf:"unused_owner_flags"`
+	UnusedPurgeReq    *ebpf.Variable `ebpf:"unused_purge_req"`
 	UnusedSkFlags     *ebpf.Variable `ebpf:"unused_sk_flags"`
 	UnusedSpecFlags   *ebpf.Variable `ebpf:"unused_spec_flags"`
 }

@@ -63,8 +63,8 @@ type sockvariantL3Lkey struct {
 	_     structs.HostLayout
 	Group sockvariantL3Addr
 	Port  uint16
-	Pad   uint16
-	Pad2  uint32
+	Page  uint16
+	Pad   uint32
 }
 
 type sockvariantL3Local struct {
@@ -80,14 +80,20 @@ type sockvariantL3LocalKey struct {
 	Addr sockvariantL3Addr
 }
 
+type sockvariantL3Lpages struct {
+	_     structs.HostLayout
+	Pages [8]uint64
+}
+
 type sockvariantL3Lset struct {
 	_    structs.HostLayout
 	Lock struct {
 		_   structs.HostLayout
 		Val uint32
 	}
-	Pad uint32
-	E   [32]struct {
+	Pad  uint32
+	Used uint64
+	E    [64]struct {
 		_    structs.HostLayout
 		Id   uint32
 		Refs uint32
@@ -266,6 +272,7 @@ type sockvariantMapSpecs struct {
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
+	L3Lsum     *ebpf.MapSpec `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
@@ -286,8 +293,10 @@ type sockvariantVariableSpecs struct {
 	UnusedGroupLimits *ebpf.VariableSpec `ebpf:"unused_group_limits"`
 	UnusedLimits      *ebpf.VariableSpec `ebpf:"unused_limits"`
 	UnusedLocalKind   *ebpf.VariableSpec `ebpf:"unused_local_kind"`
+	UnusedLpageLimits *ebpf.VariableSpec `ebpf:"unused_lpage_limits"`
 	UnusedMode        *ebpf.VariableSpec `ebpf:"unused_mode"`
 	UnusedOwnerFlags  *ebpf.VariableSpec `ebpf:"unused_owner_flags"`
+	UnusedPurgeReq    *ebpf.VariableSpec `ebpf:"unused_purge_req"`
 	UnusedSkFlags     *ebpf.VariableSpec `ebpf:"unused_sk_flags"`
 	UnusedSpecFlags   *ebpf.VariableSpec `ebpf:"unused_spec_flags"`
 }
@@ -318,6 +327,7 @@ type sockvariantMaps struct {
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
+	L3Lsum     *ebpf.Map `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
@@ -334,6 +344,7 @@ func (m *sockvariantMaps) Close() error {
 		m.L3Delivs,
 		m.L3Listen,
 		m.L3Locals,
+		m.L3Lsum,
 		m.L3Mcasts,
 		m.L3Metas,
 		m.L3Owners,
@@ -355,8 +366,10 @@ type sockvariantVariables struct {
 	UnusedGroupLimits *ebpf.Variable `ebpf:"unused_group_limits"`
 	UnusedLimits      *ebpf.Variable `ebpf:"unused_limits"`
 	UnusedLocalKind   *ebpf.Variable `ebpf:"unused_local_kind"`
+	UnusedLpageLimits *ebpf.Variable `ebpf:"unused_lpage_limits"`
 	UnusedMode        *ebpf.Variable `ebpf:"unused_mode"`
 	UnusedOwnerFlags  *ebpf.Variable `ebpf:"unused_owner_flags"`
+	UnusedPurgeReq    *ebpf.Variable `ebpf:"unused_purge_req"`
 	UnusedSkFlags     *ebpf.Variable `ebpf:"unused_sk_flags"`
 	UnusedSpecFlags   *ebpf.Variable `ebpf:"unused_spec_flags"`
 }

@@ -54,6 +54,7 @@ type tcSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcProgramSpecs struct {
+	L3Purge      *ebpf.ProgramSpec `ebpf:"l3_purge"`
 	L3TcGroup    *ebpf.ProgramSpec `ebpf:"l3_tc_group"`
 	L3TcGroupOut *ebpf.ProgramSpec `ebpf:"l3_tc_group_out"`
 	L3TcGuard    *ebpf.ProgramSpec `ebpf:"l3_tc_guard"`
@@ -71,6 +72,7 @@ type tcMapSpecs struct {
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
+	L3Lsum     *ebpf.MapSpec `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
@@ -111,6 +113,7 @@ type tcMaps struct {
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
+	L3Lsum     *ebpf.Map `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
@@ -127,6 +130,7 @@ func (m *tcMaps) Close() error {
 		m.L3Delivs,
 		m.L3Listen,
 		m.L3Locals,
+		m.L3Lsum,
 		m.L3Mcasts,
 		m.L3Metas,
 		m.L3Owners,
@@ -146,6 +150,7 @@ type tcVariables struct {
 //
 // It can be passed to loadTcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcPrograms struct {
+	L3Purge      *ebpf.Program `ebpf:"l3_purge"`
 	L3TcGroup    *ebpf.Program `ebpf:"l3_tc_group"`
 	L3TcGroupOut *ebpf.Program `ebpf:"l3_tc_group_out"`
 	L3TcGuard    *ebpf.Program `ebpf:"l3_tc_guard"`
@@ -155,6 +160,7 @@ type tcPrograms struct {
 
 func (p *tcPrograms) Close() error {
 	return _TcClose(
+		p.L3Purge,
 		p.L3TcGroup,
 		p.L3TcGroupOut,
 		p.L3TcGuard,
