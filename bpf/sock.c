@@ -973,6 +973,20 @@ static __always_inline int may_receive(struct __sk_buff *skb, __u32 gen, struct 
 	return 0;
 }
 
+/*
+ * Is the socket in l3iso's network namespace? The skb backstops police
+ * shared-mode containers and the host there. A netns container's socket
+ * is in its own namespace, whose stack holds only its addresses (exec
+ * takes NET_ADMIN away): the socket hooks check its binds and sources,
+ * and every packet it sends or receives crosses its host-side veth, whose
+ * TC program (l3_tc_veth, l3_tc_guard) checks the source. Sparing it the
+ * backstops saves two programs' work on each of its packets.
+ */
+static __always_inline int skb_host_netns(struct __sk_buff *skb, struct l3_cfg *cfg)
+{
+	return !cfg->netns_cookie || bpf_get_netns_cookie(skb) == cfg->netns_cookie;
+}
+
 SEC("cgroup_skb/ingress")
 int l3_ingress(struct __sk_buff *skb)
 {
@@ -981,13 +995,11 @@ int l3_ingress(struct __sk_buff *skb)
 	struct pkt p;
 	__u32 gen;
 
-	if (!cfg || parse(skb, &p))
+	if (!cfg || !skb_host_netns(skb, cfg) || parse(skb, &p))
 		return SK_PASS;
 	gen = active_gen();
 	c = skb_container(skb, gen, cfg);
 	if (!c) {
-		if (cfg->netns_cookie && bpf_get_netns_cookie(skb) != cfg->netns_cookie)
-			return SK_PASS; /* another network namespace: not ours to police */
 		/* Host sockets: container addresses are not theirs (rule 2). */
 		if (owned_by_anyone(gen, &p.dst) || addr_is_private_loop(&p.dst)) {
 			count(0, L3_C_HOST_INGRESS_DROP);
@@ -1011,7 +1023,7 @@ int l3_egress(struct __sk_buff *skb)
 	struct pkt p;
 	__u32 gen;
 
-	if (!cfg)
+	if (!cfg || !skb_host_netns(skb, cfg))
 		return SK_PASS;
 	gen = active_gen();
 	c = skb_container(skb, gen, cfg);
