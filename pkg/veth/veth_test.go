@@ -147,10 +147,15 @@ func mustCreate(tb testing.TB, s Spec) *Endpoint {
 		if err := Delete(s.Container); err != nil {
 			tb.Errorf("Delete(%q): %v", s.Container, err)
 		}
-		waitGone(tb, s.Container, 5*time.Second)
+		waitGone(tb, s.Container, goneWait)
 	})
 	return ep
 }
+
+// goneWait bounds how long a deleted container's kernel objects may take to
+// go: the kernel destroys released namespaces asynchronously, in a work
+// queue that falls behind on a busy 2-vCPU machine (5 s was once too few).
+const goneWait = 30 * time.Second
 
 // waitGone fails the test unless every kernel object of container is gone
 // within wait (the kernel destroys released namespaces asynchronously).
@@ -696,7 +701,7 @@ func TestCreateConflicts(t *testing.T) {
 		if err := Delete(name); err != nil {
 			t.Fatal(err)
 		}
-		waitGone(t, name, 5*time.Second)
+		waitGone(t, name, goneWait)
 	})
 	t.Run("same name twice", func(t *testing.T) {
 		name := uniqueName()
@@ -859,7 +864,7 @@ func TestConcurrentCreate(t *testing.T) {
 				name := fmt.Sprintf("cc%s-%d-%d", runID[:4], w, i)
 				t.Cleanup(func() {
 					_ = Delete(name)
-					waitGone(t, name, 5*time.Second)
+					waitGone(t, name, goneWait)
 				})
 				ep, err := Create(Spec{Container: name, Addrs: prefixes[i]})
 				if err != nil {
