@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -161,36 +162,42 @@ func pinned(ctx context.Context, p place, bin string, args ...string) (*exec.Cmd
 
 // tail is the end of a tool's output for an error message.
 func tail(s string) string {
-	s = strings.TrimSpace(ansi.ReplaceAllString(s, ""))
+	s = strings.TrimSpace(ansi().ReplaceAllString(s, ""))
 	if len(s) > 300 {
 		s = "…" + s[len(s)-300:]
 	}
 	return strings.ReplaceAll(s, "\n", " | ")
 }
 
+// Compiled on first use: the engine is part of every l3iso process.
 var (
-	ansi = regexp.MustCompile(`\x1b\[[0-9;]*m`)
+	ansi = lazyRE(`\x1b\[[0-9;]*m`)
 	// sockperf throughput, client: "Total of 62017 messages sent in
 	// 1.001 sec" and "Summary: Message Rate is 61983 [msg/sec]".
-	tpSent    = regexp.MustCompile(`Total of (\d+) messages sent in ([0-9.]+) sec`)
-	tpSummary = regexp.MustCompile(`Summary: Message Rate is ([0-9.]+) \[msg/sec\]`)
+	tpSent    = lazyRE(`Total of (\d+) messages sent in ([0-9.]+) sec`)
+	tpSummary = lazyRE(`Summary: Message Rate is ([0-9.]+) \[msg/sec\]`)
 	// sockperf server, when interrupted: "Total 41177 messages received
 	// and handled".
-	srvTotal = regexp.MustCompile(`Total (\d+) messages received and handled`)
+	srvTotal = lazyRE(`Total (\d+) messages received and handled`)
 	// sockperf ping-pong --full-rtt: "Summary: Round trip is 124.241
 	// usec" and "---> percentile 99.000 = 1980.646".
-	ppSummary = regexp.MustCompile(`Summary: Round trip is ([0-9.]+) usec`)
-	ppP99     = regexp.MustCompile(`percentile 99\.000 =\s*([0-9.]+)`)
+	ppSummary = lazyRE(`Summary: Round trip is ([0-9.]+) usec`)
+	ppP99     = lazyRE(`percentile 99\.000 =\s*([0-9.]+)`)
 )
+
+// lazyRE compiles expr on first use.
+func lazyRE(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
 
 // parseSockperfTP returns the message rate the server received: its total
 // over the client's sending time.
 func parseSockperfTP(srv, cli string) (float64, error) {
-	cli = ansi.ReplaceAllString(cli, "")
-	if tpSummary.FindStringSubmatch(cli) == nil {
+	cli = ansi().ReplaceAllString(cli, "")
+	if tpSummary().FindStringSubmatch(cli) == nil {
 		return 0, fmt.Errorf("no \"Summary: Message Rate\" in the client's output: %s", tail(cli))
 	}
-	m := tpSent.FindStringSubmatch(cli)
+	m := tpSent().FindStringSubmatch(cli)
 	if m == nil {
 		return 0, fmt.Errorf("no \"Total of … messages sent in … sec\" in the client's output: %s", tail(cli))
 	}
@@ -198,7 +205,7 @@ func parseSockperfTP(srv, cli string) (float64, error) {
 	if err != nil || secs <= 0 {
 		return 0, fmt.Errorf("sending time %q", m[2])
 	}
-	r := srvTotal.FindStringSubmatch(ansi.ReplaceAllString(srv, ""))
+	r := srvTotal().FindStringSubmatch(ansi().ReplaceAllString(srv, ""))
 	if r == nil {
 		return 0, fmt.Errorf("no \"Total … messages received\" in the server's output: %s", tail(srv))
 	}
@@ -211,11 +218,11 @@ func parseSockperfTP(srv, cli string) (float64, error) {
 
 // parseSockperfPP returns the 99th percentile of the round trip in µs.
 func parseSockperfPP(cli string) (float64, error) {
-	cli = ansi.ReplaceAllString(cli, "")
-	if ppSummary.FindStringSubmatch(cli) == nil {
+	cli = ansi().ReplaceAllString(cli, "")
+	if ppSummary().FindStringSubmatch(cli) == nil {
 		return 0, fmt.Errorf("no \"Summary: Round trip is\" in the client's output (was --full-rtt given?): %s", tail(cli))
 	}
-	m := ppP99.FindStringSubmatch(cli)
+	m := ppP99().FindStringSubmatch(cli)
 	if m == nil {
 		return 0, errors.New("no \"percentile 99.000\" in the client's output")
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"gopkg.in/yaml.v3"
 )
@@ -105,15 +106,22 @@ type yamlError struct {
 func (e *yamlError) Error() string { return e.msg }
 func (e *yamlError) Unwrap() error { return e.err }
 
+// The expressions below are compiled when an error needs them, not when
+// the program starts: every l3iso command would pay for them otherwise.
 var (
-	yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
+	yamlLineRE = lazyRE(`^line (\d+): (.*)$`)
 	// bracketPortRE finds an unquoted IPv6 address with a port, which YAML
 	// reads as the start of a list.
-	bracketPortRE = regexp.MustCompile(`\[[0-9A-Fa-f:.]*\]:[0-9]`)
+	bracketPortRE = lazyRE(`\[[0-9A-Fa-f:.]*\]:[0-9]`)
 	// flowColonsRE finds an unquoted address starting with "::" inside
 	// [...], which YAML cannot read as a plain value.
-	flowColonsRE = regexp.MustCompile(`[\[,]\s*::`)
+	flowColonsRE = lazyRE(`[\[,]\s*::`)
 )
+
+// lazyRE compiles expr on first use.
+func lazyRE(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
 
 // locateBudget bounds how many bytes locateSyntaxError may re-parse.
 const locateBudget = 64 << 20
@@ -130,16 +138,16 @@ func yamlSyntaxError(filename string, data []byte, err error) error {
 	}
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	reported := 0
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+	if m := yamlLineRE().FindStringSubmatch(msg); m != nil {
 		reported, _ = strconv.Atoi(m[1])
 		msg = m[2]
 	}
 	line := locateSyntaxError(data, reported)
 	text := lineText(data, line)
 	switch {
-	case bracketPortRE.MatchString(text):
+	case bracketPortRE().MatchString(text):
 		msg += `: quote an IPv6 address with a port, e.g. "[fd77::1]:8080/tcp"`
-	case flowColonsRE.MatchString(text):
+	case flowColonsRE().MatchString(text):
 		msg += `: quote an address that starts with "::" inside [...], e.g. ["::5"]`
 	case strings.HasPrefix(strings.TrimLeft(text, " "), "\t"):
 		msg += ": indent with spaces, not tabs"
