@@ -27,8 +27,11 @@ export PATH := /usr/local/go/bin:$(PATH)
 
 all: build
 
+# CGO_ENABLED=0: a static binary. Linked against libc (the net package's
+# cgo resolver, which l3iso never needs), every l3iso command paid the
+# dynamic loader and cgo's start-up: ~2.5 ms of a ~20 ms `container add`.
 build:
-	$(GO) build -o $(BIN) ./cmd/l3iso
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/l3iso
 
 # bpf2go runs clang-16 with libbpf's headers and the kernel UAPI headers
 # (asm/ lives in /usr/include/x86_64-linux-gnu, from linux-libc-dev).

@@ -62,7 +62,9 @@ func buildL3iso() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(buildDir, "l3iso")
-	out, err := exec.Command(goTool, "build", "-o", bin, "github.com/l3iso/l3iso/cmd/l3iso").CombinedOutput()
+	build := exec.Command(goTool, "build", "-o", bin, "github.com/l3iso/l3iso/cmd/l3iso")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as `make build` does
+	out, err := build.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build cmd/l3iso: %w\n%s", err, out)
 	}

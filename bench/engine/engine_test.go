@@ -57,7 +57,7 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("nsenter (util-linux) is needed: %v", err)
 	}
 	bin := filepath.Join(t.TempDir(), "l3iso")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/l3iso/l3iso/cmd/l3iso").CombinedOutput(); err != nil {
+	if out, err := buildL3iso(bin); err != nil {
 		t.Fatalf("go build cmd/l3iso: %v\n%s", err, out)
 	}
 	id := runID()
@@ -123,7 +123,7 @@ func TestSmoke(t *testing.T) {
 func TestCancel(t *testing.T) {
 	sockprobe.RequirePrivileged(t)
 	bin := filepath.Join(t.TempDir(), "l3iso")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/l3iso/l3iso/cmd/l3iso").CombinedOutput(); err != nil {
+	if out, err := buildL3iso(bin); err != nil {
 		t.Fatalf("go build cmd/l3iso: %v\n%s", err, out)
 	}
 	id := runID()
@@ -136,4 +136,11 @@ func TestCancel(t *testing.T) {
 	for _, l := range leftovers(t, id) {
 		t.Errorf("left behind after cancel: %s", l)
 	}
+}
+
+// buildL3iso builds cmd/l3iso into bin as `make build` does (static).
+func buildL3iso(bin string) ([]byte, error) {
+	build := exec.Command("go", "build", "-o", bin, "github.com/l3iso/l3iso/cmd/l3iso")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	return build.CombinedOutput()
 }
