@@ -37,6 +37,18 @@ func Parse(filename string, data []byte) (*Policy, error) {
 	if filename == "" {
 		filename = "<input>"
 	}
+	if p, src, ok := parsePlain(filename, data); ok {
+		if err := validate(p, src); err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	return parseGeneral(filename, data)
+}
+
+// parseGeneral is Parse for any YAML: the document's nodes (fastDecode or
+// yaml.v3), then the builder, which words every problem.
+func parseGeneral(filename string, data []byte) (*Policy, error) {
 	root, err := decodeYAML(data)
 	if err != nil {
 		return nil, yamlSyntaxError(filename, data, err)

@@ -1,0 +1,126 @@
+package policy
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// plainCorpus adds to fastYAMLCorpus what parsePlain must tell apart:
+// valid shapes it reads, and problems it must leave to the general path.
+var plainCorpus = []string{
+	"containers:\n  web:\n    addresses: [10.0.0.1]\n",
+	"containers:\n  web:\n    mode: netns\n    addresses: [10.78.0.1/24, fd78::1]\n",
+	"containers:\n  web:\n    mode: 'netns'\n    loopback: \"isolated\"\n    addresses: ['10.0.0.1']\n",
+	"containers:\n  web:\n    mode: bogus\n    addresses: [10.0.0.1]\n",
+	"containers:\n  web:\n    mode: shared\n    loopback: host\n    addresses: [10.0.0.1, \"[fd77::9]:443/tcp\", 10.0.0.2:80-90/udp]\n    multicast: [239.1.1.0/24, ff15::1]\n",
+	"containers:\n  web:\n    addresses: [10.0.0.1]\n    multicast: [10.0.0.1]\n",
+	"containers:\n  web:\n    addresses: [10.0.0.1, bogus]\n",
+	"containers:\n  web:\n    addresses: [10.0.0.1]\n    colour: blue\n",
+	"containers:\n  web:\n    addresses: [10.0.0.1]\n    addresses: [10.0.0.2]\n",
+	"containers:\n  web:\n    addresses: [10.0.0.1]\n  web:\n    addresses: [10.0.0.1]\n",
+	"containers:\n  web:\n    addresses: [10.0.0.1]\n  db:\n    addresses: [10.0.0.1]\n",
+	"containers:\n  Web:\n    addresses: [10.0.0.1]\n",
+	"containers:\n  web:\n    addresses: ~\n",
+	"containers:\n  web:\n    addresses: null\n",
+	"containers:\n  web:\n    mode: ~\n",
+	"containers:\n  web:\n    mode:\n    addresses: [10.0.0.1]\n",
+	"containers:\n  web:\n    mode: [shared]\n",
+	"containers:\n  web: ~\n",
+	"containers:\n  web: x\n",
+	"containers:\n  web: []\n",
+	"containers: ~\n",
+	"containers:\n  web:\n    addresses:\n      - 10.0.0.1\n      - \"fd77::1\"\n    loopback: host\n  db: {}\n  api:\n",
+	"containers:\n  web:\n    addresses:\n      - 10.0.0.1\n    multicast:\n      - 239.1.1.1\n",
+	"containers:\n  web:\n    addresses: [10.0.0.1/33]\n",
+	"containers:\n  web:\n    addresses: [10.0.0.1:0/tcp]\n",
+	"containers:\n  web:\n      addresses: [10.0.0.1]\n  db:\n    addresses: [10.0.0.2]\n",
+	"containers:\n   web:\n     addresses: [10.0.0.1]\n  db:\n    addresses: [10.0.0.2]\n",
+	"# head\ncontainers: # all of them\n  web: # the web server\n    addresses: [10.0.0.1] # its IP\n# tail\n",
+	"containers:\n  web:\n    addresses: [" + strings.Repeat("10.0.0.1, ", 20) + "10.0.0.2]\n",
+	"containers:\n  web:\n    addresses: [10.0.0.1]\n  web2:\n    addresses: [10.0.0.1:80/tcp]\n",
+}
+
+// checkPlain fails if parsePlain reads data and Parse through the general
+// path says something else (another policy, other lines, another error);
+// it returns whether parsePlain read it.
+func checkPlain(t *testing.T, data []byte) bool {
+	t.Helper()
+	p, src, ok := parsePlain("f.yaml", data)
+	if !ok {
+		return false
+	}
+	err := validate(p, src)
+	want, wantErr := parseGeneral("f.yaml", data)
+	if fmt.Sprint(err) != fmt.Sprint(wantErr) {
+		t.Errorf("%q: plain path says %v, general path %v", data, err, wantErr)
+		return true
+	}
+	if err == nil && !reflect.DeepEqual(normal(p), normal(want)) {
+		t.Errorf("%q: plain path reads %+v, general path %+v", data, p, want)
+	}
+	return true
+}
+
+// normal makes empty and nil slices alike: DeepEqual tells them apart,
+// nothing else does.
+func normal(p *Policy) *Policy {
+	out := &Policy{}
+	for _, c := range p.Containers {
+		if len(c.Addresses) == 0 {
+			c.Addresses = nil
+		}
+		if len(c.Multicast) == 0 {
+			c.Multicast = nil
+		}
+		out.Containers = append(out.Containers, c)
+	}
+	return out
+}
+
+func TestPlainParse(t *testing.T) {
+	read := 0
+	for _, s := range append(append([]string{}, fastYAMLCorpus...), plainCorpus...) {
+		if checkPlain(t, []byte(s)) {
+			read++
+		}
+	}
+	files, _ := filepath.Glob("../../examples/*.yaml")
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPlain(t, data)
+	}
+	var big strings.Builder
+	big.WriteString("# generated\ncontainers:\n")
+	for i := 1; i <= 2000; i++ {
+		fmt.Fprintf(&big, "  c%05d:\n    addresses: [10.80.%d.%d, \"fd80::%x\"]\n    loopback: isolated\n", i, i/256, i%256, i)
+	}
+	if !checkPlain(t, []byte(big.String())) {
+		t.Error("the plain path does not read a generated policy")
+	}
+	if read < 40 {
+		t.Errorf("the plain path read only %d inputs", read)
+	}
+	// Lines of validation errors come from the plain path's source.
+	_, err := Parse("f.yaml", []byte("containers:\n  web:\n    addresses: [10.0.0.1]\n  db:\n    addresses:\n      - 10.0.0.1\n"))
+	if err == nil || !strings.Contains(err.Error(), "f.yaml:6:") {
+		t.Errorf("overlap error: %v, want it at line 6", err)
+	}
+}
+
+// FuzzPlainParse: whatever the plain path reads, it reads as the general
+// path does.
+func FuzzPlainParse(f *testing.F) {
+	for _, s := range append(append([]string{}, fastYAMLCorpus...), plainCorpus...) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		checkPlain(t, []byte(s))
+	})
+}
