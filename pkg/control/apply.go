@@ -34,8 +34,17 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		}
 	}
 	tr.step("validate")
-	if _, err := c.all(); err != nil {
-		return Plan{}, err
+	// The active containers and, in the same pass over the metadata, what
+	// the other generation holds: the next one is written over it by
+	// difference (maps/slot.go).
+	var slot *maps.Slot
+	if !c.loaded {
+		cur, sl, err := c.st.Maps.ContainersAndSlot(c.gen, c.gen^1)
+		if err != nil {
+			return Plan{}, err
+		}
+		c.setCur(cur)
+		slot = sl
 	}
 	tr.step("read containers")
 	plan := Plan{Changes: policy.Diff(c.policyOf(c.cur), p)}
@@ -119,7 +128,14 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	// Up to the switch, a failure leaves the active policy untouched: undo
 	// the new cgroups and counters; the next generation is purged by the
 	// next reconcile (or right here).
-	newGen := c.gen + 1
+	// The generation that is not active: it holds the policy of the apply
+	// before last (or nothing), which no program reads.
+	newGen := c.gen ^ 1
+	if slot == nil {
+		if slot, err = c.st.Maps.ReadSlot(newGen); err != nil {
+			return plan, err
+		}
+	}
 	x := c.st.Maps.Index()
 	abort := func(err error) (Plan, error) {
 		c.st.Maps.PurgeGen(newGen)
@@ -154,10 +170,10 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		}
 	}
 	tr.step("counters, index")
-	if err := c.st.Maps.InsertNext(newGen, next...); err != nil {
+	if err := c.st.Maps.WriteSlot(slot, next); err != nil {
 		return abort(err)
 	}
-	tr.step("insert next generation")
+	tr.step("write next generation")
 	// Containers that go: their processes die first (after the switch they
 	// would be host processes), and their addresses leave the host while
 	// the active policy still owns them.
@@ -199,9 +215,8 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		return abort(err)
 	}
 
-	// After the switch: configure new addresses, drop the old generation.
-	old := c.cur
-	oldGen := c.gen
+	// After the switch: configure new addresses. The old generation stays
+	// as it is: the next apply writes over it.
 	sort.Slice(next, func(i, j int) bool { return next[i].Spec.Name < next[j].Spec.Name })
 	c.gen = newGen
 	c.setCur(next)
@@ -233,10 +248,7 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	if err := veth.DeleteMany(goneNetns); err != nil {
 		return plan, err
 	}
-	if err := c.st.Maps.DeleteGen(oldGen, old); err != nil {
-		return plan, err
-	}
-	tr.step("delete old generation")
+	tr.step("netns after")
 	if err := c.st.Maps.ResetBcastFilter(next); err != nil {
 		return plan, err
 	}

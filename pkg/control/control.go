@@ -8,8 +8,8 @@
 //     and unconfigured before it leaves the maps (rule 9, both ways);
 //   - a container's processes are killed before its cgroup stops being a
 //     container, so they never run as unconfined host processes;
-//   - `apply` builds the next policy generation beside the active one and
-//     switches with one map write.
+//   - `apply` writes the next policy generation beside the active one (over
+//     the one before, by difference) and switches with one map write.
 //
 // Every mutating call first reconciles: it finishes what a crashed call left
 // (missing host addresses, orphan cgroups, entries of an unused generation).

@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
-	"slices"
-	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -71,41 +70,64 @@ func newEntries(cs []Container) *entries {
 	}
 }
 
-func (e *entries) add(gen uint32, c Container) error {
+// metaOf is container c's l3_metas value. Its flags are those of c's
+// l3_conts entry, less the loopback flag a netns container gets there.
+func metaOf(c Container) (sockL3Meta, error) {
+	var meta sockL3Meta
 	if c.ID == 0 || int(c.ID) > MaxContainers {
-		return fmt.Errorf("container %q: id %d out of range 1..%d", c.Spec.Name, c.ID, MaxContainers)
+		return meta, fmt.Errorf("container %q: id %d out of range 1..%d", c.Spec.Name, c.ID, MaxContainers)
 	}
 	if len(c.Spec.Addresses) > int(sockL3LimitsL3MAX_ADDRS) || len(c.Spec.Multicast) > int(sockL3LimitsL3MAX_MCAST) {
-		return fmt.Errorf("container %q: too many addresses or multicast groups", c.Spec.Name)
+		return meta, fmt.Errorf("container %q: too many addresses or multicast groups", c.Spec.Name)
 	}
-	cont := sockL3Cont{Id: c.ID, Lo4: toAddr(c.Loopback4()), Lo6: toAddr(c.Loopback6())}
-	if !c.Isolated() {
-		cont.Flags |= uint32(sockL3ContFlagsL3CF_LOOP_HOST)
-	}
-	netns := c.Spec.Mode == policy.ModeNetns
-	if netns {
-		cont.Flags |= uint32(sockL3ContFlagsL3CF_NETNS)
-	}
-	meta := sockL3Meta{Cgid: c.CgroupID, Naddrs: uint8(len(c.Spec.Addresses)), Nmcast: uint8(len(c.Spec.Multicast))}
 	if len(c.Spec.Name) >= NameLen {
-		return fmt.Errorf("container name %q longer than %d characters", c.Spec.Name, NameLen-1)
+		return meta, fmt.Errorf("container name %q longer than %d characters", c.Spec.Name, NameLen-1)
 	}
+	meta.Cgid, meta.Naddrs, meta.Nmcast = c.CgroupID, uint8(len(c.Spec.Addresses)), uint8(len(c.Spec.Multicast))
 	for i := 0; i < len(c.Spec.Name); i++ {
 		meta.Name[i] = int8(c.Spec.Name[i])
 	}
+	if !c.Isolated() {
+		meta.Flags |= uint32(sockL3ContFlagsL3CF_LOOP_HOST)
+	}
 	if c.Spec.Mode == policy.ModeNetns {
+		meta.Flags |= uint32(sockL3ContFlagsL3CF_NETNS)
 		meta.Mode = uint8(sockL3ModeL3MODE_NETNS)
 	}
-
 	for i, a := range c.Spec.Addresses {
-		la := toAddr(a.Addr)
-		spec := sockL3AddrSpec{Addr: la, Proto: uint8(a.Proto), PortLo: a.PortLo, PortHi: a.PortHi}
+		spec := sockL3AddrSpec{Addr: toAddr(a.Addr), Proto: uint8(a.Proto), PortLo: a.PortLo, PortHi: a.PortHi}
 		if a.Subnet.IsValid() {
 			spec.Flags |= uint8(sockL3SpecFlagsL3SF_PREFIX)
 			spec.Prefixlen = uint8(bits16(a.Subnet))
 		}
 		meta.Addrs[i] = spec
+		if a.WholeIP() {
+			if a.Addr.Is4() {
+				meta.Flags |= uint32(sockL3ContFlagsL3CF_HAS4)
+			} else {
+				meta.Flags |= uint32(sockL3ContFlagsL3CF_HAS6)
+			}
+			if a.Subnet.IsValid() {
+				meta.Flags |= uint32(sockL3ContFlagsL3CF_SUBNETS)
+			}
+		}
+	}
+	for i, g := range c.Spec.Multicast {
+		meta.Mcast[i] = sockL3Prefix{Addr: toAddr(g.Addr()), Prefixlen: uint8(bits16(g))}
+	}
+	return meta, nil
+}
 
+func (e *entries) add(gen uint32, c Container) error {
+	meta, err := metaOf(c)
+	if err != nil {
+		return err
+	}
+	cont := sockL3Cont{Id: c.ID, Lo4: toAddr(c.Loopback4()), Lo6: toAddr(c.Loopback6()), Flags: meta.Flags}
+	netns := c.Spec.Mode == policy.ModeNetns
+	var have4, have6 bool
+	for _, a := range c.Spec.Addresses {
+		la := toAddr(a.Addr)
 		if a.WholeIP() {
 			e.ownerK = append(e.ownerK, sockL3OwnerKey{Prefixlen: 160, Gen: gen, Addr: la})
 			o := sockL3Owner{Id: c.ID}
@@ -115,16 +137,13 @@ func (e *entries) add(gen uint32, c Container) error {
 			e.ownerV = append(e.ownerV, o)
 			e.localK = append(e.localK, sockL3LocalKey{Gen: gen, Id: c.ID, Addr: la})
 			e.localV = append(e.localV, sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_WHOLE)})
-			if a.Addr.Is4() && cont.Flags&uint32(sockL3ContFlagsL3CF_HAS4) == 0 {
-				cont.Flags |= uint32(sockL3ContFlagsL3CF_HAS4)
-				cont.Primary4 = la
+			if a.Addr.Is4() && !have4 {
+				have4, cont.Primary4 = true, la
 			}
-			if a.Addr.Is6() && cont.Flags&uint32(sockL3ContFlagsL3CF_HAS6) == 0 {
-				cont.Flags |= uint32(sockL3ContFlagsL3CF_HAS6)
-				cont.Primary6 = la
+			if a.Addr.Is6() && !have6 {
+				have6, cont.Primary6 = true, la
 			}
 			if a.Subnet.IsValid() {
-				cont.Flags |= uint32(sockL3ContFlagsL3CF_SUBNETS)
 				e.routeK = append(e.routeK, sockL3RouteKey{
 					Prefixlen: uint32(64 + bits16(a.Subnet)), Gen: gen, Id: c.ID, Addr: toAddr(a.Subnet.Addr()),
 				})
@@ -160,12 +179,10 @@ func (e *entries) add(gen uint32, c Container) error {
 			e.localV = append(e.localV, sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_LOOP)})
 		}
 	}
-	for i, g := range c.Spec.Multicast {
-		meta.Mcast[i] = sockL3Prefix{Addr: toAddr(g.Addr()), Prefixlen: uint8(bits16(g))}
+	for _, g := range c.Spec.Multicast {
 		e.mcastK = append(e.mcastK, sockL3McastKey{Prefixlen: uint32(64 + bits16(g)), Gen: gen, Id: c.ID, Group: toAddr(g.Masked().Addr())})
 		e.mcastV = append(e.mcastV, sockL3Mcast{Allowed: 1})
 	}
-	meta.Flags = cont.Flags
 	if netns {
 		// Its 127.0.0.1 and ::1 are its namespace's own lo: the programs
 		// must not remap them to the private loopback of shared mode,
@@ -493,53 +510,14 @@ func delBatch[K any](m *ebpf.Map, name string, ks []K) error {
 
 // Containers reads the containers of generation gen from l3_metas, by name.
 // It reads in batches: one system call per thousand containers.
-func (s *Set) Containers(gen uint32) ([]Container, error) {
-	var (
-		chunks [][]Container // one per batch: no slice of 10,000 grown step by step
-		total  int
-		cursor ebpf.MapBatchCursor
-		keys   = make([]sockL3MetaKey, 1024)
-		vals   = make([]sockL3Meta, 1024)
-	)
-	for {
-		n, err := s.Metas.BatchLookup(&cursor, keys, vals, nil)
-		chunk := make([]Container, 0, n)
-		for i := 0; i < n; i++ {
-			if keys[i].Gen == gen {
-				chunk = append(chunk, decodeMeta(keys[i].Id, &vals[i]))
-			}
-		}
-		chunks, total = append(chunks, chunk), total+len(chunk)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read map l3_metas: %w", err)
-		}
-	}
-	// Sort pointers, then copy each container once, in order.
-	ptrs := make([]*Container, 0, total)
-	for _, c := range chunks {
-		for i := range c {
-			ptrs = append(ptrs, &c[i])
-		}
-	}
-	slices.SortFunc(ptrs, func(a, b *Container) int { return strings.Compare(a.Spec.Name, b.Spec.Name) })
-	out := make([]Container, len(ptrs))
-	for i, p := range ptrs {
-		out[i] = *p
-	}
-	return out, nil
-}
+func (s *Set) Containers(gen uint32) ([]Container, error) { return s.readMetas(gen, nil) }
 
 func decodeMeta(id uint32, v *sockL3Meta) Container {
-	var name []byte
-	for _, ch := range v.Name {
-		if ch == 0 {
-			break
-		}
-		name = append(name, byte(ch))
+	n := 0
+	for n < len(v.Name) && v.Name[n] != 0 {
+		n++
 	}
+	name := unsafe.Slice((*byte)(unsafe.Pointer(&v.Name[0])), n) // int8 as bytes
 	c := Container{ID: id, CgroupID: v.Cgid, Spec: policy.Container{
 		Name: string(name), Mode: policy.ModeShared, Loopback: policy.LoopbackIsolated,
 	}}

@@ -24,9 +24,12 @@ import (
 //	          skips the check, and the parsing of the object, when it matches)
 //
 // Invariant: the index holds at least the containers that l3_metas holds in
-// any generation — writers add to it before they write metadata and remove
-// from it after they removed the metadata — and exactly those of the
-// active generation when the installation is not dirty. After a crash
+// the active generation, and during an apply in the next one — writers add
+// to it before they write metadata and remove from it after they removed
+// the metadata (or switched away from it) — and exactly those of the
+// active generation when the installation is not dirty. The inactive
+// generation's metadata, which an apply leaves for the next one to write
+// over (slot.go), is not in it: those containers no longer exist. After a crash
 // (dirty) the repair rewrites it exactly (ResetIndex). An installation made
 // by an l3iso without the index gets one on the first changing command.
 const (

@@ -1,0 +1,328 @@
+package maps
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"strings"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+)
+
+// A policy push alternates between two generation numbers, g and g^1 (see
+// ARCHITECTURE.md, "Atomic pushes"). The generation an apply switches away
+// from is not deleted: it stays as it was, unread by the programs, and the
+// next apply writes its policy over it by difference — only the entries of
+// containers that differ from what that generation holds are written, and
+// only the entries nothing needs any more are deleted. An apply that
+// changes a few of 10,000 containers writes a few containers' entries, not
+// 60,000, and deletes nothing it does not have to.
+//
+// Slot is what the other generation holds, read from its metadata: the
+// metadata of a generation describes exactly the entries it has (Insert,
+// Remove and WriteSlot keep them together, and a repair after a crash
+// deletes every generation but the active one).
+
+// Slot is the content of the generation an apply writes next.
+type Slot struct {
+	Gen    uint32
+	chunks [][]byte // compact metadata (compactMeta), one after another
+	off    []int64  // by container id: chunk<<32 | 1 + offset in it; 0: none
+}
+
+// slotChunk is the size of the slot's chunks: a chunk is allocated full
+// size once, never grown (copied) as appends would.
+const slotChunk = 256 << 10
+
+// The layout of sockL3Meta that compactMeta relies on: a fixed head, then
+// the address specs, then the multicast prefixes.
+var (
+	metaHead  = int(unsafe.Offsetof(sockL3Meta{}.Addrs))
+	metaMcast = int(unsafe.Offsetof(sockL3Meta{}.Mcast))
+	specSize  = int(unsafe.Sizeof(sockL3AddrSpec{}))
+	groupSize = int(unsafe.Sizeof(sockL3Prefix{}))
+)
+
+func metaRaw(v *sockL3Meta) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(v)), unsafe.Sizeof(*v))
+}
+
+func metaCounts(v *sockL3Meta) (addrs, groups int) {
+	return min(int(v.Naddrs), len(v.Addrs)), min(int(v.Nmcast), len(v.Mcast))
+}
+
+// compactMeta appends v without its unused address and group slots (for a
+// container with one address, 72 of 592 bytes). Two values compact to the
+// same bytes exactly when decodeMeta makes the same container of them.
+func compactMeta(b []byte, v *sockL3Meta) []byte {
+	raw := metaRaw(v)
+	na, ng := metaCounts(v)
+	b = append(b, raw[:metaHead+na*specSize]...)
+	return append(b, raw[metaMcast:metaMcast+ng*groupSize]...)
+}
+
+// expandMeta is the inverse of compactMeta; it returns the value and the
+// length of its compact form.
+func expandMeta(b []byte) (v sockL3Meta, n int) {
+	raw := metaRaw(&v)
+	copy(raw[:metaHead], b)
+	na, ng := metaCounts(&v)
+	n = metaHead + na*specSize
+	copy(raw[metaHead:], b[metaHead:n])
+	copy(raw[metaMcast:], b[n:n+ng*groupSize])
+	return v, n + ng*groupSize
+}
+
+func newSlot(gen uint32) *Slot {
+	return &Slot{Gen: gen, off: make([]int64, MaxContainers+1)}
+}
+
+func (sl *Slot) put(id uint32, v *sockL3Meta) {
+	if int(id) >= len(sl.off) {
+		return // not a container id: never equal to one we write, and not ours to delete
+	}
+	last := len(sl.chunks) - 1
+	if last < 0 || cap(sl.chunks[last])-len(sl.chunks[last]) < int(unsafe.Sizeof(*v)) {
+		sl.chunks = append(sl.chunks, make([]byte, 0, slotChunk))
+		last++
+	}
+	sl.off[id] = int64(last)<<32 | int64(len(sl.chunks[last])+1)
+	sl.chunks[last] = compactMeta(sl.chunks[last], v)
+}
+
+// at returns the bytes from container id's compact metadata to the end of
+// its chunk, nil if the slot has no container id.
+func (sl *Slot) at(id uint32) []byte {
+	if int(id) >= len(sl.off) || sl.off[id] == 0 {
+		return nil
+	}
+	o := sl.off[id]
+	return sl.chunks[o>>32][o&(1<<32-1)-1:]
+}
+
+// compact returns container id's compact metadata in the slot, nil if none.
+func (sl *Slot) compact(id uint32) []byte {
+	b := sl.at(id)
+	if b == nil {
+		return nil
+	}
+	na := min(int(b[unsafe.Offsetof(sockL3Meta{}.Naddrs)]), len(sockL3Meta{}.Addrs))
+	ng := min(int(b[unsafe.Offsetof(sockL3Meta{}.Nmcast)]), len(sockL3Meta{}.Mcast))
+	return b[:metaHead+na*specSize+ng*groupSize]
+}
+
+// container decodes container id of the slot.
+func (sl *Slot) container(id uint32) Container {
+	v, _ := expandMeta(sl.at(id))
+	return decodeMeta(id, &v)
+}
+
+// Len is how many containers the slot holds.
+func (sl *Slot) Len() int {
+	n := 0
+	for _, o := range sl.off {
+		if o != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// ContainersAndSlot reads, in one pass over l3_metas, the containers of
+// generation gen (as Containers does) and what generation other holds.
+func (s *Set) ContainersAndSlot(gen, other uint32) ([]Container, *Slot, error) {
+	sl := newSlot(other)
+	cs, err := s.readMetas(gen, sl)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cs, sl, nil
+}
+
+// ReadSlot reads what generation gen holds.
+func (s *Set) ReadSlot(gen uint32) (*Slot, error) {
+	sl := newSlot(gen)
+	if _, err := s.readMetas(gen^1, sl); err != nil {
+		return nil, err
+	}
+	return sl, nil
+}
+
+// readMetas returns the containers of generation gen, by name, and puts
+// those of generation sl.Gen (if sl is not nil) in sl. It reads in batches:
+// one system call per thousand entries.
+func (s *Set) readMetas(gen uint32, sl *Slot) ([]Container, error) {
+	var (
+		chunks [][]Container // one per batch: no slice of 10,000 grown step by step
+		total  int
+		cursor ebpf.MapBatchCursor
+		keys   = make([]sockL3MetaKey, 1024)
+		vals   = make([]sockL3Meta, 1024)
+	)
+	for {
+		n, err := s.Metas.BatchLookup(&cursor, keys, vals, nil)
+		chunk := make([]Container, 0, n)
+		for i := 0; i < n; i++ {
+			switch {
+			case keys[i].Gen == gen:
+				chunk = append(chunk, decodeMeta(keys[i].Id, &vals[i]))
+			case sl != nil && keys[i].Gen == sl.Gen:
+				sl.put(keys[i].Id, &vals[i])
+			}
+		}
+		chunks, total = append(chunks, chunk), total+len(chunk)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read map l3_metas: %w", err)
+		}
+	}
+	// Sort pointers, then copy each container once, in order.
+	ptrs := make([]*Container, 0, total)
+	for _, c := range chunks {
+		for i := range c {
+			ptrs = append(ptrs, &c[i])
+		}
+	}
+	slices.SortFunc(ptrs, func(a, b *Container) int { return strings.Compare(a.Spec.Name, b.Spec.Name) })
+	out := make([]Container, len(ptrs))
+	for i, p := range ptrs {
+		out[i] = *p
+	}
+	return out, nil
+}
+
+// WriteSlot makes generation sl.Gen, which no program reads, hold exactly
+// containers cs: it writes the entries of the containers whose metadata
+// there differs (or is missing), writes the shared markers cs need, and
+// deletes the entries that only containers no longer there (or there in
+// another version) had. sl is what the generation holds (ContainersAndSlot
+// or ReadSlot); it is used up.
+func (s *Set) WriteSlot(sl *Slot, cs []Container) error {
+	gen := sl.Gen
+	if err := s.addBcast(cs); err != nil { // the filter covers the next generation too
+		return err
+	}
+	// Which containers the slot has already, exactly.
+	same := make([]bool, len(sl.off))
+	var changed []Container
+	var buf []byte
+	for _, c := range cs {
+		if have := sl.compact(c.ID); have != nil {
+			want, err := metaOf(c)
+			if err != nil {
+				return err
+			}
+			buf = compactMeta(buf[:0], &want)
+			if bytes.Equal(buf, have) {
+				same[c.ID] = true
+				continue
+			}
+		}
+		changed = append(changed, c)
+	}
+	var stale []Container
+	for id, o := range sl.off {
+		if o != 0 && !same[id] {
+			stale = append(stale, sl.container(uint32(id)))
+		}
+	}
+	add, drop := newEntries(changed), newEntries(stale)
+	for _, c := range changed {
+		if err := add.add(gen, c); err != nil {
+			return err
+		}
+	}
+	for _, c := range stale {
+		if err := drop.add(gen, c); err != nil {
+			return err
+		}
+	}
+	// The shared markers: every one cs needs is written (they are few: one
+	// per IP shared by port ranges, one per subnet); one the slot has is
+	// deleted only if cs needs it no more.
+	partial, bcast := markersOf(gen, cs)
+	partialV := make([]sockL3Owner, len(partial))
+	for i := range partialV {
+		partialV[i] = sockL3Owner{Flags: uint32(sockL3OwnerFlagsL3OF_PARTIAL)}
+	}
+	bcastV := make([]sockL3Local, len(bcast))
+	for i := range bcastV {
+		bcastV[i] = sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_BCAST)}
+	}
+	ownerK, ownerV := append(add.ownerK, partial...), append(add.ownerV, partialV...)
+	localK, localV := append(add.localK, bcast...), append(add.localV, bcastV...)
+
+	parts := runtime.GOMAXPROCS(0)
+	var steps []func() error
+	steps = append(steps, delParts(s.Conts, "l3_conts", minus(drop.contK, add.contK), parts)...)
+	steps = append(steps, delParts(s.Metas, "l3_metas", minus(drop.metaK, add.metaK), parts)...)
+	steps = append(steps, delParts(s.Mcasts, "l3_mcasts", minus(drop.mcastK, add.mcastK), parts)...)
+	steps = append(steps, delParts(s.Routes, "l3_routes", minus(drop.routeK, add.routeK), parts)...)
+	steps = append(steps, delParts(s.Locals, "l3_locals", minus(append(drop.localK, drop.bcastK...), localK), parts)...)
+	steps = append(steps, delParts(s.Owners, "l3_owners", minus(append(drop.ownerK, drop.partialK...), ownerK), parts)...)
+	steps = append(steps, putParts(s.Owners, "l3_owners", ownerK, ownerV, parts)...)
+	steps = append(steps, putParts(s.Locals, "l3_locals", localK, localV, parts)...)
+	steps = append(steps, putParts(s.Routes, "l3_routes", add.routeK, add.routeV, parts)...)
+	steps = append(steps, putParts(s.Mcasts, "l3_mcasts", add.mcastK, add.mcastV, parts)...)
+	steps = append(steps, putParts(s.Metas, "l3_metas", add.metaK, add.metaV, parts)...)
+	steps = append(steps, putParts(s.Conts, "l3_conts", add.contK, add.contV, parts)...)
+	// No program reads this generation: deletes and writes (of other keys)
+	// run at the same time.
+	return concurrently(steps)
+}
+
+// markersOf returns the shared markers containers cs need in generation
+// gen: an owner marker per IP some of them own port ranges of, a local
+// marker per broadcast address of their subnets (each once).
+func markersOf(gen uint32, cs []Container) (partial []sockL3OwnerKey, bcast []sockL3LocalKey) {
+	var seenP map[sockL3OwnerKey]bool
+	var seenB map[sockL3LocalKey]bool
+	for _, c := range cs {
+		for _, a := range c.Spec.Addresses {
+			if !a.WholeIP() {
+				k := sockL3OwnerKey{Prefixlen: 160, Gen: gen, Addr: toAddr(a.Addr)}
+				if seenP == nil {
+					seenP = map[sockL3OwnerKey]bool{}
+				}
+				if !seenP[k] {
+					seenP[k] = true
+					partial = append(partial, k)
+				}
+			}
+			if b, ok := a.Broadcast(); ok {
+				k := sockL3LocalKey{Gen: gen, Addr: toAddr(b)}
+				if seenB == nil {
+					seenB = map[sockL3LocalKey]bool{}
+				}
+				if !seenB[k] {
+					seenB[k] = true
+					bcast = append(bcast, k)
+				}
+			}
+		}
+	}
+	return partial, bcast
+}
+
+// minus returns the keys of ks that are not in not.
+func minus[K comparable](ks, not []K) []K {
+	if len(ks) == 0 || len(not) == 0 {
+		return ks
+	}
+	skip := make(map[K]bool, len(not))
+	for _, k := range not {
+		skip[k] = true
+	}
+	out := ks[:0:0]
+	for _, k := range ks {
+		if !skip[k] {
+			out = append(out, k)
+		}
+	}
+	return out
+}
