@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
+	"strings"
 )
 
 // Limits per container. They bound the dataplane's per-container map entries.
@@ -115,6 +117,8 @@ func (e *Error) Error() string {
 // Unwrap returns the problem without its position.
 func (e *Error) Unwrap() error { return e.Err }
 
+func byName(a, b Container) int { return strings.Compare(a.Name, b.Name) }
+
 // maxErrors is how many problems one Parse or Validate reports before it
 // stops listing them.
 const maxErrors = 20
@@ -210,9 +214,38 @@ func at(lines []int, i, fallback int) int {
 	return fallback
 }
 
-// owner is one address of one container, for the ownership check.
-type owner struct {
-	container, index int
+// owned is one address of one container, for the ownership check.
+type owned struct {
+	addr netip.Addr
+	c, j int32 // container, index of the address in it
+}
+
+// conflict is an address (c, j) that overlaps an earlier one (oc, oj).
+type conflict struct{ c, j, oc, oj int32 }
+
+// firstByName returns, for each container, the index of the first one with
+// its name if that is an earlier one, else -1. A stable sort of the indices
+// by name (no map of 10,000 names) puts each name's containers together,
+// first one first.
+func firstByName(cs []Container) []int32 {
+	perm := make([]int32, len(cs))
+	for i := range perm {
+		perm[i] = int32(i)
+	}
+	slices.SortStableFunc(perm, func(a, b int32) int { return strings.Compare(cs[a].Name, cs[b].Name) })
+	first := make([]int32, len(cs))
+	for k := 0; k < len(perm); {
+		run := k + 1
+		for run < len(perm) && cs[perm[run]].Name == cs[perm[k]].Name {
+			run++
+		}
+		first[perm[k]] = -1
+		for m := k + 1; m < run; m++ {
+			first[perm[m]] = perm[k]
+		}
+		k = run
+	}
+	return first
 }
 
 func validate(p *Policy, src *source) error {
@@ -220,25 +253,26 @@ func validate(p *Policy, src *source) error {
 		return nil
 	}
 	r := &reporter{src: src}
-	firstByName := make(map[string]int, len(p.Containers))
-	duplicate := make([]bool, len(p.Containers))
-	validAddr := make([][]bool, len(p.Containers))
+	first := firstByName(p.Containers)
+	total := 0
+	for i := range p.Containers {
+		total += len(p.Containers[i].Addresses)
+	}
+	validAddr := make([]bool, total) // by address, container after container
 
+	next := 0 // the first address of container i in validAddr
 	for i := range p.Containers {
 		c := &p.Containers[i]
 		ln := src.lines(i)
 		if err := ValidateName(c.Name); err != nil {
 			r.add(ln.name, err)
 		}
-		if j, ok := firstByName[c.Name]; ok {
-			duplicate[i] = true
+		if j := first[i]; j >= 0 {
 			if src != nil {
-				r.addf(ln.name, "container %q is defined twice (first at line %d): give each container one entry", c.Name, src.lines(j).name)
+				r.addf(ln.name, "container %q is defined twice (first at line %d): give each container one entry", c.Name, src.lines(int(j)).name)
 			} else {
 				r.addf(ln.name, "container %q is defined twice: give each container one entry", c.Name)
 			}
-		} else {
-			firstByName[c.Name] = i
 		}
 
 		switch c.Mode {
@@ -265,7 +299,6 @@ func validate(p *Policy, src *source) error {
 		case n > MaxAddresses:
 			r.addf(or(ln.addresses, ln.name), "container %q has %d addresses: at most %d are allowed", c.Name, n, MaxAddresses)
 		}
-		validAddr[i] = make([]bool, len(c.Addresses))
 		for j, a := range c.Addresses {
 			if err := checkAddress(a); err != nil {
 				r.addf(at(ln.addr, j, ln.name), "container %q: invalid address %q: %w", c.Name, a.String(), err)
@@ -275,64 +308,79 @@ func validate(p *Policy, src *source) error {
 				r.addf(at(ln.addr, j, ln.name), "container %q: address %s names ports, but a netns container owns whole IPs (the address lives in its own namespace): drop the port, or use mode: shared to share an IP by ports", c.Name, a)
 				continue
 			}
-			validAddr[i][j] = true
+			validAddr[next+j] = true
 		}
+		next += len(c.Addresses)
 
 		if n := len(c.Multicast); n > MaxMulticast {
 			r.addf(or(ln.multicast, ln.name), "container %q has %d multicast entries: at most %d are allowed", c.Name, n, MaxMulticast)
 		}
-		seenGroup := make(map[netip.Prefix]bool, len(c.Multicast))
 		for j, g := range c.Multicast {
 			line := at(ln.mcast, j, ln.name)
 			if err := checkMulticast(g); err != nil {
 				r.addf(line, "container %q: invalid multicast group %q: %w", c.Name, multicastString(g), err)
 				continue
 			}
-			if seenGroup[g] {
+			if slices.Contains(c.Multicast[:j], g) {
 				r.addf(line, "container %q: multicast group %s is listed twice: list it once", c.Name, multicastString(g))
 			}
-			seenGroup[g] = true
 		}
 	}
 
-	// Ownership: group the addresses by IP, so that only addresses of the
-	// same IP are compared. Earlier entries win; the later one is reported.
-	n := 0
+	// Ownership: only addresses of the same IP are compared, in the order
+	// of the containers and their addresses: an earlier one wins, the later
+	// one is reported. A stable sort by IP (no map of 10,000 IPs) groups
+	// them and keeps that order in each group.
+	ents := make([]owned, 0, total)
+	next = 0
 	for i := range p.Containers {
-		n += len(p.Containers[i].Addresses)
-	}
-	owners := make(map[netip.Addr][]owner, n)
-	for i := range p.Containers {
-		if duplicate[i] {
-			continue
-		}
 		c := &p.Containers[i]
-		ln := src.lines(i)
-	addresses:
 		for j, a := range c.Addresses {
-			if !validAddr[i][j] {
-				continue
+			if first[i] < 0 && validAddr[next+j] {
+				ents = append(ents, owned{addr: a.Addr, c: int32(i), j: int32(j)})
 			}
-			prev := owners[a.Addr]
-			for _, o := range prev {
-				oc := &p.Containers[o.container]
-				b := oc.Addresses[o.index]
-				if !a.Overlaps(b) {
-					continue
-				}
-				if o.container == i {
-					r.addf(at(ln.addr, j, ln.name), "address %s of container %q overlaps its address %s: list each address:port once", a, c.Name, b)
-				} else {
-					r.addf(at(ln.addr, j, ln.name), "address %s of container %q overlaps %s of container %q: an address:port may be owned by one container only", a, c.Name, b, oc.Name)
-				}
-				continue addresses // report each conflict once, and keep the first owner
+		}
+		next += len(c.Addresses)
+	}
+	slices.SortStableFunc(ents, func(a, b owned) int { return a.addr.Compare(b.addr) })
+	var conflicts []conflict
+	var kept []owned // the owners of the current IP so far
+	for k, e := range ents {
+		if k == 0 || e.addr != ents[k-1].addr {
+			kept = kept[:0]
+		}
+		a := p.Containers[e.c].Addresses[e.j]
+		clash := false
+		for _, o := range kept {
+			if a.Overlaps(p.Containers[o.c].Addresses[o.j]) {
+				conflicts = append(conflicts, conflict{e.c, e.j, o.c, o.j})
+				clash = true
+				break // report each conflict once, and keep the first owner
 			}
-			owners[a.Addr] = append(prev, owner{container: i, index: j})
+		}
+		if !clash {
+			kept = append(kept, e)
+		}
+	}
+	slices.SortFunc(conflicts, func(a, b conflict) int {
+		if a.c != b.c {
+			return int(a.c - b.c)
+		}
+		return int(a.j - b.j)
+	})
+	for _, x := range conflicts {
+		c := &p.Containers[x.c]
+		ln := src.lines(int(x.c))
+		a, b := c.Addresses[x.j], p.Containers[x.oc].Addresses[x.oj]
+		if x.oc == x.c {
+			r.addf(at(ln.addr, int(x.j), ln.name), "address %s of container %q overlaps its address %s: list each address:port once", a, c.Name, b)
+		} else {
+			r.addf(at(ln.addr, int(x.j), ln.name), "address %s of container %q overlaps %s of container %q: an address:port may be owned by one container only", a, c.Name, b, p.Containers[x.oc].Name)
 		}
 	}
 
-	sort.SliceStable(p.Containers, func(i, j int) bool {
-		return p.Containers[i].Name < p.Containers[j].Name
-	})
+	if !slices.IsSortedFunc(p.Containers, byName) {
+		slices.SortStableFunc(p.Containers, byName)
+	}
 	return r.err()
 }
