@@ -27,16 +27,22 @@ import (
 // done: the general path then reads the file and words the problem.
 // Validation (duplicate names, ownership, limits) is left to validate, as
 // for the general path. TestPlainParse checks it against the general path.
-func parsePlain(filename string, data []byte) (p *Policy, src *source, ok bool) {
-	for _, ch := range data {
-		if (ch < 0x20 && ch != '\n') || ch > 0x7e { // tabs, CRs, control and non-ASCII bytes
+//
+// The containers' names are slices of text. With lines, src has the line
+// of every part (for validation errors); without, src is nil.
+func parsePlain(filename, text string, lines bool) (p *Policy, src *source, ok bool) {
+	for i := 0; i < len(text); i++ {
+		if ch := text[i]; (ch < 0x20 && ch != '\n') || ch > 0x7e { // tabs, CRs, control and non-ASCII bytes
 			return nil, nil, false
 		}
 	}
-	pp := &plainParser{text: string(data)} // one copy: names are slices of it
+	pp := &plainParser{text: text, lines: lines}
 	p, src = &Policy{}, &source{file: filename}
 	if !pp.document(p, src) {
 		return nil, nil, false
+	}
+	if !lines {
+		src = nil
 	}
 	return p, src, true
 }
@@ -59,8 +65,9 @@ type plainParser struct {
 	addrs []Address
 	ints  []int
 	// Scratch for the items of one list and their lines.
-	items []string
-	lines []int
+	items     []string
+	itemLines []int
+	lines     bool // record the lines (src)
 }
 
 // next moves to the next content line (skipping blank and comment lines).
@@ -71,7 +78,7 @@ func (pp *plainParser) next() {
 			end++
 		}
 		l := pp.text[pp.pos:end]
-		pp.pos = end + 1
+		pp.pos = min(end+1, len(pp.text))
 		pp.num++
 		indent := 0
 		for indent < len(l) && l[indent] == ' ' {
@@ -190,7 +197,9 @@ func (pp *plainParser) containers(p *Policy, src *source) bool {
 	// cost twice their memory.
 	n := 1 + countKeys(pp.text[pp.pos:], indent)
 	p.Containers = make([]Container, 0, n)
-	src.containers = make([]containerLines, 0, n)
+	if pp.lines {
+		src.containers = make([]containerLines, 0, n)
+	}
 	for pp.ok && pp.indent >= indent {
 		if pp.indent != indent {
 			return false
@@ -213,7 +222,9 @@ func (pp *plainParser) containers(p *Policy, src *source) bool {
 		}
 		// Duplicate names are kept: validate reports them with both lines.
 		p.Containers = append(p.Containers, c)
-		src.containers = append(src.containers, ln)
+		if pp.lines {
+			src.containers = append(src.containers, ln)
+		}
 	}
 	return true
 }
@@ -290,7 +301,7 @@ func (pp *plainParser) fields(c *Container, ln *containerLines) bool {
 			}
 			continue
 		}
-		items, lines := pp.items[:0], pp.lines[:0]
+		items, lines := pp.items[:0], pp.itemLines[:0]
 		switch {
 		case val != "":
 			if pp.ok && pp.indent > indent {
@@ -307,7 +318,7 @@ func (pp *plainParser) fields(c *Container, ln *containerLines) bool {
 				return false
 			}
 		}
-		pp.items, pp.lines = items, lines // keep the grown scratch
+		pp.items, pp.itemLines = items, lines // keep the grown scratch
 		if field == 2 {
 			ln.addresses = line
 			if len(items) == 0 {
@@ -321,7 +332,10 @@ func (pp *plainParser) fields(c *Container, ln *containerLines) bool {
 				}
 				as[i] = a
 			}
-			c.Addresses, ln.addr = as, pp.takeInts(lines)
+			c.Addresses = as
+			if pp.lines {
+				ln.addr = pp.takeInts(lines)
+			}
 		} else {
 			ln.multicast = line
 			if len(items) == 0 {
@@ -335,7 +349,10 @@ func (pp *plainParser) fields(c *Container, ln *containerLines) bool {
 				}
 				gs[i] = g
 			}
-			c.Multicast, ln.mcast = gs, pp.takeInts(lines)
+			c.Multicast = gs
+			if pp.lines {
+				ln.mcast = pp.takeInts(lines)
+			}
 		}
 	}
 	return true

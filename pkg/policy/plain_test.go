@@ -49,12 +49,23 @@ var plainCorpus = []string{
 // it returns whether parsePlain read it.
 func checkPlain(t *testing.T, data []byte) bool {
 	t.Helper()
-	p, src, ok := parsePlain("f.yaml", data)
+	p, src, ok := parsePlain("f.yaml", string(data), true)
 	if !ok {
 		return false
 	}
 	err := validate(p, src)
 	want, wantErr := parseGeneral("f.yaml", data)
+	// And without lines, as Parse reads a file: the same policy, and an
+	// error where there is one (Parse then asks the general path).
+	p2, src2, ok2 := parsePlain("f.yaml", string(data), false)
+	if err2 := validate(p2, src2); !ok2 || src2 != nil || (err2 == nil) != (err == nil) {
+		t.Errorf("%q: without lines: ok %v, src %v, error %v (with lines: %v)", data, ok2, src2, err2, err)
+	} else if err == nil && !reflect.DeepEqual(normal(p), normal(p2)) {
+		t.Errorf("%q: without lines reads %+v, with %+v", data, p2, p)
+	}
+	if _, perr := Parse("f.yaml", data); fmt.Sprint(perr) != fmt.Sprint(wantErr) {
+		t.Errorf("%q: Parse says %v, the general path %v", data, perr, wantErr)
+	}
 	if fmt.Sprint(err) != fmt.Sprint(wantErr) {
 		t.Errorf("%q: plain path says %v, general path %v", data, err, wantErr)
 		return true

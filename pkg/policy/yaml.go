@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"gopkg.in/yaml.v3"
 )
@@ -21,7 +22,8 @@ func Load(path string) (*Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
-	return Parse(path, data)
+	// data is ours and never changes: the policy may point into it.
+	return parse(path, data, unsafe.String(unsafe.SliceData(data), len(data)))
 }
 
 // Parse parses and validates a policy file; filename is only used in error
@@ -34,14 +36,27 @@ func Load(path string) (*Policy, error) {
 // several they are joined with errors.Join, one per line, in line order. Each
 // is an *Error.
 func Parse(filename string, data []byte) (*Policy, error) {
+	return parse(filename, data, string(data))
+}
+
+// parse is Parse of data, which text holds too (the policy's names may
+// point into it).
+func parse(filename string, data []byte, text string) (*Policy, error) {
 	if filename == "" {
 		filename = "<input>"
 	}
-	if p, src, ok := parsePlain(filename, data); ok {
-		if err := validate(p, src); err != nil {
-			return nil, err
+	if p, _, ok := parsePlain(filename, text, false); ok {
+		err := validate(p, nil)
+		if err == nil {
+			return p, nil
 		}
-		return p, nil
+		// A problem: the general path reads the file again, with the line
+		// of every part, and says where it is (a valid file, the common
+		// case, is not read twice, nor its lines kept).
+		if _, err2 := parseGeneral(filename, data); err2 != nil {
+			return nil, err2
+		}
+		return nil, err
 	}
 	return parseGeneral(filename, data)
 }
