@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"unsafe"
 
@@ -233,7 +234,7 @@ func (s *Set) Insert(gen uint32, cs ...Container) error {
 	if err != nil {
 		return err
 	}
-	if err := s.addBcast(cs); err != nil {
+	if err := s.addBcast(slices.Values(cs)); err != nil {
 		return err
 	}
 	for _, step := range steps {
@@ -252,7 +253,7 @@ func (s *Set) InsertNext(gen uint32, cs ...Container) error {
 	if err != nil {
 		return err
 	}
-	if err := s.addBcast(cs); err != nil { // the filter covers the next generation too
+	if err := s.addBcast(slices.Values(cs)); err != nil { // the filter covers the next generation too
 		return err
 	}
 	return concurrently(steps)

@@ -3,8 +3,10 @@ package maps
 import (
 	"encoding/binary"
 	"fmt"
+	"iter"
 	"net/netip"
 	"os"
+	"slices"
 	"sync/atomic"
 	"unsafe"
 
@@ -67,8 +69,8 @@ func bloomBit(a netip.Addr) uint32 {
 }
 
 // bloomOf is the filter of the containers' subnet broadcast addresses.
-func bloomOf(cs []Container) (f [len(sockL3Cfg{}.BcastBloom)]uint64) {
-	for _, c := range cs {
+func bloomOf(cs iter.Seq[Container]) (f [len(sockL3Cfg{}.BcastBloom)]uint64) {
+	for c := range cs {
 		for _, a := range c.Spec.Addresses {
 			if b, ok := a.Broadcast(); ok && b.Is4() {
 				bit := bloomBit(b)
@@ -81,14 +83,19 @@ func bloomOf(cs []Container) (f [len(sockL3Cfg{}.BcastBloom)]uint64) {
 
 // addBcast sets the filter bits of cs's broadcast addresses; call it before
 // their l3_locals markers go in, so the filter never hides a live one.
-func (s *Set) addBcast(cs []Container) error { return s.writeBloom(cs, false) }
+func (s *Set) addBcast(cs iter.Seq[Container]) error { return s.writeBloom(cs, false) }
 
 // ResetBcastFilter makes the filter exactly that of cs, the containers of
 // the only generation left (after a policy switch, a delete, a repair):
 // bits of broadcast addresses no container has any more are cleared.
-func (s *Set) ResetBcastFilter(cs []Container) error { return s.writeBloom(cs, true) }
+func (s *Set) ResetBcastFilter(cs []Container) error {
+	return s.writeBloom(slices.Values(cs), true)
+}
 
-func (s *Set) writeBloom(cs []Container, reset bool) error {
+// ResetBcastFilterSeq is ResetBcastFilter for containers given one by one.
+func (s *Set) ResetBcastFilterSeq(cs iter.Seq[Container]) error { return s.writeBloom(cs, true) }
+
+func (s *Set) writeBloom(cs iter.Seq[Container], reset bool) error {
 	b, err := s.hot()
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"iter"
 	"runtime"
 	"slices"
 	"strings"
@@ -151,6 +152,82 @@ func (s *Set) ReadSlot(gen uint32) (*Slot, error) {
 	return sl, nil
 }
 
+// Meta is a view of one container's metadata in l3_metas, valid only
+// during the ScanMetas callback it is passed to.
+type Meta struct {
+	id uint32
+	v  *sockL3Meta
+}
+
+// ID is the container's id.
+func (m Meta) ID() uint32 { return m.id }
+
+// CgroupID is the container's cgroup id.
+func (m Meta) CgroupID() uint64 { return m.v.Cgid }
+
+// Name is the container's name, a view of the metadata: compare it, do
+// not keep it.
+func (m Meta) Name() string {
+	n := 0
+	for n < len(m.v.Name) && m.v.Name[n] != 0 {
+		n++
+	}
+	if n == 0 {
+		return ""
+	}
+	return unsafe.String((*byte)(unsafe.Pointer(&m.v.Name[0])), n)
+}
+
+// Is reports whether the metadata is exactly container c's (with this id):
+// what Insert would write for c. It allocates nothing. (Metadata written by
+// another version of l3iso may describe c and still not be what this one
+// writes: then it is not c, and c is written again.)
+func (m Meta) Is(c Container) bool {
+	if c.ID != m.id {
+		return false
+	}
+	want, err := metaOf(c)
+	if err != nil {
+		return false
+	}
+	var a, b [600]byte
+	return bytes.Equal(compactMeta(a[:0], &want), compactMeta(b[:0], m.v))
+}
+
+// Container decodes the metadata.
+func (m Meta) Container() Container { return decodeMeta(m.id, m.v) }
+
+// ScanMetas calls visit with the metadata of each container of generation
+// gen, in no order, and puts what generation sl.Gen holds in sl (if sl is
+// not nil): one pass over l3_metas, decoding nothing.
+func (s *Set) ScanMetas(gen uint32, sl *Slot, visit func(Meta)) error {
+	var (
+		cursor ebpf.MapBatchCursor
+		keys   = make([]sockL3MetaKey, 256)
+		vals   = make([]sockL3Meta, 256)
+	)
+	for {
+		n, err := s.Metas.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			switch {
+			case keys[i].Gen == gen:
+				visit(Meta{id: keys[i].Id, v: &vals[i]})
+			case sl != nil && keys[i].Gen == sl.Gen:
+				sl.put(keys[i].Id, &vals[i])
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read map l3_metas: %w", err)
+		}
+	}
+}
+
+// NewSlot returns an empty slot for generation gen, for ScanMetas to fill.
+func NewSlot(gen uint32) *Slot { return newSlot(gen) }
+
 // readMetas returns the containers of generation gen, by name, and puts
 // those of generation sl.Gen (if sl is not nil) in sl. It reads in batches:
 // one system call per thousand entries.
@@ -203,6 +280,12 @@ func (s *Set) readMetas(gen uint32, sl *Slot) ([]Container, error) {
 // another version) had. sl is what the generation holds (ContainersAndSlot
 // or ReadSlot); it is used up.
 func (s *Set) WriteSlot(sl *Slot, cs []Container) error {
+	return s.WriteSlotSeq(sl, slices.Values(cs))
+}
+
+// WriteSlotSeq is WriteSlot for containers given one by one (it goes
+// through them three times).
+func (s *Set) WriteSlotSeq(sl *Slot, cs iter.Seq[Container]) error {
 	gen := sl.Gen
 	if err := s.addBcast(cs); err != nil { // the filter covers the next generation too
 		return err
@@ -211,7 +294,7 @@ func (s *Set) WriteSlot(sl *Slot, cs []Container) error {
 	same := make([]bool, len(sl.off))
 	var changed []Container
 	var buf []byte
-	for _, c := range cs {
+	for c := range cs {
 		if have := sl.compact(c.ID); have != nil {
 			want, err := metaOf(c)
 			if err != nil {
@@ -279,10 +362,10 @@ func (s *Set) WriteSlot(sl *Slot, cs []Container) error {
 // markersOf returns the shared markers containers cs need in generation
 // gen: an owner marker per IP some of them own port ranges of, a local
 // marker per broadcast address of their subnets (each once).
-func markersOf(gen uint32, cs []Container) (partial []sockL3OwnerKey, bcast []sockL3LocalKey) {
+func markersOf(gen uint32, cs iter.Seq[Container]) (partial []sockL3OwnerKey, bcast []sockL3LocalKey) {
 	var seenP map[sockL3OwnerKey]bool
 	var seenB map[sockL3LocalKey]bool
-	for _, c := range cs {
+	for c := range cs {
 		for _, a := range c.Spec.Addresses {
 			if !a.WholeIP() {
 				k := sockL3OwnerKey{Prefixlen: 160, Gen: gen, Addr: toAddr(a.Addr)}
