@@ -29,15 +29,18 @@ the file are deleted. --dry-run prints the diff and changes nothing.`,
 			if file == "" {
 				return fmt.Errorf("apply needs -f POLICY.yaml (see examples/policy.yaml)")
 			}
+			tr := control.Trace("apply")
 			p, err := policy.Load(file)
 			if err != nil {
 				return err
 			}
+			tr.Step("load policy")
 			c, err := control.Open(g.bpffs, !dryRun)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			tr.Step("open")
 			plan, err := c.Apply(p, dryRun)
 			if err != nil {
 				return err

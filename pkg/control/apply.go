@@ -2,8 +2,9 @@ package control
 
 import (
 	"fmt"
+	"iter"
 	"slices"
-	"sort"
+	"strings"
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/maps"
@@ -34,41 +35,41 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		}
 	}
 	tr.step("validate")
-	// The active containers and, in the same pass over the metadata, what
-	// the other generation holds: the next one is written over it by
-	// difference (maps/slot.go).
-	var slot *maps.Slot
-	if !c.loaded {
-		cur, sl, err := c.st.Maps.ContainersAndSlot(c.gen, c.gen^1)
-		if err != nil {
-			return Plan{}, err
-		}
-		c.setCur(cur)
-		slot = sl
+	sv, err := c.survey(p)
+	if err != nil {
+		return Plan{}, err
 	}
 	tr.step("read containers")
-	plan := Plan{Changes: policy.Diff(c.policyOf(c.cur), p)}
-	tr.step("diff")
-	byName := make(map[string]maps.Container, len(c.cur))
-	for _, k := range c.cur {
-		byName[k.Spec.Name] = k
+	pc := p.Containers
+	// The plan: Diff of the containers that are not exactly as installed
+	// (Diff leaves identical ones out; it sees each name on its own).
+	var oldDiff, newDiff []policy.Container
+	for _, k := range sv.olds {
+		oldDiff = append(oldDiff, k.Spec)
 	}
-	for _, spec := range p.Containers {
-		if old, ok := byName[spec.Name]; ok && old.Spec.Mode != spec.Mode {
-			return plan, fmt.Errorf("container %q: its mode cannot change from %s to %s while it exists (its processes cannot move to another network stack): delete it first (remove it from the policy and apply), then add it with the new mode", spec.Name, old.Spec.Mode, spec.Mode)
+	for i := range pc {
+		if sv.id[i] == 0 || sv.old[i] >= 0 {
+			newDiff = append(newDiff, pc[i])
+		}
+	}
+	plan := Plan{Changes: policy.Diff(&policy.Policy{Containers: oldDiff}, &policy.Policy{Containers: newDiff})}
+	tr.step("diff")
+	for i, spec := range pc {
+		if o := sv.old[i]; o >= 0 && sv.olds[o].Spec.Mode != spec.Mode {
+			return plan, fmt.Errorf("container %q: its mode cannot change from %s to %s while it exists (its processes cannot move to another network stack): delete it first (remove it from the policy and apply), then add it with the new mode", spec.Name, sv.olds[o].Spec.Mode, spec.Mode)
 		}
 	}
 	// The addresses the host must not have already: those of containers
 	// that come or change (an unchanged shared container's are l3iso's),
 	// and every netns container's (they are not l3iso's on the host).
 	var checking []policy.Container
-	for _, spec := range p.Containers {
-		old, ok := byName[spec.Name]
-		if !ok || spec.Mode == policy.ModeNetns || !slices.Equal(old.Spec.Addresses, spec.Addresses) {
+	for i, spec := range pc {
+		o := sv.old[i]
+		if sv.id[i] == 0 || spec.Mode == policy.ModeNetns || (o >= 0 && !slices.Equal(sv.olds[o].Spec.Addresses, spec.Addresses)) {
 			checking = append(checking, spec)
 		}
 	}
-	if err := c.checkHostConflicts(c.cur, checking); err != nil {
+	if err := c.checkHostConflicts(sv.installed(), checking); err != nil {
 		return plan, err
 	}
 	tr.step("check host")
@@ -76,54 +77,57 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		return plan, nil
 	}
 
-	// Build the next generation: survivors keep id, cgroup and counters.
-	keep := make(map[string]bool, len(c.cur))
-	next := make([]maps.Container, 0, len(p.Containers))
-	var fresh []maps.Container
-	var freshAt []int // index of each fresh container in next
+	// The next generation: the policy's containers, survivors with their
+	// id, cgroup and counters (next(i)); new ones get free ids.
 	n := 0
-	for _, spec := range p.Containers {
-		if _, ok := byName[spec.Name]; !ok {
+	for i := range pc {
+		if sv.id[i] == 0 {
 			n++
 		}
 	}
-	ids, err := freeIDs(c.cur, n)
+	ids, err := freeIn(sv.used, n)
 	if err != nil {
 		return plan, err
 	}
-	for _, spec := range p.Containers {
-		if old, ok := byName[spec.Name]; ok {
-			keep[spec.Name] = true
-			next = append(next, maps.Container{ID: old.ID, CgroupID: old.CgroupID, Spec: spec})
-			continue
+	var fresh []maps.Container
+	var freshAt []int // index of each fresh container in the policy
+	isFresh := make([]bool, len(pc))
+	for i := range pc {
+		if sv.id[i] == 0 {
+			sv.id[i], ids = ids[0], ids[1:]
+			freshAt, isFresh[i] = append(freshAt, i), true
+			fresh = append(fresh, sv.next(i))
 		}
-		k := maps.Container{ID: ids[0], Spec: spec}
-		ids = ids[1:]
-		freshAt = append(freshAt, len(next))
-		next = append(next, k)
-		fresh = append(fresh, k)
 	}
 	var gone []maps.Container
-	for _, k := range c.cur {
-		if !keep[k.Spec.Name] {
+	for j, k := range sv.olds {
+		if sv.gone[j] {
 			gone = append(gone, k)
 		}
 	}
 	// What changes on the host: the items of the containers that go, come
 	// or change, against those of the others (hostDiff).
 	before := append([]maps.Container{}, gone...)
-	var after, same []maps.Container
-	for _, k := range next {
-		switch o, ok := byName[k.Spec.Name]; {
-		case !ok:
-			after = append(after, k)
-		case sameItems(o, k):
-			same = append(same, k)
+	var after []maps.Container
+	same := make([]bool, len(pc)) // its host items stay
+	for i := range pc {
+		switch o := sv.old[i]; {
+		case isFresh[i]:
+			after = append(after, sv.next(i))
+		case o < 0 || sameItems(sv.olds[o], sv.next(i)):
+			same[i] = true
 		default:
-			before, after = append(before, o), append(after, k)
+			before, after = append(before, sv.olds[o]), append(after, sv.next(i))
 		}
 	}
-	unconfigure, configure := hostDiff(before, after, same)
+	unconfigure, configure := hostDiff(before, after, func(yield func(maps.Container) bool) {
+		for i := range pc {
+			if same[i] && !yield(sv.next(i)) {
+				return
+			}
+		}
+	})
+	tr.step("next, host changes")
 
 	// Up to the switch, a failure leaves the active policy untouched: undo
 	// the new cgroups and counters; the next generation is purged by the
@@ -131,11 +135,6 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	// The generation that is not active: it holds the policy of the apply
 	// before last (or nothing), which no program reads.
 	newGen := c.gen ^ 1
-	if slot == nil {
-		if slot, err = c.st.Maps.ReadSlot(newGen); err != nil {
-			return plan, err
-		}
-	}
 	x := c.st.Maps.Index()
 	abort := func(err error) (Plan, error) {
 		c.st.Maps.PurgeGen(newGen)
@@ -153,11 +152,11 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	}
 	freshIDs := make([]uint32, 0, len(fresh))
 	for j, i := range freshAt {
-		if next[i].CgroupID, _, err = cgroup.Make(c.CgroupPath(next[i].Spec.Name)); err != nil {
+		if sv.cgid[i], _, err = cgroup.Make(c.CgroupPath(pc[i].Name)); err != nil {
 			return abort(err)
 		}
-		fresh[j].CgroupID = next[i].CgroupID
-		freshIDs = append(freshIDs, next[i].ID)
+		fresh[j].CgroupID = sv.cgid[i]
+		freshIDs = append(freshIDs, sv.id[i])
 	}
 	tr.step("cgroups")
 	if err := c.st.Maps.InitCountersOf(freshIDs); err != nil {
@@ -170,7 +169,7 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		}
 	}
 	tr.step("counters, index")
-	if err := c.st.Maps.WriteSlot(slot, next); err != nil {
+	if err := c.st.Maps.WriteSlotSeq(sv.slot, sv.all()); err != nil {
 		return abort(err)
 	}
 	tr.step("write next generation")
@@ -199,9 +198,12 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		}
 	}
 	readdressed := map[string]bool{}
-	for _, k := range next {
-		o, ok := byName[k.Spec.Name]
-		if !ok || !isNetns(k) || sameAddrs(vethAddrs(o), vethAddrs(k)) {
+	for i := range pc {
+		if sv.old[i] < 0 || pc[i].Mode != policy.ModeNetns {
+			continue
+		}
+		o, k := sv.olds[sv.old[i]], sv.next(i)
+		if sameAddrs(vethAddrs(o), vethAddrs(k)) {
 			continue
 		}
 		readdressed[k.Spec.Name] = true
@@ -216,10 +218,10 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	}
 
 	// After the switch: configure new addresses. The old generation stays
-	// as it is: the next apply writes over it.
-	sort.Slice(next, func(i, j int) bool { return next[i].Spec.Name < next[j].Spec.Name })
+	// as it is: the next apply writes over it. The containers are read
+	// again if this Control needs them.
 	c.gen = newGen
-	c.setCur(next)
+	c.cur, c.loaded, c.byName = nil, false, nil
 	tr.step("switch")
 	if err := c.hostItems(true, configure); err != nil {
 		return plan, fmt.Errorf("policy switched, but configuring host addresses failed (the next l3iso command retries): %w", err)
@@ -227,16 +229,16 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	// netns containers that come get their namespace, those that gain
 	// addresses get them: now that the active policy owns them.
 	var comeNetns []maps.Container
-	for _, k := range next {
-		if isNetns(k) && !keep[k.Spec.Name] {
+	for _, k := range fresh {
+		if isNetns(k) {
 			comeNetns = append(comeNetns, k)
 		}
 	}
 	if err := c.plumbAll(comeNetns); err != nil {
 		return plan, fmt.Errorf("policy switched, but %w (the next l3iso command retries)", err)
 	}
-	for _, k := range next {
-		switch {
+	for i := range pc {
+		switch k := sv.next(i); {
 		case !isNetns(k):
 		case readdressed[k.Spec.Name]:
 			if err := c.growAddrs(k); err != nil {
@@ -249,7 +251,7 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		return plan, err
 	}
 	tr.step("netns after")
-	if err := c.st.Maps.ResetBcastFilter(next); err != nil {
+	if err := c.st.Maps.ResetBcastFilterSeq(sv.all()); err != nil {
 		return plan, err
 	}
 	goneIDs := make([]uint32, 0, len(gone))
@@ -270,4 +272,103 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	}
 	defer tr.step("counters, listeners, index")
 	return plan, c.end()
+}
+
+// survey is the installed containers next to a policy: read in one pass
+// over the metadata, without decoding those that are exactly as the policy
+// has them (most of them, usually), and with what the inactive generation
+// holds (maps/slot.go).
+type survey struct {
+	p    *policy.Policy
+	id   []uint32 // by policy container: its id; 0 while it is new
+	cgid []uint64 // by policy container: its cgroup id; 0 while it is new
+	old  []int32  // by policy container: its installed version in olds if that differs, else -1
+	olds []maps.Container
+	gone []bool // by olds: not in the policy
+	used []bool // by id: in use
+	slot *maps.Slot
+}
+
+// survey reads the installed containers against policy p (validated:
+// sorted by name).
+func (c *Control) survey(p *policy.Policy) (*survey, error) {
+	pc := p.Containers
+	sv := &survey{
+		p: p, id: make([]uint32, len(pc)), cgid: make([]uint64, len(pc)), old: make([]int32, len(pc)),
+		used: make([]bool, maps.MaxContainers+1), slot: maps.NewSlot(c.gen ^ 1),
+	}
+	for i := range sv.old {
+		sv.old[i] = -1
+	}
+	var dup string
+	err := c.st.Maps.ScanMetas(c.gen, sv.slot, func(m maps.Meta) {
+		if int(m.ID()) < len(sv.used) {
+			sv.used[m.ID()] = true
+		}
+		name := m.Name()
+		i, found := slices.BinarySearchFunc(pc, name, func(c policy.Container, name string) int { return strings.Compare(c.Name, name) })
+		if !found {
+			sv.olds, sv.gone = append(sv.olds, m.Container()), append(sv.gone, true)
+			return
+		}
+		if sv.id[i] != 0 {
+			dup = pc[i].Name
+			return
+		}
+		sv.id[i], sv.cgid[i] = m.ID(), m.CgroupID()
+		if !m.Is(sv.next(i)) {
+			sv.old[i] = int32(len(sv.olds))
+			sv.olds, sv.gone = append(sv.olds, m.Container()), append(sv.gone, false)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if dup != "" {
+		return nil, fmt.Errorf("two installed containers are called %q: run `l3iso up` to repair the installation", dup)
+	}
+	slices.SortFunc(sv.olds, func(a, b maps.Container) int { return strings.Compare(a.Spec.Name, b.Spec.Name) })
+	// (gone and old follow olds: recompute them after the sort.)
+	for j := range sv.gone {
+		sv.gone[j] = true
+	}
+	for j, k := range sv.olds {
+		if i, found := slices.BinarySearchFunc(pc, k.Spec.Name, func(c policy.Container, name string) int { return strings.Compare(c.Name, name) }); found {
+			sv.old[i], sv.gone[j] = int32(j), false
+		}
+	}
+	return sv, nil
+}
+
+// next is policy container i as the next generation has it.
+func (sv *survey) next(i int) maps.Container {
+	return maps.Container{ID: sv.id[i], CgroupID: sv.cgid[i], Spec: sv.p.Containers[i]}
+}
+
+// all yields the next generation's containers (every id assigned).
+func (sv *survey) all() iter.Seq[maps.Container] {
+	return func(yield func(maps.Container) bool) {
+		for i := range sv.p.Containers {
+			if !yield(sv.next(i)) {
+				return
+			}
+		}
+	}
+}
+
+// installed yields the installed containers: those the policy has as they
+// are, and the others' installed versions.
+func (sv *survey) installed() iter.Seq[maps.Container] {
+	return func(yield func(maps.Container) bool) {
+		for i := range sv.p.Containers {
+			if sv.id[i] != 0 && sv.old[i] < 0 && !yield(sv.next(i)) {
+				return
+			}
+		}
+		for _, k := range sv.olds {
+			if !yield(k) {
+				return
+			}
+		}
+	}
 }

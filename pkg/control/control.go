@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
@@ -322,13 +323,20 @@ func (c *Control) Policy() (*policy.Policy, error) {
 }
 
 func freeIDs(used []maps.Container, n int) ([]uint32, error) {
-	taken := make(map[uint32]bool, len(used))
+	taken := make([]bool, maps.MaxContainers+1)
 	for _, k := range used {
-		taken[k.ID] = true
+		if int(k.ID) < len(taken) {
+			taken[k.ID] = true
+		}
 	}
+	return freeIn(taken, n)
+}
+
+// freeIn returns the n lowest ids (from 1) not taken.
+func freeIn(taken []bool, n int) ([]uint32, error) {
 	var out []uint32
 	for id := uint32(1); len(out) < n && int(id) <= maps.MaxContainers; id++ {
-		if !taken[id] {
+		if int(id) >= len(taken) || !taken[id] {
 			out = append(out, id)
 		}
 	}
@@ -465,7 +473,7 @@ func (c *Control) addChecked(spec policy.Container) (maps.Container, error) {
 	if err := p.Validate(); err != nil {
 		return maps.Container{}, err
 	}
-	if err := c.checkHostConflicts(c.cur, []policy.Container{spec}); err != nil {
+	if err := c.checkHostConflicts(slices.Values(c.cur), []policy.Container{spec}); err != nil {
 		return maps.Container{}, err
 	}
 	ids, err := freeIDs(c.cur, 1)

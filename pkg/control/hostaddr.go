@@ -3,6 +3,7 @@ package control
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
 	"sort"
@@ -97,12 +98,12 @@ func sameItems(o, k maps.Container) bool {
 // equals diffItems of desired(before+same) and desired(after+same), without
 // a map of every container's items: same is only scanned for the items in
 // question.
-func hostDiff(before, after, same []maps.Container) (remove, add []hostItem) {
+func hostDiff(before, after []maps.Container, same iter.Seq[maps.Container]) (remove, add []hostItem) {
 	b, a := desired(before), desired(after)
 	if len(b) == 0 && len(a) == 0 {
 		return nil, nil
 	}
-	for _, k := range same {
+	for k := range same {
 		eachItem(k, func(h hostItem) {
 			delete(b, h)
 			delete(a, h)
@@ -252,7 +253,7 @@ func (c *Control) repairHost() error {
 // and not l3iso's: taking them would break a running service. cur are the
 // installed containers (what l3iso configured is theirs), adding the
 // containers whose addresses are to be checked.
-func (c *Control) checkHostConflicts(cur []maps.Container, adding []policy.Container) error {
+func (c *Control) checkHostConflicts(cur iter.Seq[maps.Container], adding []policy.Container) error {
 	owner := map[netip.Addr]string{} // the last container that has it
 	for _, spec := range adding {
 		// netns containers too: the host routes their addresses to their
@@ -265,7 +266,7 @@ func (c *Control) checkHostConflicts(cur []maps.Container, adding []policy.Conta
 		return nil
 	}
 	// Those l3iso configured already are its own.
-	for _, k := range cur {
+	for k := range cur {
 		eachItem(k, func(h hostItem) { delete(owner, h.ip) })
 	}
 	check := make([]netip.Addr, 0, len(owner))
@@ -358,4 +359,12 @@ func whereLocal(ip netip.Addr) string {
 		}
 	}
 	return "a local route covers it: see ip route show table local"
+}
+
+// sameSpec reports whether two containers are exactly alike (multicast in
+// the same order too: policy.Diff may still find no change where this
+// finds one, never the other way round).
+func sameSpec(a, b policy.Container) bool {
+	return a.Name == b.Name && a.Mode == b.Mode && a.Loopback == b.Loopback &&
+		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Multicast, b.Multicast)
 }
