@@ -146,7 +146,7 @@ func (s *Set) ContainersAndSlot(gen, other uint32) ([]Container, *Slot, error) {
 // ReadSlot reads what generation gen holds.
 func (s *Set) ReadSlot(gen uint32) (*Slot, error) {
 	sl := newSlot(gen)
-	if _, err := s.readMetas(gen^1, sl); err != nil {
+	if err := s.ScanMetas(gen^1, sl, func(Meta) {}); err != nil {
 		return nil, err
 	}
 	return sl, nil
