@@ -216,7 +216,6 @@ func at(lines []int, i, fallback int) int {
 
 // owned is one address of one container, for the ownership check.
 type owned struct {
-	addr netip.Addr
 	c, j int32 // container, index of the address in it
 }
 
@@ -335,18 +334,19 @@ func validate(p *Policy, src *source) error {
 	next = 0
 	for i := range p.Containers {
 		c := &p.Containers[i]
-		for j, a := range c.Addresses {
+		for j := range c.Addresses {
 			if first[i] < 0 && validAddr[next+j] {
-				ents = append(ents, owned{addr: a.Addr, c: int32(i), j: int32(j)})
+				ents = append(ents, owned{c: int32(i), j: int32(j)})
 			}
 		}
 		next += len(c.Addresses)
 	}
-	slices.SortStableFunc(ents, func(a, b owned) int { return a.addr.Compare(b.addr) })
+	addrOf := func(o owned) netip.Addr { return p.Containers[o.c].Addresses[o.j].Addr }
+	slices.SortStableFunc(ents, func(a, b owned) int { return addrOf(a).Compare(addrOf(b)) })
 	var conflicts []conflict
 	var kept []owned // the owners of the current IP so far
 	for k, e := range ents {
-		if k == 0 || e.addr != ents[k-1].addr {
+		if k == 0 || addrOf(e) != addrOf(ents[k-1]) {
 			kept = kept[:0]
 		}
 		a := p.Containers[e.c].Addresses[e.j]
