@@ -134,7 +134,7 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	// next reconcile (or right here).
 	// The generation that is not active: it holds the policy of the apply
 	// before last (or nothing), which no program reads.
-	newGen := c.gen ^ 1
+	newGen := maps.OtherGen(c.gen)
 	x := c.st.Maps.Index()
 	abort := func(err error) (Plan, error) {
 		c.st.Maps.PurgeGen(newGen)
@@ -295,7 +295,7 @@ func (c *Control) survey(p *policy.Policy) (*survey, error) {
 	pc := p.Containers
 	sv := &survey{
 		p: p, id: make([]uint32, len(pc)), cgid: make([]uint64, len(pc)), old: make([]int32, len(pc)),
-		used: make([]bool, maps.MaxContainers+1), slot: maps.NewSlot(c.gen ^ 1),
+		used: make([]bool, maps.MaxContainers+1), slot: maps.NewSlot(maps.OtherGen(c.gen)),
 	}
 	for i := range sv.old {
 		sv.old[i] = -1

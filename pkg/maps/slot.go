@@ -13,8 +13,8 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// A policy push alternates between two generation numbers, g and g^1 (see
-// ARCHITECTURE.md, "Atomic pushes"). The generation an apply switches away
+// A policy push alternates between two generation numbers, g and
+// OtherGen(g) (see ARCHITECTURE.md, "Atomic pushes"). The generation an apply switches away
 // from is not deleted: it stays as it was, unread by the programs, and the
 // next apply writes its policy over it by difference — only the entries of
 // containers that differ from what that generation holds are written, and
@@ -26,6 +26,12 @@ import (
 // metadata of a generation describes exactly the entries it has (Insert,
 // Remove and WriteSlot keep them together, and a repair after a crash
 // deletes every generation but the active one).
+
+// OtherGen is the generation an apply switches to from generation g, and
+// back: g with its top bit flipped. (An l3iso from before this scheme
+// writes generation g+1 and deletes g: never the other one, which it would
+// otherwise write over without knowing what it holds.)
+func OtherGen(g uint32) uint32 { return g ^ 1<<31 }
 
 // Slot is the content of the generation an apply writes next.
 type Slot struct {
@@ -146,7 +152,7 @@ func (s *Set) ContainersAndSlot(gen, other uint32) ([]Container, *Slot, error) {
 // ReadSlot reads what generation gen holds.
 func (s *Set) ReadSlot(gen uint32) (*Slot, error) {
 	sl := newSlot(gen)
-	if err := s.ScanMetas(gen^1, sl, func(Meta) {}); err != nil {
+	if err := s.ScanMetas(OtherGen(gen), sl, func(Meta) {}); err != nil {
 		return nil, err
 	}
 	return sl, nil
