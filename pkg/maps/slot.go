@@ -45,10 +45,12 @@ type Slot struct {
 const slotChunk = 256 << 10
 
 // The layout of sockL3Meta that compactMeta relies on: a fixed head, then
-// the address specs, then the multicast prefixes.
+// the address specs, then the multicast prefixes, then (should the struct
+// grow) a fixed tail.
 var (
 	metaHead  = int(unsafe.Offsetof(sockL3Meta{}.Addrs))
 	metaMcast = int(unsafe.Offsetof(sockL3Meta{}.Mcast))
+	metaTail  = metaMcast + int(unsafe.Sizeof(sockL3Meta{}.Mcast))
 	specSize  = int(unsafe.Sizeof(sockL3AddrSpec{}))
 	groupSize = int(unsafe.Sizeof(sockL3Prefix{}))
 )
@@ -68,7 +70,8 @@ func compactMeta(b []byte, v *sockL3Meta) []byte {
 	raw := metaRaw(v)
 	na, ng := metaCounts(v)
 	b = append(b, raw[:metaHead+na*specSize]...)
-	return append(b, raw[metaMcast:metaMcast+ng*groupSize]...)
+	b = append(b, raw[metaMcast:metaMcast+ng*groupSize]...)
+	return append(b, raw[metaTail:]...)
 }
 
 // expandMeta is the inverse of compactMeta; it returns the value and the
@@ -80,7 +83,9 @@ func expandMeta(b []byte) (v sockL3Meta, n int) {
 	n = metaHead + na*specSize
 	copy(raw[metaHead:], b[metaHead:n])
 	copy(raw[metaMcast:], b[n:n+ng*groupSize])
-	return v, n + ng*groupSize
+	n += ng * groupSize
+	copy(raw[metaTail:], b[n:])
+	return v, n + len(raw) - metaTail
 }
 
 func newSlot(gen uint32) *Slot {
@@ -118,7 +123,7 @@ func (sl *Slot) compact(id uint32) []byte {
 	}
 	na := min(int(b[unsafe.Offsetof(sockL3Meta{}.Naddrs)]), len(sockL3Meta{}.Addrs))
 	ng := min(int(b[unsafe.Offsetof(sockL3Meta{}.Nmcast)]), len(sockL3Meta{}.Mcast))
-	return b[:metaHead+na*specSize+ng*groupSize]
+	return b[:metaHead+na*specSize+ng*groupSize+int(unsafe.Sizeof(sockL3Meta{}))-metaTail]
 }
 
 // container decodes container id of the slot.
