@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -511,7 +512,44 @@ func delBatch[K any](m *ebpf.Map, name string, ks []K) error {
 
 // Containers reads the containers of generation gen from l3_metas, by name.
 // It reads in batches: one system call per thousand containers.
-func (s *Set) Containers(gen uint32) ([]Container, error) { return s.readMetas(gen, nil) }
+func (s *Set) Containers(gen uint32) ([]Container, error) {
+	var (
+		chunks [][]Container // one per batch: no slice of 10,000 grown step by step
+		total  int
+		cursor ebpf.MapBatchCursor
+		keys   = make([]sockL3MetaKey, 1024)
+		vals   = make([]sockL3Meta, 1024)
+	)
+	for {
+		n, err := s.Metas.BatchLookup(&cursor, keys, vals, nil)
+		chunk := make([]Container, 0, n)
+		for i := 0; i < n; i++ {
+			if keys[i].Gen == gen {
+				chunk = append(chunk, decodeMeta(keys[i].Id, &vals[i]))
+			}
+		}
+		chunks, total = append(chunks, chunk), total+len(chunk)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read map l3_metas: %w", err)
+		}
+	}
+	// Sort pointers, then copy each container once, in order.
+	ptrs := make([]*Container, 0, total)
+	for _, c := range chunks {
+		for i := range c {
+			ptrs = append(ptrs, &c[i])
+		}
+	}
+	slices.SortFunc(ptrs, func(a, b *Container) int { return strings.Compare(a.Spec.Name, b.Spec.Name) })
+	out := make([]Container, len(ptrs))
+	for i, p := range ptrs {
+		out[i] = *p
+	}
+	return out, nil
+}
 
 func decodeMeta(id uint32, v *sockL3Meta) Container {
 	n := 0

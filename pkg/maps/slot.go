@@ -7,7 +7,6 @@ import (
 	"iter"
 	"runtime"
 	"slices"
-	"strings"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -143,17 +142,6 @@ func (sl *Slot) Len() int {
 	return n
 }
 
-// ContainersAndSlot reads, in one pass over l3_metas, the containers of
-// generation gen (as Containers does) and what generation other holds.
-func (s *Set) ContainersAndSlot(gen, other uint32) ([]Container, *Slot, error) {
-	sl := newSlot(other)
-	cs, err := s.readMetas(gen, sl)
-	if err != nil {
-		return nil, nil, err
-	}
-	return cs, sl, nil
-}
-
 // ReadSlot reads what generation gen holds.
 func (s *Set) ReadSlot(gen uint32) (*Slot, error) {
 	sl := newSlot(gen)
@@ -239,57 +227,12 @@ func (s *Set) ScanMetas(gen uint32, sl *Slot, visit func(Meta)) error {
 // NewSlot returns an empty slot for generation gen, for ScanMetas to fill.
 func NewSlot(gen uint32) *Slot { return newSlot(gen) }
 
-// readMetas returns the containers of generation gen, by name, and puts
-// those of generation sl.Gen (if sl is not nil) in sl. It reads in batches:
-// one system call per thousand entries.
-func (s *Set) readMetas(gen uint32, sl *Slot) ([]Container, error) {
-	var (
-		chunks [][]Container // one per batch: no slice of 10,000 grown step by step
-		total  int
-		cursor ebpf.MapBatchCursor
-		keys   = make([]sockL3MetaKey, 1024)
-		vals   = make([]sockL3Meta, 1024)
-	)
-	for {
-		n, err := s.Metas.BatchLookup(&cursor, keys, vals, nil)
-		chunk := make([]Container, 0, n)
-		for i := 0; i < n; i++ {
-			switch {
-			case keys[i].Gen == gen:
-				chunk = append(chunk, decodeMeta(keys[i].Id, &vals[i]))
-			case sl != nil && keys[i].Gen == sl.Gen:
-				sl.put(keys[i].Id, &vals[i])
-			}
-		}
-		chunks, total = append(chunks, chunk), total+len(chunk)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read map l3_metas: %w", err)
-		}
-	}
-	// Sort pointers, then copy each container once, in order.
-	ptrs := make([]*Container, 0, total)
-	for _, c := range chunks {
-		for i := range c {
-			ptrs = append(ptrs, &c[i])
-		}
-	}
-	slices.SortFunc(ptrs, func(a, b *Container) int { return strings.Compare(a.Spec.Name, b.Spec.Name) })
-	out := make([]Container, len(ptrs))
-	for i, p := range ptrs {
-		out[i] = *p
-	}
-	return out, nil
-}
-
 // WriteSlot makes generation sl.Gen, which no program reads, hold exactly
 // containers cs: it writes the entries of the containers whose metadata
 // there differs (or is missing), writes the shared markers cs need, and
 // deletes the entries that only containers no longer there (or there in
-// another version) had. sl is what the generation holds (ContainersAndSlot
-// or ReadSlot); it is used up.
+// another version) had. sl is what the generation holds (ReadSlot, or
+// ScanMetas); it is used up.
 func (s *Set) WriteSlot(sl *Slot, cs []Container) error {
 	return s.WriteSlotSeq(sl, slices.Values(cs))
 }

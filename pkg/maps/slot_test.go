@@ -136,9 +136,15 @@ func TestWriteSlot(t *testing.T) {
 		if d := diffLines(dumpGen(t, s, 1), want1); d != "" {
 			t.Errorf("policy %d: WriteSlot touched the active generation:\n%s", i, d)
 		}
-		cur, sl2, err := s.ContainersAndSlot(1, 0)
-		if err != nil || len(cur) != 1 || sl2.Len() != len(cs) {
-			t.Errorf("policy %d: ContainersAndSlot: %d active, %d in the slot (want %d), %v", i, len(cur), sl2.Len(), len(cs), err)
+		active, sl2 := 0, NewSlot(0)
+		err = s.ScanMetas(1, sl2, func(m Meta) {
+			if m.Name() != "active" || !m.Is(container(9, "active", "10.99.0.1/24")) {
+				t.Errorf("policy %d: ScanMetas: active container %q is not as inserted", i, m.Name())
+			}
+			active++
+		})
+		if err != nil || active != 1 || sl2.Len() != len(cs) {
+			t.Errorf("policy %d: ScanMetas: %d active, %d in the slot (want %d), %v", i, active, sl2.Len(), len(cs), err)
 		}
 		if err := ref.DeleteGen(0, cs); err != nil {
 			t.Fatal(err)
