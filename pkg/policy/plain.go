@@ -7,7 +7,7 @@ import (
 
 // parsePlain reads the one shape policy files are generated in — and most
 // are written in — straight into containers, without the YAML node tree
-// the general path builds (fastDecode, then the builder): for 10,000
+// the general path builds (yaml.v3, then the builder): for 10,000
 // containers that tree is ~75,000 nodes of 150 bytes, most of what parsing
 // a file cost, and a fresh page of memory costs as much as the rest of the
 // work on it. What it reads, each construct on one line (comments and blank
@@ -454,4 +454,19 @@ func (pp *plainParser) takeInts(lines []int) []int {
 	pp.ints = pp.ints[n:]
 	copy(s, lines)
 	return s
+}
+
+// The characters of the plain keys and values parsePlain reads: a key is
+// [A-Za-z0-9_][A-Za-z0-9_.-]*, a plain value starts with a letter or a
+// digit and goes on with [A-Za-z0-9._/:+-].
+func isKeyChar(ch byte) bool {
+	return isAlnum(ch) || ch == '_' || ch == '-' || ch == '.'
+}
+
+func isAlnum(ch byte) bool {
+	return ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9'
+}
+
+func isPlainChar(ch byte) bool {
+	return isAlnum(ch) || ch == '.' || ch == '_' || ch == '/' || ch == ':' || ch == '+' || ch == '-'
 }

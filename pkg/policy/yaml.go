@@ -61,8 +61,8 @@ func parse(filename string, data []byte, text string) (*Policy, error) {
 	return parseGeneral(filename, data)
 }
 
-// parseGeneral is Parse for any YAML: the document's nodes (fastDecode or
-// yaml.v3), then the builder, which words every problem.
+// parseGeneral is Parse for any YAML: the document's nodes (yaml.v3), then
+// the builder, which words every problem.
 func parseGeneral(filename string, data []byte) (*Policy, error) {
 	root, err := decodeYAML(data)
 	if err != nil {
@@ -88,16 +88,8 @@ func (e *extraDocumentError) Error() string {
 }
 
 // decodeYAML returns the root node of data's only document, or nil for an
-// empty document. Plain policy files take a fast path (fastyaml.go).
+// empty document.
 func decodeYAML(data []byte) (*yaml.Node, error) {
-	if root, ok := fastDecode(data); ok {
-		return root, nil
-	}
-	return decodeYAMLv3(data)
-}
-
-// decodeYAMLv3 is decodeYAML by yaml.v3 alone.
-func decodeYAMLv3(data []byte) (*yaml.Node, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
