@@ -12,8 +12,9 @@
  *
  * Policy maps carry a generation number in their keys. Programs read the
  * active generation once per invocation (l3_config[0].gen) and do every
- * lookup in it, so a policy push — write generation N+1, flip gen, delete
- * generation N — is atomic for every bind, connect and packet.
+ * lookup in it, so a policy push — write the inactive generation, then
+ * flip gen (docs/ARCHITECTURE.md, "Atomic pushes") — is atomic for every
+ * bind, connect and packet.
  */
 #ifndef L3ISO_H
 #define L3ISO_H

@@ -182,6 +182,34 @@ static __always_inline int addr_eq(const struct l3_addr *a, const struct l3_addr
 	       a->w[3] == b->w[3];
 }
 
+/*
+ * Where container id (1..L3_MAX_CONTAINERS) has its registry entry for a
+ * family: the page of l3_listen, and the slot in it (struct l3_lset).
+ */
+static __always_inline __u32 lpage_of(__u32 id)
+{
+	return (id - 1) / L3_LPAGE_IDS;
+}
+
+static __always_inline __u32 lslot_of(__u32 id, int v6)
+{
+	return ((id - 1) % L3_LPAGE_IDS) * 2 + (v6 ? 1 : 0);
+}
+
+/*
+ * Free slot s of page pg (under the page's lock); the page's bit in sum
+ * goes with its last entry.
+ */
+static __always_inline void lset_free(struct l3_lset *v, struct l3_lpages *sum, __u32 pg,
+				      __u32 s)
+{
+	v->e[s].id = 0;
+	v->e[s].refs = 0;
+	v->used &= ~(1ULL << s);
+	if (!v->used && sum)
+		__sync_fetch_and_and(&sum->pages[pg / 64], ~(1ULL << (pg % 64)));
+}
+
 /* The l3_listen key of broadcast listeners: 255.255.255.255, mapped. */
 static __always_inline void bcast_key(struct l3_addr *a)
 {

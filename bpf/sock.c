@@ -333,13 +333,12 @@ static __always_inline int reg_add(const struct l3_addr *group, __u16 port, __u3
 	struct l3_lpages *sum;
 	struct l3_lset *v;
 	struct l3_lent *e;
-	__u32 n, pg, slot;
+	__u32 pg, slot;
 
 	if (!id || id > L3_MAX_CONTAINERS)
 		return -1;
-	n = id - 1;
-	pg = n / L3_LPAGE_IDS;
-	slot = (n % L3_LPAGE_IDS) * 2 + !addr_is_mapped(addr);
+	pg = lpage_of(id);
+	slot = lslot_of(id, !addr_is_mapped(addr));
 	sum = lookup_or_make(&l3_lsum, &k, &lsum_zero);
 	if (!sum)
 		return -1;
@@ -370,13 +369,12 @@ static __always_inline void reg_del(const struct l3_addr *group, __u16 port, __u
 	struct l3_lpages *sum;
 	struct l3_lset *v;
 	struct l3_lent *e;
-	__u32 n, pg, slot;
+	__u32 pg, slot;
 
 	if (!id || id > L3_MAX_CONTAINERS)
 		return;
-	n = id - 1;
-	pg = n / L3_LPAGE_IDS;
-	slot = (n % L3_LPAGE_IDS) * 2 + !addr_is_mapped(addr);
+	pg = lpage_of(id);
+	slot = lslot_of(id, !addr_is_mapped(addr));
 	sum = bpf_map_lookup_elem(&l3_lsum, &k);
 	if (!sum)
 		return;
@@ -387,15 +385,10 @@ static __always_inline void reg_del(const struct l3_addr *group, __u16 port, __u
 	e = &v->e[slot];
 	bpf_spin_lock(&v->lock);
 	if (e->id == id) {
-		if (e->refs > 1) {
+		if (e->refs > 1)
 			e->refs--;
-		} else {
-			e->refs = 0;
-			e->id = 0;
-			v->used &= ~(1ULL << slot);
-			if (!v->used)
-				__sync_fetch_and_and(&sum->pages[pg / 64], ~(1ULL << (pg % 64)));
-		}
+		else
+			lset_free(v, sum, pg, slot);
 	}
 	bpf_spin_unlock(&v->lock);
 }

@@ -552,11 +552,10 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 		skb->mark = 0;
 		if (id && id <= L3_MAX_CONTAINERS) {
 			/* its entry's fixed place (struct l3_lset) */
-			__u32 n = id - 1, slot;
+			__u32 slot = lslot_of(id, !addr_is_mapped(&dst));
 			struct l3_lset *pv;
 
-			slot = (n % L3_LPAGE_IDS) * 2 + !addr_is_mapped(&dst);
-			k.page = n / L3_LPAGE_IDS;
+			k.page = lpage_of(id);
 			pv = bpf_map_lookup_elem(&l3_listen, &k);
 			if (pv && slot < L3_LPAGE_SLOTS && pv->e[slot].id == id) {
 				own = pv->e[slot].addr;
@@ -813,16 +812,15 @@ int l3_purge(struct __sk_buff *skb)
 	struct l3_purge_req r;
 	struct l3_lpages *sum;
 	struct l3_lset *v;
-	__u32 n, pg, s, removed = 0;
+	__u32 pg, s, removed = 0;
 
 #ifdef L3ISO_VARIANT
 	asm volatile("r0 = 0" ::: "r0"); /* the upgrade test's "older binary" */
 #endif
 	if (bpf_skb_load_bytes(skb, 0, &r, sizeof(r)) || !r.id || r.id > L3_MAX_CONTAINERS)
 		return 0;
-	n = r.id - 1;
-	pg = n / L3_LPAGE_IDS;
-	s = (n % L3_LPAGE_IDS) * 2;
+	pg = lpage_of(r.id);
+	s = lslot_of(r.id, 0);
 	r.key.page = pg;
 	r.key.pad = 0;
 	v = bpf_map_lookup_elem(&l3_listen, &r.key);
@@ -832,19 +830,13 @@ int l3_purge(struct __sk_buff *skb)
 	sum = bpf_map_lookup_elem(&l3_lsum, &r.key);
 	bpf_spin_lock(&v->lock);
 	if (v->e[s].id == r.id) {
-		v->e[s].id = 0;
-		v->e[s].refs = 0;
-		v->used &= ~(1ULL << s);
+		lset_free(v, sum, pg, s);
 		removed++;
 	}
 	if (v->e[s + 1].id == r.id) {
-		v->e[s + 1].id = 0;
-		v->e[s + 1].refs = 0;
-		v->used &= ~(1ULL << (s + 1));
+		lset_free(v, sum, pg, s + 1);
 		removed++;
 	}
-	if (!v->used && sum)
-		__sync_fetch_and_and(&sum->pages[pg / 64], ~(1ULL << (pg % 64)));
 	bpf_spin_unlock(&v->lock);
 	return removed;
 }
