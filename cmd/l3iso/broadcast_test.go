@@ -127,6 +127,33 @@ func (g *groupEnv) expect(t *testing.T, what string, socks, others [5]int, want 
 	}
 }
 
+// bindAll gives each container a UDP socket of family fam on otherPort and
+// the first listening ones a socket on grpPort (-1 for the others), bound
+// to the wildcard.
+func (g *groupEnv) bindAll(t *testing.T, fam, listening int) (socks, others [5]int) {
+	t.Helper()
+	for i, a := range g.agents {
+		socks[i] = -1
+		if i < listening {
+			socks[i] = udpBound(t, a, fam, grpPort)
+		}
+		others[i] = udpBound(t, a, fam, otherPort)
+	}
+	return socks, others
+}
+
+// closeAll closes what bindAll opened and is still open (socks[i] >= 0):
+// defer it with the caller's arrays, which a test updates when it closes
+// a socket itself.
+func (g *groupEnv) closeAll(socks, others *[5]int) {
+	for i, a := range g.agents {
+		if socks[i] >= 0 {
+			a.Close(socks[i])
+		}
+		a.Close(others[i])
+	}
+}
+
 func (g *groupEnv) listeners(t *testing.T) []listenerJSON {
 	t.Helper()
 	return g.status().Listeners
@@ -137,14 +164,7 @@ func (g *groupEnv) listeners(t *testing.T) []listenerJSON {
 func TestBroadcastShared(t *testing.T) {
 	g := newGroupEnv(t)
 	const n = 5
-	var socks, others [5]int
-	for i, a := range g.agents {
-		socks[i] = -1
-		if i < 2 {
-			socks[i] = udpBound(t, a, unix.AF_INET, grpPort)
-		}
-		others[i] = udpBound(t, a, unix.AF_INET, otherPort)
-	}
+	socks, others := g.bindAll(t, unix.AF_INET, 2)
 	ls := g.listeners(t)
 	if len(ls) != 2*1+5 { // c1, c2 on grpPort; everyone on otherPort
 		t.Errorf("registry has %d entries, want 7: %+v", len(ls), ls)
@@ -261,22 +281,8 @@ func TestMulticastShared(t *testing.T) {
 		{unix.AF_INET6, group6, outside6, netip.MustParseAddr("ff1e::4c33")},
 	} {
 		t.Run(tc.group.String(), func(t *testing.T) {
-			var socks, others [5]int
-			for i, a := range g.agents {
-				socks[i] = -1
-				if i < 3 {
-					socks[i] = udpBound(t, a, tc.fam, grpPort)
-				}
-				others[i] = udpBound(t, a, tc.fam, otherPort)
-			}
-			defer func() {
-				for i, a := range g.agents {
-					if socks[i] >= 0 {
-						a.Close(socks[i])
-					}
-					a.Close(others[i])
-				}
-			}()
+			socks, others := g.bindAll(t, tc.fam, 3)
+			defer g.closeAll(&socks, &others)
 			// Policy: c5 may join nothing; nobody may join tc.other.
 			x := udpBound(t, g.agents[4], tc.fam, grpPort+2)
 			if err := g.agents[4].JoinGroup(x, tc.group, 0); !errors.Is(err, unix.EPERM) {
@@ -382,17 +388,12 @@ func newNetnsGroupEnv(t *testing.T) *groupEnv {
 func TestGroupNetns(t *testing.T) {
 	g := newNetnsGroupEnv(t)
 	const n = 4
-	var socks, others [5]int
-	for i, a := range g.agents {
-		socks[i] = -1
-		if i < 2 {
-			socks[i] = udpBound(t, a, unix.AF_INET, grpPort)
-			// Its own stack: the wildcard bind stays a wildcard.
-			if la, err := a.SockName(socks[i]); err != nil || !la.Addr().IsUnspecified() {
-				t.Errorf("n%d: wildcard bind shows %v, %v; want 0.0.0.0", i+1, la, err)
-			}
+	socks, others := g.bindAll(t, unix.AF_INET, 2)
+	for i := 0; i < 2; i++ {
+		// Its own stack: the wildcard bind stays a wildcard.
+		if la, err := g.agents[i].SockName(socks[i]); err != nil || !la.Addr().IsUnspecified() {
+			t.Errorf("n%d: wildcard bind shows %v, %v; want 0.0.0.0", i+1, la, err)
 		}
-		others[i] = udpBound(t, a, unix.AF_INET, otherPort)
 	}
 	o := g.out.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 	if err := g.out.SetBroadcast(o, true); err != nil {

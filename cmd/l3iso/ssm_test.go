@@ -83,22 +83,8 @@ func TestMulticastSourceShared(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			fam := family(tc.group)
 			dst := netip.AddrPortFrom(tc.group, grpPort)
-			var socks, others [5]int
-			for i, a := range g.agents {
-				socks[i] = -1
-				if i < 3 {
-					socks[i] = udpBound(t, a, fam, grpPort)
-				}
-				others[i] = udpBound(t, a, fam, otherPort)
-			}
-			defer func() {
-				for i, a := range g.agents {
-					if socks[i] >= 0 {
-						a.Close(socks[i])
-					}
-					a.Close(others[i])
-				}
-			}()
+			socks, others := g.bindAll(t, fam, 3)
+			defer g.closeAll(&socks, &others)
 			c1, c2, c3 := g.agents[0], g.agents[1], g.agents[2]
 
 			// The policy holds for source-specific joins as for any other.
@@ -266,22 +252,8 @@ func TestGroupNetnsSource(t *testing.T) {
 		t.Run(tc.group.String(), func(t *testing.T) {
 			fam := family(tc.group)
 			dst := netip.AddrPortFrom(tc.group, grpPort)
-			var socks, others [5]int
-			for i, a := range g.agents {
-				socks[i] = -1
-				if i < 2 {
-					socks[i] = udpBound(t, a, fam, grpPort)
-				}
-				others[i] = udpBound(t, a, fam, otherPort)
-			}
-			defer func() {
-				for i, a := range g.agents {
-					if socks[i] >= 0 {
-						a.Close(socks[i])
-					}
-					a.Close(others[i])
-				}
-			}()
+			socks, others := g.bindAll(t, fam, 2)
+			defer g.closeAll(&socks, &others)
 			join := unix.MCAST_JOIN_SOURCE_GROUP
 			if fam == unix.AF_INET {
 				join = unix.IP_ADD_SOURCE_MEMBERSHIP

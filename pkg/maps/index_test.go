@@ -189,13 +189,7 @@ func lookupIn(t *testing.T, x *Index, name string) uint32 {
 // leaves the markers of a subnet others are on; DeleteGen empties a
 // generation.
 func TestInsertNextRemoveSole(t *testing.T) {
-	sockprobe.RequirePrivileged(t)
-	rlimit.RemoveMemlock()
-	s, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newTestSet(t)
 	var cs []Container
 	for i := uint32(1); i <= 3000; i++ { // enough to be written in parts
 		a := netip.AddrFrom4([4]byte{10, 80, byte(i >> 8), byte(i)})

@@ -83,17 +83,25 @@ func TestHeaderConstants(t *testing.T) {
 	}
 }
 
-// TestInsertRemove writes containers into real maps and checks that Remove
-// and DeleteGen leave nothing behind, and the shared-IP marker lives as
-// long as one owner of a port range does.
-func TestInsertRemove(t *testing.T) {
+// newTestSet makes a private set of maps (pinned nowhere), closed when the
+// test ends; the test needs root.
+func newTestSet(t *testing.T) *Set {
+	t.Helper()
 	sockprobe.RequirePrivileged(t)
 	rlimit.RemoveMemlock()
 	s, err := New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestInsertRemove writes containers into real maps and checks that Remove
+// and DeleteGen leave nothing behind, and the shared-IP marker lives as
+// long as one owner of a port range does.
+func TestInsertRemove(t *testing.T) {
+	s := newTestSet(t)
 	mk := func(id uint32, name string, addrs ...string) Container {
 		c := Container{ID: id, CgroupID: uint64(1000 + id), Spec: policy.Container{Name: name, Mode: policy.ModeShared, Loopback: policy.LoopbackIsolated}}
 		for _, a := range addrs {
@@ -176,13 +184,7 @@ func TestInsertRemove(t *testing.T) {
 // TestRepair: orphans of a dead command and other generations' entries go;
 // the containers' own entries stay (or come back).
 func TestRepair(t *testing.T) {
-	sockprobe.RequirePrivileged(t)
-	rlimit.RemoveMemlock()
-	s, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newTestSet(t)
 	mk := func(id uint32, name, addr string) Container {
 		a, _ := policy.ParseAddress(addr)
 		return Container{ID: id, CgroupID: uint64(1000 + id), Spec: policy.Container{Name: name, Mode: policy.ModeShared, Loopback: policy.LoopbackIsolated, Addresses: []policy.Address{a}}}

@@ -9,9 +9,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/rlimit"
 
-	"github.com/l3iso/l3iso/internal/sockprobe"
 	"github.com/l3iso/l3iso/pkg/policy"
 )
 
@@ -64,18 +62,8 @@ func dumpGen(t *testing.T, s *Set, gen uint32) []string {
 // reuse ids, move an IP between whole and port-range ownership, and share
 // subnets between containers that stay and containers that go.
 func TestWriteSlot(t *testing.T) {
-	sockprobe.RequirePrivileged(t)
-	rlimit.RemoveMemlock()
-	s, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ref, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ref.Close()
+	s := newTestSet(t)
+	ref := newTestSet(t)
 
 	mode := func(c Container, m policy.Mode) Container { c.Spec.Mode = m; return c }
 	host := func(c Container) Container { c.Spec.Loopback = policy.LoopbackHost; return c }

@@ -7,9 +7,6 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/rlimit"
-
-	"github.com/l3iso/l3iso/internal/sockprobe"
 )
 
 // TC return codes (linux/pkt_cls.h).
@@ -54,13 +51,7 @@ func frame(dstMAC net.HardwareAddr, src, dst string) []byte {
 // on lo: ifindex 1 plays the container's host-side veth) and checks the
 // verdict and the counter of every path that does not need a route lookup.
 func TestTCVerdicts(t *testing.T) {
-	sockprobe.RequirePrivileged(t)
-	rlimit.RemoveMemlock()
-	s, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newTestSet(t)
 	spec, err := TCSpec()
 	if err != nil {
 		t.Fatal(err)
