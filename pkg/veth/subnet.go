@@ -178,19 +178,22 @@ func setAddrs(container string, addrs []netip.Prefix, viaGateway bool) error {
 	}
 	peerMAC, idx := eth0.Attrs().HardwareAddr, dev.Attrs().Index
 	// Old ones first: an IPv6 address whose prefix changes must go before
-	// it can come back with the new one.
+	// it can come back with the new one. The address on eth0 is what the
+	// next run compares with (have), so it goes after the host's route
+	// and neighbour entry and comes before them: a run that dies half way
+	// leaves nothing the next one would skip.
 	for _, p := range have {
 		if want[p] {
 			continue
-		}
-		if err := ns.AddrDel(eth0, &netlink.Addr{IPNet: ipNet(p)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			return fmt.Errorf("delete address %v from %s in netns %s: %w", p, PeerIfName, NetnsName(container), err)
 		}
 		if err := host.RouteDel(hostRoute(p.Addr(), idx)); err != nil && !isNotFound(err) {
 			return fmt.Errorf("delete host route %v: %w", HostPrefix(p.Addr()), err)
 		}
 		if err := delNeigh(host, idx, p.Addr()); err != nil {
 			return fmt.Errorf("delete host neighbour %v: %w", p.Addr(), err)
+		}
+		if err := ns.AddrDel(eth0, &netlink.Addr{IPNet: ipNet(p)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("delete address %v from %s in netns %s: %w", p, PeerIfName, NetnsName(container), err)
 		}
 	}
 	had := map[netip.Prefix]bool{}
@@ -201,18 +204,18 @@ func setAddrs(container string, addrs []netip.Prefix, viaGateway bool) error {
 		if had[p] {
 			continue
 		}
+		if err := setNeigh(host, idx, p.Addr(), peerMAC); err != nil {
+			return fmt.Errorf("add host neighbour %v lladdr %v dev %s: %w", p.Addr(), peerMAC, dev.Attrs().Name, err)
+		}
+		if err := host.RouteReplace(hostRoute(p.Addr(), idx)); err != nil {
+			return fmt.Errorf("add host route %v dev %s: %w", HostPrefix(p.Addr()), dev.Attrs().Name, err)
+		}
 		a := &netlink.Addr{IPNet: ipNet(p)}
 		if p.Addr().Is6() {
 			a.Flags = unix.IFA_F_NODAD
 		}
 		if err := ns.AddrAdd(eth0, a); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add address %v to %s in netns %s: %w", p, PeerIfName, NetnsName(container), err)
-		}
-		if err := setNeigh(host, idx, p.Addr(), peerMAC); err != nil {
-			return fmt.Errorf("add host neighbour %v lladdr %v dev %s: %w", p.Addr(), peerMAC, dev.Attrs().Name, err)
-		}
-		if err := host.RouteReplace(hostRoute(p.Addr(), idx)); err != nil {
-			return fmt.Errorf("add host route %v dev %s: %w", HostPrefix(p.Addr()), dev.Attrs().Name, err)
 		}
 	}
 	has4, has6 := families(addrs)

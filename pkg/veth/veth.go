@@ -253,6 +253,7 @@ const (
 	stepAddrs      = "add container addresses"
 	stepGateways   = "add gateway neighbours and default routes"
 	stepHostRoutes = "add host routes and neighbours"
+	stepAlias      = "mark the host veth as the container's"
 )
 
 // creation tracks what Create has made so far, to undo it on failure.
@@ -332,6 +333,7 @@ func create(s Spec) (ep *Endpoint, err error) {
 		{stepAddrs, c.addAddrs},
 		{stepGateways, c.addGateways},
 		{stepHostRoutes, c.addHostRoutes},
+		{stepAlias, c.setAlias},
 	}
 	for _, st := range steps {
 		if err := st.fn(); err != nil {
@@ -425,10 +427,6 @@ func (c *creation) makeVeth() error {
 		return fmt.Errorf("add veth pair %s: the kernel did not report its interface index", c.hostIf)
 	}
 	c.hostIndex = v.Index
-	// The kernel ignores IFLA_IFALIAS in RTM_NEWLINK, so set it apart.
-	if err := c.host.LinkSetAlias(v, aliasPrefix+c.name); err != nil {
-		return fmt.Errorf("set alias of %s: %w", c.hostIf, err)
-	}
 	// No link-local address (and so no DAD, router solicitations or MLD
 	// reports) on the host side: the host needs no IPv6 address there.
 	// Set before the peer comes up, i.e. before the carrier would trigger
@@ -550,6 +548,20 @@ func (c *creation) addHostRoutes() error {
 	return nil
 }
 
+// setAlias names the container in the host veth's alias. It comes last:
+// the alias is what makes Lookup take the veth for the container's, so a
+// container whose add died before this point (eth0 down, addresses or
+// routes missing) is incomplete and gets made again, never half used. The
+// kernel ignores IFLA_IFALIAS in RTM_NEWLINK, so it cannot come with the
+// veth itself.
+func (c *creation) setAlias() error {
+	l := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: c.hostIf, Index: c.hostIndex}}
+	if err := c.host.LinkSetAlias(l, aliasPrefix+c.name); err != nil {
+		return fmt.Errorf("set alias of %s: %w", c.hostIf, err)
+	}
+	return nil
+}
+
 // undo removes what Create made, newest first. Deleting the host veth
 // (synchronously, so a failed Create leaves nothing behind when it returns)
 // also deletes its peer and every route and neighbour entry on it.
@@ -607,7 +619,13 @@ func clearStaleHostIf(h *netlink.Handle, ifName, container string) error {
 	if err != nil {
 		return fmt.Errorf("look up existing interface %s: %w", ifName, err)
 	}
-	if owner, ok := ownerOf(l); !ok || owner != container || l.Type() != "veth" {
+	owner, ok := ownerOf(l)
+	if !ok && l.Type() == "veth" && gone(h, ifName, staleWait) {
+		// A veth without its alias, made by an add that died before
+		// its last step, whose namespace (and so the pair) is going.
+		return nil
+	}
+	if !ok || owner != container || l.Type() != "veth" {
 		who := "another program"
 		if ok {
 			who = fmt.Sprintf("container %q", owner)

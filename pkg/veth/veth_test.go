@@ -650,7 +650,7 @@ var errInjected = errors.New("injected failure")
 // nothing of the container is left behind.
 func TestCreateRollback(t *testing.T) {
 	requireRoot(t)
-	for _, step := range []string{stepNetns, stepVeth, stepPeer, stepAddrs, stepGateways, stepHostRoutes} {
+	for _, step := range []string{stepNetns, stepVeth, stepPeer, stepAddrs, stepGateways, stepHostRoutes, stepAlias} {
 		t.Run(strings.ReplaceAll(step, " ", "_"), func(t *testing.T) {
 			name := uniqueName()
 			a4, a6 := nextAddrs(t)
@@ -676,6 +676,66 @@ func TestCreateRollback(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCreateCrash stops Create after each step the way a killed process
+// would (no undo runs). Until the last step Lookup must call the container
+// incomplete (l3iso's repair then deletes it and makes it again, as here),
+// never hand out a half-made one; after the last it is complete as it is.
+// Either way it must end up carrying traffic both ways, IPv4 and IPv6.
+func TestCreateCrash(t *testing.T) {
+	requireRoot(t)
+	h4, h6 := hostAddrs(t)
+	for _, step := range []string{stepNetns, stepVeth, stepPeer, stepAddrs, stepGateways, stepHostRoutes, stepAlias} {
+		t.Run(strings.ReplaceAll(step, " ", "_"), func(t *testing.T) {
+			name := uniqueName()
+			a4, a6 := nextAddrs(t)
+			s := Spec{Container: name, Addrs: []netip.Prefix{a4, a6}}
+			t.Cleanup(func() { _ = Delete(name) })
+			crash(t, step, s)
+			_, err := Lookup(name)
+			switch {
+			case step == stepAlias:
+				if err != nil {
+					t.Fatalf("Lookup of a complete container: %v", err)
+				}
+			case errors.Is(err, ErrIncomplete) || errors.Is(err, ErrNotFound):
+				if err := Delete(name); err != nil {
+					t.Fatal(err)
+				}
+				mustCreate(t, s)
+			default:
+				t.Fatalf("Lookup after a crash after %q = %v, want an incomplete container", step, err)
+			}
+			for _, tc := range []struct{ host, container netip.Addr }{{h4, a4.Addr()}, {h6, a6.Addr()}} {
+				tcp, udp := listenIn(t, name, tc.container)
+				checkHostToContainer(t, tc.host, tcp, udp)
+				tcp, udp = listenHost(t, tc.host)
+				checkFromContainer(t, name, tc.container, tcp, udp)
+			}
+		})
+	}
+}
+
+// crash runs Create and stops it dead after step: the hook panics, so
+// Create's undo (which runs only on a returned error) does not.
+func crash(t *testing.T, step string, s Spec) {
+	t.Helper()
+	type stop struct{}
+	createHook = func(st string) error {
+		if st == step {
+			panic(stop{})
+		}
+		return nil
+	}
+	defer func() {
+		createHook = nil
+		if r := recover(); r != (stop{}) {
+			t.Fatalf("Create did not stop after %q: %v", step, r)
+		}
+	}()
+	_, err := Create(s)
+	t.Fatalf("Create returned %v", err)
 }
 
 // TestCreateConflicts covers real failures: a namespace made by someone
