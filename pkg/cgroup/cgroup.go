@@ -184,6 +184,12 @@ func Populated(path string) (bool, error) {
 
 // Remove kills every process in the cgroup subtree at path and removes it.
 // A missing cgroup is not an error.
+//
+// It kills through cgroup.kill. On Linux 6.18 a cgroup that was killed that
+// way and then kept (a `container del` that died before the rmdir, whose
+// container the repair keeps) kills every child cloned into it with
+// CLONE_INTO_CGROUP, as the kernel compares its kill_seq with the parent
+// cgroup's; joining it through cgroup.procs, as `l3iso exec` does, works.
 func Remove(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
