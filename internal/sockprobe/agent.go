@@ -49,8 +49,8 @@ const defaultDialTimeout = 3 * time.Second
 // Options says where a process started by this package runs. The zero
 // value runs it where the test process runs.
 type Options struct {
-	// CgroupDir is a cgroup v2 directory the process joins before the
-	// program starts (see newCmd).
+	// CgroupDir is a cgroup v2 directory the process is born in
+	// (clone3 with CLONE_INTO_CGROUP, so it never runs elsewhere).
 	CgroupDir string
 	// NetnsPath is a network namespace file (for example from NewNetns);
 	// the process is started through nsenter --net=NetnsPath. The test
@@ -127,7 +127,7 @@ func Start(t testing.TB, o Options) *Agent {
 	}
 	// -test.run=^$ keeps a binary whose TestMain lacks MaybeServe from
 	// running the tests again; it then fails the hello below.
-	cmd, err := newCmd(context.Background(), o, exe, "-test.run=^$")
+	cmd, closeFD, err := newCmd(context.Background(), o, exe, "-test.run=^$")
 	if err != nil {
 		t.Fatalf("sockprobe: start agent: %v", err)
 	}
@@ -145,6 +145,7 @@ func Start(t testing.TB, o Options) *Agent {
 	cmd.Env = append(os.Environ(), envVar+"=1")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, a.stderr
 	err = cmd.Start()
+	closeFD()
 	inR.Close()
 	outW.Close()
 	if err != nil {

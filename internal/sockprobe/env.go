@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -257,53 +258,49 @@ func rmdirTree(dir string, deadline time.Time) error {
 	}
 }
 
-// newCmd builds a command that runs in o.NetnsPath and o.CgroupDir.
-//
-// It joins the cgroup by writing its pid to cgroup.procs (through sh, before
-// it execs name) rather than being born there with CLONE_INTO_CGROUP: on
-// Linux 6.18 a child cloned into a cgroup whose cgroup.kill was ever
-// written is killed at once, because the kernel compares the target's
-// kill_seq with the parent cgroup's. That happens to an l3iso container
-// whose `container del` died after killing its processes and that the next
-// command's repair kept.
-func newCmd(ctx context.Context, o Options, name string, arg ...string) (*exec.Cmd, error) {
+// newCmd builds a command that is born in o.CgroupDir and runs in
+// o.NetnsPath. The returned func closes the cgroup descriptor; call it once
+// the command has started.
+func newCmd(ctx context.Context, o Options, name string, arg ...string) (*exec.Cmd, func(), error) {
 	if !strings.Contains(name, "/") {
 		p, err := exec.LookPath(name)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		name = p
-	}
-	if o.CgroupDir != "" {
-		if _, err := os.Stat(filepath.Join(o.CgroupDir, "cgroup.procs")); err != nil {
-			return nil, fmt.Errorf("join cgroup %s: %w", o.CgroupDir, err)
-		}
-		const join = `echo 0 > "$1/cgroup.procs" || exit 126; shift; exec "$@"`
-		arg = append([]string{"-c", join, "sh", o.CgroupDir, name}, arg...)
-		name = "/bin/sh"
 	}
 	if o.NetnsPath != "" {
 		nsenter, err := exec.LookPath("nsenter")
 		if err != nil {
-			return nil, fmt.Errorf("run in netns %s: nsenter (util-linux) is needed: %w", o.NetnsPath, err)
+			return nil, nil, fmt.Errorf("run in netns %s: nsenter (util-linux) is needed: %w", o.NetnsPath, err)
 		}
 		arg = append([]string{"--net=" + o.NetnsPath, "--", name}, arg...)
 		name = nsenter
 	}
-	return exec.CommandContext(ctx, name, arg...), nil
+	cmd := exec.CommandContext(ctx, name, arg...)
+	closeFD := func() {}
+	if o.CgroupDir != "" {
+		fd, err := unix.Open(o.CgroupDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open cgroup %s: %w", o.CgroupDir, err)
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+		closeFD = func() { unix.Close(fd) }
+	}
+	return cmd, closeFD, nil
 }
 
-// Command returns an exec.Cmd for name and arg that runs in o.CgroupDir
-// (joined before name starts) and network namespace o.NetnsPath (through
-// nsenter).
+// Command returns an exec.Cmd for name and arg that is born in
+// o.CgroupDir and runs in network namespace o.NetnsPath (through nsenter).
 // ctx kills it as in exec.CommandContext. The test fails if the command
 // cannot be prepared.
 func Command(ctx context.Context, t testing.TB, o Options, name string, arg ...string) *exec.Cmd {
 	t.Helper()
-	cmd, err := newCmd(ctx, o, name, arg...)
+	cmd, closeFD, err := newCmd(ctx, o, name, arg...)
 	if err != nil {
 		t.Fatalf("sockprobe: prepare %s: %v", name, err)
 	}
+	t.Cleanup(closeFD)
 	return cmd
 }
 
@@ -315,13 +312,15 @@ func Python(t testing.TB, o Options, script string, args ...string) (stdout stri
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), pythonTimeout)
 	defer cancel()
-	cmd, err := newCmd(ctx, o, "python3", append([]string{"-c", script}, args...)...)
+	cmd, closeFD, err := newCmd(ctx, o, "python3", append([]string{"-c", script}, args...)...)
 	if err != nil {
 		t.Fatalf("sockprobe: prepare python3: %v", err)
 	}
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	closeFD()
+	if err != nil {
 		t.Fatalf("sockprobe: start python3 (%s): %v", o, err)
 	}
 	err = cmd.Wait()

@@ -182,19 +182,23 @@ func Populated(path string) (bool, error) {
 	return bytes.Contains(b, []byte("populated 1")), nil
 }
 
+// killedAttr marks a cgroup whose processes Remove killed through
+// cgroup.kill (see Killed).
+const killedAttr = "user.l3iso.killed"
+
 // Remove kills every process in the cgroup subtree at path and removes it.
 // A missing cgroup is not an error.
 //
-// It kills through cgroup.kill. On Linux 6.18 a cgroup that was killed that
-// way and then kept (a `container del` that died before the rmdir, whose
-// container the repair keeps) kills every child cloned into it with
-// CLONE_INTO_CGROUP, as the kernel compares its kill_seq with the parent
-// cgroup's; joining it through cgroup.procs, as `l3iso exec` does, works.
+// Before it writes cgroup.kill it marks the cgroup (see Killed), so that a
+// repair can tell a cgroup that a command died in the middle of removing.
 func Remove(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if pop, err := Populated(path); err == nil && pop {
+		if err := unix.Setxattr(path, killedAttr, []byte("1"), 0); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+			return fmt.Errorf("mark cgroup %s before killing its processes: %w", path, err)
+		}
 		if err := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0); err != nil {
 			return fmt.Errorf("kill processes of cgroup %s: %w", path, err)
 		}
@@ -211,6 +215,19 @@ func Remove(path string) error {
 		}
 	}
 	return removeTree(path)
+}
+
+// Killed reports whether Remove killed the processes of the cgroup at path
+// and did not get to remove it: the command died in between. Such a cgroup
+// must not be used again. On Linux 6.18 (at least) the kernel kills every
+// child cloned into a cgroup once cgroup.kill was written there, as
+// clone3(CLONE_INTO_CGROUP) compares the target's kill count with the
+// parent cgroup's; systemd and container runtimes start processes that way.
+// Joining through cgroup.procs still works. A kernel without user xattrs on
+// cgroupfs (before 5.7) has no mark, and Killed is always false.
+func Killed(path string) bool {
+	_, err := unix.Getxattr(path, killedAttr, nil)
+	return err == nil
 }
 
 func removeTree(path string) error {

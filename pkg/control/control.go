@@ -261,13 +261,21 @@ func (c *Control) reconcile() error {
 		}
 	}
 	// Containers whose cgroup vanished (removed by hand): recreate it and
-	// take its new id.
+	// take its new id. So too for a cgroup a command died removing after
+	// it killed the processes (a del, or an apply that removed the
+	// container, rolled back here): the kernel would kill whatever is
+	// cloned into it (see cgroup.Killed).
 	for i, k := range c.cur {
-		id, err := cgroup.ID(c.CgroupPath(k.Spec.Name))
+		path := c.CgroupPath(k.Spec.Name)
+		if cgroup.Killed(path) {
+			if err := cgroup.Remove(path); err != nil {
+				return err
+			}
+		}
+		id, err := cgroup.ID(path)
 		if err == nil && id == k.CgroupID {
 			continue
 		}
-		path := c.CgroupPath(k.Spec.Name)
 		if err := cgroup.Create(path); err != nil {
 			return err
 		}
