@@ -136,7 +136,11 @@ func hostAddrs(tb testing.TB) (netip.Addr, netip.Addr) {
 }
 
 // mustCreate creates a container and registers its deletion, checking that
-// nothing of it is left afterwards.
+// nothing of it is left afterwards. The deletion is DeleteMany's, as in
+// `l3iso container del`: it deletes the veth itself when the namespace
+// outlives its mount, which a test's TCP connection still closing (an
+// orphan in FIN_WAIT, retransmitting into a veth that changed) can make it
+// do for minutes; Delete would leave that veth to the kernel.
 func mustCreate(tb testing.TB, s Spec) *Endpoint {
 	tb.Helper()
 	ep, err := Create(s)
@@ -144,8 +148,8 @@ func mustCreate(tb testing.TB, s Spec) *Endpoint {
 		tb.Fatalf("Create: %v", err)
 	}
 	tb.Cleanup(func() {
-		if err := Delete(s.Container); err != nil {
-			tb.Errorf("Delete(%q): %v", s.Container, err)
+		if err := DeleteMany([]string{s.Container}); err != nil {
+			tb.Errorf("DeleteMany(%q): %v", s.Container, err)
 		}
 		waitGone(tb, s.Container, goneWait)
 	})
