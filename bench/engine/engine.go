@@ -240,6 +240,20 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		}
 		add(d.config, 1, in)
 	}
+	// The bare prototype: routed delivery's namespace and veth, the server
+	// in no l3iso cgroup, and a bare redirect_peer program ahead of
+	// everything on the uplink (see barePeerProgram).
+	bp, err := mk("bp", "routed", false, 1)
+	if err != nil {
+		return nil, err
+	}
+	if err := bp.barePeer(); err != nil {
+		unavailable[BarePeer] = err.Error()
+	} else {
+		srv := bp.server(cpuServer)
+		srv.cgroup = w.unmanaged
+		b.targets = append(b.targets, &target{config: BarePeer, containers: 1, server: srv, client: bp.client(cpuClient)})
+	}
 	for _, n := range o.Scale {
 		in, err := mk(fmt.Sprintf("s%d", n), "", false, n)
 		if err != nil {

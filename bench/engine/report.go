@@ -18,6 +18,7 @@ const (
 	BridgeCT = "bridge_ct" // the same plus an nftables conntrack rule (br_netfilter is on): Docker-like
 	Routed   = "routed"    // netns container, l3iso --delivery routed
 	Direct   = "direct"    // netns container, l3iso --delivery direct (TC + bpf_redirect_peer)
+	BarePeer = "bare_peer" // the same path with a bare redirect_peer program and no l3iso program on it: the prototype
 )
 
 // Workload names: the stable names of the JSON report.
@@ -43,7 +44,7 @@ const (
 )
 
 // Configs are the configurations in report order.
-var Configs = []string{Loopback, Shared, Bridge, BridgeCT, Routed, Direct}
+var Configs = []string{Loopback, Shared, Bridge, BridgeCT, Routed, Direct, BarePeer}
 
 // Workloads are the workloads in report order.
 var Workloads = []string{UDPPPS, TCPRR, TCPRRP99, TCPCRR, TCPGbps, BcastFanout, BcastCPUNs}
@@ -157,7 +158,7 @@ type Cross struct {
 type Target struct {
 	What    string   `json:"what"`
 	Ratio   *float64 `json:"ratio"`
-	Verdict string   `json:"verdict"` // met, missed, not measured
+	Verdict string   `json:"verdict"` // met, missed, not measured; reference for a figure with no target
 	Note    string   `json:"note,omitempty"`
 }
 
@@ -364,6 +365,15 @@ func (r *Report) targets() []Target {
 		t.Verdict = "missed"
 	}
 	out = append(out, t)
+
+	// No target: how much of direct's distance to loopback is l3iso's
+	// own, against the bare prototype of its path in the same rounds.
+	v, _ = r.ratio(k(Direct, UDPPPS, 1), k(BarePeer, UDPPPS, 1))
+	ref := Target{What: "direct / bare_peer in udp_pps: l3iso's programs against the bare redirect_peer prototype (no target)", Ratio: num(v), Verdict: "reference"}
+	if math.IsNaN(v) {
+		ref.Verdict = "not measured"
+	}
+	out = append(out, ref)
 
 	for _, c := range []string{Direct, Shared} {
 		for _, w := range []string{UDPPPS, TCPCRR} {
