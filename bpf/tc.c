@@ -767,13 +767,19 @@ int l3_tc_uplink(struct __sk_buff *skb)
 	struct l3_deliv *d;
 	struct tpkt p;
 
+	/*
+	 * First on the uplink's ingress: a container's unicast goes in at
+	 * once, without l3_tc_group's look at it. Everything else goes on
+	 * to l3_tc_group (broadcasts and multicasts, to be copied to the
+	 * listeners) and then to the stack.
+	 */
 	if (skb->pkt_type != PACKET_HOST)
-		return TC_ACT_OK; /* broadcast, multicast, not for us: the stack's */
+		return TCX_NEXT; /* broadcast, multicast, not for us */
 	if (parse(skb, &p) != P_IP)
-		return TC_ACT_OK; /* ARP, NDP's L2 part, junk: the stack decides */
+		return TCX_NEXT; /* ARP, NDP's L2 part, junk: the stack decides */
 	d = bpf_map_lookup_elem(&l3_delivs, &p.dst);
 	if (!d)
-		return TC_ACT_OK; /* the host's own traffic */
+		return TCX_NEXT; /* the host's own traffic, a directed broadcast */
 	if (bpf_map_lookup_elem(&l3_delivs, &p.src)) {
 		/*
 		 * From outside, claiming a local container's address: a

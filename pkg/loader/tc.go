@@ -240,9 +240,17 @@ func (st *State) attachTC(pinName, ifname string, ifindex int, prog string, at e
 		return false, fmt.Errorf("open pinned link %s: %w", pin, err)
 	}
 	o := link.TCXOptions{Interface: ifindex, Program: p, Attach: at}
-	if prog == ProgGroup || prog == ProgGroupOut {
-		// First in the chain: it only copies, then hands on (TCX_NEXT)
-		// to the interface's other programs.
+	switch prog {
+	case ProgUplink:
+		// First on the uplink: a container's unicast goes in without
+		// ProgGroup's look at it; the rest it hands on (TCX_NEXT).
+		o.Anchor = link.Head()
+	case ProgGroup:
+		// After ProgUplink, whichever was attached first; it only
+		// copies, then hands on to the stack and any other program.
+		o.Anchor = link.Tail()
+	case ProgGroupOut:
+		// Alone on the egress; first, should another tool add one.
 		o.Anchor = link.Head()
 	}
 	l, err := link.AttachTCX(o)
