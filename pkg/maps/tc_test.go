@@ -14,6 +14,7 @@ const (
 	tcOK       = 0
 	tcShot     = 2
 	tcRedirect = 7
+	tcNext     = 0xffffffff // TCX_NEXT (-1): on to the next program
 )
 
 var (
@@ -100,10 +101,10 @@ func TestTCVerdicts(t *testing.T) {
 		{"guard/spoof-v6", "l3_tc_guard", frame(zeroMAC, "fd78::2", "2001:db8::2"), tcShot, "tc_dropped_spoof"},
 		{"uplink/to-container", "l3_tc_uplink", frame(zeroMAC, "192.0.2.2", "10.78.0.1"), tcRedirect, "tc_redirected_in"},
 		{"uplink/to-container-v6", "l3_tc_uplink", frame(zeroMAC, "2001:db8::2", "fd78::1"), tcRedirect, "tc_redirected_in"},
-		{"uplink/to-host", "l3_tc_uplink", frame(zeroMAC, "192.0.2.2", "192.0.2.1"), tcOK, ""},
-		{"uplink/not-for-us", "l3_tc_uplink", frame(bcast, "192.0.2.2", "10.78.0.1"), tcOK, ""},
+		{"uplink/to-host", "l3_tc_uplink", frame(zeroMAC, "192.0.2.2", "192.0.2.1"), tcNext, ""},
+		{"uplink/not-for-us", "l3_tc_uplink", frame(bcast, "192.0.2.2", "10.78.0.1"), tcNext, ""},
 		{"uplink/spoofed-container-source", "l3_tc_uplink", frame(zeroMAC, "10.78.0.2", "10.78.0.1"), tcShot, "host:tc_dropped_spoof"},
-		{"uplink/arp", "l3_tc_uplink", arp, tcOK, ""},
+		{"uplink/arp", "l3_tc_uplink", arp, tcNext, ""},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
