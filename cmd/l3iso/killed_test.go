@@ -21,10 +21,13 @@ import (
 // next changing command, which must give the container a new cgroup: on
 // this kernel, a child cloned straight into a cgroup whose cgroup.kill was
 // written is killed at birth (see cgroup.Killed), so the old one would
-// kill every process a runtime starts there with CLONE_INTO_CGROUP.
+// kill every process a runtime starts there with CLONE_INTO_CGROUP. A
+// process that joined the old cgroup after the crash is not killed for
+// that: the cgroup is made anew once it is empty.
 func TestKilledCgroupRepair(t *testing.T) {
 	e := newEnv(t)
 	e.mustRun("container", "add", "x", "--addr", "10.77.5.1")
+	e.mustRun("container", "add", "y", "--addr", "10.77.5.3")
 	cg := e.cgroupOf("x")
 	oldID := cgroupID(t, cg)
 	e.agent("x") // a process for the kill to kill
@@ -45,21 +48,33 @@ func TestKilledCgroupRepair(t *testing.T) {
 	} else {
 		t.Logf("a child cloned into the killed cgroup: %v (the kernel behaviour the repair works around)", err)
 	}
-	// The dirty bit of a command that died.
-	s, err := maps.OpenPinned(filepath.Join(e.bpffs, "maps"))
-	if err != nil {
+	// A process that joined the cgroup since, as `l3iso exec` joins: the
+	// repair must not kill it, and keeps the cgroup while it lives.
+	joined := exec.Command("sh", "-c", `echo 0 > "$1/cgroup.procs" && exec sleep 60`, "sh", cg)
+	if err := joined.Start(); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := s.Config()
-	if err != nil {
-		t.Fatal(err)
+	exited := make(chan struct{})
+	go func() { joined.Wait(); close(exited) }()
+	t.Cleanup(func() { joined.Process.Kill(); <-exited })
+	waitPopulated(t, cg)
+	e.markDirty()
+	e.mustRun("container", "add", "probe", "--addr", "10.77.5.2") // repairs
+	e.mustRun("container", "del", "probe")
+	select {
+	case <-exited:
+		t.Fatalf("the repair killed a process that joined x after the crash: %v", joined.ProcessState)
+	case <-time.After(100 * time.Millisecond):
 	}
-	cfg.Dirty = true
-	if err := s.SetConfig(cfg); err != nil {
-		t.Fatal(err)
+	if id := cgroupID(t, cg); id != oldID {
+		t.Fatalf("the repair replaced x's cgroup with a process in it (id %d, was %d)", id, oldID)
 	}
-	s.Close()
+	joined.Process.Kill()
+	<-exited
+	waitEmpty(t, cg)
 
+	// Empty now: the next repair makes it anew.
+	e.markDirty()
 	e.mustRun("container", "add", "probe", "--addr", "10.77.5.2") // repairs
 	e.mustRun("container", "del", "probe")
 	if newID := cgroupID(t, cg); newID == oldID {
@@ -71,17 +86,49 @@ func TestKilledCgroupRepair(t *testing.T) {
 	if err := spawnInto(cg); err != nil {
 		t.Fatalf("a child cloned into x's cgroup after the repair: %v", err)
 	}
-	// The container works with its new cgroup: its address is its own.
+	// The maps know the new cgroup: x may bind its address (a host
+	// process may not), and still not y's.
 	b := e.agent("x")
 	id := b.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 	if err := b.Bind(id, ap("10.77.5.1:0")); err != nil {
 		t.Fatalf("x cannot bind its address after the repair: %v", err)
 	}
-	if err := b.Bind(b.Socket(unix.AF_INET, unix.SOCK_STREAM, 0), ap("10.77.5.2:0")); err == nil {
-		t.Fatal("x could bind an address it does not own after the repair")
+	if err := b.Bind(b.Socket(unix.AF_INET, unix.SOCK_STREAM, 0), ap("10.77.5.3:0")); err == nil {
+		t.Fatal("x could bind y's address after the repair")
 	}
 	if list := e.mustRun("container", "list"); !strings.Contains(list, "x") {
 		t.Fatalf("x is gone after the repair:\n%s", list)
+	}
+}
+
+// markDirty sets the dirty bit, as a changing command that died leaves it.
+func (e *env) markDirty() {
+	e.t.Helper()
+	s, err := maps.OpenPinned(filepath.Join(e.bpffs, "maps"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer s.Close()
+	cfg, err := s.Config()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg.Dirty = true
+	if err := s.SetConfig(cfg); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// waitPopulated waits until a process is in the cgroup at path.
+func waitPopulated(t *testing.T, path string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if pop, err := cgroup.Populated(path); err == nil && pop {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no process joined %s", path)
+		}
 	}
 }
 

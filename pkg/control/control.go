@@ -264,12 +264,16 @@ func (c *Control) reconcile() error {
 	// take its new id. So too for a cgroup a command died removing after
 	// it killed the processes (a del, or an apply that removed the
 	// container, rolled back here): the kernel would kill whatever is
-	// cloned into it (see cgroup.Killed).
+	// cloned into it (see cgroup.Killed). Unless processes joined it since
+	// (through cgroup.procs, as `l3iso exec` does): those the repair does
+	// not kill; a later repair finds the cgroup empty.
 	for i, k := range c.cur {
 		path := c.CgroupPath(k.Spec.Name)
 		if cgroup.Killed(path) {
-			if err := cgroup.Remove(path); err != nil {
-				return err
+			if pop, err := cgroup.Populated(path); err == nil && !pop {
+				if err := cgroup.Remove(path); err != nil {
+					return err
+				}
 			}
 		}
 		id, err := cgroup.ID(path)
