@@ -226,6 +226,15 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 	if err := c.hostItems(true, configure); err != nil {
 		return plan, fmt.Errorf("policy switched, but configuring host addresses failed (the next l3iso command retries): %w", err)
 	}
+	// The namespaces of netns containers that went must be gone first:
+	// one whose process died with a TCP connection that cannot finish
+	// closing (an orphan socket holds its namespace) keeps its veth and
+	// the host routes on it, which a container taking its address would
+	// collide with. DeleteMany deletes such a veth itself.
+	if err := veth.DeleteMany(goneNetns); err != nil {
+		return plan, fmt.Errorf("policy switched, but %w (the next l3iso command retries)", err)
+	}
+	tr.step("netns gone")
 	// netns containers that come get their namespace, those that gain
 	// addresses get them: now that the active policy owns them.
 	var comeNetns []maps.Container
@@ -247,10 +256,6 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		}
 	}
 	tr.step("configure host, netns")
-	if err := veth.DeleteMany(goneNetns); err != nil {
-		return plan, err
-	}
-	tr.step("netns after")
 	if err := c.st.Maps.ResetBcastFilterSeq(sv.all()); err != nil {
 		return plan, err
 	}
