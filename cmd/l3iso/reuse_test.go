@@ -99,3 +99,49 @@ time.sleep(300)
 	}
 	reach(t, unix.SOCK_DGRAM, n.out(), n.in(b), netip.MustParseAddrPort("10.78.0.9:8100"), outside4)
 }
+
+// TestStrayVeth: a host veth l3iso made for a container that is gone and
+// whose namespace mount is gone too (an orphan socket kept the namespace)
+// is deleted by the next repair and by down; a live container's is kept.
+func TestStrayVeth(t *testing.T) {
+	n := newNetEnv(t, "direct")
+	live := n.add("live", "10.78.0.3/24")
+	hostNS := filepath.Base(n.netns)
+	stray := func() string {
+		name := veth.HostIfName(n.name("gone"))
+		for _, args := range [][]string{
+			{"-n", hostNS, "link", "add", name, "type", "veth", "peer", "name", "p-" + n.suffix},
+			{"-n", hostNS, "link", "set", name, "alias", "l3iso:" + n.name("gone")},
+			{"-n", hostNS, "link", "set", name, "up"},
+			{"-n", hostNS, "route", "add", "10.78.0.77/32", "dev", name},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+			}
+		}
+		return name
+	}
+	gone := func(name string) bool {
+		out, _ := exec.Command("ip", "-n", hostNS, "-br", "link", "show", name).CombinedOutput()
+		return strings.Contains(string(out), "does not exist")
+	}
+
+	name := stray()
+	n.markDirty()
+	n.mustRun("container", "add", n.name("probe"), "--addr", "10.79.9.9") // repairs
+	n.mustRun("container", "del", n.name("probe"))
+	if !gone(name) {
+		t.Errorf("the repair left the stray veth %s", name)
+	}
+	if gone(veth.HostIfName(live)) {
+		t.Fatalf("the repair deleted the veth of live container %s", live)
+	}
+	reach(t, unix.SOCK_DGRAM, n.out(), n.in(live), netip.MustParseAddrPort("10.78.0.3:8100"), outside4)
+
+	name = stray()
+	n.mustRun("down")
+	if !gone(name) {
+		t.Errorf("down left the stray veth %s", name)
+	}
+	n.mustRun("up", "--cgroup-root", n.cgroot, "--uplink", "up0") // for the cleanup's down
+}

@@ -28,6 +28,7 @@ import (
 	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/policy"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 // ErrNotFound says a named container does not exist.
@@ -673,6 +674,11 @@ func (c *Control) Down() error {
 		if _, err := c.Apply(&policy.Policy{}, false); err != nil {
 			return fmt.Errorf("remove the containers: %w", err)
 		}
+	}
+	// Veths of containers deleted before, kept by a namespace an orphan
+	// socket holds (see veth.DeleteStray).
+	if err := veth.DeleteStray(func(string) bool { return false }); err != nil {
+		return err
 	}
 	if err := c.teardownDelivery(); err != nil {
 		return err

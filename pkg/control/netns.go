@@ -334,6 +334,11 @@ func (c *Control) repairNetns() error {
 	if err := veth.DeleteMany(stray); err != nil {
 		return err
 	}
+	// And veths of containers that are gone whose namespace mount is gone
+	// too, but not the namespace (an orphan socket holds it).
+	if err := veth.DeleteStray(func(n string) bool { return known[n] }); err != nil {
+		return err
+	}
 	links, err := c.st.TCLinks()
 	if err != nil {
 		return err

@@ -926,6 +926,36 @@ func deleteAll(match func(container string) bool, withBridge bool) error {
 	return errors.Join(errs...)
 }
 
+// DeleteStray deletes the host veths l3iso made in this network namespace
+// (alias l3iso:NAME) whose container keep does not accept and has no
+// namespace mount any more: what a namespace that an orphan socket keeps
+// alive leaves after its container was deleted with Delete. The host
+// routes and neighbour entries on such a veth go with it.
+func DeleteStray(keep func(container string) bool) error {
+	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("open netlink socket: %w", err)
+	}
+	defer host.Close()
+	left, err := leftoverVeths(host, func(owner string) bool {
+		if owner == "" || keep(owner) {
+			return false
+		}
+		_, err := os.Stat(NetnsPath(owner))
+		return errors.Is(err, fs.ErrNotExist)
+	})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, l := range left {
+		if err := host.LinkDel(l); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete stray veth %s: %w", l.Attrs().Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // leftoverVeths lists host veths named with HostIfPrefix whose container
 // match accepts.
 func leftoverVeths(h *netlink.Handle, match func(string) bool) ([]netlink.Link, error) {
