@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"os"
@@ -249,16 +250,14 @@ func TestInsertNextRemoveSole(t *testing.T) {
 	}
 }
 
-// countGen counts the entries of generation gen in a policy map (every key
-// has the generation in its first 4 bytes, or after a 4-byte prefix length
-// in the LPM tries).
-func countGen(t *testing.T, m *ebpf.Map, gen uint32) int {
+// genKeys returns the keys of generation gen in a policy map, and where
+// the generation is in them: every key has it in its first 4 bytes, or
+// after a 4-byte prefix length in the LPM tries.
+func genKeys(t *testing.T, m *ebpf.Map, gen uint32) (keys [][]byte, off int) {
 	t.Helper()
-	off := 0
 	if m.Type() == ebpf.LPMTrie {
 		off = 4
 	}
-	n := 0
 	var prev []byte
 	for {
 		k := make([]byte, m.KeySize())
@@ -269,14 +268,21 @@ func countGen(t *testing.T, m *ebpf.Map, gen uint32) int {
 			err = m.NextKey(prev, &k)
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n
+			return keys, off
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		if uint32(k[off])|uint32(k[off+1])<<8|uint32(k[off+2])<<16|uint32(k[off+3])<<24 == gen {
-			n++
+		if binary.LittleEndian.Uint32(k[off:]) == gen {
+			keys = append(keys, k)
 		}
 		prev = k
 	}
+}
+
+// countGen counts the entries of generation gen in a policy map.
+func countGen(t *testing.T, m *ebpf.Map, gen uint32) int {
+	t.Helper()
+	keys, _ := genKeys(t, m, gen)
+	return len(keys)
 }

@@ -2,7 +2,6 @@ package maps
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -19,29 +18,8 @@ func dumpGen(t *testing.T, s *Set, gen uint32) []string {
 	t.Helper()
 	var out []string
 	for name, m := range map[string]*ebpf.Map{"conts": s.Conts, "locals": s.Locals, "owners": s.Owners, "routes": s.Routes, "mcasts": s.Mcasts, "metas": s.Metas} {
-		off := 0
-		if m.Type() == ebpf.LPMTrie {
-			off = 4
-		}
-		var prev []byte
-		for {
-			k := make([]byte, m.KeySize())
-			var err error
-			if prev == nil {
-				err = m.NextKey(nil, &k)
-			} else {
-				err = m.NextKey(prev, &k)
-			}
-			if errors.Is(err, ebpf.ErrKeyNotExist) {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			prev = k
-			if uint32(k[off])|uint32(k[off+1])<<8|uint32(k[off+2])<<16|uint32(k[off+3])<<24 != gen {
-				continue
-			}
+		keys, off := genKeys(t, m, gen)
+		for _, k := range keys {
 			v := make([]byte, m.ValueSize())
 			if err := m.Lookup(k, &v); err != nil {
 				t.Fatal(err)
