@@ -167,11 +167,5 @@ func spawnInto(path string) error {
 	defer unix.Close(fd)
 	cmd := exec.Command("/bin/true")
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-	if err := cmd.Run(); err != nil {
-		return err
-	}
-	if !cmd.ProcessState.Success() {
-		return &exec.ExitError{ProcessState: cmd.ProcessState}
-	}
-	return nil
+	return cmd.Run()
 }

@@ -22,8 +22,8 @@ import (
 // a's server was sending to a client that reads nothing, so when the apply
 // kills it, its socket lives on as an orphan in FIN_WAIT1, probing a zero
 // window, and holds a's namespace alive — and with it a's veth and the
-// host route to the address — for a minute or more. b must still be made,
-// with the address, and reachable.
+// host routes to its addresses — for a minute or more. b must still be
+// made, with the addresses, and reachable on each.
 func TestApplyReuseAddress(t *testing.T) {
 	n := newNetEnv(t, "direct")
 	a, b := n.name("a"), n.name("b")
@@ -31,7 +31,7 @@ func TestApplyReuseAddress(t *testing.T) {
 	dir := t.TempDir()
 	policy := func(name string) string {
 		f := filepath.Join(dir, name+".yaml")
-		body := fmt.Sprintf("containers:\n  %s:\n    mode: netns\n    addresses: [10.78.0.9/24]\n", name)
+		body := fmt.Sprintf("containers:\n  %s:\n    mode: netns\n    addresses: [10.78.0.9/24, fd78::9]\n", name)
 		if err := os.WriteFile(f, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -97,7 +97,13 @@ time.sleep(300)
 	if out, _ := exec.Command("ip", "-n", filepath.Base(n.netns), "-br", "link", "show", hostIf).CombinedOutput(); !strings.Contains(string(out), "does not exist") {
 		t.Errorf("a's veth is still there after the apply: %s", out)
 	}
-	reach(t, unix.SOCK_DGRAM, n.out(), n.in(b), netip.MustParseAddrPort("10.78.0.9:8100"), outside4)
+	// Both of b's host routes, IPv4 and IPv6, were a's: b is reached on
+	// each, over UDP and TCP.
+	out, in := n.out(), n.in(b)
+	reach(t, unix.SOCK_DGRAM, out, in, netip.MustParseAddrPort("10.78.0.9:8100"), outside4)
+	reach(t, unix.SOCK_STREAM, out, in, netip.MustParseAddrPort("10.78.0.9:8101"), outside4)
+	reach(t, unix.SOCK_DGRAM, out, in, netip.MustParseAddrPort("[fd78::9]:8100"), outside6)
+	reach(t, unix.SOCK_STREAM, out, in, netip.MustParseAddrPort("[fd78::9]:8101"), outside6)
 }
 
 // TestStrayVeth: a host veth l3iso made for a container that is gone and
