@@ -52,6 +52,9 @@ type hookConfig struct {
 //	host       in <root>/<other>: a host process under l3iso's root (the hooks
 //	           run and find no container; the host rules apply)
 //	unmanaged  in a cgroup outside both roots: no l3iso program runs at all
+//	floor      in a cgroup outside both roots with a do-nothing program at
+//	           each of l3iso's attach points (newFloorCgroup), in the netns
+//	           of the 1: what the hooks cost before any program does work
 //
 // Each configuration has one long-lived child (the test binary re-executed
 // in its cgroup and netns) that runs batches on command. In every round each
@@ -73,6 +76,7 @@ func BenchmarkSocketHooks(b *testing.B) {
 		{"container1", "container, 1 registered", one.containerCgroup(containerName(1)), one.netns, own, one},
 		{"host1", "host process under root, 1 registered", sockprobe.NewCgroup(b, one.cgroot), one.netns, freeAddr, nil},
 		{"unmanaged1", "unmanaged (netns of the 1)", unmanaged, one.netns, freeAddr, nil},
+		{"floor1", "do-nothing programs at l3iso's hooks (netns of the 1)", newFloorCgroup(b, w.top), one.netns, freeAddr, nil},
 		{"container10k", "container, 10,000 registered", tenK.containerCgroup(containerName(1)), tenK.netns, own, tenK},
 		{"host10k", "host process under root, 10,000 registered", sockprobe.NewCgroup(b, tenK.cgroot), tenK.netns, freeAddr, nil},
 		{"unmanaged10k", "unmanaged (netns of the 10,000)", unmanaged, tenK.netns, freeAddr, nil},
@@ -133,6 +137,8 @@ func runHookWorkload(b *testing.B, wl hookWorkload, configs []hookConfig) {
 		{"container_vs_unmanaged", "container / unmanaged, 1 registered", wl.target, r("container1", "unmanaged1")},
 		{"container_vs_unmanaged_10k", "container / unmanaged, 10,000 registered", wl.target, r("container10k", "unmanaged10k")},
 		{"host_vs_unmanaged", "host under root / unmanaged, 1 registered", "", r("host1", "unmanaged1")},
+		{"floor_vs_unmanaged", "do-nothing programs / unmanaged (the hooks' own price)", "", r("floor1", "unmanaged1")},
+		{"container_vs_floor", "container / do-nothing programs, 1 registered (l3iso's work)", "", r("container1", "floor1")},
 		{"host_vs_unmanaged_10k", "host under root / unmanaged, 10,000 registered", "", r("host10k", "unmanaged10k")},
 		{"10k_vs_1", "container: 10,000 / 1 registered", "≤ 1.03", r("container10k", "container1")},
 		{"10k_vs_1_unmanaged", "unmanaged: netns of 10,000 / of 1 (kernel only)", "", r("unmanaged10k", "unmanaged1")},

@@ -220,6 +220,15 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	loc.cpu = cpuClient
 	b.targets = append(b.targets, &target{config: Loopback, containers: 1, server: lo, client: loc})
 	add(Shared, 1, s1)
+	// The hooks' floor: loopback's place, in a cgroup with a do-nothing
+	// program at each of l3iso's socket hooks (AttachDoNothing).
+	if cg, err := w.doNothingCgroup(); err != nil {
+		unavailable[HookFloor] = err.Error()
+	} else {
+		fl, flc := lo, loc
+		fl.cgroup, flc.cgroup = cg, cg
+		b.targets = append(b.targets, &target{config: HookFloor, containers: 1, server: fl, client: flc})
+	}
 	deliveries := []struct {
 		config, tag, delivery string
 		ct                    bool

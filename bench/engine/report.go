@@ -12,13 +12,14 @@ import (
 
 // Configuration names: the stable names of the JSON report.
 const (
-	Loopback = "loopback"  // client and server in one netns, over lo, no l3iso program runs
-	Shared   = "shared"    // client and server in one shared-mode container, over lo
-	Bridge   = "bridge"    // netns container, l3iso --delivery bridge, no netfilter rules
-	BridgeCT = "bridge_ct" // the same plus an nftables conntrack rule (br_netfilter is on): Docker-like
-	Routed   = "routed"    // netns container, l3iso --delivery routed
-	Direct   = "direct"    // netns container, l3iso --delivery direct (TC + bpf_redirect_peer)
-	BarePeer = "bare_peer" // the same path with a bare redirect_peer program and no l3iso program on it: the prototype
+	Loopback  = "loopback"   // client and server in one netns, over lo, no l3iso program runs
+	Shared    = "shared"     // client and server in one shared-mode container, over lo
+	HookFloor = "hook_floor" // as loopback, in a cgroup with a do-nothing program at each of l3iso's socket hooks
+	Bridge    = "bridge"     // netns container, l3iso --delivery bridge, no netfilter rules
+	BridgeCT  = "bridge_ct"  // the same plus an nftables conntrack rule (br_netfilter is on): Docker-like
+	Routed    = "routed"     // netns container, l3iso --delivery routed
+	Direct    = "direct"     // netns container, l3iso --delivery direct (TC + bpf_redirect_peer)
+	BarePeer  = "bare_peer"  // the same path with a bare redirect_peer program and no l3iso program on it: the prototype
 )
 
 // Workload names: the stable names of the JSON report.
@@ -44,7 +45,7 @@ const (
 )
 
 // Configs are the configurations in report order.
-var Configs = []string{Loopback, Shared, Bridge, BridgeCT, Routed, Direct, BarePeer}
+var Configs = []string{Loopback, Shared, HookFloor, Bridge, BridgeCT, Routed, Direct, BarePeer}
 
 // Workloads are the workloads in report order.
 var Workloads = []string{UDPPPS, TCPRR, TCPRRP99, TCPCRR, TCPGbps, BcastFanout, BcastCPUNs}
@@ -365,6 +366,15 @@ func (r *Report) targets() []Target {
 		t.Verdict = "missed"
 	}
 	out = append(out, t)
+
+	// No target: how much of shared's distance to loopback is l3iso's
+	// work, against do-nothing programs at the same hooks in the same rounds.
+	v, _ = r.ratio(k(Shared, UDPPPS, 1), k(HookFloor, UDPPPS, 1))
+	fl := Target{What: "shared / hook_floor in udp_pps: l3iso's programs against do-nothing programs at the same hooks (no target)", Ratio: num(v), Verdict: "reference"}
+	if math.IsNaN(v) {
+		fl.Verdict = "not measured"
+	}
+	out = append(out, fl)
 
 	// No target: how much of direct's distance to loopback is l3iso's
 	// own, against the bare prototype of its path in the same rounds.

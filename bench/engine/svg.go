@@ -13,7 +13,7 @@ import (
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // chartColors per configuration, in Configs order.
-var chartColors = []string{"#4d4d4d", "#8c6bb1", "#e6550d", "#a63603", "#3182bd", "#31a354", "#a1d99b"}
+var chartColors = []string{"#4d4d4d", "#8c6bb1", "#cbc9e2", "#e6550d", "#a63603", "#3182bd", "#31a354", "#a1d99b"}
 
 // WriteSVG draws the throughput workloads as grouped bars: the median of
 // each configuration relative to loopback's median, with whiskers from the

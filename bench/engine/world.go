@@ -53,6 +53,21 @@ type undoStep struct {
 	fn   func() error
 }
 
+// doNothingCgroup makes the cgroup of the hook_floor configuration, below
+// top, with a do-nothing program at each of l3iso's socket hooks.
+func (w *world) doNothingCgroup() (string, error) {
+	cg := filepath.Join(w.top, "floor")
+	if err := cgroup.Create(cg); err != nil {
+		return "", err
+	}
+	d, err := AttachDoNothing(cg)
+	if err != nil {
+		return "", err
+	}
+	w.onTeardown("detach the do-nothing programs", d.Close)
+	return cg, nil
+}
+
 // onTeardown records fn to run at teardown (last recorded, first run).
 func (w *world) onTeardown(what string, fn func() error) {
 	w.mu.Lock()

@@ -24,12 +24,13 @@ func newBench() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure loopback, shared, bridge, bridge_ct, routed and direct side by side (needs root)",
+		Short: "Measure loopback, shared, bridge, bridge_ct, routed and direct delivery side by side (needs root)",
 		Long: `bench builds every topology in private network namespaces, a private cgroup
 subtree and a private bpffs mount — loopback (no l3iso), shared-mode
 containers, and netns containers behind l3iso's bridge (with and without
 conntrack), routed and direct delivery, and direct's bare redirect_peer
-prototype with no l3iso program on its path — runs l3iso's own load generator
+prototype with no l3iso program on its path, and loopback with do-nothing
+programs at l3iso's socket hooks (hook_floor: the hooks' own price) — runs l3iso's own load generator
 through each (udp_pps, tcp_rr with p50/p99/p99.9, tcp_crr, tcp_gbps;
 bcast_fanout: a broadcast from outside to 100 containers of which two
 listen, in bridge, shared and direct), configurations interleaved

@@ -1,0 +1,69 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/l3iso/l3iso/pkg/maps"
+)
+
+// AttachDoNothing attaches, at cgroup cg, a program that does nothing — it
+// returns 1, "go on" — at every attach point where `l3iso up` attaches one
+// of its socket programs. A workload in cg pays what the kernel charges
+// for running a cgroup program at each hook (the dispatch, the socket lock
+// and sockaddr copy of a sock_addr hook, the skb programs' run on every
+// packet) and none of l3iso's work: the floor under any design that
+// enforces the L3 rules with these hooks. Closing the returned link set
+// detaches them all; on error nothing stays attached.
+func AttachDoNothing(cg string) (*DoNothing, error) {
+	spec, err := maps.SocketSpec()
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(spec.Programs))
+	for n := range spec.Programs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	d := &DoNothing{}
+	for _, name := range names {
+		ps := spec.Programs[name]
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name:         "l3b_nothing",
+			Type:         ps.Type,
+			AttachType:   ps.AttachType,
+			License:      "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
+		})
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("load a do-nothing program in place of %s (%v): %w", name, ps.AttachType, err)
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ps.AttachType, Program: prog})
+		prog.Close() // the link holds it
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("attach a do-nothing program in place of %s (%v) at %s: %w", name, ps.AttachType, cg, err)
+		}
+		d.links = append(d.links, l)
+	}
+	return d, nil
+}
+
+// DoNothing is the set of links AttachDoNothing made.
+type DoNothing struct{ links []link.Link }
+
+// Close detaches every program.
+func (d *DoNothing) Close() error {
+	var errs []error
+	for _, l := range d.links {
+		errs = append(errs, l.Close())
+	}
+	d.links = nil
+	return errors.Join(errs...)
+}

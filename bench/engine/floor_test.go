@@ -1,0 +1,71 @@
+package engine
+
+import (
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/l3iso/l3iso/internal/sockprobe"
+	"github.com/l3iso/l3iso/pkg/maps"
+)
+
+// TestAttachDoNothing checks that hook_floor's cgroup has one do-nothing
+// program at every attach point of l3iso's socket programs, and none once
+// closed.
+func TestAttachDoNothing(t *testing.T) {
+	sockprobe.RequirePrivileged(t)
+	cg := sockprobe.NewCgroup(t, "")
+	spec, err := maps.SocketSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(at ebpf.AttachType) (n int, names []string) {
+		t.Helper()
+		f, err := os.Open(cg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
+		if err != nil {
+			t.Fatalf("query %v at %s: %v", at, cg, err)
+		}
+		for _, p := range res.Programs {
+			prog, err := ebpf.NewProgramFromID(p.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := prog.Info()
+			prog.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, info.Name)
+		}
+		return len(res.Programs), names
+	}
+
+	d, err := AttachDoNothing(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if len(spec.Programs) < 10 {
+		t.Fatalf("l3iso has %d socket programs, expected more than 10", len(spec.Programs))
+	}
+	for name, ps := range spec.Programs {
+		if n, names := count(ps.AttachType); n != 1 || names[0] != "l3b_nothing" {
+			t.Errorf("%v (in place of %s): attached %v, want one l3b_nothing", ps.AttachType, name, names)
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for name, ps := range spec.Programs {
+		if n, names := count(ps.AttachType); n != 0 {
+			t.Errorf("%v (in place of %s): %v still attached after Close", ps.AttachType, name, names)
+		}
+	}
+}

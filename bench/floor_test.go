@@ -1,0 +1,27 @@
+package bench
+
+import (
+	"testing"
+
+	"github.com/l3iso/l3iso/bench/engine"
+	"github.com/l3iso/l3iso/internal/sockprobe"
+)
+
+// newFloorCgroup makes a cgroup under parent with a do-nothing program at
+// each of l3iso's socket hooks (engine.AttachDoNothing): the hooks' own
+// price, without l3iso's work.
+func newFloorCgroup(tb testing.TB, parent string) string {
+	tb.Helper()
+	cg := sockprobe.NewCgroup(tb, parent)
+	d, err := engine.AttachDoNothing(cg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// Registered after the cgroup's removal, so it runs before it.
+	tb.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			tb.Errorf("detach the do-nothing programs: %v", err)
+		}
+	})
+	return cg
+}
