@@ -42,7 +42,7 @@ sends traffic only inside its own namespaces.
 Prints a Markdown table (or the stable JSON with -o json); writes
 report.md, results.json, details.json and chart.svg into --dir.
 --quick (make bench-quick) takes about 1.5–2 minutes on a 2-vCPU machine, the
-full run (make bench) about 5.`,
+full run (make bench) about 6.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(out); err != nil {
