@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -177,6 +178,22 @@ func TestContainerLifecycle(t *testing.T) {
 		if !strings.Contains(strings.ToLower(text), strings.ToLower(want)) {
 			t.Errorf("status does not mention %s:\n%s", want, text)
 		}
+	}
+	// lo carries l3_tc_group (shared containers' broadcast and multicast).
+	var st statusJSON
+	if err := json.Unmarshal([]byte(e.mustRun("status", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	var onLo []string
+	for _, i := range st.Interfaces {
+		if i.Name == "lo" && i.Role == "loopback" {
+			for _, p := range i.Programs {
+				onLo = append(onLo, p.Direction+":"+p.Name)
+			}
+		}
+	}
+	if !slices.Contains(onLo, "ingress:l3_tc_group") {
+		t.Errorf("status -o json: lo's TCX programs %v, want ingress:l3_tc_group among them", onLo)
 	}
 
 	// An IP shared by two containers stays configured until the last goes.

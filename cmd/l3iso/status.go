@@ -64,16 +64,17 @@ func listeners(c *control.Control) ([]listenerJSON, error) {
 }
 
 // interfaceJSON is what runs on the TCX hooks of one interface l3iso uses
-// (the uplink, host-side veths), l3iso's programs and anyone else's, in
+// (lo, the uplink, host-side veths), l3iso's programs and anyone else's, in
 // order: bpftool 7.1 and tc 6.1 cannot show TCX attachments.
 type interfaceJSON struct {
 	Name     string              `json:"name"`
 	Ifindex  int                 `json:"ifindex"`
-	Role     string              `json:"role"` // uplink, or the container's name
+	Role     string              `json:"role"` // loopback, uplink, or "container NAME"
 	Programs []loader.TCXProgram `json:"tcx"`
 }
 
-// interfaces lists the uplink and the host-side veths of netns containers.
+// interfaces lists lo, the uplink and the host-side veths of netns
+// containers.
 func interfaces(c *control.Control) ([]interfaceJSON, error) {
 	out := []interfaceJSON{}
 	add := func(name, role string) error {
@@ -91,6 +92,11 @@ func interfaces(c *control.Control) ([]interfaceJSON, error) {
 		}
 		out = append(out, interfaceJSON{Name: name, Ifindex: ifc.Index, Role: role, Programs: progs})
 		return nil
+	}
+	// l3_tc_group on lo fans out what shared containers and the host
+	// send to a container subnet's broadcast address or a group.
+	if err := add("lo", "loopback"); err != nil {
+		return nil, err
 	}
 	if up := c.State().Config.Uplink; up != "" {
 		if err := add(up, "uplink"); err != nil {

@@ -90,6 +90,9 @@ func unescape(s string) string {
 func Check(path string) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("cgroup %s does not exist: create it (mkdir) below the cgroup v2 mount, or pass an existing one", path)
+		}
 		return fmt.Errorf("cgroup %s: %w", path, err)
 	}
 	if st.Type != unix.CGROUP2_SUPER_MAGIC {

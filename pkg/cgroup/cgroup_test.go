@@ -3,12 +3,16 @@ package cgroup
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
 func TestMountAndLevel(t *testing.T) {
 	m, err := Mount()
 	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no cgroup v2 here, and CI must run this: %v", err)
+		}
 		t.Skipf("no cgroup v2 here: %v", err)
 	}
 	if err := Check(m); err != nil {
@@ -31,6 +35,10 @@ func TestMountAndLevel(t *testing.T) {
 	}
 	if err := Check(os.TempDir()); err == nil {
 		t.Error("Check accepted a directory that is not on cgroup v2")
+	}
+	missing := filepath.Join(m, "l3iso-no-such-cgroup")
+	if err := Check(missing); err == nil || !strings.Contains(err.Error(), "does not exist: create it") {
+		t.Errorf("Check(%s) = %v, want an error that says to create it", missing, err)
 	}
 }
 
