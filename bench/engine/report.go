@@ -349,6 +349,12 @@ func (r *Report) targets() []Target {
 	}
 	atLeast(fmt.Sprintf("direct ≥ 10× cheaper than bridge per broadcast datagram (bcast_cpu_ns, bridge / direct; %d containers, 2 listening)", n),
 		k(Bridge, BcastCPUNs, n), k(Direct, BcastCPUNs, n), 10)
+	if t := &out[len(out)-1]; n != FanoutContainers && t.Verdict != "not measured" {
+		// The issue sets the target at 100 containers: elsewhere the
+		// ratio says how the cost grows, not whether the target is met.
+		t.Verdict = "reference"
+		t.Note = fmt.Sprintf("the target is set at %d containers (--bcast-containers)", FanoutContainers)
+	}
 
 	// TCP_RR p99 no worse than bridge (issue 3): a higher p99 counts only
 	// when the ranges are apart.

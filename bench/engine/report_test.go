@@ -266,3 +266,26 @@ func mapKeysOf[V any](m map[string]V) func(func(string) bool) {
 		}
 	}
 }
+
+// With another number of containers than the target's 100
+// (--bcast-containers), the broadcast ratio is a reference, not a verdict.
+func TestBuildFanoutOtherCount(t *testing.T) {
+	m := Measurements{}
+	m[Key{Bridge, BcastCPUNs, 20}] = Series{30000, 31000, 29000}
+	m[Key{Direct, BcastCPUNs, 20}] = Series{10000, 10000, 10000}
+	m[Key{Bridge, BcastFanout, 20}] = Series{10, 11, 9}
+	m[Key{Direct, BcastFanout, 20}] = Series{30, 33, 27}
+	r := Build(m, 3, Machine{}, nil)
+	for _, tg := range r.Targets {
+		if strings.Contains(tg.What, "bcast_cpu_ns") {
+			if !strings.Contains(tg.What, "20 containers") || tg.Verdict != "reference" || !strings.Contains(tg.Note, "set at 100 containers") {
+				t.Errorf("target %+v, want a reference at 20 containers that says where the target is set", tg)
+			}
+			if tg.Ratio == nil || math.Abs(*tg.Ratio-3) > 1e-9 {
+				t.Errorf("ratio %v, want 3", tg.Ratio)
+			}
+			return
+		}
+	}
+	t.Error("no bcast_cpu_ns target")
+}

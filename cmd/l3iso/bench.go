@@ -48,6 +48,9 @@ full run (make bench) about 6.`,
 			if err := checkOutput(out); err != nil {
 				return err
 			}
+			if o.Fanout < 3 || o.Fanout > 253 {
+				return fmt.Errorf("--bcast-containers %d: want 3 to 253 (two listen, at least one must not, and all share one /24)", o.Fanout)
+			}
 			o.Rounds, o.RunTime, o.Progress = rounds, runFor, os.Stderr
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
@@ -93,6 +96,7 @@ full run (make bench) about 6.`,
 	cmd.Flags().DurationVar(&runFor, "run", 0, "duration of one run of one workload in one configuration (default 400ms, with --quick 250ms)")
 	cmd.Flags().BoolVar(&o.NoScale, "no-scale", false, "leave out the runs with 100 and 1,000 containers")
 	cmd.Flags().BoolVar(&o.NoFanout, "no-bcast", false, "leave out bcast_fanout (its three installations of 100 containers)")
+	cmd.Flags().IntVar(&o.Fanout, "bcast-containers", engine.FanoutContainers, "containers in each bcast_fanout installation, of which two listen (3-253): run it twice to see the cost grow with containers or not")
 	cmd.Flags().BoolVar(&o.SkipControlPlane, "no-control-plane", false, "leave out the control-plane timings")
 	cmd.Flags().BoolVar(&o.SkipCrossCheck, "no-crosscheck", false, "leave out the iperf3 and sockperf cross-checks")
 	cmd.Flags().StringVar(&dir, "dir", "", "also write report.md, results.json, details.json and chart.svg into this directory")

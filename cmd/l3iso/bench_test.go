@@ -16,6 +16,8 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"bench", "-o", "xml"}, `unknown output format "xml"`},
 		{[]string{"bench", "--rounds", "x"}, `invalid argument "x" for "--rounds"`},
 		{[]string{"bench", "extra"}, `unknown command "extra"`},
+		{[]string{"bench", "--bcast-containers", "2"}, `--bcast-containers 2: want 3 to 253`},
+		{[]string{"bench", "--bcast-containers", "254"}, `--bcast-containers 254: want 3 to 253`},
 	}
 	for _, tt := range tests {
 		out, err := exec.Command(binary, tt.args...).CombinedOutput()
