@@ -293,7 +293,8 @@ struct l3_stats {
 /* sk_storage flags on a socket. */
 enum l3_sk_flags {
 	L3_SK_LOOP_PRIMARY = 1 << 0, /* its 127.0.0.1/::1 peer was mapped to the container's primary */
-	L3_SK_LISTENER = 1 << 1,     /* a shared-mode UDP wildcard bind: registered in l3_listen */
+	L3_SK_LISTENER = 1 << 1,     /* a UDP wildcard bind: registered in l3_listen */
+	L3_SK_BIND_PENDING = 1 << 2, /* a UDP wildcard bind in progress: post_bind registers it */
 };
 
 enum l3_group_limits {

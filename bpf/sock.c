@@ -411,31 +411,25 @@ static __always_inline int first_slot(const struct l3_sk *s, int i)
  * A shared-mode container's UDP wildcard bind, rewritten to addr:port: it
  * listens for broadcasts on port, and for the groups it joined before.
  */
-static __always_inline void register_listener(struct bpf_sock_addr *ctx, __u32 id,
-					      const struct l3_addr *addr, __u16 port)
+/*
+ * A UDP wildcard bind of container id, rewritten to addr (shared) or kept
+ * (netns): remember it on the socket; l3_post_bind registers it once the
+ * kernel has bound the socket — so a bind that fails registers nothing,
+ * and a bind to port 0 is registered on the port the kernel chose.
+ */
+static __always_inline void mark_listener(struct bpf_sock_addr *ctx, __u32 id,
+					  const struct l3_addr *addr)
 {
-	struct l3_addr bk;
 	struct l3_sk *s;
-	int i;
 
-	if (!ctx->sk || !port)
-		return; /* port 0: an ephemeral port, no broadcast listener */
+	if (!ctx->sk)
+		return;
 	s = bpf_sk_storage_get(&l3_skstore, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!s || (s->flags & L3_SK_LISTENER))
 		return;
-	bcast_key(&bk);
-	if (reg_add(&bk, port, id, addr))
-		return;
-	s->flags |= L3_SK_LISTENER;
 	s->id = id;
-	s->port = port;
 	s->addr = *addr;
-	for (i = 0; i < L3_SK_GROUPS; i++) {
-		struct l3_addr g = s->groups[i];
-
-		if ((g.w[0] | g.w[1] | g.w[2] | g.w[3]) && first_slot(s, i))
-			reg_add(&g, port, id, addr);
-	}
+	s->flags |= L3_SK_BIND_PENDING;
 }
 
 /* ------------------------------------------------------------------- bind */
@@ -486,7 +480,7 @@ static __always_inline int do_bind(struct bpf_sock_addr *ctx, struct l3_addr *a,
 			 * l3_delivs maps to its veth) for the TC fan-out.
 			 */
 			if (proto == IPPROTO_UDP)
-				register_listener(ctx, c->id, a, port);
+				mark_listener(ctx, c->id, a);
 			count(c->id, L3_C_BIND_ALLOWED);
 			return 1;
 		}
@@ -496,7 +490,7 @@ static __always_inline int do_bind(struct bpf_sock_addr *ctx, struct l3_addr *a,
 			ctx->user_ip4 = a->w[3];
 		count(c->id, L3_C_BIND_REWRITTEN);
 		if (proto == IPPROTO_UDP)
-			register_listener(ctx, c->id, a, port);
+			mark_listener(ctx, c->id, a);
 		return 1;
 	}
 
@@ -1354,6 +1348,59 @@ unregister:
 	return 1;
 }
 
+/* A socket's l3iso state, if l3iso is up and the socket has any. */
+static __always_inline struct l3_sk *sock_state(struct bpf_sock *sk)
+{
+	if (!config())
+		return NULL; /* not up yet */
+	return bpf_sk_storage_get(&l3_skstore, sk, 0, 0);
+}
+
+/*
+ * After a bind the kernel made: a UDP wildcard bind that mark_listener
+ * remembered becomes a listener on the bound port (chosen by the kernel
+ * for port 0), with the groups the socket joined before it.
+ */
+static __always_inline int post_bind(struct bpf_sock *sk)
+{
+	struct l3_addr bk;
+	struct l3_sk *s;
+	__u16 port;
+	int i;
+
+	s = sock_state(sk);
+	if (!s || !(s->flags & L3_SK_BIND_PENDING))
+		return 1;
+	s->flags &= ~L3_SK_BIND_PENDING;
+	port = sk->src_port; /* host order */
+	if ((s->flags & L3_SK_LISTENER) || !port)
+		return 1;
+	bcast_key(&bk);
+	if (reg_add(&bk, port, s->id, &s->addr))
+		return 1;
+	s->flags |= L3_SK_LISTENER;
+	s->port = port;
+	for (i = 0; i < L3_SK_GROUPS; i++) {
+		struct l3_addr g = s->groups[i];
+
+		if ((g.w[0] | g.w[1] | g.w[2] | g.w[3]) && first_slot(s, i))
+			reg_add(&g, port, s->id, &s->addr);
+	}
+	return 1;
+}
+
+SEC("cgroup/post_bind4")
+int l3_post_bind4(struct bpf_sock *sk)
+{
+	return post_bind(sk);
+}
+
+SEC("cgroup/post_bind6")
+int l3_post_bind6(struct bpf_sock *sk)
+{
+	return post_bind(sk);
+}
+
 /* A closing socket takes its registrations with it. */
 SEC("cgroup/sock_release")
 int l3_sock_release(struct bpf_sock *sk)
@@ -1362,9 +1409,7 @@ int l3_sock_release(struct bpf_sock *sk)
 	struct l3_sk *s;
 	int i;
 
-	if (!config())
-		return 1; /* not up yet */
-	s = bpf_sk_storage_get(&l3_skstore, sk, 0, 0);
+	s = sock_state(sk);
 	if (!s || !(s->flags & L3_SK_LISTENER))
 		return 1;
 	bcast_key(&bk);

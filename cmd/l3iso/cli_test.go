@@ -460,9 +460,9 @@ func TestUpCrash(t *testing.T) {
 		if err := json.Unmarshal([]byte(e.mustRun("status", "-o", "json")), &st); err != nil {
 			t.Fatal(err)
 		}
-		// 16 cgroup hooks and l3_tc_group on lo.
-		if len(st.Links) != 17 {
-			t.Fatalf("round %d: %d links after the repeated up, want 17", i, len(st.Links))
+		// 18 cgroup hooks and l3_tc_group on lo.
+		if len(st.Links) != 19 {
+			t.Fatalf("round %d: %d links after the repeated up, want 19", i, len(st.Links))
 		}
 		e.mustRun("container", "add", "web", "--addr", "10.77.0.1")
 		e.mustRun("down")

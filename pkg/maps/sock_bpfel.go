@@ -336,6 +336,7 @@ type sockL3SkFlags uint32
 const (
 	sockL3SkFlagsL3SK_LOOP_PRIMARY sockL3SkFlags = 1
 	sockL3SkFlagsL3SK_LISTENER     sockL3SkFlags = 2
+	sockL3SkFlagsL3SK_BIND_PENDING sockL3SkFlags = 4
 )
 
 type sockL3SpecFlags uint32
@@ -402,6 +403,8 @@ type sockProgramSpecs struct {
 	L3Getsockname4 *ebpf.ProgramSpec `ebpf:"l3_getsockname4"`
 	L3Getsockname6 *ebpf.ProgramSpec `ebpf:"l3_getsockname6"`
 	L3Ingress      *ebpf.ProgramSpec `ebpf:"l3_ingress"`
+	L3PostBind4    *ebpf.ProgramSpec `ebpf:"l3_post_bind4"`
+	L3PostBind6    *ebpf.ProgramSpec `ebpf:"l3_post_bind6"`
 	L3Recvmsg4     *ebpf.ProgramSpec `ebpf:"l3_recvmsg4"`
 	L3Recvmsg6     *ebpf.ProgramSpec `ebpf:"l3_recvmsg6"`
 	L3Sendmsg4     *ebpf.ProgramSpec `ebpf:"l3_sendmsg4"`
@@ -536,6 +539,8 @@ type sockPrograms struct {
 	L3Getsockname4 *ebpf.Program `ebpf:"l3_getsockname4"`
 	L3Getsockname6 *ebpf.Program `ebpf:"l3_getsockname6"`
 	L3Ingress      *ebpf.Program `ebpf:"l3_ingress"`
+	L3PostBind4    *ebpf.Program `ebpf:"l3_post_bind4"`
+	L3PostBind6    *ebpf.Program `ebpf:"l3_post_bind6"`
 	L3Recvmsg4     *ebpf.Program `ebpf:"l3_recvmsg4"`
 	L3Recvmsg6     *ebpf.Program `ebpf:"l3_recvmsg6"`
 	L3Sendmsg4     *ebpf.Program `ebpf:"l3_sendmsg4"`
@@ -556,6 +561,8 @@ func (p *sockPrograms) Close() error {
 		p.L3Getsockname4,
 		p.L3Getsockname6,
 		p.L3Ingress,
+		p.L3PostBind4,
+		p.L3PostBind6,
 		p.L3Recvmsg4,
 		p.L3Recvmsg6,
 		p.L3Sendmsg4,

@@ -254,6 +254,8 @@ type sockvariantProgramSpecs struct {
 	L3Getsockname4 *ebpf.ProgramSpec `ebpf:"l3_getsockname4"`
 	L3Getsockname6 *ebpf.ProgramSpec `ebpf:"l3_getsockname6"`
 	L3Ingress      *ebpf.ProgramSpec `ebpf:"l3_ingress"`
+	L3PostBind4    *ebpf.ProgramSpec `ebpf:"l3_post_bind4"`
+	L3PostBind6    *ebpf.ProgramSpec `ebpf:"l3_post_bind6"`
 	L3Recvmsg4     *ebpf.ProgramSpec `ebpf:"l3_recvmsg4"`
 	L3Recvmsg6     *ebpf.ProgramSpec `ebpf:"l3_recvmsg6"`
 	L3Sendmsg4     *ebpf.ProgramSpec `ebpf:"l3_sendmsg4"`
@@ -388,6 +390,8 @@ type sockvariantPrograms struct {
 	L3Getsockname4 *ebpf.Program `ebpf:"l3_getsockname4"`
 	L3Getsockname6 *ebpf.Program `ebpf:"l3_getsockname6"`
 	L3Ingress      *ebpf.Program `ebpf:"l3_ingress"`
+	L3PostBind4    *ebpf.Program `ebpf:"l3_post_bind4"`
+	L3PostBind6    *ebpf.Program `ebpf:"l3_post_bind6"`
 	L3Recvmsg4     *ebpf.Program `ebpf:"l3_recvmsg4"`
 	L3Recvmsg6     *ebpf.Program `ebpf:"l3_recvmsg6"`
 	L3Sendmsg4     *ebpf.Program `ebpf:"l3_sendmsg4"`
@@ -408,6 +412,8 @@ func (p *sockvariantPrograms) Close() error {
 		p.L3Getsockname4,
 		p.L3Getsockname6,
 		p.L3Ingress,
+		p.L3PostBind4,
+		p.L3PostBind6,
 		p.L3Recvmsg4,
 		p.L3Recvmsg6,
 		p.L3Sendmsg4,
