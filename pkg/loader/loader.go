@@ -355,8 +355,7 @@ func (st *State) ensureLinks() (changed bool, err error) {
 	for n := range coll.Programs {
 		names = append(names, n)
 	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range linkOrder(linksDir(st.Dir), names) {
 		prog := coll.Programs[name]
 		c, err := st.ensureLink(name, prog, spec.Programs[name].AttachType)
 		if err != nil {
@@ -365,6 +364,25 @@ func (st *State) ensureLinks() (changed bool, err error) {
 		changed = changed || c
 	}
 	return changed, nil
+}
+
+// linkOrder is the order in which ensureLinks attaches or upgrades the
+// programs names: those without a pinned link in dir first, then those an
+// upgrade replaces, each group sorted. On an upgrade a program that hands
+// work to a new one (bind4 marks a listener, the new post_bind4 registers
+// it) then never runs before the one it hands it to is attached.
+func linkOrder(dir string, names []string) []string {
+	var fresh, pinned []string
+	for _, n := range names {
+		if _, err := os.Stat(filepath.Join(dir, n)); err == nil {
+			pinned = append(pinned, n)
+		} else {
+			fresh = append(fresh, n)
+		}
+	}
+	sort.Strings(fresh)
+	sort.Strings(pinned)
+	return append(fresh, pinned...)
 }
 
 func (st *State) ensureLink(name string, prog *ebpf.Program, at ebpf.AttachType) (bool, error) {

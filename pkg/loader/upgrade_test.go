@@ -5,10 +5,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -53,9 +55,11 @@ func upIn(t *testing.T, path string, o loader.Options) (*loader.State, bool, err
 }
 
 // TestUpgradeInPlace installs an "older binary" (the same programs with
-// other instructions), then runs Up with the current one: every pinned link
-// must keep its id and run the new program, and a container's wildcard
-// binds must stay rewritten before, during and after the swap.
+// other instructions, and without the post_bind programs, which came
+// later), then runs Up with the current one: every pinned link must keep
+// its id and run the new program, the new programs must be attached, and a
+// container's wildcard binds must stay rewritten before, during and after
+// the swap.
 func TestUpgradeInPlace(t *testing.T) {
 	sockprobe.RequirePrivileged(t)
 	netns := sockprobe.NewNetns(t)
@@ -67,7 +71,14 @@ func TestUpgradeInPlace(t *testing.T) {
 	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 	dir := filepath.Join(mnt, "l3iso")
 
-	restore := loader.SetSocketSpec(maps.VariantSpec)
+	restore := loader.SetSocketSpec(func() (*ebpf.CollectionSpec, error) {
+		spec, err := maps.VariantSpec()
+		if err == nil {
+			delete(spec.Programs, "l3_post_bind4")
+			delete(spec.Programs, "l3_post_bind6")
+		}
+		return spec, err
+	})
 	st, changed, err := upIn(t, netns, loader.Options{CgroupRoot: root, BPFFS: dir})
 	restore()
 	if err != nil || !changed {
@@ -156,22 +167,53 @@ func TestUpgradeInPlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(after) != len(before) {
-		t.Fatalf("%d links before, %d after", len(before), len(after))
+	if len(after) != len(before)+2 {
+		t.Fatalf("%d links before, %d after, want the 2 post_bind programs more", len(before), len(after))
 	}
-	for i := range before {
-		if strings.HasPrefix(before[i].Name, "tc-") {
+	now := map[string]loader.LinkInfo{}
+	for _, l := range after {
+		now[l.Name] = l
+	}
+	for _, b := range before {
+		a, ok := now[b.Name]
+		if !ok {
+			t.Errorf("%s: gone after the upgrade", b.Name)
+			continue
+		}
+		delete(now, b.Name)
+		if strings.HasPrefix(b.Name, "tc-") {
 			continue // TC programs: not part of the socket programs' variant build
 		}
-		if before[i].ID != after[i].ID {
-			t.Errorf("%s: link %d replaced by %d, want the same link updated", before[i].Name, before[i].ID, after[i].ID)
+		if b.ID != a.ID {
+			t.Errorf("%s: link %d replaced by %d, want the same link updated", b.Name, b.ID, a.ID)
 		}
-		if before[i].Tag == after[i].Tag || before[i].ProgramID == after[i].ProgramID {
-			t.Errorf("%s: program not upgraded (tag %s, id %d)", before[i].Name, after[i].Tag, after[i].ProgramID)
+		if b.Tag == a.Tag || b.ProgramID == a.ProgramID {
+			t.Errorf("%s: program not upgraded (tag %s, id %d)", b.Name, a.Tag, a.ProgramID)
 		}
+	}
+	if _, ok := now["l3_post_bind4"]; !ok || len(now) != 2 {
+		t.Errorf("new links after the upgrade: %v, want l3_post_bind4 and l3_post_bind6", now)
 	}
 	t.Logf("%d binds checked during the upgrade", n)
 	checkBind("after the upgrade")
+
+	// The new post_bind program registers a UDP wildcard listener on the
+	// port the kernel chose.
+	u := agent.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if err := agent.Bind(u, netip.MustParseAddrPort("0.0.0.0:0")); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := agent.SockName(u)
+	st, err = loader.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := st.Maps.Listeners()
+	st.Close()
+	agent.Close(u)
+	if err != nil || !slices.ContainsFunc(ls, func(l maps.Listener) bool { return l.ID == 1 && l.Port == got.Port() }) {
+		t.Errorf("after the upgrade, a UDP bind to port 0 (got %v) is not a listener: %+v, %v", got, ls, err)
+	}
 
 	// A second up with the same binary changes nothing.
 	st, changed, err = upIn(t, netns, loader.Options{CgroupRoot: root, BPFFS: dir})
