@@ -408,10 +408,6 @@ static __always_inline int first_slot(const struct l3_sk *s, int i)
 }
 
 /*
- * A shared-mode container's UDP wildcard bind, rewritten to addr:port: it
- * listens for broadcasts on port, and for the groups it joined before.
- */
-/*
  * A UDP wildcard bind of container id, rewritten to addr (shared) or kept
  * (netns): remember it on the socket; l3_post_bind registers it once the
  * kernel has bound the socket — so a bind that fails registers nothing,
