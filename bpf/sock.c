@@ -748,32 +748,42 @@ int l3_sendmsg6(struct bpf_sock_addr *ctx)
 /*
  * Show the private loopback (and, for sockets whose 127.0.0.1 led to the
  * primary address, the primary) as 127.0.0.1 / ::1.
+ *
+ * These hooks run on every recvfrom, getsockname and getpeername of every
+ * process under l3iso's cgroup, the host's and netns containers' included.
+ * An address that can be shown otherwise — neither a private loopback
+ * nor the peer of a socket marked L3_SK_LOOP_PRIMARY — is decided before
+ * the container lookup, the costly part (a cgroup walk and a hash lookup
+ * whose lines the packet path in between has evicted).
  */
 static __always_inline int show_loopback(struct bpf_sock_addr *ctx, int v6)
 {
-	struct l3_cfg *cfg = config();
 	struct l3_addr a, lo;
+	struct l3_cfg *cfg;
 	struct l3_cont *c;
 	struct l3_sk *s;
-	int hit = 0;
+	int primary = 0;
 
+	if (v6)
+		load_user6(ctx, &a);
+	else
+		load_user4(ctx, &a);
+	if (!addr_is_private_loop(&a)) {
+		if (!ctx->sk)
+			return 1;
+		s = bpf_sk_storage_get(&l3_skstore, ctx->sk, 0, 0);
+		if (!s || !(s->flags & L3_SK_LOOP_PRIMARY))
+			return 1;
+		primary = 1;
+	}
+	cfg = config();
 	if (!cfg)
 		return 1;
 	c = task_container(active_gen(), cfg);
 	if (!c || (c->flags & L3_CF_LOOP_HOST))
 		return 1;
-	if (v6)
-		load_user6(ctx, &a);
-	else
-		load_user4(ctx, &a);
-
-	if (addr_eq(&a, &c->lo4) || addr_eq(&a, &c->lo6)) {
-		hit = 1;
-	} else if ((addr_eq(&a, &c->primary4) || addr_eq(&a, &c->primary6)) && ctx->sk) {
-		s = bpf_sk_storage_get(&l3_skstore, ctx->sk, 0, 0);
-		hit = s && (s->flags & L3_SK_LOOP_PRIMARY);
-	}
-	if (!hit)
+	if (primary ? !addr_eq(&a, &c->primary4) && !addr_eq(&a, &c->primary6)
+		    : !addr_eq(&a, &c->lo4) && !addr_eq(&a, &c->lo6))
 		return 1;
 	loopback_of(&a, &lo);
 	if (v6)
