@@ -11,9 +11,19 @@ import (
 // each of l3iso's socket hooks (engine.AttachDoNothing): the hooks' own
 // price, without l3iso's work.
 func newFloorCgroup(tb testing.TB, parent string) string {
+	return newDoNothingCgroup(tb, parent, engine.AttachDoNothing)
+}
+
+// newSockFloorCgroup is newFloorCgroup without the packet (cgroup_skb)
+// attach points (engine.AttachDoNothingSockets).
+func newSockFloorCgroup(tb testing.TB, parent string) string {
+	return newDoNothingCgroup(tb, parent, engine.AttachDoNothingSockets)
+}
+
+func newDoNothingCgroup(tb testing.TB, parent string, attach func(string) (*engine.DoNothing, error)) string {
 	tb.Helper()
 	cg := sockprobe.NewCgroup(tb, parent)
-	d, err := engine.AttachDoNothing(cg)
+	d, err := attach(cg)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -46,7 +46,7 @@ type hookConfig struct {
 // Two installations run side by side, each `l3iso up` in its own netns and
 // attached at its own test cgroup: one with 1 container registered, one with
 // 10,000 (`l3iso apply -f` of a generated policy). Each workload runs, in
-// each installation's netns, in three places:
+// each installation's netns, in these places:
 //
 //	container  in <root>/l3iso/c00001: every hook applies, sources are rewritten
 //	host       in <root>/<other>: a host process under l3iso's root (the hooks
@@ -55,6 +55,9 @@ type hookConfig struct {
 //	floor      in a cgroup outside both roots with a do-nothing program at
 //	           each of l3iso's attach points (newFloorCgroup), in the netns
 //	           of the 1: what the hooks cost before any program does work
+//	sockfloor  the same without the two packet (cgroup_skb) attach points
+//	           (newSockFloorCgroup): what the socket hooks alone cost, and
+//	           by difference what l3iso's packet backstops cost to attach
 //
 // Each configuration has one long-lived child (the test binary re-executed
 // in its cgroup and netns) that runs batches on command. In every round each
@@ -77,6 +80,7 @@ func BenchmarkSocketHooks(b *testing.B) {
 		{"host1", "host process under root, 1 registered", sockprobe.NewCgroup(b, one.cgroot), one.netns, freeAddr, nil},
 		{"unmanaged1", "unmanaged (netns of the 1)", unmanaged, one.netns, freeAddr, nil},
 		{"floor1", "do-nothing programs at l3iso's hooks (netns of the 1)", newFloorCgroup(b, w.top), one.netns, freeAddr, nil},
+		{"sockfloor1", "do-nothing programs at the socket hooks only, no skb (netns of the 1)", newSockFloorCgroup(b, w.top), one.netns, freeAddr, nil},
 		{"container10k", "container, 10,000 registered", tenK.containerCgroup(containerName(1)), tenK.netns, own, tenK},
 		{"host10k", "host process under root, 10,000 registered", sockprobe.NewCgroup(b, tenK.cgroot), tenK.netns, freeAddr, nil},
 		{"unmanaged10k", "unmanaged (netns of the 10,000)", unmanaged, tenK.netns, freeAddr, nil},
@@ -139,6 +143,8 @@ func runHookWorkload(b *testing.B, wl hookWorkload, configs []hookConfig) {
 		{"host_vs_unmanaged", "host under root / unmanaged, 1 registered", "", r("host1", "unmanaged1")},
 		{"floor_vs_unmanaged", "do-nothing programs / unmanaged (the hooks' own price)", "", r("floor1", "unmanaged1")},
 		{"container_vs_floor", "container / do-nothing programs, 1 registered (l3iso's work)", "", r("container1", "floor1")},
+		{"sockfloor_vs_unmanaged", "do-nothing at socket hooks only / unmanaged (the socket hooks' price)", "", r("sockfloor1", "unmanaged1")},
+		{"floor_vs_sockfloor", "do-nothing at all / at socket hooks only (the skb backstops' price)", "", r("floor1", "sockfloor1")},
 		{"host_vs_unmanaged_10k", "host under root / unmanaged, 10,000 registered", "", r("host10k", "unmanaged10k")},
 		{"10k_vs_1", "container: 10,000 / 1 registered", "≤ 1.03", r("container10k", "container1")},
 		{"10k_vs_1_unmanaged", "unmanaged: netns of 10,000 / of 1 (kernel only)", "", r("unmanaged10k", "unmanaged1")},

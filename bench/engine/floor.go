@@ -21,13 +21,29 @@ import (
 // enforces the L3 rules with these hooks. Closing the returned link set
 // detaches them all; on error nothing stays attached.
 func AttachDoNothing(cg string) (*DoNothing, error) {
+	return attachDoNothing(cg, func(ebpf.AttachType) bool { return true })
+}
+
+// AttachDoNothingSockets is AttachDoNothing without the two packet
+// (cgroup_skb) attach points: only the hooks on socket system calls, which
+// no design that rewrites sources and checks binds can do without. The
+// difference to AttachDoNothing is the price of l3iso's packet backstops.
+func AttachDoNothingSockets(cg string) (*DoNothing, error) {
+	return attachDoNothing(cg, func(t ebpf.AttachType) bool {
+		return t != ebpf.AttachCGroupInetIngress && t != ebpf.AttachCGroupInetEgress
+	})
+}
+
+func attachDoNothing(cg string, want func(ebpf.AttachType) bool) (*DoNothing, error) {
 	spec, err := maps.SocketSpec()
 	if err != nil {
 		return nil, err
 	}
 	names := make([]string, 0, len(spec.Programs))
-	for n := range spec.Programs {
-		names = append(names, n)
+	for n, ps := range spec.Programs {
+		if want(ps.AttachType) {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	d := &DoNothing{}

@@ -13,7 +13,7 @@ import (
 
 // TestAttachDoNothing checks that hook_floor's cgroup has one do-nothing
 // program at every attach point of l3iso's socket programs, and none once
-// closed.
+// closed; and that AttachDoNothingSockets leaves out exactly the skb ones.
 func TestAttachDoNothing(t *testing.T) {
 	sockprobe.RequirePrivileged(t)
 	cg := sockprobe.NewCgroup(t, "")
@@ -55,11 +55,19 @@ func TestAttachDoNothing(t *testing.T) {
 	if len(spec.Programs) < 10 {
 		t.Fatalf("l3iso has %d socket programs, expected more than 10", len(spec.Programs))
 	}
-	for name, ps := range spec.Programs {
-		if n, names := count(ps.AttachType); n != 1 || names[0] != "l3b_nothing" {
-			t.Errorf("%v (in place of %s): attached %v, want one l3b_nothing", ps.AttachType, name, names)
+	check := func(what string, skb bool) {
+		t.Helper()
+		for name, ps := range spec.Programs {
+			want := 1
+			if !skb && (ps.AttachType == ebpf.AttachCGroupInetIngress || ps.AttachType == ebpf.AttachCGroupInetEgress) {
+				want = 0
+			}
+			if n, names := count(ps.AttachType); n != want || (n == 1 && names[0] != "l3b_nothing") {
+				t.Errorf("%s: %v (in place of %s): attached %v, want %d l3b_nothing", what, ps.AttachType, name, names, want)
+			}
 		}
 	}
+	check("AttachDoNothing", true)
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -68,4 +76,12 @@ func TestAttachDoNothing(t *testing.T) {
 			t.Errorf("%v (in place of %s): %v still attached after Close", ps.AttachType, name, names)
 		}
 	}
+
+	// The socket hooks only: everything but the two skb attach points.
+	d, err = AttachDoNothingSockets(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	check("AttachDoNothingSockets", false)
 }
