@@ -750,11 +750,13 @@ int l3_sendmsg6(struct bpf_sock_addr *ctx)
  * primary address, the primary) as 127.0.0.1 / ::1.
  *
  * These hooks run on every recvfrom, getsockname and getpeername of every
- * process under l3iso's cgroup, the host's and netns containers' included.
- * An address that can be shown otherwise — neither a private loopback
- * nor the peer of a socket marked L3_SK_LOOP_PRIMARY — is decided before
- * the container lookup, the costly part (a cgroup walk and a hash lookup
- * whose lines the packet path in between has evicted).
+ * process under l3iso's cgroup, the host's and netns containers' included,
+ * so the common cases leave early: a socket in another netns (a netns
+ * container's loopback is its own), then an address that is neither a
+ * private loopback nor the peer of a socket marked L3_SK_LOOP_PRIMARY.
+ * Both come before the socket storage (a separate allocation, cold on a
+ * busy receive path) and the container lookup (a cgroup walk and a hash
+ * lookup), the costly parts.
  */
 static __always_inline int show_loopback(struct bpf_sock_addr *ctx, int v6)
 {
@@ -764,6 +766,9 @@ static __always_inline int show_loopback(struct bpf_sock_addr *ctx, int v6)
 	struct l3_sk *s;
 	int primary = 0;
 
+	cfg = config();
+	if (!cfg || !host_netns(ctx, cfg))
+		return 1; /* a netns container's loopback is its own */
 	if (v6)
 		load_user6(ctx, &a);
 	else
@@ -776,9 +781,6 @@ static __always_inline int show_loopback(struct bpf_sock_addr *ctx, int v6)
 			return 1;
 		primary = 1;
 	}
-	cfg = config();
-	if (!cfg)
-		return 1;
 	c = task_container(active_gen(), cfg);
 	if (!c || (c->flags & L3_CF_LOOP_HOST))
 		return 1;
