@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -758,6 +759,20 @@ func TestNetnsScale(t *testing.T) {
 	start = time.Now()
 	n.add("one", "10.79.0.1")
 	t.Logf("container add (one CLI run, %d containers present): %v", count, time.Since(start))
+	// status names every veth and its TCX program (it used to read every
+	// link of the netns for each one: 90 s at this size).
+	start = time.Now()
+	st := n.status()
+	t.Logf("status -o json with %d netns containers: %v", count+1, time.Since(start))
+	for _, i := range []int{0, count - 1} {
+		ifname := veth.HostIfName(n.name(fmt.Sprintf("s%d", i)))
+		if got := tcxOn(st, ifname); !slices.Equal(got, []string{"l3_tc_veth"}) {
+			t.Errorf("status: TCX ingress of %s = %v, want [l3_tc_veth]", ifname, got)
+		}
+	}
+	if len(st.Interfaces) < count+3 { // lo, the uplink, every veth
+		t.Errorf("status lists %d interfaces, want %d veths and lo and the uplink", len(st.Interfaces), count+1)
+	}
 	start = time.Now()
 	n.mustRun("down")
 	t.Logf("down with %d netns containers: %v", count+1, time.Since(start))

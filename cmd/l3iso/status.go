@@ -2,11 +2,11 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
 
 	"github.com/l3iso/l3iso/pkg/control"
 	"github.com/l3iso/l3iso/pkg/loader"
@@ -78,19 +78,22 @@ type interfaceJSON struct {
 func interfaces(c *control.Control) ([]interfaceJSON, error) {
 	out := []interfaceJSON{}
 	add := func(name, role string) error {
-		ifc, err := net.InterfaceByName(name)
+		// One link, not net.InterfaceByName's dump of them all: this runs
+		// for every container's veth.
+		l, err := netlink.LinkByName(name)
 		if err != nil {
 			out = append(out, interfaceJSON{Name: name, Role: role + " (interface missing: run `l3iso up` to repair)", Programs: []loader.TCXProgram{}})
 			return nil
 		}
-		progs, err := loader.QueryTCX(ifc.Index)
+		index := l.Attrs().Index
+		progs, err := loader.QueryTCX(index)
 		if err != nil {
 			return err
 		}
 		if progs == nil {
 			progs = []loader.TCXProgram{}
 		}
-		out = append(out, interfaceJSON{Name: name, Ifindex: ifc.Index, Role: role, Programs: progs})
+		out = append(out, interfaceJSON{Name: name, Ifindex: index, Role: role, Programs: progs})
 		return nil
 	}
 	// l3_tc_group on lo fans out what shared containers and the host

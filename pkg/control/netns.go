@@ -76,6 +76,7 @@ func (c *Control) plumb(k maps.Container) error {
 		return err
 	}
 	mtu := c.vethMTU()
+	c.tr.step("delivery, MTU")
 	ep, err := veth.Create(veth.Spec{
 		Container:         k.Spec.Name,
 		Addrs:             vethAddrs(k),
@@ -88,10 +89,12 @@ func (c *Control) plumb(k maps.Container) error {
 		}
 		return err
 	}
+	c.tr.step("namespace, veth")
 	if err := c.wire(k, ep, true); err != nil {
 		c.unplumb(k, true)
 		return err
 	}
+	c.tr.step("wire")
 	return nil
 }
 

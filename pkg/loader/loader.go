@@ -13,7 +13,6 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -472,8 +471,8 @@ func (st *State) Links() ([]LinkInfo, error) {
 			if tcx := info.TCX(); tcx != nil {
 				li.Attach = ebpf.AttachType(tcx.AttachType).String()
 				li.Target = fmt.Sprintf("ifindex %d (gone)", tcx.Ifindex)
-				if ifc, err := net.InterfaceByIndex(int(tcx.Ifindex)); err == nil && tcx.Ifindex != 0 {
-					li.Target = ifc.Name
+				if name := IfName(int(tcx.Ifindex)); name != "" {
+					li.Target = name
 				}
 			}
 			if p, err := ebpf.NewProgramFromID(info.Program); err == nil {
@@ -581,6 +580,22 @@ func (st *State) Teardown() error {
 }
 
 // linkOf returns an interface's ifindex and MAC address.
+// IfName returns the name of interface index in the current network
+// namespace, or "" when there is none. It asks the kernel for that one link:
+// net.InterfaceByIndex (and ByName) read every link of the namespace, and a
+// host with 1,000 netns containers has 1,000 veths — `status`, which names
+// every TCX link, took 90 s that way.
+func IfName(index int) string {
+	if index <= 0 {
+		return ""
+	}
+	l, err := netlink.LinkByIndex(index)
+	if err != nil {
+		return ""
+	}
+	return l.Attrs().Name
+}
+
 func linkOf(name string) (uint32, [6]byte, error) {
 	var mac [6]byte
 	l, err := netlink.LinkByName(name)

@@ -3,7 +3,6 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -331,11 +330,7 @@ func describeTC(l link.Link, pin string) TCLink {
 	tl.ProgramID = uint32(info.Program)
 	if tcx := info.TCX(); tcx != nil {
 		tl.Ifindex = int(tcx.Ifindex)
-		if tl.Ifindex != 0 {
-			if ifc, err := net.InterfaceByIndex(tl.Ifindex); err == nil {
-				tl.Interface = ifc.Name
-			}
-		}
+		tl.Interface = IfName(tl.Ifindex)
 	}
 	if p, err := ebpf.NewProgramFromID(info.Program); err == nil {
 		if pi, err := p.Info(); err == nil {
