@@ -260,6 +260,31 @@ func TestBackstop(t *testing.T) {
 				t.Errorf("send from %s: got %v, want EPERM", p.src, err)
 			}
 		}
+		// The same from a connected socket (a control message makes the
+		// kernel run the sendmsg hook even then; the egress backstop is
+		// behind it).
+		refused := func() uint64 { c := e.counters()["web"]; return c["send_denied_spoof"] + c["egress_dropped_spoof"] }
+		spoof := refused()
+		for _, p := range []struct {
+			fam      int
+			src, dst string
+		}{{unix.AF_INET, "10.77.0.2", "10.77.0.2:7202"}, {unix.AF_INET6, "fd77::2", "[fd77::2]:7203"}} {
+			id := web.Socket(p.fam, unix.SOCK_DGRAM, 0)
+			if err := web.Connect(id, ap(p.dst)); err != nil {
+				t.Fatal(err)
+			}
+			err := web.SendFrom(id, netip.MustParseAddr(p.src), netip.AddrPort{}, []byte("spoof"))
+			web.Close(id)
+			if !errors.Is(err, unix.EPERM) {
+				t.Errorf("connected socket, send from %s: got %v, want EPERM", p.src, err)
+			}
+		}
+		if got := refused(); got != spoof+2 {
+			t.Errorf("send_denied_spoof + egress_dropped_spoof went from %d to %d, want 2 more", spoof, got)
+		}
+		if b, from, _, err := db.RecvFrom(srv, 300*time.Millisecond); err == nil {
+			t.Fatalf("db received %q from %s: a spoofed datagram got through", b, from)
+		}
 		// Its own address as explicit source is fine.
 		id := web.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 		defer web.Close(id)
