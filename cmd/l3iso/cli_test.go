@@ -1,6 +1,7 @@
 package main
 
 import (
+	be "encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -379,6 +380,35 @@ func TestExec(t *testing.T) {
 	if trim(r.stdout) != "10.77.0.1" {
 		t.Errorf("exec'd python wildcard bind: %q %q", r.stdout, r.stderr)
 	}
+
+	// A program with file capabilities the container may not have (as
+	// iputils' ping has cap_net_raw=ep) does not start; the error says why.
+	capped := filepath.Join(t.TempDir(), "capped-true")
+	if err := copyFile("/bin/true", capped, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// struct vfs_cap_data, revision 2, effective: permitted = CAP_NET_RAW.
+	capData := make([]byte, 20)
+	be.LittleEndian.PutUint32(capData[0:], 0x02000001)
+	be.LittleEndian.PutUint32(capData[4:], 1<<unix.CAP_NET_RAW)
+	if err := unix.Setxattr(capped, "security.capability", capData, 0); err != nil {
+		t.Fatalf("give %s cap_net_raw: %v", capped, err)
+	}
+	if r := e.run("exec", "web", "--", capped); r.code == 0 || !strings.Contains(r.stderr, "file capabilities (cap_net_raw)") || !strings.Contains(r.stderr, "outside the container") {
+		t.Errorf("exec of a program with cap_net_raw=ep: exit %d, stderr %q; want a failure that names the capability", r.code, r.stderr)
+	}
+	if r := e.run("exec", "web", "--", "/bin/true"); r.code != 0 {
+		t.Errorf("exec of /bin/true: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// copyFile copies file src to dst with mode perm.
+func copyFile(src, dst string, perm os.FileMode) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, perm)
 }
 
 // killAt runs l3iso with args and SIGKILLs it after d.

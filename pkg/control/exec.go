@@ -1,10 +1,13 @@
 package control
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -68,7 +71,42 @@ func (c *Control) Exec(name string, argv []string) error {
 		return fmt.Errorf("exec in container %q: %w", name, err)
 	}
 	err = unix.Exec(path, argv, os.Environ())
+	if errors.Is(err, unix.EPERM) {
+		if caps := fileCaps(path, DroppedCaps); len(caps) > 0 {
+			return fmt.Errorf("exec %s in container %q: %w: the program has file capabilities (%s) that processes in a container cannot get (rule 8), and the kernel will not start it without them: run it outside the container, or a copy without file capabilities (see `getcap %s`)",
+				path, name, err, strings.Join(caps, ", "), path)
+		}
+	}
 	return fmt.Errorf("exec %s in container %q: %w", path, name, err)
+}
+
+// capNames names the capabilities of DroppedCaps.
+var capNames = map[uintptr]string{
+	unix.CAP_NET_ADMIN: "cap_net_admin", unix.CAP_NET_RAW: "cap_net_raw", unix.CAP_SYS_ADMIN: "cap_sys_admin",
+	unix.CAP_BPF: "cap_bpf", unix.CAP_PERFMON: "cap_perfmon", unix.CAP_SYS_MODULE: "cap_sys_module",
+	unix.CAP_SYS_PTRACE: "cap_sys_ptrace",
+}
+
+// fileCaps returns those of caps that file path's permitted file
+// capabilities (its security.capability attribute, struct vfs_cap_data:
+// magic, then permitted and inheritable as 32-bit halves) include.
+func fileCaps(path string, caps []uintptr) []string {
+	b := make([]byte, 24)
+	n, err := unix.Getxattr(path, "security.capability", b)
+	if err != nil || n < 12 {
+		return nil
+	}
+	permitted := uint64(binary.LittleEndian.Uint32(b[4:]))
+	if n >= 20 {
+		permitted |= uint64(binary.LittleEndian.Uint32(b[12:])) << 32
+	}
+	var out []string
+	for _, c := range caps {
+		if permitted&(1<<c) != 0 {
+			out = append(out, capNames[c])
+		}
+	}
+	return out
 }
 
 // confineCgroups gives the calling thread a cgroup namespace rooted at its
