@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/l3iso/l3iso/internal/netstat"
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/veth"
 )
@@ -567,25 +568,11 @@ func udpCounter(ctx context.Context, netns, name string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var names []string
-	for _, l := range strings.Split(out, "\n") {
-		f := strings.Fields(l)
-		if len(f) == 0 || f[0] != "Udp:" {
-			continue
-		}
-		if names == nil {
-			names = f[1:]
-			continue
-		}
-		for i, n := range names {
-			if n == name && i+1 < len(f) {
-				var v uint64
-				_, err := fmt.Sscan(f[i+1], &v)
-				return v, err
-			}
-		}
+	v, ok := netstat.Parse([]byte(out))["Udp:"+name]
+	if !ok {
+		return 0, fmt.Errorf("no Udp counter %s in /proc/net/snmp of %s", name, netns)
 	}
-	return 0, fmt.Errorf("no Udp counter %s in /proc/net/snmp of %s", name, netns)
+	return v, nil
 }
 
 // proc is a running worker.

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/l3iso/l3iso/internal/netstat"
 	"github.com/l3iso/l3iso/internal/sockprobe"
 )
 
@@ -188,6 +189,28 @@ func (e *env) agent(name string) *sockprobe.Agent {
 		cg = e.cgroupOf(name)
 	}
 	return sockprobe.Start(e.t, sockprobe.Options{CgroupDir: cg, NetnsPath: e.netns})
+}
+
+// netCounters reads the protocol counters of network namespace netns
+// (/proc/net/snmp, snmp6 and netstat), keyed as netstat.Parse keys them:
+// "Ip:ForwDatagrams", "Icmp6InEchos", "MPTcpExt:MPJoinSynTx".
+func netCounters(t *testing.T, netns string) map[string]uint64 {
+	t.Helper()
+	out, err := exec.Command("nsenter", "--net="+netns, "cat", "/proc/net/snmp", "/proc/net/snmp6", "/proc/net/netstat").Output()
+	if err != nil {
+		t.Fatalf("read the protocol counters of %s: %v", netns, err)
+	}
+	return netstat.Parse(out)
+}
+
+// netCounter is one counter of netCounters; a missing one fails t.
+func netCounter(t *testing.T, netns, key string) uint64 {
+	t.Helper()
+	v, ok := netCounters(t, netns)[key]
+	if !ok {
+		t.Fatalf("no counter %s in /proc/net/{snmp,snmp6,netstat} of %s", key, netns)
+	}
+	return v
 }
 
 // counters reads `l3iso stats -o json`.

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"net/netip"
 	"os/exec"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -39,12 +37,13 @@ func TestICMPSockets(t *testing.T) {
 	for _, fam := range []struct {
 		name           string
 		af, proto, raw int
-		request, reply byte // ICMP types
+		request, reply byte   // ICMP types
+		echos          string // the netns's counter of echo requests received
 		web, db        string
 		any            netip.Addr
 	}{
-		{"v4", unix.AF_INET, unix.IPPROTO_ICMP, unix.IPPROTO_ICMP, 8, 0, "10.77.0.1", "10.77.0.2", netip.IPv4Unspecified()},
-		{"v6", unix.AF_INET6, unix.IPPROTO_ICMPV6, unix.IPPROTO_ICMPV6, 128, 129, "fd77::1", "fd77::2", netip.IPv6Unspecified()},
+		{"v4", unix.AF_INET, unix.IPPROTO_ICMP, unix.IPPROTO_ICMP, 8, 0, "Icmp:InEchos", "10.77.0.1", "10.77.0.2", netip.IPv4Unspecified()},
+		{"v6", unix.AF_INET6, unix.IPPROTO_ICMPV6, unix.IPPROTO_ICMPV6, 128, 129, "Icmp6InEchos", "fd77::1", "fd77::2", netip.IPv6Unspecified()},
 	} {
 		webIP, dbIP := netip.MustParseAddr(fam.web), netip.MustParseAddr(fam.db)
 		webAt, dbAt := netip.AddrPortFrom(webIP, 0), netip.AddrPortFrom(dbIP, 0)
@@ -55,14 +54,14 @@ func TestICMPSockets(t *testing.T) {
 		// errors of the output path (icmpv6_push_pending_frames).
 		dropped := func(t *testing.T, what string, send func() error) {
 			t.Helper()
-			spoof, echos := e.counters()["web"]["egress_dropped_spoof"], echoRequestsIn(t, e, fam.af)
+			spoof, echos := e.counters()["web"]["egress_dropped_spoof"], netCounter(t, e.netns, fam.echos)
 			if err := send(); err != nil && !errors.Is(err, unix.EPERM) {
 				t.Fatalf("%s: got %v, want EPERM or a silent drop", what, err)
 			}
 			if got := e.counters()["web"]["egress_dropped_spoof"]; got != spoof+1 {
 				t.Errorf("%s: egress_dropped_spoof went from %d to %d, want one more", what, spoof, got)
 			}
-			if got := echoRequestsIn(t, e, fam.af); got != echos {
+			if got := netCounter(t, e.netns, fam.echos); got != echos {
 				t.Errorf("%s: %d echo requests reached the stack, want none", what, got-echos)
 			}
 		}
@@ -172,48 +171,4 @@ func icmpEcho(typ byte, id, seq uint16) []byte {
 		be.BigEndian.PutUint16(b[2:], ^uint16(sum))
 	}
 	return b
-}
-
-// echoRequestsIn reads the netns's count of echo requests received
-// (Icmp InEchos or Icmp6InEchos).
-func echoRequestsIn(t *testing.T, e *env, af int) uint64 {
-	t.Helper()
-	file, key := "/proc/net/snmp", "Icmp:"
-	if af == unix.AF_INET6 {
-		file = "/proc/net/snmp6"
-	}
-	out, err := exec.Command("nsenter", "--net="+e.netns, "cat", file).Output()
-	if err != nil {
-		t.Fatalf("read %s: %v", file, err)
-	}
-	lines := strings.Split(string(out), "\n")
-	if af == unix.AF_INET6 {
-		for _, l := range lines {
-			if f := strings.Fields(l); len(f) == 2 && f[0] == "Icmp6InEchos" {
-				n, _ := strconv.ParseUint(f[1], 10, 64)
-				return n
-			}
-		}
-		t.Fatalf("no Icmp6InEchos in %s", file)
-	}
-	// Two "Icmp:" lines: names, then values.
-	var names []string
-	for _, l := range lines {
-		f := strings.Fields(l)
-		if len(f) == 0 || f[0] != key {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, n := range names {
-			if n == "InEchos" && i < len(f) {
-				v, _ := strconv.ParseUint(f[i], 10, 64)
-				return v
-			}
-		}
-	}
-	t.Fatalf("no Icmp InEchos in %s", file)
-	return 0
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"net/netip"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -46,7 +45,7 @@ func TestMPTCPSubflows(t *testing.T) {
 		{"v6", unix.AF_INET6, "fd77::1", "[fd77::2]:7301"},
 	} {
 		t.Run(fam.name, func(t *testing.T) {
-			joinTx, joinRx := mptcpCounter(t, e, "MPJoinSynTx"), mptcpCounter(t, e, "MPJoinSynRx")
+			joinTx, joinRx := netCounter(t, e.netns, "MPTcpExt:MPJoinSynTx"), netCounter(t, e.netns, "MPTcpExt:MPJoinSynRx")
 			spoof := e.counters()["web"]["egress_dropped_spoof"]
 
 			lid := listen(t, db, proto{"mptcp", fam.af, unix.SOCK_STREAM, unix.IPPROTO_MPTCP, false}, fam.dst)
@@ -74,10 +73,10 @@ func TestMPTCPSubflows(t *testing.T) {
 				t.Fatalf("read %q, %v; want ping", b, err)
 			}
 			deadline := time.Now().Add(5 * time.Second)
-			for mptcpCounter(t, e, "MPJoinSynTx") == joinTx && time.Now().Before(deadline) {
+			for netCounter(t, e.netns, "MPTcpExt:MPJoinSynTx") == joinTx && time.Now().Before(deadline) {
 				time.Sleep(50 * time.Millisecond)
 			}
-			if mptcpCounter(t, e, "MPJoinSynTx") == joinTx {
+			if netCounter(t, e.netns, "MPTcpExt:MPJoinSynTx") == joinTx {
 				t.Fatal("the path manager sent no MP_JOIN from its subflow endpoint: the test proves nothing")
 			}
 			// ...which the backstop stops on its way out.
@@ -87,7 +86,7 @@ func TestMPTCPSubflows(t *testing.T) {
 			if got := e.counters()["web"]["egress_dropped_spoof"]; got == spoof {
 				t.Errorf("egress_dropped_spoof did not count the join from the host's endpoint")
 			}
-			if got := mptcpCounter(t, e, "MPJoinSynRx"); got != joinRx {
+			if got := netCounter(t, e.netns, "MPTcpExt:MPJoinSynRx"); got != joinRx {
 				t.Errorf("%d MP_JOIN SYNs from the host's endpoint reached the listener", got-joinRx)
 			}
 			// The connection lives on over its first subflow.
@@ -99,33 +98,4 @@ func TestMPTCPSubflows(t *testing.T) {
 			}
 		})
 	}
-}
-
-// mptcpCounter reads MPTcpExt counter name (without its prefix) of the
-// env's netns, from /proc/net/netstat.
-func mptcpCounter(t *testing.T, e *env, name string) uint64 {
-	t.Helper()
-	out, err := exec.Command("nsenter", "--net="+e.netns, "cat", "/proc/net/netstat").Output()
-	if err != nil {
-		t.Fatalf("read /proc/net/netstat: %v", err)
-	}
-	var names []string
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 0 || f[0] != "MPTcpExt:" {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, n := range names {
-			if n == name && i < len(f) {
-				v, _ := strconv.ParseUint(f[i], 10, 64)
-				return v
-			}
-		}
-	}
-	t.Fatalf("no MPTcpExt %s in /proc/net/netstat", name)
-	return 0
 }

@@ -296,24 +296,8 @@ func (n *netEnv) hostCounters() hostCounters {
 			*dst += v
 		}
 	}
-	snmp, err := exec.Command("nsenter", "--net="+n.netns, "cat", "/proc/net/snmp", "/proc/net/snmp6").CombinedOutput()
-	if err != nil {
-		n.t.Fatalf("read /proc/net/snmp: %v", err)
-	}
-	lines := strings.Split(string(snmp), "\n")
-	for i := 0; i+1 < len(lines); i++ {
-		if strings.HasPrefix(lines[i], "Ip: Forwarding") {
-			names, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-			for j := range names {
-				if names[j] == "ForwDatagrams" && j < len(vals) {
-					c.forw4, _ = strconv.ParseUint(vals[j], 10, 64)
-				}
-			}
-		}
-		if f := strings.Fields(lines[i]); len(f) == 2 && f[0] == "Ip6OutForwDatagrams" {
-			c.forw6, _ = strconv.ParseUint(f[1], 10, 64)
-		}
-	}
+	c.forw4 = netCounter(n.t, n.netns, "Ip:ForwDatagrams")
+	c.forw6 = netCounter(n.t, n.netns, "Ip6OutForwDatagrams")
 	return c
 }
 

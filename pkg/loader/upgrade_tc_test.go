@@ -49,6 +49,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/l3iso/l3iso/internal/netstat"
 	"github.com/l3iso/l3iso/internal/sockprobe"
 	"github.com/l3iso/l3iso/pkg/control"
 	"github.com/l3iso/l3iso/pkg/loader"
@@ -1152,42 +1153,22 @@ func forwarded(t *testing.T, hostNS string) [2]uint64 {
 	var out [2]uint64
 	err := inNetns(hostNS, func() error {
 		// /proc/thread-self: /proc/net is the main thread's namespace.
-		b, err := os.ReadFile("/proc/thread-self/net/snmp")
-		if err != nil {
-			return err
-		}
-		var header []string
-		found4 := false
-		for _, line := range strings.Split(string(b), "\n") {
-			fields := strings.Fields(line)
-			if len(fields) == 0 || fields[0] != "Ip:" {
-				continue
-			}
-			if header == nil {
-				header = fields
-				continue
-			}
-			for i, h := range header {
-				if h == "ForwDatagrams" && i < len(fields) {
-					out[0], err = strconv.ParseUint(fields[i], 10, 64)
-					found4 = err == nil
-				}
-			}
-		}
-		if !found4 {
-			return fmt.Errorf("no Ip: ForwDatagrams in /proc/net/snmp:\n%s", b)
-		}
-		b, err = os.ReadFile("/proc/thread-self/net/snmp6")
-		if err != nil {
-			return err
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if fields := strings.Fields(line); len(fields) == 2 && fields[0] == "Ip6OutForwDatagrams" {
-				out[1], err = strconv.ParseUint(fields[1], 10, 64)
+		var all []byte
+		for _, f := range []string{"snmp", "snmp6"} {
+			b, err := os.ReadFile("/proc/thread-self/net/" + f)
+			if err != nil {
 				return err
 			}
+			all = append(all, b...)
 		}
-		return fmt.Errorf("no Ip6OutForwDatagrams in /proc/net/snmp6")
+		c := netstat.Parse(all)
+		var ok4, ok6 bool
+		out[0], ok4 = c["Ip:ForwDatagrams"]
+		out[1], ok6 = c["Ip6OutForwDatagrams"]
+		if !ok4 || !ok6 {
+			return fmt.Errorf("no Ip: ForwDatagrams or Ip6OutForwDatagrams in /proc/net/snmp, snmp6")
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
