@@ -249,10 +249,12 @@ func TestBackstop(t *testing.T) {
 	t.Run("spoofed-source", func(t *testing.T) {
 		srv := listen(t, db, udp4, "10.77.0.2:7202")
 		defer db.Close(srv)
-		for _, p := range []struct {
+		// web sends from db's address, to db.
+		spoofs := []struct {
 			fam      int
 			src, dst string
-		}{{unix.AF_INET, "10.77.0.2", "10.77.0.2:7202"}, {unix.AF_INET6, "fd77::2", "[fd77::2]:7203"}} {
+		}{{unix.AF_INET, "10.77.0.2", "10.77.0.2:7202"}, {unix.AF_INET6, "fd77::2", "[fd77::2]:7203"}}
+		for _, p := range spoofs {
 			id := web.Socket(p.fam, unix.SOCK_DGRAM, 0)
 			err := web.SendFrom(id, netip.MustParseAddr(p.src), ap(p.dst), []byte("spoof"))
 			web.Close(id)
@@ -265,10 +267,7 @@ func TestBackstop(t *testing.T) {
 		// behind it).
 		refused := func() uint64 { c := e.counters()["web"]; return c["send_denied_spoof"] + c["egress_dropped_spoof"] }
 		spoof := refused()
-		for _, p := range []struct {
-			fam      int
-			src, dst string
-		}{{unix.AF_INET, "10.77.0.2", "10.77.0.2:7202"}, {unix.AF_INET6, "fd77::2", "[fd77::2]:7203"}} {
+		for _, p := range spoofs {
 			id := web.Socket(p.fam, unix.SOCK_DGRAM, 0)
 			if err := web.Connect(id, ap(p.dst)); err != nil {
 				t.Fatal(err)
