@@ -579,7 +579,6 @@ func (st *State) Teardown() error {
 	return nil
 }
 
-// linkOf returns an interface's ifindex and MAC address.
 // IfName returns the name of interface index in the current network
 // namespace, or "" when there is none. It asks the kernel for that one link:
 // net.InterfaceByIndex (and ByName) read every link of the namespace, and a
@@ -596,6 +595,7 @@ func IfName(index int) string {
 	return l.Attrs().Name
 }
 
+// linkOf returns an interface's ifindex and MAC address.
 func linkOf(name string) (uint32, [6]byte, error) {
 	var mac [6]byte
 	l, err := netlink.LinkByName(name)
