@@ -91,30 +91,40 @@ func TestLoopback(t *testing.T) {
 		web.Close(aid)
 	})
 
-	t.Run("udp", func(t *testing.T) {
-		lid := listen(t, web, udp4, "127.0.0.1:7102")
-		defer web.Close(lid)
-		cid := web.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		defer web.Close(cid)
-		if err := web.SendTo(cid, ap("127.0.0.1:7102"), []byte("hi")); err != nil {
-			t.Fatal(err)
-		}
-		_, from, dst, err := web.RecvFrom(lid, 3*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if from.Addr().String() != "127.0.0.1" {
-			t.Errorf("recvfrom source = %s, want 127.0.0.1", from)
-		}
-		_ = dst
-		// db's datagram to 127.0.0.1:7102 goes to db's own loopback.
-		did := db.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		defer db.Close(did)
-		db.SendTo(did, ap("127.0.0.1:7102"), []byte("leak"))
-		if b, _, _, err := web.RecvFrom(lid, 300*time.Millisecond); err == nil {
-			t.Errorf("web's loopback socket received %q from db", b)
-		}
-	})
+	for _, fam := range []struct {
+		name    string
+		p       proto
+		lo, dst string
+	}{
+		{"udp-v4", udp4, "127.0.0.1", "127.0.0.1:7102"},
+		{"udp-v6", udp6, "::1", "[::1]:7106"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			lid := listen(t, web, fam.p, fam.dst)
+			defer web.Close(lid)
+			cid := web.Socket(fam.p.family, unix.SOCK_DGRAM, 0)
+			defer web.Close(cid)
+			if err := web.SendTo(cid, ap(fam.dst), []byte("hi")); err != nil {
+				t.Fatal(err)
+			}
+			// recvfrom (the recvmsg hook) shows the private loopback
+			// underneath as the loopback address.
+			_, from, _, err := web.RecvFrom(lid, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if from.Addr().String() != fam.lo {
+				t.Errorf("recvfrom source = %s, want %s", from, fam.lo)
+			}
+			// db's datagram to the same address goes to db's own loopback.
+			did := db.Socket(fam.p.family, unix.SOCK_DGRAM, 0)
+			defer db.Close(did)
+			db.SendTo(did, ap(fam.dst), []byte("leak"))
+			if b, _, _, err := web.RecvFrom(lid, 300*time.Millisecond); err == nil {
+				t.Errorf("web's loopback socket received %q from db", b)
+			}
+		})
+	}
 
 	t.Run("host-mode", func(t *testing.T) {
 		// loopback: host shares the host's 127.0.0.1 both ways.
