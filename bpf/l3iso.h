@@ -29,6 +29,7 @@ enum l3_limits {
 	L3_PATH_LEN = 256,
 	L3_OWNER_PLEN_ADDR = 160, /* l3_owner prefixlen of a whole IP (gen + addr) */
 	L3_OWNER_PLEN_FULL = 184, /* gen + addr + proto + port */
+	L3_SOCK_QUOTA = 4096,	  /* socket registrations per container (l3_binds, l3_listen) */
 };
 
 /* An IPv6 or IPv4-mapped address, network byte order. */
@@ -57,7 +58,7 @@ struct l3_cfg {
 	__u32 delivery;	      /* enum l3_delivery */
 	__u32 uplink_ifindex; /* 0: none, shared addresses live on lo */
 	__u32 flags;	      /* enum l3_cfg_flags (user space only) */
-	__u32 pad;
+	__u32 uplink_ip4;     /* an IPv4 address of the uplink (network order), 0: none */
 	/*
 	 * Every directed broadcast address of a container subnet (IPv4, as
 	 * loaded from the header) has bit (ip4 * L3_BLOOM_MUL) >> 24 set; a
@@ -259,7 +260,16 @@ enum l3_counter {
 	L3_C_GROUP_LOST,	    /* a copy whose listener was gone when it arrived */
 	L3_C_GROUP_FILTERED,	    /* a multicast copy its socket's source filter refused (or a
 				       socket that did not join the group) */
-	L3_C_MAX = 32, /* x8 bytes x 16385 ids per CPU */
+	/* Sockets that share a port (rule 3): l3_binds, l3_tc_group, l3_sk_lookup */
+	L3_C_BIND_INUSE,	    /* EADDRINUSE: it holds that address and port already */
+	L3_C_SOCK_QUOTA,	    /* ENOBUFS: a bind or join beyond its socket registrations
+				       (L3_SOCK_QUOTA), or the registry is full */
+	L3_C_STEERED,		    /* a connection or datagram for it steered to its listening socket */
+	L3_C_REFUSED,		    /* a connection or datagram to it nobody of it listens for:
+				       refused (RST, ICMP port unreachable) */
+	L3_C_LOOP_DENIED,	    /* connect/send to another's private loopback, or from its own
+				       loopback to elsewhere (id 0: the host to a private loopback) */
+	L3_C_MAX = 40, /* x8 bytes x 16385 ids per CPU */
 };
 
 /*
@@ -290,11 +300,85 @@ struct l3_stats {
 #define L3_LO6_W0 0xfd6c3369   /* first two words of L3_LO6 prefix, host order */
 #define L3_LO6_W1 0x736f0000
 
+/*
+ * The host's own address toward shared containers: the source of a host
+ * socket that talks to one (no container can bind it, send from it or
+ * reach the host's loopback through it), in the private ranges above every
+ * container id: 127.255.255.254 and fd6c:3369:736f::ffff:fffe.
+ */
+#define L3_HOST4 0x7ffffffe	/* host order */
+#define L3_HOST6_W3 0xfffffffe	/* last word of fd6c:3369:736f::ffff:fffe, host order */
+
+
+/*
+ * l3_binds: the listening sockets of shared-mode containers, by what the
+ * application asked for (DESIGN.md rule 3). A container's sockets never
+ * hold its addresses in the kernel's bind table on the port the
+ * application named: a TCP bind to port P (wildcard, an own address, or
+ * 127.0.0.1/::1) and a UDP wildcard bind to P are bound to the wildcard on
+ * a port of the kernel's choosing (a "shadow" port), so the host and every
+ * container can each listen on *:P. The TC programs on lo and the uplink
+ * steer a connection or datagram for (an address of container id, P) to
+ * the socket this entry names (bpf_sk_assign); l3_sk_lookup refuses the
+ * rest. UDP binds to an address stay where they are (with SO_REUSEADDR, so
+ * a host wildcard on P does not collide with them) and are entered too.
+ */
+enum l3_bind_kind {
+	L3_BK_EXACT = 0, /* the address in the key */
+	L3_BK_ANY4 = 1,	 /* an IPv4 wildcard socket */
+	L3_BK_ANY6 = 2,	 /* an IPv6 wildcard socket (IPv4 too unless it is IPV6_V6ONLY) */
+};
+
+struct l3_bkey {
+	__u32 id;
+	__u8 proto; /* IPPROTO_TCP, IPPROTO_UDP */
+	__u8 kind;  /* enum l3_bind_kind */
+	__u16 port; /* host order: the port the application bound */
+	struct l3_addr addr; /* L3_BK_EXACT: its address (its private loopback for 127.0.0.1, ::1) */
+};
+
+enum l3_bval_flags {
+	L3_BV_REUSEPORT = 1 << 0, /* the application set SO_REUSEPORT */
+	L3_BV_REUSEADDR = 1 << 1, /* the application set SO_REUSEADDR */
+	L3_BV_DEAD = 1 << 2,	  /* its last socket is gone: being deleted */
+};
+
+struct l3_bval {
+	struct bpf_spin_lock lock;
+	__u32 refs;	      /* sockets holding it (one, or an SO_REUSEPORT group) */
+	__u16 sport;	      /* host order: the port the sockets hold in the kernel */
+	__u8 flags;	      /* enum l3_bval_flags */
+	__u8 pad;
+	__u32 pad2;
+	struct l3_addr saddr; /* the address they hold: zero (the wildcard) or a mapped/IPv6 address */
+};
+
+/*
+ * l3_sports: the shadow ports, index proto_idx * 65536 + port (proto_idx 0
+ * TCP, 1 UDP): which container's socket holds it, for the port the
+ * application asked for and at which address. The TC programs give a
+ * shadow UDP socket's datagrams their application port back; l3_sk_lookup
+ * refuses what is sent to a shadow port itself; getsockname shows what the
+ * application bound (the socket of an MPTCP listener is not the one bind
+ * saw, so this is kept by port, not on the socket).
+ */
+struct l3_sport {
+	__u32 id; /* 0: not a shadow port */
+	__u16 aport;
+	__u16 pad;
+	struct l3_addr view; /* the address the application bound (zero: the wildcard) */
+};
+
 /* sk_storage flags on a socket. */
 enum l3_sk_flags {
-	L3_SK_LOOP_PRIMARY = 1 << 0, /* its 127.0.0.1/::1 peer was mapped to the container's primary */
 	L3_SK_LISTENER = 1 << 1,     /* a UDP wildcard bind: registered in l3_listen */
 	L3_SK_BIND_PENDING = 1 << 2, /* a UDP wildcard bind in progress: post_bind registers it */
+	L3_SK_REG_BIND = 1 << 3,     /* bind under way: post_bind enters it in l3_binds (bkey) */
+	L3_SK_REG_LISTEN = 1 << 4,   /* bound to port 0: listen() enters it in l3_binds */
+	L3_SK_BOUND = 1 << 5,	     /* holds a reference to l3_binds[bkey] */
+	L3_SK_SHADOW = 1 << 6,	     /* bound to the wildcard on another port (struct l3_bval) */
+	L3_SK_JOIN = 1 << 7,	     /* joins the sockets of bkey (SO_REUSEPORT / SO_REUSEADDR) */
+	L3_SK_HOST_WILD = 1 << 8,    /* a host UDP wildcard socket counted in l3_hostudp */
 };
 
 enum l3_group_limits {
@@ -321,24 +405,28 @@ enum l3_sk_src_mode {
 };
 
 /*
- * Per-socket state (l3_skstore). For a registered listener: the container,
- * the port and the address its wildcard bind was rewritten to, and the
- * multicast groups it joined, so the release hook unregisters exactly what
- * the socket registered. A group may fill several slots (one per source of
- * its filter, see enum l3_sk_src_mode); it is registered in l3_listen once,
- * while it holds any. sources[] and modes[] were added after groups[]: the
- * older fields keep their offsets.
+ * Per-socket state (l3_skstore). For a registered broadcast/multicast
+ * listener: the container, its ports and addresses, and the multicast
+ * groups it joined, so the release hook unregisters exactly what the socket
+ * registered. A group may fill several slots (one per source of its filter,
+ * see enum l3_sk_src_mode); it is registered in l3_listen once, while it
+ * holds any. For a socket in l3_binds: its key, and what the application
+ * sees of its bind (getsockname).
  */
 struct l3_sk {
 	__u32 flags; /* enum l3_sk_flags */
 	__u32 id;    /* container id (L3_SK_LISTENER, groups) */
-	__u16 port;  /* host order (L3_SK_LISTENER) */
-	__u16 pad;
-	__u32 pad2;
-	struct l3_addr addr;			/* its own address (L3_SK_LISTENER) */
+	__u16 port;  /* host order: the port datagrams are sent to (L3_SK_LISTENER, L3_SK_HOST_WILD) */
+	__u16 kport; /* host order: the port it holds in the kernel (L3_SK_LISTENER) */
+	__u32 epoch; /* l3_quota's epoch of what it registered */
+	struct l3_addr addr;			/* its container's IPv4 address (L3_SK_LISTENER), or zero */
 	struct l3_addr groups[L3_SK_GROUPS];	/* per slot: the group; zero = a free slot */
 	struct l3_addr sources[L3_SK_GROUPS];	/* per slot: the source (INCLUDE, EXCLUDE) */
 	__u8 modes[L3_SK_GROUPS];		/* per slot: enum l3_sk_src_mode */
+	__u8 bflags;				/* enum l3_bval_flags of its bind (the application's) */
+	__u8 pad[7];
+	struct l3_addr addr6;			/* its container's IPv6 address (L3_SK_LISTENER), or zero */
+	struct l3_bkey bkey;			/* L3_SK_REG_*, L3_SK_BOUND */
 };
 
 /*
@@ -373,7 +461,10 @@ struct l3_lkey {
 struct l3_lent {
 	__u32 id; /* 0: free */
 	__u32 refs;
-	struct l3_addr addr;
+	struct l3_addr addr; /* an address of the container its copies are looked up at */
+	__u16 port;	     /* and the port (its shadow port for a UDP wildcard socket) */
+	__u16 pad;
+	__u32 pad2;
 };
 
 enum l3_lpage_limits {
@@ -384,15 +475,30 @@ enum l3_lpage_limits {
 };
 
 struct l3_lset {
-	struct bpf_spin_lock lock;
+	__u32 dead; /* emptied and being deleted: make a new one */
 	__u32 pad;
 	__u64 used; /* bit s: e[s] holds a container */
 	struct l3_lent e[L3_LPAGE_SLOTS];
 };
 
-/* l3_lsum: key (group, port, page 0): bit p of pages: page p holds anybody. */
+/*
+ * l3_lsum: key (group, port, page 0): bit p of pages: page p holds
+ * anybody. Its lock guards it and every page of (group, port): registering
+ * and unregistering change a page and its bit together. A page whose last
+ * entry goes, and a summary whose last page goes, are marked dead under the
+ * lock and deleted; a registration that finds one dead makes a new one.
+ */
 struct l3_lpages {
+	struct bpf_spin_lock lock;
+	__u32 dead;
 	__u64 pages[L3_LPAGE_WORDS];
+};
+
+/* l3_quota: per container id, its sockets' registrations (l3_binds entries,
+ * l3_listen entries): at most L3_SOCK_QUOTA. */
+struct l3_qval {
+	__u32 used;
+	__u32 epoch; /* user space bumps it whenever the id is given to a new container */
 };
 
 /*

@@ -107,7 +107,7 @@ struct {
 /* l3_listen: broadcast/multicast listeners by (group or broadcast, port, page). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 16);
+	__uint(max_entries, 1 << 18);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct l3_lkey);
 	__type(value, struct l3_lset);
@@ -116,11 +116,70 @@ struct {
 /* l3_lsum: which pages of l3_listen hold listeners, by (group, port). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 16);
+	__uint(max_entries, 1 << 18);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct l3_lkey);
 	__type(value, struct l3_lpages);
 } l3_lsum SEC(".maps");
+
+/* l3_quota: per container id, how many registrations its sockets hold. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, L3_MAX_CONTAINERS + 1);
+	__type(key, __u32);
+	__type(value, struct l3_qval);
+} l3_quota SEC(".maps");
+
+/* l3_binds: shared containers' listening sockets (l3iso.h, struct l3_bkey). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct l3_bkey);
+	__type(value, struct l3_bval);
+} l3_binds SEC(".maps");
+
+/*
+ * l3_socks: listening sockets by their l3_binds key, for l3_sk_lookup
+ * (which can only assign a socket from a socket map): a SYN for a 4-tuple
+ * in TIME_WAIT goes through the kernel's TIME_WAIT handling, which looks
+ * the listener up itself. The TC program enters the listener when it
+ * meets one; the kernel removes a socket when it closes. MPTCP listeners
+ * cannot be entered (their subflow socket has a ULP).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct l3_bkey);
+	__type(value, __u64);
+} l3_socks SEC(".maps");
+
+/* l3_sports: the shadow ports of TCP (0..65535) and UDP (65536..). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * 65536);
+	__type(key, __u32);
+	__type(value, struct l3_sport);
+} l3_sports SEC(".maps");
+
+/* l3_hostudp: per UDP port, the host's wildcard sockets on it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} l3_hostudp SEC(".maps");
+
+/*
+ * l3_scratch: per CPU, set while a TC program looks a socket up: the lookup
+ * runs l3_sk_lookup, which must not refuse (or count) l3iso's own lookups.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} l3_scratch SEC(".maps");
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -182,6 +241,65 @@ static __always_inline int addr_eq(const struct l3_addr *a, const struct l3_addr
 	       a->w[3] == b->w[3];
 }
 
+/* Unspecified: :: or 0.0.0.0 (in mapped form). */
+static __always_inline int addr_is_any(const struct l3_addr *a)
+{
+	return (a->w[0] | a->w[1] | a->w[2] | a->w[3]) == 0 ||
+	       (addr_is_mapped(a) && a->w[3] == 0);
+}
+
+/* 127.0.0.0/8, ::1, ::ffff:127.0.0.0/104 */
+static __always_inline int addr_is_loopback(const struct l3_addr *a)
+{
+	if (addr_is_mapped(a))
+		return (bpf_ntohl(a->w[3]) >> 24) == 127;
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 && a->w[3] == bpf_htonl(1);
+}
+
+/* l3iso's private loopback ranges: 127.128.0.0/9, fd6c:3369:736f::/48 */
+static __always_inline int addr_is_private_loop(const struct l3_addr *a)
+{
+	if (addr_is_mapped(a))
+		return (bpf_ntohl(a->w[3]) & 0xff800000) == L3_LO4_BASE;
+	return a->w[0] == bpf_htonl(L3_LO6_W0) &&
+	       (bpf_ntohl(a->w[1]) & 0xffff0000) == L3_LO6_W1;
+}
+
+/* The host's own address toward shared containers (l3iso.h, L3_HOST4). */
+static __always_inline int addr_is_host(const struct l3_addr *a)
+{
+	if (addr_is_mapped(a))
+		return a->w[3] == bpf_htonl(L3_HOST4);
+	return a->w[0] == bpf_htonl(L3_LO6_W0) && a->w[1] == bpf_htonl(L3_LO6_W1) &&
+	       a->w[2] == 0 && a->w[3] == bpf_htonl(L3_HOST6_W3);
+}
+
+static __always_inline void host_addr_like(const struct l3_addr *like, struct l3_addr *out)
+{
+	if (addr_is_mapped(like)) {
+		addr_set4(out, bpf_htonl(L3_HOST4));
+	} else {
+		out->w[0] = bpf_htonl(L3_LO6_W0);
+		out->w[1] = bpf_htonl(L3_LO6_W1);
+		out->w[2] = 0;
+		out->w[3] = bpf_htonl(L3_HOST6_W3);
+	}
+}
+
+/* The container id whose private loopback a is (0: none; a is private). */
+static __always_inline __u32 private_id(const struct l3_addr *a)
+{
+	__u32 id;
+
+	if (addr_is_mapped(a))
+		id = bpf_ntohl(a->w[3]) - L3_LO4_BASE;
+	else if (a->w[2] == 0)
+		id = bpf_ntohl(a->w[3]);
+	else
+		return 0;
+	return id <= L3_MAX_CONTAINERS ? id : 0;
+}
+
 /*
  * Where container id (1..L3_MAX_CONTAINERS) has its registry entry for a
  * family: the page of l3_listen, and the slot in it (struct l3_lset).
@@ -196,19 +314,6 @@ static __always_inline __u32 lslot_of(__u32 id, int v6)
 	return ((id - 1) % L3_LPAGE_IDS) * 2 + (v6 ? 1 : 0);
 }
 
-/*
- * Free slot s of page pg (under the page's lock); the page's bit in sum
- * goes with its last entry.
- */
-static __always_inline void lset_free(struct l3_lset *v, struct l3_lpages *sum, __u32 pg,
-				      __u32 s)
-{
-	v->e[s].id = 0;
-	v->e[s].refs = 0;
-	v->used &= ~(1ULL << s);
-	if (!v->used && sum)
-		__sync_fetch_and_and(&sum->pages[pg / 64], ~(1ULL << (pg % 64)));
-}
 
 /* The l3_listen key of broadcast listeners: 255.255.255.255, mapped. */
 static __always_inline void bcast_key(struct l3_addr *a)
@@ -221,6 +326,34 @@ static __always_inline int addr_is_mcast(const struct l3_addr *a)
 	if (addr_is_mapped(a))
 		return (bpf_ntohl(a->w[3]) >> 28) == 0xe;
 	return (bpf_ntohl(a->w[0]) >> 24) == 0xff;
+}
+
+static __always_inline struct l3_owner *owner_of(__u32 gen, const struct l3_addr *a,
+						 __u8 proto, __u16 port /* host order */)
+{
+	struct l3_owner_key k = {
+		.prefixlen = L3_OWNER_PLEN_FULL,
+		.gen = gen,
+		.addr = *a,
+		.proto = proto,
+		.port_hi = port >> 8,
+		.port_lo = port & 0xff,
+	};
+
+	return bpf_map_lookup_elem(&l3_owners, &k);
+}
+
+/*
+ * l3iso's own socket lookups (bpf_sk_lookup_*, from TC and socket hooks)
+ * run l3_sk_lookup too, which must let them through: a per-CPU count of
+ * lookups under way (a program on this CPU may interrupt another).
+ */
+static __always_inline void own_lookup(int delta)
+{
+	__u32 zero = 0, *n = bpf_map_lookup_elem(&l3_scratch, &zero);
+
+	if (n)
+		__sync_fetch_and_add(n, delta);
 }
 
 static __always_inline int mcast_allowed(__u32 gen, __u32 id, const struct l3_addr *g)

@@ -1,23 +1,39 @@
 //go:build ignore
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * sock.c — the socket layer of l3iso (DESIGN.md rules 1–5, 7).
+ * sock.c — the socket layer of l3iso (DESIGN.md rules 1–7).
  *
- * Attached once, as bpf_links, at l3iso's cgroup v2 root. A container is the
- * ancestor cgroup at cfg.level of the calling task (sock_addr hooks) or of
- * the socket (cgroup_skb hooks), so sub-cgroups inherit their container.
+ * Attached once, as bpf_links, at l3iso's cgroup v2 root (and, for
+ * l3_sk_lookup, to the network namespace `l3iso up` ran in). A container is
+ * the ancestor cgroup at cfg.level of the calling task (sock_addr hooks) or
+ * of the socket (cgroup_skb hooks), so sub-cgroups inherit their container.
  *
- *   bind4/6      ownership and derivative addresses; wildcard → own address
- *   connect4/6   unbound sockets get the container's source (bpf_bind)
+ *   bind4/6      ownership and derivative addresses; in a shared container
+ *                a TCP bind to a port, and a UDP wildcard bind to one, go to
+ *                the wildcard on a shadow port and are entered in l3_binds
+ *                (binds.h): the TC programs steer its traffic to them
+ *   post_bind4/6 enters what the kernel bound: l3_binds, the broadcast
+ *                registry (l3_listen)
+ *   sockops      listen() on a socket bound to port 0 (or never bound)
+ *                enters it in l3_binds
+ *   connect4/6   unbound sockets get the container's source (bpf_bind);
+ *                127.0.0.1, ::1, 0.0.0.0 and :: are its private loopback
  *   sendmsg4/6   same for unconnected UDP; explicit foreign sources denied
  *   recvmsg4/6, getsockname4/6, getpeername4/6
- *                the private loopback shows as 127.0.0.1 / ::1
+ *                the private loopback shows as 127.0.0.1 / ::1; a shadow
+ *                socket shows what the application bound
+ *   setsockopt   multicast joins: the policy, the socket's source filter
+ *   sock_release a closing socket's registrations go
  *   ingress/egress (cgroup_skb)
  *                backstop: no container socket receives traffic for an
- *                address it does not own (autobound and listen()-without-
- *                bind() sockets included) or emits a source it does not own
+ *                address it does not own or emits a source it does not own;
+ *                a private loopback never leaves its container
+ *   l3_sk_lookup refuses (RST, ICMP port unreachable) a connection or
+ *                datagram for a container's address that no socket of it
+ *                listens for, instead of letting a host wildcard take it
  *
- * Every lookup is a hash or LPM lookup: O(1) in containers and addresses.
+ * Every lookup is a hash, array or LPM lookup: O(1) in containers and
+ * addresses.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -32,14 +48,28 @@
 
 #include "l3iso.h"
 #include "maps.h"
+#include "registry.h"
+#include "binds.h"
 
 #define EPERM 1
+#define EINVAL 22
 #define EACCES 13
 #define ENETUNREACH 101
 #define EADDRNOTAVAIL 99
 
+#define SOL_SOCKET 1
+#define SO_REUSEADDR 2
+#define SO_REUSEPORT 15
+#define IPPROTO_MPTCP_ 262
+
 #define SK_PASS 1
 #define SK_DROP 0
+
+/* bind4/6 may also waive the CAP_NET_BIND_SERVICE check (bit 1). */
+#define BIND_OK 1
+#define BIND_OK_ANY_PORT 3
+
+#define TCP_STATE_LISTEN 10
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -57,33 +87,11 @@ const enum l3_cfg_flags *unused_cfg_flags __attribute__((unused));
 const enum l3_group_limits *unused_group_limits __attribute__((unused));
 const enum l3_bloom *unused_bloom __attribute__((unused));
 const enum l3_lpage_limits *unused_lpage_limits __attribute__((unused));
+const enum l3_bind_kind *unused_bind_kind __attribute__((unused));
+const enum l3_bval_flags *unused_bval_flags __attribute__((unused));
 const struct l3_purge_req *unused_purge_req __attribute__((unused)); /* tc.c's l3_purge */
 
-/* Maps and the helpers every program shares: maps.h. */
-
-/* Unspecified: :: or 0.0.0.0 (in mapped form). */
-static __always_inline int addr_is_any(const struct l3_addr *a)
-{
-	return (a->w[0] | a->w[1] | a->w[2] | a->w[3]) == 0 ||
-	       (addr_is_mapped(a) && a->w[3] == 0);
-}
-
-/* 127.0.0.0/8, ::1, ::ffff:127.0.0.0/104 */
-static __always_inline int addr_is_loopback(const struct l3_addr *a)
-{
-	if (addr_is_mapped(a))
-		return (bpf_ntohl(a->w[3]) >> 24) == 127;
-	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 && a->w[3] == bpf_htonl(1);
-}
-
-/* l3iso's private loopback ranges: 127.128.0.0/9, fd6c:3369:736f::/48 */
-static __always_inline int addr_is_private_loop(const struct l3_addr *a)
-{
-	if (addr_is_mapped(a))
-		return (bpf_ntohl(a->w[3]) & 0xff800000) == L3_LO4_BASE;
-	return a->w[0] == bpf_htonl(L3_LO6_W0) &&
-	       (bpf_ntohl(a->w[1]) & 0xffff0000) == L3_LO6_W1;
-}
+/* Maps and the helpers every program shares: maps.h, registry.h, binds.h. */
 
 static __always_inline void loopback_of(const struct l3_addr *like, struct l3_addr *out)
 {
@@ -95,6 +103,12 @@ static __always_inline void loopback_of(const struct l3_addr *like, struct l3_ad
 		out->w[2] = 0;
 		out->w[3] = bpf_htonl(1);
 	}
+}
+
+/* Is a container c's own private loopback (either family)? */
+static __always_inline int own_loop(const struct l3_cont *c, const struct l3_addr *a)
+{
+	return addr_eq(a, &c->lo4) || addr_eq(a, &c->lo6);
 }
 
 /* The container of the calling task, or NULL for "not a container". */
@@ -115,21 +129,6 @@ static __always_inline struct l3_local *local_of(__u32 gen, __u32 id, const stru
 	return bpf_map_lookup_elem(&l3_locals, &k);
 }
 
-static __always_inline struct l3_owner *owner_of(__u32 gen, const struct l3_addr *a,
-						 __u8 proto, __u16 port /* host order */)
-{
-	struct l3_owner_key k = {
-		.prefixlen = L3_OWNER_PLEN_FULL,
-		.gen = gen,
-		.addr = *a,
-		.proto = proto,
-		.port_hi = port >> 8,
-		.port_lo = port & 0xff,
-	};
-
-	return bpf_map_lookup_elem(&l3_owners, &k);
-}
-
 /* Is the whole IP (or any port of it) owned by some container? */
 static __always_inline int owned_by_anyone(__u32 gen, const struct l3_addr *a)
 {
@@ -142,6 +141,12 @@ static __always_inline int owned_on_host(__u32 gen, const struct l3_addr *a)
 	struct l3_owner *o = owner_of(gen, a, 0, 0);
 
 	return o && !(o->flags & L3_OF_NETNS);
+}
+
+/* TCP, UDP, or MPTCP (a TCP listener underneath: the same ports). */
+static __always_inline __u8 sock_proto(__u32 protocol)
+{
+	return protocol == IPPROTO_MPTCP_ ? IPPROTO_TCP : protocol;
 }
 
 /* May container c use address a, port port (proto) as a local address? */
@@ -213,10 +218,22 @@ static __always_inline void load_user6(struct bpf_sock_addr *ctx, struct l3_addr
 
 static __always_inline void store_user6(struct bpf_sock_addr *ctx, const struct l3_addr *a)
 {
+	/* stores addressed from ctx itself: the verifier rejects them through
+	 * a saved ctx+offset pointer */
+	asm volatile("" : "+r"(ctx));
 	ctx->user_ip6[0] = a->w[0];
 	ctx->user_ip6[1] = a->w[1];
 	ctx->user_ip6[2] = a->w[2];
 	ctx->user_ip6[3] = a->w[3];
+}
+
+/* Write address a to the context, in the socket's family. */
+static __always_inline void store_user(struct bpf_sock_addr *ctx, int v6, const struct l3_addr *a)
+{
+	if (v6)
+		store_user6(ctx, a);
+	else
+		ctx->user_ip4 = a->w[3];
 }
 
 /* Deny with an errno of our choosing (as a real namespace would answer). */
@@ -226,288 +243,307 @@ static __always_inline int deny(int err)
 	return 0;
 }
 
-/* Is a listening (tcp) or bound (udp) socket at a:port in this netns? */
-static __always_inline int has_socket(struct bpf_sock_addr *ctx, const struct l3_addr *a,
-				      __u16 port_be, int udp)
-{
-	struct bpf_sock_tuple t = {};
-	struct bpf_sock *sk;
-	__u32 len;
-
-	if (addr_is_mapped(a)) {
-		t.ipv4.saddr = a->w[3];
-		t.ipv4.daddr = a->w[3];
-		t.ipv4.dport = port_be;
-		len = sizeof(t.ipv4);
-	} else {
-		__builtin_memcpy(t.ipv6.saddr, a->w, 16);
-		__builtin_memcpy(t.ipv6.daddr, a->w, 16);
-		t.ipv6.dport = port_be;
-		len = sizeof(t.ipv6);
-	}
-	if (udp)
-		sk = bpf_sk_lookup_udp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
-	else
-		sk = bpf_sk_lookup_tcp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return 0;
-	bpf_sk_release(sk);
-	return 1;
-}
-
-/*
- * Where does an isolated container's 127.0.0.1:port (or ::1) lead? To its
- * private loopback address — unless nothing listens there and its wildcard
- * listener (which bind rewrote to its primary address) does: a real
- * namespace's wildcard listener answers on 127.0.0.1 too.
- */
-static __always_inline int loopback_target(struct bpf_sock_addr *ctx, struct l3_cont *c,
-					   const struct l3_addr *dst, struct l3_addr *to)
-{
-	int udp = ctx->type == 2; /* SOCK_DGRAM */
-	const struct l3_addr *lo, *prim;
-	int has;
-
-	if (addr_is_mapped(dst)) {
-		lo = &c->lo4;
-		prim = &c->primary4;
-		has = c->flags & L3_CF_HAS4;
-	} else {
-		lo = &c->lo6;
-		prim = &c->primary6;
-		has = c->flags & L3_CF_HAS6;
-	}
-	*to = *lo;
-	if (has && !has_socket(ctx, lo, ctx->user_port, udp) &&
-	    has_socket(ctx, prim, ctx->user_port, udp)) {
-		*to = *prim;
-		return 1;
-	}
-	return 0;
-}
-
-static __always_inline void mark_loop_primary(struct bpf_sock_addr *ctx)
-{
-	struct l3_sk *s;
-	struct bpf_sock *sk = ctx->sk;
-
-	if (!sk)
-		return;
-	s = bpf_sk_storage_get(&l3_skstore, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (s)
-		s->flags |= L3_SK_LOOP_PRIMARY;
-}
-
 static __always_inline int host_netns(struct bpf_sock_addr *ctx, struct l3_cfg *cfg)
 {
 	return !cfg->netns_cookie || bpf_get_netns_cookie(ctx) == cfg->netns_cookie;
 }
 
-/* ------------------------------------ broadcast/multicast registry (rule 6) */
-
-/* An empty l3_lset (too big for the stack), an empty l3_lsum. */
-static const struct l3_lset lset_zero;
-static const struct l3_lpages lsum_zero;
-
-/* The entry of key k in map m, made from zero when missing. */
-static __always_inline void *lookup_or_make(void *m, const struct l3_lkey *k, const void *zero)
+/* The socket's l3iso state, made if it has none. */
+static __always_inline struct l3_sk *sk_state_make(struct bpf_sock *sk)
 {
-	void *v = bpf_map_lookup_elem(m, k);
-
-	if (!v) {
-		bpf_map_update_elem(m, k, zero, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(m, k);
-	}
-	return v;
+	if (!sk)
+		return NULL;
+	return bpf_sk_storage_get(&l3_skstore, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 }
 
-/*
- * Register (or count once more) container id, listening at addr, under
- * (group, port): O(1), its entry has a fixed place (struct l3_lset).
- * Returns 0, or -1 when the registry is out of memory or entries.
- */
-static __always_inline int reg_add(const struct l3_addr *group, __u16 port, __u32 id,
-				   const struct l3_addr *addr)
+/* A socket's l3iso state, if l3iso is up and the socket has any. */
+static __always_inline struct l3_sk *sock_state(struct bpf_sock *sk)
 {
-	struct l3_lkey k = {.group = *group, .port = port};
-	struct l3_lpages *sum;
-	struct l3_lset *v;
-	struct l3_lent *e;
-	__u32 pg, slot;
-
-	if (!id || id > L3_MAX_CONTAINERS)
-		return -1;
-	pg = lpage_of(id);
-	slot = lslot_of(id, !addr_is_mapped(addr));
-	sum = lookup_or_make(&l3_lsum, &k, &lsum_zero);
-	if (!sum)
-		return -1;
-	k.page = pg;
-	v = lookup_or_make(&l3_listen, &k, &lset_zero);
-	if (!v)
-		return -1;
-	e = &v->e[slot];
-	bpf_spin_lock(&v->lock);
-	if (e->id == id) {
-		e->refs++;
-	} else {
-		/* free (or left by a deleted container whose id came back) */
-		e->id = id;
-		e->refs = 1;
-		e->addr = *addr;
-		v->used |= 1ULL << slot;
-		__sync_fetch_and_or(&sum->pages[pg / 64], 1ULL << (pg % 64));
-	}
-	bpf_spin_unlock(&v->lock);
-	return 0;
-}
-
-static __always_inline void reg_del(const struct l3_addr *group, __u16 port, __u32 id,
-				    const struct l3_addr *addr)
-{
-	struct l3_lkey k = {.group = *group, .port = port};
-	struct l3_lpages *sum;
-	struct l3_lset *v;
-	struct l3_lent *e;
-	__u32 pg, slot;
-
-	if (!id || id > L3_MAX_CONTAINERS)
-		return;
-	pg = lpage_of(id);
-	slot = lslot_of(id, !addr_is_mapped(addr));
-	sum = bpf_map_lookup_elem(&l3_lsum, &k);
-	if (!sum)
-		return;
-	k.page = pg;
-	v = bpf_map_lookup_elem(&l3_listen, &k);
-	if (!v)
-		return;
-	e = &v->e[slot];
-	bpf_spin_lock(&v->lock);
-	if (e->id == id) {
-		if (e->refs > 1)
-			e->refs--;
-		else
-			lset_free(v, sum, pg, slot);
-	}
-	bpf_spin_unlock(&v->lock);
-}
-
-/*
- * Is slot i the first of its group in s? A group with several sources
- * fills several slots; l3_listen holds it once per socket.
- */
-static __always_inline int first_slot(const struct l3_sk *s, int i)
-{
-	int j;
-
-	for (j = 0; j < L3_SK_GROUPS && j < i; j++)
-		if (addr_eq(&s->groups[j], &s->groups[i]))
-			return 0;
-	return 1;
-}
-
-/*
- * A UDP wildcard bind of container id, rewritten to addr (shared) or kept
- * (netns): remember it on the socket; l3_post_bind registers it once the
- * kernel has bound the socket — so a bind that fails registers nothing,
- * and a bind to port 0 is registered on the port the kernel chose.
- */
-static __always_inline void mark_listener(struct bpf_sock_addr *ctx, __u32 id,
-					  const struct l3_addr *addr)
-{
-	struct l3_sk *s;
-
-	if (!ctx->sk)
-		return;
-	s = bpf_sk_storage_get(&l3_skstore, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!s || (s->flags & L3_SK_LISTENER))
-		return;
-	s->id = id;
-	s->addr = *addr;
-	s->flags |= L3_SK_BIND_PENDING;
+	if (!sk || !config())
+		return NULL; /* not up yet */
+	return bpf_sk_storage_get(&l3_skstore, sk, 0, 0);
 }
 
 /* ------------------------------------------------------------------- bind */
+
+/*
+ * A UDP wildcard bind of container c: remember it on the socket;
+ * l3_post_bind registers it as a broadcast/multicast listener once the
+ * kernel has bound the socket — so a bind that fails registers nothing,
+ * and a bind to port 0 is registered on the port the kernel chose. Its
+ * copies are looked up at its container's address of their family.
+ */
+static __always_inline void mark_listener(struct l3_sk *s, struct l3_cont *c, __u16 port)
+{
+	if (!s || (s->flags & L3_SK_LISTENER))
+		return;
+	s->id = c->id;
+	__builtin_memset(&s->addr, 0, sizeof(s->addr));
+	__builtin_memset(&s->addr6, 0, sizeof(s->addr6));
+	if (c->flags & L3_CF_HAS4)
+		s->addr = c->primary4;
+	if (c->flags & L3_CF_HAS6)
+		s->addr6 = c->primary6;
+	s->port = port;
+	s->flags |= L3_SK_BIND_PENDING;
+}
+
+/* The application's own SO_REUSEPORT and SO_REUSEADDR, as l3_bval flags. */
+static __always_inline __u8 app_reuse(struct bpf_sock_addr *ctx)
+{
+	int v = 0;
+	__u8 f = 0;
+
+	if (!bpf_getsockopt(ctx, SOL_SOCKET, SO_REUSEPORT, &v, sizeof(v)) && v)
+		f |= L3_BV_REUSEPORT;
+	v = 0;
+	if (!bpf_getsockopt(ctx, SOL_SOCKET, SO_REUSEADDR, &v, sizeof(v)) && v)
+		f |= L3_BV_REUSEADDR;
+	return f;
+}
+
+static __always_inline void set_reuseaddr(struct bpf_sock_addr *ctx)
+{
+	int one = 1;
+
+	bpf_setsockopt(ctx, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+}
+
+/*
+ * Rule 3, a bind of shared container c to port (host order) at a — its
+ * own address, its private loopback (for 127.0.0.1 / ::1), or zero for the
+ * wildcard. A TCP bind, and a UDP wildcard bind, go to the wildcard on a
+ * shadow port: the kernel's bind table never holds the port the
+ * application named, so the host and every container can each listen on
+ * *:port (and a container's listener on an address of its own never
+ * collides with a host wildcard listener either). l3_post_bind enters the
+ * socket in l3_binds, through which the TC programs steer (address, port)
+ * to it. A UDP bind to an address keeps it, with SO_REUSEADDR (a host
+ * wildcard on the port has it too, see host_bind), and is entered as well.
+ * What the kernel would refuse between two of the container's own sockets
+ * — the same address and port twice, without SO_REUSEPORT on both (or
+ * SO_REUSEADDR on both, for UDP) — is refused here: EADDRINUSE. Port 0:
+ * TCP sockets are entered when they listen (l3_sockops); UDP ones are
+ * clients, and stay as they are. Returns 0 or the errno to deny with.
+ */
+static __always_inline int bind_shared(struct bpf_sock_addr *ctx, struct l3_cont *c,
+				       const struct l3_addr *a, int wild, __u16 port, int v6,
+				       struct l3_sk **sp)
+{
+	__u8 proto = sock_proto(ctx->protocol);
+	struct l3_bkey k = {.id = c->id, .proto = proto, .port = port};
+	struct l3_bval *v;
+	struct l3_sk *s;
+	int shadow, join = 0;
+	__u8 f;
+
+	*sp = NULL;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 0;
+	if (wild) {
+		k.kind = v6 && !addr_is_mapped(a) ? L3_BK_ANY6 : L3_BK_ANY4;
+	} else {
+		k.kind = L3_BK_EXACT;
+		k.addr = *a;
+	}
+	if (port == 0) {
+		if (proto == IPPROTO_TCP && (s = sk_state_make(ctx->sk))) {
+			s->bkey = k; /* its port once it listens */
+			s->bflags = 0;
+			s->flags |= L3_SK_REG_LISTEN;
+			*sp = s;
+		}
+		return 0;
+	}
+	shadow = proto == IPPROTO_TCP || wild;
+	f = app_reuse(ctx);
+	v = bpf_map_lookup_elem(&l3_binds, &k);
+	if (v && !(v->flags & L3_BV_DEAD)) {
+		__u8 both = f & v->flags;
+
+		if (!((both & L3_BV_REUSEPORT) || (proto == IPPROTO_UDP && (both & L3_BV_REUSEADDR)))) {
+			count(c->id, L3_C_BIND_INUSE);
+			return EADDRINUSE;
+		}
+		join = 1;
+	}
+	s = sk_state_make(ctx->sk);
+	if (!s) {
+		count(c->id, L3_C_SOCK_QUOTA);
+		return ENOBUFS;
+	}
+	s->bkey = k;
+	s->bflags = f;
+	s->flags |= L3_SK_REG_BIND | (shadow ? L3_SK_SHADOW : 0) | (join ? L3_SK_JOIN : 0);
+	*sp = s;
+	if (shadow) {
+		/* The wildcard of its family, on a port the kernel chooses, or
+		 * on the one it joins. */
+		if (v6) {
+			struct l3_addr any = {};
+
+			store_user6(ctx, &any);
+		} else {
+			ctx->user_ip4 = 0;
+		}
+		asm volatile("" : "+r"(ctx));
+		ctx->user_port = join && v ? bpf_htons(v->sport) : 0;
+	} else {
+		set_reuseaddr(ctx);
+	}
+	return 0;
+}
+
+/*
+ * A host UDP wildcard bind to port (host order): if the host has no
+ * wildcard socket on the port yet, it gets SO_REUSEADDR, so that the
+ * containers' UDP sockets at their own addresses (which have it too) can
+ * share the port with it; the kernel still refuses a second host wildcard
+ * on the port, or one beside a host socket at an address, as it would
+ * without l3iso (they lack SO_REUSEADDR). Counted in l3_hostudp: datagrams
+ * for a container's address on such a port that no container socket takes
+ * are refused (l3_sk_lookup), not handed to the host.
+ */
+static __always_inline void host_bind(struct bpf_sock_addr *ctx, __u16 port, int v6)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	struct l3_sk *s;
+
+	if (ctx->protocol != IPPROTO_UDP || !port)
+		return;
+	t.ipv4.dport = bpf_htons(port);
+	own_lookup(1);
+	sk = bpf_sk_lookup_udp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk && v6) {
+		__builtin_memset(&t, 0, sizeof(t));
+		t.ipv6.dport = bpf_htons(port);
+		sk = bpf_sk_lookup_udp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	own_lookup(-1);
+	if (sk) {
+		bpf_sk_release(sk);
+		return;
+	}
+	s = sk_state_make(ctx->sk);
+	if (!s)
+		return;
+	set_reuseaddr(ctx);
+	s->port = port;
+	s->flags |= L3_SK_REG_BIND | L3_SK_HOST_WILD;
+	s->flags &= ~L3_SK_BOUND;
+}
 
 static __always_inline int do_bind(struct bpf_sock_addr *ctx, struct l3_addr *a, int v6)
 {
 	struct l3_cfg *cfg = config();
 	__u16 port = bpf_ntohs(ctx->user_port);
-	__u8 proto = ctx->protocol;
+	__u8 proto = sock_proto(ctx->protocol);
+	struct l3_sk *s = NULL;
 	struct l3_cont *c;
 	enum verdict v;
 	__u32 gen;
+	int err;
 
 	if (!cfg)
-		return 1;
+		return BIND_OK;
 	gen = active_gen();
 	c = task_container(gen, cfg);
 
 	if (!c) {
 		/* Rule 2: the host loses visibility of pushed addresses. */
 		if (!host_netns(ctx, cfg))
-			return 1;
-		if (owned_by_anyone(gen, a) || addr_is_private_loop(a)) {
+			return BIND_OK;
+		if (owned_by_anyone(gen, a) || (addr_is_private_loop(a) && !addr_is_host(a))) {
 			count(0, L3_C_HOST_BIND_DENIED);
 			return deny(EADDRNOTAVAIL);
 		}
-		return 1;
+		if (addr_is_any(a))
+			host_bind(ctx, port, v6);
+		return BIND_OK;
+	}
+
+	if (c->flags & L3_CF_NETNS) {
+		/*
+		 * Its own stack: its wildcard stays one (no other container can
+		 * collide with it, and its kernel delivers broadcasts and
+		 * multicast to it); registered under its addresses (which
+		 * l3_delivs maps to its veth) for the TC fan-out.
+		 */
+		if (addr_is_any(a)) {
+			if (!(c->flags & (L3_CF_HAS4 | L3_CF_HAS6)))
+				goto foreign;
+			if (proto == IPPROTO_UDP)
+				mark_listener(sk_state_make(ctx->sk), c, port);
+			count(c->id, L3_C_BIND_ALLOWED);
+			return BIND_OK_ANY_PORT;
+		}
+		goto own;
 	}
 
 	if (addr_is_any(a)) {
-		/* Rule 3: a wildcard bind becomes a bind to its own address. */
-		if (!v6 || addr_is_mapped(a)) {
-			if (!(c->flags & L3_CF_HAS4))
-				goto foreign;
-			*a = c->primary4;
-		} else if (c->flags & L3_CF_HAS6) {
-			*a = c->primary6;
-		} else if (c->flags & L3_CF_HAS4) {
-			*a = c->primary4; /* dual-stack socket, IPv4-only container */
-		} else {
+		/* Rule 3: a wildcard socket of its own, hearing its addresses. */
+		if (v6 ? !(c->flags & (L3_CF_HAS4 | L3_CF_HAS6)) : !(c->flags & L3_CF_HAS4))
 			goto foreign;
-		}
-		if (c->flags & L3_CF_NETNS) {
-			/*
-			 * Its own stack: no other container can collide with
-			 * its wildcard, and its kernel delivers broadcasts and
-			 * multicast to it. Registered under its address (which
-			 * l3_delivs maps to its veth) for the TC fan-out.
-			 */
+		if (port == 0) {
+			/* A client, most likely: its source is its address (a
+			 * listener bound so is entered when it listens). */
+			struct l3_addr own;
+
+			if (!v6 || addr_is_mapped(a) || !(c->flags & L3_CF_HAS6))
+				own = c->primary4; /* IPv4, or a dual-stack socket of an IPv4-only container */
+			else
+				own = c->primary6;
+			if (!(c->flags & L3_CF_HAS4) && addr_is_mapped(&own))
+				goto foreign;
+			store_user(ctx, v6, &own);
+			count(c->id, L3_C_BIND_REWRITTEN);
+			/* a listener of it hears every address of the container */
+			err = bind_shared(ctx, c, a, 1, 0, v6, &s);
 			if (proto == IPPROTO_UDP)
-				mark_listener(ctx, c->id, a);
-			count(c->id, L3_C_BIND_ALLOWED);
-			return 1;
+				mark_listener(s ? s : sk_state_make(ctx->sk), c, 0);
+			return BIND_OK_ANY_PORT;
 		}
-		if (v6)
-			store_user6(ctx, a);
-		else
-			ctx->user_ip4 = a->w[3];
-		count(c->id, L3_C_BIND_REWRITTEN);
+		err = bind_shared(ctx, c, a, 1, port, v6, &s);
+		if (err) {
+			return deny(err);
+		}
 		if (proto == IPPROTO_UDP)
-			mark_listener(ctx, c->id, a);
-		return 1;
+			mark_listener(s, c, port);
+		count(c->id, L3_C_BIND_REWRITTEN);
+		return BIND_OK_ANY_PORT;
 	}
 
 	if (addr_is_loopback(a) && !(c->flags & L3_CF_LOOP_HOST)) {
 		/* Rule 5: its 127.0.0.1 / ::1 is its private loopback. */
-		if (addr_is_mapped(a)) {
-			if (v6)
-				store_user6(ctx, &c->lo4);
-			else
-				ctx->user_ip4 = c->lo4.w[3];
-		} else {
-			store_user6(ctx, &c->lo6);
-		}
+		const struct l3_addr *lo = addr_is_mapped(a) ? &c->lo4 : &c->lo6;
+
+		store_user(ctx, v6, lo);
 		count(c->id, L3_C_LOOP_REMAPPED);
-		return 1;
+		err = bind_shared(ctx, c, lo, 0, port, v6, &s);
+		if (err)
+			return deny(err);
+		return BIND_OK_ANY_PORT;
 	}
 
+own:
 	v = may_use(gen, c, a, proto, port);
 	if (v == V_OK) {
+		if (!(c->flags & L3_CF_NETNS)) {
+			struct l3_local *l = local_of(gen, c->id, a);
+
+			if (l && l->kind != L3_LOCAL_BCAST) {
+				err = bind_shared(ctx, c, a, 0, port, v6, &s);
+				if (err)
+					return deny(err);
+			} else if (ctx->protocol == IPPROTO_UDP && (l || addr_is_mcast(a))) {
+				/* its subnet's broadcast address, or a group: beside a
+				 * host wildcard on the port (host_bind) */
+				set_reuseaddr(ctx);
+			}
+		}
 		count(c->id, L3_C_BIND_ALLOWED);
-		return 1;
+		return BIND_OK_ANY_PORT;
 	}
 	if (v == V_PORT) {
 		/* Another container owns this port of a shared IP (or nobody does). */
@@ -563,68 +599,99 @@ static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct
 }
 
 /*
- * Shared by connect and sendmsg: rewrite an isolated loopback destination,
- * choose the source for an unbound socket. Returns 1 to allow, 0 denied
- * (errno set), and the source to use in *src (zero: leave it).
+ * Shared by connect and sendmsg: where a destination leads and which
+ * source a socket uses. Returns 1 to allow, 0 denied (errno set), the
+ * source to use in *src when *set_src, and the destination the kernel will
+ * use in *dst.
+ *
+ *   host        → a private loopback: ENETUNREACH (no container's loopback
+ *                 is anyone else's); → a shared container's address, unbound:
+ *                 from the host's own address (L3_HOST4 / L3_HOST6), which
+ *                 no container can use as a source
+ *   container   → 127.0.0.0/8, ::1, 0.0.0.0, :: (the kernel's loopback for an
+ *                 unspecified destination): its private loopback (unless
+ *                 loopback: host); → another's private loopback: ENETUNREACH;
+ *                 from its private loopback to anywhere else: EINVAL (as a
+ *                 namespace refuses a loopback source off lo); unbound: its
+ *                 own address toward dst (rule 4)
  */
 static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l3_cfg *cfg,
-				     __u32 gen, struct l3_cont *c, struct l3_addr *src,
-				     int *set_src)
+				     __u32 gen, struct l3_cont *c, struct l3_addr *dst,
+				     struct l3_addr *src, int *set_src)
 {
-	struct l3_addr dst, bound, lo;
+	struct l3_addr bound;
 
 	*set_src = 0;
 	if (v6)
-		load_user6(ctx, &dst);
+		load_user6(ctx, dst);
 	else
-		load_user4(ctx, &dst);
+		load_user4(ctx, dst);
 	bound_addr(ctx, v6, &bound);
 
 	if (!c) {
 		if (!host_netns(ctx, cfg))
 			return 1;
+		if (addr_is_private_loop(dst) && !addr_is_host(dst)) {
+			count(0, L3_C_LOOP_DENIED);
+			return deny(ENETUNREACH);
+		}
 		/*
 		 * Host → shared container address: the kernel would use the
 		 * container's own IP as source (it is local). The host may not
-		 * use it (rule 2), so talk from the host's loopback instead.
-		 * A netns container's address is not local: it is routed to
-		 * its veth, and the kernel's source is a host address.
+		 * use it (rule 2): it talks from its own address instead. A
+		 * netns container's address is not local: it is routed to its
+		 * veth, and the kernel's source is a host address.
 		 */
-		if (addr_is_any(&bound) && owned_on_host(gen, &dst)) {
-			loopback_of(&dst, src);
+		if (addr_is_any(&bound) && owned_on_host(gen, dst)) {
+			host_addr_like(dst, src);
 			*set_src = 1;
 			count(0, L3_C_HOST_SRC_REWRITTEN);
 		}
 		return 1;
 	}
 
-	if (addr_is_loopback(&dst) && (c->flags & L3_CF_LOOP_HOST)) {
-		/* loopback: host — the host's 127.0.0.1 / ::1, kernel source */
-		count(c->id, L3_C_CONNECT_ALLOWED);
-		return 1;
-	}
-	if (addr_is_loopback(&dst)) {
-		if (loopback_target(ctx, c, &dst, &lo))
-			mark_loop_primary(ctx);
-		if (v6)
-			store_user6(ctx, &lo);
+	if ((addr_is_loopback(dst) || addr_is_any(dst)) && !addr_is_host(dst)) {
+		if (c->flags & L3_CF_LOOP_HOST) {
+			/* loopback: host — the host's 127.0.0.1 / ::1, kernel source */
+			count(c->id, L3_C_CONNECT_ALLOWED);
+			return 1;
+		}
+		/* Rule 5: its private loopback (where the kernel would take
+		 * 0.0.0.0 / :: too; :: on a socket bound to an IPv4-mapped
+		 * address is ::ffff:127.0.0.1 there). */
+		if (addr_is_mapped(dst) || (addr_is_any(dst) && addr_is_mapped(&bound)))
+			*dst = c->lo4;
 		else
-			ctx->user_ip4 = lo.w[3];
+			*dst = c->lo6;
+		if (v6) {
+			store_user6(ctx, dst);
+		} else {
+			ctx->user_ip4 = dst->w[3];
+		}
 		count(c->id, L3_C_CONNECT_ALLOWED);
 		count(c->id, L3_C_LOOP_REMAPPED);
 		if (addr_is_any(&bound)) {
-			*src = lo;
+			*src = *dst;
 			*set_src = 1;
 		}
 		return 1;
 	}
-
+	if (addr_is_private_loop(dst) && !addr_is_host(dst)) {
+		/* Another container's loopback (IPv6: 127/8 is all its own). */
+		count(c->id, L3_C_LOOP_DENIED);
+		return deny(ENETUNREACH);
+	}
 	if (!addr_is_any(&bound)) {
+		if (own_loop(c, &bound)) {
+			/* A loopback source never leaves its container. */
+			count(c->id, L3_C_LOOP_DENIED);
+			return deny(EINVAL);
+		}
 		/* bind already checked it */
 		count(c->id, L3_C_CONNECT_ALLOWED);
 		return 1;
 	}
-	if (pick_source(gen, c, &dst, src) < 0) {
+	if (pick_source(gen, c, dst, src) < 0) {
 		/* No address of this family: nothing it could send from. */
 		count(c->id, L3_C_NO_ADDR);
 		return deny(ENETUNREACH);
@@ -638,14 +705,14 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 {
 	struct l3_cfg *cfg = config();
-	struct l3_addr src;
+	struct l3_addr src, dst;
 	int set_src, ret;
 	__u32 gen;
 
 	if (!cfg)
 		return 1;
 	gen = active_gen();
-	ret = route_out(ctx, v6, cfg, gen, task_container(gen, cfg), &src, &set_src);
+	ret = route_out(ctx, v6, cfg, gen, task_container(gen, cfg), &dst, &src, &set_src);
 	if (!ret || !set_src)
 		return ret;
 	if (v6) {
@@ -679,7 +746,7 @@ int l3_connect6(struct bpf_sock_addr *ctx)
 static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
 {
 	struct l3_cfg *cfg = config();
-	struct l3_addr msrc, src;
+	struct l3_addr msrc, src, dst;
 	struct l3_cont *c;
 	int set_src;
 	__u32 gen;
@@ -706,15 +773,20 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
 		struct bpf_sock *sk = ctx->sk;
 		__u16 sport = sk ? sk->src_port : 0;
 
-		if (may_use(gen, c, &msrc, ctx->protocol, sport) != V_OK) {
+		if (may_use(gen, c, &msrc, sock_proto(ctx->protocol), sport) != V_OK) {
 			/* Rule 4: never a packet from a source it does not own. */
 			count(c->id, L3_C_SEND_DENIED_SPOOF);
 			return deny(EPERM);
 		}
 	}
 
-	if (!route_out(ctx, v6, cfg, gen, c, &src, &set_src))
+	if (!route_out(ctx, v6, cfg, gen, c, &dst, &src, &set_src))
 		return 0;
+	if (c && !addr_is_any(&msrc) && own_loop(c, &msrc) && !own_loop(c, &dst)) {
+		/* A loopback source never leaves its container. */
+		count(c->id, L3_C_LOOP_DENIED);
+		return deny(EINVAL);
+	}
 	if (!set_src || !addr_is_any(&msrc))
 		return 1;
 	/* Make the compiler address the stores from ctx itself: the verifier
@@ -746,25 +818,20 @@ int l3_sendmsg6(struct bpf_sock_addr *ctx)
 /* ------------------------------------- what applications see (rule 5) */
 
 /*
- * Show the private loopback (and, for sockets whose 127.0.0.1 led to the
- * primary address, the primary) as 127.0.0.1 / ::1.
+ * Show a container's private loopback as 127.0.0.1 / ::1.
  *
  * These hooks run on every recvfrom, getsockname and getpeername of every
  * process under l3iso's cgroup, the host's and netns containers' included,
  * so the common cases leave early: a socket in another netns (a netns
- * container's loopback is its own), then an address that is neither a
- * private loopback nor the peer of a socket marked L3_SK_LOOP_PRIMARY.
- * Both come before the socket storage (a separate allocation, cold on a
- * busy receive path) and the container lookup (a cgroup walk and a hash
- * lookup), the costly parts.
+ * container's loopback is its own), then an address that is no private
+ * loopback — before the container lookup (a cgroup walk and a hash
+ * lookup), the costly part.
  */
 static __always_inline int show_loopback(struct bpf_sock_addr *ctx, int v6)
 {
 	struct l3_addr a, lo;
 	struct l3_cfg *cfg;
 	struct l3_cont *c;
-	struct l3_sk *s;
-	int primary = 0;
 
 	cfg = config();
 	if (!cfg || !host_netns(ctx, cfg))
@@ -773,25 +840,13 @@ static __always_inline int show_loopback(struct bpf_sock_addr *ctx, int v6)
 		load_user6(ctx, &a);
 	else
 		load_user4(ctx, &a);
-	if (!addr_is_private_loop(&a)) {
-		if (!ctx->sk)
-			return 1;
-		s = bpf_sk_storage_get(&l3_skstore, ctx->sk, 0, 0);
-		if (!s || !(s->flags & L3_SK_LOOP_PRIMARY))
-			return 1;
-		primary = 1;
-	}
-	c = task_container(active_gen(), cfg);
-	if (!c || (c->flags & L3_CF_LOOP_HOST))
+	if (!addr_is_private_loop(&a) || addr_is_host(&a))
 		return 1;
-	if (primary ? !addr_eq(&a, &c->primary4) && !addr_eq(&a, &c->primary6)
-		    : !addr_eq(&a, &c->lo4) && !addr_eq(&a, &c->lo6))
+	c = task_container(active_gen(), cfg);
+	if (!c || (c->flags & L3_CF_LOOP_HOST) || !own_loop(c, &a))
 		return 1;
 	loopback_of(&a, &lo);
-	if (v6)
-		store_user6(ctx, &lo);
-	else
-		ctx->user_ip4 = lo.w[3];
+	store_user(ctx, v6, &lo);
 	return 1;
 }
 
@@ -807,16 +862,39 @@ int l3_recvmsg6(struct bpf_sock_addr *ctx)
 	return show_loopback(ctx, 1);
 }
 
+/*
+ * getsockname: a shadow socket (bind_shared) shows what the application
+ * bound — the wildcard, its address, or 127.0.0.1 / ::1 — and the port it
+ * asked for (l3_sports: an MPTCP listener's socket is not the one its bind
+ * ran on); any other socket as recvmsg does.
+ */
+static __always_inline int show_own(struct bpf_sock_addr *ctx, int v6)
+{
+	struct l3_sport *sp = sport_of(sock_proto(ctx->protocol), bpf_ntohs(ctx->user_port));
+
+	if (sp && sp->id) {
+		struct l3_addr a = sp->view;
+
+		if (addr_is_private_loop(&a))
+			loopback_of(&a, &a);
+		store_user(ctx, v6, &a);
+		asm volatile("" : "+r"(ctx));
+		ctx->user_port = bpf_htons(sp->aport);
+		return 1;
+	}
+	return show_loopback(ctx, v6);
+}
+
 SEC("cgroup/getsockname4")
 int l3_getsockname4(struct bpf_sock_addr *ctx)
 {
-	return show_loopback(ctx, 0);
+	return show_own(ctx, 0);
 }
 
 SEC("cgroup/getsockname6")
 int l3_getsockname6(struct bpf_sock_addr *ctx)
 {
-	return show_loopback(ctx, 1);
+	return show_own(ctx, 1);
 }
 
 SEC("cgroup/getpeername4")
@@ -830,7 +908,6 @@ int l3_getpeername6(struct bpf_sock_addr *ctx)
 {
 	return show_loopback(ctx, 1);
 }
-
 /* ------------------------------------------------ packet backstop (skb) */
 
 struct pkt {
@@ -934,6 +1011,8 @@ static __always_inline int may_receive(struct __sk_buff *skb, __u32 gen, struct 
 {
 	struct l3_local *l;
 
+	if (addr_is_private_loop(&p->src) && !addr_is_host(&p->src) && !own_loop(c, &p->src))
+		return 0; /* another container's loopback never reaches it */
 	if (own_primary(c, &p->dst))
 		return 1; /* a whole IP of its own: the common case, one lookup less */
 	l = local_of(gen, c->id, &p->dst);
@@ -995,8 +1074,11 @@ int l3_ingress(struct __sk_buff *skb)
 	gen = active_gen();
 	c = skb_container(skb, gen, cfg);
 	if (!c) {
-		/* Host sockets: container addresses are not theirs (rule 2). */
-		if (owned_by_anyone(gen, &p.dst) || addr_is_private_loop(&p.dst)) {
+		/* Host sockets: container addresses are not theirs (rule 2),
+		 * nor is anything a container's loopback sent. */
+		if (owned_by_anyone(gen, &p.dst) ||
+		    ((addr_is_private_loop(&p.dst) || addr_is_private_loop(&p.src)) &&
+		     !addr_is_host(&p.dst) && !addr_is_host(&p.src))) {
 			count(0, L3_C_HOST_INGRESS_DROP);
 			return SK_DROP;
 		}
@@ -1030,6 +1112,11 @@ int l3_egress(struct __sk_buff *skb)
 		return SK_PASS;
 	l = local_of(gen, c->id, &p.src);
 	if (l && l->kind != L3_LOCAL_BCAST) {
+		if (l->kind == L3_LOCAL_LOOP && !addr_eq(&p.dst, &p.src)) {
+			/* Rule 5: its loopback reaches only itself. */
+			count(c->id, L3_C_LOOP_DENIED);
+			return SK_DROP;
+		}
 		if (l->kind != L3_LOCAL_PART)
 			return SK_PASS;
 		struct l3_owner *o = owner_of(gen, &p.src, p.proto, p.sport);
@@ -1062,7 +1149,6 @@ int l3_egress(struct __sk_buff *skb)
 #define MCAST_LEAVE_SOURCE_GROUP 47
 #define IPV6_ADD_MEMBERSHIP 20
 #define IPV6_DROP_MEMBERSHIP 21
-#define ENOBUFS 105
 
 enum {
 	J_NONE = 0,
@@ -1188,32 +1274,126 @@ static __always_inline int sockopt_group(struct bpf_sockopt *ctx, struct l3_addr
 	return op;
 }
 
-_Static_assert(L3_SRC_ANY == 0, "a zeroed slot is free and any-source");
 
 /*
- * Multicast joins (rule 6). The program runs before the kernel applies the
- * option: a join of a group outside the container's policy fails with
- * EPERM; every other change is mirrored in the socket's slots (struct l3_sk)
- * the way the kernel changes its per-socket filter (ip_mc_source,
- * ip6_mc_source) — assuming the kernel accepts it — so that l3iso can
- * apply the filter to the copies it assigns to the socket:
- *
- *   join (any source)   G has no slot: one ANY slot. Joined already: no change.
- *   join source S       G in exclude mode with blocked sources: no change (EINVAL).
- *                       An ANY slot of G becomes INCLUDE S (the kernel switches an
- *                       empty exclude filter to include); else one more INCLUDE slot.
- *   leave source S      its INCLUDE slot goes; the last one leaves G, as in the kernel.
- *   block / unblock S   an EXCLUDE slot beside G's ANY slot, or its removal.
- *   leave G             every slot of G.
- *
- * A slot that does not fit (L3_SK_GROUPS per socket) fails the option with
- * ENOBUFS, before the kernel runs it. A socket that is a registered
- * listener has each group in l3_listen once, from its first slot to its
- * last. Slots are changed in place in a loop (no index carried out of one:
- * the verifier would track each value it may hold, as for flags and
- * counts, which stay 0/1), the group written last and cleared first, so
- * readers never see half a slot.
+ * Is slot i the first of its group in s? A group with several sources
+ * fills several slots; l3_listen holds it once per socket.
  */
+static __always_inline int first_slot(const struct l3_sk *s, int i)
+{
+	int j;
+
+	for (j = 0; j < L3_SK_GROUPS && j < i; j++)
+		if (addr_eq(&s->groups[j], &s->groups[i]))
+			return 0;
+	return 1;
+}
+
+/* ----------------------------------- broadcast/multicast listeners (rule 6) */
+
+/* Register listener s under group g (or the broadcast key), at its
+ * container's address of g's family: 0, or -1 (quota, registry full). */
+static __always_inline int listener_add(struct l3_sk *s, const struct l3_addr *g)
+{
+	const struct l3_addr *own = addr_is_mapped(g) ? &s->addr : &s->addr6;
+
+	if (addr_is_any(own))
+		return 0; /* no address of that family: nothing to receive */
+	return reg_add(g, s->port | (__u32)s->kport << 16, s->id, own, &s->epoch);
+}
+
+static __always_inline void listener_del(struct l3_sk *s, const struct l3_addr *g)
+{
+	const struct l3_addr *own = addr_is_mapped(g) ? &s->addr : &s->addr6;
+
+	if (addr_is_any(own) || !epoch_current(s->id, s->epoch))
+		return;
+	reg_del(g, s->port, s->id, !addr_is_mapped(g), 0);
+}
+
+/* Every registration of listener s: the broadcast key, and the groups it
+ * joined (each once: its first slot), the first n of them. */
+static __always_inline void listener_del_all(struct l3_sk *s, int n)
+{
+	struct l3_addr bk;
+	int i, k = 0;
+
+	bcast_key(&bk);
+	listener_del(s, &bk);
+	for (i = 0; i < L3_SK_GROUPS; i++) {
+		struct l3_addr g = s->groups[i];
+
+		if ((g.w[0] | g.w[1] | g.w[2] | g.w[3]) && first_slot(s, i) && k++ < n)
+			listener_del(s, &g);
+	}
+	s->flags &= ~L3_SK_LISTENER;
+}
+
+/*
+ * A join with no interface goes where the host routes the group, which
+ * need not be l3iso's uplink: a shared container's join names the uplink
+ * (ip_mreq grows into an ip_mreqn; a join by address takes the uplink's
+ * IPv4 address, l3_cfg.uplink_ip4), so it receives the group from there.
+ * Leaves and source changes name it likewise, or the kernel would not
+ * find the membership.
+ */
+static __always_inline void join_on_uplink(struct bpf_sockopt *ctx, struct l3_cfg *cfg)
+{
+	void *p = ctx->optval, *end = ctx->optval_end;
+	__u32 ifx = cfg->uplink_ifindex;
+
+	if (!ifx || ifx == 1 /* lo */)
+		return;
+	if (ctx->level == SOL_IP) {
+		switch (ctx->optname) {
+		case IP_ADD_MEMBERSHIP:
+		case IP_DROP_MEMBERSHIP:
+			/* struct ip_mreq (8 bytes): the interface's address at 4;
+			 * struct ip_mreqn (12): and its index at 8 */
+			if (p + 12 > end || *(__u32 *)(p + 4))
+				return;
+			if (ctx->optlen == 8) {
+				*(__u32 *)(p + 8) = ifx;
+				ctx->optlen = 12;
+			} else if (ctx->optlen >= 12 && !*(__u32 *)(p + 8)) {
+				*(__u32 *)(p + 8) = ifx;
+			}
+			return;
+		case IP_ADD_SOURCE_MEMBERSHIP:
+		case IP_DROP_SOURCE_MEMBERSHIP:
+		case IP_BLOCK_SOURCE:
+		case IP_UNBLOCK_SOURCE:
+			/* struct ip_mreq_source: the interface's address at 4 */
+			if (p + 12 > end || *(__u32 *)(p + 4) || !cfg->uplink_ip4)
+				return;
+			*(__u32 *)(p + 4) = cfg->uplink_ip4;
+			return;
+		}
+	}
+	if (ctx->level == SOL_IPV6 &&
+	    (ctx->optname == IPV6_ADD_MEMBERSHIP || ctx->optname == IPV6_DROP_MEMBERSHIP)) {
+		/* struct ipv6_mreq: the interface index at 16 */
+		if (p + 20 > end || *(__u32 *)(p + 16))
+			return;
+		*(__u32 *)(p + 16) = ifx;
+		return;
+	}
+	switch (ctx->optname) {
+	case MCAST_JOIN_GROUP:
+	case MCAST_LEAVE_GROUP:
+	case MCAST_JOIN_SOURCE_GROUP:
+	case MCAST_LEAVE_SOURCE_GROUP:
+	case MCAST_BLOCK_SOURCE:
+	case MCAST_UNBLOCK_SOURCE:
+		/* struct group_req, group_source_req: the interface index at 0 */
+		if (p + 4 > end || *(__u32 *)p)
+			return;
+		*(__u32 *)p = ifx;
+		return;
+	}
+}
+_Static_assert(L3_SRC_ANY == 0, "a zeroed slot is free and any-source");
+
 SEC("cgroup/setsockopt")
 int l3_setsockopt(struct bpf_sockopt *ctx)
 {
@@ -1238,6 +1418,8 @@ int l3_setsockopt(struct bpf_sockopt *ctx)
 		count(c->id, L3_C_JOIN_DENIED);
 		return deny(EPERM);
 	}
+	if (!(c->flags & L3_CF_NETNS))
+		join_on_uplink(ctx, cfg);
 	if (!ctx->sk)
 		return 1;
 	if (op != J_JOIN && op != J_LEAVE && !has_src)
@@ -1347,87 +1529,277 @@ int l3_setsockopt(struct bpf_sockopt *ctx)
 	}
 	if (op == J_BLOCK || ng)
 		return 1; /* the group was there already */
-	if (s->flags & L3_SK_LISTENER)
-		reg_add(&g, s->port, s->id, &s->addr);
+	if ((s->flags & L3_SK_LISTENER) && listener_add(s, &g)) {
+		/* Over its quota (or the registry is full): the join fails. */
+		for (i = 0; i < L3_SK_GROUPS; i++) {
+			if (addr_eq(&s->groups[i], &g)) {
+				__builtin_memset(&s->groups[i], 0, sizeof(s->groups[i]));
+				s->modes[i] = L3_SRC_ANY;
+			}
+		}
+		return deny(ENOBUFS);
+	}
 	return 1;
 unregister:
 	if (s->flags & L3_SK_LISTENER)
-		reg_del(&g, s->port, s->id, &s->addr);
+		listener_del(s, &g);
 	return 1;
 }
 
-/* A socket's l3iso state, if l3iso is up and the socket has any. */
-static __always_inline struct l3_sk *sock_state(struct bpf_sock *sk)
+
+/* ------------------------------------------------ registration (rule 3, 6) */
+
+/* The address a socket of family v6 holds (mapped form), zero for the
+ * wildcard. (post_bind6 may not read src_ip4: v6 is a constant there.) */
+static __always_inline void sk_bound(struct bpf_sock *sk, int v6, struct l3_addr *a)
 {
-	if (!config())
-		return NULL; /* not up yet */
-	return bpf_sk_storage_get(&l3_skstore, sk, 0, 0);
+	__builtin_memset(a, 0, sizeof(*a));
+	if (!v6) {
+		if (sk->src_ip4)
+			addr_set4(a, sk->src_ip4);
+		return;
+	}
+	a->w[0] = sk->src_ip6[0];
+	a->w[1] = sk->src_ip6[1];
+	a->w[2] = sk->src_ip6[2];
+	a->w[3] = sk->src_ip6[3];
+	if (addr_is_any(a))
+		__builtin_memset(a, 0, sizeof(*a));
 }
 
 /*
- * After a bind the kernel made: a UDP wildcard bind that mark_listener
- * remembered becomes a listener on the bound port (chosen by the kernel
- * for port 0), with the groups the socket joined before it.
+ * After a bind the kernel made: enter what bind remembered — the socket in
+ * l3_binds (bind_shared), a host wildcard in l3_hostudp (host_bind), a UDP
+ * wildcard socket as a broadcast/multicast listener on the port it holds
+ * (chosen by the kernel for port 0), with the groups it joined before. A
+ * registration beyond the container's quota fails the bind (ENOBUFS), and
+ * nothing of it stays registered.
  */
-static __always_inline int post_bind(struct bpf_sock *sk)
+static __always_inline int post_bind(struct bpf_sock *sk, int v6)
 {
-	struct l3_addr bk;
+	struct l3_addr sa, bk;
 	struct l3_sk *s;
 	__u16 port;
-	int i;
+	int err = 0, i, n = 0;
 
 	s = sock_state(sk);
-	if (!s || !(s->flags & L3_SK_BIND_PENDING))
+	if (!s)
+		return 1;
+	port = sk->src_port; /* host order */
+	if (s->flags & L3_SK_REG_BIND) {
+		s->flags &= ~L3_SK_REG_BIND;
+		if (s->flags & L3_SK_HOST_WILD) {
+			__u32 k = port, *hn = bpf_map_lookup_elem(&l3_hostudp, &k);
+
+			if (hn)
+				__sync_fetch_and_add(hn, 1);
+			s->port = port;
+			return 1;
+		}
+		sk_bound(sk, v6, &sa);
+		err = binds_add(s, port, &sa);
+		if (err) {
+			s->flags &= ~(L3_SK_SHADOW | L3_SK_BIND_PENDING);
+			return deny(-err);
+		}
+	}
+	if (!(s->flags & L3_SK_BIND_PENDING))
 		return 1;
 	s->flags &= ~L3_SK_BIND_PENDING;
-	port = sk->src_port; /* host order */
 	if ((s->flags & L3_SK_LISTENER) || !port)
 		return 1;
+	s->kport = port;
+	if (!s->port)
+		s->port = port;
 	bcast_key(&bk);
-	if (reg_add(&bk, port, s->id, &s->addr))
-		return 1;
-	s->flags |= L3_SK_LISTENER;
-	s->port = port;
-	for (i = 0; i < L3_SK_GROUPS; i++) {
+	if (listener_add(s, &bk)) {
+		err = ENOBUFS;
+		n = -1;
+	}
+	for (i = 0; i < L3_SK_GROUPS && !err; i++) {
 		struct l3_addr g = s->groups[i];
 
-		if ((g.w[0] | g.w[1] | g.w[2] | g.w[3]) && first_slot(s, i))
-			reg_add(&g, port, s->id, &s->addr);
+		if (!(g.w[0] | g.w[1] | g.w[2] | g.w[3]) || !first_slot(s, i))
+			continue;
+		if (listener_add(s, &g))
+			err = ENOBUFS;
+		else
+			n++;
 	}
-	return 1;
+	if (!err) {
+		s->flags |= L3_SK_LISTENER;
+		return 1;
+	}
+	if (n >= 0)
+		listener_del_all(s, n);
+	binds_del(s);
+	s->flags &= ~L3_SK_SHADOW;
+	return deny(ENOBUFS);
 }
 
 SEC("cgroup/post_bind4")
 int l3_post_bind4(struct bpf_sock *sk)
 {
-	return post_bind(sk);
+	return post_bind(sk, 0);
 }
 
 SEC("cgroup/post_bind6")
 int l3_post_bind6(struct bpf_sock *sk)
 {
-	return post_bind(sk);
+	return post_bind(sk, 1);
+}
+
+/*
+ * listen() on a socket that bind_shared left on the port it was given —
+ * port 0, the kernel's choice — or that never was bound (the kernel bound
+ * the wildcard): enter it in l3_binds now, at the port it holds, so its
+ * connections are steered to it. A wildcard one hears every address of its
+ * container. Clients that bind port 0 before they connect never listen:
+ * they take no entry.
+ */
+SEC("sockops")
+int l3_sockops(struct bpf_sock_ops *ctx)
+{
+	struct l3_cfg *cfg;
+	struct bpf_sock *sk;
+	struct l3_addr sa;
+	struct l3_sk *s;
+
+	if (ctx->op != BPF_SOCK_OPS_TCP_LISTEN_CB)
+		return 1;
+	cfg = config();
+	sk = ctx->sk;
+	if (!cfg || !sk)
+		return 1;
+	if (cfg->netns_cookie && bpf_get_netns_cookie(ctx) != cfg->netns_cookie)
+		return 1; /* a netns container's wildcard is its own */
+	s = bpf_sk_storage_get(&l3_skstore, sk, 0, 0);
+	if (s && (s->flags & L3_SK_BOUND))
+		return 1; /* entered when it was bound */
+	if (!s || !(s->flags & L3_SK_REG_LISTEN)) {
+		struct l3_cont *c = task_container(active_gen(), cfg);
+
+		if (!c || (c->flags & L3_CF_NETNS))
+			return 1;
+		s = sk_state_make(sk);
+		if (!s)
+			return 1;
+		__builtin_memset(&s->bkey, 0, sizeof(s->bkey));
+		s->bkey.id = c->id;
+		s->bkey.proto = IPPROTO_TCP;
+		s->bkey.kind = ctx->family == 10 /* AF_INET6 */ ? L3_BK_ANY6 : L3_BK_ANY4;
+	}
+	s->flags &= ~L3_SK_REG_LISTEN;
+	s->bkey.port = ctx->local_port;
+	sk_bound(sk, ctx->family == 10 /* AF_INET6 */, &sa);
+	binds_add(s, ctx->local_port, &sa); /* counted if it fails */
+	return 1;
 }
 
 /* A closing socket takes its registrations with it. */
 SEC("cgroup/sock_release")
 int l3_sock_release(struct bpf_sock *sk)
 {
-	struct l3_addr bk;
 	struct l3_sk *s;
-	int i;
 
 	s = sock_state(sk);
-	if (!s || !(s->flags & L3_SK_LISTENER))
+	if (!s)
 		return 1;
-	bcast_key(&bk);
-	reg_del(&bk, s->port, s->id, &s->addr);
-	for (i = 0; i < L3_SK_GROUPS; i++) {
-		struct l3_addr g = s->groups[i];
+	binds_del(s);
+	if ((s->flags & L3_SK_HOST_WILD) && !(s->flags & L3_SK_REG_BIND)) {
+		__u32 k = s->port, *hn = bpf_map_lookup_elem(&l3_hostudp, &k);
 
-		if ((g.w[0] | g.w[1] | g.w[2] | g.w[3]) && first_slot(s, i))
-			reg_del(&g, s->port, s->id, &s->addr);
+		if (hn && *hn)
+			__sync_fetch_and_sub(hn, 1);
+		s->flags &= ~L3_SK_HOST_WILD;
 	}
-	s->flags &= ~L3_SK_LISTENER;
+	if (s->flags & L3_SK_LISTENER)
+		listener_del_all(s, L3_SK_GROUPS);
 	return 1;
+}
+
+/* ------------------------------------------- refused, not taken (rule 3) */
+
+/*
+ * l3_sk_lookup, attached to the network namespace `l3iso up` ran in, runs
+ * where the kernel looks for the socket of a new connection or of a
+ * datagram to an unconnected socket — after the TC programs (tc.c,
+ * steer()) had their chance: whatever they assigned never gets here. It
+ * refuses (the kernel answers with a RST, or ICMP port unreachable):
+ *
+ *   a shadow port itself: it is no port any application asked for;
+ *   TCP to a shared container's address or private loopback: none of its
+ *     sockets listens on that port (they all are in l3_binds), and a host
+ *     wildcard listener must not take it;
+ *   UDP to one, on a port where the host has a wildcard socket: the same
+ *     (elsewhere the kernel finds the container's socket, or answers ICMP
+ *     port unreachable itself).
+ *
+ * l3iso's own lookups (own_lookup) pass.
+ */
+SEC("sk_lookup")
+int l3_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	__u32 zero = 0, *busy = bpf_map_lookup_elem(&l3_scratch, &zero);
+	__u8 proto = ctx->protocol;
+	__u16 port = ctx->local_port;
+	struct l3_sport *sp;
+	struct l3_owner *o;
+	struct l3_cfg *cfg;
+	struct l3_bkey k;
+	struct l3_addr d;
+	__u32 id;
+
+	if (busy && *busy)
+		return SK_PASS;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return SK_PASS;
+	sp = sport_of(proto, port);
+	if (sp && sp->id) {
+		count(sp->id, L3_C_REFUSED);
+		return SK_DROP;
+	}
+	if (proto == IPPROTO_UDP) {
+		__u32 k = port, *hn = bpf_map_lookup_elem(&l3_hostudp, &k);
+
+		if (!hn || !*hn)
+			return SK_PASS;
+	}
+	if (ctx->family == 2 /* AF_INET */) {
+		addr_set4(&d, ctx->local_ip4);
+	} else {
+		d.w[0] = ctx->local_ip6[0];
+		d.w[1] = ctx->local_ip6[1];
+		d.w[2] = ctx->local_ip6[2];
+		d.w[3] = ctx->local_ip6[3];
+	}
+	if (addr_is_private_loop(&d)) {
+		if (addr_is_host(&d))
+			return SK_PASS;
+		id = private_id(&d);
+	} else {
+		cfg = config();
+		if (!cfg)
+			return SK_PASS;
+		o = owner_of(active_gen(), &d, proto, port);
+		if (!o || !o->id || (o->flags & L3_OF_NETNS))
+			return SK_PASS;
+		id = o->id;
+	}
+	if (proto == IPPROTO_TCP && binds_find(id, proto, port, &d, &k)) {
+		/* A SYN that ends a TIME_WAIT (tc.c, steer): its listener. */
+		struct bpf_sock *sk = bpf_map_lookup_elem(&l3_socks, &k);
+
+		if (sk) {
+			long err = bpf_sk_assign(ctx, sk, 0);
+
+			bpf_sk_release(sk);
+			if (!err) {
+				count(id, L3_C_STEERED);
+				return SK_PASS;
+			}
+		}
+	}
+	count(id, L3_C_REFUSED);
+	return SK_DROP;
 }

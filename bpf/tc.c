@@ -33,6 +33,8 @@
 
 #include "l3iso.h"
 #include "maps.h"
+#include "registry.h"
+#include "binds.h"
 
 #define TCX_NEXT (-1) /* TC_ACT_UNSPEC: on to the next TCX program (TC_ACT_OK ends the chain) */
 #define LOOPBACK_IFINDEX 1 /* lo, in every network namespace */
@@ -547,6 +549,7 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 		__u32 id = mark & ~L3_MARK_MASK;
 		struct bpf_sock *sk;
 		struct l3_addr own = {};
+		__u16 oport = 0;
 		int found = 0;
 
 		skb->mark = 0;
@@ -559,6 +562,7 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 			pv = bpf_map_lookup_elem(&l3_listen, &k);
 			if (pv && slot < L3_LPAGE_SLOTS && pv->e[slot].id == id) {
 				own = pv->e[slot].addr;
+				oport = pv->e[slot].port;
 				found = addr_is_mapped(&own) == addr_is_mapped(&dst);
 			}
 		}
@@ -566,11 +570,17 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 			count(id, L3_C_GROUP_LOST);
 			return TC_ACT_SHOT;
 		}
-		if (tuple_len == sizeof(t.ipv4))
+		/* its socket holds oport (its shadow port, if it is one) */
+		if (tuple_len == sizeof(t.ipv4)) {
 			t.ipv4.daddr = own.w[3];
-		else
+			t.ipv4.dport = bpf_htons(oport);
+		} else {
 			__builtin_memcpy(t.ipv6.daddr, own.w, 16);
+			t.ipv6.dport = bpf_htons(oport);
+		}
+		own_lookup(1);
 		sk = bpf_sk_lookup_udp(skb, &t, tuple_len, BPF_F_CURRENT_NETNS, 0);
+		own_lookup(-1);
 		if (!sk) {
 			count(id, L3_C_GROUP_LOST);
 			return TC_ACT_SHOT;
@@ -691,6 +701,205 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 	return TCX_NEXT;
 }
 
+
+/* ------------------------------------------------- steering (rule 3) */
+
+#define TCP_STATE_TIME_WAIT 6
+#define TCP_STATE_LISTEN 10
+
+/* A unicast TCP SYN or UDP datagram, as steer() needs it. */
+struct upkt {
+	struct l3_addr src, dst;
+	__u16 sport, dport; /* host order */
+	__u8 proto;
+};
+
+/* The tuple of a lookup from p's source to (to, port), by to's family. */
+static __always_inline __u32 tuple_of(struct bpf_sock_tuple *t, const struct upkt *p,
+				      const struct l3_addr *to, __u16 port)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	if (addr_is_mapped(to)) {
+		t->ipv4.saddr = p->src.w[3];
+		t->ipv4.sport = bpf_htons(p->sport);
+		t->ipv4.daddr = to->w[3];
+		t->ipv4.dport = bpf_htons(port);
+		return sizeof(t->ipv4);
+	}
+	__builtin_memcpy(t->ipv6.saddr, p->src.w, 16);
+	t->ipv6.sport = bpf_htons(p->sport);
+	__builtin_memcpy(t->ipv6.daddr, to->w, 16);
+	t->ipv6.dport = bpf_htons(port);
+	return sizeof(t->ipv6);
+}
+
+/*
+ * A connection (its SYN) or a datagram for an address of a shared
+ * container — or its private loopback — goes to the socket of that
+ * container that l3_binds names for (address, port): one bound to the
+ * address, else a wildcard one. Its socket holds the wildcard on a shadow
+ * port, or the address itself (binds.h); it is assigned to the packet
+ * (bpf_sk_assign), before the kernel's own lookup, which would find the
+ * host's wildcard socket on the port, or nothing. What finds no entry
+ * goes on, and l3_sk_lookup refuses it. O(1): an ownership lookup, at
+ * most three l3_binds lookups, one socket lookup.
+ */
+static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
+{
+	struct bpf_sock_tuple t;
+	struct bpf_sock *sk;
+	struct l3_owner *o;
+	struct l3_bval *v;
+	struct l3_bkey k;
+	struct l3_addr to;
+	__u32 id, len;
+	int ok, tw = 0;
+
+	if (addr_is_private_loop(&p->dst)) {
+		if (addr_is_host(&p->dst))
+			return;
+		id = private_id(&p->dst);
+	} else {
+		o = owner_of(active_gen(), &p->dst, p->proto, p->dport);
+		if (!o || (o->flags & L3_OF_NETNS))
+			return; /* the host's, or a netns container's (its own stack) */
+		id = o->id;
+	}
+	if (!id)
+		return;
+	v = binds_find(id, p->proto, p->dport, &p->dst, &k);
+	if (!v)
+		return;
+	to = addr_is_any(&v->saddr) ? p->dst : v->saddr;
+	if (addr_is_mapped(&to) != addr_is_mapped(&p->dst))
+		return; /* a socket at an address of the other family */
+	own_lookup(1);
+	if (p->proto == IPPROTO_TCP) {
+		/*
+		 * A SYN of a connection the kernel knows already (sent again
+		 * while its request waits, a simultaneous open) is the
+		 * kernel's. One for a 4-tuple in TIME_WAIT too: the kernel
+		 * ends the TIME_WAIT and looks the listener up itself (an
+		 * assigned listener would meet the TIME_WAIT socket in the
+		 * hash and drop the SYN) — through l3_sk_lookup, which finds
+		 * it in l3_socks, entered below.
+		 */
+		len = tuple_of(&t, p, &p->dst, p->dport);
+		sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (sk) {
+			__u32 st = sk->state;
+
+			bpf_sk_release(sk);
+			if (st == TCP_STATE_TIME_WAIT) {
+				tw = 1;
+			} else if (st != TCP_STATE_LISTEN) {
+				own_lookup(-1);
+				return;
+			}
+		}
+		len = tuple_of(&t, p, &to, v->sport);
+		sk = bpf_sk_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	} else {
+		len = tuple_of(&t, p, &to, v->sport);
+		sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	}
+	own_lookup(-1);
+	if (!sk)
+		return;
+	/* Only the socket the entry names: at its shadow port, or at its own
+	 * address (never a host wildcard that shares the port with it). */
+	if (addr_is_any(&v->saddr))
+		ok = sk->src_port == v->sport;
+	else if (addr_is_mapped(&to))
+		ok = sk->src_ip4 == to.w[3];
+	else
+		ok = sk->src_ip6[0] == to.w[0] && sk->src_ip6[1] == to.w[1] &&
+		     sk->src_ip6[2] == to.w[2] && sk->src_ip6[3] == to.w[3];
+	if (ok && tw)
+		bpf_map_update_elem(&l3_socks, &k, sk, BPF_ANY); /* fails for MPTCP: l3_sk_lookup refuses, the client retries */
+	else if (ok && !bpf_sk_assign(skb, sk, 0))
+		count(id, L3_C_STEERED);
+	bpf_sk_release(sk);
+}
+
+/*
+ * A datagram of a container's UDP wildcard socket leaves from its shadow
+ * port: give it the port the application bound (l3_sports), as the peer
+ * expects. Done where its datagrams leave the host stack: lo's ingress
+ * (to the host and containers) and the uplink's egress.
+ */
+static __always_inline void fix_sport(struct __sk_buff *skb, __u32 l4off, __u16 sport)
+{
+	struct l3_sport *sp = sport_of(IPPROTO_UDP, sport);
+	__u16 old, new;
+
+	if (!sp || !sp->id)
+		return;
+	old = bpf_htons(sport);
+	new = bpf_htons(sp->aport);
+	if (bpf_l4_csum_replace(skb, l4off + 6, old, new, BPF_F_MARK_MANGLED_0 | 2))
+		return;
+	bpf_skb_store_bytes(skb, l4off, &new, 2, 0);
+}
+
+/* Where the L4 header starts, and its protocol (0: neither TCP nor UDP,
+ * or a fragment after the first). */
+static __always_inline __u8 l4_of(struct __sk_buff *skb, __u32 *off, struct upkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u16 *ports;
+
+	if ((void *)(eth + 1) > end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end || (ip->frag_off & bpf_htons(0x1fff)))
+			return 0;
+		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+			return 0;
+		*off = ETH_HLEN + (ip->ihl & 0xf) * 4;
+		addr_set4(&p->src, ip->saddr);
+		addr_set4(&p->dst, ip->daddr);
+		p->proto = ip->protocol;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+			return 0;
+		*off = ETH_HLEN + sizeof(*ip6);
+		__builtin_memcpy(p->src.w, &ip6->saddr, 16);
+		__builtin_memcpy(p->dst.w, &ip6->daddr, 16);
+		p->proto = ip6->nexthdr;
+	} else {
+		return 0;
+	}
+	if (*off > 255)
+		return 0;
+	ports = data + *off;
+	if ((void *)(ports + 2) > end)
+		return 0;
+	p->sport = bpf_ntohs(ports[0]);
+	p->dport = bpf_ntohs(ports[1]);
+	return p->proto;
+}
+
+/* Is the TCP segment at off a SYN without ACK (a new connection)? */
+static __always_inline int tcp_syn(struct __sk_buff *skb, __u32 off)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 *flags = data + off + 13;
+
+	if (off > 255 || (void *)(flags + 1) > end)
+		return 0;
+	return (*flags & 0x12) == 0x02;
+}
+
 /* Shared by l3_tc_veth (deliver) and l3_tc_guard (check only). */
 static __always_inline int from_container(struct __sk_buff *skb, int deliver)
 {
@@ -791,58 +1000,79 @@ int l3_tc_uplink(struct __sk_buff *skb)
 	return to_peer(skb, d);
 }
 
+/*
+ * TCX ingress of lo and the uplink (shared containers): a datagram from a
+ * container's shadow port gets its port back (lo: it was sent here); a
+ * broadcast or multicast goes to its listeners (group); a new connection
+ * or a unicast datagram for a container to its socket (steer).
+ */
 SEC("tcx/ingress")
 int l3_tc_group(struct __sk_buff *skb)
 {
-	return group(skb, G_IN);
+	struct upkt p;
+	__u32 off;
+	__u8 proto;
+
+	if (skb->pkt_type == PACKET_LOOPBACK)
+		return TCX_NEXT; /* the kernel's local copy of a multicast/broadcast it sends */
+	proto = l4_of(skb, &off, &p);
+	if (!proto)
+		return TCX_NEXT;
+	if (proto == IPPROTO_TCP) {
+		if (tcp_syn(skb, off))
+			steer(skb, &p);
+		return TCX_NEXT;
+	}
+	if (skb->ifindex == LOOPBACK_IFINDEX) {
+		fix_sport(skb, off, p.sport);
+		if (!l4_of(skb, &off, &p)) /* read again after the write */
+			return TCX_NEXT;
+	}
+	if (addr_is_mcast(&p.dst) || (addr_is_mapped(&p.dst) && p.dst.w[3] == 0xffffffff))
+		return group(skb, G_IN);
+	if (addr_is_mapped(&p.dst)) {
+		struct l3_cfg *cfg = config();
+
+		if (cfg && maybe_bcast4(cfg, p.dst.w[3]) && is_bcast_for(cfg->gen, 0, &p.dst))
+			return group(skb, G_IN);
+	}
+	steer(skb, &p);
+	return TCX_NEXT;
 }
 
-/* On the uplink's egress: broadcasts this host sends out of it. */
+/* On the uplink's egress: what a container's shadow port sends gets its
+ * port back; broadcasts this host sends out of it go to the listeners. */
 SEC("tcx/egress")
 int l3_tc_group_out(struct __sk_buff *skb)
 {
+	struct upkt p;
+	__u32 off;
+
+	if (!skb->ingress_ifindex && l4_of(skb, &off, &p) == IPPROTO_UDP)
+		fix_sport(skb, off, p.sport);
 	return group(skb, G_HOST_OUT);
 }
 
 /*
  * Not attached anywhere: user space runs it (BPF_PROG_TEST_RUN) to remove
  * a deleted container's leftover entries from l3_listen (sockets that
- * outlived their container). Under the page's lock, like the socket hooks:
- * a write from user space would replace the whole page and could undo a
- * registration another container's socket makes meanwhile. Returns the
- * number of entries removed.
+ * outlived their container). Under the registry's lock, like the socket
+ * hooks (registry.h): a write from user space would replace the whole page
+ * and could undo a registration another container's socket makes
+ * meanwhile. Returns the number of entries removed.
  */
 SEC("tc")
 int l3_purge(struct __sk_buff *skb)
 {
 	struct l3_purge_req r;
-	struct l3_lpages *sum;
-	struct l3_lset *v;
-	__u32 pg, s, removed = 0;
+	int removed;
 
 #ifdef L3ISO_VARIANT
 	asm volatile("r0 = 0" ::: "r0"); /* the upgrade test's "older binary" */
 #endif
 	if (bpf_skb_load_bytes(skb, 0, &r, sizeof(r)) || !r.id || r.id > L3_MAX_CONTAINERS)
 		return 0;
-	pg = lpage_of(r.id);
-	s = lslot_of(r.id, 0);
-	r.key.page = pg;
-	r.key.pad = 0;
-	v = bpf_map_lookup_elem(&l3_listen, &r.key);
-	if (!v)
-		return 0;
-	r.key.page = 0;
-	sum = bpf_map_lookup_elem(&l3_lsum, &r.key);
-	bpf_spin_lock(&v->lock);
-	if (v->e[s].id == r.id) {
-		lset_free(v, sum, pg, s);
-		removed++;
-	}
-	if (v->e[s + 1].id == r.id) {
-		lset_free(v, sum, pg, s + 1);
-		removed++;
-	}
-	bpf_spin_unlock(&v->lock);
+	removed = reg_del(&r.key.group, r.key.port, r.id, 0, 1);
+	removed += reg_del(&r.key.group, r.key.port, r.id, 1, 1);
 	return removed;
 }

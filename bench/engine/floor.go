@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -60,7 +61,14 @@ func attachDoNothing(cg string, want func(ebpf.AttachType) bool) (*DoNothing, er
 			d.Close()
 			return nil, fmt.Errorf("load a do-nothing program in place of %s (%v): %w", name, ps.AttachType, err)
 		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ps.AttachType, Program: prog})
+		var l link.Link
+		if ps.AttachType == ebpf.AttachSkLookup {
+			// l3_sk_lookup runs for the network namespace (the calling
+			// thread's), not for a cgroup.
+			l, err = attachNetnsHere(prog)
+		} else {
+			l, err = link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: ps.AttachType, Program: prog})
+		}
 		prog.Close() // the link holds it
 		if err != nil {
 			d.Close()
@@ -82,4 +90,15 @@ func (d *DoNothing) Close() error {
 	}
 	d.links = nil
 	return errors.Join(errs...)
+}
+
+// attachNetnsHere attaches an sk_lookup program to the calling thread's
+// network namespace.
+func attachNetnsHere(prog *ebpf.Program) (link.Link, error) {
+	ns, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	return link.AttachNetNs(int(ns.Fd()), prog)
 }

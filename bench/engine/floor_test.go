@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"golang.org/x/sys/unix"
 	"os"
+	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -17,20 +19,30 @@ import (
 func TestAttachDoNothing(t *testing.T) {
 	sockprobe.RequirePrivileged(t)
 	cg := sockprobe.NewCgroup(t, "")
+	// l3_sk_lookup's stand-in attaches to this thread's network
+	// namespace: a fresh one, gone with the thread.
+	runtime.LockOSThread() // never unlocked: the thread exits with the test
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Fatal(err)
+	}
 	spec, err := maps.SocketSpec()
 	if err != nil {
 		t.Fatal(err)
 	}
 	count := func(at ebpf.AttachType) (n int, names []string) {
 		t.Helper()
-		f, err := os.Open(cg)
+		target := cg
+		if at == ebpf.AttachSkLookup {
+			target = "/proc/thread-self/ns/net"
+		}
+		f, err := os.Open(target)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer f.Close()
 		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
 		if err != nil {
-			t.Fatalf("query %v at %s: %v", at, cg, err)
+			t.Fatalf("query %v at %s: %v", at, target, err)
 		}
 		for _, p := range res.Programs {
 			prog, err := ebpf.NewProgramFromID(p.ID)

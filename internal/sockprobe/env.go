@@ -37,10 +37,17 @@ func RequirePrivileged(t testing.TB) {
 	if os.Geteuid() == 0 {
 		return
 	}
-	if truthy(os.Getenv("CI")) || truthy(os.Getenv("L3ISO_REQUIRE_PRIVILEGED")) {
+	if Required() {
 		t.Fatalf("privileged test needs root (euid is %d), and CI / L3ISO_REQUIRE_PRIVILEGED forbid skipping it", os.Geteuid())
 	}
 	t.Skipf("privileged test: needs root (euid is %d); run as root, or set L3ISO_REQUIRE_PRIVILEGED=1 to make this a failure", os.Geteuid())
+}
+
+// Required says whether the environment forbids skipping a privileged
+// test (CI=true or L3ISO_REQUIRE_PRIVILEGED=1): a test that needs a program
+// which is missing fails then, where it would otherwise skip.
+func Required() bool {
+	return truthy(os.Getenv("CI")) || truthy(os.Getenv("L3ISO_REQUIRE_PRIVILEGED"))
 }
 
 func truthy(s string) bool {

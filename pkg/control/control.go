@@ -683,6 +683,9 @@ func (c *Control) Down() error {
 	if err := c.teardownDelivery(); err != nil {
 		return err
 	}
+	if err := c.hostItems(false, []hostItem{hostAddrItem}); err != nil {
+		return err
+	}
 	return c.st.Teardown()
 }
 

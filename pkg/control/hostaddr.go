@@ -37,6 +37,11 @@ const (
 	itemAddr6
 )
 
+// hostAddrItem is the host's own IPv6 address toward shared containers
+// (maps.HostAddr6), there while l3iso is up: `up` (its repair) adds it,
+// `down` removes it.
+var hostAddrItem = hostItem{kind: itemAddr6, ip: maps.HostAddr6, onLo: true, prefix: netip.PrefixFrom(maps.HostAddr6, 128)}
+
 func (h hostItem) String() string {
 	switch h.kind {
 	case itemLocal4:
@@ -200,6 +205,7 @@ func (c *Control) unconfigureHost(older, newer []maps.Container) error {
 // routes the policy no longer has.
 func (c *Control) repairHost() error {
 	want := desired(c.cur)
+	want[hostAddrItem] = true
 	have := map[hostItem]bool{}
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Protocol: RouteProtocol},
 		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)

@@ -183,6 +183,14 @@ func (b *nlBatch) address(add bool, p netip.Prefix, ifindex int) error {
 	if add {
 		body = append(body, attr(unix.IFA_FLAGS, u32(unix.IFA_F_NODAD|unix.IFA_F_NOPREFIXROUTE))...)
 		body = append(body, attr(ifaProto, []byte{RouteProtocol})...)
+		// Deprecated (preferred lifetime 0, valid forever): bindable, and
+		// usable as an explicit source, but never the kernel's choice of
+		// source for a host socket (RFC 6724 rule 3), which would
+		// otherwise take a container's address, or the host's address
+		// toward containers, for a destination whose prefix it shares.
+		cache := make([]byte, 16)
+		binary.NativeEndian.PutUint32(cache[4:], ^uint32(0))
+		body = append(body, attr(unix.IFA_CACHEINFO, cache)...)
 		return b.add(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, body, "add address "+p.String())
 	}
 	return b.add(unix.RTM_DELADDR, 0, body, "delete address "+p.String(), unix.EADDRNOTAVAIL, unix.ENOENT, unix.ENODEV)

@@ -13,6 +13,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -211,7 +212,7 @@ func Up(o Options) (st *State, changed bool, err error) {
 		return st, false, err
 	}
 	if o.Uplink != "" {
-		if want.UplinkIfindex, want.UplinkMAC, err = linkOf(o.Uplink); err != nil {
+		if want.UplinkIfindex, want.UplinkMAC, want.UplinkIP4, err = linkOf(o.Uplink); err != nil {
 			return st, false, err
 		}
 	}
@@ -240,9 +241,9 @@ func Up(o Options) (st *State, changed bool, err error) {
 		// The delivery may change on a running host (the caller switches
 		// the containers: dirty until it is done), and the uplink may have
 		// been recreated under its name.
-		if st.Config.Delivery != want.Delivery || st.Config.UplinkIfindex != want.UplinkIfindex || st.Config.UplinkMAC != want.UplinkMAC {
+		if st.Config.Delivery != want.Delivery || st.Config.UplinkIfindex != want.UplinkIfindex || st.Config.UplinkMAC != want.UplinkMAC || st.Config.UplinkIP4 != want.UplinkIP4 {
 			cfg := st.Config
-			cfg.Delivery, cfg.UplinkIfindex, cfg.UplinkMAC, cfg.Dirty = want.Delivery, want.UplinkIfindex, want.UplinkMAC, true
+			cfg.Delivery, cfg.UplinkIfindex, cfg.UplinkMAC, cfg.UplinkIP4, cfg.Dirty = want.Delivery, want.UplinkIfindex, want.UplinkMAC, want.UplinkIP4, true
 			if err := st.Maps.SetConfig(cfg); err != nil {
 				return st, changed, err
 			}
@@ -404,9 +405,17 @@ func (st *State) ensureLink(name string, prog *ebpf.Program, at ebpf.AttachType)
 	if !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("open pinned link %s: %w", pin, err)
 	}
-	l, err = link.AttachCgroup(link.CgroupOptions{Path: st.Config.CgroupRoot, Attach: at, Program: prog})
-	if err != nil {
-		return false, fmt.Errorf("attach %s to cgroup %s: %w", name, st.Config.CgroupRoot, err)
+	if at == ebpf.AttachSkLookup {
+		// l3_sk_lookup: to the network namespace `up` runs in.
+		l, err = attachNetns(prog)
+		if err != nil {
+			return false, fmt.Errorf("attach %s to this network namespace: %w", name, err)
+		}
+	} else {
+		l, err = link.AttachCgroup(link.CgroupOptions{Path: st.Config.CgroupRoot, Attach: at, Program: prog})
+		if err != nil {
+			return false, fmt.Errorf("attach %s to cgroup %s: %w", name, st.Config.CgroupRoot, err)
+		}
 	}
 	defer l.Close() // the pin keeps it; on error, closing detaches it
 	if err := l.Pin(pin); err != nil {
@@ -596,12 +605,34 @@ func IfName(index int) string {
 }
 
 // linkOf returns an interface's ifindex and MAC address.
-func linkOf(name string) (uint32, [6]byte, error) {
-	var mac [6]byte
+func linkOf(name string) (uint32, [6]byte, netip.Addr, error) {
+	var (
+		mac [6]byte
+		ip4 netip.Addr
+	)
 	l, err := netlink.LinkByName(name)
 	if err != nil {
-		return 0, mac, fmt.Errorf("interface %q: %w (check `ip link`)", name, err)
+		return 0, mac, ip4, fmt.Errorf("interface %q: %w (check `ip link`)", name, err)
 	}
 	copy(mac[:], l.Attrs().HardwareAddr)
-	return uint32(l.Attrs().Index), mac, nil
+	if addrs, err := netlink.AddrList(l, netlink.FAMILY_V4); err == nil {
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && a.Scope == unix.RT_SCOPE_UNIVERSE {
+				ip4 = ip
+				break
+			}
+		}
+	}
+	return uint32(l.Attrs().Index), mac, ip4, nil
+}
+
+// attachNetns attaches an sk_lookup program to the calling thread's
+// network namespace.
+func attachNetns(prog *ebpf.Program) (link.Link, error) {
+	ns, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	return link.AttachNetNs(int(ns.Fd()), prog)
 }

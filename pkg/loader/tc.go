@@ -169,7 +169,7 @@ func (st *State) ensureGroupLinks() (bool, error) {
 	}
 	changed := false
 	for _, name := range ifs {
-		idx, _, err := linkOf(name)
+		idx, _, _, err := linkOf(name)
 		if err != nil {
 			return changed, err
 		}

@@ -1,6 +1,8 @@
 package maps
 
 import (
+	"net/netip"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -46,6 +48,10 @@ type Config struct {
 	Delivery      Delivery
 	UplinkIfindex uint32
 	UplinkMAC     [6]byte // source MAC of what l3iso itself sends out of the uplink
+	// UplinkIP4 is an IPv4 address of the uplink (the zero Addr: none): a
+	// shared container's multicast join by interface address that names
+	// none is made there (bpf/sock.c, join_on_uplink).
+	UplinkIP4 netip.Addr
 	CgroupRoot    string  // where the programs are attached
 	Uplink        string  // interface name; "" = addresses on lo
 	Dirty         bool    // a changing command is under way, or died before it finished
@@ -67,6 +73,7 @@ func (s *Set) Config() (Config, error) {
 	return Config{
 		NetnsCookie: v.NetnsCookie, Level: v.Level, Delivery: Delivery(v.Delivery),
 		UplinkIfindex: v.UplinkIfindex, UplinkMAC: v.UplinkMac, CgroupRoot: cstr(v.Cgroot[:]), Uplink: cstr(v.Uplink[:]),
+		UplinkIP4:   ip4From(v.UplinkIp4),
 		Dirty:       v.Flags&uint32(sockL3CfgFlagsL3CFG_DIRTY) != 0,
 		Forward4:    v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD4) != 0,
 		Forward6:    v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD6) != 0,
@@ -84,7 +91,7 @@ func (s *Set) SetConfig(c Config) error {
 	v := sockL3Cfg{
 		Gen: cur.Gen, BcastBloom: cur.BcastBloom,
 		NetnsCookie: c.NetnsCookie, Level: c.Level, Delivery: uint32(c.Delivery), UplinkIfindex: c.UplinkIfindex,
-		UplinkMac: c.UplinkMAC,
+		UplinkMac: c.UplinkMAC, UplinkIp4: ip4To(c.UplinkIP4),
 	}
 	if c.Dirty {
 		v.Flags |= uint32(sockL3CfgFlagsL3CFG_DIRTY)
@@ -159,13 +166,21 @@ var CounterNames = []string{
 	sockL3CounterL3C_GROUP_NO_LISTENER: "group_no_listener",
 	sockL3CounterL3C_GROUP_LOST:        "group_copies_lost",
 	sockL3CounterL3C_GROUP_FILTERED:    "group_copies_filtered",
+
+	sockL3CounterL3C_BIND_INUSE:   "bind_denied_in_use",
+	sockL3CounterL3C_SOCK_QUOTA:   "socket_quota_exceeded",
+	sockL3CounterL3C_STEERED:      "steered",
+	sockL3CounterL3C_REFUSED:      "refused",
+	sockL3CounterL3C_LOOP_DENIED:  "loopback_denied",
 }
 
 // Counters are one container's verdict counters, summed over CPUs, by name.
 type Counters map[string]uint64
 
 // InitCounters zeroes the counters of container id (0: the host), so a new
-// container does not inherit a deleted one's figures.
+// container does not inherit a deleted one's figures, and gives the id a
+// new epoch with an empty socket quota (registry.h): sockets of a deleted
+// container of that id never count against, or unregister, the new one's.
 func (s *Set) InitCounters(id uint32) error {
 	n, err := ebpf.PossibleCPU()
 	if err != nil {
@@ -174,11 +189,40 @@ func (s *Set) InitCounters(id uint32) error {
 	if err := s.Counters.Update(id, make([]sockL3Stats, n), ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("reset counters of container %d: %w", id, err)
 	}
-	return nil
+	return s.newEpoch(id)
 }
 
 // DeleteCounters zeroes the counters of a deleted container id.
 func (s *Set) DeleteCounters(id uint32) error { return s.InitCounters(id) }
+
+// newEpoch starts a new epoch of id's socket registrations (l3_quota).
+func (s *Set) newEpoch(id uint32) error {
+	if id == 0 {
+		return nil
+	}
+	var q sockL3Qval
+	if err := s.Quota.Lookup(id, &q); err != nil {
+		return fmt.Errorf("read map l3_quota: %w", err)
+	}
+	q = sockL3Qval{Epoch: q.Epoch + 1}
+	if err := s.Quota.Update(id, &q, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("reset the socket quota of container %d: %w", id, err)
+	}
+	return nil
+}
+
+// SocketQuota is how many registrations (listening sockets, broadcast and
+// multicast listener entries) a container's sockets may hold.
+const SocketQuota = int(sockL3LimitsL3SOCK_QUOTA)
+
+// QuotaUsed is how many of its SocketQuota container id's sockets hold.
+func (s *Set) QuotaUsed(id uint32) (int, error) {
+	var q sockL3Qval
+	if err := s.Quota.Lookup(id, &q); err != nil {
+		return 0, fmt.Errorf("read map l3_quota: %w", err)
+	}
+	return int(q.Used), nil
+}
 
 // ReadCounters sums container id's counters over CPUs.
 func (s *Set) ReadCounters(id uint32) (Counters, error) {
@@ -203,4 +247,23 @@ func (s *Set) ReadCounters(id uint32) (Counters, error) {
 		}
 	}
 	return out, nil
+}
+
+// ip4From and ip4To convert an IPv4 address in network order, as the
+// programs read it from a 32-bit word, to and from netip (0: none).
+func ip4From(v uint32) netip.Addr {
+	if v == 0 {
+		return netip.Addr{}
+	}
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+func ip4To(a netip.Addr) uint32 {
+	if !a.Is4() {
+		return 0
+	}
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
 }

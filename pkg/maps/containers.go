@@ -692,6 +692,12 @@ func (s *Set) InitCountersOf(ids []uint32) error {
 					return err
 				}
 			}
+			continue
+		}
+		for _, id := range k {
+			if err := s.newEpoch(id); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -49,16 +49,14 @@ func (s *Set) Listeners() ([]Listener, error) {
 	return out, nil
 }
 
-// PurgeListeners removes containers ids from the registry: their sockets
-// are gone, and their release hook normally took their entries with it;
-// what is left belongs to sockets that outlived their container (passed to
-// a process elsewhere). A read of the pages the ids can be in finds those;
-// only then is l3_purge (tc.c) loaded, and run once per leftover entry: it
-// changes the page under its lock, as the socket hooks do, where a write
-// from here would replace the whole page and could undo a registration of
-// another container made meanwhile. Pages and l3_lsum are not deleted
-// while l3iso is up (a hook may hold a pointer to one; `down` removes the
-// maps).
+// PurgeListeners removes containers ids from the registries (l3_listen,
+// l3_binds): their sockets are gone, and their release hook normally took
+// their entries with it; what is left belongs to sockets that outlived
+// their container (passed to a process elsewhere). A read of the pages the
+// ids can be in finds those; only then is l3_purge (tc.c) loaded, and run
+// once per leftover entry: it changes the page under the registry's lock,
+// as the socket hooks do, where a write from here would replace the whole
+// page and could undo a registration of another container made meanwhile.
 func (s *Set) PurgeListeners(ids ...uint32) error {
 	gone := make(map[uint32]bool, len(ids))
 	pages := make(map[uint16]bool, len(ids))
@@ -70,6 +68,9 @@ func (s *Set) PurgeListeners(ids ...uint32) error {
 	}
 	if len(gone) == 0 {
 		return nil
+	}
+	if err := s.purgeBinds(gone); err != nil {
+		return err
 	}
 	var (
 		k    sockL3Lkey
@@ -130,4 +131,110 @@ func (s *Set) purgeProgram() (*ebpf.Program, error) {
 		return nil, fmt.Errorf("load the registry purge program: %w", err)
 	}
 	return objs.Purge, nil
+}
+
+// Bind is one entry of l3_binds: a listening socket of a shared
+// container, by what its application bound (bpf/binds.h). Addr is the
+// address it bound, or the zero Addr for a wildcard socket (Family says
+// which: 4 or 6); Port the port it asked for. The socket holds SPort at
+// SAddr in the kernel (the wildcard and a shadow port, or its address);
+// Sockets counts an SO_REUSEPORT group's members.
+type Bind struct {
+	ID      uint32     `json:"id"`
+	Proto   string     `json:"proto"`
+	Addr    netip.Addr `json:"addr,omitzero"`
+	Family  int        `json:"family"`
+	Port    uint16     `json:"port"`
+	SAddr   netip.Addr `json:"kernel_addr,omitzero"`
+	SPort   uint16     `json:"kernel_port"`
+	Sockets uint32     `json:"sockets"`
+}
+
+// Listening reads l3_binds: the listening sockets of every shared container.
+func (s *Set) Listening() ([]Bind, error) {
+	var (
+		out []Bind
+		k   sockL3Bkey
+		v   sockL3Bval
+	)
+	it := s.Binds.Iterate()
+	for it.Next(&k, &v) {
+		if v.Flags&uint8(sockL3BvalFlagsL3BV_DEAD) != 0 {
+			continue
+		}
+		b := Bind{ID: k.Id, Proto: protoName(k.Proto), Port: k.Port, SPort: v.Sport, Sockets: v.Refs, Family: 6}
+		switch sockL3BindKind(k.Kind) {
+		case sockL3BindKindL3BK_EXACT:
+			b.Addr = fromAddr(k.Addr)
+			if b.Addr.Is4() {
+				b.Family = 4
+			}
+		case sockL3BindKindL3BK_ANY4:
+			b.Family = 4
+		}
+		if sa := fromAddr(v.Saddr); sa.IsValid() && !sa.IsUnspecified() {
+			b.SAddr = sa
+		}
+		out = append(out, b)
+	}
+	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, fmt.Errorf("read map l3_binds: %w", err)
+	}
+	return out, nil
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	}
+	return fmt.Sprint(p)
+}
+
+// purgeBinds removes the l3_binds entries and shadow ports of containers
+// gone (their sockets outlived them). Their sockets' release hook does not
+// touch them, nor what a later container of the same id enters: the id has
+// a new epoch (InitCounters).
+func (s *Set) purgeBinds(gone map[uint32]bool) error {
+	var (
+		k    sockL3Bkey
+		v    sockL3Bval
+		dead []sockL3Bkey
+	)
+	it := s.Binds.Iterate()
+	for it.Next(&k, &v) {
+		if gone[k.Id] {
+			dead = append(dead, k)
+		}
+	}
+	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("read map l3_binds: %w", err)
+	}
+	for i := range dead {
+		if err := s.Binds.Delete(&dead[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from map l3_binds: %w", err)
+		}
+	}
+	var (
+		idx uint32
+		sp  sockL3Sport
+	)
+	it = s.Sports.Iterate()
+	var stale []uint32
+	for it.Next(&idx, &sp) {
+		if sp.Id != 0 && gone[sp.Id] {
+			stale = append(stale, idx)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read map l3_sports: %w", err)
+	}
+	for _, i := range stale {
+		if err := s.Sports.Update(i, &sockL3Sport{}, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("clear a shadow port in map l3_sports: %w", err)
+		}
+	}
+	return nil
 }

@@ -42,6 +42,12 @@ type Set struct {
 	Ports    *ebpf.Map // host-side veth ifindex → container id
 	Listen   *ebpf.Map // (group or broadcast, port, page) → listening containers
 	Lsum     *ebpf.Map // (group or broadcast, port) → the pages of Listen that hold anybody
+	Quota    *ebpf.Map // container id → its sockets' registrations, and the id's epoch
+	Binds    *ebpf.Map // (container, proto, kind, port, address) → its listening socket
+	Sports   *ebpf.Map // TCP and UDP shadow ports → container, application port
+	HostUDP  *ebpf.Map // UDP port → the host's wildcard sockets on it
+	Scratch  *ebpf.Map // per CPU: l3iso's own socket lookups under way
+	Socks    *ebpf.Map // l3_binds key → listening socket, for l3_sk_lookup
 
 	cfgMem []byte // l3_config's value, mmapped (hotline.go)
 
@@ -57,6 +63,8 @@ func (s *Set) byName() map[string]**ebpf.Map {
 		"l3_mcasts": &s.Mcasts, "l3_metas": &s.Metas, "l3_counters": &s.Counters,
 		"l3_skstore": &s.SkStore, "l3_delivs": &s.Delivs, "l3_ports": &s.Ports,
 		"l3_listen": &s.Listen, "l3_lsum": &s.Lsum,
+		"l3_quota": &s.Quota, "l3_binds": &s.Binds, "l3_sports": &s.Sports,
+		"l3_hostudp": &s.HostUDP, "l3_scratch": &s.Scratch, "l3_socks": &s.Socks,
 	}
 }
 
@@ -261,6 +269,17 @@ func Loopback6(id uint32) netip.Addr {
 	binary.BigEndian.PutUint32(b[12:], id)
 	return netip.AddrFrom16(b)
 }
+
+// HostAddr4 and HostAddr6 are the host's own addresses toward shared
+// containers (bpf/l3iso.h, L3_HOST4): a host socket that talks to a shared
+// container's address from no address of its own uses them, which no
+// container can bind, send from, or reach the host's loopback through.
+// HostAddr6 is configured on lo while l3iso is up; HostAddr4 lies in
+// 127.0.0.0/8, local on lo anyway.
+var (
+	HostAddr4 = netip.MustParseAddr("127.255.255.254")
+	HostAddr6 = netip.MustParseAddr("fd6c:3369:736f::ffff:fffe")
+)
 
 // Loopback6Prefix is the range Loopback6 draws from.
 var Loopback6Prefix = netip.MustParsePrefix("fd6c:3369:736f::/48")

@@ -29,11 +29,50 @@ type sockL3AddrSpec struct {
 	PortHi    uint16
 }
 
+type sockL3BindKind uint32
+
+const (
+	sockL3BindKindL3BK_EXACT sockL3BindKind = 0
+	sockL3BindKindL3BK_ANY4  sockL3BindKind = 1
+	sockL3BindKindL3BK_ANY6  sockL3BindKind = 2
+)
+
+type sockL3Bkey struct {
+	_     structs.HostLayout
+	Id    uint32
+	Proto uint8
+	Kind  uint8
+	Port  uint16
+	Addr  sockL3Addr
+}
+
 type sockL3Bloom uint32
 
 const (
 	sockL3BloomL3BLOOM_BITS sockL3Bloom = 256
 	sockL3BloomL3BLOOM_MUL  sockL3Bloom = 73244475
+)
+
+type sockL3Bval struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Refs  uint32
+	Sport uint16
+	Flags uint8
+	Pad   uint8
+	Pad2  uint32
+	Saddr sockL3Addr
+}
+
+type sockL3BvalFlags uint32
+
+const (
+	sockL3BvalFlagsL3BV_REUSEPORT sockL3BvalFlags = 1
+	sockL3BvalFlagsL3BV_REUSEADDR sockL3BvalFlags = 2
+	sockL3BvalFlagsL3BV_DEAD      sockL3BvalFlags = 4
 )
 
 type sockL3Cfg struct {
@@ -44,7 +83,7 @@ type sockL3Cfg struct {
 	Delivery      uint32
 	UplinkIfindex uint32
 	Flags         uint32
-	Pad           uint32
+	UplinkIp4     uint32
 	BcastBloom    [4]uint64
 	Cgroot        [256]int8
 	Uplink        [16]int8
@@ -118,7 +157,12 @@ const (
 	sockL3CounterL3C_GROUP_NO_LISTENER    sockL3Counter = 24
 	sockL3CounterL3C_GROUP_LOST           sockL3Counter = 25
 	sockL3CounterL3C_GROUP_FILTERED       sockL3Counter = 26
-	sockL3CounterL3C_MAX                  sockL3Counter = 32
+	sockL3CounterL3C_BIND_INUSE           sockL3Counter = 27
+	sockL3CounterL3C_SOCK_QUOTA           sockL3Counter = 28
+	sockL3CounterL3C_STEERED              sockL3Counter = 29
+	sockL3CounterL3C_REFUSED              sockL3Counter = 30
+	sockL3CounterL3C_LOOP_DENIED          sockL3Counter = 31
+	sockL3CounterL3C_MAX                  sockL3Counter = 40
 )
 
 type sockL3Deliv struct {
@@ -152,6 +196,9 @@ type sockL3Lent struct {
 	Id   uint32
 	Refs uint32
 	Addr sockL3Addr
+	Port uint16
+	Pad  uint16
+	Pad2 uint32
 }
 
 type sockL3Limits uint32
@@ -164,6 +211,7 @@ const (
 	sockL3LimitsL3PATH_LEN        sockL3Limits = 256
 	sockL3LimitsL3OWNER_PLEN_ADDR sockL3Limits = 160
 	sockL3LimitsL3OWNER_PLEN_FULL sockL3Limits = 184
+	sockL3LimitsL3SOCK_QUOTA      sockL3Limits = 4096
 )
 
 type sockL3Lkey struct {
@@ -206,16 +254,18 @@ const (
 )
 
 type sockL3Lpages struct {
-	_     structs.HostLayout
-	Pages [8]uint64
-}
-
-type sockL3Lset struct {
 	_    structs.HostLayout
 	Lock struct {
 		_   structs.HostLayout
 		Val uint32
 	}
+	Dead  uint32
+	Pages [8]uint64
+}
+
+type sockL3Lset struct {
+	_    structs.HostLayout
+	Dead uint32
 	Pad  uint32
 	Used uint64
 	E    [64]sockL3Lent
@@ -305,6 +355,12 @@ type sockL3PurgeReq struct {
 	Pad uint32
 }
 
+type sockL3Qval struct {
+	_     structs.HostLayout
+	Used  uint32
+	Epoch uint32
+}
+
 type sockL3Route struct {
 	_   structs.HostLayout
 	Src sockL3Addr
@@ -323,20 +379,29 @@ type sockL3Sk struct {
 	Flags   uint32
 	Id      uint32
 	Port    uint16
-	Pad     uint16
-	Pad2    uint32
+	Kport   uint16
+	Epoch   uint32
 	Addr    sockL3Addr
 	Groups  [8]sockL3Addr
 	Sources [8]sockL3Addr
 	Modes   [8]uint8
+	Bflags  uint8
+	Pad     [7]uint8
+	Addr6   sockL3Addr
+	Bkey    sockL3Bkey
 }
 
 type sockL3SkFlags uint32
 
 const (
-	sockL3SkFlagsL3SK_LOOP_PRIMARY sockL3SkFlags = 1
 	sockL3SkFlagsL3SK_LISTENER     sockL3SkFlags = 2
 	sockL3SkFlagsL3SK_BIND_PENDING sockL3SkFlags = 4
+	sockL3SkFlagsL3SK_REG_BIND     sockL3SkFlags = 8
+	sockL3SkFlagsL3SK_REG_LISTEN   sockL3SkFlags = 16
+	sockL3SkFlagsL3SK_BOUND        sockL3SkFlags = 32
+	sockL3SkFlagsL3SK_SHADOW       sockL3SkFlags = 64
+	sockL3SkFlagsL3SK_JOIN         sockL3SkFlags = 128
+	sockL3SkFlagsL3SK_HOST_WILD    sockL3SkFlags = 256
 )
 
 type sockL3SpecFlags uint32
@@ -346,9 +411,17 @@ const (
 	sockL3SpecFlagsL3SF_CONFIGURED sockL3SpecFlags = 2
 )
 
+type sockL3Sport struct {
+	_     structs.HostLayout
+	Id    uint32
+	Aport uint16
+	Pad   uint16
+	View  sockL3Addr
+}
+
 type sockL3Stats struct {
 	_ structs.HostLayout
-	C [32]uint64
+	C [40]uint64
 }
 
 // loadSock returns the embedded CollectionSpec for sock.
@@ -410,17 +483,21 @@ type sockProgramSpecs struct {
 	L3Sendmsg4     *ebpf.ProgramSpec `ebpf:"l3_sendmsg4"`
 	L3Sendmsg6     *ebpf.ProgramSpec `ebpf:"l3_sendmsg6"`
 	L3Setsockopt   *ebpf.ProgramSpec `ebpf:"l3_setsockopt"`
+	L3SkLookup     *ebpf.ProgramSpec `ebpf:"l3_sk_lookup"`
 	L3SockRelease  *ebpf.ProgramSpec `ebpf:"l3_sock_release"`
+	L3Sockops      *ebpf.ProgramSpec `ebpf:"l3_sockops"`
 }
 
 // sockMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
+	L3Binds    *ebpf.MapSpec `ebpf:"l3_binds"`
 	L3Config   *ebpf.MapSpec `ebpf:"l3_config"`
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
+	L3Hostudp  *ebpf.MapSpec `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Lsum     *ebpf.MapSpec `ebpf:"l3_lsum"`
@@ -428,15 +505,21 @@ type sockMapSpecs struct {
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
 	L3Ports    *ebpf.MapSpec `ebpf:"l3_ports"`
+	L3Quota    *ebpf.MapSpec `ebpf:"l3_quota"`
 	L3Routes   *ebpf.MapSpec `ebpf:"l3_routes"`
+	L3Scratch  *ebpf.MapSpec `ebpf:"l3_scratch"`
 	L3Skstore  *ebpf.MapSpec `ebpf:"l3_skstore"`
+	L3Socks    *ebpf.MapSpec `ebpf:"l3_socks"`
+	L3Sports   *ebpf.MapSpec `ebpf:"l3_sports"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
+	UnusedBindKind    *ebpf.VariableSpec `ebpf:"unused_bind_kind"`
 	UnusedBloom       *ebpf.VariableSpec `ebpf:"unused_bloom"`
+	UnusedBvalFlags   *ebpf.VariableSpec `ebpf:"unused_bval_flags"`
 	UnusedCfgFlags    *ebpf.VariableSpec `ebpf:"unused_cfg_flags"`
 	UnusedContFlags   *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
@@ -472,10 +555,12 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
+	L3Binds    *ebpf.Map `ebpf:"l3_binds"`
 	L3Config   *ebpf.Map `ebpf:"l3_config"`
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
+	L3Hostudp  *ebpf.Map `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Lsum     *ebpf.Map `ebpf:"l3_lsum"`
@@ -483,16 +568,22 @@ type sockMaps struct {
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
 	L3Ports    *ebpf.Map `ebpf:"l3_ports"`
+	L3Quota    *ebpf.Map `ebpf:"l3_quota"`
 	L3Routes   *ebpf.Map `ebpf:"l3_routes"`
+	L3Scratch  *ebpf.Map `ebpf:"l3_scratch"`
 	L3Skstore  *ebpf.Map `ebpf:"l3_skstore"`
+	L3Socks    *ebpf.Map `ebpf:"l3_socks"`
+	L3Sports   *ebpf.Map `ebpf:"l3_sports"`
 }
 
 func (m *sockMaps) Close() error {
 	return _SockClose(
+		m.L3Binds,
 		m.L3Config,
 		m.L3Conts,
 		m.L3Counters,
 		m.L3Delivs,
+		m.L3Hostudp,
 		m.L3Listen,
 		m.L3Locals,
 		m.L3Lsum,
@@ -500,8 +591,12 @@ func (m *sockMaps) Close() error {
 		m.L3Metas,
 		m.L3Owners,
 		m.L3Ports,
+		m.L3Quota,
 		m.L3Routes,
+		m.L3Scratch,
 		m.L3Skstore,
+		m.L3Socks,
+		m.L3Sports,
 	)
 }
 
@@ -509,7 +604,9 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
+	UnusedBindKind    *ebpf.Variable `ebpf:"unused_bind_kind"`
 	UnusedBloom       *ebpf.Variable `ebpf:"unused_bloom"`
+	UnusedBvalFlags   *ebpf.Variable `ebpf:"unused_bval_flags"`
 	UnusedCfgFlags    *ebpf.Variable `ebpf:"unused_cfg_flags"`
 	UnusedContFlags   *ebpf.Variable `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
@@ -546,7 +643,9 @@ type sockPrograms struct {
 	L3Sendmsg4     *ebpf.Program `ebpf:"l3_sendmsg4"`
 	L3Sendmsg6     *ebpf.Program `ebpf:"l3_sendmsg6"`
 	L3Setsockopt   *ebpf.Program `ebpf:"l3_setsockopt"`
+	L3SkLookup     *ebpf.Program `ebpf:"l3_sk_lookup"`
 	L3SockRelease  *ebpf.Program `ebpf:"l3_sock_release"`
+	L3Sockops      *ebpf.Program `ebpf:"l3_sockops"`
 }
 
 func (p *sockPrograms) Close() error {
@@ -568,7 +667,9 @@ func (p *sockPrograms) Close() error {
 		p.L3Sendmsg4,
 		p.L3Sendmsg6,
 		p.L3Setsockopt,
+		p.L3SkLookup,
 		p.L3SockRelease,
+		p.L3Sockops,
 	)
 }
 

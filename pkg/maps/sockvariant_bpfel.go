@@ -18,6 +18,29 @@ type sockvariantL3Addr struct {
 	W [4]uint32
 }
 
+type sockvariantL3Bkey struct {
+	_     structs.HostLayout
+	Id    uint32
+	Proto uint8
+	Kind  uint8
+	Port  uint16
+	Addr  sockvariantL3Addr
+}
+
+type sockvariantL3Bval struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Refs  uint32
+	Sport uint16
+	Flags uint8
+	Pad   uint8
+	Pad2  uint32
+	Saddr sockvariantL3Addr
+}
+
 type sockvariantL3Cfg struct {
 	_             structs.HostLayout
 	Gen           uint32
@@ -26,7 +49,7 @@ type sockvariantL3Cfg struct {
 	Delivery      uint32
 	UplinkIfindex uint32
 	Flags         uint32
-	Pad           uint32
+	UplinkIp4     uint32
 	BcastBloom    [4]uint64
 	Cgroot        [256]int8
 	Uplink        [16]int8
@@ -81,16 +104,18 @@ type sockvariantL3LocalKey struct {
 }
 
 type sockvariantL3Lpages struct {
-	_     structs.HostLayout
-	Pages [8]uint64
-}
-
-type sockvariantL3Lset struct {
 	_    structs.HostLayout
 	Lock struct {
 		_   structs.HostLayout
 		Val uint32
 	}
+	Dead  uint32
+	Pages [8]uint64
+}
+
+type sockvariantL3Lset struct {
+	_    structs.HostLayout
+	Dead uint32
 	Pad  uint32
 	Used uint64
 	E    [64]struct {
@@ -98,6 +123,9 @@ type sockvariantL3Lset struct {
 		Id   uint32
 		Refs uint32
 		Addr sockvariantL3Addr
+		Port uint16
+		Pad  uint16
+		Pad2 uint32
 	}
 }
 
@@ -171,6 +199,12 @@ type sockvariantL3Port struct {
 	Pad uint32
 }
 
+type sockvariantL3Qval struct {
+	_     structs.HostLayout
+	Used  uint32
+	Epoch uint32
+}
+
 type sockvariantL3Route struct {
 	_   structs.HostLayout
 	Src sockvariantL3Addr
@@ -189,17 +223,29 @@ type sockvariantL3Sk struct {
 	Flags   uint32
 	Id      uint32
 	Port    uint16
-	Pad     uint16
-	Pad2    uint32
+	Kport   uint16
+	Epoch   uint32
 	Addr    sockvariantL3Addr
 	Groups  [8]sockvariantL3Addr
 	Sources [8]sockvariantL3Addr
 	Modes   [8]uint8
+	Bflags  uint8
+	Pad     [7]uint8
+	Addr6   sockvariantL3Addr
+	Bkey    sockvariantL3Bkey
+}
+
+type sockvariantL3Sport struct {
+	_     structs.HostLayout
+	Id    uint32
+	Aport uint16
+	Pad   uint16
+	View  sockvariantL3Addr
 }
 
 type sockvariantL3Stats struct {
 	_ structs.HostLayout
-	C [32]uint64
+	C [40]uint64
 }
 
 // loadSockvariant returns the embedded CollectionSpec for sockvariant.
@@ -261,17 +307,21 @@ type sockvariantProgramSpecs struct {
 	L3Sendmsg4     *ebpf.ProgramSpec `ebpf:"l3_sendmsg4"`
 	L3Sendmsg6     *ebpf.ProgramSpec `ebpf:"l3_sendmsg6"`
 	L3Setsockopt   *ebpf.ProgramSpec `ebpf:"l3_setsockopt"`
+	L3SkLookup     *ebpf.ProgramSpec `ebpf:"l3_sk_lookup"`
 	L3SockRelease  *ebpf.ProgramSpec `ebpf:"l3_sock_release"`
+	L3Sockops      *ebpf.ProgramSpec `ebpf:"l3_sockops"`
 }
 
 // sockvariantMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockvariantMapSpecs struct {
+	L3Binds    *ebpf.MapSpec `ebpf:"l3_binds"`
 	L3Config   *ebpf.MapSpec `ebpf:"l3_config"`
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
+	L3Hostudp  *ebpf.MapSpec `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Lsum     *ebpf.MapSpec `ebpf:"l3_lsum"`
@@ -279,15 +329,21 @@ type sockvariantMapSpecs struct {
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
 	L3Ports    *ebpf.MapSpec `ebpf:"l3_ports"`
+	L3Quota    *ebpf.MapSpec `ebpf:"l3_quota"`
 	L3Routes   *ebpf.MapSpec `ebpf:"l3_routes"`
+	L3Scratch  *ebpf.MapSpec `ebpf:"l3_scratch"`
 	L3Skstore  *ebpf.MapSpec `ebpf:"l3_skstore"`
+	L3Socks    *ebpf.MapSpec `ebpf:"l3_socks"`
+	L3Sports   *ebpf.MapSpec `ebpf:"l3_sports"`
 }
 
 // sockvariantVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockvariantVariableSpecs struct {
+	UnusedBindKind    *ebpf.VariableSpec `ebpf:"unused_bind_kind"`
 	UnusedBloom       *ebpf.VariableSpec `ebpf:"unused_bloom"`
+	UnusedBvalFlags   *ebpf.VariableSpec `ebpf:"unused_bval_flags"`
 	UnusedCfgFlags    *ebpf.VariableSpec `ebpf:"unused_cfg_flags"`
 	UnusedContFlags   *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
@@ -323,10 +379,12 @@ func (o *sockvariantObjects) Close() error {
 //
 // It can be passed to loadSockvariantObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockvariantMaps struct {
+	L3Binds    *ebpf.Map `ebpf:"l3_binds"`
 	L3Config   *ebpf.Map `ebpf:"l3_config"`
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
+	L3Hostudp  *ebpf.Map `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Lsum     *ebpf.Map `ebpf:"l3_lsum"`
@@ -334,16 +392,22 @@ type sockvariantMaps struct {
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
 	L3Ports    *ebpf.Map `ebpf:"l3_ports"`
+	L3Quota    *ebpf.Map `ebpf:"l3_quota"`
 	L3Routes   *ebpf.Map `ebpf:"l3_routes"`
+	L3Scratch  *ebpf.Map `ebpf:"l3_scratch"`
 	L3Skstore  *ebpf.Map `ebpf:"l3_skstore"`
+	L3Socks    *ebpf.Map `ebpf:"l3_socks"`
+	L3Sports   *ebpf.Map `ebpf:"l3_sports"`
 }
 
 func (m *sockvariantMaps) Close() error {
 	return _SockvariantClose(
+		m.L3Binds,
 		m.L3Config,
 		m.L3Conts,
 		m.L3Counters,
 		m.L3Delivs,
+		m.L3Hostudp,
 		m.L3Listen,
 		m.L3Locals,
 		m.L3Lsum,
@@ -351,8 +415,12 @@ func (m *sockvariantMaps) Close() error {
 		m.L3Metas,
 		m.L3Owners,
 		m.L3Ports,
+		m.L3Quota,
 		m.L3Routes,
+		m.L3Scratch,
 		m.L3Skstore,
+		m.L3Socks,
+		m.L3Sports,
 	)
 }
 
@@ -360,7 +428,9 @@ func (m *sockvariantMaps) Close() error {
 //
 // It can be passed to loadSockvariantObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockvariantVariables struct {
+	UnusedBindKind    *ebpf.Variable `ebpf:"unused_bind_kind"`
 	UnusedBloom       *ebpf.Variable `ebpf:"unused_bloom"`
+	UnusedBvalFlags   *ebpf.Variable `ebpf:"unused_bval_flags"`
 	UnusedCfgFlags    *ebpf.Variable `ebpf:"unused_cfg_flags"`
 	UnusedContFlags   *ebpf.Variable `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
@@ -397,7 +467,9 @@ type sockvariantPrograms struct {
 	L3Sendmsg4     *ebpf.Program `ebpf:"l3_sendmsg4"`
 	L3Sendmsg6     *ebpf.Program `ebpf:"l3_sendmsg6"`
 	L3Setsockopt   *ebpf.Program `ebpf:"l3_setsockopt"`
+	L3SkLookup     *ebpf.Program `ebpf:"l3_sk_lookup"`
 	L3SockRelease  *ebpf.Program `ebpf:"l3_sock_release"`
+	L3Sockops      *ebpf.Program `ebpf:"l3_sockops"`
 }
 
 func (p *sockvariantPrograms) Close() error {
@@ -419,7 +491,9 @@ func (p *sockvariantPrograms) Close() error {
 		p.L3Sendmsg4,
 		p.L3Sendmsg6,
 		p.L3Setsockopt,
+		p.L3SkLookup,
 		p.L3SockRelease,
+		p.L3Sockops,
 	)
 }
 

@@ -66,10 +66,12 @@ type tcProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcMapSpecs struct {
+	L3Binds    *ebpf.MapSpec `ebpf:"l3_binds"`
 	L3Config   *ebpf.MapSpec `ebpf:"l3_config"`
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
+	L3Hostudp  *ebpf.MapSpec `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
 	L3Lsum     *ebpf.MapSpec `ebpf:"l3_lsum"`
@@ -77,8 +79,12 @@ type tcMapSpecs struct {
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
 	L3Ports    *ebpf.MapSpec `ebpf:"l3_ports"`
+	L3Quota    *ebpf.MapSpec `ebpf:"l3_quota"`
 	L3Routes   *ebpf.MapSpec `ebpf:"l3_routes"`
+	L3Scratch  *ebpf.MapSpec `ebpf:"l3_scratch"`
 	L3Skstore  *ebpf.MapSpec `ebpf:"l3_skstore"`
+	L3Socks    *ebpf.MapSpec `ebpf:"l3_socks"`
+	L3Sports   *ebpf.MapSpec `ebpf:"l3_sports"`
 }
 
 // tcVariableSpecs contains global variables before they are loaded into the kernel.
@@ -107,10 +113,12 @@ func (o *tcObjects) Close() error {
 //
 // It can be passed to loadTcObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcMaps struct {
+	L3Binds    *ebpf.Map `ebpf:"l3_binds"`
 	L3Config   *ebpf.Map `ebpf:"l3_config"`
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
+	L3Hostudp  *ebpf.Map `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
 	L3Lsum     *ebpf.Map `ebpf:"l3_lsum"`
@@ -118,16 +126,22 @@ type tcMaps struct {
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
 	L3Ports    *ebpf.Map `ebpf:"l3_ports"`
+	L3Quota    *ebpf.Map `ebpf:"l3_quota"`
 	L3Routes   *ebpf.Map `ebpf:"l3_routes"`
+	L3Scratch  *ebpf.Map `ebpf:"l3_scratch"`
 	L3Skstore  *ebpf.Map `ebpf:"l3_skstore"`
+	L3Socks    *ebpf.Map `ebpf:"l3_socks"`
+	L3Sports   *ebpf.Map `ebpf:"l3_sports"`
 }
 
 func (m *tcMaps) Close() error {
 	return _TcClose(
+		m.L3Binds,
 		m.L3Config,
 		m.L3Conts,
 		m.L3Counters,
 		m.L3Delivs,
+		m.L3Hostudp,
 		m.L3Listen,
 		m.L3Locals,
 		m.L3Lsum,
@@ -135,8 +149,12 @@ func (m *tcMaps) Close() error {
 		m.L3Metas,
 		m.L3Owners,
 		m.L3Ports,
+		m.L3Quota,
 		m.L3Routes,
+		m.L3Scratch,
 		m.L3Skstore,
+		m.L3Socks,
+		m.L3Sports,
 	)
 }
 
