@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -88,23 +89,37 @@ Address forms:
 }
 
 func newContainerDel(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "del NAME",
-		Short: "Kill a container's processes and remove it with its addresses",
-		Args:  cobra.ExactArgs(1),
+	var grace time.Duration
+	cmd := &cobra.Command{
+		Use:   "del NAME [--grace 10s]",
+		Short: "Stop a container's processes and remove it with its addresses",
+		Long: `del sends SIGTERM to every process of the container (its whole cgroup
+subtree), waits up to --grace for them to exit, kills those still running
+(SIGKILL, through cgroup.kill), then removes the container's addresses,
+ownership and cgroup. It reports what it stopped and what it had to kill.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkGrace(grace); err != nil {
+				return err
+			}
 			c, err := control.Open(g.bpffs, true)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			if err := c.Del(args[0]); err != nil {
+			st, err := c.Del(args[0], grace)
+			if err != nil {
+				if st.Procs > 0 {
+					return fmt.Errorf("%w (%s)", err, st)
+				}
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "container %q deleted\n", args[0])
+			fmt.Fprintf(cmd.OutOrStdout(), "container %q deleted: %s\n", args[0], st)
 			return nil
 		},
 	}
+	graceFlag(cmd, &grace)
+	return cmd
 }
 
 // containerJSON is the stable -o json shape of a container.

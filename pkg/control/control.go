@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/loader"
@@ -591,31 +592,54 @@ func sole(k maps.Container) bool {
 	return true
 }
 
-// Del removes a container: kills its processes, unconfigures its addresses,
-// then releases its ownership and removes its cgroup. A container that
-// shares nothing (see sole) is removed without reading the others.
-func (c *Control) Del(name string) error {
+// DefaultGrace is how long Del, Down and an Apply that removes containers
+// wait, after SIGTERM, for a container's processes to exit before they
+// kill them (cgroup.Stop).
+const DefaultGrace = 10 * time.Second
+
+// Del removes a container: stops its processes (SIGTERM, then SIGKILL
+// for those still running after grace; see cgroup.Stop), unconfigures its
+// addresses, then releases its ownership and removes its cgroup. A
+// container that shares nothing (see sole) is removed without reading the
+// others. It returns what it did to the processes.
+func (c *Control) Del(name string, grace time.Duration) (cgroup.Stopped, error) {
 	k, err := c.Find(name)
 	if err != nil {
-		return err
+		return cgroup.Stopped{}, err
 	}
 	alone := !c.loaded && sole(k) && c.st.Maps.Index() != nil
 	var rest []maps.Container
 	if !alone {
 		if _, err := c.all(); err != nil {
-			return err
+			return cgroup.Stopped{}, err
 		}
 		rest = c.without(name)
 	}
 	path := c.CgroupPath(name)
 	if err := c.begin(); err != nil {
-		return err
+		return cgroup.Stopped{}, err
 	}
-	if pop, _ := cgroup.Populated(path); pop {
+	// Its processes end while it is still a container (should this
+	// command die during the grace period, it still is one), and its
+	// cgroup goes with them: nothing can join it after.
+	st, err := cgroup.Stop([]string{path}, grace)
+	stopped := st[0]
+	if err != nil {
+		return stopped, err
+	}
+	if stopped.Procs > 0 {
 		if err := cgroup.Remove(path); err != nil {
-			return err
+			return stopped, err
 		}
 	}
+	err = c.del(k, alone, rest)
+	return stopped, err
+}
+
+// del is Del once k's processes are gone.
+func (c *Control) del(k maps.Container, alone bool, rest []maps.Container) error {
+	var err error
+	path := c.CgroupPath(k.Spec.Name)
 	if alone {
 		// Every host item of k is its own: whole IPs, no subnet.
 		err = c.hostItems(false, items(desired([]maps.Container{k})))
@@ -663,27 +687,41 @@ func (c *Control) Del(name string) error {
 	return c.end()
 }
 
-// Down removes every container — in one bulk apply of the empty policy,
-// not one delete each — then every link, pin and cgroup.
+// Down removes every container, stopping their processes with the
+// default grace period (see DownGrace), then every link, pin and cgroup.
 func (c *Control) Down() error {
+	_, err := c.DownGrace(DefaultGrace)
+	return err
+}
+
+// DownGrace removes every container — in one bulk apply of the empty
+// policy, not one delete each, so every container's processes get their
+// SIGTERM at once and the grace period runs once — then every link, pin
+// and cgroup. It returns what it did to the processes.
+func (c *Control) DownGrace(grace time.Duration) (cgroup.Stopped, error) {
+	stopped := cgroup.Stopped{Grace: grace}
 	cs, err := c.all()
 	if err != nil {
-		return err
+		return stopped, err
 	}
 	if len(cs) > 0 {
-		if _, err := c.Apply(&policy.Policy{}, false); err != nil {
-			return fmt.Errorf("remove the containers: %w", err)
+		plan, err := c.Apply(&policy.Policy{}, ApplyOptions{Prune: true, AllowEmpty: true, Grace: grace})
+		for _, st := range plan.Stopped {
+			stopped = stopped.Plus(st)
+		}
+		if err != nil {
+			return stopped, fmt.Errorf("remove the containers: %w", err)
 		}
 	}
 	// Veths of containers deleted before, kept by a namespace an orphan
 	// socket holds (see veth.DeleteStray).
 	if err := veth.DeleteStray(func(string) bool { return false }); err != nil {
-		return err
+		return stopped, err
 	}
 	if err := c.teardownDelivery(); err != nil {
-		return err
+		return stopped, err
 	}
-	return c.st.Teardown()
+	return stopped, c.st.Teardown()
 }
 
 // Stats returns the counters of container name ("" is the host: processes
