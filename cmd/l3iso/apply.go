@@ -19,7 +19,7 @@ func newApply(g *globals) *cobra.Command {
 		o         control.ApplyOptions
 	)
 	cmd := &cobra.Command{
-		Use:   "apply -f POLICY.yaml [--dry-run] [--prune] [--allow-empty] [--grace 10s]",
+		Use:   "apply -f POLICY.yaml [--dry-run] [--prune] [--allow-empty] [--force] [--grace 10s]",
 		Short: "Make the containers exactly those of a policy file; prints the diff",
 		Long: `apply validates the whole file first (an error names file, line and problem
 and changes nothing), then switches to the new policy atomically: binds and
@@ -33,7 +33,13 @@ What apply refuses unless told:
                  SIGTERM, --grace to exit (10s; 0 kills at once), then
                  SIGKILL — every removed container's at once
   --allow-empty  a policy with no containers (an empty file, "containers:
-                 {}", only comments), which would delete every container`,
+                 {}", only comments), which would delete every container
+  --force        an address the host uses: the gateway of a route, a
+                 neighbour it knows (ARP/NDP), an address it reaches through
+                 a route (8.8.8.8; private addresses only the default route
+                 covers are fine, as are unused ones on an on-link subnet).
+                 No flag lets a container take one of the host's own
+                 addresses.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(out); err != nil {
@@ -98,6 +104,7 @@ What apply refuses unless told:
 	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "print the diff, change nothing")
 	cmd.Flags().BoolVar(&o.Prune, "prune", false, "remove containers that have running processes too, stopping them (see --grace)")
 	cmd.Flags().BoolVar(&o.AllowEmpty, "allow-empty", false, "apply a policy with no containers (deletes every container)")
+	cmd.Flags().BoolVar(&o.Force, "force", false, "let containers take addresses the host uses (a gateway, a neighbour, a routed address); never the host's own")
 	graceFlag(cmd, &o.Grace)
 	outputFlag(cmd, &out)
 	return cmd

@@ -39,6 +39,10 @@ type ApplyOptions struct {
 	// it a policy with no containers is refused (an empty or truncated
 	// file is more often a mistake than a wish).
 	AllowEmpty bool
+	// Force lets containers take addresses the host uses (a gateway, a
+	// neighbour, an address it reaches through a route; see checkHost) —
+	// never one of the host's own addresses.
+	Force bool
 	// Grace is how long processes get between SIGTERM and SIGKILL (see
 	// cgroup.Stop); 0 kills them at once.
 	Grace time.Duration
@@ -113,7 +117,7 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 			checking = append(checking, spec)
 		}
 	}
-	if err := c.checkHostConflicts(sv.installed(), checking); err != nil {
+	if err := c.checkHost(sv.installed(), checking, o.Force); err != nil {
 		return plan, err
 	}
 	tr.step("check host")

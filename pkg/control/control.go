@@ -360,17 +360,31 @@ func freeIn(taken []bool, n int) ([]uint32, error) {
 	return out, nil
 }
 
-// Add creates a container: its cgroup, its ownership in the maps, then its
-// addresses on the host (rule 9). On any error everything it made is undone.
+// AddOptions are what an operator may allow Add beyond the plain case.
+type AddOptions struct {
+	// Force lets the container take addresses the host uses (a gateway, a
+	// neighbour, an address it reaches through a route; see checkHost) —
+	// never one of the host's own addresses.
+	Force bool
+}
+
+// Add creates a container with the default options (see AddWith).
+func (c *Control) Add(spec policy.Container) (maps.Container, error) {
+	return c.AddWith(spec, AddOptions{})
+}
+
+// AddWith creates a container: its cgroup, its ownership in the maps, then
+// its addresses on the host (rule 9). On any error everything it made is
+// undone.
 //
 // Adding a container that conflicts with nothing costs the same next to
 // 10,000 containers as next to none: it is checked against what could
 // conflict with it (the index for its name, l3_owners for its addresses, the
 // host for each address), not against every container. Every other case —
 // a name in use, an address someone owns (a port range of a shared IP, or a
-// conflict to report), an address local on the host, a container invalid
-// by itself — gets the full check, which words the error.
-func (c *Control) Add(spec policy.Container) (maps.Container, error) {
+// conflict to report), a container invalid by itself — gets the full
+// check, which words the error.
+func (c *Control) AddWith(spec policy.Container, o AddOptions) (maps.Container, error) {
 	if spec.Mode == "" {
 		spec.Mode = policy.ModeShared
 	}
@@ -381,17 +395,17 @@ func (c *Control) Add(spec policy.Container) (maps.Container, error) {
 		return maps.Container{}, err
 	}
 	if !c.loaded {
-		k, done, err := c.addAlone(spec)
+		k, done, err := c.addAlone(spec, o)
 		if done {
 			return k, err
 		}
 	}
-	return c.addChecked(spec)
+	return c.addChecked(spec, o)
 }
 
 // addAlone is Add for a container that conflicts with nothing (see Add);
 // done is false, with nothing changed, when it cannot tell cheaply.
-func (c *Control) addAlone(spec policy.Container) (k maps.Container, done bool, err error) {
+func (c *Control) addAlone(spec policy.Container, o AddOptions) (k maps.Container, done bool, err error) {
 	x := c.st.Maps.Index()
 	if x == nil || c.st.Config.Dirty {
 		return k, false, nil
@@ -423,15 +437,19 @@ func (c *Control) addAlone(spec policy.Container) (k maps.Container, done bool, 
 		}
 		ips = append(ips, a.Addr)
 	}
-	// Owned by no container, so none of them is l3iso's on the host:
-	// each must not be local at all.
+	// Owned by no container, so none of them is l3iso's on the host: the
+	// host must not use any (see checkHost).
 	tr.step("check name, owners")
-	local, err := localAddrs(ips)
+	uses, err := lookupHostUses(ips)
 	if err != nil {
 		return k, false, err
 	}
-	if len(local) > 0 {
-		return k, false, nil
+	owner := make(map[netip.Addr]string, len(ips))
+	for _, ip := range ips {
+		owner[ip] = spec.Name
+	}
+	if err := hostUseError(ips, uses, owner, func(netip.Addr) bool { return o.Force }); err != nil {
+		return k, true, err
 	}
 	tr.step("check host")
 	ids, err := x.FreeIDs(1)
@@ -476,7 +494,7 @@ func items(m map[hostItem]bool) []hostItem {
 }
 
 // addChecked is Add with the full check: against every container.
-func (c *Control) addChecked(spec policy.Container) (maps.Container, error) {
+func (c *Control) addChecked(spec policy.Container, o AddOptions) (maps.Container, error) {
 	if _, err := c.all(); err != nil {
 		return maps.Container{}, err
 	}
@@ -487,7 +505,7 @@ func (c *Control) addChecked(spec policy.Container) (maps.Container, error) {
 	if err := p.Validate(); err != nil {
 		return maps.Container{}, err
 	}
-	if err := c.checkHostConflicts(slices.Values(c.cur), []policy.Container{spec}); err != nil {
+	if err := c.checkHost(slices.Values(c.cur), []policy.Container{spec}, o.Force); err != nil {
 		return maps.Container{}, err
 	}
 	ids, err := freeIDs(c.cur, 1)
