@@ -105,6 +105,15 @@ func (p *contained) ended(timeout time.Duration) []string {
 	}
 }
 
+// endedBy waits for it to have exited; term says it handles SIGTERM and
+// must have been sent one (it then printed "TERM").
+func (p *contained) endedBy(term bool) {
+	p.t.Helper()
+	if got := p.ended(5 * time.Second); term && strings.Join(got, ",") != "TERM" {
+		p.t.Errorf("the process in %s that handles SIGTERM printed %q, want TERM: it was not sent SIGTERM", p.name, got)
+	}
+}
+
 // alive fails unless it still runs.
 func (p *contained) alive(what string) {
 	p.t.Helper()
@@ -150,12 +159,9 @@ func TestGracefulStop(t *testing.T) {
 		if took < grace {
 			t.Errorf("del took %v: it did not wait the grace period (%v) for the process that ignores SIGTERM", took, grace)
 		}
-		for _, p := range []*contained{obeys, below} {
-			if got := p.ended(5 * time.Second); strings.Join(got, ",") != "TERM" {
-				t.Errorf("the process in %s that handles SIGTERM printed %q, want TERM: it was not sent SIGTERM", p.name, got)
-			}
-		}
-		ignores.ended(5 * time.Second)
+		obeys.endedBy(true)
+		below.endedBy(true)
+		ignores.endedBy(false)
 		if _, err := os.Stat(e.cgroupOf("x")); err == nil {
 			t.Error("del left x's cgroup")
 		}
@@ -216,9 +222,7 @@ func TestGracefulStop(t *testing.T) {
 			t.Errorf("apply took %v; with two containers to stop in parallel it should take the grace period (%v) and little more", took, grace)
 		}
 		for i, p := range ps {
-			if got := p.ended(5 * time.Second); i%2 == 0 && strings.Join(got, ",") != "TERM" {
-				t.Errorf("the process in %s that handles SIGTERM printed %q, want TERM", p.name, got)
-			}
+			p.endedBy(i%2 == 0)
 		}
 		kept.alive("apply that keeps the container")
 		// Cleanup for the next subtest: keep's process is stopped too.
@@ -243,9 +247,7 @@ func TestGracefulStop(t *testing.T) {
 			t.Errorf("down took %v; stopping two containers in parallel should take the grace period (%v) and little more", took, grace)
 		}
 		for i, p := range ps {
-			if got := p.ended(5 * time.Second); i%2 == 0 && strings.Join(got, ",") != "TERM" {
-				t.Errorf("the process in %s that handles SIGTERM printed %q, want TERM", p.name, got)
-			}
+			p.endedBy(i%2 == 0)
 		}
 		e.mustRun("up", "--cgroup-root", e.cgroot) // for the env's cleanup
 	})

@@ -439,18 +439,9 @@ type rtResp struct {
 }
 
 func newRTQuery() (*rtQuery, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	fd, err := openRtnetlink(true)
 	if err != nil {
-		return nil, fmt.Errorf("open rtnetlink: %w", err)
-	}
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
-	if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("rtnetlink strict checking: %w", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("bind rtnetlink: %w", err)
+		return nil, err
 	}
 	return &rtQuery{fd: fd}, nil
 }
@@ -475,7 +466,7 @@ func (q *rtQuery) get(reqs []rtReq) ([]rtResp, error) {
 			return nil, fmt.Errorf("rtnetlink send: %w", err)
 		}
 		pending := end - start
-		err := q.receive(func(m syscall.NetlinkMessage) bool {
+		err := nlReceive(q.fd, func(m syscall.NetlinkMessage) bool {
 			i := int(m.Header.Seq) - 1
 			if i < start || i >= end {
 				return false
@@ -486,7 +477,7 @@ func (q *rtQuery) get(reqs []rtReq) ([]rtResp, error) {
 					out[i].err = unix.Errno(-int32(binary.NativeEndian.Uint32(m.Data)))
 				}
 			default:
-				out[i].data = m.Data
+				out[i].data = append([]byte(nil), m.Data...)
 			}
 			pending--
 			return pending == 0
@@ -507,7 +498,7 @@ func (q *rtQuery) dump(typ uint16, body []byte) ([][]byte, error) {
 	}
 	var out [][]byte
 	var dumpErr error
-	err := q.receive(func(m syscall.NetlinkMessage) bool {
+	err := nlReceive(q.fd, func(m syscall.NetlinkMessage) bool {
 		if m.Header.Seq != seq {
 			return false
 		}
@@ -520,48 +511,13 @@ func (q *rtQuery) dump(typ uint16, body []byte) ([][]byte, error) {
 			}
 			return true
 		}
-		out = append(out, m.Data)
+		out = append(out, append([]byte(nil), m.Data...))
 		return false
 	})
 	if err == nil {
 		err = dumpErr
 	}
 	return out, err
-}
-
-// receive reads messages until f says it has all it waits for.
-func (q *rtQuery) receive(f func(syscall.NetlinkMessage) bool) error {
-	rb := make([]byte, 1<<16)
-	for {
-		n, _, err := unix.Recvfrom(q.fd, rb, 0)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return fmt.Errorf("rtnetlink receive: %w", err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(rb[:n])
-		if err != nil {
-			return fmt.Errorf("rtnetlink parse: %w", err)
-		}
-		done := false
-		for _, m := range msgs {
-			m.Data = append([]byte(nil), m.Data...) // rb is reused
-			done = f(m) || done
-		}
-		if done {
-			return nil
-		}
-	}
-}
-
-func appendMsg(buf []byte, typ, flags uint16, seq uint32, body []byte) []byte {
-	h := make([]byte, unix.NLMSG_HDRLEN)
-	binary.NativeEndian.PutUint32(h[0:], uint32(unix.NLMSG_HDRLEN+len(body)))
-	binary.NativeEndian.PutUint16(h[4:], typ)
-	binary.NativeEndian.PutUint16(h[6:], flags)
-	binary.NativeEndian.PutUint32(h[8:], seq)
-	return append(append(buf, h...), body...)
 }
 
 // gatewaysVia returns the gateways of the unicast routes through interface
