@@ -27,6 +27,7 @@ func TestHostAddresses(t *testing.T) {
 		{"route", "add", "198.51.100.0/24", "via", outside4.String()},
 		{"route", "add", "10.200.0.0/16", "via", outside4.String()},
 		{"route", "add", "10.201.0.0/24", "via", "192.0.2.3"}, // a gateway nobody used yet: no neighbour entry
+		{"route", "add", "203.0.113.0/24", "nexthop", "via", outside4.String(), "nexthop", "via", "192.0.2.4"},
 		{"-6", "route", "add", "2001:db8:99::/48", "via", outside6.String()},
 		{"-6", "route", "add", "fd99::/16", "via", outside6.String()},
 		{"-6", "route", "add", "fd98::/16", "via", "2001:db8:1::3"},
@@ -65,6 +66,7 @@ func TestHostAddresses(t *testing.T) {
 		{"192.0.2.3", force, []string{"the gateway of route 10.201.0.0/24 via up0"}},
 		{"2001:db8:1::2", force, []string{"the gateway of the default route via up0"}},
 		{"2001:db8:1::3", force, []string{"the gateway of route fd98::/16 via up0"}},
+		{"192.0.2.4", force, []string{"the gateway of route 203.0.113.0/24 via up0"}}, // a multipath route's second
 		// a neighbour it knows
 		{"192.0.2.7", force, []string{"a neighbour this host knows on up0", "02:00:00:00:00:07"}},
 		{"192.0.2.8", force, []string{"a neighbour this host knows on up0", "PERMANENT"}},
@@ -73,6 +75,7 @@ func TestHostAddresses(t *testing.T) {
 		{"8.8.8.8", force, []string{"reached through the default route via 192.0.2.2 on up0"}},
 		{"2001:4860:4860::8888", force, []string{"reached through the default route via 2001:db8:1::2 on up0"}},
 		{"198.51.100.5", force, []string{"reached through route 198.51.100.0/24 via 192.0.2.2 on up0"}},
+		{"203.0.113.5", force, []string{"reached through route 203.0.113.0/24 via 192.0.2.2 on up0 (and 1 more next hop)"}},
 		{"10.200.0.5", force, []string{"reached through route 10.200.0.0/16 via 192.0.2.2 on up0"}}, // private, but not only the default route's
 		{"2001:db8:99::5", force, []string{"reached through route 2001:db8:99::/48 via 2001:db8:1::2 on up0"}},
 		{"fd99::5", force, []string{"reached through route fd99::/16 via 2001:db8:1::2 on up0"}},

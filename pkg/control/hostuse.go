@@ -10,6 +10,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/cgroup"
 )
 
 // What the host uses an address for, found with a few rtnetlink requests
@@ -212,7 +214,7 @@ func describeRoute(r route, links linkNames) string {
 		}
 		s += " on " + links.name(h.ifindex)
 		if len(r.hops) > 1 {
-			s += fmt.Sprintf(" (and %d more next hops)", len(r.hops)-1)
+			s += " (and " + cgroup.Plural(len(r.hops)-1, "more next hop", "more next hops") + ")"
 		}
 	}
 	return s + tableNote(r)
