@@ -6,8 +6,9 @@
 // Ordering rules:
 //   - an address is owned in the maps before it is configured on the host,
 //     and unconfigured before it leaves the maps (rule 9, both ways);
-//   - a container's processes are killed before its cgroup stops being a
-//     container, so they never run as unconfined host processes;
+//   - a container's processes end (SIGTERM, then SIGKILL after a grace
+//     period) before its cgroup stops being a container, so they never run
+//     as unconfined host processes;
 //   - `apply` writes the next policy generation beside the active one (over
 //     the one before, by difference) and switches with one map write.
 //
