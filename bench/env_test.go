@@ -209,7 +209,7 @@ func (in *install) teardown() {
 	if _, err := os.Stat(in.bpffs); errors.Is(err, os.ErrNotExist) {
 		return // never came up
 	}
-	if _, _, err := in.l3iso("apply", "-f", in.empty); err != nil {
+	if _, _, err := in.l3iso("apply", "-f", in.empty, "--allow-empty", "--prune"); err != nil {
 		in.w.tb.Errorf("remove containers before down: %v", err)
 	}
 	if _, _, err := in.l3iso("down"); err != nil {
@@ -273,7 +273,11 @@ func (in *install) policyFile(n int) string {
 // long the invocation took.
 func (in *install) apply(n int) time.Duration {
 	in.w.tb.Helper()
-	_, d, err := in.l3iso("apply", "-f", in.policyFile(n))
+	args := []string{"apply", "-f", in.policyFile(n)}
+	if n == 0 {
+		args = append(args, "--allow-empty") // refused without
+	}
+	_, d, err := in.l3iso(args...)
 	if err != nil {
 		in.w.tb.Fatal(err)
 	}

@@ -685,7 +685,7 @@ func (b *bench) controlPlane(ctx context.Context) ([]Op, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := in.l3iso(ctx, "apply", "-f", empty); err != nil {
+	if _, err := in.l3iso(ctx, "apply", "-f", empty, "--allow-empty"); err != nil {
 		return nil, err
 	}
 	n := b.o.ControlPlane

@@ -471,6 +471,9 @@ func (in *install) populate(ctx context.Context, n int) (time.Duration, error) {
 		return 0, err
 	}
 	in.first, in.containers = in.containerName(1), n
+	if n == 0 {
+		return in.l3iso(ctx, "apply", "-f", p, "--allow-empty") // refused without
+	}
 	return in.l3iso(ctx, "apply", "-f", p)
 }
 

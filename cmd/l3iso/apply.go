@@ -1,10 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/control"
 	"github.com/l3iso/l3iso/pkg/policy"
 )
@@ -12,15 +16,30 @@ import (
 func newApply(g *globals) *cobra.Command {
 	var (
 		file, out string
-		dryRun    bool
+		o         control.ApplyOptions
 	)
 	cmd := &cobra.Command{
-		Use:   "apply -f POLICY.yaml [--dry-run]",
+		Use:   "apply -f POLICY.yaml [--dry-run] [--prune] [--allow-empty] [--force] [--grace 10s]",
 		Short: "Make the containers exactly those of a policy file; prints the diff",
 		Long: `apply validates the whole file first (an error names file, line and problem
 and changes nothing), then switches to the new policy atomically: binds and
 packets see either the old or the new policy, never a mix. Containers not in
-the file are deleted. --dry-run prints the diff and changes nothing.`,
+the file are deleted. --dry-run prints the diff, with the processes each
+removal would stop, and changes nothing; it fails where apply would.
+
+What apply refuses unless told:
+  --prune        removing a container that has running processes: without
+                 it the error names them; with it their processes get
+                 SIGTERM, --grace to exit (10s; 0 kills at once), then
+                 SIGKILL — every removed container's at once
+  --allow-empty  a policy with no containers (an empty file, "containers:
+                 {}", only comments), which would delete every container
+  --force        an address the host uses: the gateway of a route, a
+                 neighbour it knows (ARP/NDP), an address it reaches through
+                 a route (8.8.8.8; private addresses only the default route
+                 covers are fine, as are unused ones on an on-link subnet).
+                 No flag lets a container take one of the host's own
+                 addresses.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(out); err != nil {
@@ -29,45 +48,123 @@ the file are deleted. --dry-run prints the diff and changes nothing.`,
 			if file == "" {
 				return fmt.Errorf("apply needs -f POLICY.yaml (see examples/policy.yaml)")
 			}
+			if err := checkGrace(o.Grace); err != nil {
+				return err
+			}
 			tr := control.Trace("apply")
 			p, err := policy.Load(file)
 			if err != nil {
 				return err
 			}
 			tr.Step("load policy")
-			c, err := control.Open(g.bpffs, !dryRun)
+			c, err := control.Open(g.bpffs, !o.DryRun)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
 			tr.Step("open")
-			plan, err := c.Apply(p, dryRun)
-			if err != nil {
+			plan, err := c.Apply(p, o)
+			if errors.Is(err, control.ErrEmptyPolicy) {
+				err = fmt.Errorf("%s: %w", file, err)
+			}
+			if err != nil && !(o.DryRun && !plan.Empty()) {
 				return err
 			}
+			// A dry run shows the plan even when apply would refuse it.
 			if out == "json" {
-				changes := []string{}
-				for _, ch := range plan.Changes {
-					changes = append(changes, ch.String())
+				if err != nil {
+					return err
 				}
-				return writeJSON(cmd.OutOrStdout(), map[string]any{"dry_run": dryRun, "changes": changes})
+				return writeJSON(cmd.OutOrStdout(), planJSON(plan, o.DryRun))
 			}
-			for _, ch := range plan.Changes {
-				fmt.Fprintln(cmd.OutOrStdout(), ch.String())
-			}
+			printPlan(cmd.OutOrStdout(), plan, o.DryRun)
 			switch {
+			case err != nil:
+				fmt.Fprintf(cmd.OutOrStdout(), "dry run: %d changes, which apply would refuse (below)\n", len(plan.Changes))
+				return err
 			case plan.Empty():
 				fmt.Fprintln(cmd.OutOrStdout(), "policy already in force: nothing to change")
-			case dryRun:
+			case o.DryRun:
 				fmt.Fprintf(cmd.OutOrStdout(), "dry run: %d changes not applied\n", len(plan.Changes))
 			default:
-				fmt.Fprintf(cmd.OutOrStdout(), "applied %d changes\n", len(plan.Changes))
+				total := cgroup.Stopped{Grace: o.Grace}
+				for _, st := range plan.Stopped {
+					total = total.Plus(st)
+				}
+				if total.Procs > 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "applied %d changes; %s\n", len(plan.Changes), total)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "applied %d changes\n", len(plan.Changes))
+				}
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "policy file (YAML)")
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the diff, change nothing")
+	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "print the diff, change nothing")
+	cmd.Flags().BoolVar(&o.Prune, "prune", false, "remove containers that have running processes too, stopping them (see --grace)")
+	cmd.Flags().BoolVar(&o.AllowEmpty, "allow-empty", false, "apply a policy with no containers (deletes every container)")
+	cmd.Flags().BoolVar(&o.Force, "force", false, "let containers take addresses the host uses (a gateway, a neighbour, a routed address); never the host's own")
+	graceFlag(cmd, &o.Grace)
 	outputFlag(cmd, &out)
 	return cmd
+}
+
+// graceFlag adds --grace: how long processes get between SIGTERM and
+// SIGKILL.
+func graceFlag(cmd *cobra.Command, d *time.Duration) {
+	cmd.Flags().DurationVar(d, "grace", control.DefaultGrace, "how long processes get to exit after SIGTERM before SIGKILL (0: kill at once)")
+}
+
+func checkGrace(d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("--grace %s is negative: give a duration such as 10s, or 0 to kill at once", d)
+	}
+	return nil
+}
+
+// printPlan prints one line per change; a removal says what it stops (a
+// plan) or stopped (an applied one).
+func printPlan(w io.Writer, plan control.Plan, planned bool) {
+	for _, ch := range plan.Changes {
+		line := ch.String()
+		if ch.Kind == policy.ChangeDel {
+			switch st, done := plan.Stopped[ch.Name]; {
+			case planned && plan.Running[ch.Name] > 0:
+				line += " (stops " + cgroup.Plural(plan.Running[ch.Name], "process", "processes") + ")"
+			case planned:
+				line += " (no processes running)"
+			case done:
+				line += " (" + st.String() + ")"
+			default:
+				line += " (no processes were running)"
+			}
+		}
+		fmt.Fprintln(w, line)
+	}
+}
+
+// planJSON is the -o json shape of apply's result: the changes, and per
+// removed container with processes how many run ("running", a dry run) or
+// were stopped and killed ("stopped").
+func planJSON(plan control.Plan, dryRun bool) map[string]any {
+	changes := []string{}
+	for _, ch := range plan.Changes {
+		changes = append(changes, ch.String())
+	}
+	j := map[string]any{"dry_run": dryRun, "changes": changes}
+	if dryRun {
+		running := map[string]int{}
+		for name, n := range plan.Running {
+			running[name] = n
+		}
+		j["running"] = running
+	} else {
+		stopped := map[string]any{}
+		for name, st := range plan.Stopped {
+			stopped[name] = map[string]int{"processes": st.Procs, "killed": st.Killed}
+		}
+		j["stopped"] = stopped
+	}
+	return j
 }

@@ -269,7 +269,8 @@ func TestApply(t *testing.T) {
 	if addrs := e.hostAddrs(); strings.Contains(addrs, "local 10.77.0.1 ") || !strings.Contains(addrs, "local 10.77.0.3 ") {
 		t.Errorf("host addresses after apply:\n%s", addrs)
 	}
-	e.apply("containers: {}\n")
+	// web's agent still runs: removing every container takes both flags.
+	e.apply("containers: {}\n", "--allow-empty", "--prune")
 	if len(e.listJSON()) != 0 {
 		t.Error("empty policy left containers")
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -26,6 +27,7 @@ func newContainerAdd(g *globals) *cobra.Command {
 	var (
 		addrs, mcast   []string
 		mode, loopback string
+		o              control.AddOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "add NAME --addr ADDRESS [--addr ADDRESS ...]",
@@ -43,7 +45,14 @@ Address forms:
   10.77.0.1/24         an IP on subnet 10.77.0.0/24: its broadcast address
                        becomes usable and the subnet picks this source
   10.77.0.9:5432/tcp   one port of an IP; ranges: 10.77.0.9:8000-8099/udp
-  [fd77::1]:443/tcp    IPv6 with a port`,
+  [fd77::1]:443/tcp    IPv6 with a port
+
+An address the host uses is refused: one of its own (never allowed), and,
+unless --force, the gateway of a route, a neighbour it knows (ARP/NDP) or an
+address it reaches through a route (8.8.8.8). Private addresses (10/8,
+172.16/12, 192.168/16, 100.64/10, fc00::/7) that only the default route
+covers are fine, and so are unused addresses on an on-link subnet (IP
+aliases on the host's LAN).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec := policy.Container{Name: args[0], Mode: policy.Mode(mode), Loopback: policy.Loopback(loopback)}
@@ -72,7 +81,7 @@ Address forms:
 				return err
 			}
 			defer c.Close()
-			k, err := c.Add(spec)
+			k, err := c.AddWith(spec, o)
 			if err != nil {
 				return err
 			}
@@ -84,27 +93,42 @@ Address forms:
 	cmd.Flags().StringVar(&mode, "mode", "shared", "shared (host stack, cgroup only) or netns")
 	cmd.Flags().StringVar(&loopback, "loopback", "isolated", "isolated (its own 127.0.0.1/::1) or host")
 	cmd.Flags().StringArrayVar(&mcast, "mcast", nil, "multicast group or prefix it may join (repeatable)")
+	cmd.Flags().BoolVar(&o.Force, "force", false, "take addresses the host uses (a gateway, a neighbour, a routed address); never the host's own")
 	return cmd
 }
 
 func newContainerDel(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "del NAME",
-		Short: "Kill a container's processes and remove it with its addresses",
-		Args:  cobra.ExactArgs(1),
+	var grace time.Duration
+	cmd := &cobra.Command{
+		Use:   "del NAME [--grace 10s]",
+		Short: "Stop a container's processes and remove it with its addresses",
+		Long: `del sends SIGTERM to every process of the container (its whole cgroup
+subtree), waits up to --grace for them to exit, kills those still running
+(SIGKILL, through cgroup.kill), then removes the container's addresses,
+ownership and cgroup. It reports what it stopped and what it had to kill.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkGrace(grace); err != nil {
+				return err
+			}
 			c, err := control.Open(g.bpffs, true)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			if err := c.Del(args[0]); err != nil {
+			st, err := c.Del(args[0], grace)
+			if err != nil {
+				if st.Procs > 0 {
+					return fmt.Errorf("%w (%s)", err, st)
+				}
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "container %q deleted\n", args[0])
+			fmt.Fprintf(cmd.OutOrStdout(), "container %q deleted: %s\n", args[0], st)
 			return nil
 		},
 	}
+	graceFlag(cmd, &grace)
+	return cmd
 }
 
 // containerJSON is the stable -o json shape of a container.

@@ -93,7 +93,8 @@ time.sleep(300)
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	n.mustRun("apply", "-f", policy(b))
+	// a's server still runs: the apply must be told to stop it.
+	n.mustRun("apply", "-f", policy(b), "--prune")
 	if out, _ := exec.Command("ip", "-n", filepath.Base(n.netns), "-br", "link", "show", hostIf).CombinedOutput(); !strings.Contains(string(out), "does not exist") {
 		t.Errorf("a's veth is still there after the apply: %s", out)
 	}

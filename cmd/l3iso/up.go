@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -74,36 +73,4 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 	cmd.Flags().StringVar(&o.Uplink, "uplink", "", "interface that connects containers to the network: shared-mode IPv6 addresses live on it, direct delivery receives on it (default: lo)")
 	cmd.Flags().StringVar(&delivery, "delivery", "direct", "how packets reach netns containers: direct, routed or bridge (switches a running installation)")
 	return cmd
-}
-
-func newDown(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "down",
-		Short: "Remove every container, address, cgroup, link and pin l3iso made",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := control.OpenForDown(g.bpffs)
-			if errors.Is(err, maps.ErrIncompatible) {
-				if err := loader.ForceTeardown(g.bpffs); err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed an installation of another version from %s; addresses it configured on the host were left (check `ip addr`)\n", g.bpffs)
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			cs, err := c.Containers()
-			if err != nil {
-				return err
-			}
-			n := len(cs)
-			if err := c.Down(); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed %d containers and every pin in %s\n", n, g.bpffs)
-			return nil
-		},
-	}
 }

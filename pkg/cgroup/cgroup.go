@@ -189,8 +189,9 @@ func Populated(path string) (bool, error) {
 // cgroup.kill (see Killed).
 const killedAttr = "user.l3iso.killed"
 
-// Remove kills every process in the cgroup subtree at path and removes it.
-// A missing cgroup is not an error.
+// Remove kills every process in the cgroup subtree at path at once (no
+// grace period: Stop is the graceful way) and removes it. A missing cgroup
+// is not an error.
 //
 // Before it writes cgroup.kill it marks the cgroup (see Killed), so that a
 // repair can tell a cgroup that a command died in the middle of removing.
@@ -198,24 +199,8 @@ func Remove(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if pop, err := Populated(path); err == nil && pop {
-		if err := unix.Setxattr(path, killedAttr, []byte("1"), 0); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
-			return fmt.Errorf("mark cgroup %s before killing its processes: %w", path, err)
-		}
-		if err := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0); err != nil {
-			return fmt.Errorf("kill processes of cgroup %s: %w", path, err)
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			pop, err := Populated(path)
-			if err != nil || !pop {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("processes of cgroup %s did not exit within 5s: check `cat %s/cgroup.procs`", path, path)
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
+	if _, err := Stop([]string{path}, 0); err != nil {
+		return err
 	}
 	return removeTree(path)
 }
@@ -232,6 +217,10 @@ func Killed(path string) bool {
 	_, err := unix.Getxattr(path, killedAttr, nil)
 	return err == nil
 }
+
+// RemoveTree removes the cgroup subtree at path, which must hold no
+// process any more (see Stop). A missing cgroup is not an error.
+func RemoveTree(path string) error { return removeTree(path) }
 
 func removeTree(path string) error {
 	entries, err := os.ReadDir(path)

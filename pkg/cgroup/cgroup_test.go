@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMountAndLevel(t *testing.T) {
@@ -45,5 +46,22 @@ func TestMountAndLevel(t *testing.T) {
 func TestUnescape(t *testing.T) {
 	if got := unescape(`/a\040b`); got != "/a b" {
 		t.Errorf("unescape = %q", got)
+	}
+}
+
+func TestStoppedString(t *testing.T) {
+	for _, c := range []struct {
+		s    Stopped
+		want string
+	}{
+		{Stopped{Grace: 10 * time.Second}, "no processes were running"},
+		{Stopped{Procs: 1, Grace: 10 * time.Second}, "stopped 1 process"},
+		{Stopped{Procs: 3, Killed: 1, Grace: 10 * time.Second}, "stopped 3 processes, killed 1 after 10s"},
+		{Stopped{Procs: 2, Killed: 2}, "stopped 2 processes, killed 2 at once (--grace 0)"},
+		{Stopped{Procs: 2, Killed: 1, Grace: time.Second}.Plus(Stopped{Procs: 1, Grace: time.Second}), "stopped 3 processes, killed 1 after 1s"},
+	} {
+		if got := c.s.String(); got != c.want {
+			t.Errorf("%+v: %q, want %q", c.s, got, c.want)
+		}
 	}
 }

@@ -1,10 +1,12 @@
 package control
 
 import (
+	"errors"
 	"fmt"
 	"iter"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/maps"
@@ -15,16 +17,47 @@ import (
 // Plan is what Apply would change.
 type Plan struct {
 	Changes []policy.Change
+	// Running counts, when the plan was made, the processes of each
+	// container it removes (those without any are left out).
+	Running map[string]int
+	// Stopped is what the apply did to the processes of each container it
+	// removed (those without any are left out).
+	Stopped map[string]cgroup.Stopped
 }
 
 // Empty reports whether the policy is already in force.
 func (p Plan) Empty() bool { return len(p.Changes) == 0 }
 
+// ApplyOptions are what an operator may allow Apply beyond the plain case.
+type ApplyOptions struct {
+	// DryRun only plans: it checks everything and changes nothing.
+	DryRun bool
+	// Prune lets Apply remove containers that have running processes
+	// (stopped as Del stops them); without it such an apply is refused.
+	Prune bool
+	// AllowEmpty lets Apply make the installed containers none; without
+	// it a policy with no containers is refused (an empty or truncated
+	// file is more often a mistake than a wish).
+	AllowEmpty bool
+	// Force lets containers take addresses the host uses (a gateway, a
+	// neighbour, an address it reaches through a route; see checkHost) —
+	// never one of the host's own addresses.
+	Force bool
+	// Grace is how long processes get between SIGTERM and SIGKILL (see
+	// cgroup.Stop); 0 kills them at once.
+	Grace time.Duration
+}
+
 // Apply makes the installed containers exactly those of p. Every check runs
 // before anything changes; then the next generation is written beside the
 // active one and switched to with one map write, so no bind and no packet
-// sees a mix of the old and the new policy. With dryRun it only plans.
-func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
+// sees a mix of the old and the new policy. With o.DryRun it only plans.
+//
+// The containers it removes have their processes stopped all at once, so
+// the grace period runs once, not once per container. It refuses (and a
+// dry run reports, with the plan) an empty policy without o.AllowEmpty and
+// the removal of a container with running processes without o.Prune.
+func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 	tr := trace("apply")
 	if err := p.Validate(); err != nil {
 		return Plan{}, err
@@ -59,6 +92,21 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 			return plan, fmt.Errorf("container %q: its mode cannot change from %s to %s while it exists (its processes cannot move to another network stack): delete it first (remove it from the policy and apply), then add it with the new mode", spec.Name, sv.olds[o].Spec.Mode, spec.Mode)
 		}
 	}
+	var gone []maps.Container
+	for j, k := range sv.olds {
+		if sv.gone[j] {
+			gone = append(gone, k)
+		}
+	}
+	if plan.Running, err = c.running(gone); err != nil {
+		return plan, err
+	}
+	if len(pc) == 0 && !o.AllowEmpty {
+		return plan, emptyPolicyError(len(gone), plan.Running)
+	}
+	if len(plan.Running) > 0 && !o.Prune {
+		return plan, pruneError(plan.Running, o.Grace)
+	}
 	// The addresses the host must not have already: those of containers
 	// that come or change (an unchanged shared container's are l3iso's),
 	// and every netns container's (they are not l3iso's on the host).
@@ -69,11 +117,11 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 			checking = append(checking, spec)
 		}
 	}
-	if err := c.checkHostConflicts(sv.installed(), checking); err != nil {
+	if err := c.checkHost(sv.installed(), checking, o.Force); err != nil {
 		return plan, err
 	}
 	tr.step("check host")
-	if dryRun || plan.Empty() {
+	if o.DryRun || plan.Empty() {
 		return plan, nil
 	}
 
@@ -97,12 +145,6 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 			sv.id[i], ids = ids[0], ids[1:]
 			freshAt, isFresh[i] = append(freshAt, i), true
 			fresh = append(fresh, sv.next(i))
-		}
-	}
-	var gone []maps.Container
-	for j, k := range sv.olds {
-		if sv.gone[j] {
-			gone = append(gone, k)
 		}
 	}
 	// What changes on the host: the items of the containers that go, come
@@ -173,15 +215,13 @@ func (c *Control) Apply(p *policy.Policy, dryRun bool) (Plan, error) {
 		return abort(err)
 	}
 	tr.step("write next generation")
-	// Containers that go: their processes die first (after the switch they
+	// Containers that go: their processes end first (after the switch they
 	// would be host processes), and their addresses leave the host while
 	// the active policy still owns them.
-	for _, k := range gone {
-		if err := cgroup.Remove(c.CgroupPath(k.Spec.Name)); err != nil {
-			return abort(err)
-		}
+	if err := c.stopGone(gone, o, &plan); err != nil {
+		return abort(err)
 	}
-	tr.step("kill removed")
+	tr.step("stop removed")
 	if err := c.hostItems(false, unconfigure); err != nil {
 		return abort(err)
 	}
@@ -376,4 +416,107 @@ func (sv *survey) installed() iter.Seq[maps.Container] {
 			}
 		}
 	}
+}
+
+// running counts the processes of each of cs (those without any are left
+// out; nil if none has any).
+func (c *Control) running(cs []maps.Container) (map[string]int, error) {
+	var out map[string]int
+	for _, k := range cs {
+		n, err := cgroup.Procs(c.CgroupPath(k.Spec.Name))
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			if out == nil {
+				out = map[string]int{}
+			}
+			out[k.Spec.Name] = n
+		}
+	}
+	return out, nil
+}
+
+// stopGone ends the processes of the containers an apply removes, all
+// at once (one grace period for all), and removes their cgroups; what it
+// did goes to plan.Stopped. Without o.Prune it ends nothing: a container
+// that has gained a process since the plan was made refuses the apply.
+func (c *Control) stopGone(gone []maps.Container, o ApplyOptions, plan *Plan) error {
+	if !o.Prune {
+		running, err := c.running(gone)
+		if err != nil {
+			return err
+		}
+		if len(running) > 0 {
+			return pruneError(running, o.Grace)
+		}
+	}
+	paths := make([]string, len(gone))
+	for i, k := range gone {
+		paths[i] = c.CgroupPath(k.Spec.Name)
+	}
+	stopped, err := cgroup.Stop(paths, o.Grace)
+	for i, st := range stopped {
+		if st.Procs > 0 {
+			if plan.Stopped == nil {
+				plan.Stopped = map[string]cgroup.Stopped{}
+			}
+			plan.Stopped[gone[i].Spec.Name] = st
+		}
+	}
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		if err := cgroup.RemoveTree(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ErrEmptyPolicy is the refusal of a policy with no containers (see
+// ApplyOptions.AllowEmpty).
+var ErrEmptyPolicy = errors.New("the policy has no containers")
+
+// emptyPolicyError refuses a policy without containers, which would delete
+// the n installed ones.
+func emptyPolicyError(n int, running map[string]int) error {
+	what, todo := " (and none is installed)", "pass --allow-empty if you mean it"
+	if n > 0 {
+		what = fmt.Sprintf(", so applying it would delete every installed container (%d", n)
+		if procs := sum(running); procs > 0 {
+			what += fmt.Sprintf(", with %s", cgroup.Plural(procs, "running process", "running processes"))
+			todo += " (and --prune to stop the processes)"
+		}
+		what += ")"
+	}
+	return fmt.Errorf("%w%s; an empty or truncated file is more often a mistake: %s", ErrEmptyPolicy, what, todo)
+}
+
+// pruneError refuses to remove containers with running processes.
+func pruneError(running map[string]int, grace time.Duration) error {
+	names := make([]string, 0, len(running))
+	for name := range running {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var parts []string
+	for i, name := range names {
+		if i == 10 {
+			parts = append(parts, fmt.Sprintf("and %d more", len(names)-i))
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%q (%s)", name, cgroup.Plural(running[name], "process", "processes")))
+	}
+	return fmt.Errorf("the policy removes %s with running processes: %s; stop them first, or pass --prune to stop them (SIGTERM, then SIGKILL after --grace, now %s)",
+		cgroup.Plural(len(names), "container", "containers"), strings.Join(parts, ", "), grace)
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }

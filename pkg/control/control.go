@@ -6,8 +6,9 @@
 // Ordering rules:
 //   - an address is owned in the maps before it is configured on the host,
 //     and unconfigured before it leaves the maps (rule 9, both ways);
-//   - a container's processes are killed before its cgroup stops being a
-//     container, so they never run as unconfined host processes;
+//   - a container's processes end (SIGTERM, then SIGKILL after a grace
+//     period) before its cgroup stops being a container, so they never run
+//     as unconfined host processes;
 //   - `apply` writes the next policy generation beside the active one (over
 //     the one before, by difference) and switches with one map write.
 //
@@ -23,6 +24,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/loader"
@@ -359,17 +361,31 @@ func freeIn(taken []bool, n int) ([]uint32, error) {
 	return out, nil
 }
 
-// Add creates a container: its cgroup, its ownership in the maps, then its
-// addresses on the host (rule 9). On any error everything it made is undone.
+// AddOptions are what an operator may allow Add beyond the plain case.
+type AddOptions struct {
+	// Force lets the container take addresses the host uses (a gateway, a
+	// neighbour, an address it reaches through a route; see checkHost) —
+	// never one of the host's own addresses.
+	Force bool
+}
+
+// Add creates a container with the default options (see AddWith).
+func (c *Control) Add(spec policy.Container) (maps.Container, error) {
+	return c.AddWith(spec, AddOptions{})
+}
+
+// AddWith creates a container: its cgroup, its ownership in the maps, then
+// its addresses on the host (rule 9). On any error everything it made is
+// undone.
 //
 // Adding a container that conflicts with nothing costs the same next to
 // 10,000 containers as next to none: it is checked against what could
 // conflict with it (the index for its name, l3_owners for its addresses, the
 // host for each address), not against every container. Every other case —
 // a name in use, an address someone owns (a port range of a shared IP, or a
-// conflict to report), an address local on the host, a container invalid
-// by itself — gets the full check, which words the error.
-func (c *Control) Add(spec policy.Container) (maps.Container, error) {
+// conflict to report), a container invalid by itself — gets the full
+// check, which words the error.
+func (c *Control) AddWith(spec policy.Container, o AddOptions) (maps.Container, error) {
 	if spec.Mode == "" {
 		spec.Mode = policy.ModeShared
 	}
@@ -380,17 +396,17 @@ func (c *Control) Add(spec policy.Container) (maps.Container, error) {
 		return maps.Container{}, err
 	}
 	if !c.loaded {
-		k, done, err := c.addAlone(spec)
+		k, done, err := c.addAlone(spec, o)
 		if done {
 			return k, err
 		}
 	}
-	return c.addChecked(spec)
+	return c.addChecked(spec, o)
 }
 
 // addAlone is Add for a container that conflicts with nothing (see Add);
 // done is false, with nothing changed, when it cannot tell cheaply.
-func (c *Control) addAlone(spec policy.Container) (k maps.Container, done bool, err error) {
+func (c *Control) addAlone(spec policy.Container, o AddOptions) (k maps.Container, done bool, err error) {
 	x := c.st.Maps.Index()
 	if x == nil || c.st.Config.Dirty {
 		return k, false, nil
@@ -422,15 +438,19 @@ func (c *Control) addAlone(spec policy.Container) (k maps.Container, done bool, 
 		}
 		ips = append(ips, a.Addr)
 	}
-	// Owned by no container, so none of them is l3iso's on the host:
-	// each must not be local at all.
+	// Owned by no container, so none of them is l3iso's on the host: the
+	// host must not use any (see checkHost).
 	tr.step("check name, owners")
-	local, err := localAddrs(ips)
+	uses, err := lookupHostUses(ips)
 	if err != nil {
 		return k, false, err
 	}
-	if len(local) > 0 {
-		return k, false, nil
+	owner := make(map[netip.Addr]string, len(ips))
+	for _, ip := range ips {
+		owner[ip] = spec.Name
+	}
+	if err := hostUseError(ips, uses, owner, func(netip.Addr) bool { return o.Force }); err != nil {
+		return k, true, err
 	}
 	tr.step("check host")
 	ids, err := x.FreeIDs(1)
@@ -475,7 +495,7 @@ func items(m map[hostItem]bool) []hostItem {
 }
 
 // addChecked is Add with the full check: against every container.
-func (c *Control) addChecked(spec policy.Container) (maps.Container, error) {
+func (c *Control) addChecked(spec policy.Container, o AddOptions) (maps.Container, error) {
 	if _, err := c.all(); err != nil {
 		return maps.Container{}, err
 	}
@@ -486,7 +506,7 @@ func (c *Control) addChecked(spec policy.Container) (maps.Container, error) {
 	if err := p.Validate(); err != nil {
 		return maps.Container{}, err
 	}
-	if err := c.checkHostConflicts(slices.Values(c.cur), []policy.Container{spec}); err != nil {
+	if err := c.checkHost(slices.Values(c.cur), []policy.Container{spec}, o.Force); err != nil {
 		return maps.Container{}, err
 	}
 	ids, err := freeIDs(c.cur, 1)
@@ -591,31 +611,54 @@ func sole(k maps.Container) bool {
 	return true
 }
 
-// Del removes a container: kills its processes, unconfigures its addresses,
-// then releases its ownership and removes its cgroup. A container that
-// shares nothing (see sole) is removed without reading the others.
-func (c *Control) Del(name string) error {
+// DefaultGrace is how long Del, Down and an Apply that removes containers
+// wait, after SIGTERM, for a container's processes to exit before they
+// kill them (cgroup.Stop).
+const DefaultGrace = 10 * time.Second
+
+// Del removes a container: stops its processes (SIGTERM, then SIGKILL
+// for those still running after grace; see cgroup.Stop), unconfigures its
+// addresses, then releases its ownership and removes its cgroup. A
+// container that shares nothing (see sole) is removed without reading the
+// others. It returns what it did to the processes.
+func (c *Control) Del(name string, grace time.Duration) (cgroup.Stopped, error) {
 	k, err := c.Find(name)
 	if err != nil {
-		return err
+		return cgroup.Stopped{}, err
 	}
 	alone := !c.loaded && sole(k) && c.st.Maps.Index() != nil
 	var rest []maps.Container
 	if !alone {
 		if _, err := c.all(); err != nil {
-			return err
+			return cgroup.Stopped{}, err
 		}
 		rest = c.without(name)
 	}
 	path := c.CgroupPath(name)
 	if err := c.begin(); err != nil {
-		return err
+		return cgroup.Stopped{}, err
 	}
-	if pop, _ := cgroup.Populated(path); pop {
+	// Its processes end while it is still a container (should this
+	// command die during the grace period, it still is one), and its
+	// cgroup goes with them: nothing can join it after.
+	st, err := cgroup.Stop([]string{path}, grace)
+	stopped := st[0]
+	if err != nil {
+		return stopped, err
+	}
+	if stopped.Procs > 0 {
 		if err := cgroup.Remove(path); err != nil {
-			return err
+			return stopped, err
 		}
 	}
+	err = c.del(k, alone, rest)
+	return stopped, err
+}
+
+// del is Del once k's processes are gone.
+func (c *Control) del(k maps.Container, alone bool, rest []maps.Container) error {
+	var err error
+	path := c.CgroupPath(k.Spec.Name)
 	if alone {
 		// Every host item of k is its own: whole IPs, no subnet.
 		err = c.hostItems(false, items(desired([]maps.Container{k})))
@@ -663,30 +706,44 @@ func (c *Control) Del(name string) error {
 	return c.end()
 }
 
-// Down removes every container — in one bulk apply of the empty policy,
-// not one delete each — then every link, pin and cgroup.
+// Down removes every container, stopping their processes with the
+// default grace period (see DownGrace), then every link, pin and cgroup.
 func (c *Control) Down() error {
+	_, err := c.DownGrace(DefaultGrace)
+	return err
+}
+
+// DownGrace removes every container — in one bulk apply of the empty
+// policy, not one delete each, so every container's processes get their
+// SIGTERM at once and the grace period runs once — then every link, pin
+// and cgroup. It returns what it did to the processes.
+func (c *Control) DownGrace(grace time.Duration) (cgroup.Stopped, error) {
+	stopped := cgroup.Stopped{Grace: grace}
 	cs, err := c.all()
 	if err != nil {
-		return err
+		return stopped, err
 	}
 	if len(cs) > 0 {
-		if _, err := c.Apply(&policy.Policy{}, false); err != nil {
-			return fmt.Errorf("remove the containers: %w", err)
+		plan, err := c.Apply(&policy.Policy{}, ApplyOptions{Prune: true, AllowEmpty: true, Grace: grace})
+		for _, st := range plan.Stopped {
+			stopped = stopped.Plus(st)
+		}
+		if err != nil {
+			return stopped, fmt.Errorf("remove the containers: %w", err)
 		}
 	}
 	// Veths of containers deleted before, kept by a namespace an orphan
 	// socket holds (see veth.DeleteStray).
 	if err := veth.DeleteStray(func(string) bool { return false }); err != nil {
-		return err
+		return stopped, err
 	}
 	if err := c.teardownDelivery(); err != nil {
-		return err
+		return stopped, err
 	}
 	if err := c.hostItems(false, []hostItem{hostAddrItem}); err != nil {
-		return err
+		return stopped, err
 	}
-	return c.st.Teardown()
+	return stopped, c.st.Teardown()
 }
 
 // Stats returns the counters of container name ("" is the host: processes

@@ -255,11 +255,15 @@ func (c *Control) repairHost() error {
 	return c.hostItems(true, missing)
 }
 
-// checkHostConflicts refuses addresses that are already local on the host
-// and not l3iso's: taking them would break a running service. cur are the
-// installed containers (what l3iso configured is theirs), adding the
-// containers whose addresses are to be checked.
-func (c *Control) checkHostConflicts(cur iter.Seq[maps.Container], adding []policy.Container) error {
+// checkHost refuses addresses the host uses (see lookupHostUses): one of
+// its own, which taking would break a running service, and — unless force
+// — one it reaches or is reached by (a gateway, a neighbour, a machine
+// behind a route), which taking would cut the host off from. cur are the
+// installed containers (what l3iso configured is theirs, and an address an
+// installed netns container has is not checked again for use: it was, or
+// forced, when it came); adding are the containers whose addresses are
+// checked. The cost is a few lookups per address checked.
+func (c *Control) checkHost(cur iter.Seq[maps.Container], adding []policy.Container, force bool) error {
 	owner := map[netip.Addr]string{} // the last container that has it
 	for _, spec := range adding {
 		// netns containers too: the host routes their addresses to their
@@ -272,8 +276,14 @@ func (c *Control) checkHostConflicts(cur iter.Seq[maps.Container], adding []poli
 		return nil
 	}
 	// Those l3iso configured already are its own.
+	installed := map[netip.Addr]bool{}
 	for k := range cur {
 		eachItem(k, func(h hostItem) { delete(owner, h.ip) })
+		if isNetns(k) {
+			for _, a := range k.Spec.Addresses {
+				installed[a.Addr] = true
+			}
+		}
 	}
 	check := make([]netip.Addr, 0, len(owner))
 	seen := make(map[netip.Addr]bool, len(owner))
@@ -285,86 +295,28 @@ func (c *Control) checkHostConflicts(cur iter.Seq[maps.Container], adding []poli
 			}
 		}
 	}
-	local, err := localAddrs(check)
+	uses, err := lookupHostUses(check)
 	if err != nil {
 		return err
 	}
-	for _, ip := range check {
-		if local[ip] {
-			return fmt.Errorf("address %s of container %q is already in use on this host (%s), by someone other than l3iso: remove it from the host or choose another address", ip, owner[ip], whereLocal(ip))
+	return hostUseError(check, uses, owner, func(ip netip.Addr) bool { return force || installed[ip] })
+}
+
+// hostUseError is the refusal of the first of ips the host uses (nil if
+// none): owner names each one's container; waived says which uses other
+// than the host's own may be taken.
+func hostUseError(ips []netip.Addr, uses map[netip.Addr]hostUse, owner map[netip.Addr]string, waived func(netip.Addr) bool) error {
+	for _, ip := range ips {
+		u, ok := uses[ip]
+		switch {
+		case !ok:
+		case u.own:
+			return fmt.Errorf("address %s of container %q is already in use on this host: it %s; choose another address for the container (--force cannot take the host's own addresses)", ip, owner[ip], u.what)
+		case !waived(ip):
+			return fmt.Errorf("address %s of container %q is used by this host: it %s; choose another address, or pass --force to take it anyway (%s)", ip, owner[ip], u.what, u.loss)
 		}
 	}
 	return nil
-}
-
-// localAddrs reports which of ips are local on the host (configured on an
-// interface or covered by a local route): a route lookup each for a few, one
-// dump of the local table for many.
-func localAddrs(ips []netip.Addr) (map[netip.Addr]bool, error) {
-	out := map[netip.Addr]bool{}
-	if len(ips) <= 16 {
-		types, err := routeTypes(ips)
-		if err != nil {
-			return nil, err
-		}
-		for ip, typ := range types {
-			if typ == unix.RTN_LOCAL {
-				out[ip] = true
-			}
-		}
-		return out, nil
-	}
-	want := map[netip.Addr]bool{}
-	for _, ip := range ips {
-		want[ip] = true
-	}
-	var prefixes []netip.Prefix
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return nil, fmt.Errorf("list local routes: %w", err)
-		}
-		for _, r := range routes {
-			if r.Type != unix.RTN_LOCAL || r.Dst == nil {
-				continue
-			}
-			ip, ok := netip.AddrFromSlice(r.Dst.IP)
-			if !ok {
-				continue
-			}
-			bits, _ := r.Dst.Mask.Size()
-			prefixes = append(prefixes, netip.PrefixFrom(ip.Unmap(), bits))
-		}
-	}
-	for _, p := range prefixes {
-		if p.IsSingleIP() {
-			if want[p.Addr()] {
-				out[p.Addr()] = true
-			}
-			continue
-		}
-		for _, ip := range ips { // few wide local routes (127.0.0.0/8): fine
-			if p.Contains(ip) {
-				out[ip] = true
-			}
-		}
-	}
-	return out, nil
-}
-
-// whereLocal says where a local address comes from, for error messages.
-func whereLocal(ip netip.Addr) string {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
-	if err == nil {
-		for _, a := range addrs {
-			if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
-				if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
-					return fmt.Sprintf("configured on %s: ip addr del %s dev %s", l.Attrs().Name, a.IPNet, l.Attrs().Name)
-				}
-			}
-		}
-	}
-	return "a local route covers it: see ip route show table local"
 }
 
 // sameSpec reports whether two containers are exactly alike (multicast in

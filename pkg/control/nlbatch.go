@@ -29,17 +29,70 @@ type nlBatch struct {
 }
 
 func newNLBatch() (*nlBatch, error) {
+	fd, err := openRtnetlink(false)
+	if err != nil {
+		return nil, err
+	}
+	return &nlBatch{fd: fd, what: map[uint32]string{}, quiet: map[uint32][]unix.Errno{}}, nil
+}
+
+// openRtnetlink opens and binds an rtnetlink socket with a large receive
+// buffer and extended acknowledgements; strict asks the kernel to check
+// requests strictly, which dumps need to filter in the kernel.
+func openRtnetlink(strict bool) (int, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("open rtnetlink: %w", err)
+		return -1, fmt.Errorf("open rtnetlink: %w", err)
 	}
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
 	unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_EXT_ACK, 1)
+	if strict {
+		if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("rtnetlink strict checking: %w", err)
+		}
+	}
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("bind rtnetlink: %w", err)
+		return -1, fmt.Errorf("bind rtnetlink: %w", err)
 	}
-	return &nlBatch{fd: fd, what: map[uint32]string{}, quiet: map[uint32][]unix.Errno{}}, nil
+	return fd, nil
+}
+
+// appendMsg appends a netlink message (header, then body) to buf.
+func appendMsg(buf []byte, typ, flags uint16, seq uint32, body []byte) []byte {
+	h := make([]byte, unix.NLMSG_HDRLEN)
+	binary.NativeEndian.PutUint32(h[0:], uint32(unix.NLMSG_HDRLEN+len(body)))
+	binary.NativeEndian.PutUint16(h[4:], typ)
+	binary.NativeEndian.PutUint16(h[6:], flags)
+	binary.NativeEndian.PutUint32(h[8:], seq)
+	return append(append(buf, h...), body...)
+}
+
+// nlReceive reads messages from fd until f says it has all it waits for.
+// A message's Data is valid only during the call of f.
+func nlReceive(fd int, f func(syscall.NetlinkMessage) bool) error {
+	rb := make([]byte, 1<<16)
+	for {
+		n, _, err := unix.Recvfrom(fd, rb, 0)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return fmt.Errorf("rtnetlink receive: %w", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(rb[:n])
+		if err != nil {
+			return fmt.Errorf("rtnetlink parse: %w", err)
+		}
+		done := false
+		for _, m := range msgs {
+			done = f(m) || done
+		}
+		if done {
+			return nil
+		}
+	}
 }
 
 func (b *nlBatch) Close() { unix.Close(b.fd) }
@@ -63,12 +116,7 @@ func u32(v uint32) []byte {
 // add queues one request; errors in ignore count as success.
 func (b *nlBatch) add(typ, flags uint16, body []byte, what string, ignore ...unix.Errno) error {
 	b.seq++
-	h := make([]byte, unix.NLMSG_HDRLEN)
-	binary.NativeEndian.PutUint32(h[0:], uint32(unix.NLMSG_HDRLEN+len(body)))
-	binary.NativeEndian.PutUint16(h[4:], typ)
-	binary.NativeEndian.PutUint16(h[6:], flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK)
-	binary.NativeEndian.PutUint32(h[8:], b.seq)
-	b.buf = append(append(b.buf, h...), body...)
+	b.buf = appendMsg(b.buf, typ, flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK, b.seq, body)
 	b.what[b.seq] = what
 	if len(ignore) > 0 {
 		b.quiet[b.seq] = ignore
@@ -90,41 +138,27 @@ func (b *nlBatch) flush() error {
 	}
 	pending := b.count
 	b.buf, b.count = b.buf[:0], 0
-	rb := make([]byte, 1<<16)
-	for pending > 0 {
-		n, _, err := unix.Recvfrom(b.fd, rb, 0)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return fmt.Errorf("rtnetlink receive: %w", err)
+	return nlReceive(b.fd, func(m syscall.NetlinkMessage) bool {
+		if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+			return false
 		}
-		msgs, err := syscall.ParseNetlinkMessage(rb[:n])
-		if err != nil {
-			return fmt.Errorf("rtnetlink parse: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
-				continue
+		pending--
+		code := -int32(binary.NativeEndian.Uint32(m.Data[:4]))
+		seq := m.Header.Seq
+		if code != 0 {
+			e := unix.Errno(code)
+			ok := false
+			for _, q := range b.quiet[seq] {
+				ok = ok || e == q
 			}
-			pending--
-			code := -int32(binary.NativeEndian.Uint32(m.Data[:4]))
-			seq := m.Header.Seq
-			if code != 0 {
-				e := unix.Errno(code)
-				ok := false
-				for _, q := range b.quiet[seq] {
-					ok = ok || e == q
-				}
-				if !ok {
-					b.errs = append(b.errs, fmt.Errorf("%s: %w", b.what[seq], e))
-				}
+			if !ok {
+				b.errs = append(b.errs, fmt.Errorf("%s: %w", b.what[seq], e))
 			}
-			delete(b.what, seq)
-			delete(b.quiet, seq)
 		}
-	}
-	return nil
+		delete(b.what, seq)
+		delete(b.quiet, seq)
+		return pending == 0
+	})
 }
 
 // done flushes and returns the first few failures.
@@ -198,67 +232,3 @@ func (b *nlBatch) address(add bool, p netip.Prefix, ifindex int) error {
 
 // ifaProto is IFA_PROTO (linux/if_addr.h, Linux 6.1+), not in x/sys yet.
 const ifaProto = 11
-
-// routeTypes looks each of ips up in the routing tables, all requests in
-// one sendmsg on one socket, and returns the type of the route each takes
-// (unix.RTN_LOCAL: an address of the host); no route: 0.
-func routeTypes(ips []netip.Addr) (map[netip.Addr]uint8, error) {
-	out := make(map[netip.Addr]uint8, len(ips))
-	if len(ips) == 0 {
-		return out, nil
-	}
-	b, err := newNLBatch()
-	if err != nil {
-		return nil, err
-	}
-	defer b.Close()
-	for i, ip := range ips {
-		fam := uint8(unix.AF_INET)
-		if ip.Is6() {
-			fam = unix.AF_INET6
-		}
-		body := []byte{fam, uint8(ip.BitLen()), 0, 0, 0, 0, 0, 0}
-		body = append(body, u32(unix.RTM_F_LOOKUP_TABLE)...)
-		body = append(body, attr(unix.RTA_DST, ip.AsSlice())...)
-		h := make([]byte, unix.NLMSG_HDRLEN)
-		binary.NativeEndian.PutUint32(h[0:], uint32(unix.NLMSG_HDRLEN+len(body)))
-		binary.NativeEndian.PutUint16(h[4:], unix.RTM_GETROUTE)
-		binary.NativeEndian.PutUint16(h[6:], unix.NLM_F_REQUEST)
-		binary.NativeEndian.PutUint32(h[8:], uint32(i+1))
-		b.buf = append(append(b.buf, h...), body...)
-	}
-	if err := unix.Sendto(b.fd, b.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, fmt.Errorf("rtnetlink send: %w", err)
-	}
-	rb := make([]byte, 1<<16)
-	for pending := len(ips); pending > 0; {
-		n, _, err := unix.Recvfrom(b.fd, rb, 0)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return nil, fmt.Errorf("rtnetlink receive: %w", err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(rb[:n])
-		if err != nil {
-			return nil, fmt.Errorf("rtnetlink parse: %w", err)
-		}
-		for _, m := range msgs {
-			i := int(m.Header.Seq) - 1
-			if i < 0 || i >= len(ips) {
-				continue
-			}
-			switch m.Header.Type {
-			case unix.RTM_NEWROUTE:
-				if len(m.Data) >= 8 {
-					out[ips[i]] = m.Data[7] // rtmsg.rtm_type
-				}
-				pending--
-			case unix.NLMSG_ERROR:
-				out[ips[i]] = 0 // no route (ENETUNREACH and the like)
-				pending--
-			}
-		}
-	}
-	return out, nil
-}

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/l3iso/l3iso/pkg/control"
+	"github.com/l3iso/l3iso/pkg/loader"
+	"github.com/l3iso/l3iso/pkg/maps"
+)
+
+func newDown(g *globals) *cobra.Command {
+	var grace time.Duration
+	cmd := &cobra.Command{
+		Use:   "down [--grace 10s]",
+		Short: "Remove every container, address, cgroup, link and pin l3iso made",
+		Long: `down stops the processes of every container — SIGTERM to all of them at
+once, up to --grace for them to exit, then SIGKILL (cgroup.kill) for those
+still running — and removes every container, address, cgroup, link and pin
+l3iso made. It reports what it stopped and what it had to kill.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkGrace(grace); err != nil {
+				return err
+			}
+			c, err := control.OpenForDown(g.bpffs)
+			if errors.Is(err, maps.ErrIncompatible) {
+				if err := loader.ForceTeardown(g.bpffs); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed an installation of another version from %s; addresses it configured on the host were left (check `ip addr`)\n", g.bpffs)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			cs, err := c.Containers()
+			if err != nil {
+				return err
+			}
+			n := len(cs)
+			st, err := c.DownGrace(grace)
+			if err != nil {
+				if st.Procs > 0 {
+					return fmt.Errorf("%w (%s)", err, st)
+				}
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed %d containers (%s) and every pin in %s\n", n, st, g.bpffs)
+			return nil
+		},
+	}
+	graceFlag(cmd, &grace)
+	return cmd
+}
