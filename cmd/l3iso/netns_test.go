@@ -47,6 +47,18 @@ type netEnv struct {
 	outside string // path of the outside host's netns
 	suffix  string // makes container names (and so /run/netns/l3iso-NAME) unique on the machine
 	names   []string
+	// fwd0 is IPv4 and IPv6 forwarding in the host netns before `up`: a
+	// new namespace inherits the machine's ip_forward, so it is 1 on a
+	// host that forwards, and l3iso must leave it as it found it.
+	fwd0 [2]string
+}
+
+// forwardSysctls are IPv4 and IPv6 forwarding (sysctl paths).
+var forwardSysctls = [2]string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"}
+
+// forwarding reads forwardSysctls in the host netns.
+func (n *netEnv) forwarding() [2]string {
+	return [2]string{n.sysctl(forwardSysctls[0]), n.sysctl(forwardSysctls[1])}
 }
 
 // newNetEnv builds the env, its outside host and uplink, and brings l3iso
@@ -105,10 +117,11 @@ func newNetEnv(t *testing.T, delivery string) *netEnv {
 				t.Errorf("down left interface %s", strings.Fields(line)[0])
 			}
 		}
-		if fwd := n.sysctl("net/ipv4/ip_forward"); fwd != "0" {
-			t.Errorf("down left ip_forward = %s (l3iso turned it on)", fwd)
+		if fwd := n.forwarding(); fwd != n.fwd0 {
+			t.Errorf("down left forwarding (IPv4, IPv6) = %v; it was %v before up", fwd, n.fwd0)
 		}
 	})
+	n.fwd0 = n.forwarding()
 	e.up("--uplink", "up0", "--delivery", delivery)
 	return n
 }
@@ -691,9 +704,13 @@ func TestNetnsSwitchDelivery(t *testing.T) {
 		reach(t, unix.SOCK_STREAM, out, ina, netip.AddrPortFrom(netip.MustParseAddr("fd78::1"), port), outside6)
 		reach(t, unix.SOCK_DGRAM, ina, inb, netip.AddrPortFrom(netip.MustParseAddr("10.78.0.2"), port), netip.MustParseAddr("10.78.0.1"))
 		reach(t, unix.SOCK_DGRAM, inb, out, netip.AddrPortFrom(outside4, port), netip.MustParseAddr("10.78.0.2"))
-		fwd := n.sysctl("net/ipv4/ip_forward")
-		if (d == "direct") != (fwd == "0") {
-			t.Errorf("%s: ip_forward = %s", d, fwd)
+		// routed and bridge need forwarding; direct leaves it as it was.
+		want := [2]string{"1", "1"}
+		if d == "direct" {
+			want = n.fwd0
+		}
+		if fwd := n.forwarding(); fwd != want {
+			t.Errorf("%s: forwarding (IPv4, IPv6) = %v, want %v (before up: %v)", d, fwd, want, n.fwd0)
 		}
 		hostNS := filepath.Base(n.netns)
 		brOut, _ := exec.Command("ip", "-n", hostNS, "link", "show", veth.BridgeName).CombinedOutput()

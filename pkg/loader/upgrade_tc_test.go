@@ -129,6 +129,13 @@ func TestUpgradeTCInPlace(t *testing.T) {
 	// The uplink: a veth pair between the host and the outside namespace,
 	// made directly in them (nothing appears in the machine's namespace).
 	hostName, outName := filepath.Base(hostNS), filepath.Base(outNS)
+	// The host forwards nothing (see the top of this file): a new
+	// namespace inherits the machine's ip_forward, which may be on.
+	for _, kv := range []string{"net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"} {
+		if out, err := exec.Command("ip", "netns", "exec", hostName, "sysctl", "-qw", kv).CombinedOutput(); err != nil {
+			t.Fatalf("sysctl %s: %v: %s", kv, err, out)
+		}
+	}
 	for _, args := range [][]string{
 		{"link", "add", tcuUplink, "netns", hostName, "type", "veth", "peer", "name", "eth0", "netns", outName},
 		{"-n", hostName, "addr", "add", tcuHost4.String() + "/24", "dev", tcuUplink},
