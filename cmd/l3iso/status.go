@@ -25,6 +25,11 @@ type statusJSON struct {
 	Containers []containerStatJSON `json:"containers"`
 	Host       maps.Counters       `json:"host_counters"`
 	Listeners  []listenerJSON      `json:"listeners"`
+	// Problems are what is wrong with the installation (read from the
+	// kernel: detached links, missing pins, TCX attachments or host
+	// addresses); Repair says what to do about them ("" when none).
+	Problems []loader.Problem `json:"problems"`
+	Repair   string           `json:"repair,omitempty"`
 }
 
 // listenerJSON is one entry of the broadcast/multicast registry.
@@ -154,6 +159,20 @@ func newStatus(g *globals) *cobra.Command {
 			if s.Listeners, err = listeners(c); err != nil {
 				return err
 			}
+			if s.Problems, err = c.Check(); err != nil {
+				return err
+			}
+			if s.Problems == nil {
+				s.Problems = []loader.Problem{}
+			} else {
+				s.Repair = loader.RepairHint
+			}
+			// Status exits non-zero when something is wrong, after
+			// printing everything.
+			var wrong error
+			if len(s.Problems) > 0 {
+				wrong = fmt.Errorf("%d problem(s), listed under \"problems\": %s", len(s.Problems), loader.RepairHint)
+			}
 			cs, err := c.Containers()
 			if err != nil {
 				return err
@@ -166,14 +185,26 @@ func newStatus(g *globals) *cobra.Command {
 				s.Containers = append(s.Containers, containerStatJSON{toJSON(c, k), cnt})
 			}
 			if out == "json" {
-				return writeJSON(cmd.OutOrStdout(), s)
+				if err := writeJSON(cmd.OutOrStdout(), s); err != nil {
+					return err
+				}
+				return wrong
 			}
 			w := cmd.OutOrStdout()
 			uplink := s.Uplink
 			if uplink == "" {
 				uplink = "(none: addresses on lo)"
 			}
-			fmt.Fprintf(w, "pinned in:    %s\ncgroup root:  %s\nuplink:       %s\ndelivery:     %s\n\n", s.BPFFS, s.CgroupRoot, uplink, s.Delivery)
+			fmt.Fprintf(w, "pinned in:    %s\ncgroup root:  %s\nuplink:       %s\ndelivery:     %s\n", s.BPFFS, s.CgroupRoot, uplink, s.Delivery)
+			if len(s.Problems) == 0 {
+				fmt.Fprintf(w, "problems:     none\n\n")
+			} else {
+				fmt.Fprintf(w, "problems:     %d (%s)\n", len(s.Problems), loader.RepairHint)
+				for _, p := range s.Problems {
+					fmt.Fprintf(w, "  %s\n", p)
+				}
+				fmt.Fprintln(w)
+			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "LINK\tLINK ID\tPROG ID\tTAG\tATTACH\tTARGET")
 			for _, l := range s.Links {
@@ -220,7 +251,10 @@ func newStatus(g *globals) *cobra.Command {
 					k.Counters["ingress_dropped_foreign"]+k.Counters["egress_dropped_spoof"]+
 						k.Counters["tc_dropped_spoof"]+k.Counters["tc_dropped_no_route"]+k.Counters["tc_dropped_malformed"])
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			return wrong
 		},
 	}
 	outputFlag(cmd, &out)

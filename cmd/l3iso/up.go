@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -48,10 +49,25 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 				return err
 			}
 			o.Delivery = d
+			o.KeepCgroupRoot = !cmd.Flags().Changed("cgroup-root")
+			o.KeepUplink = !cmd.Flags().Changed("uplink")
 			o.KeepDelivery = !cmd.Flags().Changed("delivery")
 			o.BPFFS = g.bpffs
-			st, changed, err := loader.Up(o)
+			st, err := loader.OpenForUp(o.BPFFS)
 			if err != nil {
+				return err
+			}
+			// What is wrong before up changes anything: what it repairs.
+			var wrong []loader.Problem
+			if st.Installed() {
+				if wrong, err = control.CheckState(st); err != nil {
+					st.Close()
+					return err
+				}
+			}
+			changed, err := st.Up(o)
+			if err != nil {
+				st.Close()
 				return err
 			}
 			c, err := control.FromState(st)
@@ -60,12 +76,33 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 				return err
 			}
 			defer c.Close()
-			if st.Switched {
-				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is up: delivery switched from %s to %s\n", st.From, st.Config.Delivery)
-			} else if changed {
-				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is up: programs attached at %s, pinned in %s\n", st.Config.CgroupRoot, st.Dir)
-			} else {
-				fmt.Fprintf(cmd.OutOrStdout(), "l3iso was already up at %s (nothing changed)\n", st.Dir)
+			left, err := c.Check()
+			if err != nil {
+				return err
+			}
+			if len(left) > 0 {
+				return fmt.Errorf("up could not repair %s", problemList(left))
+			}
+			w := cmd.OutOrStdout()
+			switch {
+			case st.UplinkSwitched && st.Switched:
+				fmt.Fprintf(w, "l3iso is up: uplink switched from %s to %s, delivery from %s to %s\n", uplinkName(st.UplinkFrom), uplinkName(st.Config.Uplink), st.From, st.Config.Delivery)
+			case st.UplinkSwitched:
+				fmt.Fprintf(w, "l3iso is up: uplink switched from %s to %s\n", uplinkName(st.UplinkFrom), uplinkName(st.Config.Uplink))
+			case st.Switched:
+				fmt.Fprintf(w, "l3iso is up: delivery switched from %s to %s\n", st.From, st.Config.Delivery)
+			case len(wrong) > 0:
+				fmt.Fprintf(w, "l3iso is up at %s: repaired %d problem(s):\n", st.Dir, len(wrong))
+			case changed:
+				fmt.Fprintf(w, "l3iso is up: programs attached at %s, pinned in %s\n", st.Config.CgroupRoot, st.Dir)
+			default:
+				fmt.Fprintf(w, "l3iso was already up at %s (nothing changed)\n", st.Dir)
+			}
+			if len(wrong) > 0 && (st.UplinkSwitched || st.Switched) {
+				fmt.Fprintf(w, "and repaired %d problem(s):\n", len(wrong))
+			}
+			for _, p := range wrong {
+				fmt.Fprintf(w, "  repaired: %s\n", p)
 			}
 			return nil
 		},
@@ -76,6 +113,23 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 	return cmd
 }
 
+// uplinkName names an uplink for a person ("" is none).
+func uplinkName(s string) string {
+	if s == "" {
+		return "none (lo)"
+	}
+	return s
+}
+
+// problemList is problems on one line: "N problem(s): P1; P2".
+func problemList(ps []loader.Problem) string {
+	parts := make([]string, len(ps))
+	for i, p := range ps {
+		parts[i] = p.String()
+	}
+	return fmt.Sprintf("%d problem(s): %s", len(ps), strings.Join(parts, "; "))
+}
+
 func newDown(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "down",
@@ -83,11 +137,15 @@ func newDown(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := control.OpenForDown(g.bpffs)
-			if errors.Is(err, maps.ErrIncompatible) {
+			if errors.Is(err, maps.ErrIncompatible) || errors.Is(err, loader.ErrRecordsLost) {
 				if err := loader.ForceTeardown(g.bpffs); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed an installation of another version from %s; addresses it configured on the host were left (check `ip addr`)\n", g.bpffs)
+				what := "an installation of another version"
+				if errors.Is(err, loader.ErrRecordsLost) {
+					what = "an installation whose containers' records were lost"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed %s from %s; addresses it configured on the host were left (check `ip addr` and `ip route show table local proto 76`)\n", what, g.bpffs)
 				return nil
 			}
 			if err != nil {

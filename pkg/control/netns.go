@@ -342,16 +342,19 @@ func (c *Control) repairNetns() error {
 	if err := veth.DeleteStray(func(n string) bool { return known[n] }); err != nil {
 		return err
 	}
-	links, err := c.st.TCLinks()
-	if err != nil {
-		return err
+	// TC links nothing needs: of an uplink `up --uplink` replaced (after
+	// the new one has its programs), of interfaces that are gone.
+	keep := map[string]bool{}
+	for _, w := range c.st.HostTC() {
+		keep[w.Pin] = true
 	}
-	for _, tl := range links {
-		if tl.Interface == "" {
-			if err := c.st.DetachTCPin(tl.Pin); err != nil {
-				return err
-			}
+	for _, k := range c.cur {
+		if isNetns(k) {
+			keep[c.st.VethTC(veth.HostIfName(k.Spec.Name)).Pin] = true
 		}
+	}
+	if _, err := c.st.PruneTC(keep); err != nil {
+		return err
 	}
 	if c.st.Config.Delivery != maps.DeliveryBridge {
 		if err := veth.DeleteBridge(); err != nil {
