@@ -18,6 +18,8 @@ import (
 
 	"github.com/l3iso/l3iso/internal/netstat"
 	"github.com/l3iso/l3iso/internal/sockprobe"
+	"github.com/l3iso/l3iso/pkg/loader"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 var binary string // the l3iso binary under test
@@ -176,6 +178,11 @@ func (e *env) apply(yaml string, extra ...string) string {
 	}
 	return e.mustRun(append([]string{"apply", "-f", f}, extra...)...)
 }
+
+// key is container name's key in pkg/veth for this env's installation
+// (its --bpffs gives it a name tag): its namespace is
+// veth.NetnsPath(e.key(name)), its host-side veth veth.HostIfName(e.key(name)).
+func (e *env) key(name string) string { return veth.Key(loader.NameTag(e.bpffs), name) }
 
 func (e *env) cgroupOf(container string) string {
 	return filepath.Join(e.cgroot, "l3iso", container)

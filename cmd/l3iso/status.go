@@ -12,7 +12,6 @@ import (
 	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/policy"
-	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 type statusJSON struct {
@@ -117,7 +116,7 @@ func interfaces(c *control.Control) ([]interfaceJSON, error) {
 	}
 	for _, k := range cs {
 		if k.Spec.Mode == policy.ModeNetns {
-			if err := add(veth.HostIfName(k.Spec.Name), "container "+k.Spec.Name); err != nil {
+			if err := add(c.HostIfName(k.Spec.Name), "container "+k.Spec.Name); err != nil {
 				return nil, err
 			}
 		}
@@ -134,8 +133,23 @@ func newStatus(g *globals) *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show programs, links, pins, containers and counters",
-		Args:  cobra.NoArgs,
+		Short: "Show programs, links, pins, containers and counters, and what is wrong",
+		Long: `status shows the installation: its options, every pinned link with the
+target the kernel reports (a cgroup, an interface, or "(detached)"), the TCX
+programs on lo, the uplink and every netns container's host-side veth, the
+broadcast/multicast listeners, and each container with its counters (a
+netns container with its namespace and veth: ip netns exec NETNS ...).
+
+It checks the installation against the kernel, not against l3iso's own
+record: a link detached (BPF_LINK_DETACH) or whose pin is gone, a missing
+map, link or program pin, a TCX program missing from lo, the uplink or a
+veth, a container's missing cgroup or namespace, host addresses and routes
+that vanished (an IPv4 local route of table local, proto 76, deleted; IPv6
+addresses gone with net.ipv6.conf.IF.disable_ipv6), a command that died half
+way. If anything is wrong it lists the problems (text: under "problems";
+-o json: "problems" and "repair"), says "run ` + "`l3iso up`" + ` to repair" and exits 1;
+otherwise it exits 0.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(out); err != nil {
 				return err

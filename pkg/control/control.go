@@ -138,6 +138,9 @@ func FromState(st *loader.State) (*Control, error) {
 	if err := c.reconcile(); err != nil {
 		return nil, err
 	}
+	if err := c.adoptNameTag(); err != nil {
+		return nil, err
+	}
 	return c, c.end()
 }
 
@@ -676,8 +679,8 @@ func (c *Control) Down() error {
 		}
 	}
 	// Veths of containers deleted before, kept by a namespace an orphan
-	// socket holds (see veth.DeleteStray).
-	if err := veth.DeleteStray(func(string) bool { return false }); err != nil {
+	// socket holds (see veth.DeleteStray); not another installation's.
+	if err := veth.DeleteStray(func(key string) bool { return !c.ours(key) }); err != nil {
 		return err
 	}
 	if err := c.teardownDelivery(); err != nil {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/loader"
-	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 // Check reports what is wrong with the installation, read from the kernel
@@ -42,11 +41,11 @@ func (c *Control) Check() ([]loader.Problem, error) {
 		if !isNetns(k) {
 			continue
 		}
-		if _, err := os.Stat(veth.NetnsPath(k.Spec.Name)); err != nil {
-			out = append(out, loader.Problem{Object: "container " + k.Spec.Name, Issue: "its network namespace " + veth.NetnsName(k.Spec.Name) + " is missing"})
+		if _, err := os.Stat(c.NetnsPath(k.Spec.Name)); err != nil {
+			out = append(out, loader.Problem{Object: "container " + k.Spec.Name, Issue: "its network namespace " + c.NetnsName(k.Spec.Name) + " is missing"})
 			continue
 		}
-		if p := c.st.CheckTC(c.st.VethTC(veth.HostIfName(k.Spec.Name))); p != nil {
+		if p := c.st.CheckTC(c.st.VethTC(c.HostIfName(k.Spec.Name))); p != nil {
 			out = append(out, *p)
 		}
 	}

@@ -11,11 +11,14 @@
 package loader
 
 import (
+	"crypto/sha256"
+	"encoding/base32"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -309,7 +312,7 @@ func (st *State) Up(o Options) (changed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	want := maps.Config{Level: uint32(level + 2), CgroupRoot: root, Uplink: o.Uplink, Delivery: o.Delivery}
+	want := maps.Config{Level: uint32(level + 2), CgroupRoot: root, Uplink: o.Uplink, Delivery: o.Delivery, NameTag: NameTag(dir)}
 	if want.NetnsCookie, err = hostNetnsCookie(); err != nil {
 		return false, err
 	}
@@ -356,6 +359,26 @@ func (st *State) Up(o Options) (changed bool, err error) {
 	}
 	group, err := st.ensureGroupLinks()
 	return changed || linked || tc || group, err
+}
+
+// NameTag is the name tag (see veth.Key) of a new installation pinned at
+// dir: none for DefaultBPFFS, whose netns containers keep the names they
+// always had (l3iso-NAME, l3i-NAME), else 4 base32 digits of the SHA-256
+// of dir's absolute path, so that installations with different --bpffs on
+// one host name their containers apart. An installation keeps the tag it
+// was made with (l3_config); one made before tags keeps none.
+func NameTag(dir string) string {
+	if dir == "" {
+		dir = DefaultBPFFS
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	if dir == DefaultBPFFS {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(dir))
+	return strings.ToLower(base32.StdEncoding.EncodeToString(sum[:]))[:4]
 }
 
 // sameOptions refuses what `up` cannot change on a running installation:

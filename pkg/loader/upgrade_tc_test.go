@@ -157,12 +157,13 @@ func TestUpgradeTCInPlace(t *testing.T) {
 	b := make([]byte, 3)
 	rand.Read(b)
 	name := "tcu-" + hex.EncodeToString(b)
-	vethIf := veth.HostIfName(name)
+	key := veth.Key(loader.NameTag(dir), name) // its namespace and veth are named by it
+	vethIf := veth.HostIfName(key)
 	t.Cleanup(func() { // runs after the down below
-		if p := veth.NetnsPath(name); fileExists(p) {
+		if p := veth.NetnsPath(key); fileExists(p) {
 			unix.Unmount(p, unix.MNT_DETACH)
 			os.Remove(p)
-			t.Errorf("down left network namespace %s (removed now)", veth.NetnsName(name))
+			t.Errorf("down left network namespace %s (removed now)", veth.NetnsName(key))
 		}
 	})
 	t.Cleanup(func() {
@@ -296,7 +297,7 @@ func TestUpgradeTCInPlace(t *testing.T) {
 	}
 
 	// Traffic: the echo server in the container, the clients outside.
-	startEchoServer(t, sockprobe.Options{CgroupDir: filepath.Join(root, loader.ContainersDir, name), NetnsPath: veth.NetnsPath(name)})
+	startEchoServer(t, sockprobe.Options{CgroupDir: filepath.Join(root, loader.ContainersDir, name), NetnsPath: veth.NetnsPath(key)})
 	flows := []*udpFlow{
 		newUDPFlow(t, outNS, "udp4", netip.AddrPortFrom(tcuCont4, tcuPort)),
 		newUDPFlow(t, outNS, "udp6", netip.AddrPortFrom(tcuCont6, tcuPort)),
