@@ -6,11 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/l3iso/l3iso/internal/sockprobe"
 	"github.com/l3iso/l3iso/pkg/loader"
+	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/veth"
 )
 
@@ -102,5 +104,72 @@ func TestTwoInstallations(t *testing.T) {
 	reach(t, unix.SOCK_DGRAM, n.out(), n.in(name), netip.MustParseAddrPort("10.78.0.1:7992"), outside4)
 	if r := n.run("status"); r.code != 0 {
 		t.Errorf("status after the other's del: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// setNameTag writes the name tag of e's installation straight into its
+// pinned l3_config: "" is what every l3iso before tags left there.
+func (e *env) setNameTag(tag string) {
+	e.t.Helper()
+	set, err := maps.OpenPinned(filepath.Join(e.bpffs, "maps"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer set.Close()
+	cfg, err := set.Config()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg.NameTag = tag
+	if err := set.SetConfig(cfg); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// TestNamesKept: an installation made before name tags keeps its netns
+// containers' untagged names through up (a newer binary's too) and
+// repairs; once it has no netns container, up gives it its tag.
+func TestNamesKept(t *testing.T) {
+	n := newNetEnv(t, "direct")
+	n.setNameTag("") // as an l3iso before tags made it
+	old := n.name("old")
+	n.names = append(n.names, old)
+	n.mustRun("container", "add", old, "--mode", "netns", "--addr", "10.78.0.1/24")
+	if _, err := os.Stat(veth.NetnsPath(old)); err != nil {
+		t.Fatalf("untagged namespace of %s: %v", old, err)
+	}
+	in := sockprobe.Start(t, sockprobe.Options{CgroupDir: n.cgroupOf(old), NetnsPath: veth.NetnsPath(old)})
+	lid := listen(t, in, tcp4, "10.78.0.1:7995")
+	out := n.out()
+	cid := out.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err := out.Connect(cid, ap("10.78.0.1:7995")); err != nil {
+		t.Fatal(err)
+	}
+	sid, _, err := in.Accept(lid, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.mustRun("up")
+	n.markDirty()
+	n.mustRun("up") // a repair
+	list := n.listJSON()
+	if len(list) != 1 || list[0].Netns != veth.NetnsName(old) || list[0].HostVeth != veth.HostIfName(old) {
+		t.Fatalf("after up: %+v; want the untagged names %s, %s kept", list, veth.NetnsName(old), veth.HostIfName(old))
+	}
+	if err := out.Write(cid, []byte("still")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := in.Read(sid, 3*time.Second); err != nil || string(got) != "still" {
+		t.Fatalf("the connection into %s after up: %q, %v", old, got, err)
+	}
+	if r := n.run("status"); r.code != 0 {
+		t.Errorf("status: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// Without netns containers, up gives the installation its tag.
+	n.mustRun("container", "del", old)
+	n.mustRun("up")
+	fresh := n.add("new", "10.78.0.2/24")
+	if list := n.listJSON(); len(list) != 1 || list[0].Netns != veth.NetnsName(n.key(fresh)) || n.key(fresh) == fresh {
+		t.Errorf("a new container after the tag: %+v; want namespace %s", list, veth.NetnsName(n.key(fresh)))
 	}
 }

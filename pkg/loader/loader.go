@@ -318,6 +318,9 @@ func (st *State) Up(o Options) (changed bool, err error) {
 	}
 	if o.Uplink != "" {
 		if want.UplinkIfindex, want.UplinkMAC, err = linkOf(o.Uplink); err != nil {
+			if installed && o.KeepUplink {
+				return false, fmt.Errorf("the uplink of the installation at %s: %w; to use another: l3iso up --uplink IF", dir, err)
+			}
 			return false, err
 		}
 	}
