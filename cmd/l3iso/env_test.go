@@ -19,6 +19,7 @@ import (
 	"github.com/l3iso/l3iso/internal/netstat"
 	"github.com/l3iso/l3iso/internal/sockprobe"
 	"github.com/l3iso/l3iso/pkg/loader"
+	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/veth"
 )
 
@@ -99,6 +100,13 @@ func newBareEnv(t *testing.T) *env {
 	if err := os.Mkdir(e.hostCg, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	e.bpffs = filepath.Join(mountBPFFS(t), "l3iso")
+	return e
+}
+
+// mountBPFFS mounts a private bpffs for t and returns where.
+func mountBPFFS(t *testing.T) string {
+	t.Helper()
 	mnt := t.TempDir()
 	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
 		t.Fatalf("mount bpffs: %v", err)
@@ -108,8 +116,36 @@ func newBareEnv(t *testing.T) *env {
 			t.Errorf("unmount bpffs %s: %v", mnt, err)
 		}
 	})
-	e.bpffs = filepath.Join(mnt, "l3iso")
-	return e
+	return mnt
+}
+
+// editConfig changes the installation's pinned l3_config behind l3iso's
+// back, as something that died half way or an older l3iso leaves it.
+func (e *env) editConfig(change func(*maps.Config)) {
+	e.t.Helper()
+	s, err := maps.OpenPinned(filepath.Join(e.bpffs, "maps"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer s.Close()
+	cfg, err := s.Config()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	change(&cfg)
+	if err := s.SetConfig(cfg); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// ipRun runs ip(8) with each argument list, failing t on an error.
+func ipRun(t *testing.T, cmds ...[]string) {
+	t.Helper()
+	for _, args := range cmds {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
 }
 
 type result struct {

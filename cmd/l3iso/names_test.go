@@ -26,12 +26,7 @@ func (e *env) secondEnv(upArgs ...string) *env {
 	if err := os.Mkdir(o.hostCg, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mnt := t.TempDir()
-	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
-		t.Fatalf("mount bpffs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
-	o.bpffs = filepath.Join(mnt, "l3iso")
+	o.bpffs = filepath.Join(mountBPFFS(t), "l3iso")
 	o.mustRun(append([]string{"up", "--cgroup-root", o.cgroot}, upArgs...)...)
 	t.Cleanup(func() { o.run("down") })
 	return o
@@ -107,31 +102,12 @@ func TestTwoInstallations(t *testing.T) {
 	}
 }
 
-// setNameTag writes the name tag of e's installation straight into its
-// pinned l3_config: "" is what every l3iso before tags left there.
-func (e *env) setNameTag(tag string) {
-	e.t.Helper()
-	set, err := maps.OpenPinned(filepath.Join(e.bpffs, "maps"))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer set.Close()
-	cfg, err := set.Config()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cfg.NameTag = tag
-	if err := set.SetConfig(cfg); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
 // TestNamesKept: an installation made before name tags keeps its netns
 // containers' untagged names through up (a newer binary's too) and
 // repairs; once it has no netns container, up gives it its tag.
 func TestNamesKept(t *testing.T) {
 	n := newNetEnv(t, "direct")
-	n.setNameTag("") // as an l3iso before tags made it
+	n.editConfig(func(cfg *maps.Config) { cfg.NameTag = "" }) // as an l3iso before tags made it
 	old := n.name("old")
 	n.names = append(n.names, old)
 	n.mustRun("container", "add", old, "--mode", "netns", "--addr", "10.78.0.1/24")
@@ -139,16 +115,8 @@ func TestNamesKept(t *testing.T) {
 		t.Fatalf("untagged namespace of %s: %v", old, err)
 	}
 	in := sockprobe.Start(t, sockprobe.Options{CgroupDir: n.cgroupOf(old), NetnsPath: veth.NetnsPath(old)})
-	lid := listen(t, in, tcp4, "10.78.0.1:7995")
 	out := n.out()
-	cid := out.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-	if err := out.Connect(cid, ap("10.78.0.1:7995")); err != nil {
-		t.Fatal(err)
-	}
-	sid, _, err := in.Accept(lid, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cid, sid := tcpConn(t, out, in, tcp4, "10.78.0.1:7995")
 	n.mustRun("up")
 	n.markDirty()
 	n.mustRun("up") // a repair

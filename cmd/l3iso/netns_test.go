@@ -72,7 +72,7 @@ func newNetEnv(t *testing.T, delivery string) *netEnv {
 	rand.Read(b)
 	n := &netEnv{env: e, outside: sockprobe.NewNetns(t), suffix: hex.EncodeToString(b)}
 	hostNS, outNS := filepath.Base(e.netns), filepath.Base(n.outside)
-	for _, args := range [][]string{
+	ipRun(t, [][]string{
 		{"link", "add", "up0", "netns", hostNS, "type", "veth", "peer", "name", "eth0", "netns", outNS},
 		{"-n", hostNS, "addr", "add", hostUp4.String() + "/24", "dev", "up0"},
 		{"-n", hostNS, "addr", "add", hostUp6.String() + "/64", "dev", "up0", "nodad"},
@@ -93,11 +93,7 @@ func newNetEnv(t *testing.T, delivery string) *netEnv {
 		{"-n", outNS, "route", "add", "fd00::/8", "via", hostUp6.String()},
 		{"-n", hostNS, "route", "add", "default", "via", outside4.String()},
 		{"-n", hostNS, "route", "add", "default", "via", outside6.String()},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
+	}...)
 	// Registered before up's own cleanup, so it runs after `down`.
 	t.Cleanup(func() {
 		var left []string
@@ -664,15 +660,7 @@ func TestNetnsSwitchDelivery(t *testing.T) {
 	a := n.add("a", "10.78.0.1/24", "fd78::1/64")
 	b := n.add("b", "10.78.0.2/24", "fd78::2/64")
 	ina, inb, out := n.in(a), n.in(b), n.out()
-	lid := listen(t, ina, tcp4, "10.78.0.1:7900")
-	cid := out.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-	if err := out.Connect(cid, ap("10.78.0.1:7900")); err != nil {
-		t.Fatal(err)
-	}
-	sid, _, err := ina.Accept(lid, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cid, sid := tcpConn(t, out, ina, tcp4, "10.78.0.1:7900")
 	port := uint16(7910)
 	for round, d := range []string{"routed", "bridge", "direct", "bridge", "routed", "direct"} {
 		if got := n.mustRun("up", "--cgroup-root", n.cgroot, "--uplink", "up0", "--delivery", d); !strings.Contains(got, "delivery switched") {

@@ -403,7 +403,7 @@ func TestUplinkSwitch(t *testing.T) {
 	hostNS, outNS := filepath.Base(n.netns), filepath.Base(n.outside)
 	host4, host6 := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("2001:db8:2::1")
 	out4, out6 := netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("2001:db8:2::2")
-	for _, args := range [][]string{
+	ipRun(t, [][]string{
 		{"link", "add", "up1", "netns", hostNS, "type", "veth", "peer", "name", "eth1", "netns", outNS},
 		{"-n", hostNS, "addr", "add", host4.String() + "/24", "dev", "up1"},
 		{"-n", outNS, "addr", "add", out4.String() + "/24", "dev", "eth1"},
@@ -415,11 +415,7 @@ func TestUplinkSwitch(t *testing.T) {
 		{"-n", outNS, "addr", "add", "fe80::2:2/64", "dev", "eth1", "nodad"},
 		{"-n", hostNS, "link", "set", "up1", "up"},
 		{"-n", outNS, "link", "set", "eth1", "up"},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
+	}...)
 	// The peer's packets move to up1 while connections are open: no
 	// reverse-path filter may drop them (a namespace inherits the host's).
 	for _, ns := range []string{n.netns, n.outside} {
@@ -454,15 +450,7 @@ func TestUplinkSwitch(t *testing.T) {
 		{"shared web, IPv4", web, tcp4, "10.77.0.1:7972"},
 		{"shared web, IPv6", web, tcp6, "[fd77::1]:7973"},
 	} {
-		lid := listen(t, c.srv, c.p, c.addr)
-		cid := out.Socket(c.p.family, unix.SOCK_STREAM, 0)
-		if err := out.Connect(cid, ap(c.addr)); err != nil {
-			t.Fatalf("%s: connect: %v", c.name, err)
-		}
-		sid, _, err := c.srv.Accept(lid, 3*time.Second)
-		if err != nil {
-			t.Fatalf("%s: accept: %v", c.name, err)
-		}
+		cid, sid := tcpConn(t, out, c.srv, c.p, c.addr)
 		conns = append(conns, conn{c.name, c.srv, cid, sid})
 	}
 	talk := func(when string) {
@@ -490,16 +478,10 @@ func TestUplinkSwitch(t *testing.T) {
 	}
 	// The peer now reaches the host's containers through up1, and the
 	// host its default routes.
-	for _, args := range [][]string{
-		{"-n", outNS, "route", "replace", "10.0.0.0/8", "via", host4.String()},
-		{"-n", outNS, "route", "replace", "fd00::/8", "via", host6.String()},
-		{"-n", hostNS, "route", "replace", "default", "via", out4.String()},
-		{"-n", hostNS, "route", "replace", "default", "via", out6.String()},
-	} {
-		if o, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, o)
-		}
-	}
+	ipRun(t, []string{"-n", outNS, "route", "replace", "10.0.0.0/8", "via", host4.String()},
+		[]string{"-n", outNS, "route", "replace", "fd00::/8", "via", host6.String()},
+		[]string{"-n", hostNS, "route", "replace", "default", "via", out4.String()},
+		[]string{"-n", hostNS, "route", "replace", "default", "via", out6.String()})
 	talk("after the switch")
 
 	st := n.status()
@@ -529,6 +511,23 @@ func TestUplinkSwitch(t *testing.T) {
 		t.Errorf("bare up after the switch: %q", out)
 	}
 	talk("at the end")
+}
+
+// tcpConn opens a TCP connection from agent cli to a listener of agent
+// srv at addr and returns both ends.
+func tcpConn(t *testing.T, cli, srv *sockprobe.Agent, p proto, addr string) (cid, sid int) {
+	t.Helper()
+	lid := listen(t, srv, p, addr)
+	defer srv.Close(lid)
+	cid = cli.Socket(p.family, unix.SOCK_STREAM, 0)
+	if err := cli.Connect(cid, ap(addr)); err != nil {
+		t.Fatalf("connect %s: %v", addr, err)
+	}
+	sid, _, err := srv.Accept(lid, 3*time.Second)
+	if err != nil {
+		t.Fatalf("accept on %s: %v", addr, err)
+	}
+	return cid, sid
 }
 
 // mapID is the id of the map pinned at path.

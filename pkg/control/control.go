@@ -106,13 +106,7 @@ func (c *Control) begin() error {
 	if c.st.Config.Dirty {
 		return nil
 	}
-	cfg := c.st.Config
-	cfg.Dirty = true
-	if err := c.st.Maps.SetConfig(cfg); err != nil {
-		return err
-	}
-	c.st.Config = cfg
-	return nil
+	return c.setConfig(func(cfg *maps.Config) { cfg.Dirty = true })
 }
 
 // end clears the dirty mark after a command finished cleanly.
@@ -120,8 +114,13 @@ func (c *Control) end() error {
 	if !c.st.Config.Dirty {
 		return nil
 	}
+	return c.setConfig(func(cfg *maps.Config) { cfg.Dirty = false })
+}
+
+// setConfig changes l3_config as change says, and the State's copy.
+func (c *Control) setConfig(change func(*maps.Config)) error {
 	cfg := c.st.Config
-	cfg.Dirty = false
+	change(&cfg)
 	if err := c.st.Maps.SetConfig(cfg); err != nil {
 		return err
 	}

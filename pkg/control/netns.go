@@ -56,13 +56,7 @@ func (c *Control) adoptNameTag() error {
 			return nil
 		}
 	}
-	cfg := c.st.Config
-	cfg.NameTag = tag
-	if err := c.st.Maps.SetConfig(cfg); err != nil {
-		return err
-	}
-	c.st.Config = cfg
-	return nil
+	return c.setConfig(func(cfg *maps.Config) { cfg.NameTag = tag })
 }
 
 // NetnsName is the network namespace of netns container name, as `ip

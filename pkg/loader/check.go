@@ -104,17 +104,9 @@ func kernelName(name string) string {
 // and runs that program.
 func (st *State) checkCgroupLink(name string, at ebpf.AttachType, rootID uint64) *Problem {
 	obj := "links/" + name
-	l, err := link.LoadPinnedLink(filepath.Join(linksDir(st.Dir), name), nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return &Problem{obj, "pin missing: " + name + " is not attached (or only by someone else's descriptor)"}
-	}
-	if err != nil {
-		return &Problem{obj, fmt.Sprintf("cannot be opened as a link: %v", err)}
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		return &Problem{obj, fmt.Sprintf("cannot be read: %v", err)}
+	info, p := st.pinnedLink(name, name+" is not attached (or only by someone else's descriptor)")
+	if p != nil {
+		return p
 	}
 	cg := info.Cgroup()
 	switch {
@@ -131,6 +123,25 @@ func (st *State) checkCgroupLink(name string, at ebpf.AttachType, rootID uint64)
 		return &Problem{obj, fmt.Sprintf("runs program %q, not %s", got, name)}
 	}
 	return nil
+}
+
+// pinnedLink reads what the kernel says of the link pinned as links/pin,
+// or says why it cannot: missing is what a missing pin means.
+func (st *State) pinnedLink(pin, missing string) (*link.Info, *Problem) {
+	obj := "links/" + pin
+	l, err := link.LoadPinnedLink(filepath.Join(linksDir(st.Dir), pin), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, &Problem{obj, "pin missing: " + missing}
+	}
+	if err != nil {
+		return nil, &Problem{obj, fmt.Sprintf("cannot be opened as a link: %v", err)}
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return nil, &Problem{obj, fmt.Sprintf("cannot be read: %v", err)}
+	}
+	return info, nil
 }
 
 // programName is the kernel's name of program id ("" if it cannot say).
@@ -191,17 +202,9 @@ func (st *State) CheckTC(w TCWant) *Problem {
 	if err != nil {
 		return &Problem{"interface " + w.Interface, fmt.Sprintf("missing (%v): %s cannot run on it", err, w.Program)}
 	}
-	l, err := link.LoadPinnedLink(filepath.Join(linksDir(st.Dir), w.Pin), nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return &Problem{obj, fmt.Sprintf("pin missing: %s is not attached to %s", w.Program, w.Interface)}
-	}
-	if err != nil {
-		return &Problem{obj, fmt.Sprintf("cannot be opened as a link: %v", err)}
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		return &Problem{obj, fmt.Sprintf("cannot be read: %v", err)}
+	info, p := st.pinnedLink(w.Pin, fmt.Sprintf("%s is not attached to %s", w.Program, w.Interface))
+	if p != nil {
+		return p
 	}
 	tcx := info.TCX()
 	switch {
