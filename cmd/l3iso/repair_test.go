@@ -392,6 +392,14 @@ func TestUpRemembers(t *testing.T) {
 		t.Errorf("a refused up changed the installation: cgroup root %s, %d containers", st.CgroupRoot, len(st.Containers))
 	}
 	reach(t, unix.SOCK_DGRAM, n.out(), n.in(a), netip.MustParseAddrPort("10.78.0.1:7960"), outside4)
+	// --uplink lo is no uplink (the addresses live on lo): not a second
+	// set of lo's programs.
+	if out := n.mustRun("up", "--uplink", "lo"); !strings.Contains(out, "uplink switched from up0 to none (lo)") {
+		t.Errorf("up --uplink lo: %q", out)
+	}
+	if st := n.status(); st.Uplink != "" || len(st.Problems) != 0 {
+		t.Errorf("after up --uplink lo: uplink %q, problems %v", st.Uplink, st.Problems)
+	}
 }
 
 // TestUplinkSwitch: `up --uplink up1` on a running host moves what lived on

@@ -332,12 +332,13 @@ var ErrRecordsLost = errors.New("the containers' records are lost")
 // recordsLost returns an error wrapping ErrRecordsLost when the pins in dir
 // are an installation (l3_config or links are pinned) without recordsMap.
 func recordsLost(dir string) error {
-	links, _ := os.ReadDir(linksDir(dir))
-	if _, err := os.Stat(filepath.Join(mapsDir(dir), "l3_config")); err != nil && len(links) == 0 {
-		return nil
-	}
 	if _, err := os.Stat(filepath.Join(mapsDir(dir), recordsMap)); !errors.Is(err, os.ErrNotExist) {
-		return nil
+		return nil // the usual case: one stat per command
+	}
+	if _, err := os.Stat(filepath.Join(mapsDir(dir), "l3_config")); err != nil {
+		if links, _ := os.ReadDir(linksDir(dir)); len(links) == 0 {
+			return nil // nothing installed
+		}
 	}
 	return fmt.Errorf("%w: the pin maps/%s in %s was removed, and no program holds that map: l3iso cannot repair it. The pinned programs keep enforcing the last policy; run `l3iso down` (it removes every container and pin; addresses it configured stay), then `l3iso up` and apply the policy again", ErrRecordsLost, recordsMap, dir)
 }

@@ -300,6 +300,9 @@ func (st *State) Up(o Options) (changed bool, err error) {
 			o.Delivery = st.Config.Delivery
 		}
 	}
+	if o.Uplink == "lo" {
+		o.Uplink = "" // addresses live on lo without an uplink: it is none
+	}
 	root := o.CgroupRoot
 	if root == "" {
 		root = mount
