@@ -119,7 +119,7 @@ func (st *State) checkCgroupLink(name string, at ebpf.AttachType, rootID uint64)
 	case ebpf.AttachType(cg.AttachType) != at:
 		return &Problem{obj, fmt.Sprintf("attach type %s, want %s", ebpf.AttachType(cg.AttachType), at)}
 	}
-	if got := programName(info.Program); got != kernelName(name) {
+	if got := st.programName(info.Program); got != kernelName(name) {
 		return &Problem{obj, fmt.Sprintf("runs program %q, not %s", got, name)}
 	}
 	return nil
@@ -144,18 +144,29 @@ func (st *State) pinnedLink(pin, missing string) (*link.Info, *Problem) {
 	return info, nil
 }
 
-// programName is the kernel's name of program id ("" if it cannot say).
-func programName(id ebpf.ProgramID) string {
-	p, err := ebpf.NewProgramFromID(id)
-	if err != nil {
-		return ""
+// progInfo is the kernel's name and tag of program id ("" if it cannot
+// say), asked once per State: every veth's link runs the same program.
+func (st *State) progInfo(id ebpf.ProgramID) (name, tag string) {
+	if pi, ok := st.progInfos[id]; ok {
+		return pi[0], pi[1]
 	}
-	defer p.Close()
-	pi, err := p.Info()
-	if err != nil {
-		return ""
+	if p, err := ebpf.NewProgramFromID(id); err == nil {
+		if pi, err := p.Info(); err == nil {
+			name, tag = pi.Name, pi.Tag
+		}
+		p.Close()
 	}
-	return pi.Name
+	if st.progInfos == nil {
+		st.progInfos = map[ebpf.ProgramID][2]string{}
+	}
+	st.progInfos[id] = [2]string{name, tag}
+	return name, tag
+}
+
+// programName is the kernel's name of program id (see progInfo).
+func (st *State) programName(id ebpf.ProgramID) string {
+	name, _ := st.progInfo(id)
+	return name
 }
 
 // TCWant is a TCX link l3iso should have: program Program on the Attach
@@ -217,7 +228,7 @@ func (st *State) CheckTC(w TCWant) *Problem {
 	case ebpf.AttachType(tcx.AttachType) != w.Attach:
 		return &Problem{obj, fmt.Sprintf("on the %s of %s, want its %s", direction(ebpf.AttachType(tcx.AttachType)), w.Interface, direction(w.Attach))}
 	}
-	if got := programName(info.Program); got != kernelName(w.Program) {
+	if got := st.programName(info.Program); got != kernelName(w.Program) {
 		return &Problem{obj, fmt.Sprintf("runs program %q on %s, not %s", got, w.Interface, w.Program)}
 	}
 	return nil

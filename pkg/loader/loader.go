@@ -77,6 +77,8 @@ type State struct {
 	addedMaps []string // maps OpenForUp created for this binary (an upgrade)
 	repinned  []string // maps whose pin was missing: pinned again from the programs
 	recovered []string // maps whose pin is missing: opened from the programs
+
+	progInfos map[ebpf.ProgramID][2]string // name and tag by id (progInfo)
 }
 
 // ContainerCgroup is the cgroup directory of container name.
@@ -642,12 +644,7 @@ func (st *State) Links() ([]LinkInfo, error) {
 					li.Target = name
 				}
 			}
-			if p, err := ebpf.NewProgramFromID(info.Program); err == nil {
-				if pi, err := p.Info(); err == nil {
-					li.Tag = pi.Tag
-				}
-				p.Close()
-			}
+			_, li.Tag = st.progInfo(info.Program)
 		}
 		l.Close()
 		out = append(out, li)
