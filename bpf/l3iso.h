@@ -71,6 +71,8 @@ struct l3_cfg {
 	char uplink[16];
 	__u8 uplink_mac[6]; /* source of the frames l3iso sends out of the uplink itself */
 	__u16 pad2;
+	__u32 name_tag;	    /* user space only: the installation's tag in netns container names */
+	__u32 pad3;
 };
 
 enum l3_cfg_flags {

@@ -87,7 +87,7 @@ func (in *install) barePeer() (err error) {
 	if err != nil {
 		return fmt.Errorf("bare_peer: uplink: %w", err)
 	}
-	peer, err := net.InterfaceByName(veth.HostIfName(in.first))
+	peer, err := net.InterfaceByName(veth.HostIfName(in.key(in.first)))
 	if err != nil {
 		return fmt.Errorf("bare_peer: veth of %s: %w", in.first, err)
 	}

@@ -17,7 +17,7 @@ import (
 )
 
 // leftovers lists what the run with id could have left behind: its
-// network namespaces (l3b-bID-*, and the containers' l3iso-ID[:4]…) and
+// network namespaces (l3b-bID-*, and the containers' l3iso-TAG_ID[:4]…) and
 // its cgroup subtree. Only its own: other sessions may run this test at
 // the same time on the same machine.
 func leftovers(t *testing.T, id string) []string {
@@ -25,7 +25,7 @@ func leftovers(t *testing.T, id string) []string {
 	var out []string
 	entries, _ := os.ReadDir("/run/netns")
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "l3b-b"+id+"-") || strings.HasPrefix(e.Name(), "l3iso-"+id[:4]) {
+		if strings.HasPrefix(e.Name(), "l3b-b"+id+"-") || strings.HasPrefix(e.Name(), "l3iso-") && strings.Contains(e.Name(), id[:4]) {
 			out = append(out, "netns "+e.Name())
 		}
 	}

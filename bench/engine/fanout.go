@@ -265,7 +265,7 @@ func (b *bench) fanoutChecks(ctx context.Context, unavailable map[string]string)
 			}
 		}
 		if in.containerMode() == "netns" {
-			ign, err := udpCounter(ctx, veth.NetnsPath(idle), "IgnoredMulti")
+			ign, err := udpCounter(ctx, veth.NetnsPath(in.key(idle)), "IgnoredMulti")
 			switch {
 			case err != nil:
 				wrong = append(wrong, err.Error())

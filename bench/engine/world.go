@@ -23,6 +23,7 @@ import (
 
 	"github.com/l3iso/l3iso/internal/netstat"
 	"github.com/l3iso/l3iso/pkg/cgroup"
+	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/veth"
 )
 
@@ -377,7 +378,7 @@ func (in *install) down() error {
 	}
 	_, err := in.l3iso(context.Background(), "down")
 	if in.outside != "" {
-		prefix := veth.NetnsPrefix + in.namePrefix()
+		prefix := veth.NetnsName(in.key(in.namePrefix()))
 		entries, _ := os.ReadDir(veth.NetnsDir)
 		for _, e := range entries {
 			if strings.HasPrefix(e.Name(), prefix) {
@@ -392,17 +393,20 @@ func (in *install) down() error {
 }
 
 // containerName is the name of container i (1-based) of the installation.
-// netns containers need machine-unique names (their namespace is
-// /run/netns/l3iso-NAME), so they carry the run's id; and names of at most
-// 11 characters, so the host-side veth is "l3i-NAME" — longer names are
-// hashed into 20 bits (pkg/veth), and among 1,000 names with a common
-// prefix two collide about one run in three.
+// netns containers carry the run's id, so that the tests can find what a
+// run left (their namespace is /run/netns/l3iso-TAG_NAME, TAG being the
+// installation's name tag: pkg/veth.Key); their host-side veths have
+// hashed names ("l3i-TAG_" and 30 bits of the key's hash).
 func (in *install) containerName(i int) string {
 	if in.outside == "" {
 		return fmt.Sprintf("c%05d", i)
 	}
 	return fmt.Sprintf("%s%04d", in.namePrefix(), i)
 }
+
+// key is netns container name's key in pkg/veth: l3iso names its
+// namespace and veth after it and the installation's name tag.
+func (in *install) key(name string) string { return veth.Key(loader.NameTag(in.bpffs), name) }
 
 // namePrefix starts the names of the installation's netns containers:
 // 4 hex digits of the run's id and one letter per installation.
@@ -493,7 +497,7 @@ func (in *install) server(cpu int) place {
 	if in.outside == "" {
 		return place{filepath.Join(in.cgroot, "l3iso", in.first), in.host, in.containerAddr(1), cpu}
 	}
-	return place{filepath.Join(in.cgroot, "l3iso", in.first), veth.NetnsPath(in.first), in.containerAddr(1), cpu}
+	return place{filepath.Join(in.cgroot, "l3iso", in.first), veth.NetnsPath(in.key(in.first)), in.containerAddr(1), cpu}
 }
 
 func (in *install) client(cpu int) place {
@@ -510,7 +514,7 @@ func (in *install) listener(i, cpu int) place {
 	name := in.containerName(i)
 	netns := in.host
 	if in.containerMode() == "netns" {
-		netns = veth.NetnsPath(name)
+		netns = veth.NetnsPath(in.key(name))
 	}
 	return place{filepath.Join(in.cgroot, "l3iso", name), netns, netip.IPv4Unspecified(), cpu}
 }

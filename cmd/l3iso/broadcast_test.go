@@ -400,6 +400,9 @@ func TestGroupNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := [5]int{n, n, 0, 0, 0}
+	// First with a host that does not forward (a new namespace inherits
+	// the machine's ip_forward).
+	g.setSysctl("net.ipv4.ip_forward", "0")
 	for _, dst := range []netip.Addr{netip.MustParseAddr("10.78.0.255"), netip.MustParseAddr("255.255.255.255")} {
 		sendN(t, g.out, o, netip.AddrPortFrom(dst, grpPort), n)
 		g.expect(t, "outside → "+dst.String(), socks, others, want, outside4, dst)
@@ -412,7 +415,7 @@ func TestGroupNetns(t *testing.T) {
 	bc := netip.MustParseAddr("10.78.0.255")
 	sendN(t, g.out, o, netip.AddrPortFrom(bc, grpPort), n)
 	g.expect(t, "outside → "+bc.String()+" with ip_forward=1", socks, others, want, outside4, bc)
-	g.setSysctl("net.ipv4.ip_forward", "0")
+	g.setSysctl("net.ipv4.ip_forward", g.fwd0[0]) // as up found it
 
 	// From a netns container: its listening siblings and the uplink.
 	ol := udpBound(t, g.out, unix.AF_INET, grpPort)

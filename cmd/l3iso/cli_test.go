@@ -99,7 +99,7 @@ func TestBadInput(t *testing.T) {
 		{"stats-unknown", []string{"stats", "nope"}, []string{`"nope"`}},
 		{"bad-output", []string{"container", "list", "-o", "yaml"}, []string{"yaml", "json"}},
 		{"up-other-root", []string{"up", "--cgroup-root", e.hostCg}, []string{"already up", "down"}},
-		{"up-other-uplink", []string{"up", "--cgroup-root", e.cgroot, "--uplink", "lo"}, []string{"already up", "--uplink", "down"}},
+		{"up-no-such-uplink", []string{"up", "--uplink", "nosuch0"}, []string{"nosuch0", "ip link"}},
 		{"up-bad-delivery", []string{"up", "--cgroup-root", e.cgroot, "--delivery", "teleport"}, []string{"teleport", "direct"}},
 	}
 	for _, c := range cases {

@@ -11,7 +11,6 @@ import (
 	"github.com/l3iso/l3iso/pkg/control"
 	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/policy"
-	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 func newContainer(g *globals) *cobra.Command {
@@ -162,7 +161,7 @@ func toJSON(c *control.Control, k maps.Container) containerJSON {
 	}
 	switch {
 	case k.Spec.Mode == policy.ModeNetns:
-		j.Netns, j.HostVeth = veth.NetnsName(k.Spec.Name), veth.HostIfName(k.Spec.Name)
+		j.Netns, j.HostVeth = c.NetnsName(k.Spec.Name), c.HostIfName(k.Spec.Name)
 	case k.Isolated():
 		j.Loopback4, j.Loopback6 = k.Loopback4().String(), k.Loopback6().String()
 	}

@@ -27,11 +27,15 @@ l3iso made. It reports what it stopped and what it had to kill.`,
 				return err
 			}
 			c, err := control.OpenForDown(g.bpffs)
-			if errors.Is(err, maps.ErrIncompatible) {
+			if errors.Is(err, maps.ErrIncompatible) || errors.Is(err, loader.ErrRecordsLost) {
 				if err := loader.ForceTeardown(g.bpffs); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed an installation of another version from %s; addresses it configured on the host were left (check `ip addr`)\n", g.bpffs)
+				what := "an installation of another version"
+				if errors.Is(err, loader.ErrRecordsLost) {
+					what = "an installation whose containers' records were lost"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed %s from %s; addresses it configured on the host were left (check `ip addr` and `ip route show table local proto 76`)\n", what, g.bpffs)
 				return nil
 			}
 			if err != nil {

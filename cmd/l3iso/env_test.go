@@ -18,6 +18,9 @@ import (
 
 	"github.com/l3iso/l3iso/internal/netstat"
 	"github.com/l3iso/l3iso/internal/sockprobe"
+	"github.com/l3iso/l3iso/pkg/loader"
+	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 var binary string // the l3iso binary under test
@@ -97,6 +100,13 @@ func newBareEnv(t *testing.T) *env {
 	if err := os.Mkdir(e.hostCg, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	e.bpffs = filepath.Join(mountBPFFS(t), "l3iso")
+	return e
+}
+
+// mountBPFFS mounts a private bpffs for t and returns where.
+func mountBPFFS(t *testing.T) string {
+	t.Helper()
 	mnt := t.TempDir()
 	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
 		t.Fatalf("mount bpffs: %v", err)
@@ -106,8 +116,36 @@ func newBareEnv(t *testing.T) *env {
 			t.Errorf("unmount bpffs %s: %v", mnt, err)
 		}
 	})
-	e.bpffs = filepath.Join(mnt, "l3iso")
-	return e
+	return mnt
+}
+
+// editConfig changes the installation's pinned l3_config behind l3iso's
+// back, as something that died half way or an older l3iso leaves it.
+func (e *env) editConfig(change func(*maps.Config)) {
+	e.t.Helper()
+	s, err := maps.OpenPinned(filepath.Join(e.bpffs, "maps"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer s.Close()
+	cfg, err := s.Config()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	change(&cfg)
+	if err := s.SetConfig(cfg); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// ipRun runs ip(8) with each argument list, failing t on an error.
+func ipRun(t *testing.T, cmds ...[]string) {
+	t.Helper()
+	for _, args := range cmds {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
 }
 
 type result struct {
@@ -176,6 +214,11 @@ func (e *env) apply(yaml string, extra ...string) string {
 	}
 	return e.mustRun(append([]string{"apply", "-f", f}, extra...)...)
 }
+
+// key is container name's key in pkg/veth for this env's installation
+// (its --bpffs gives it a name tag): its namespace is
+// veth.NetnsPath(e.key(name)), its host-side veth veth.HostIfName(e.key(name)).
+func (e *env) key(name string) string { return veth.Key(loader.NameTag(e.bpffs), name) }
 
 func (e *env) cgroupOf(container string) string {
 	return filepath.Join(e.cgroot, "l3iso", container)

@@ -104,19 +104,7 @@ func TestKilledCgroupRepair(t *testing.T) {
 // markDirty sets the dirty bit, as a changing command that died leaves it.
 func (e *env) markDirty() {
 	e.t.Helper()
-	s, err := maps.OpenPinned(filepath.Join(e.bpffs, "maps"))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer s.Close()
-	cfg, err := s.Config()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cfg.Dirty = true
-	if err := s.SetConfig(cfg); err != nil {
-		e.t.Fatal(err)
-	}
+	e.editConfig(func(cfg *maps.Config) { cfg.Dirty = true })
 }
 
 // waitPopulated waits until a process is in the cgroup at path.

@@ -47,6 +47,18 @@ type netEnv struct {
 	outside string // path of the outside host's netns
 	suffix  string // makes container names (and so /run/netns/l3iso-NAME) unique on the machine
 	names   []string
+	// fwd0 is IPv4 and IPv6 forwarding in the host netns before `up`: a
+	// new namespace inherits the machine's ip_forward, so it is 1 on a
+	// host that forwards, and l3iso must leave it as it found it.
+	fwd0 [2]string
+}
+
+// forwardSysctls are IPv4 and IPv6 forwarding (sysctl paths).
+var forwardSysctls = [2]string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"}
+
+// forwarding reads forwardSysctls in the host netns.
+func (n *netEnv) forwarding() [2]string {
+	return [2]string{n.sysctl(forwardSysctls[0]), n.sysctl(forwardSysctls[1])}
 }
 
 // newNetEnv builds the env, its outside host and uplink, and brings l3iso
@@ -60,7 +72,7 @@ func newNetEnv(t *testing.T, delivery string) *netEnv {
 	rand.Read(b)
 	n := &netEnv{env: e, outside: sockprobe.NewNetns(t), suffix: hex.EncodeToString(b)}
 	hostNS, outNS := filepath.Base(e.netns), filepath.Base(n.outside)
-	for _, args := range [][]string{
+	ipRun(t, [][]string{
 		{"link", "add", "up0", "netns", hostNS, "type", "veth", "peer", "name", "eth0", "netns", outNS},
 		{"-n", hostNS, "addr", "add", hostUp4.String() + "/24", "dev", "up0"},
 		{"-n", hostNS, "addr", "add", hostUp6.String() + "/64", "dev", "up0", "nodad"},
@@ -81,19 +93,15 @@ func newNetEnv(t *testing.T, delivery string) *netEnv {
 		{"-n", outNS, "route", "add", "fd00::/8", "via", hostUp6.String()},
 		{"-n", hostNS, "route", "add", "default", "via", outside4.String()},
 		{"-n", hostNS, "route", "add", "default", "via", outside6.String()},
-	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
+	}...)
 	// Registered before up's own cleanup, so it runs after `down`.
 	t.Cleanup(func() {
 		var left []string
 		for _, c := range n.names {
-			if _, err := os.Stat(veth.NetnsPath(c)); err == nil {
-				left = append(left, veth.NetnsName(c))
-				unix.Unmount(veth.NetnsPath(c), unix.MNT_DETACH)
-				os.Remove(veth.NetnsPath(c))
+			if _, err := os.Stat(veth.NetnsPath(n.key(c))); err == nil {
+				left = append(left, veth.NetnsName(n.key(c)))
+				unix.Unmount(veth.NetnsPath(n.key(c)), unix.MNT_DETACH)
+				os.Remove(veth.NetnsPath(n.key(c)))
 			}
 		}
 		if len(left) > 0 {
@@ -105,10 +113,11 @@ func newNetEnv(t *testing.T, delivery string) *netEnv {
 				t.Errorf("down left interface %s", strings.Fields(line)[0])
 			}
 		}
-		if fwd := n.sysctl("net/ipv4/ip_forward"); fwd != "0" {
-			t.Errorf("down left ip_forward = %s (l3iso turned it on)", fwd)
+		if fwd := n.forwarding(); fwd != n.fwd0 {
+			t.Errorf("down left forwarding (IPv4, IPv6) = %v; it was %v before up", fwd, n.fwd0)
 		}
 	})
+	n.fwd0 = n.forwarding()
 	e.up("--uplink", "up0", "--delivery", delivery)
 	return n
 }
@@ -132,7 +141,7 @@ func (n *netEnv) add(base string, addrs ...string) string {
 // in starts an agent in container name: its cgroup and its netns.
 func (n *netEnv) in(name string) *sockprobe.Agent {
 	n.t.Helper()
-	return sockprobe.Start(n.t, sockprobe.Options{CgroupDir: n.cgroupOf(name), NetnsPath: veth.NetnsPath(name)})
+	return sockprobe.Start(n.t, sockprobe.Options{CgroupDir: n.cgroupOf(name), NetnsPath: veth.NetnsPath(n.key(name))})
 }
 
 // out starts an agent on the outside host.
@@ -390,7 +399,7 @@ func checkSpoof(t *testing.T, n *netEnv, a string, other [2]netip.Addr) {
 		if err := out.Bind(sid, netip.AddrPortFrom(dst, 7600)); err != nil {
 			t.Fatal(err)
 		}
-		err := veth.Do(a, func() error {
+		err := veth.Do(n.key(a), func() error {
 			h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 			if err != nil {
 				return err
@@ -449,7 +458,7 @@ func TestNetnsRules(t *testing.T) {
 	n := newNetEnv(t, "direct")
 	a := n.add("a", "10.78.0.1/24", "fd78::1/64")
 	n.add("b", "10.78.0.2/24", "fd78::2/64")
-	err := veth.Do(a, func() error {
+	err := veth.Do(n.key(a), func() error {
 		for _, s := range []string{"10.78.0.99/32", "fd78::99/128", "10.78.0.2/32"} {
 			args := []string{"addr", "add", s, "dev", "eth0"}
 			if strings.Contains(s, ":") {
@@ -523,7 +532,7 @@ func TestNetnsExec(t *testing.T) {
 	n := newNetEnv(t, "direct")
 	a := n.add("a", "10.78.0.1/24")
 	var st unix.Stat_t
-	if err := unix.Stat(veth.NetnsPath(a), &st); err != nil {
+	if err := unix.Stat(veth.NetnsPath(n.key(a)), &st); err != nil {
 		t.Fatal(err)
 	}
 	r := n.run("exec", a, "--", "sh", "-c", "readlink /proc/self/ns/net; cat /proc/self/cgroup; grep CapEff /proc/self/status; cat /proc/net/dev")
@@ -561,15 +570,15 @@ func TestNetnsLifecycle(t *testing.T) {
 		t.Errorf("TCX ingress on up0: %v, want [l3_tc_uplink]", got)
 	}
 	for _, c := range []string{a, b} {
-		if got := tcxOn(st, veth.HostIfName(c)); len(got) != 1 || got[0] != "l3_tc_veth" {
-			t.Errorf("TCX ingress on %s: %v, want [l3_tc_veth]", veth.HostIfName(c), got)
+		if got := tcxOn(st, veth.HostIfName(n.key(c))); len(got) != 1 || got[0] != "l3_tc_veth" {
+			t.Errorf("TCX ingress on %s: %v, want [l3_tc_veth]", veth.HostIfName(n.key(c)), got)
 		}
 	}
 	var seen int
 	for _, c := range st.Containers {
 		if c.Name == a {
 			seen++
-			if c.Netns != "l3iso-"+a || c.HostVeth != veth.HostIfName(a) || c.Mode != "netns" {
+			if c.Netns != veth.NetnsName(n.key(a)) || c.HostVeth != veth.HostIfName(n.key(a)) || c.Mode != "netns" {
 				t.Errorf("status of %s: %+v", a, c.containerJSON)
 			}
 		}
@@ -578,25 +587,25 @@ func TestNetnsLifecycle(t *testing.T) {
 		t.Errorf("status lists %s %d times", a, seen)
 	}
 	text := n.mustRun("status")
-	for _, want := range []string{"delivery:     direct", "l3_tc_uplink", "l3_tc_veth", "l3iso-" + a + "/" + veth.HostIfName(a)} {
+	for _, want := range []string{"delivery:     direct", "l3_tc_uplink", "l3_tc_veth", veth.NetnsName(n.key(a)) + "/" + veth.HostIfName(n.key(a))} {
 		if !strings.Contains(text, want) {
 			t.Errorf("status does not show %q:\n%s", want, text)
 		}
 	}
-	if out, err := exec.Command("ip", "netns", "exec", "l3iso-"+a, "ip", "-br", "addr", "show", "eth0").CombinedOutput(); err != nil || !strings.Contains(string(out), "10.78.0.1/24") {
-		t.Errorf("ip netns exec l3iso-%s ip addr: %v %s", a, err, out)
+	if out, err := exec.Command("ip", "netns", "exec", veth.NetnsName(n.key(a)), "ip", "-br", "addr", "show", "eth0").CombinedOutput(); err != nil || !strings.Contains(string(out), "10.78.0.1/24") {
+		t.Errorf("ip netns exec %s ip addr: %v %s", veth.NetnsName(n.key(a)), err, out)
 	}
 
 	// del removes namespace, veth and TC link at once.
 	n.mustRun("container", "del", b)
-	if _, err := os.Stat(veth.NetnsPath(b)); err == nil {
-		t.Errorf("del left %s", veth.NetnsPath(b))
+	if _, err := os.Stat(veth.NetnsPath(n.key(b))); err == nil {
+		t.Errorf("del left %s", veth.NetnsPath(n.key(b)))
 	}
-	if out, _ := exec.Command("ip", "-n", filepath.Base(n.netns), "link", "show", veth.HostIfName(b)).CombinedOutput(); !strings.Contains(string(out), "does not exist") {
-		t.Errorf("del left veth %s: %s", veth.HostIfName(b), out)
+	if out, _ := exec.Command("ip", "-n", filepath.Base(n.netns), "link", "show", veth.HostIfName(n.key(b))).CombinedOutput(); !strings.Contains(string(out), "does not exist") {
+		t.Errorf("del left veth %s: %s", veth.HostIfName(n.key(b)), out)
 	}
-	if _, err := os.Stat(filepath.Join(n.bpffs, "links", "tc-"+veth.HostIfName(b)+"-ingress")); err == nil {
-		t.Errorf("del left the TC link pin of %s", veth.HostIfName(b))
+	if _, err := os.Stat(filepath.Join(n.bpffs, "links", "tc-"+veth.HostIfName(n.key(b))+"-ingress")); err == nil {
+		t.Errorf("del left the TC link pin of %s", veth.HostIfName(n.key(b)))
 	}
 
 	// apply: a keeps its namespace (and a process in it) while it gains
@@ -616,7 +625,7 @@ func TestNetnsLifecycle(t *testing.T) {
 	ind := n.in(d)
 	reach(t, unix.SOCK_DGRAM, ind, ina, netip.MustParseAddrPort("10.78.0.11:7802"), netip.MustParseAddr("10.78.0.4"))
 	ina.Close(lid)
-	if addrs := nsAddrs(t, a); strings.Contains(addrs, "fd78::1") || !strings.Contains(addrs, "10.78.0.11/24") {
+	if addrs := n.nsAddrs(t, a); strings.Contains(addrs, "fd78::1") || !strings.Contains(addrs, "10.78.0.11/24") {
 		t.Errorf("a's addresses after apply:\n%s", addrs)
 	}
 	bad := fmt.Sprintf("containers:\n  %s:\n    addresses: [10.78.0.1/24]\n", a)
@@ -626,18 +635,18 @@ func TestNetnsLifecycle(t *testing.T) {
 
 	n.mustRun("down")
 	for _, c := range []string{a, d} {
-		if _, err := os.Stat(veth.NetnsPath(c)); err == nil {
-			t.Errorf("down left %s", veth.NetnsPath(c))
+		if _, err := os.Stat(veth.NetnsPath(n.key(c))); err == nil {
+			t.Errorf("down left %s", veth.NetnsPath(n.key(c)))
 		}
 	}
 	n.mustRun("up", "--cgroup-root", n.cgroot, "--uplink", "up0") // for the cleanup's down
 }
 
 // nsAddrs lists eth0's addresses in container c.
-func nsAddrs(t *testing.T, c string) string {
-	out, err := exec.Command("ip", "-n", veth.NetnsName(c), "-br", "addr", "show", "eth0").CombinedOutput()
+func (n *netEnv) nsAddrs(t *testing.T, c string) string {
+	out, err := exec.Command("ip", "-n", veth.NetnsName(n.key(c)), "-br", "addr", "show", "eth0").CombinedOutput()
 	if err != nil {
-		t.Fatalf("ip -n %s addr: %v: %s", veth.NetnsName(c), err, out)
+		t.Fatalf("ip -n %s addr: %v: %s", veth.NetnsName(n.key(c)), err, out)
 	}
 	return string(out)
 }
@@ -651,15 +660,7 @@ func TestNetnsSwitchDelivery(t *testing.T) {
 	a := n.add("a", "10.78.0.1/24", "fd78::1/64")
 	b := n.add("b", "10.78.0.2/24", "fd78::2/64")
 	ina, inb, out := n.in(a), n.in(b), n.out()
-	lid := listen(t, ina, tcp4, "10.78.0.1:7900")
-	cid := out.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-	if err := out.Connect(cid, ap("10.78.0.1:7900")); err != nil {
-		t.Fatal(err)
-	}
-	sid, _, err := ina.Accept(lid, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cid, sid := tcpConn(t, out, ina, tcp4, "10.78.0.1:7900")
 	port := uint16(7910)
 	for round, d := range []string{"routed", "bridge", "direct", "bridge", "routed", "direct"} {
 		if got := n.mustRun("up", "--cgroup-root", n.cgroot, "--uplink", "up0", "--delivery", d); !strings.Contains(got, "delivery switched") {
@@ -673,8 +674,8 @@ func TestNetnsSwitchDelivery(t *testing.T) {
 		if d == "direct" {
 			wantVeth, wantUp = "l3_tc_veth", 1
 		}
-		if got := tcxOn(st, veth.HostIfName(a)); len(got) != 1 || got[0] != wantVeth {
-			t.Errorf("%s: TCX on %s: %v, want [%s]", d, veth.HostIfName(a), got, wantVeth)
+		if got := tcxOn(st, veth.HostIfName(n.key(a))); len(got) != 1 || got[0] != wantVeth {
+			t.Errorf("%s: TCX on %s: %v, want [%s]", d, veth.HostIfName(n.key(a)), got, wantVeth)
 		}
 		if got := tcxOn(st, "up0"); len(got) != wantUp {
 			t.Errorf("%s: TCX on up0: %v", d, got)
@@ -691,9 +692,13 @@ func TestNetnsSwitchDelivery(t *testing.T) {
 		reach(t, unix.SOCK_STREAM, out, ina, netip.AddrPortFrom(netip.MustParseAddr("fd78::1"), port), outside6)
 		reach(t, unix.SOCK_DGRAM, ina, inb, netip.AddrPortFrom(netip.MustParseAddr("10.78.0.2"), port), netip.MustParseAddr("10.78.0.1"))
 		reach(t, unix.SOCK_DGRAM, inb, out, netip.AddrPortFrom(outside4, port), netip.MustParseAddr("10.78.0.2"))
-		fwd := n.sysctl("net/ipv4/ip_forward")
-		if (d == "direct") != (fwd == "0") {
-			t.Errorf("%s: ip_forward = %s", d, fwd)
+		// routed and bridge need forwarding; direct leaves it as it was.
+		want := [2]string{"1", "1"}
+		if d == "direct" {
+			want = n.fwd0
+		}
+		if fwd := n.forwarding(); fwd != want {
+			t.Errorf("%s: forwarding (IPv4, IPv6) = %v, want %v (before up: %v)", d, fwd, want, n.fwd0)
 		}
 		hostNS := filepath.Base(n.netns)
 		brOut, _ := exec.Command("ip", "-n", hostNS, "link", "show", veth.BridgeName).CombinedOutput()
@@ -749,7 +754,7 @@ func TestNetnsScale(t *testing.T) {
 	st := n.status()
 	t.Logf("status -o json with %d netns containers: %v", count+1, time.Since(start))
 	for _, i := range []int{0, count - 1} {
-		ifname := veth.HostIfName(n.name(fmt.Sprintf("s%d", i)))
+		ifname := veth.HostIfName(n.key(n.name(fmt.Sprintf("s%d", i))))
 		if got := tcxOn(st, ifname); !slices.Equal(got, []string{"l3_tc_veth"}) {
 			t.Errorf("status: TCX ingress of %s = %v, want [l3_tc_veth]", ifname, got)
 		}
@@ -799,9 +804,9 @@ func TestNetnsCrash(t *testing.T) {
 		probe := n.name("probe")
 		n.mustRun("container", "add", probe, "--addr", "10.79.9.9") // repairs
 		n.mustRun("container", "del", probe)
-		_, nsErr := os.Stat(veth.NetnsPath(x))
-		link, _ := exec.Command("ip", "-n", hostNS, "-br", "link", "show", veth.HostIfName(x)).CombinedOutput()
-		_, pinErr := os.Stat(filepath.Join(n.bpffs, "links", "tc-"+veth.HostIfName(x)+"-ingress"))
+		_, nsErr := os.Stat(veth.NetnsPath(n.key(x)))
+		link, _ := exec.Command("ip", "-n", hostNS, "-br", "link", "show", veth.HostIfName(n.key(x))).CombinedOutput()
+		_, pinErr := os.Stat(filepath.Join(n.bpffs, "links", "tc-"+veth.HostIfName(n.key(x))+"-ingress"))
 		if n.exists(x) {
 			seen[what+": exists"]++
 			if nsErr != nil || pinErr != nil || !strings.Contains(string(link), "UP") {
@@ -844,7 +849,7 @@ func TestNetnsMTU(t *testing.T) {
 		}
 	}
 	c := n.add("m", "10.78.0.1/24", "fd78::1/64")
-	out, err := exec.Command("ip", "-n", veth.NetnsName(c), "-o", "link", "show", "eth0").CombinedOutput()
+	out, err := exec.Command("ip", "-n", veth.NetnsName(n.key(c)), "-o", "link", "show", "eth0").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), " mtu 1400 ") {
 		t.Errorf("container veth: %v: %s; want mtu 1400, the uplink's", err, out)
 	}
@@ -874,9 +879,9 @@ func TestNetnsMTU(t *testing.T) {
 	if res.code == 0 || !strings.Contains(res.stderr, "below the IPv6 minimum") || !strings.Contains(res.stderr, "uplink up0: 1200") {
 		t.Errorf("add with a 1200-byte uplink: exit %d, stderr %q; want a failure naming the uplink's MTU", res.code, res.stderr)
 	}
-	if _, err := os.Stat(veth.NetnsPath(bad)); err == nil {
+	if _, err := os.Stat(veth.NetnsPath(n.key(bad))); err == nil {
 		n.names = append(n.names, bad)
-		t.Errorf("the refused container's namespace %s exists", veth.NetnsName(bad))
+		t.Errorf("the refused container's namespace %s exists", veth.NetnsName(n.key(bad)))
 	}
 	if got := n.mustRun("container", "list"); strings.Contains(got, bad) {
 		t.Errorf("the refused container is listed: %s", got)

@@ -59,7 +59,7 @@ s.connect(("10.78.0.9", 7000))
 print("connected", flush=True)
 time.sleep(300)
 `
-	srv := sockprobe.Command(ctx, t, sockprobe.Options{CgroupDir: n.cgroupOf(a), NetnsPath: veth.NetnsPath(a)}, "python3", "-c", server)
+	srv := sockprobe.Command(ctx, t, sockprobe.Options{CgroupDir: n.cgroupOf(a), NetnsPath: veth.NetnsPath(n.key(a))}, "python3", "-c", server)
 	cli := sockprobe.Command(ctx, t, sockprobe.Options{NetnsPath: n.outside}, "python3", "-c", client)
 	for _, c := range []struct {
 		cmd  *exec.Cmd
@@ -80,9 +80,9 @@ time.sleep(300)
 		}
 	}
 	// Until the client's window is shut and the server's send queue full.
-	hostIf := veth.HostIfName(a)
+	hostIf := veth.HostIfName(n.key(a))
 	queued := func() string {
-		out, _ := exec.Command("nsenter", "--net="+veth.NetnsPath(a), "ss", "-tnH", "state", "established").CombinedOutput()
+		out, _ := exec.Command("nsenter", "--net="+veth.NetnsPath(n.key(a)), "ss", "-tnH", "state", "established").CombinedOutput()
 		return strings.TrimSpace(string(out))
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -115,10 +115,10 @@ func TestStrayVeth(t *testing.T) {
 	live := n.add("live", "10.78.0.3/24")
 	hostNS := filepath.Base(n.netns)
 	stray := func() string {
-		name := veth.HostIfName(n.name("gone"))
+		name := veth.HostIfName(n.key(n.name("gone")))
 		for _, args := range [][]string{
 			{"-n", hostNS, "link", "add", name, "type", "veth", "peer", "name", "p-" + n.suffix},
-			{"-n", hostNS, "link", "set", name, "alias", "l3iso:" + n.name("gone")},
+			{"-n", hostNS, "link", "set", name, "alias", "l3iso:" + n.key(n.name("gone"))},
 			{"-n", hostNS, "link", "set", name, "up"},
 			{"-n", hostNS, "route", "add", "10.78.0.77/32", "dev", name},
 		} {
@@ -140,7 +140,7 @@ func TestStrayVeth(t *testing.T) {
 	if !gone(name) {
 		t.Errorf("the repair left the stray veth %s", name)
 	}
-	if gone(veth.HostIfName(live)) {
+	if gone(veth.HostIfName(n.key(live))) {
 		t.Fatalf("the repair deleted the veth of live container %s", live)
 	}
 	reach(t, unix.SOCK_DGRAM, n.out(), n.in(live), netip.MustParseAddrPort("10.78.0.3:8100"), outside4)

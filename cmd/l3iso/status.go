@@ -12,7 +12,6 @@ import (
 	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/policy"
-	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 type statusJSON struct {
@@ -25,6 +24,11 @@ type statusJSON struct {
 	Containers []containerStatJSON `json:"containers"`
 	Host       maps.Counters       `json:"host_counters"`
 	Listeners  []listenerJSON      `json:"listeners"`
+	// Problems are what is wrong with the installation (read from the
+	// kernel: detached links, missing pins, TCX attachments or host
+	// addresses); Repair says what to do about them ("" when none).
+	Problems []loader.Problem `json:"problems"`
+	Repair   string           `json:"repair,omitempty"`
 }
 
 // listenerJSON is one entry of the broadcast/multicast registry.
@@ -112,7 +116,7 @@ func interfaces(c *control.Control) ([]interfaceJSON, error) {
 	}
 	for _, k := range cs {
 		if k.Spec.Mode == policy.ModeNetns {
-			if err := add(veth.HostIfName(k.Spec.Name), "container "+k.Spec.Name); err != nil {
+			if err := add(c.HostIfName(k.Spec.Name), "container "+k.Spec.Name); err != nil {
 				return nil, err
 			}
 		}
@@ -129,8 +133,23 @@ func newStatus(g *globals) *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show programs, links, pins, containers and counters",
-		Args:  cobra.NoArgs,
+		Short: "Show programs, links, pins, containers and counters, and what is wrong",
+		Long: `status shows the installation: its options, every pinned link with the
+target the kernel reports (a cgroup, an interface, or "(detached)"), the TCX
+programs on lo, the uplink and every netns container's host-side veth, the
+broadcast/multicast listeners, and each container with its counters (a
+netns container with its namespace and veth: ip netns exec NETNS ...).
+
+It checks the installation against the kernel, not against l3iso's own
+record: a link detached (BPF_LINK_DETACH) or whose pin is gone, a missing
+map, link or program pin, a TCX program missing from lo, the uplink or a
+veth, a container's missing cgroup or namespace, host addresses and routes
+that vanished (an IPv4 local route of table local, proto 76, deleted; IPv6
+addresses gone with net.ipv6.conf.IF.disable_ipv6), a command that died half
+way. If anything is wrong it lists the problems (text: under "problems";
+-o json: "problems" and "repair"), says "run ` + "`l3iso up`" + ` to repair" and exits 1;
+otherwise it exits 0.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(out); err != nil {
 				return err
@@ -154,6 +173,20 @@ func newStatus(g *globals) *cobra.Command {
 			if s.Listeners, err = listeners(c); err != nil {
 				return err
 			}
+			if s.Problems, err = c.Check(); err != nil {
+				return err
+			}
+			if s.Problems == nil {
+				s.Problems = []loader.Problem{}
+			} else {
+				s.Repair = loader.RepairHint
+			}
+			// Status exits non-zero when something is wrong, after
+			// printing everything.
+			var wrong error
+			if len(s.Problems) > 0 {
+				wrong = fmt.Errorf("%d problem(s), listed under \"problems\": %s", len(s.Problems), loader.RepairHint)
+			}
 			cs, err := c.Containers()
 			if err != nil {
 				return err
@@ -166,14 +199,26 @@ func newStatus(g *globals) *cobra.Command {
 				s.Containers = append(s.Containers, containerStatJSON{toJSON(c, k), cnt})
 			}
 			if out == "json" {
-				return writeJSON(cmd.OutOrStdout(), s)
+				if err := writeJSON(cmd.OutOrStdout(), s); err != nil {
+					return err
+				}
+				return wrong
 			}
 			w := cmd.OutOrStdout()
 			uplink := s.Uplink
 			if uplink == "" {
 				uplink = "(none: addresses on lo)"
 			}
-			fmt.Fprintf(w, "pinned in:    %s\ncgroup root:  %s\nuplink:       %s\ndelivery:     %s\n\n", s.BPFFS, s.CgroupRoot, uplink, s.Delivery)
+			fmt.Fprintf(w, "pinned in:    %s\ncgroup root:  %s\nuplink:       %s\ndelivery:     %s\n", s.BPFFS, s.CgroupRoot, uplink, s.Delivery)
+			if len(s.Problems) == 0 {
+				fmt.Fprintf(w, "problems:     none\n\n")
+			} else {
+				fmt.Fprintf(w, "problems:     %d (%s)\n", len(s.Problems), loader.RepairHint)
+				for _, p := range s.Problems {
+					fmt.Fprintf(w, "  %s\n", p)
+				}
+				fmt.Fprintln(w)
+			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "LINK\tLINK ID\tPROG ID\tTAG\tATTACH\tTARGET")
 			for _, l := range s.Links {
@@ -220,7 +265,10 @@ func newStatus(g *globals) *cobra.Command {
 					k.Counters["ingress_dropped_foreign"]+k.Counters["egress_dropped_spoof"]+
 						k.Counters["tc_dropped_spoof"]+k.Counters["tc_dropped_no_route"]+k.Counters["tc_dropped_malformed"])
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			return wrong
 		},
 	}
 	outputFlag(cmd, &out)

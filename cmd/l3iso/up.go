@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -21,14 +22,32 @@ func newUp(g *globals) *cobra.Command {
 		Long: `up loads l3iso's BPF programs, attaches them with bpf_links at the cgroup v2
 root (or --cgroup-root) and pins maps and links under --bpffs.
 
-Running it again with the same options changes nothing; running a newer
-binary replaces the programs in place (link update), with no window in
-which binds or connects go unchecked. Running it with another --delivery
-switches the netns containers to it in place: their namespaces, addresses,
-processes and sockets stay. Other options need 'l3iso down' first.
+l3iso keeps up's options in its pinned state: an option left out keeps the
+value the installation has, so after the first up a bare 'l3iso up' repeats
+it (a new installation takes the defaults). Running up again with the same
+options changes nothing ("nothing changed"); a newer binary replaces the
+programs in place (link update), with no window in which binds or connects
+go unchecked. On a running installation:
+  --delivery X   switches the netns containers to X in place: their
+                 namespaces, addresses, processes and sockets stay
+  --uplink IF    moves what lives on the uplink to IF: its TCX programs,
+                 direct delivery, shared containers' IPv6 addresses (added
+                 on IF before they leave the old one); containers,
+                 processes and sockets stay ('--uplink ""': none, lo)
+  --cgroup-root  cannot change: every container's cgroup lives below it;
+                 run 'l3iso down' first (it removes every container)
+
+up also repairs: it reads the kernel's view (as 'l3iso status' does) and
+puts back whatever is wrong — a link detached (BPF_LINK_DETACH) or unpinned
+is attached anew, a missing map pin is pinned again from the programs that
+use the map, a missing TCX attachment (lo, the uplink, a netns container's
+veth) is made again, host addresses and routes that vanished (deleted by
+hand, or by net.ipv6.conf.IF.disable_ipv6, which up turns off again) are
+added back — and lists what it repaired. A crashed command's half-done work
+is finished or undone.
 
 Delivery of netns containers (--delivery, default direct on a new
-installation; an existing one keeps its delivery unless the flag is given):
+installation):
   direct   TC programs on the uplink and the host-side veths put packets
            straight into the container's namespace (bpf_redirect_peer) and
            out of the uplink: no host IP input, forwarding or netfilter
@@ -37,6 +56,11 @@ installation; an existing one keeps its delivery unless the flag is given):
            uplink like a Docker host (IP forwarding on)
 Peers on the uplink's network reach netns containers through one route via
 this host's uplink address (no proxy ARP/NDP).
+
+A netns container's namespace is l3iso-NAME and its host-side veth l3i-NAME
+with the default --bpffs; with another --bpffs both carry a tag of it
+(l3iso-TAG_NAME), so two installations never share a name. 'l3iso status'
+shows each container's. An installation keeps the names it was made with.
 
 Caution: at the real cgroup root every process on the machine is subject to
 l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
@@ -47,10 +71,25 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 				return err
 			}
 			o.Delivery = d
+			o.KeepCgroupRoot = !cmd.Flags().Changed("cgroup-root")
+			o.KeepUplink = !cmd.Flags().Changed("uplink")
 			o.KeepDelivery = !cmd.Flags().Changed("delivery")
 			o.BPFFS = g.bpffs
-			st, changed, err := loader.Up(o)
+			st, err := loader.OpenForUp(o.BPFFS)
 			if err != nil {
+				return err
+			}
+			// What is wrong before up changes anything: what it repairs.
+			var wrong []loader.Problem
+			if st.Installed() {
+				if wrong, err = control.CheckState(st); err != nil {
+					st.Close()
+					return err
+				}
+			}
+			changed, err := st.Up(o)
+			if err != nil {
+				st.Close()
 				return err
 			}
 			c, err := control.FromState(st)
@@ -59,18 +98,56 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 				return err
 			}
 			defer c.Close()
-			if st.Switched {
-				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is up: delivery switched from %s to %s\n", st.From, st.Config.Delivery)
-			} else if changed {
-				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is up: programs attached at %s, pinned in %s\n", st.Config.CgroupRoot, st.Dir)
-			} else {
-				fmt.Fprintf(cmd.OutOrStdout(), "l3iso was already up at %s (nothing changed)\n", st.Dir)
+			left, err := c.Check()
+			if err != nil {
+				return err
+			}
+			if len(left) > 0 {
+				return fmt.Errorf("up could not repair %s", problemList(left))
+			}
+			w := cmd.OutOrStdout()
+			switch {
+			case st.UplinkSwitched && st.Switched:
+				fmt.Fprintf(w, "l3iso is up: uplink switched from %s to %s, delivery from %s to %s\n", uplinkName(st.UplinkFrom), uplinkName(st.Config.Uplink), st.From, st.Config.Delivery)
+			case st.UplinkSwitched:
+				fmt.Fprintf(w, "l3iso is up: uplink switched from %s to %s\n", uplinkName(st.UplinkFrom), uplinkName(st.Config.Uplink))
+			case st.Switched:
+				fmt.Fprintf(w, "l3iso is up: delivery switched from %s to %s\n", st.From, st.Config.Delivery)
+			case len(wrong) > 0:
+				fmt.Fprintf(w, "l3iso is up at %s: repaired %d problem(s):\n", st.Dir, len(wrong))
+			case changed:
+				fmt.Fprintf(w, "l3iso is up: programs attached at %s, pinned in %s\n", st.Config.CgroupRoot, st.Dir)
+			default:
+				fmt.Fprintf(w, "l3iso was already up at %s (nothing changed)\n", st.Dir)
+			}
+			if len(wrong) > 0 && (st.UplinkSwitched || st.Switched) {
+				fmt.Fprintf(w, "and repaired %d problem(s):\n", len(wrong))
+			}
+			for _, p := range wrong {
+				fmt.Fprintf(w, "  repaired: %s\n", p)
 			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&o.CgroupRoot, "cgroup-root", "", "cgroup v2 directory to attach at (default: the cgroup v2 mount's root, found in /proc/self/mountinfo)")
-	cmd.Flags().StringVar(&o.Uplink, "uplink", "", "interface that connects containers to the network: shared-mode IPv6 addresses live on it, direct delivery receives on it (default: lo)")
-	cmd.Flags().StringVar(&delivery, "delivery", "direct", "how packets reach netns containers: direct, routed or bridge (switches a running installation)")
+	cmd.Flags().StringVar(&o.CgroupRoot, "cgroup-root", "", "cgroup v2 directory to attach at (default: the installation's; a new one: the cgroup v2 mount's root, found in /proc/self/mountinfo)")
+	cmd.Flags().StringVar(&o.Uplink, "uplink", "", "interface that connects containers to the network: shared-mode IPv6 addresses live on it, direct delivery receives on it (default: the installation's; a new one: none, lo; switches a running installation)")
+	cmd.Flags().StringVar(&delivery, "delivery", "direct", "how packets reach netns containers: direct, routed or bridge (default: the installation's; switches a running installation)")
 	return cmd
+}
+
+// uplinkName names an uplink for a person ("" is none).
+func uplinkName(s string) string {
+	if s == "" {
+		return "none (lo)"
+	}
+	return s
+}
+
+// problemList is problems on one line: "N problem(s): P1; P2".
+func problemList(ps []loader.Problem) string {
+	parts := make([]string, len(ps))
+	for i, p := range ps {
+		parts[i] = p.String()
+	}
+	return fmt.Sprintf("%d problem(s): %s", len(ps), strings.Join(parts, "; "))
 }

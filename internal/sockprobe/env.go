@@ -67,6 +67,12 @@ func randomName(prefix string) string {
 // with nsenter --net and with `ip -n NAME`). t.Cleanup deletes it. The
 // test process stays in its own namespace: the new one is made on a locked
 // OS thread that is switched back afterwards, or discarded if that fails.
+//
+// With L3ISO_TEST_HOST_FORWARDING=1 the namespace starts with IPv4 and
+// IPv6 forwarding on, as on a host that forwards: a new namespace inherits
+// the host's net.ipv4.ip_forward (and, with net.core.devconf_inherit_init_net
+// = 1, its IPv6 forwarding), so tests must compare with what their namespace
+// started with, never assume 0.
 func NewNetns(t testing.TB) (path string) {
 	t.Helper()
 	name := randomName("l3t-")
@@ -95,6 +101,9 @@ func NewNetns(t testing.TB) (path string) {
 		if err == nil {
 			ns.Close()
 			err = setLoopbackUp()
+			if err == nil && truthy(os.Getenv("L3ISO_TEST_HOST_FORWARDING")) {
+				err = setForwarding()
+			}
 			if err != nil {
 				netns.DeleteNamed(name)
 			}
@@ -118,6 +127,17 @@ func NewNetns(t testing.TB) (path string) {
 		}
 	})
 	return r.path
+}
+
+// setForwarding turns IPv4 and IPv6 forwarding on in the calling thread's
+// network namespace (/proc/sys/net is that of the task that opens it).
+func setForwarding() error {
+	for _, p := range []string{"ipv4/ip_forward", "ipv6/conf/all/forwarding", "ipv6/conf/default/forwarding"} {
+		if err := os.WriteFile("/proc/sys/net/"+p, []byte("1"), 0); err != nil {
+			return fmt.Errorf("turn forwarding on: %w", err)
+		}
+	}
+	return nil
 }
 
 // setLoopbackUp sets lo up in the calling thread's network namespace.

@@ -234,7 +234,7 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 			if err := c.unplumb(k, false); err != nil {
 				return abort(err)
 			}
-			goneNetns = append(goneNetns, k.Spec.Name)
+			goneNetns = append(goneNetns, c.key(k.Spec.Name))
 		}
 	}
 	readdressed := map[string]bool{}

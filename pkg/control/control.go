@@ -108,13 +108,7 @@ func (c *Control) begin() error {
 	if c.st.Config.Dirty {
 		return nil
 	}
-	cfg := c.st.Config
-	cfg.Dirty = true
-	if err := c.st.Maps.SetConfig(cfg); err != nil {
-		return err
-	}
-	c.st.Config = cfg
-	return nil
+	return c.setConfig(func(cfg *maps.Config) { cfg.Dirty = true })
 }
 
 // end clears the dirty mark after a command finished cleanly.
@@ -122,8 +116,13 @@ func (c *Control) end() error {
 	if !c.st.Config.Dirty {
 		return nil
 	}
+	return c.setConfig(func(cfg *maps.Config) { cfg.Dirty = false })
+}
+
+// setConfig changes l3_config as change says, and the State's copy.
+func (c *Control) setConfig(change func(*maps.Config)) error {
 	cfg := c.st.Config
-	cfg.Dirty = false
+	change(&cfg)
 	if err := c.st.Maps.SetConfig(cfg); err != nil {
 		return err
 	}
@@ -138,6 +137,9 @@ func FromState(st *loader.State) (*Control, error) {
 		return nil, err
 	}
 	if err := c.reconcile(); err != nil {
+		return nil, err
+	}
+	if err := c.adoptNameTag(); err != nil {
 		return nil, err
 	}
 	return c, c.end()
@@ -733,8 +735,8 @@ func (c *Control) DownGrace(grace time.Duration) (cgroup.Stopped, error) {
 		}
 	}
 	// Veths of containers deleted before, kept by a namespace an orphan
-	// socket holds (see veth.DeleteStray).
-	if err := veth.DeleteStray(func(string) bool { return false }); err != nil {
+	// socket holds (see veth.DeleteStray); not another installation's.
+	if err := veth.DeleteStray(func(key string) bool { return !c.ours(key) }); err != nil {
 		return stopped, err
 	}
 	if err := c.teardownDelivery(); err != nil {

@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
-	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 // DroppedCaps are the capabilities a process started with `l3iso exec`
@@ -43,7 +42,7 @@ func (c *Control) Exec(name string, argv []string) error {
 	cg := c.CgroupPath(name)
 	netns := -1
 	if isNetns(k) {
-		p := veth.NetnsPath(name)
+		p := c.NetnsPath(name)
 		if netns, err = unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
 			return fmt.Errorf("exec in container %q: open its network namespace %s: %w (run `l3iso up` to repair it)", name, p, err)
 		}
@@ -58,7 +57,7 @@ func (c *Control) Exec(name string, argv []string) error {
 		err := unix.Setns(netns, unix.CLONE_NEWNET)
 		unix.Close(netns)
 		if err != nil {
-			return fmt.Errorf("exec in container %q: enter network namespace %s: %w", name, veth.NetnsName(name), err)
+			return fmt.Errorf("exec in container %q: enter network namespace %s: %w", name, c.NetnsName(name), err)
 		}
 	}
 	if err := cgroup.Enter(cg); err != nil {

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"errors"
 	"fmt"
 	"iter"
 	"net/netip"
@@ -129,7 +128,7 @@ func (c *Control) ifindexes() (lo, up int, err error) {
 		if c.st.Config.UplinkIfindex != 0 {
 			u, err := netlink.LinkByIndex(int(c.st.Config.UplinkIfindex))
 			if err != nil {
-				return 0, 0, fmt.Errorf("uplink %s (index %d) is gone: %w; run `l3iso down`, then `l3iso up` with the new uplink", c.st.Config.Uplink, c.st.Config.UplinkIfindex, err)
+				return 0, 0, fmt.Errorf("uplink %s (index %d) is gone: %w; run `l3iso up --uplink IF` with the uplink to use now", c.st.Config.Uplink, c.st.Config.UplinkIfindex, err)
 			}
 			c.upIndex = u.Attrs().Index
 		}
@@ -198,61 +197,6 @@ func (c *Control) configureHost(older, newer []maps.Container) error {
 // maps still own it.
 func (c *Control) unconfigureHost(older, newer []maps.Container) error {
 	return c.hostItems(false, diffItems(desired(older), desired(newer)))
-}
-
-// repairHost configures whatever the active policy needs and the host lacks
-// (after a crash, or after someone removed it by hand), and removes l3iso's
-// routes the policy no longer has.
-func (c *Control) repairHost() error {
-	want := desired(c.cur)
-	want[hostAddrItem] = true
-	have := map[hostItem]bool{}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Protocol: RouteProtocol},
-		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return fmt.Errorf("list l3iso's routes: %w", err)
-	}
-	var stray []hostItem
-	for _, r := range routes {
-		if r.Dst == nil {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(r.Dst.IP)
-		if !ok {
-			continue
-		}
-		h := hostItem{kind: itemLocal4, ip: ip.Unmap(), onLo: true}
-		if r.Type == unix.RTN_BROADCAST {
-			h = hostItem{kind: itemBcast4, ip: ip.Unmap(), onLo: true}
-		}
-		if want[h] {
-			have[h] = true
-		} else if !want[hostItem{kind: h.kind, ip: h.ip}] {
-			stray = append(stray, h)
-		} else {
-			have[hostItem{kind: h.kind, ip: h.ip}] = true
-		}
-	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V6)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return fmt.Errorf("list addresses: %w", err)
-	}
-	local6 := map[netip.Addr]bool{}
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok {
-			local6[ip] = true
-		}
-	}
-	var missing []hostItem
-	for h := range want {
-		if (h.kind == itemAddr6 && !local6[h.ip]) || (h.kind != itemAddr6 && !have[h]) {
-			missing = append(missing, h)
-		}
-	}
-	if err := c.hostItems(false, stray); err != nil {
-		return err
-	}
-	return c.hostItems(true, missing)
 }
 
 // checkHost refuses addresses the host uses (see lookupHostUses): one of

@@ -17,7 +17,8 @@ import (
 
 // What a netns container has besides its cgroup and its policy entries:
 //
-//   - the network namespace l3iso-NAME and a veth pair (pkg/veth), with its
+//   - the network namespace l3iso-KEY and a veth pair (pkg/veth, keyed by
+//     Control.key: the name after the installation's name tag), with its
 //     addresses on eth0 and its routes (made after the maps own them: rule 9);
 //   - l3_ports / l3_delivs entries: the veth's ifindex and MACs per address;
 //   - a TCX link on the host-side veth: l3_tc_veth (direct) or l3_tc_guard
@@ -28,6 +29,45 @@ import (
 // forwarding (routed, bridge), the bridge (bridge).
 
 func isNetns(k maps.Container) bool { return k.Spec.Mode == policy.ModeNetns }
+
+// key is container name's key in pkg/veth: its name after this
+// installation's name tag (see veth.Key), so that two installations with
+// different --bpffs never share a namespace or veth name.
+func (c *Control) key(name string) string { return veth.Key(c.st.Config.NameTag, name) }
+
+// ours reports whether a pkg/veth key is of this installation.
+func (c *Control) ours(key string) bool {
+	tag, _ := veth.SplitKey(key)
+	return tag == c.st.Config.NameTag
+}
+
+// adoptNameTag gives an installation made before name tags the tag of its
+// --bpffs (loader.NameTag) when it has no netns container: nothing has a
+// name to keep. One that has netns containers keeps their names (no tag):
+// a live namespace or veth cannot be renamed without its containers
+// noticing.
+func (c *Control) adoptNameTag() error {
+	tag := loader.NameTag(c.st.Dir)
+	if c.st.Config.NameTag != "" || tag == "" {
+		return nil
+	}
+	for _, k := range c.cur {
+		if isNetns(k) {
+			return nil
+		}
+	}
+	return c.setConfig(func(cfg *maps.Config) { cfg.NameTag = tag })
+}
+
+// NetnsName is the network namespace of netns container name, as `ip
+// netns` shows it (l3iso-NAME, or l3iso-TAG_NAME: see veth.Key).
+func (c *Control) NetnsName(name string) string { return veth.NetnsName(c.key(name)) }
+
+// NetnsPath is the bind mount of netns container name's namespace.
+func (c *Control) NetnsPath(name string) string { return veth.NetnsPath(c.key(name)) }
+
+// HostIfName is the host-side veth of netns container name.
+func (c *Control) HostIfName(name string) string { return veth.HostIfName(c.key(name)) }
 
 // vethAddrs are the container's addresses as eth0 gets them: with their
 // subnet where the policy gives one, else as /32 or /128.
@@ -78,7 +118,7 @@ func (c *Control) plumb(k maps.Container) error {
 	mtu := c.vethMTU()
 	c.tr.step("delivery, MTU")
 	ep, err := veth.Create(veth.Spec{
-		Container:         k.Spec.Name,
+		Container:         c.key(k.Spec.Name),
 		Addrs:             vethAddrs(k),
 		SubnetsViaGateway: c.st.Config.Delivery != maps.DeliveryBridge,
 		MTU:               mtu,
@@ -142,7 +182,7 @@ func (c *Control) wire(k maps.Container, ep *veth.Endpoint, fresh bool) error {
 		}
 	}
 	if !fresh {
-		if err := veth.SetSubnetRoutes(k.Spec.Name, !bridge); err != nil {
+		if err := veth.SetSubnetRoutes(c.key(k.Spec.Name), !bridge); err != nil {
 			return err
 		}
 	}
@@ -154,7 +194,7 @@ func (c *Control) wire(k maps.Container, ep *veth.Endpoint, fresh bool) error {
 // kernel has destroyed the veth pair; without it, call veth.DeleteMany
 // later.
 func (c *Control) unplumb(k maps.Container, wait bool) error {
-	hostIf := veth.HostIfName(k.Spec.Name)
+	hostIf := c.HostIfName(k.Spec.Name)
 	var errs []error
 	if err := c.st.DetachTC(hostIf); err != nil {
 		errs = append(errs, err)
@@ -173,10 +213,10 @@ func (c *Control) unplumb(k maps.Container, wait bool) error {
 		errs = append(errs, err)
 	}
 	if wait {
-		if err := veth.DeleteMany([]string{k.Spec.Name}); err != nil {
+		if err := veth.DeleteMany([]string{c.key(k.Spec.Name)}); err != nil {
 			errs = append(errs, err)
 		}
-	} else if err := veth.Delete(k.Spec.Name); err != nil {
+	} else if err := veth.Delete(c.key(k.Spec.Name)); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -290,8 +330,8 @@ func (c *Control) repairNetns() error {
 		if !isNetns(k) {
 			continue
 		}
-		known[k.Spec.Name] = true
-		ep, err := veth.Lookup(k.Spec.Name)
+		known[c.key(k.Spec.Name)] = true
+		ep, err := veth.Lookup(c.key(k.Spec.Name))
 		if errors.Is(err, veth.ErrNotFound) || errors.Is(err, veth.ErrIncomplete) {
 			// An add that died half way, or a namespace removed by hand:
 			// make it again (its processes, if any, are in the old one).
@@ -308,7 +348,7 @@ func (c *Control) repairNetns() error {
 		}
 		if !sameAddrs(ep.Addrs, vethAddrs(k)) {
 			// An apply that died between the switch and the namespace.
-			if err := veth.SetAddrs(k.Spec.Name, vethAddrs(k), c.st.Config.Delivery != maps.DeliveryBridge); err != nil {
+			if err := veth.SetAddrs(c.key(k.Spec.Name), vethAddrs(k), c.st.Config.Delivery != maps.DeliveryBridge); err != nil {
 				return err
 			}
 		}
@@ -320,17 +360,17 @@ func (c *Control) repairNetns() error {
 		return err
 	}
 	// Leftovers: namespaces of containers that are gone.
-	names, err := veth.List()
+	keys, err := veth.List()
 	if err != nil {
 		return err
 	}
 	var stray []string
-	for _, n := range names {
-		if known[n] {
-			continue
+	for _, n := range keys {
+		if known[n] || !c.ours(n) {
+			continue // another installation's (another --bpffs) are not ours
 		}
 		// Only ours: its host-side veth is in this (the host) namespace.
-		if l, err := netlink.LinkByName(veth.HostIfName(n)); err == nil && strings.HasPrefix(l.Attrs().Alias, "l3iso:") {
+		if l, err := netlink.LinkByName(veth.HostIfName(n)); err == nil && l.Attrs().Alias == "l3iso:"+n {
 			stray = append(stray, n)
 		}
 	}
@@ -339,19 +379,22 @@ func (c *Control) repairNetns() error {
 	}
 	// And veths of containers that are gone whose namespace mount is gone
 	// too, but not the namespace (an orphan socket holds it).
-	if err := veth.DeleteStray(func(n string) bool { return known[n] }); err != nil {
+	if err := veth.DeleteStray(func(n string) bool { return known[n] || !c.ours(n) }); err != nil {
 		return err
 	}
-	links, err := c.st.TCLinks()
-	if err != nil {
-		return err
+	// TC links nothing needs: of an uplink `up --uplink` replaced (after
+	// the new one has its programs), of interfaces that are gone.
+	keep := map[string]bool{}
+	for _, w := range c.st.HostTC() {
+		keep[w.Pin] = true
 	}
-	for _, tl := range links {
-		if tl.Interface == "" {
-			if err := c.st.DetachTCPin(tl.Pin); err != nil {
-				return err
-			}
+	for _, k := range c.cur {
+		if isNetns(k) {
+			keep[c.st.VethTC(c.HostIfName(k.Spec.Name)).Pin] = true
 		}
+	}
+	if _, err := c.st.PruneTC(keep); err != nil {
+		return err
 	}
 	if c.st.Config.Delivery != maps.DeliveryBridge {
 		if err := veth.DeleteBridge(); err != nil {
@@ -371,7 +414,7 @@ func (c *Control) pruneDeliveries() error {
 		if !isNetns(k) {
 			continue
 		}
-		if l, err := netlink.LinkByName(veth.HostIfName(k.Spec.Name)); err == nil {
+		if l, err := netlink.LinkByName(c.HostIfName(k.Spec.Name)); err == nil {
 			wantPort[l.Attrs().Index] = k.ID
 		}
 		for _, a := range ips(k) {
@@ -453,15 +496,15 @@ func (c *Control) shrinkAddrs(o, k maps.Container) error {
 	if err := c.st.Maps.DeleteDeliveries(goneIPs); err != nil {
 		return err
 	}
-	return veth.SetAddrs(k.Spec.Name, stay, c.st.Config.Delivery != maps.DeliveryBridge)
+	return veth.SetAddrs(c.key(k.Spec.Name), stay, c.st.Config.Delivery != maps.DeliveryBridge)
 }
 
 // growAddrs gives netns container k all its addresses, after the switch.
 func (c *Control) growAddrs(k maps.Container) error {
-	if err := veth.SetAddrs(k.Spec.Name, vethAddrs(k), c.st.Config.Delivery != maps.DeliveryBridge); err != nil {
+	if err := veth.SetAddrs(c.key(k.Spec.Name), vethAddrs(k), c.st.Config.Delivery != maps.DeliveryBridge); err != nil {
 		return err
 	}
-	ep, err := veth.Lookup(k.Spec.Name)
+	ep, err := veth.Lookup(c.key(k.Spec.Name))
 	if err != nil {
 		return err
 	}

@@ -11,12 +11,15 @@
 package loader
 
 import (
+	"crypto/sha256"
+	"encoding/base32"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -41,15 +44,18 @@ var socketSpec = maps.SocketSpec
 // ErrNotUp says nothing is pinned: `l3iso up` has not run (or `down` did).
 var ErrNotUp = errors.New("l3iso is not up")
 
-// Options are what `l3iso up` is told.
+// Options are what `l3iso up` is told. An installation keeps them in its
+// pinned l3_config: `up` without a flag keeps the installation's value
+// (the Keep fields), so a bare `l3iso up` repeats the first one.
 type Options struct {
 	CgroupRoot string // where to attach; "" = the cgroup v2 mount's root
 	BPFFS      string // "" = DefaultBPFFS
 	Uplink     string // "" = shared-mode addresses live on lo
 	Delivery   maps.Delivery
-	// KeepDelivery leaves the delivery of an existing installation as it
-	// is (Delivery then applies only to a new one).
-	KeepDelivery bool
+	// KeepCgroupRoot, KeepUplink and KeepDelivery leave the value of an
+	// existing installation as it is (the field then applies only to a
+	// new one).
+	KeepCgroupRoot, KeepUplink, KeepDelivery bool
 }
 
 // State is an open installation: its pinned maps, with the lock held.
@@ -63,6 +69,17 @@ type State struct {
 	// installation; From is the delivery before.
 	Switched bool
 	From     maps.Delivery
+	// UplinkFrom is the uplink before, when Up changed it ("" is none);
+	// UplinkSwitched says it did.
+	UplinkFrom     string
+	UplinkSwitched bool
+
+	madeDir   bool     // OpenForUp made Dir
+	addedMaps []string // maps OpenForUp created for this binary (an upgrade)
+	repinned  []string // maps whose pin was missing: pinned again from the programs
+	recovered []string // maps whose pin is missing: opened from the programs
+
+	progInfos map[ebpf.ProgramID][2]string // name and tag by id (progInfo)
 }
 
 // ContainerCgroup is the cgroup directory of container name.
@@ -134,11 +151,32 @@ func Open(dir string, exclusive bool) (*State, error) {
 		return nil, err
 	}
 	s := &State{Dir: dir, lock: lock}
-	s.Maps, err = maps.OpenPinned(mapsDir(dir))
+	if err := recordsLost(dir); err != nil {
+		s.Close()
+		return nil, err
+	}
+	// A map whose pin is missing is taken from the programs that use it
+	// (Check reports it; up pins it again).
+	var found map[string]*ebpf.Map
+	s.Maps, err = maps.OpenPinnedOr(mapsDir(dir), func(name string) *ebpf.Map {
+		if found == nil {
+			found = s.mapsOfPrograms(missingMaps(dir))
+		}
+		m := found[name]
+		if m != nil {
+			delete(found, name)
+			s.recovered = append(s.recovered, name)
+		}
+		return m
+	})
+	for _, m := range found {
+		m.Close()
+	}
+	sort.Strings(s.recovered)
 	if err != nil {
 		s.Close()
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %s has no complete set of maps; run `l3iso up` to finish installing", ErrNotUp, dir)
+			return nil, fmt.Errorf("%w: %s has no complete set of maps (%v); run `l3iso up` to finish installing or to repair", ErrNotUp, dir, err)
 		}
 		return nil, err
 	}
@@ -163,19 +201,110 @@ func hostNetnsCookie() (uint64, error) {
 	return c, nil
 }
 
-// Up installs l3iso, or checks and upgrades an existing installation. It is
-// idempotent: a second `up` with the same options changes nothing (changed
-// is false); with a newer binary it swaps programs in place with
-// link.Update, so no bind or connect ever goes unchecked. The returned State
-// holds the exclusive lock.
+// Up installs l3iso, or checks, repairs and upgrades an existing
+// installation: OpenForUp, then State.Up. The returned State holds the
+// exclusive lock.
 func Up(o Options) (st *State, changed bool, err error) {
-	dir := o.BPFFS
+	if st, err = OpenForUp(o.BPFFS); err != nil {
+		return nil, false, err
+	}
+	if changed, err = st.Up(o); err != nil {
+		st.Close()
+		return nil, changed, err
+	}
+	return st, changed, nil
+}
+
+// OpenForUp takes the exclusive lock of the installation at dir ("" =
+// DefaultBPFFS), making the directory if needed, and opens what is pinned
+// there, if anything (Installed): a caller can inspect the installation
+// (Check) before State.Up changes it. The only change it makes is a repair:
+// it pins again maps whose pins are missing, taken from the programs that
+// still use them (a fresh map would split l3iso from its programs); Check
+// reports them.
+func OpenForUp(dir string) (st *State, err error) {
 	if dir == "" {
 		dir = DefaultBPFFS
 	}
+	if err := ensureBPFFS(dir); err != nil {
+		return nil, err
+	}
+	_, statErr := os.Stat(dir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	lock, err := lockDir(dir, unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	st = &State{Dir: dir, lock: lock, madeDir: errors.Is(statErr, os.ErrNotExist)}
+	defer func() {
+		if err != nil {
+			st.Close()
+			st = nil
+		}
+	}()
+	if err := st.repinMaps(); err != nil {
+		return st, err
+	}
+	if _, err := os.Stat(mapsDir(dir)); err != nil {
+		return st, nil // nothing installed
+	}
+	if err := recordsLost(dir); err != nil {
+		return st, err
+	}
+	// Maps a newer l3iso added (an upgrade): create them beside the
+	// others; the programs loaded by Up use them.
+	if st.addedMaps, err = maps.PinMissing(mapsDir(dir)); err != nil {
+		return st, err
+	}
+	if st.Maps, err = maps.OpenPinned(mapsDir(dir)); err != nil {
+		return st, err
+	}
+	if st.Config, err = st.Maps.Config(); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// Installed says whether OpenForUp found an installation.
+func (st *State) Installed() bool { return st.Maps != nil }
+
+// Up makes the installation OpenForUp opened exist as o says, or creates
+// it. It is idempotent: a second `up` with the same options changes
+// nothing (changed is false); with a newer binary it swaps programs in
+// place with link.Update, so no bind or connect ever goes unchecked; it
+// attaches again links that were detached or unpinned. On a running
+// installation it may change the delivery and the uplink (the caller moves
+// the containers: the state stays dirty until it has), not the cgroup root.
+// On an error, a directory OpenForUp made for nothing is removed.
+func (st *State) Up(o Options) (changed bool, err error) {
+	defer func() {
+		if err != nil && st.madeDir {
+			os.Remove(st.Dir) // fails unless empty
+		}
+	}()
+	dir := st.Dir
 	mount, err := cgroup.Mount()
 	if err != nil {
-		return nil, false, err
+		return false, err
+	}
+	installed := st.Installed()
+	changed = len(st.addedMaps) > 0
+	if installed {
+		// What `up` was told before, for the options not given now.
+		if o.KeepCgroupRoot {
+			o.CgroupRoot = st.Config.CgroupRoot
+		}
+		if o.KeepUplink {
+			o.Uplink = st.Config.Uplink
+		}
+		if o.KeepDelivery {
+			o.Delivery = st.Config.Delivery
+		}
+	}
+	if o.Uplink == "lo" {
+		o.Uplink = "" // addresses live on lo without an uplink: it is none
 	}
 	root := o.CgroupRoot
 	if root == "" {
@@ -183,100 +312,91 @@ func Up(o Options) (st *State, changed bool, err error) {
 	}
 	root = filepath.Clean(root)
 	if err := cgroup.Check(root); err != nil {
-		return nil, false, err
+		return false, err
 	}
 	level, err := cgroup.Level(mount, root)
 	if err != nil {
-		return nil, false, err
+		return false, err
 	}
-	if err := ensureBPFFS(dir); err != nil {
-		return nil, false, err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, false, fmt.Errorf("create %s: %w", dir, err)
-	}
-	lock, err := lockDir(dir, unix.LOCK_EX)
-	if err != nil {
-		return nil, false, err
-	}
-	st = &State{Dir: dir, lock: lock}
-	defer func() {
-		if err != nil {
-			st.Close()
-			st = nil
-		}
-	}()
-
-	want := maps.Config{Level: uint32(level + 2), CgroupRoot: root, Uplink: o.Uplink, Delivery: o.Delivery}
+	want := maps.Config{Level: uint32(level + 2), CgroupRoot: root, Uplink: o.Uplink, Delivery: o.Delivery, NameTag: NameTag(dir)}
 	if want.NetnsCookie, err = hostNetnsCookie(); err != nil {
-		return st, false, err
+		return false, err
 	}
 	if o.Uplink != "" {
 		if want.UplinkIfindex, want.UplinkMAC, want.UplinkIP4, err = linkOf(o.Uplink); err != nil {
-			return st, false, err
+			if installed && o.KeepUplink {
+				return false, fmt.Errorf("the uplink of the installation at %s: %w; to use another: l3iso up --uplink IF", dir, err)
+			}
+			return false, err
 		}
 	}
 
-	if _, err := os.Stat(mapsDir(dir)); err == nil {
-		// Maps a newer l3iso added (an upgrade): create them beside the
-		// others; the programs loaded below use them.
-		added, err := maps.PinMissing(mapsDir(dir))
-		if err != nil {
-			return st, false, err
-		}
-		changed = len(added) > 0
-		if st.Maps, err = maps.OpenPinned(mapsDir(dir)); err != nil {
-			return st, false, err
-		}
-		if st.Config, err = st.Maps.Config(); err != nil {
-			return st, false, err
-		}
+	if installed {
 		if err := sameOptions(dir, st.Config, want); err != nil {
-			return st, false, err
-		}
-		if o.KeepDelivery {
-			want.Delivery = st.Config.Delivery
+			return false, err
 		}
 		st.From, st.Switched = st.Config.Delivery, st.Config.Delivery != want.Delivery
-		// The delivery may change on a running host (the caller switches
-		// the containers: dirty until it is done), and the uplink may have
-		// been recreated under its name.
-		if st.Config.Delivery != want.Delivery || st.Config.UplinkIfindex != want.UplinkIfindex || st.Config.UplinkMAC != want.UplinkMAC || st.Config.UplinkIP4 != want.UplinkIP4 {
+		st.UplinkFrom, st.UplinkSwitched = st.Config.Uplink, st.Config.Uplink != want.Uplink
+		// The delivery and the uplink may change on a running host (the
+		// caller moves the containers: dirty until it is done), and the
+		// uplink may have been recreated under its name (or given
+		// another IPv4 address).
+		if st.Config.Delivery != want.Delivery || st.Config.Uplink != want.Uplink || st.Config.UplinkIfindex != want.UplinkIfindex || st.Config.UplinkMAC != want.UplinkMAC || st.Config.UplinkIP4 != want.UplinkIP4 {
 			cfg := st.Config
-			cfg.Delivery, cfg.UplinkIfindex, cfg.UplinkMAC, cfg.UplinkIP4, cfg.Dirty = want.Delivery, want.UplinkIfindex, want.UplinkMAC, want.UplinkIP4, true
+			cfg.Delivery, cfg.Uplink, cfg.UplinkIfindex, cfg.UplinkMAC, cfg.UplinkIP4, cfg.Dirty = want.Delivery, want.Uplink, want.UplinkIfindex, want.UplinkMAC, want.UplinkIP4, true
 			if err := st.Maps.SetConfig(cfg); err != nil {
-				return st, changed, err
+				return changed, err
 			}
 			st.Config = cfg
 			changed = true
 		}
 	} else {
 		if err := st.createMaps(want); err != nil {
-			return st, false, err
+			return false, err
 		}
 		changed = true
 	}
 	if err := cgroup.Create(filepath.Join(root, ContainersDir)); err != nil {
-		return st, changed, err
+		return changed, err
 	}
 	linked, err := st.ensureLinks()
 	if err != nil {
-		return st, changed || linked, err
+		return changed || linked, err
 	}
 	tc, err := st.ensureTCPrograms()
 	if err != nil {
-		return st, changed || linked || tc, err
+		return changed || linked || tc, err
 	}
 	group, err := st.ensureGroupLinks()
-	return st, changed || linked || tc || group, err
+	return changed || linked || tc || group, err
 }
 
+// NameTag is the name tag (see veth.Key) of a new installation pinned at
+// dir: none for DefaultBPFFS, whose netns containers keep the names they
+// always had (l3iso-NAME, l3i-NAME), else 4 base32 digits of the SHA-256
+// of dir's absolute path, so that installations with different --bpffs on
+// one host name their containers apart. An installation keeps the tag it
+// was made with (l3_config); one made before tags keeps none.
+func NameTag(dir string) string {
+	if dir == "" {
+		dir = DefaultBPFFS
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	if dir == DefaultBPFFS {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(dir))
+	return strings.ToLower(base32.StdEncoding.EncodeToString(sum[:]))[:4]
+}
+
+// sameOptions refuses what `up` cannot change on a running installation:
+// its cgroup root (every container's cgroup lives below it: its processes
+// would have to move) and its network namespace.
 func sameOptions(dir string, have, want maps.Config) error {
 	if have.CgroupRoot != want.CgroupRoot {
-		return fmt.Errorf("l3iso is already up at %s with --cgroup-root %s (asked: %s): run `l3iso down` first, or repeat the same options", dir, have.CgroupRoot, want.CgroupRoot)
-	}
-	if have.Uplink != want.Uplink {
-		return fmt.Errorf("l3iso is already up at %s with --uplink %q (asked: %q): run `l3iso down` first, or repeat the same options", dir, have.Uplink, want.Uplink)
+		return fmt.Errorf("l3iso is already up at %s with --cgroup-root %s (asked: %s): changing the cgroup root needs `l3iso down` first (it removes every container), or leave --cgroup-root out to keep it", dir, have.CgroupRoot, want.CgroupRoot)
 	}
 	if have.NetnsCookie != want.NetnsCookie {
 		return fmt.Errorf("l3iso at %s was brought up from another network namespace: run l3iso from that namespace, or `l3iso down` first", dir)
@@ -355,9 +475,13 @@ func (st *State) ensureLinks() (changed bool, err error) {
 	for n := range coll.Programs {
 		names = append(names, n)
 	}
+	rootID, err := cgroup.ID(st.Config.CgroupRoot)
+	if err != nil {
+		return false, err
+	}
 	for _, name := range linkOrder(linksDir(st.Dir), names) {
 		prog := coll.Programs[name]
-		c, err := st.ensureLink(name, prog, spec.Programs[name].AttachType)
+		c, err := st.ensureLink(name, prog, spec.Programs[name].AttachType, rootID)
 		if err != nil {
 			return changed, err
 		}
@@ -385,43 +509,99 @@ func linkOrder(dir string, names []string) []string {
 	return append(fresh, pinned...)
 }
 
-func (st *State) ensureLink(name string, prog *ebpf.Program, at ebpf.AttachType) (bool, error) {
+func (st *State) ensureLink(name string, prog *ebpf.Program, at ebpf.AttachType, rootID uint64) (bool, error) {
 	pin := filepath.Join(linksDir(st.Dir), name)
 	l, err := link.LoadPinnedLink(pin, nil)
 	if err == nil {
 		defer l.Close()
-		same, err := sameProgram(l, prog)
-		if err != nil {
-			return false, fmt.Errorf("inspect pinned link %s: %w", pin, err)
+		if attachedTo(l, at) == wantTarget(at, rootID) {
+			same, err := sameProgram(l, prog)
+			if err != nil {
+				return false, fmt.Errorf("inspect pinned link %s: %w", pin, err)
+			}
+			if same {
+				return false, nil
+			}
+			if err := l.Update(prog); err != nil {
+				return false, fmt.Errorf("upgrade program %s in place: %w", name, err)
+			}
+			return true, nil
 		}
-		if same {
-			return false, nil
+		// Detached (BPF_LINK_DETACH leaves the pin), or attached
+		// elsewhere: a new link takes the pin's place below.
+	} else if !errors.Is(err, os.ErrNotExist) {
+		// Not a link (anymore): a new link takes the pin's place.
+		if err := os.Remove(pin); err != nil {
+			return false, fmt.Errorf("remove pin %s, which is no link: %w", pin, err)
 		}
-		if err := l.Update(prog); err != nil {
-			return false, fmt.Errorf("upgrade program %s in place: %w", name, err)
-		}
-		return true, nil
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return false, fmt.Errorf("open pinned link %s: %w", pin, err)
-	}
+	var nl link.Link
 	if at == ebpf.AttachSkLookup {
 		// l3_sk_lookup: to the network namespace `up` runs in.
-		l, err = attachNetns(prog)
-		if err != nil {
+		if nl, err = attachNetns(prog); err != nil {
 			return false, fmt.Errorf("attach %s to this network namespace: %w", name, err)
 		}
-	} else {
-		l, err = link.AttachCgroup(link.CgroupOptions{Path: st.Config.CgroupRoot, Attach: at, Program: prog})
-		if err != nil {
-			return false, fmt.Errorf("attach %s to cgroup %s: %w", name, st.Config.CgroupRoot, err)
-		}
+	} else if nl, err = link.AttachCgroup(link.CgroupOptions{Path: st.Config.CgroupRoot, Attach: at, Program: prog}); err != nil {
+		return false, fmt.Errorf("attach %s to cgroup %s: %w", name, st.Config.CgroupRoot, err)
 	}
-	defer l.Close() // the pin keeps it; on error, closing detaches it
-	if err := l.Pin(pin); err != nil {
-		return false, fmt.Errorf("pin link %s: %w", pin, err)
+	defer nl.Close() // the pin keeps it; on error, closing detaches it
+	if err := pinOver(nl, pin); err != nil {
+		return false, err
 	}
 	return true, nil
+}
+
+// attachedTo is what a link of attach type at is attached to, as the
+// kernel reports it: a cgroup link's cgroup id, a network namespace link's
+// namespace inode; 0 once detached (or when it cannot say).
+func attachedTo(l link.Link, at ebpf.AttachType) uint64 {
+	info, err := l.Info()
+	if err != nil {
+		return 0
+	}
+	if at == ebpf.AttachSkLookup {
+		if ns := info.NetNs(); ns != nil {
+			return uint64(ns.NetnsIno)
+		}
+		return 0
+	}
+	if info.Cgroup() == nil {
+		return 0
+	}
+	return info.Cgroup().CgroupId
+}
+
+// wantTarget is what a link of attach type at must be attached to: the
+// cgroup root (id rootID), or this thread's network namespace.
+func wantTarget(at ebpf.AttachType, rootID uint64) uint64 {
+	if at == ebpf.AttachSkLookup {
+		return netnsIno()
+	}
+	return rootID
+}
+
+// netnsIno is the inode of the calling thread's network namespace.
+func netnsIno() uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0
+	}
+	return st.Ino
+}
+
+// pinOver pins l at pin, replacing whatever is pinned there with one
+// rename (bpffs refuses names with a dot: the temporary name has none).
+func pinOver(l link.Link, pin string) error {
+	tmp := pin + "-new"
+	os.Remove(tmp) // a crashed up's
+	if err := l.Pin(tmp); err != nil {
+		return fmt.Errorf("pin link %s: %w", pin, err)
+	}
+	if err := os.Rename(tmp, pin); err != nil {
+		l.Unpin()
+		return fmt.Errorf("move pinned link %s into place: %w", pin, err)
+	}
+	return nil
 }
 
 func sameProgram(l link.Link, prog *ebpf.Program) (bool, error) {
@@ -455,19 +635,24 @@ type LinkInfo struct {
 	Target    string `json:"target"`
 }
 
-// Links lists the pinned links.
+// Links lists the pinned links, with the target each is attached to as the
+// kernel reports it (not the configuration): the cgroup root, "(detached)"
+// once BPF_LINK_DETACH detached it, an interface.
 func (st *State) Links() ([]LinkInfo, error) {
 	entries, err := os.ReadDir(linksDir(st.Dir))
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("list %s: %w", linksDir(st.Dir), err)
 	}
+	rootID, _ := cgroup.ID(st.Config.CgroupRoot)
 	var out []LinkInfo
 	for _, e := range entries {
+		li := LinkInfo{Name: e.Name()}
 		l, err := link.LoadPinnedLink(filepath.Join(linksDir(st.Dir), e.Name()), nil)
 		if err != nil {
-			return nil, fmt.Errorf("open pinned link %s: %w", e.Name(), err)
+			li.Target = fmt.Sprintf("(cannot open: %v)", err)
+			out = append(out, li)
+			continue
 		}
-		li := LinkInfo{Name: e.Name(), Target: st.Config.CgroupRoot}
 		if info, err := l.Info(); err == nil {
 			li.ID = uint32(info.ID)
 			li.ProgramID = uint32(info.Program)
@@ -476,20 +661,36 @@ func (st *State) Links() ([]LinkInfo, error) {
 				if ebpf.AttachType(cg.AttachType) == ebpf.AttachCGroupInetIngress {
 					li.Attach = "CGroupInetIngress" // value 0 prints as "None"
 				}
+				switch cg.CgroupId {
+				case 0:
+					li.Target = "(detached)"
+				case rootID:
+					li.Target = st.Config.CgroupRoot
+				default:
+					li.Target = fmt.Sprintf("cgroup id %d", cg.CgroupId)
+				}
+			}
+			if ns := info.NetNs(); ns != nil {
+				li.Attach = ebpf.AttachSkLookup.String()
+				switch uint64(ns.NetnsIno) {
+				case 0:
+					li.Target = "(detached)"
+				case netnsIno():
+					li.Target = "this network namespace"
+				default:
+					li.Target = fmt.Sprintf("network namespace inode %d", ns.NetnsIno)
+				}
 			}
 			if tcx := info.TCX(); tcx != nil {
 				li.Attach = ebpf.AttachType(tcx.AttachType).String()
 				li.Target = fmt.Sprintf("ifindex %d (gone)", tcx.Ifindex)
-				if name := IfName(int(tcx.Ifindex)); name != "" {
+				if tcx.Ifindex == 0 {
+					li.Target = "(detached)"
+				} else if name := IfName(int(tcx.Ifindex)); name != "" {
 					li.Target = name
 				}
 			}
-			if p, err := ebpf.NewProgramFromID(info.Program); err == nil {
-				if pi, err := p.Info(); err == nil {
-					li.Tag = pi.Tag
-				}
-				p.Close()
-			}
+			_, li.Tag = st.progInfo(info.Program)
 		}
 		l.Close()
 		out = append(out, li)

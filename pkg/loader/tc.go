@@ -218,9 +218,9 @@ func (st *State) attachTC(pinName, ifname string, ifindex int, prog string, at e
 	}
 	pin := filepath.Join(linksDir(st.Dir), pinName)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer l.Close()
 		tl := describeTC(l, pinName)
 		if tl.Ifindex == ifindex {
-			defer l.Close()
 			if tl.Program == prog {
 				same, err := sameProgram(l, p)
 				if err == nil && same {
@@ -232,11 +232,13 @@ func (st *State) attachTC(pinName, ifname string, ifindex int, prog string, at e
 			}
 			return true, nil
 		}
-		// A link of an interface that no longer exists: replace it.
-		l.Unpin()
-		l.Close()
+		// A link of an interface that no longer exists, or detached
+		// (its ifindex is 0): a new link takes the pin's place below.
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return false, fmt.Errorf("open pinned link %s: %w", pin, err)
+		// Not a link (anymore): a new link takes the pin's place.
+		if err := os.Remove(pin); err != nil {
+			return false, fmt.Errorf("remove pin %s, which is no link: %w", pin, err)
+		}
 	}
 	o := link.TCXOptions{Interface: ifindex, Program: p, Attach: at}
 	switch prog {
@@ -260,8 +262,8 @@ func (st *State) attachTC(pinName, ifname string, ifindex int, prog string, at e
 	if err := os.MkdirAll(linksDir(st.Dir), 0o700); err != nil {
 		return false, fmt.Errorf("create %s: %w", linksDir(st.Dir), err)
 	}
-	if err := l.Pin(pin); err != nil {
-		return false, fmt.Errorf("pin link %s: %w", pin, err)
+	if err := pinOver(l, pin); err != nil {
+		return false, err
 	}
 	return true, nil
 }

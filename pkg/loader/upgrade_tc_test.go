@@ -129,6 +129,13 @@ func TestUpgradeTCInPlace(t *testing.T) {
 	// The uplink: a veth pair between the host and the outside namespace,
 	// made directly in them (nothing appears in the machine's namespace).
 	hostName, outName := filepath.Base(hostNS), filepath.Base(outNS)
+	// The host forwards nothing (see the top of this file): a new
+	// namespace inherits the machine's ip_forward, which may be on.
+	for _, kv := range []string{"net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"} {
+		if out, err := exec.Command("ip", "netns", "exec", hostName, "sysctl", "-qw", kv).CombinedOutput(); err != nil {
+			t.Fatalf("sysctl %s: %v: %s", kv, err, out)
+		}
+	}
 	for _, args := range [][]string{
 		{"link", "add", tcuUplink, "netns", hostName, "type", "veth", "peer", "name", "eth0", "netns", outName},
 		{"-n", hostName, "addr", "add", tcuHost4.String() + "/24", "dev", tcuUplink},
@@ -150,12 +157,13 @@ func TestUpgradeTCInPlace(t *testing.T) {
 	b := make([]byte, 3)
 	rand.Read(b)
 	name := "tcu-" + hex.EncodeToString(b)
-	vethIf := veth.HostIfName(name)
+	key := veth.Key(loader.NameTag(dir), name) // its namespace and veth are named by it
+	vethIf := veth.HostIfName(key)
 	t.Cleanup(func() { // runs after the down below
-		if p := veth.NetnsPath(name); fileExists(p) {
+		if p := veth.NetnsPath(key); fileExists(p) {
 			unix.Unmount(p, unix.MNT_DETACH)
 			os.Remove(p)
-			t.Errorf("down left network namespace %s (removed now)", veth.NetnsName(name))
+			t.Errorf("down left network namespace %s (removed now)", veth.NetnsName(key))
 		}
 	})
 	t.Cleanup(func() {
@@ -289,7 +297,7 @@ func TestUpgradeTCInPlace(t *testing.T) {
 	}
 
 	// Traffic: the echo server in the container, the clients outside.
-	startEchoServer(t, sockprobe.Options{CgroupDir: filepath.Join(root, loader.ContainersDir, name), NetnsPath: veth.NetnsPath(name)})
+	startEchoServer(t, sockprobe.Options{CgroupDir: filepath.Join(root, loader.ContainersDir, name), NetnsPath: veth.NetnsPath(key)})
 	flows := []*udpFlow{
 		newUDPFlow(t, outNS, "udp4", netip.AddrPortFrom(tcuCont4, tcuPort)),
 		newUDPFlow(t, outNS, "udp6", netip.AddrPortFrom(tcuCont6, tcuPort)),

@@ -62,6 +62,12 @@ type Config struct {
 	// AcceptLocal says that l3iso turned on net.ipv4.conf.lo.accept_local
 	// (broadcast copies re-enter lo with a local source); down turns it off.
 	AcceptLocal bool
+	// NameTag goes into the names of netns containers' namespaces and
+	// veths (pkg/veth, Key), so that installations with different --bpffs
+	// do not collide: up to 4 characters, "" for the names of an l3iso
+	// before tags (and for the default --bpffs). It lives in l3_cfg's
+	// spare word (pad), which the programs do not read.
+	NameTag string
 }
 
 // Config reads l3_config[0].
@@ -78,7 +84,31 @@ func (s *Set) Config() (Config, error) {
 		Forward4:    v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD4) != 0,
 		Forward6:    v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD6) != 0,
 		AcceptLocal: v.Flags&uint32(sockL3CfgFlagsL3CFG_ACCEPT_LOCAL) != 0,
+		NameTag:     nameTag(v.NameTag),
 	}, nil
+}
+
+// nameTag and tagWord convert Config.NameTag from and to l3_cfg's pad: its
+// bytes in order, NUL-padded.
+func nameTag(w uint32) string {
+	var b []byte
+	for i := 0; i < 4; i++ {
+		if c := byte(w >> (8 * i)); c != 0 {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+func tagWord(tag string) (uint32, error) {
+	if len(tag) > 4 {
+		return 0, fmt.Errorf("name tag %q is longer than 4 bytes", tag)
+	}
+	var w uint32
+	for i := 0; i < len(tag); i++ {
+		w |= uint32(tag[i]) << (8 * i)
+	}
+	return w, nil
 }
 
 // SetConfig writes l3_config[0]. The generation and the broadcast filter
@@ -92,6 +122,10 @@ func (s *Set) SetConfig(c Config) error {
 		Gen: cur.Gen, BcastBloom: cur.BcastBloom,
 		NetnsCookie: c.NetnsCookie, Level: c.Level, Delivery: uint32(c.Delivery), UplinkIfindex: c.UplinkIfindex,
 		UplinkMac: c.UplinkMAC, UplinkIp4: ip4To(c.UplinkIP4),
+	}
+	var err error
+	if v.NameTag, err = tagWord(c.NameTag); err != nil {
+		return err
 	}
 	if c.Dirty {
 		v.Flags |= uint32(sockL3CfgFlagsL3CFG_DIRTY)

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -153,10 +154,30 @@ var ErrIncompatible = errors.New("pinned maps were made by an incompatible versi
 // than the rest of a `container add`: once the pins passed the check, the
 // index remembers which object they passed it against (index.go), and later
 // opens by a binary with the same object skip it.
-func OpenPinned(dir string) (*Set, error) {
+func OpenPinned(dir string) (*Set, error) { return OpenPinnedOr(dir, nil) }
+
+// PinNames are the pin names of the maps, sorted.
+func PinNames() []string {
+	var out []string
+	for name := range (&Set{}).byName() {
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// OpenPinnedOr is OpenPinned, but a map whose pin is missing is taken from
+// missing(name) when that returns one (the map the running programs use,
+// see loader): the Set owns it then.
+func OpenPinnedOr(dir string, missing func(name string) *ebpf.Map) (*Set, error) {
 	s := &Set{dir: dir}
 	for name, dst := range s.byName() {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if errors.Is(err, os.ErrNotExist) && missing != nil {
+			if m = missing(name); m != nil {
+				err = nil
+			}
+		}
 		if err != nil {
 			s.Close()
 			if errors.Is(err, os.ErrNotExist) {

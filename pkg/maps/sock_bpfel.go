@@ -89,6 +89,8 @@ type sockL3Cfg struct {
 	Uplink        [16]int8
 	UplinkMac     [6]uint8
 	Pad2          uint16
+	NameTag       uint32
+	Pad3          uint32
 }
 
 type sockL3CfgFlags uint32

@@ -146,7 +146,7 @@ func moveBridge(hostIf string, toBridge bool) error {
 		return fmt.Errorf("look up %s: %w", hostIf, err)
 	}
 	container, ok := ownerOf(veth)
-	if !ok || veth.Type() != "veth" || ValidateName(container) != nil {
+	if !ok || veth.Type() != "veth" || ValidateKey(container) != nil {
 		return fmt.Errorf("%w: %s is not the host-side veth of an l3iso container", ErrInvalid, hostIf)
 	}
 	ns, err := nsHandle(NetnsPath(container))
@@ -269,7 +269,7 @@ func deleteBridge(release bool) error {
 		}
 		for _, l := range links {
 			owner, ok := ownerOf(l)
-			if !ok || l.Type() != "veth" || l.Attrs().MasterIndex != br.Attrs().Index || ValidateName(owner) != nil {
+			if !ok || l.Type() != "veth" || l.Attrs().MasterIndex != br.Attrs().Index || ValidateKey(owner) != nil {
 				continue
 			}
 			if _, err := os.Stat(NetnsPath(owner)); errors.Is(err, fs.ErrNotExist) {

@@ -17,7 +17,7 @@ import (
 // be used from any goroutine. Goroutines fn starts run in the host namespace;
 // processes fn starts with os/exec run in the container namespace.
 func Do(container string, fn func() error) error {
-	if err := ValidateName(container); err != nil {
+	if err := ValidateKey(container); err != nil {
 		return err
 	}
 	return doPath(NetnsPath(container), fn)

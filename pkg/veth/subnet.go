@@ -20,7 +20,7 @@ import (
 // for a sibling. Only routes change, so the container's addresses and
 // sockets stay as they are. Host prefixes (/32, /128) have no subnet route.
 func SetSubnetRoutes(container string, viaGateway bool) error {
-	if err := ValidateName(container); err != nil {
+	if err := ValidateKey(container); err != nil {
 		return err
 	}
 	ns, err := nsHandle(NetnsPath(container))
@@ -82,7 +82,7 @@ func subnetRoutes(ns *netlink.Handle, ifIndex int, addrs []netip.Prefix, viaGate
 func DeleteMany(containers []string) error {
 	want := make(map[string]bool, len(containers))
 	for _, c := range containers {
-		if err := ValidateName(c); err != nil {
+		if err := ValidateKey(c); err != nil {
 			return fmt.Errorf("delete containers: %w", err)
 		}
 		want[c] = true
@@ -128,7 +128,7 @@ func DeleteMany(containers []string) error {
 // lose all of that. Sockets on addresses that stay never notice. Subnet
 // routes follow viaGateway (see SetSubnetRoutes).
 func SetAddrs(container string, addrs []netip.Prefix, viaGateway bool) error {
-	if err := ValidateName(container); err != nil {
+	if err := ValidateKey(container); err != nil {
 		return err
 	}
 	if err := setAddrs(container, addrs, viaGateway); err != nil {

@@ -2,11 +2,12 @@
 // containers: a named network namespace per container and a veth pair that
 // joins it to the host.
 //
-// For a container NAME the package makes
+// For a container with key KEY (its name NAME, or TAG_NAME: see Key) the
+// package makes
 //
-//   - the network namespace l3iso-NAME, bind-mounted at /run/netns/l3iso-NAME
+//   - the network namespace l3iso-KEY, bind-mounted at /run/netns/l3iso-KEY
 //     exactly like `ip netns add` does, so iproute2 sees it;
-//   - a veth pair whose host side HostIfName(NAME) ("l3i-NAME") stays in the
+//   - a veth pair whose host side HostIfName(KEY) ("l3i-KEY") stays in the
 //     host namespace and whose peer is eth0 inside the container namespace.
 //
 // Inside the namespace lo and eth0 are up, the container addresses sit on
@@ -40,7 +41,7 @@
 //
 // Call the functions from the host network namespace (not from inside Do).
 // The package keeps no state of its own. Every name derives from the container
-// name and Lookup, List, Delete and DeleteAll read the kernel, so a crashed
+// key and Lookup, List, Delete and DeleteAll read the kernel, so a crashed
 // process loses nothing. TC and BPF programs are attached by other packages
 // to the interfaces made here.
 package veth
@@ -48,6 +49,7 @@ package veth
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base32"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -114,7 +116,8 @@ var (
 
 // Spec describes a netns-mode container to create.
 type Spec struct {
-	// Container is the container name: 1 to MaxNameLen characters of [a-z0-9-].
+	// Container is the container's key (see Key): its name of 1 to
+	// MaxNameLen characters of [a-z0-9-], after its installation's tag.
 	Container string
 	// Addrs are the container's addresses with their prefix length; the prefix
 	// becomes an on-link route inside the container. Use a /32 or /128 (see
@@ -154,24 +157,77 @@ type Endpoint struct {
 // once and exists so callers treat it like the package's other resources.
 func (e *Endpoint) Close() error { return nil }
 
+// Every function of this package that takes a container takes its key:
+// the container's name, or, for an l3iso installation with a name tag
+// (one per --bpffs, so that two installations on one host never share a
+// name), TAG_NAME (Key). Keys without a tag are the names of an l3iso
+// before tags: its containers keep them. A tag has no '_' and a name
+// cannot have one, so the two kinds never collide.
+
+// tagSep separates the tag from the container name in a key.
+const tagSep = "_"
+
+// Key returns the key of container name for an installation with name tag
+// tag ("" = none).
+func Key(tag, name string) string {
+	if tag == "" {
+		return name
+	}
+	return tag + tagSep + name
+}
+
+// SplitKey returns the tag and the container name of a key.
+func SplitKey(key string) (tag, name string) {
+	if t, n, ok := strings.Cut(key, tagSep); ok {
+		return t, n
+	}
+	return "", key
+}
+
 // NetnsName returns the name of the container's network namespace as `ip
-// netns` shows it: "l3iso-" + container.
-func NetnsName(container string) string { return NetnsPrefix + container }
+// netns` shows it: "l3iso-" + key (l3iso-NAME, l3iso-TAG_NAME).
+func NetnsName(key string) string { return NetnsPrefix + key }
 
 // NetnsPath returns the path of the container's namespace bind mount.
-func NetnsPath(container string) string { return filepath.Join(NetnsDir, NetnsName(container)) }
+func NetnsPath(key string) string { return filepath.Join(NetnsDir, NetnsName(key)) }
 
 // HostIfName returns the name of the container's host-side veth. It is
-// "l3i-" + container when that fits in IFNAMSIZ-1 (15) characters; longer
-// names become "l3i-" + the first 2 characters + the first 9 hex digits
-// of the SHA-256 of the whole name. Two long names collide with odds of 1 in 2^36;
-// Create then fails and names the container holding the interface.
-func HostIfName(container string) string {
-	if len(HostIfPrefix)+len(container) <= maxIfNameLen {
-		return HostIfPrefix + container
+// "l3i-" + key when that fits in IFNAMSIZ-1 (15) characters. A longer key
+// without a tag becomes "l3i-" + the first 2 characters + the first 9 hex
+// digits of the SHA-256 of the whole name: two long names collide with
+// odds of 1 in 2^36. A longer tagged one keeps "l3i-TAG_" and fills the
+// rest with base32 digits of the SHA-256 of the key (6 for a 4-character
+// tag: odds of 1 in 2^30). On a collision Create fails and names the
+// container holding the interface.
+func HostIfName(key string) string {
+	if len(HostIfPrefix)+len(key) <= maxIfNameLen {
+		return HostIfPrefix + key
 	}
-	sum := sha256.Sum256([]byte(container))
-	return HostIfPrefix + container[:2] + hex.EncodeToString(sum[:5])[:9]
+	sum := sha256.Sum256([]byte(key))
+	tag, _ := SplitKey(key)
+	if tag == "" {
+		return HostIfPrefix + key[:2] + hex.EncodeToString(sum[:5])[:9]
+	}
+	prefix := HostIfPrefix + tag + tagSep
+	digits := strings.ToLower(base32.StdEncoding.EncodeToString(sum[:]))
+	return prefix + digits[:max(maxIfNameLen-len(prefix), 0)]
+}
+
+// ValidateKey reports whether key is a valid container key: a valid name,
+// optionally after a tag (1 to 8 characters of a-z and 0-9) and '_'.
+func ValidateKey(key string) error {
+	tag, name := SplitKey(key)
+	if strings.Contains(key, tagSep) {
+		if len(tag) == 0 || len(tag) > 8 {
+			return fmt.Errorf("%w: container key %q: the tag before %q must be 1 to 8 characters long", ErrInvalid, key, tagSep)
+		}
+		for i := 0; i < len(tag); i++ {
+			if c := tag[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+				return fmt.Errorf("%w: container key %q: the tag contains %q: use only a-z and 0-9", ErrInvalid, key, c)
+			}
+		}
+	}
+	return ValidateName(name)
 }
 
 // ValidateName reports whether container is a valid container name.
@@ -286,7 +342,7 @@ func Create(s Spec) (*Endpoint, error) {
 }
 
 func create(s Spec) (ep *Endpoint, err error) {
-	if err := ValidateName(s.Container); err != nil {
+	if err := ValidateKey(s.Container); err != nil {
 		return nil, err
 	}
 	mtu := s.MTU
@@ -672,7 +728,7 @@ func Lookup(container string) (*Endpoint, error) {
 }
 
 func lookup(container string) (*Endpoint, error) {
-	if err := ValidateName(container); err != nil {
+	if err := ValidateKey(container); err != nil {
 		return nil, err
 	}
 	path := NetnsPath(container)
@@ -748,8 +804,8 @@ func peerInfo(ns *netlink.Handle) (netlink.Link, []netip.Prefix, error) {
 	return eth0, addrs, nil
 }
 
-// List returns the names of the containers that have an l3iso network
-// namespace, sorted.
+// List returns the keys of the containers that have an l3iso network
+// namespace (of every installation: see SplitKey), sorted.
 func List() ([]string, error) {
 	entries, err := os.ReadDir(NetnsDir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -760,7 +816,7 @@ func List() ([]string, error) {
 	}
 	var names []string
 	for _, e := range entries {
-		if c, ok := strings.CutPrefix(e.Name(), NetnsPrefix); ok && ValidateName(c) == nil {
+		if c, ok := strings.CutPrefix(e.Name(), NetnsPrefix); ok && ValidateKey(c) == nil {
 			names = append(names, c)
 		}
 	}
@@ -779,7 +835,7 @@ func List() ([]string, error) {
 // container was already removed by hand, its addresses are unknown and its
 // bridge routes stay until DeleteBridge.
 func Delete(container string) error {
-	if err := ValidateName(container); err != nil {
+	if err := ValidateKey(container); err != nil {
 		return fmt.Errorf("delete container: %w", err)
 	}
 	if err := deleteOne(container); err != nil {

@@ -418,6 +418,58 @@ func TestHostIfName(t *testing.T) {
 	}
 }
 
+// TestKey: a tagged key names a namespace and a veth apart from the same
+// container of an installation with another tag, or with none, and
+// nothing else changes for untagged keys.
+func TestKey(t *testing.T) {
+	if Key("", "web") != "web" || Key("k3fa", "web") != "k3fa_web" {
+		t.Errorf("Key: %q, %q", Key("", "web"), Key("k3fa", "web"))
+	}
+	for key, want := range map[string][2]string{"web": {"", "web"}, "k3fa_web": {"k3fa", "web"}} {
+		if tag, name := SplitKey(key); tag != want[0] || name != want[1] {
+			t.Errorf("SplitKey(%q) = %q, %q; want %q", key, tag, name, want)
+		}
+	}
+	for _, tc := range []struct{ key, want string }{
+		{"k3fa_web", "l3i-k3fa_web"},
+		{"k3fa_abcdef", "l3i-k3fa_abcdef"}, // 15 characters: fits
+	} {
+		if got := HostIfName(tc.key); got != tc.want {
+			t.Errorf("HostIfName(%q) = %q, want %q", tc.key, got, tc.want)
+		}
+	}
+	if NetnsName("k3fa_web") != "l3iso-k3fa_web" {
+		t.Errorf("NetnsName(k3fa_web) = %q", NetnsName("k3fa_web"))
+	}
+	// The same names in two installations, and without a tag: all apart,
+	// long ones (hashed) too; a long name keeps its tag in the veth's.
+	seen := map[string]string{}
+	for _, tag := range []string{"", "k3fa", "zz27"} {
+		for i := 0; i < 3000; i++ {
+			key := Key(tag, fmt.Sprintf("service-%05d", i%1000))
+			if i >= 1000 {
+				key = Key(tag, fmt.Sprintf("s%d", i))
+			}
+			ifn := HostIfName(key)
+			if len(ifn) > 15 || !strings.HasPrefix(ifn, "l3i-"+tag) {
+				t.Fatalf("HostIfName(%q) = %q: want at most 15 characters starting l3i-%s", key, ifn, tag)
+			}
+			if other, ok := seen[ifn]; ok {
+				t.Fatalf("HostIfName(%q) == HostIfName(%q) == %q", key, other, ifn)
+			}
+			seen[ifn] = key
+			if err := ValidateKey(key); err != nil {
+				t.Errorf("ValidateKey(%q): %v", key, err)
+			}
+		}
+	}
+	for _, bad := range []string{"_web", "waytoolongtag_web", "K3FA_web", "k3fa_", "k3fa_Web", "a_b_c"} {
+		if err := ValidateKey(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ValidateKey(%q) = %v, want ErrInvalid", bad, err)
+		}
+	}
+}
+
 func TestValidate(t *testing.T) {
 	a4, a6 := HostPrefix(v4(250, 250)), HostPrefix(v6(250, 250))
 	for _, tc := range []struct {
