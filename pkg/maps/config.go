@@ -1,10 +1,10 @@
 package maps
 
 import (
-	"net/netip"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 )
@@ -51,10 +51,10 @@ type Config struct {
 	// UplinkIP4 is an IPv4 address of the uplink (the zero Addr: none): a
 	// shared container's multicast join by interface address that names
 	// none is made there (bpf/sock.c, join_on_uplink).
-	UplinkIP4 netip.Addr
-	CgroupRoot    string  // where the programs are attached
-	Uplink        string  // interface name; "" = addresses on lo
-	Dirty         bool    // a changing command is under way, or died before it finished
+	UplinkIP4  netip.Addr
+	CgroupRoot string // where the programs are attached
+	Uplink     string // interface name; "" = addresses on lo
+	Dirty      bool   // a changing command is under way, or died before it finished
 	// Forward4 and Forward6 say that l3iso turned on IPv4 / IPv6 forwarding
 	// (for routed or bridge delivery), so it turns it off again when no
 	// longer needed, and leaves alone forwarding the operator turned on.
@@ -201,11 +201,11 @@ var CounterNames = []string{
 	sockL3CounterL3C_GROUP_LOST:        "group_copies_lost",
 	sockL3CounterL3C_GROUP_FILTERED:    "group_copies_filtered",
 
-	sockL3CounterL3C_BIND_INUSE:   "bind_denied_in_use",
-	sockL3CounterL3C_SOCK_QUOTA:   "socket_quota_exceeded",
-	sockL3CounterL3C_STEERED:      "steered",
-	sockL3CounterL3C_REFUSED:      "refused",
-	sockL3CounterL3C_LOOP_DENIED:  "loopback_denied",
+	sockL3CounterL3C_BIND_INUSE:  "bind_denied_in_use",
+	sockL3CounterL3C_SOCK_QUOTA:  "socket_quota_exceeded",
+	sockL3CounterL3C_STEERED:     "steered",
+	sockL3CounterL3C_REFUSED:     "refused",
+	sockL3CounterL3C_LOOP_DENIED: "loopback_denied",
 }
 
 // Counters are one container's verdict counters, summed over CPUs, by name.
