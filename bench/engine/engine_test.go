@@ -152,7 +152,7 @@ func TestSmoke(t *testing.T) {
 	}
 }
 
-// Cancelling the context (what Ctrl-C does in `l3iso bench`) stops the
+// Cancelling the context (what Ctrl-C does in l3iso-bench) stops the
 // run and still removes everything.
 func TestCancel(t *testing.T) {
 	sockprobe.RequirePrivileged(t)
