@@ -574,10 +574,10 @@ func (b *bench) measure(ctx context.Context) error {
 							ld.QueueWaitMsPerS = append(ld.QueueWaitMsPerS, float64(wait1-wait0)/1e6/time.Since(t0).Seconds())
 						}
 					}
-					if errors.Is(err, errStarved) {
-						// Once more: a receiver that is not scheduled
-						// in the window counts nothing on a loaded
-						// machine; its workers are in step.
+					for try := 0; try < 2 && errors.Is(err, errStarved); try++ {
+						// Again: a receiver that is not scheduled in the
+						// window counts nothing on a loaded machine;
+						// its workers are in step.
 						res, err = b.runOnce(ctx, t, w, d)
 					}
 				}
@@ -596,9 +596,9 @@ func (b *bench) measure(ctx context.Context) error {
 					}
 					b.failures[fmt.Sprintf("%s in %s", w, t.label())]++
 					if t.broken == nil && errors.Is(err, errStarved) {
-						// Twice in a row: this round's figure is missing,
-						// the configuration stays in.
-						b.pr.phase(fmt.Sprintf("round %d: %s in %s counted nothing twice (missing this round): %v", r+1, w, t.label(), err))
+						// Three times in a row: this round's figure is
+						// missing, the configuration stays in.
+						b.pr.phase(fmt.Sprintf("round %d: %s in %s counted nothing three times (missing this round): %v", r+1, w, t.label(), err))
 					} else if t.broken == nil {
 						// Its workers may still answer the failed run
 						// later: leave the configuration out from here on.
@@ -1003,12 +1003,7 @@ func describeMachine() Machine {
 			}
 		}
 	}
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		f := strings.Fields(string(b))
-		if len(f) >= 3 {
-			m.Load = strings.Join(f[:3], " ")
-		}
-	}
+	m.Load = loadAvg()
 	return m
 }
 

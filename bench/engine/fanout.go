@@ -141,8 +141,9 @@ func (b *bench) runFanout(ctx context.Context, t *target, d time.Duration) (runF
 	for j := range t.listeners {
 		n := s2[j].UDP - s1[j].UDP
 		if n == 0 {
-			return runFigures{}, fmt.Errorf("%s in %s: a listener received nothing between 20 %% and 80 %% of the run (%s; %d datagrams sent to %s:%d)",
-				BcastFanout, t.label(), strings.Join(got, "; "), res.Ops, fanoutBcast, fanoutPort)
+			// errStarved: retried, then missing this round, as in udp_pps.
+			return runFigures{}, fmt.Errorf("%s in %s: a listener received nothing between 20 %% and 80 %% of the run (%s; %d datagrams sent to %s:%d): %w",
+				BcastFanout, t.label(), strings.Join(got, "; "), res.Ops, fanoutBcast, fanoutPort, errStarved)
 		}
 		win := float64(s2[j].Ns-s1[j].Ns) / 1e9
 		rate := float64(n) / win

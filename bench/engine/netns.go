@@ -19,30 +19,11 @@ import (
 // The benchmark's topology is made with netlink (vishvananda/netlink and
 // netns, as pkg/veth makes the product's), never by running ip.
 
-// inNetns runs fn on a new OS thread that has entered the network
-// namespace at path, and throws that thread away afterwards: the
-// goroutine ends locked, so the Go runtime ends the thread instead of
-// letting other goroutines run in the wrong namespace. System calls fn
-// makes (a socket, a write to /proc/sys/net, a fork) happen in that
-// namespace; goroutines fn starts do not.
-func inNetns(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		ns, err := netns.GetFromPath(path)
-		if err != nil {
-			errc <- fmt.Errorf("open netns %s: %w", path, err)
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", path, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// inNetns runs fn on an OS thread that has entered the network namespace
+// at path (veth.DoAt, the product's helper): system calls fn makes — a
+// socket, a write to /proc/sys/net, a fork — happen in that namespace;
+// goroutines fn starts do not.
+func inNetns(path string, fn func() error) error { return veth.DoAt(path, fn) }
 
 // netnsHandle is a netlink handle whose socket lives in the network
 // namespace at path.
