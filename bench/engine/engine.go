@@ -138,6 +138,9 @@ func (o *Options) defaults() error {
 	if o.Fanout < 3 || o.Fanout > 253 {
 		return fmt.Errorf("bcast_fanout with %d containers: want 3 to 253 (two listen, one must not, all on one /24)", o.Fanout)
 	}
+	if o.Nice < -20 || o.Nice > 19 {
+		return fmt.Errorf("nice %d: want -20 to 19", o.Nice)
+	}
 	if o.ControlPlane == 0 {
 		o.ControlPlane = 10_000
 	}
@@ -217,11 +220,11 @@ func orderKey(t *target) [3]int {
 // report. Cancelling ctx (Ctrl-C in l3iso-bench) stops the run; the
 // teardown still happens before Run returns.
 func Run(ctx context.Context, o Options) (rep *Report, err error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("the benchmark needs root: it creates network namespaces, cgroups and a bpffs mount")
-	}
 	if err := o.defaults(); err != nil {
 		return nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the benchmark needs root: it creates network namespaces, cgroups and a bpffs mount")
 	}
 	pr := newProgress(o.Progress)
 	machine := describeMachine()
@@ -773,6 +776,9 @@ func (b *bench) bpfStats(ctx context.Context) (*BPFStats, error) {
 			for _, name := range slices.Sorted(maps.Keys(c)) {
 				if isDoNothing(name) {
 					own = append(own, c[name][0])
+				}
+				if math.IsNaN(c[name][1]) { // no operations counted
+					continue
 				}
 				st.Programs = append(st.Programs, ProgramCost{Config: t.config, Workload: w, Program: name, NsPerRun: c[name][0], RunsPerOp: c[name][1]})
 			}

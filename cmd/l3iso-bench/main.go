@@ -91,6 +91,9 @@ the full run (make bench) about 20.`,
 			if runFor < 0 || (runFor > 0 && runFor < 50*time.Millisecond) {
 				return fmt.Errorf("--run %v: want at least 50ms", runFor)
 			}
+			if o.Nice < -20 || o.Nice > 19 {
+				return fmt.Errorf("--nice %d: want -20 to 19", o.Nice)
+			}
 			bin, err := findL3iso(l3iso)
 			if err != nil {
 				return err
