@@ -151,12 +151,13 @@ func (o *Options) defaults() error {
 }
 
 // The default rounds and run time (bench/README.md, "Method", says why).
-// The interval of a median shrinks as 1/√rounds: on a quiet 2-vCPU
-// machine a per-round udp_pps ratio spreads by ~5–8 %, which 40 rounds
-// bring to an interval of about ±2–3 %. Short runs keep a round, and the
-// time between the two runs of a pair, short.
+// The interval of a median narrows as 1/√rounds: simulated per-round
+// ratios with a spread σ give a half-width of ~0.53σ with 25 rounds and
+// ~0.34σ with 50, so 50 rounds reach ±3 % while one round's ratio spreads
+// by up to ~9 % (a quiet 2-vCPU machine: ~5–8 %). Short runs keep a round,
+// and the time between the two runs of a pair, short.
 const (
-	DefaultRounds  = 40
+	DefaultRounds  = 50
 	DefaultRunTime = 300 * time.Millisecond
 	QuickRounds    = 6
 	QuickRunTime   = 200 * time.Millisecond
@@ -570,11 +571,11 @@ func (b *bench) measure(ctx context.Context) error {
 				var res runFigures
 				var err error
 				if t.broken == nil {
-					wait0, t0 := b.queueWait(t), time.Now()
+					wait0, t0 := b.queueWaits(t), time.Now()
 					res, err = b.runOnce(ctx, t, w, d)
-					if wait0 >= 0 && err == nil {
-						if wait1 := b.queueWait(t); wait1 >= 0 {
-							ld.QueueWaitMsPerS = append(ld.QueueWaitMsPerS, float64(wait1-wait0)/1e6/time.Since(t0).Seconds())
+					if wait0 != nil && err == nil {
+						if wait1 := b.queueWaits(t); wait1 != nil {
+							ld.QueueWaitMsPerS = append(ld.QueueWaitMsPerS, waitedMs(wait0, wait1)/time.Since(t0).Seconds())
 						}
 					}
 					for try := 0; try < 2 && errors.Is(err, errStarved); try++ {
@@ -628,22 +629,37 @@ func (b *bench) measure(ctx context.Context) error {
 	return nil
 }
 
-// queueWait is how long the threads of t's workers have waited on a run
-// queue for a CPU so far, in ns (-1: unknown): time another task had
-// their CPU.
-func (b *bench) queueWait(t *target) int64 {
-	var total int64
+// queueWaits reads how long each thread of t's workers has waited on a
+// run queue for a CPU so far (ns, by thread): time another task had their
+// CPU. nil: unknown.
+func (b *bench) queueWaits(t *target) map[string]int64 {
+	out := map[string]int64{}
 	for _, wk := range append([]*Worker{t.cli, t.srv}, t.listeners...) {
 		if wk == nil {
 			continue
 		}
-		_, wait, err := taskSched(wk.Pid())
+		threads, err := taskSched(wk.Pid())
 		if err != nil {
-			return -1
+			return nil
 		}
-		total += wait
+		for k, v := range threads {
+			out[k] = v[1]
+		}
 	}
-	return total
+	return out
+}
+
+// waitedMs is the run-queue wait between two queueWaits readings, in ms,
+// over the threads both saw (a thread started or ended between them has
+// no interval to count).
+func waitedMs(before, after map[string]int64) float64 {
+	var ns int64
+	for k, a := range after {
+		if b, ok := before[k]; ok {
+			ns += a - b
+		}
+	}
+	return float64(ns) / 1e6
 }
 
 // untilSnap waits from snapshot i-1 (or the run's start) to snapshot i of a

@@ -190,18 +190,24 @@ func (b *bench) fanoutCPU(t *target) (int64, error) {
 // clock, not tick samples). A worker is the process the engine started
 // (no helper in between).
 func taskCPU(pid int) (int64, error) {
-	run, _, err := taskSched(pid)
-	return run, err
+	var total int64
+	threads, err := taskSched(pid)
+	for _, t := range threads {
+		total += t[0]
+	}
+	return total, err
 }
 
-// taskSched sums, over every thread of process pid, the time it ran and
-// the time it waited on a run queue for a CPU: the first two fields of
-// /proc/PID/task/*/schedstat, in nanoseconds.
-func taskSched(pid int) (run, wait int64, err error) {
+// taskSched reads, for every thread of process pid (by its
+// /proc/PID/task/TID/schedstat path), the time it has run and the time it
+// has waited on a run queue for a CPU: the first two fields, in
+// nanoseconds.
+func taskSched(pid int) (map[string][2]int64, error) {
 	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
 	if err != nil || len(tasks) == 0 {
-		return 0, 0, fmt.Errorf("CPU time of process %d: no /proc/%d/task/*/schedstat (%v): has it exited?", pid, pid, err)
+		return nil, fmt.Errorf("CPU time of process %d: no /proc/%d/task/*/schedstat (%v): has it exited?", pid, pid, err)
 	}
+	out := make(map[string][2]int64, len(tasks))
 	for _, f := range tasks {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -214,11 +220,11 @@ func taskSched(pid int) (run, wait int64, err error) {
 		r, err1 := strconv.ParseInt(fs[0], 10, 64)
 		w, err2 := strconv.ParseInt(fs[1], 10, 64)
 		if err := errors.Join(err1, err2); err != nil {
-			return 0, 0, fmt.Errorf("%s: %q: %w", f, b, err)
+			return nil, fmt.Errorf("%s: %q: %w", f, b, err)
 		}
-		run, wait = run+r, wait+w
+		out[f] = [2]int64{r, w}
 	}
-	return run, wait, nil
+	return out, nil
 }
 
 // softirqThreads finds the ksoftirqd/N kernel threads (none when this

@@ -639,6 +639,11 @@ func (r *Report) writeStatistics(b *strings.Builder) {
 		"results.json has the per-round ratios and the method, so every interval can be recomputed). A difference is shown "+
 		"when the interval excludes 1; a target is \"met, shown\" when the interval lies wholly on its side.\n\n",
 		100*r.Statistics.Confidence, r.Statistics.Resamples, r.Statistics.Seed)
+	if r.Rounds < 25 {
+		fmt.Fprintf(b, "With %d rounds an interval is close to the per-round ratios' range and holds the true median less often "+
+			"than %.0f %%: a \"shown\" here is a hint, not a finding (the full run has %d rounds).\n\n",
+			r.Rounds, 100*r.Statistics.Confidence, DefaultRounds)
+	}
 	b.WriteString("| ratio (issue 17) | rounds | median [95 % interval] | ± | per-round min–max |\n|---|---|---|---|---|\n")
 	var widths Series
 	for _, t := range r.Targets {

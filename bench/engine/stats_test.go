@@ -185,3 +185,13 @@ func TestCountedMedian(t *testing.T) {
 		}
 	}
 }
+
+// The run-queue wait of a run counts only threads seen before and after
+// it: a thread that appeared brings its whole past with it.
+func TestWaitedMs(t *testing.T) {
+	before := map[string]int64{"a": 1e6, "b": 5e6, "gone": 9e6}
+	after := map[string]int64{"a": 3e6, "b": 5e6, "new": 50e9}
+	if got := waitedMs(before, after); got != 2 {
+		t.Errorf("waitedMs = %v, want 2 (thread a's 2 ms)", got)
+	}
+}
