@@ -271,6 +271,9 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	} else {
 		machine.Pinning = "no CPU pinning (1 CPU)"
 	}
+	if o.Nice != 0 {
+		machine.Pinning += fmt.Sprintf("; the load generator's working threads at nice %d", o.Nice)
+	}
 	add := func(config string, n int, in *install) *target {
 		t := &target{config: config, containers: n, server: in.server(cpuServer), client: in.client(cpuClient), in: in}
 		b.targets = append(b.targets, t)
