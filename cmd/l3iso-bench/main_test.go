@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -63,6 +64,24 @@ func TestFlags(t *testing.T) {
 	for _, want := range []string{"--quick", "--l3iso", "-o, --output", "conntrack", "confidence interval"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("l3iso-bench --help does not say %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// The operator binary links none of the benchmark (issue 16): the
+// benchmark drives it from outside.
+func TestL3isoLinksNoBenchmark(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go tool in PATH")
+	}
+	out, err := exec.Command(goTool, "list", "-deps", "github.com/l3iso/l3iso/cmd/l3iso").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps cmd/l3iso: %v\n%s", err, out)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.HasPrefix(p, "github.com/l3iso/l3iso/bench") {
+			t.Errorf("cmd/l3iso depends on %s", p)
 		}
 	}
 }
