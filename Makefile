@@ -7,7 +7,8 @@
 #   make demo             a guided tour of the L3 rules, confined to its own netns,
 #                         cgroup and bpffs directory (needs root)
 #   make deps             runtime tools the tests need on a fresh Debian 12
-#   make bench / bench-quick   l3iso bench: loopback, shared, bridge, bridge_ct, routed, direct
+#   make bench / bench-quick   bin/l3iso-bench measures bin/l3iso: loopback, shared, host,
+#                              bridge, bridge_ct, routed, direct (needs root)
 #   make bench-hooks[-quick]   the socket-hook and control-plane cost benchmarks
 #   make clean
 #
@@ -19,11 +20,12 @@ SHELL := /bin/bash
 
 GO     ?= go
 BIN    := bin/l3iso
+BENCH  := bin/l3iso-bench
 GOTEST_TIMEOUT ?= 40m
 
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build generate check-generated test demo bench bench-quick bench-hooks bench-hooks-quick deps clean
+.PHONY: all build bench-build generate check-generated test demo bench bench-quick bench-hooks bench-hooks-quick deps clean
 
 all: build
 
@@ -86,14 +88,19 @@ test:
 demo: build
 	bash examples/demo.sh $(BIN)
 
-# l3iso bench (bench/engine): every topology, interleaved rounds, scaling
-# and control plane; Markdown on stdout, report.md, results.json,
-# details.json and chart.svg in bench/results/. Needs root.
-bench: build
-	$(BIN) bench --dir bench/results
+# The benchmark is its own binary (cmd/l3iso-bench, engine bench/engine):
+# it measures the l3iso binary beside it. Every topology, interleaved
+# rounds, scaling, bpf_stats and control plane; Markdown on stdout,
+# report.md, results.json, details.json and chart.svg in bench/results/.
+# Needs root.
+bench-build: build
+	CGO_ENABLED=0 $(GO) build -o $(BENCH) ./cmd/l3iso-bench
 
-bench-quick: build
-	$(BIN) bench --quick --dir bench/results
+bench: bench-build
+	$(BENCH) --dir bench/results
+
+bench-quick: bench-build
+	$(BENCH) --quick --dir bench/results
 
 # The socket-hook and control-plane cost benchmarks (bench/*_test.go).
 bench-hooks:

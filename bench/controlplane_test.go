@@ -308,12 +308,12 @@ func addInProcess(b *testing.B, in *install, prefix string, base netip.Addr, fro
 		}
 		specs = append(specs, s)
 	}
-	names, err := json.Marshal(specs)
+	req, err := json.Marshal(addRequest{BPFFS: in.bpffs, Add: specs})
 	if err != nil {
 		b.Fatal(err)
 	}
 	var res addResult
-	if err := child(b, "", in.netns, &res, envChild+"=add", envBPFFS+"="+in.bpffs, envNames+"="+string(names)); err != nil {
+	if err := child(b, roleAdd, "", in.netns, string(req), &res); err != nil {
 		b.Fatal(err)
 	}
 	return res

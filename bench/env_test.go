@@ -1,14 +1,11 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -24,6 +21,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/l3iso/l3iso/bench/engine"
 	"github.com/l3iso/l3iso/internal/sockprobe"
 )
 
@@ -35,9 +33,7 @@ const commandTimeout = 5 * time.Minute
 var freeAddr = netip.MustParseAddr("10.99.0.1")
 
 func TestMain(m *testing.M) {
-	if kind := os.Getenv(envChild); kind != "" {
-		os.Exit(childMain(kind))
-	}
+	engine.MaybeWorker(workerRoles) // the benchmarks' children (child_test.go)
 	code := m.Run()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
@@ -375,9 +371,9 @@ func nthAddr(base netip.Addr, i int) netip.Addr {
 	return netip.AddrFrom4(b)
 }
 
-// child runs the test binary as a child in cgroup cg and netns ns with the
-// given environment and decodes its JSON result into out.
-func child(tb testing.TB, cg, ns string, out any, env ...string) error {
+// child runs the test binary as a worker with role in cgroup cg and
+// netns ns, sends it one command line and decodes its answer into out.
+func child(tb testing.TB, role, cg, ns, cmd string, out any) error {
 	tb.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -385,17 +381,12 @@ func child(tb testing.TB, cg, ns string, out any, env ...string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	cmd := sockprobe.Command(ctx, tb, sockprobe.Options{CgroupDir: cg, NetnsPath: ns}, exe)
-	cmd.Env = append(os.Environ(), env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("child %v in cgroup %s, netns %s: %w\n%s", env, cg, ns, err, stderr.String())
+	w, err := engine.StartWorker(ctx, exe, role+" child", role, engine.Place{Cgroup: cg, Netns: ns, CPU: -1})
+	if err != nil {
+		return err
 	}
-	if err := json.Unmarshal(stdout.Bytes(), out); err != nil {
-		return fmt.Errorf("child %v: bad result %q: %w", env, stdout.String(), err)
-	}
-	return nil
+	err = w.Call(ctx, cmd, commandTimeout, out)
+	return errors.Join(err, w.Stop())
 }
 
 // say prints part of the report. Benchmark logs are cut after ten lines,
@@ -404,76 +395,46 @@ func say(format string, args ...any) {
 	fmt.Fprintf(os.Stdout, format, args...)
 }
 
-// agent is a socket workload child that stays alive between batches.
+// agent is a socket workload child that stays alive between batches: an
+// engine client worker that runs one of its system-call loops.
 type agent struct {
-	tb     testing.TB
-	what   string
-	cmd    *exec.Cmd
-	in     io.WriteCloser
-	out    *bufio.Scanner
-	stderr bytes.Buffer
+	tb   testing.TB
+	loop string
+	w    *engine.Worker
 }
 
-// startAgent starts a workload child in cgroup cg and netns ns. t.Cleanup
-// closes its stdin, which ends it, and reaps it.
-func startAgent(tb testing.TB, what, cg, ns string, env ...string) *agent {
+// startAgent starts a client worker in cgroup cg and netns ns whose loops
+// work on addr. t.Cleanup closes its stdin, which ends it, and reaps it.
+func startAgent(tb testing.TB, what, loop, cg, ns string, addr netip.Addr) *agent {
 	tb.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
-	a := &agent{tb: tb, what: what}
-	a.cmd = sockprobe.Command(ctx, tb, sockprobe.Options{CgroupDir: cg, NetnsPath: ns}, exe)
-	a.cmd.Env = append(os.Environ(), env...)
-	a.cmd.Stderr = &a.stderr
-	if a.in, err = a.cmd.StdinPipe(); err != nil {
-		tb.Fatal(err)
-	}
-	stdout, err := a.cmd.StdoutPipe()
+	w, err := engine.StartWorker(ctx, exe, what, "client", engine.Place{Cgroup: cg, Netns: ns, Addr: addr, CPU: -1})
 	if err != nil {
-		tb.Fatal(err)
-	}
-	a.out = bufio.NewScanner(stdout)
-	if err := a.cmd.Start(); err != nil {
 		cancel()
 		tb.Fatalf("start %s: %v", what, err)
 	}
 	tb.Cleanup(func() {
-		a.in.Close()
-		done := make(chan error, 1)
-		go func() { done <- a.cmd.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil && !tb.Failed() {
-				tb.Errorf("%s: %v\n%s", what, err, a.stderr.String())
-			}
-		case <-time.After(10 * time.Second):
-			a.cmd.Process.Kill()
-			<-done
-			tb.Errorf("%s did not exit within 10 s of its stdin closing: killed", what)
+		if err := w.Stop(); err != nil && !tb.Failed() {
+			tb.Error(err)
 		}
 		cancel()
 	})
-	return a
+	return &agent{tb: tb, loop: loop, w: w}
 }
 
-// run has the agent run its workload n times and returns ns per call.
-func (a *agent) run(n int) float64 {
+// run has the agent run its loop for d and returns ns per iteration and
+// the iterations.
+func (a *agent) run(d time.Duration) (float64, uint64) {
 	a.tb.Helper()
-	if _, err := fmt.Fprintf(a.in, "%d\n", n); err != nil {
-		a.cmd.Wait() // it died: collect its stderr
-		a.tb.Fatalf("%s: send batch: %v\n%s", a.what, err, a.stderr.String())
+	res, err := a.w.Run(context.Background(), a.loop, d)
+	if err != nil {
+		a.tb.Fatal(err)
 	}
-	if !a.out.Scan() {
-		a.cmd.Wait()
-		a.tb.Fatalf("%s: no result (%v)\n%s", a.what, a.out.Err(), a.stderr.String())
-	}
-	var res loopResult
-	if err := json.Unmarshal(a.out.Bytes(), &res); err != nil {
-		a.tb.Fatalf("%s: bad result %q: %v", a.what, a.out.Text(), err)
-	}
-	return res.NsPerOp
+	return res.NsPerOp(), res.Ops
 }
 
 // machine describes the machine for the report.

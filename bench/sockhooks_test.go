@@ -7,25 +7,28 @@ import (
 	"strings"
 	"testing"
 	"text/tabwriter"
+	"time"
 
+	"github.com/l3iso/l3iso/bench/engine"
 	"github.com/l3iso/l3iso/internal/sockprobe"
 )
 
-// hookWorkload is one tight loop of real system calls.
+// hookWorkload is one tight loop of real system calls: one of the engine
+// client's loops.
 type hookWorkload struct {
-	name    string
-	iters   int    // timed iterations per batch
+	name    string // engine.LoopBind, LoopConnect, LoopSendto
 	counter string // the container counter each iteration bumps
 	target  string // the target for container vs unmanaged
 }
 
-// Iterations per batch are chosen for batches of about 0.1 s on the
-// reference machine.
 var hookWorkloads = []hookWorkload{
-	{"bind", 8_000, "bind_allowed", "none stated"},
-	{"connect", 2_500, "source_rewritten", "≤ 1.05"},
-	{"sendto", 20_000, "source_rewritten", "≤ 1.05"},
+	{engine.LoopBind, "bind_allowed", "none stated"},
+	{engine.LoopConnect, "source_rewritten", "≤ 1.05"},
+	{engine.LoopSendto, "source_rewritten", "≤ 1.05"},
 }
+
+// hookBatch is the length of one batch.
+const hookBatch = 100 * time.Millisecond
 
 // Rounds per workload (full run, -short): in each round every
 // configuration runs one batch, in an order rotated from round to round.
@@ -97,7 +100,7 @@ func BenchmarkSocketHooks(b *testing.B) {
 }
 
 func runHookWorkload(b *testing.B, wl hookWorkload, configs []hookConfig) {
-	rounds, iters := hookRounds, wl.iters
+	rounds := hookRounds
 	if testing.Short() {
 		rounds = hookRoundsShort
 	}
@@ -109,9 +112,13 @@ func runHookWorkload(b *testing.B, wl hookWorkload, configs []hookConfig) {
 	}
 
 	agents := make([]*agent, len(configs))
+	iters := map[*install]uint64{} // the containers' iterations
 	for k, c := range configs {
-		agents[k] = startAgent(b, wl.name+" in "+c.label, c.cg, c.netns, envChild+"="+wl.name, envAddr+"="+c.addr.String())
-		agents[k].run(iters) // warm-up batch, not counted
+		agents[k] = startAgent(b, wl.name+" in "+c.label, wl.name, c.cg, c.netns, c.addr)
+		_, n := agents[k].run(hookBatch) // warm-up batch, not counted
+		if c.in != nil {
+			iters[c.in] += n
+		}
 	}
 	got := make(map[string]series, len(configs))
 	for i := 0; i < b.N; i++ {
@@ -119,7 +126,11 @@ func runHookWorkload(b *testing.B, wl hookWorkload, configs []hookConfig) {
 		for r := 0; r < rounds; r++ {
 			for k := range configs {
 				j := (r + k) % len(configs)
-				got[configs[j].key] = append(got[configs[j].key], agents[j].run(iters))
+				ns, n := agents[j].run(hookBatch)
+				got[configs[j].key] = append(got[configs[j].key], ns)
+				if configs[j].in != nil {
+					iters[configs[j].in] += n
+				}
 			}
 		}
 	}
@@ -127,7 +138,7 @@ func runHookWorkload(b *testing.B, wl hookWorkload, configs []hookConfig) {
 	// The container runs must have gone through the hooks.
 	for in, n := range before {
 		delta := counter(b, in, containerName(1), wl.counter) - n
-		if want := uint64((b.N*rounds + 1) * iters); delta < want {
+		if want := iters[in]; delta < want {
 			b.Errorf("%s: counter %s of the container grew by %d, want ≥ %d: did the hooks run?", wl.name, wl.counter, delta, want)
 		}
 	}
@@ -154,7 +165,7 @@ func runHookWorkload(b *testing.B, wl hookWorkload, configs []hookConfig) {
 
 	var tb strings.Builder
 	tw := tabwriter.NewWriter(&tb, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(&tb, "SocketHooks/%s: %d rounds × %d iterations per batch\n", wl.name, rounds, iters)
+	fmt.Fprintf(&tb, "SocketHooks/%s: %d rounds × batches of %v\n", wl.name, rounds, hookBatch)
 	fmt.Fprintln(tw, "configuration\tns/op median (min–max)")
 	for _, c := range configs {
 		fmt.Fprintf(tw, "%s\t%s\n", c.label, got[c.key].fmtRange("%.0f"))

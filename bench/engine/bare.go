@@ -5,13 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
-	"runtime"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netns"
 
 	"github.com/l3iso/l3iso/pkg/veth"
 )
@@ -59,49 +56,30 @@ func barePeerProgram(dst [4]byte, peer int) *ebpf.ProgramSpec {
 // the outside host's packets to that container then take the prototype's
 // path, ahead of anything l3iso attached there (routed delivery has only
 // its broadcast program on the uplink). The teardown detaches it.
-func (in *install) barePeer() (err error) {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("bare_peer: current netns: %w", err)
-	}
-	defer func() {
-		// A thread that cannot go back stays locked: Go then ends it.
-		if rerr := netns.Set(orig); rerr == nil {
-			runtime.UnlockOSThread()
-		} else if err == nil {
-			err = fmt.Errorf("bare_peer: back to the original netns: %w", rerr)
+func (in *install) barePeer() error {
+	// Interface indexes are those of the attaching thread's namespace.
+	return inNetns(in.host, func() error {
+		up, err := net.InterfaceByName("up0")
+		if err != nil {
+			return fmt.Errorf("bare_peer: uplink: %w", err)
 		}
-		orig.Close()
-	}()
-	h, err := netns.GetFromPath(in.host)
-	if err != nil {
-		return fmt.Errorf("bare_peer: open %s: %w", in.host, err)
-	}
-	defer h.Close()
-	if err := netns.Set(h); err != nil {
-		return fmt.Errorf("bare_peer: enter %s: %w", filepath.Base(in.host), err)
-	}
-	up, err := net.InterfaceByName("up0")
-	if err != nil {
-		return fmt.Errorf("bare_peer: uplink: %w", err)
-	}
-	peer, err := net.InterfaceByName(veth.HostIfName(in.key(in.first)))
-	if err != nil {
-		return fmt.Errorf("bare_peer: veth of %s: %w", in.first, err)
-	}
-	prog, err := ebpf.NewProgram(barePeerProgram(in.containerAddr(1).As4(), peer.Index))
-	if err != nil {
-		return fmt.Errorf("bare_peer: load the program: %w", err)
-	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: up.Index, Program: prog, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
-	if err != nil {
-		prog.Close()
-		return fmt.Errorf("bare_peer: attach to up0: %w", err)
-	}
-	in.w.onTeardown("bare_peer program", func() error {
-		return errors.Join(l.Close(), prog.Close())
+		peer, err := net.InterfaceByName(veth.HostIfName(in.key(in.first)))
+		if err != nil {
+			return fmt.Errorf("bare_peer: veth of %s: %w", in.first, err)
+		}
+		prog, err := ebpf.NewProgram(barePeerProgram(in.containerAddr(1).As4(), peer.Index))
+		if err != nil {
+			return fmt.Errorf("bare_peer: load the program: %w", err)
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: up.Index, Program: prog, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
+		if err != nil {
+			prog.Close()
+			return fmt.Errorf("bare_peer: attach to up0: %w", err)
+		}
+		in.barePeerProg = prog
+		in.w.onTeardown("bare_peer program", func() error {
+			return errors.Join(l.Close(), prog.Close())
+		})
+		return nil
 	})
-	return nil
 }

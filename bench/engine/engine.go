@@ -1,50 +1,63 @@
-// Package engine is l3iso's network benchmark: it builds every topology in
-// private namespaces — loopback, shared-mode containers, and netns
-// containers behind l3iso's bridge (with and without conntrack), routed
-// and direct delivery — runs its own Go load generator through each
-// (udp_pps, tcp_rr with latency percentiles, tcp_crr, tcp_gbps, and
+// Package engine is l3iso's network benchmark, the engine of l3iso-bench:
+// it builds every topology in private namespaces — loopback, shared-mode
+// containers, a host process under l3iso's root, and netns containers
+// behind l3iso's bridge (with and without conntrack), routed and direct
+// delivery — runs its own Go load generator through each (udp_pps, tcp_rr
+// with latency percentiles, tcp_crr, tcp_gbps, sendto_ns, and
 // bcast_fanout: a broadcast from outside into 100 containers of which two
-// listen), configurations interleaved round-robin, and reports medians
-// with min–max and per-round ratios to loopback and to bridge. It also
-// measures how the figures change with 100 and 1,000 containers on the
-// host, and the control plane (up, container add, apply of 10,000
+// listen), configurations interleaved round by round, and reports medians
+// with min–max and per-round paired ratios with bootstrap confidence
+// intervals. It also measures how the figures change with 100 and 1,000
+// containers on the host, what each BPF program costs per run
+// (bpf_stats), and the control plane (up, container add, apply of 10,000
 // containers, down).
 //
-// `l3iso bench` and `make bench` run it; see bench/README.md for what is
-// measured and how to read it. It needs root. Everything it makes — network
-// namespaces, a cgroup subtree, a private bpffs mount — is its own and is
-// removed when Run returns, after a failure or an interrupt (cancel the
-// context) too. It never attaches at the machine's cgroup root and sends
-// traffic only inside the namespaces it made.
+// cmd/l3iso-bench runs it against the l3iso binary it measures; see
+// bench/README.md for what is measured and how to read it. It needs root.
+// Everything it makes — network namespaces, a cgroup subtree, a private
+// bpffs mount — is its own and is removed when Run returns, after a
+// failure or an interrupt (cancel the context) too. It never attaches at
+// the machine's cgroup root and sends traffic only inside the namespaces
+// it made.
 //
-// The engine lives in bench/ beside the socket-hook benchmarks because it
-// is the project's measuring instrument, not part of the dataplane that
-// pkg/ holds; cmd/l3iso only parses flags and prints.
+// The engine never links the l3iso command or its control plane: it sets
+// every installation up by running the l3iso binary, as an operator does,
+// and its load generator is the benchmark binary itself (MaybeWorker,
+// worker.go), which the socket-hook benchmarks in bench/ use too.
 package engine
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/cgroup"
 )
 
 // Options configure a run. The zero value is the full benchmark.
 type Options struct {
-	// Binary is the l3iso binary: it sets the installations up and is
-	// started as the load generator (it must call MaybeWorker). Default:
-	// this executable.
+	// Binary is the l3iso binary under test: every installation is set up
+	// and torn down by running it. Required.
 	Binary string
+	// Worker is the load generator's binary: one that calls MaybeWorker
+	// first thing. Default: this executable (l3iso-bench, or a test
+	// binary).
+	Worker string
 	// Quick selects the short defaults (make bench-quick).
 	Quick bool
 	// Rounds (default 15, quick 5) and RunTime, the duration of one run of
@@ -68,6 +81,15 @@ type Options struct {
 	// SkipCrossCheck leaves out iperf3 and sockperf even where they are
 	// installed.
 	SkipCrossCheck bool
+	// Nice is the nice value of the load generator's working threads
+	// (0: the benchmark's own).
+	Nice int
+	// SkipBPFStats leaves out the bpf_stats phase.
+	SkipBPFStats bool
+	// Workloads, if set, are the only workloads measured (of udp_pps,
+	// tcp_rr, tcp_crr, tcp_gbps, sendto_ns, bcast_fanout): for a quicker
+	// look at a few figures.
+	Workloads []string
 	// Progress receives the live progress line (os.Stderr for a person).
 	Progress io.Writer
 	// RunID (6 hex digits; default random) is in the name of everything
@@ -78,25 +100,30 @@ type Options struct {
 
 func (o *Options) defaults() error {
 	if o.Binary == "" {
+		return errors.New("no l3iso binary to measure")
+	}
+	if o.Worker == "" {
 		exe, err := os.Executable()
 		if err != nil {
-			return fmt.Errorf("find the l3iso binary: %w", err)
+			return fmt.Errorf("find the benchmark's own binary (the load generator): %w", err)
 		}
-		o.Binary = exe
+		o.Worker = exe
 	}
-	// Many short rounds rather than few long ones: the runs a per-round
-	// ratio pairs are then seconds apart, not tens of seconds, and a burst
-	// of load from elsewhere spoils one round, not a whole configuration.
+	for _, w := range o.Workloads {
+		if !slices.Contains(measured, w) {
+			return fmt.Errorf("workload %q: want one of %s", w, strings.Join(measured, ", "))
+		}
+	}
 	if o.Rounds == 0 {
-		o.Rounds = 15
+		o.Rounds = DefaultRounds
 		if o.Quick {
-			o.Rounds = 5
+			o.Rounds = QuickRounds
 		}
 	}
 	if o.RunTime == 0 {
-		o.RunTime = 400 * time.Millisecond
+		o.RunTime = DefaultRunTime
 		if o.Quick {
-			o.RunTime = 250 * time.Millisecond
+			o.RunTime = QuickRunTime
 		}
 	}
 	if o.Scale == nil && !o.NoScale {
@@ -111,6 +138,9 @@ func (o *Options) defaults() error {
 	if o.Fanout < 3 || o.Fanout > 253 {
 		return fmt.Errorf("bcast_fanout with %d containers: want 3 to 253 (two listen, one must not, all on one /24)", o.Fanout)
 	}
+	if o.Nice < -20 || o.Nice > 19 {
+		return fmt.Errorf("nice %d: want -20 to 19", o.Nice)
+	}
 	if o.ControlPlane == 0 {
 		o.ControlPlane = 10_000
 	}
@@ -120,24 +150,44 @@ func (o *Options) defaults() error {
 	return nil
 }
 
+// The default rounds and run time (bench/README.md, "Method", says why).
+// The interval of a median narrows as 1/√rounds: simulated per-round
+// ratios with a spread σ give a half-width of ~0.53σ with 25 rounds and
+// ~0.34σ with 50, so 50 rounds reach ±3 % while one round's ratio spreads
+// by up to ~9 % (a quiet 2-vCPU machine: ~5–8 %). Short runs keep a round,
+// and the time between the two runs of a pair, short.
+const (
+	DefaultRounds  = 50
+	DefaultRunTime = 300 * time.Millisecond
+	QuickRounds    = 6
+	QuickRunTime   = 200 * time.Millisecond
+)
+
 // scaledWorkloads are measured with 100 and 1,000 containers too: the
 // per-packet and the per-connection figure.
 var scaledWorkloads = map[string]bool{UDPPPS: true, TCPCRR: true}
+
+// sendtoConfigs are where sendto_ns runs: the socket-hook comparison
+// (unmanaged, a host process under l3iso's root, a container, do-nothing
+// programs), all on lo of one namespace. Elsewhere the sender is the
+// outside host, which no l3iso program sees.
+var sendtoConfigs = map[string]bool{Loopback: true, Host: true, Shared: true, HookFloor: true}
 
 // target is one configuration under test with its workers: a server and
 // a client, or for bcast_fanout the listeners and a client (the sender).
 type target struct {
 	config     string
 	containers int
-	server     place
-	client     place
-	srv, cli   *proc
-	broken     error // set when the warm-up failed: left out of the rounds
+	server     Place
+	client     Place
+	srv, cli   *Worker
+	broken     error                  // set when the warm-up failed: left out of the rounds
+	in         *install               // its installation
+	extra      func(programSet) error // bpf_stats: adds programs of its own (do-nothing, bare_peer)
 
-	fanout    bool     // runs bcast_fanout only
-	in        *install // bcast_fanout: its installation
-	listenAt  []place
-	listeners []*proc
+	fanout    bool // runs bcast_fanout only
+	listenAt  []Place
+	listeners []*Worker
 	sent      uint64 // bcast_fanout: datagrams the sender sent in all runs
 }
 
@@ -151,37 +201,50 @@ func (t *target) label() string {
 	return fmt.Sprintf("%s ×%d", t.config, t.containers)
 }
 
+// orderKey places a target in a round: the two sides of every ratio the
+// targets name are neighbours (host–loopback–hook_floor–shared–shared
+// ×1,000, bridge–direct–bare_peer–direct ×1,000), so the runs a ratio
+// pairs are a run apart, and the machine's drifting load moves both.
+func orderKey(t *target) [3]int {
+	rank := map[string]int{Host: 0, Loopback: 1, HookFloor: 2, Shared: 3, Routed: 4, BridgeCT: 5, Bridge: 6, Direct: 7, BarePeer: 7}
+	sub := 0
+	switch {
+	case t.config == BarePeer:
+		sub = 1
+	case t.containers > 1 && !t.fanout:
+		sub = 2
+	}
+	return [3]int{rank[t.config], sub, -t.containers}
+}
+
 // Run sets everything up, measures, tears everything down and returns the
-// report. Cancelling ctx (Ctrl-C in `l3iso bench`) stops the run; the
+// report. Cancelling ctx (Ctrl-C in l3iso-bench) stops the run; the
 // teardown still happens before Run returns.
 func Run(ctx context.Context, o Options) (rep *Report, err error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("the benchmark needs root: it creates network namespaces, cgroups and a bpffs mount")
-	}
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
-	for _, tool := range []string{"ip", "nsenter"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("%s is needed (apt-get install iproute2 util-linux): %w", tool, err)
-		}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the benchmark needs root: it creates network namespaces, cgroups and a bpffs mount")
 	}
 	pr := newProgress(o.Progress)
 	machine := describeMachine()
 	if o.RunID != "" && (len(o.RunID) != 6 || strings.Trim(o.RunID, "0123456789abcdef") != "") {
 		return nil, fmt.Errorf("run id %q: want 6 hex digits", o.RunID)
 	}
-	w, err := newWorld(o.Binary, o.RunID)
+	w, err := newWorld(o.Binary, o.Worker, o.RunID)
 	defer func() {
 		pr.phase("tearing down")
 		if terr := w.teardown(); terr != nil {
 			err = errors.Join(err, terr)
 		}
+		pr.phase("done")
 		pr.done()
 	}()
 	if err != nil {
 		return nil, err
 	}
+	w.nice = o.Nice
 
 	unavailable := map[string]string{}
 	b := &bench{o: o, w: w, pr: pr, m: Measurements{}, failures: map[string]int{}}
@@ -208,26 +271,43 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	} else {
 		machine.Pinning = "no CPU pinning (1 CPU)"
 	}
-	add := func(config string, n int, in *install) {
-		b.targets = append(b.targets, &target{config: config, containers: n, server: in.server(cpuServer), client: in.client(cpuClient)})
+	if o.Nice != 0 {
+		machine.Pinning += fmt.Sprintf("; the load generator's working threads at nice %d", o.Nice)
+	}
+	add := func(config string, n int, in *install) *target {
+		t := &target{config: config, containers: n, server: in.server(cpuServer), client: in.client(cpuClient), in: in}
+		b.targets = append(b.targets, t)
+		return t
 	}
 	s1, err := mk("s1", "", false, 1)
 	if err != nil {
 		return nil, err
 	}
-	lo := place{w.unmanaged, s1.host, loopbackAddr, cpuServer}
-	loc := lo
-	loc.cpu = cpuClient
-	b.targets = append(b.targets, &target{config: Loopback, containers: 1, server: lo, client: loc})
+	// loopback, host and hook_floor: the same place but for the cgroup,
+	// in the shared installation's namespace, over 127.0.0.1.
+	lo := Place{w.unmanaged, s1.host, loopbackAddr, cpuServer}
+	onLo := func(config, cg string) *target {
+		srv, cli := lo, lo
+		srv.Cgroup, cli.Cgroup, cli.CPU = cg, cg, cpuClient
+		t := &target{config: config, containers: 1, server: srv, client: cli, in: s1}
+		b.targets = append(b.targets, t)
+		return t
+	}
+	onLo(Loopback, w.unmanaged)
+	// A host process under l3iso's root, in no container: the hooks run
+	// and find none.
+	hostCg := filepath.Join(s1.cgroot, "host")
+	if err := cgroup.Create(hostCg); err != nil {
+		return nil, err
+	}
+	onLo(Host, hostCg)
 	add(Shared, 1, s1)
-	// The hooks' floor: loopback's place, in a cgroup with a do-nothing
-	// program at each of l3iso's socket hooks (AttachDoNothing).
+	// The hooks' floor: a do-nothing program at each of l3iso's socket
+	// hooks (AttachDoNothing).
 	if cg, err := w.doNothingCgroup(); err != nil {
 		unavailable[HookFloor] = err.Error()
 	} else {
-		fl, flc := lo, loc
-		fl.cgroup, flc.cgroup = cg, cg
-		b.targets = append(b.targets, &target{config: HookFloor, containers: 1, server: fl, client: flc})
+		onLo(HookFloor, cg).extra = func(ps programSet) error { return ps.addLinks(w.floor.links) }
 	}
 	deliveries := []struct {
 		config, tag, delivery string
@@ -259,9 +339,9 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	if err := bp.barePeer(); err != nil {
 		unavailable[BarePeer] = err.Error()
 	} else {
-		srv := bp.server(cpuServer)
-		srv.cgroup = w.unmanaged
-		b.targets = append(b.targets, &target{config: BarePeer, containers: 1, server: srv, client: bp.client(cpuClient)})
+		t := add(BarePeer, 1, bp)
+		t.server.Cgroup = w.unmanaged
+		t.extra = func(ps programSet) error { return ps.add(bp.barePeerProg) }
 	}
 	for _, n := range o.Scale {
 		in, err := mk(fmt.Sprintf("s%d", n), "", false, n)
@@ -274,11 +354,28 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		}
 		add(Direct, n, in)
 	}
-	if o.NoFanout {
+	switch {
+	case o.NoFanout:
 		unavailable[BcastFanout] = "left out (--no-bcast)"
-	} else if err := b.setupFanout(ctx, cpuServer, cpuClient, &installs, unavailable); err != nil {
-		return nil, err
+	case !b.measures(BcastFanout):
+		unavailable[BcastFanout] = "left out (--workloads)"
+	default:
+		if err := b.setupFanout(ctx, cpuServer, cpuClient, &installs, unavailable); err != nil {
+			return nil, err
+		}
 	}
+	var noSendto []string
+	for _, c := range Configs {
+		if !sendtoConfigs[c] {
+			noSendto = append(noSendto, c)
+		}
+	}
+	unavailable[SendtoNs+" in "+strings.Join(noSendto, ", ")] = "measured where the sender is under l3iso's cgroup root or beside " +
+		"it on lo (loopback, host, shared, hook_floor); elsewhere the sender is the outside host, which no l3iso program sees"
+	slices.SortStableFunc(b.targets, func(x, y *target) int {
+		kx, ky := orderKey(x), orderKey(y)
+		return slices.Compare(kx[:], ky[:])
+	})
 
 	// Workers.
 	for _, t := range b.targets {
@@ -296,7 +393,7 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 			unavailable[t.label()] = "left out (its runs count as missing) after: " + t.broken.Error()
 		}
 	}
-	if b.ct != nil {
+	if b.ct != nil && b.measures(UDPPPS) {
 		// Proof that bridge_ct's packets went through conntrack.
 		if n, err := b.ct.conntracked(ctx); err != nil || n == 0 {
 			unavailable[BridgeCT+" (check)"] = fmt.Sprintf("the conntrack rule counted %d packets (%v): bridge_ct may not be what it claims", n, err)
@@ -307,6 +404,16 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		if _, broken := unavailable[strings.SplitN(what, " in ", 2)[1]]; !broken {
 			unavailable[what] = fmt.Sprintf("%d of %d runs failed (counted as missing)", n, o.Rounds)
 		}
+	}
+	var stats *BPFStats
+	if o.SkipBPFStats {
+		unavailable["bpf_stats"] = "left out (--no-bpf-stats)"
+	} else if stats, err = b.bpfStats(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		unavailable["bpf_stats"] = err.Error()
+		stats = nil
 	}
 	var cross []Cross
 	if !o.SkipCrossCheck {
@@ -332,6 +439,8 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	rep.RunSeconds = o.RunTime.Seconds()
 	rep.CrossCheck = cross
 	rep.ControlPlane = ops
+	rep.BPFStats = stats
+	rep.Load = b.load
 	return rep, nil
 }
 
@@ -349,6 +458,12 @@ type bench struct {
 	ct       *install       // bridge_ct's installation
 	softirqd []int          // pids of the ksoftirqd threads (bcast_cpu_ns)
 	epoch    time.Time      // bcast_cpu_ns's clock
+	load     *Load          // the machine while the rounds ran
+}
+
+// measures reports whether workload w is measured in this run.
+func (b *bench) measures(w string) bool {
+	return len(b.o.Workloads) == 0 || slices.Contains(b.o.Workloads, w)
 }
 
 // start starts the target's server (bcast_fanout: its listeners) and then
@@ -363,7 +478,7 @@ func (b *bench) start(ctx context.Context, t *target) error {
 			}
 			// The socket is bound (and registered) once it answers.
 			var got ports
-			if err := l.recv(ctx, 30*time.Second, &got); err != nil {
+			if err := l.Recv(ctx, 30*time.Second, &got); err != nil {
 				return err
 			}
 			t.listeners = append(t.listeners, l)
@@ -377,7 +492,7 @@ func (b *bench) start(ctx context.Context, t *target) error {
 		return err
 	}
 	var p ports
-	if err := t.srv.recv(ctx, 30*time.Second, &p); err != nil {
+	if err := t.srv.Recv(ctx, 30*time.Second, &p); err != nil {
 		return err
 	}
 	pj, _ := json.Marshal(p)
@@ -385,14 +500,17 @@ func (b *bench) start(ctx context.Context, t *target) error {
 	return err
 }
 
-// runsOf lists the targets a workload runs in.
+// runsOf lists the targets a workload runs in, in the order of a round.
 func (b *bench) runsOf(workload string) []*target {
+	if !b.measures(workload) {
+		return nil
+	}
 	var out []*target
 	for _, t := range b.targets {
-		if t.fanout != (workload == BcastFanout) {
-			continue
-		}
-		if t.fanout || t.containers == 1 || scaledWorkloads[workload] {
+		switch {
+		case t.fanout != (workload == BcastFanout):
+		case workload == SendtoNs && !sendtoConfigs[t.config]:
+		case t.fanout || t.containers == 1 || scaledWorkloads[workload]:
 			out = append(out, t)
 		}
 	}
@@ -400,7 +518,7 @@ func (b *bench) runsOf(workload string) []*target {
 }
 
 // measured are the measured workloads, in the order of a round.
-var measured = []string{UDPPPS, TCPRR, TCPCRR, TCPGbps, BcastFanout}
+var measured = []string{UDPPPS, TCPRR, TCPCRR, TCPGbps, SendtoNs, BcastFanout}
 
 // measure runs the warm-up and the rounds.
 func (b *bench) measure(ctx context.Context) error {
@@ -435,30 +553,45 @@ func (b *bench) measure(ctx context.Context) error {
 		}
 	}
 	start, done := time.Now(), 0
+	sys0, serr := readSys()
+	ld := &Load{LoadAvgStart: loadAvg()}
 	for r := 0; r < b.o.Rounds; r++ {
+		rs0, _ := readSys()
 		for _, w := range measured {
 			ts := b.runsOf(w)
 			for k := range ts {
-				t := ts[(k+r)%len(ts)] // rotate the order every round
+				// Serpentine: every other round backwards, so each side
+				// of a pair runs first as often as the other.
+				t := ts[k]
+				if r%2 == 1 {
+					t = ts[len(ts)-1-k]
+				}
 				left := "…"
 				if done > 0 {
 					left = (time.Since(start) / time.Duration(done) * time.Duration(b.o.Rounds*total-done)).Round(time.Second).String()
 				}
 				b.pr.status("round %d/%d · %s · %s · run %d/%d · ~%s left", r+1, b.o.Rounds, w, t.label(), done+1, b.o.Rounds*total, left)
-				var vals map[string]float64
+				var res runFigures
 				var err error
 				if t.broken == nil {
-					vals, err = b.runOnce(ctx, t, w, d)
-					if errors.Is(err, errStarved) {
-						// Once more: a receiver that is not scheduled
-						// in the window counts nothing on a loaded
-						// machine; its workers are in step.
-						vals, err = b.runOnce(ctx, t, w, d)
+					wait0, t0 := b.queueWaits(t), time.Now()
+					res, err = b.runOnce(ctx, t, w, d)
+					if wait0 != nil && err == nil {
+						if wait1 := b.queueWaits(t); wait1 != nil {
+							ld.QueueWaitMsPerS = append(ld.QueueWaitMsPerS, waitedMs(wait0, wait1)/time.Since(t0).Seconds())
+						}
+					}
+					for try := 0; try < 2 && errors.Is(err, errStarved); try++ {
+						// Again: a receiver that is not scheduled in the
+						// window counts nothing on a loaded machine;
+						// its workers are in step.
+						res, err = b.runOnce(ctx, t, w, d)
 					}
 				}
 				if t.broken != nil {
 					err = t.broken
 				}
+				vals := res.vals
 				if err != nil {
 					if ctx.Err() != nil {
 						return ctx.Err()
@@ -470,9 +603,9 @@ func (b *bench) measure(ctx context.Context) error {
 					}
 					b.failures[fmt.Sprintf("%s in %s", w, t.label())]++
 					if t.broken == nil && errors.Is(err, errStarved) {
-						// Twice in a row: this round's figure is missing,
-						// the configuration stays in.
-						b.pr.phase(fmt.Sprintf("round %d: %s in %s counted nothing twice (missing this round): %v", r+1, w, t.label(), err))
+						// Three times in a row: this round's figure is
+						// missing, the configuration stays in.
+						b.pr.phase(fmt.Sprintf("round %d: %s in %s counted nothing three times (missing this round): %v", r+1, w, t.label(), err))
 					} else if t.broken == nil {
 						// Its workers may still answer the failed run
 						// later: leave the configuration out from here on.
@@ -487,8 +620,49 @@ func (b *bench) measure(ctx context.Context) error {
 				done++
 			}
 		}
+		if rs1, err := readSys(); err == nil {
+			ld.RoundStealPct = append(ld.RoundStealPct, stealPct(rs0.all, rs1.all))
+		}
+	}
+	if sys1, err := readSys(); serr == nil && err == nil {
+		l := load(sys0, sys1, time.Since(start).Seconds())
+		l.RoundStealPct, l.QueueWaitMsPerS, l.LoadAvgStart, l.LoadAvgEnd = ld.RoundStealPct, ld.QueueWaitMsPerS, ld.LoadAvgStart, loadAvg()
+		b.load = &l
 	}
 	return nil
+}
+
+// queueWaits reads how long each thread of t's workers has waited on a
+// run queue for a CPU so far (ns, by thread): time another task had their
+// CPU. nil: unknown.
+func (b *bench) queueWaits(t *target) map[string]int64 {
+	out := map[string]int64{}
+	for _, wk := range append([]*Worker{t.cli, t.srv}, t.listeners...) {
+		if wk == nil {
+			continue
+		}
+		threads, err := taskSched(wk.Pid())
+		if err != nil {
+			return nil
+		}
+		for k, v := range threads {
+			out[k] = v[1]
+		}
+	}
+	return out
+}
+
+// waitedMs is the run-queue wait between two queueWaits readings, in ms,
+// over the threads both saw (a thread started or ended between them has
+// no interval to count).
+func waitedMs(before, after map[string]int64) float64 {
+	var ns int64
+	for k, a := range after {
+		if b, ok := before[k]; ok {
+			ns += a - b
+		}
+	}
+	return float64(ns) / 1e6
 }
 
 // untilSnap waits from snapshot i-1 (or the run's start) to snapshot i of a
@@ -514,63 +688,166 @@ var errStarved = errors.New("no datagram arrived in the measuring window")
 // figures are the names a workload's run produces.
 var figures = map[string][]string{
 	UDPPPS: {UDPPPS}, TCPRR: {TCPRR, tcpRRP50, TCPRRP99, tcpRRP999}, TCPCRR: {TCPCRR}, TCPGbps: {TCPGbps},
+	SendtoNs:    {SendtoNs},
 	BcastFanout: {BcastFanout, BcastCPUNs, bcastMachine, bcastBalance},
 }
 
-// runOnce runs workload w in t for d and returns its figures by name.
+// runFigures are one run's figures by name, and the operations the client
+// made (datagrams, transactions, iterations).
+type runFigures struct {
+	vals map[string]float64
+	ops  uint64
+}
+
+// runOnce runs workload w in t for d and returns its figures.
 // Stream workloads (udp_pps, tcp_gbps) are measured at the receiver:
 // counters read 20 % and 80 % into the sender's run, so start-up and
-// wind-down stay out of the window. Transactional ones are measured by the
-// client.
-func (b *bench) runOnce(ctx context.Context, t *target, w string, d time.Duration) (map[string]float64, error) {
+// wind-down stay out of the window. Transactional ones, and the sendto
+// loop, are measured by the client.
+func (b *bench) runOnce(ctx context.Context, t *target, w string, d time.Duration) (runFigures, error) {
 	if t.fanout {
 		return b.runFanout(ctx, t, d)
 	}
-	if err := t.cli.send(fmt.Sprintf("%s %d", w, d.Nanoseconds())); err != nil {
-		return nil, err
+	cmd := w
+	if w == SendtoNs {
+		cmd = LoopSendto
+	}
+	if err := t.cli.Send(fmt.Sprintf("%s %d", cmd, d.Nanoseconds())); err != nil {
+		return runFigures{}, err
 	}
 	var s1, s2 snap
 	stream := w == UDPPPS || w == TCPGbps
 	if stream {
 		for i, s := range []*snap{&s1, &s2} {
 			if err := untilSnap(ctx, d, i); err != nil {
-				return nil, err
+				return runFigures{}, err
 			}
-			if err := t.srv.send("snap"); err != nil {
-				return nil, err
-			}
-			if err := t.srv.recv(ctx, 30*time.Second, s); err != nil {
-				return nil, err
+			if err := t.srv.Call(ctx, "snap", 30*time.Second, s); err != nil {
+				return runFigures{}, err
 			}
 		}
 	}
-	var res runResult
-	if err := t.cli.recv(ctx, d+60*time.Second, &res); err != nil {
-		return nil, err
+	var res RunResult
+	if err := t.cli.Recv(ctx, d+60*time.Second, &res); err != nil {
+		return runFigures{}, err
 	}
 	if res.Error != "" {
-		return nil, fmt.Errorf("%s in %s: %s", w, t.label(), res.Error)
+		return runFigures{}, fmt.Errorf("%s in %s: %s", w, t.label(), res.Error)
+	}
+	f := func(kv ...any) (runFigures, error) {
+		m := map[string]float64{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i].(string)] = kv[i+1].(float64)
+		}
+		return runFigures{vals: m, ops: res.Ops}, nil
 	}
 	win := float64(s2.Ns - s1.Ns)
 	switch w {
 	case UDPPPS:
 		if s2.UDP == s1.UDP {
-			return nil, fmt.Errorf("udp_pps in %s: %w (%d sent)", t.label(), errStarved, res.Ops)
+			return runFigures{}, fmt.Errorf("udp_pps in %s: %w (%d sent)", t.label(), errStarved, res.Ops)
 		}
-		return map[string]float64{UDPPPS: float64(s2.UDP-s1.UDP) / win * 1e9}, nil
+		return f(UDPPPS, float64(s2.UDP-s1.UDP)/win*1e9)
 	case TCPGbps:
-		return map[string]float64{TCPGbps: float64(s2.Stream-s1.Stream) * 8 / win}, nil
+		return f(TCPGbps, float64(s2.Stream-s1.Stream)*8/win)
 	case TCPRR:
-		return map[string]float64{
-			TCPRR:     float64(res.Ops) / float64(res.Ns) * 1e9,
-			tcpRRP50:  float64(res.P50) / 1e3,
-			TCPRRP99:  float64(res.P99) / 1e3,
-			tcpRRP999: float64(res.P999) / 1e3,
-		}, nil
+		return f(TCPRR, float64(res.Ops)/float64(res.Ns)*1e9,
+			tcpRRP50, float64(res.P50)/1e3, TCPRRP99, float64(res.P99)/1e3, tcpRRP999, float64(res.P999)/1e3)
 	case TCPCRR:
-		return map[string]float64{TCPCRR: float64(res.Ops) / float64(res.Ns) * 1e9}, nil
+		return f(TCPCRR, float64(res.Ops)/float64(res.Ns)*1e9)
+	case SendtoNs:
+		return f(SendtoNs, res.NsPerOp())
 	}
-	return nil, fmt.Errorf("unknown workload %q", w)
+	return runFigures{}, fmt.Errorf("unknown workload %q", w)
+}
+
+// bpfStats runs the bpf_stats phase (bpfstats.go): udp_pps, and sendto_ns
+// where it is measured, bpfStatsRuns times in every configuration with 1
+// container, with the kernel's run-time statistics on.
+func (b *bench) bpfStats(ctx context.Context) (*BPFStats, error) {
+	var ws []string
+	for _, w := range []string{UDPPPS, SendtoNs} {
+		if b.measures(w) {
+			ws = append(ws, w)
+		}
+	}
+	if len(ws) == 0 {
+		return nil, errors.New("left out (--workloads has neither udp_pps nor sendto_ns)")
+	}
+	b.pr.phase(fmt.Sprintf("bpf_stats: %d runs of %s per configuration, run-time statistics on", bpfStatsRuns, strings.Join(ws, " and ")))
+	stop, err := enableStats()
+	if err != nil {
+		return nil, fmt.Errorf("turn on the kernel's BPF run-time statistics: %w", err)
+	}
+	defer stop()
+	st := &BPFStats{Runs: bpfStatsRuns}
+	own := Series{}
+	for _, w := range ws {
+		for _, t := range b.runsOf(w) {
+			if t.containers != 1 || t.broken != nil {
+				continue
+			}
+			b.pr.status("bpf_stats · %s · %s", w, t.label())
+			c, err := b.programCosts(ctx, t, w)
+			if err != nil {
+				return nil, err
+			}
+			for _, name := range slices.Sorted(maps.Keys(c)) {
+				if isDoNothing(name) {
+					own = append(own, c[name][0])
+				}
+				if math.IsNaN(c[name][1]) { // no operations counted
+					continue
+				}
+				st.Programs = append(st.Programs, ProgramCost{Config: t.config, Workload: w, Program: name, NsPerRun: c[name][0], RunsPerOp: c[name][1]})
+			}
+		}
+	}
+	if len(own) == 0 {
+		return nil, errors.New("no do-nothing program ran (hook_floor not measured): bpf_stats' own cost is unknown")
+	}
+	st.OwnNs = own.Median()
+	for i := range st.Programs {
+		st.Programs[i].NsPerRun -= st.OwnNs
+	}
+	return st, nil
+}
+
+// programCosts runs w in t bpfStatsRuns times and returns, by program
+// name, the median ns per run and runs per operation (bpf_stats' own cost
+// still in).
+func (b *bench) programCosts(ctx context.Context, t *target, w string) (map[string][2]float64, error) {
+	ps, err := pinnedPrograms(t.in.bpffs)
+	if err != nil {
+		return nil, fmt.Errorf("programs of %s: %w", t.label(), err)
+	}
+	defer ps.close()
+	if t.extra != nil {
+		if err := t.extra(ps); err != nil {
+			return nil, fmt.Errorf("programs of %s: %w", t.label(), err)
+		}
+	}
+	var before, after []map[ebpf.ProgramID]progStat
+	var ops []float64
+	for range bpfStatsRuns {
+		s0, err := ps.read()
+		if err != nil {
+			return nil, err
+		}
+		res, err := b.runOnce(ctx, t, w, b.o.RunTime)
+		if errors.Is(err, errStarved) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		s1, err := ps.read()
+		if err != nil {
+			return nil, err
+		}
+		before, after, ops = append(before, s0), append(after, s1), append(ops, float64(res.ops))
+	}
+	return costs(before, after, ops), nil
 }
 
 // crossCheck measures, once per main configuration and with the same
@@ -618,24 +895,27 @@ func (b *bench) iperf(ctx context.Context, iperf string, t *target, secs int) (f
 	const port = "5299"
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
 	defer cancel()
-	srv, release, err := command(ctx, t.server.cgroup, t.server.netns, iperf, "-s", "-1", "-B", t.server.addr.String(), "-p", port, fmt.Sprintf("-A%d", max(t.server.cpu, 0)))
+	srv, release, err := command(ctx, t.server.Cgroup, iperf, "-s", "-1", "-B", t.server.Addr.String(), "-p", port, fmt.Sprintf("-A%d", max(t.server.CPU, 0)))
 	if err != nil {
 		return 0, err
 	}
 	defer release()
-	if err := srv.Start(); err != nil {
+	if err := startIn(t.server.Netns, srv); err != nil {
 		return 0, err
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
 	var lastErr error
 	for try := 0; try < 20; try++ {
 		time.Sleep(100 * time.Millisecond)
-		cli, rel, err := command(ctx, t.client.cgroup, t.client.netns, iperf, "-c", t.client.addr.String(), "-p", port, "-t", fmt.Sprint(secs), "-J", fmt.Sprintf("-A%d", max(t.client.cpu, 0)))
+		cli, rel, err := command(ctx, t.client.Cgroup, iperf, "-c", t.client.Addr.String(), "-p", port, "-t", fmt.Sprint(secs), "-J", fmt.Sprintf("-A%d", max(t.client.CPU, 0)))
 		if err != nil {
 			return 0, err
 		}
-		outb, err := cli.Output()
+		var out bytes.Buffer
+		cli.Stdout = &out
+		err = runIn(t.client.Netns, cli)
 		rel()
+		outb := out.Bytes()
 		var res struct {
 			End struct {
 				SumReceived struct {
@@ -748,24 +1028,20 @@ func describeMachine() Machine {
 			}
 		}
 	}
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		f := strings.Fields(string(b))
-		if len(f) >= 3 {
-			m.Load = strings.Join(f[:3], " ")
-		}
-	}
+	m.Load = loadAvg()
 	return m
 }
 
 // progress is the live progress line: rewritten in place on a terminal,
 // one line per phase otherwise.
 type progress struct {
-	w   io.Writer
-	tty bool
+	w     io.Writer
+	tty   bool
+	start time.Time
 }
 
 func newProgress(w io.Writer) *progress {
-	p := &progress{w: w}
+	p := &progress{w: w, start: time.Now()}
 	if f, ok := w.(*os.File); ok {
 		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 		p.tty = err == nil
@@ -783,7 +1059,7 @@ func (p *progress) phase(msg string) {
 	if p.tty {
 		fmt.Fprintf(p.w, "\r\033[K")
 	}
-	fmt.Fprintf(p.w, "l3iso bench: %s\n", msg)
+	fmt.Fprintf(p.w, "l3iso-bench: %s: %s\n", time.Since(p.start).Round(time.Second), msg)
 }
 
 func (p *progress) done() {

@@ -16,6 +16,12 @@ import (
 	"github.com/l3iso/l3iso/pkg/cgroup"
 )
 
+// The engine's workers are this test binary, started again.
+func TestMain(m *testing.M) {
+	MaybeWorker(nil)
+	os.Exit(m.Run())
+}
+
 // leftovers lists what the run with id could have left behind: its
 // network namespaces (l3b-bID-*, and the containers' l3iso-TAG_ID[:4]…) and
 // its cgroup subtree. Only its own: other sessions may run this test at
@@ -47,15 +53,13 @@ func runID() string {
 
 // TestSmoke runs the whole engine with tiny durations — every topology,
 // the scaling runs (with 3 containers instead of 100 and 1,000),
-// bcast_fanout (4 containers instead of 100), the control plane (20
-// containers instead of 10,000) — and checks that every configuration
-// carried traffic, that broadcasts reached the listeners and only them,
-// and that nothing is left behind. It says nothing about performance.
+// bcast_fanout (4 containers instead of 100), bpf_stats, the control
+// plane (20 containers instead of 10,000) — and checks that every
+// configuration carried traffic, that broadcasts reached the listeners and
+// only them, that bpf_stats saw l3iso's programs run, and that nothing is
+// left behind. It says nothing about performance.
 func TestSmoke(t *testing.T) {
 	sockprobe.RequirePrivileged(t)
-	if _, err := exec.LookPath("nsenter"); err != nil {
-		t.Fatalf("nsenter (util-linux) is needed: %v", err)
-	}
 	bin := filepath.Join(t.TempDir(), "l3iso")
 	if out, err := buildL3iso(bin); err != nil {
 		t.Fatalf("go build cmd/l3iso: %v\n%s", err, out)
@@ -65,7 +69,7 @@ func TestSmoke(t *testing.T) {
 	defer cancel()
 	var progress bytes.Buffer
 	rep, err := Run(ctx, Options{
-		Binary: bin, Rounds: 2, RunTime: 100 * time.Millisecond,
+		Binary: bin, Rounds: 3, RunTime: 100 * time.Millisecond,
 		Scale: []int{3}, Fanout: 4, ControlPlane: 20, SkipCrossCheck: true, Progress: &progress, RunID: id,
 	})
 	for _, l := range leftovers(t, id) {
@@ -79,6 +83,12 @@ func TestSmoke(t *testing.T) {
 		if (r.Workload == BcastFanout || r.Workload == BcastCPUNs) && !fanoutIn[r.Config] {
 			if r.Median != nil {
 				t.Errorf("%s %s: measured, but the configuration delivers no broadcasts", r.Config, r.Workload)
+			}
+			continue
+		}
+		if r.Workload == SendtoNs && !sendtoConfigs[r.Config] {
+			if r.Median != nil {
+				t.Errorf("%s %s: measured, but sendto_ns runs only beside l3iso's socket hooks", r.Config, r.Workload)
 			}
 			continue
 		}
@@ -107,9 +117,37 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("control plane: %+v, want 6 operations", rep.ControlPlane)
 	}
 	for _, u := range rep.Unavailable {
-		if !strings.HasPrefix(u, BcastFanout) {
+		if !strings.HasPrefix(u, BcastFanout) && !strings.HasPrefix(u, SendtoNs) {
 			t.Errorf("not measured: %s", u)
 		}
+	}
+	// bpf_stats saw l3iso's programs run: the skb programs on every
+	// datagram in shared, the sendmsg4 program on every sendto of a host
+	// process, TC programs in direct; and the do-nothing ones, its own
+	// cost.
+	if st := rep.BPFStats; st == nil || st.OwnNs <= 0 {
+		t.Errorf("bpf_stats: %+v, want its own cost measured", st)
+	} else {
+		ran := map[string]bool{}
+		for _, p := range st.Programs {
+			if strings.HasPrefix(p.Program, "l3_") && p.RunsPerOp > 0 {
+				ran[p.Config+" "+p.Workload] = true
+			}
+		}
+		for _, want := range []string{"shared udp_pps", "direct udp_pps", "host sendto_ns", "shared sendto_ns"} {
+			if !ran[want] {
+				t.Errorf("bpf_stats: no l3iso program ran in %s: %+v", want, st.Programs)
+			}
+		}
+	}
+	for _, tg := range rep.Targets {
+		if tg.Verdict == NotMeasured && !strings.Contains(tg.What, "1,000") {
+			t.Errorf("target %q: not measured", tg.What)
+		}
+	}
+	// A real run's report writes: no NaN reaches the JSON encoder.
+	if err := rep.WriteFiles(t.TempDir()); err != nil {
+		t.Errorf("write the report: %v", err)
 	}
 	if t.Failed() {
 		var md bytes.Buffer
@@ -118,7 +156,7 @@ func TestSmoke(t *testing.T) {
 	}
 }
 
-// Cancelling the context (what Ctrl-C does in `l3iso bench`) stops the
+// Cancelling the context (what Ctrl-C does in l3iso-bench) stops the
 // run and still removes everything.
 func TestCancel(t *testing.T) {
 	sockprobe.RequirePrivileged(t)

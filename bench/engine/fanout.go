@@ -9,6 +9,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -50,7 +51,7 @@ func (b *bench) setupFanout(ctx context.Context, cpuServer, cpuClient int, insta
 			return err
 		}
 		if f.delivery == "bridge" {
-			if err := in.forwardBroadcasts(ctx); err != nil {
+			if err := in.forwardBroadcasts(); err != nil {
 				return err
 			}
 		}
@@ -95,41 +96,41 @@ func (b *bench) setupFanout(ctx context.Context, cpuServer, cpuClient int, insta
 // path twice), and the machine's other load (other sessions share these
 // CPUs). The machine's busy time per broadcast (/proc/stat), which counts
 // everything, is kept in the details as machine_cpu_ns.
-func (b *bench) runFanout(ctx context.Context, t *target, d time.Duration) (map[string]float64, error) {
-	if err := t.cli.send(fmt.Sprintf("%s %d", BcastFanout, d.Nanoseconds())); err != nil {
-		return nil, err
+func (b *bench) runFanout(ctx context.Context, t *target, d time.Duration) (runFigures, error) {
+	if err := t.cli.Send(fmt.Sprintf("%s %d", BcastFanout, d.Nanoseconds())); err != nil {
+		return runFigures{}, err
 	}
 	snaps := [2][]snap{make([]snap, len(t.listeners)), make([]snap, len(t.listeners))}
 	var cpu, at [2]int64
 	for i := range snaps {
 		if err := untilSnap(ctx, d, i); err != nil {
-			return nil, err
+			return runFigures{}, err
 		}
 		var err error
 		at[i] = time.Since(b.epoch).Nanoseconds()
 		if cpu[i], err = b.fanoutCPU(t); err != nil {
-			return nil, err
+			return runFigures{}, err
 		}
 		// Ask all, then read: the listeners' snapshots are then as
 		// close together as their scheduling allows.
 		for _, l := range t.listeners {
-			if err := l.send("snap"); err != nil {
-				return nil, err
+			if err := l.Send("snap"); err != nil {
+				return runFigures{}, err
 			}
 		}
 		for j, l := range t.listeners {
-			if err := l.recv(ctx, 30*time.Second, &snaps[i][j]); err != nil {
-				return nil, err
+			if err := l.Recv(ctx, 30*time.Second, &snaps[i][j]); err != nil {
+				return runFigures{}, err
 			}
 		}
 	}
-	var res runResult
-	if err := t.cli.recv(ctx, d+60*time.Second, &res); err != nil {
-		return nil, err
+	var res RunResult
+	if err := t.cli.Recv(ctx, d+60*time.Second, &res); err != nil {
+		return runFigures{}, err
 	}
 	t.sent += res.Ops
 	if res.Error != "" {
-		return nil, fmt.Errorf("%s in %s: %s", BcastFanout, t.label(), res.Error)
+		return runFigures{}, fmt.Errorf("%s in %s: %s", BcastFanout, t.label(), res.Error)
 	}
 	s1, s2 := snaps[0], snaps[1]
 	var got []string
@@ -140,8 +141,9 @@ func (b *bench) runFanout(ctx context.Context, t *target, d time.Duration) (map[
 	for j := range t.listeners {
 		n := s2[j].UDP - s1[j].UDP
 		if n == 0 {
-			return nil, fmt.Errorf("%s in %s: a listener received nothing between 20 %% and 80 %% of the run (%s; %d datagrams sent to %s:%d)",
-				BcastFanout, t.label(), strings.Join(got, "; "), res.Ops, fanoutBcast, fanoutPort)
+			// errStarved: retried, then missing this round, as in udp_pps.
+			return runFigures{}, fmt.Errorf("%s in %s: a listener received nothing between 20 %% and 80 %% of the run (%s; %d datagrams sent to %s:%d): %w",
+				BcastFanout, t.label(), strings.Join(got, "; "), res.Ops, fanoutBcast, fanoutPort, errStarved)
 		}
 		win := float64(s2[j].Ns-s1[j].Ns) / 1e9
 		rate := float64(n) / win
@@ -160,18 +162,18 @@ func (b *bench) runFanout(ctx context.Context, t *target, d time.Duration) (map[
 		}
 		return float64(busy) / float64(wall) * 1e9 / perBcast
 	}
-	return map[string]float64{
+	return runFigures{vals: map[string]float64{
 		BcastFanout:  sum,
 		BcastCPUNs:   perDatagram(cpu[1]-cpu[0], at[1]-at[0]),
 		bcastMachine: perDatagram(s2[0].Busy-s1[0].Busy, s2[0].Ns-s1[0].Ns),
 		bcastBalance: lo / hi,
-	}, nil
+	}, ops: res.Ops}, nil
 }
 
 // fanoutCPU is the CPU time so far of t's sender and of the ksoftirqd
 // threads, in nanoseconds.
 func (b *bench) fanoutCPU(t *target) (int64, error) {
-	pids := append(slices.Clone(b.softirqd), t.cli.cmd.Process.Pid)
+	pids := append(slices.Clone(b.softirqd), t.cli.Pid())
 	var total int64
 	for _, pid := range pids {
 		ns, err := taskCPU(pid)
@@ -185,30 +187,44 @@ func (b *bench) fanoutCPU(t *target) (int64, error) {
 
 // taskCPU sums the run time of every thread of process pid: the first
 // field of /proc/PID/task/*/schedstat, in nanoseconds (the scheduler's
-// clock, not tick samples). A worker is the process nsenter started: it
-// execs the binary without forking.
+// clock, not tick samples). A worker is the process the engine started
+// (no helper in between).
 func taskCPU(pid int) (int64, error) {
+	var total int64
+	threads, err := taskSched(pid)
+	for _, t := range threads {
+		total += t[0]
+	}
+	return total, err
+}
+
+// taskSched reads, for every thread of process pid (by its
+// /proc/PID/task/TID/schedstat path), the time it has run and the time it
+// has waited on a run queue for a CPU: the first two fields, in
+// nanoseconds.
+func taskSched(pid int) (map[string][2]int64, error) {
 	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
 	if err != nil || len(tasks) == 0 {
-		return 0, fmt.Errorf("CPU time of process %d: no /proc/%d/task/*/schedstat (%v): has it exited?", pid, pid, err)
+		return nil, fmt.Errorf("CPU time of process %d: no /proc/%d/task/*/schedstat (%v): has it exited?", pid, pid, err)
 	}
-	var total int64
+	out := make(map[string][2]int64, len(tasks))
 	for _, f := range tasks {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			continue // a thread that just exited
 		}
 		fs := strings.Fields(string(b))
-		if len(fs) == 0 {
+		if len(fs) < 2 {
 			continue
 		}
-		v, err := strconv.ParseInt(fs[0], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %q: %w", f, b, err)
+		r, err1 := strconv.ParseInt(fs[0], 10, 64)
+		w, err2 := strconv.ParseInt(fs[1], 10, 64)
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", f, b, err)
 		}
-		total += v
+		out[f] = [2]int64{r, w}
 	}
-	return total, nil
+	return out, nil
 }
 
 // softirqThreads finds the ksoftirqd/N kernel threads (none when this
@@ -249,10 +265,7 @@ func (b *bench) fanoutChecks(ctx context.Context, unavailable map[string]string)
 		var facts, wrong []string
 		for j, l := range t.listeners {
 			var s snap
-			err := l.send("snap")
-			if err == nil {
-				err = l.recv(ctx, 30*time.Second, &s)
-			}
+			err := l.Call(ctx, "snap", 30*time.Second, &s)
 			switch {
 			case err != nil:
 				wrong = append(wrong, err.Error())
@@ -265,7 +278,7 @@ func (b *bench) fanoutChecks(ctx context.Context, unavailable map[string]string)
 			}
 		}
 		if in.containerMode() == "netns" {
-			ign, err := udpCounter(ctx, veth.NetnsPath(in.key(idle)), "IgnoredMulti")
+			ign, err := udpCounter(veth.NetnsPath(in.key(idle)), "IgnoredMulti")
 			switch {
 			case err != nil:
 				wrong = append(wrong, err.Error())

@@ -51,7 +51,7 @@ func attachDoNothing(cg string, want func(ebpf.AttachType) bool) (*DoNothing, er
 	for _, name := range names {
 		ps := spec.Programs[name]
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name:         "l3b_nothing",
+			Name:         doNothingName,
 			Type:         ps.Type,
 			AttachType:   ps.AttachType,
 			License:      "GPL",
@@ -78,6 +78,9 @@ func attachDoNothing(cg string, want func(ebpf.AttachType) bool) (*DoNothing, er
 	}
 	return d, nil
 }
+
+// doNothingName is the do-nothing programs' name.
+const doNothingName = "l3b_nothing"
 
 // DoNothing is the set of links AttachDoNothing made.
 type DoNothing struct{ links []link.Link }

@@ -56,24 +56,6 @@ func TestRatiosPerRound(t *testing.T) {
 	}
 }
 
-func TestOverlap(t *testing.T) {
-	tests := []struct {
-		a, b Series
-		want bool
-	}{
-		{Series{1, 2}, Series{3, 4}, false},
-		{Series{1, 3}, Series{3, 4}, true}, // touching counts as overlapping
-		{Series{1, 5}, Series{2, 3}, true}, // one inside the other
-		{Series{10, 11}, Series{1, 2}, false},
-		{Series{}, Series{1}, true}, // nothing measured: no difference shown
-	}
-	for _, tt := range tests {
-		if got := Overlap(tt.a, tt.b); got != tt.want {
-			t.Errorf("Overlap(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.want)
-		}
-	}
-}
-
 // fixture is a run in which direct is clearly faster than bridge, shared
 // overlaps loopback, and bridge_ct was not measured; bcast_fanout ran in
 // bridge and direct with 100 containers.
@@ -125,7 +107,7 @@ func TestBuild(t *testing.T) {
 	if b := find(t, r.Results, BridgeCT, UDPPPS); b.Median != nil || b.VsLoopback != nil {
 		t.Errorf("unmeasured bridge_ct must be null, got %+v", b)
 	}
-	if len(r.Scaling) != 2 || r.Scaling[1].Containers != 1000 || r.Scaling[1].DifferenceShown {
+	if len(r.Scaling) != 2 || r.Scaling[1].Containers != 1000 || r.Scaling[1].DifferenceShown || *r.Scaling[1].Vs1Low > 1 || *r.Scaling[1].Vs1High < 1 {
 		t.Errorf("scaling = %+v, want direct udp_pps at 1 and 1000, no difference shown (bcast_fanout is no scaling figure)", r.Scaling)
 	}
 	// bcast_fanout's main figures are those of its 100-container
@@ -149,21 +131,28 @@ func TestBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"| udp_pps | shared | 98 (91–109) pps | 0.99× [0.97–1.01] (no difference shown) |", // ranges overlap
-		"| udp_pps | direct | 92 (83–101) pps | 0.92× [0.91–0.92] (no difference shown) | **1.53×** [1.52–1.54] |",
+		// 5 rounds: the interval of the median is the per-round ratios' range.
+		"| udp_pps | shared | 98 (91–109) pps | 0.99× [0.97–1.01] (no difference shown) |", // the interval holds 1
+		"| udp_pps | direct | 92 (83–101) pps | **0.92×** [0.91–0.92] | **1.53×** [1.52–1.54] |",
 		"| udp_pps | bridge_ct | not available |",
-		"| direct ≥ 1.25× bridge in udp_pps | 1.533 | met |",
-		"| direct ≥ 0.90× loopback in udp_pps | 0.920 | met — min–max ranges of direct and loopback overlap: no difference shown |",
-		"| shared ≥ 0.97× loopback in udp_pps | 0.990 | met — ",
-		"| direct udp_pps: 1,000 containers within 5% of 1 |",
+		"| direct / bridge in udp_pps ≥ 1.25 | 1.533 [1.524–1.537] | met, shown |",
+		"| direct / loopback in udp_pps ≥ 0.90 | 0.920 [0.914–0.922] | met, shown |",
+		"| shared / loopback (outside l3iso) in tcp_crr ≥ 0.95 | 0.990 [0.970–1.011] | met, shown |",
+		"| direct ×1,000 / direct in udp_pps ≥ 0.97: 1,000 containers registered against 1 | 0.990 [0.989–1.012] | met, shown |",
+		"| shared / hook_floor in udp_pps ≥ 0.97: l3iso's socket and skb programs against do-nothing programs at the same hooks | – | not measured |",
 		"- bcast_fanout in routed: no broadcasts",
-		"| direct tcp_rr p99 no worse than bridge | 1.533 | missed |", // latency: higher is worse
+		// Latency: higher is worse, and the interval lies above 1.
+		"| direct / bridge in tcp_rr_p99_us ≤ 1.00: direct's p99 no worse than bridge's (a latency: lower is better) | 1.533 [1.524–1.537] | missed, shown |",
 		"| bcast_fanout | loopback | not available | – | – |",
 		"| bcast_fanout | direct | 120 (110–130) deliveries/s | – | **12.00×** [9.83–12.50] |",
 		"| bcast_cpu_ns | direct | 15.5k (14.0k–21.0k) ns | – | **0.08×** [0.07–0.10] |",
-		// Per round bridge / direct: 13.3, 13.1, 13.6, 9.8, 11.6.
-		"| direct ≥ 10× cheaper than bridge per broadcast datagram (bcast_cpu_ns, bridge / direct; 100 containers, 2 listening) | 13.125 | met |",
+		// Per round bridge / direct: 13.3, 13.1, 13.6, 9.8, 11.6: the
+		// interval reaches below 10.
+		"| bridge / direct in bcast_cpu_ns ≥ 10.00: direct 10× cheaper per broadcast datagram (100 containers, 2 listening) | 13.125 [9.762–13.571] | met by the median, not shown |",
 		"of which 2 listen (a UDP socket on 0.0.0.0:7400)",
+		"| direct / bridge in udp_pps | 5 | 1.533 [1.524–1.537] | ±0.4 % | 1.524–1.537 |",
+		"| direct ×1000 / direct in udp_pps | 5 | 0.990 [0.989–1.012] | ±1.2 % | 0.989–1.012 |",
+		"Widths reached: ±0.4 % to ±1.2 %",
 	} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("Markdown lacks %q:\n%s", want, md.String())
@@ -194,7 +183,7 @@ func TestBuildWithoutFanout(t *testing.T) {
 	for _, tg := range r.Targets {
 		if strings.Contains(tg.What, "bcast_cpu_ns") {
 			found = true
-			if tg.Verdict != "not measured" || tg.Ratio != nil {
+			if tg.Verdict != NotMeasured || tg.Ratio.Measured() {
 				t.Errorf("target %+v, want not measured", tg)
 			}
 		}
@@ -219,8 +208,52 @@ func TestStableJSONShape(t *testing.T) {
 	if err := json.Unmarshal(buf.Bytes(), &top); err != nil {
 		t.Fatal(err)
 	}
-	if keys := slices.Sorted(mapKeysOf(top)); !slices.Equal(keys, []string{"machine", "results", "rounds"}) {
-		t.Fatalf("top-level keys = %v, want machine, results, rounds", keys)
+	if keys := slices.Sorted(mapKeysOf(top)); !slices.Equal(keys, []string{"machine", "ratios", "results", "rounds", "statistics"}) {
+		t.Fatalf("top-level keys = %v, want machine, ratios, results, rounds, statistics", keys)
+	}
+	// The intervals can be recomputed from the JSON alone: the method and
+	// seed, and each ratio's per-round ratios.
+	var st Statistics
+	if err := json.Unmarshal(top["statistics"], &st); err != nil || st.Seed != Seed || st.Resamples != Resamples || st.Confidence != Confidence || st.Method == "" {
+		t.Errorf("statistics = %+v (%v), want the method, seed %d, %d resamples at %v", st, err, Seed, Resamples, Confidence)
+	}
+	var ratios []struct {
+		What  string `json:"what"`
+		Of    Key    `json:"of"`
+		Ratio struct {
+			PerRound []*float64 `json:"per_round"`
+			Median   *float64   `json:"median"`
+			Low      *float64   `json:"ci_low"`
+			High     *float64   `json:"ci_high"`
+			Min      *float64   `json:"min"`
+			Max      *float64   `json:"max"`
+		} `json:"ratio"`
+		Verdict string `json:"verdict"`
+	}
+	if err := json.Unmarshal(top["ratios"], &ratios); err != nil {
+		t.Fatal(err)
+	}
+	recomputed := 0
+	for _, x := range ratios {
+		if x.Ratio.Median == nil {
+			if x.Verdict != NotMeasured {
+				t.Errorf("%s: no median, verdict %q", x.What, x.Verdict)
+			}
+			continue
+		}
+		var pr Series
+		for _, v := range x.Ratio.PerRound {
+			pr = append(pr, *v)
+		}
+		lo, hi := pr.MedianCI()
+		if lo != *x.Ratio.Low || hi != *x.Ratio.High || pr.Min() != *x.Ratio.Min || pr.Max() != *x.Ratio.Max || pr.Median() != *x.Ratio.Median {
+			t.Errorf("%s: JSON says %v [%v–%v] (%v–%v); recomputed from its per-round ratios %v [%v–%v] (%v–%v)", x.What,
+				*x.Ratio.Median, *x.Ratio.Low, *x.Ratio.High, *x.Ratio.Min, *x.Ratio.Max, pr.Median(), lo, hi, pr.Min(), pr.Max())
+		}
+		recomputed++
+	}
+	if recomputed < 5 {
+		t.Errorf("only %d ratios with figures in the JSON", recomputed)
 	}
 	var rounds int
 	json.Unmarshal(top["rounds"], &rounds)
@@ -281,7 +314,7 @@ func TestBuildFanoutOtherCount(t *testing.T) {
 			if !strings.Contains(tg.What, "20 containers") || tg.Verdict != "reference" || !strings.Contains(tg.Note, "set at 100 containers") {
 				t.Errorf("target %+v, want a reference at 20 containers that says where the target is set", tg)
 			}
-			if tg.Ratio == nil || math.Abs(*tg.Ratio-3) > 1e-9 {
+			if math.Abs(tg.Ratio.Median-3) > 1e-9 {
 				t.Errorf("ratio %v, want 3", tg.Ratio)
 			}
 			return

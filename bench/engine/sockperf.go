@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -83,7 +84,7 @@ func (b *bench) sockperfCross(ctx context.Context, bin string, t *target, secs i
 func sockperfRun(ctx context.Context, bin string, t *target, port string, secs int, mode string, args ...string) (srvOut, cliOut string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+20*time.Second)
 	defer cancel()
-	srvArgs := []string{"server", "-i", t.server.addr.String(), "-p", port}
+	srvArgs := []string{"server", "-i", t.server.Addr.String(), "-p", port}
 	for _, a := range args {
 		if a == "--tcp" {
 			srvArgs = append(srvArgs, a)
@@ -96,7 +97,7 @@ func sockperfRun(ctx context.Context, bin string, t *target, port string, secs i
 	defer release()
 	var sout lockedBuffer
 	srv.Stdout, srv.Stderr = &sout, &sout
-	if err := srv.Start(); err != nil {
+	if err := startIn(t.server.Netns, srv); err != nil {
 		return "", "", err
 	}
 	exited := make(chan struct{})
@@ -137,13 +138,16 @@ func sockperfRun(ctx context.Context, bin string, t *target, port string, secs i
 		}
 	}
 
-	cliArgs := append([]string{mode, "-i", t.client.addr.String(), "-p", port, "-m", sockperfMsgSize, "-t", fmt.Sprint(secs)}, args...)
+	cliArgs := append([]string{mode, "-i", t.client.Addr.String(), "-p", port, "-m", sockperfMsgSize, "-t", fmt.Sprint(secs)}, args...)
 	cli, rel, err := pinned(ctx, t.client, bin, cliArgs...)
 	if err != nil {
 		return sout.String(), "", err
 	}
 	defer rel()
-	cliB, cerr := cli.CombinedOutput()
+	var cliOutB bytes.Buffer
+	cli.Stdout, cli.Stderr = &cliOutB, &cliOutB
+	cerr := runIn(t.client.Netns, cli)
+	cliB := cliOutB.Bytes()
 	stop()
 	if cerr != nil {
 		if ctx.Err() != nil {
@@ -154,10 +158,10 @@ func sockperfRun(ctx context.Context, bin string, t *target, port string, secs i
 	return sout.String(), string(cliB), nil
 }
 
-// pinned is command for sockperf in place p, pinned to p's CPU with
+// pinned is command for sockperf in p's cgroup (start it in p's netns), pinned to p's CPU with
 // taskset the way iperf3 pins itself with -A.
-func pinned(ctx context.Context, p place, bin string, args ...string) (*exec.Cmd, func(), error) {
-	return command(ctx, p.cgroup, p.netns, "taskset", append([]string{"-c", fmt.Sprint(max(p.cpu, 0)), bin}, args...)...)
+func pinned(ctx context.Context, p Place, bin string, args ...string) (*exec.Cmd, func(), error) {
+	return command(ctx, p.Cgroup, "taskset", append([]string{"-c", fmt.Sprint(max(p.CPU, 0)), bin}, args...)...)
 }
 
 // tail is the end of a tool's output for an error message.

@@ -109,7 +109,7 @@ func TestSockperfRun(t *testing.T) {
 		t.Skip("sockperf is not installed")
 	}
 	lo := netip.MustParseAddr("127.0.0.1")
-	tg := &target{config: Loopback, containers: 1, server: place{addr: lo, cpu: -1}, client: place{addr: lo, cpu: -1}}
+	tg := &target{config: Loopback, containers: 1, server: Place{Addr: lo, CPU: -1}, client: Place{Addr: lo, CPU: -1}}
 	ctx := context.Background()
 
 	srv, cli, err := sockperfRun(ctx, bin, tg, freePort(t), 1, "throughput")

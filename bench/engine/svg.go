@@ -13,11 +13,11 @@ import (
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // chartColors per configuration, in Configs order.
-var chartColors = []string{"#4d4d4d", "#8c6bb1", "#cbc9e2", "#e6550d", "#a63603", "#3182bd", "#31a354", "#a1d99b"}
+var chartColors = []string{"#4d4d4d", "#8c6bb1", "#cbc9e2", "#e6550d", "#a63603", "#3182bd", "#31a354", "#a1d99b", "#969696"}
 
 // WriteSVG draws the throughput workloads as grouped bars: the median of
-// each configuration relative to loopback's median, with whiskers from the
-// minimum to the maximum over rounds (on the same scale). When
+// each configuration's per-round ratio to loopback, with whiskers at its
+// 95 % bootstrap interval. When
 // bcast_fanout was measured, a second panel below shows bcast_cpu_ns per
 // configuration (it has no loopback to be relative to).
 func (r *Report) WriteSVG(w io.Writer) error {
@@ -41,10 +41,12 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	bars := make([][]bar, len(groups))
 	ymax := 1.2
 	for g, wl := range groups {
-		base := r.series(Loopback, wl, 1).Median()
 		for _, c := range Configs {
-			s := r.series(c, wl, 1)
-			b := bar{s.Median() / base, s.Min() / base, s.Max() / base}
+			x := r.ratio(Key{c, wl, 1}, Key{Loopback, wl, 1})
+			b := bar{x.Median, x.Low, x.High}
+			if math.IsNaN(b.lo) {
+				b.lo, b.hi = b.med, b.med
+			}
 			if !math.IsNaN(b.hi) && b.hi > ymax {
 				ymax = b.hi
 			}
@@ -57,7 +59,7 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	var s strings.Builder
 	fmt.Fprintf(&s, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
 	fmt.Fprintf(&s, `<rect width="%d" height="%d" fill="white"/>`+"\n", width, height)
-	fmt.Fprintf(&s, `<text x="%d" y="22" font-size="15" font-weight="bold">l3iso bench: throughput relative to loopback (median of %d rounds; whiskers: min–max)</text>`+"\n", left, r.Rounds)
+	fmt.Fprintf(&s, `<text x="%d" y="22" font-size="15" font-weight="bold">l3iso-bench: throughput relative to loopback (median of %d per-round ratios; whiskers: 95 %% interval)</text>`+"\n", left, r.Rounds)
 	fmt.Fprintf(&s, `<text x="%d" y="40" fill="#555">%s</text>`+"\n", left, html.EscapeString(r.Machine.String()))
 	for v := 0.0; v <= ymax+1e-9; v += 0.25 {
 		stroke := "#e0e0e0"
@@ -77,7 +79,7 @@ func (r *Report) WriteSVG(w io.Writer) error {
 				fmt.Fprintf(&s, `<text x="%.1f" y="%.1f" text-anchor="middle" fill="#999" font-size="10">n/a</text>`+"\n", x+bw/2, y(0)-4)
 				continue
 			}
-			fmt.Fprintf(&s, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %.3f× loopback (%.3f–%.3f)</title></rect>`+"\n",
+			fmt.Fprintf(&s, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %.3f× loopback [%.3f–%.3f]</title></rect>`+"\n",
 				x+1, y(b.med), bw-2, y(0)-y(b.med), chartColors[c], Configs[c], wl, b.med, b.lo, b.hi)
 			cx := x + bw/2
 			fmt.Fprintf(&s, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/>`+"\n", cx, cx, y(b.lo), y(b.hi))
@@ -93,7 +95,7 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	lx := float64(left)
 	for c, name := range Configs {
 		fmt.Fprintf(&s, `<rect x="%.1f" y="%d" width="12" height="12" fill="%s"/><text x="%.1f" y="%d">%s</text>`+"\n", lx, mainH-28, chartColors[c], lx+16, mainH-18, name)
-		lx += 130
+		lx += 100
 	}
 	if len(fan) > 0 {
 		r.fanoutPanel(&s, fan, mainH, width, left+60, right+170)

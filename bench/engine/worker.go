@@ -1,27 +1,45 @@
 package engine
 
-// The load generator. The engine starts the l3iso binary itself (or any
-// binary that calls MaybeWorker first thing) as a worker process, born in
-// the cgroup of the configuration under test (CLONE_INTO_CGROUP) and
-// running in its network namespace (nsenter --net). Three roles:
+// The worker protocol: the one way the benchmarks start load generators
+// and other children (bench/README.md, "Workers"). A worker is the
+// benchmark's own binary started again — l3iso-bench, or a test binary
+// whose TestMain calls MaybeWorker first thing — born in the cgroup of the
+// configuration under test (CLONE_INTO_CGROUP) and in its network
+// namespace (started from a thread that entered it; StartWorker).
+//
+//	environment  $L3ISO_BENCH_WORKER names the role; $L3ISO_BENCH_ADDR,
+//	             $L3ISO_BENCH_PORTS and $L3ISO_BENCH_CPU say where it
+//	             works, as the role needs them
+//	stdout       an optional hello line when it is ready, then exactly one
+//	             JSON line per command
+//	stdin        one command per line
+//	exit         0 when stdin closes; non-zero on a failure, the reason on
+//	             stderr
+//
+// The roles:
 //
 //	server    listens on ADDR: one UDP socket (counts datagrams), one TCP
 //	          listener each for tcp_rr (echo), tcp_crr (accept, read 1
-//	          byte, write 1 byte, close) and tcp_gbps (counts bytes). It
-//	          prints its ports as one JSON line, then answers every "snap"
-//	          line on stdin with its counters and a monotonic timestamp.
+//	          byte, write 1 byte, close) and tcp_gbps (counts bytes).
+//	          Hello: its ports. Answers every "snap" with its counters and
+//	          a monotonic timestamp.
 //	listener  bcast_fanout's receiver: one UDP socket bound to ADDR (the
 //	          wildcard) and the port in $L3ISO_BENCH_PORTS, counting
-//	          datagrams; prints its ports, then answers "snap" like the
-//	          server, with its socket's drops and the machine's busy CPU
-//	          time added.
-//	client    for every line "WORKLOAD NANOSECONDS" on stdin runs that
-//	          workload against the server (bcast_fanout: the broadcast
-//	          address ADDR) for that long and prints one JSON result line.
+//	          datagrams. Hello: its port. Answers "snap" like the server,
+//	          with its socket's drops and the machine's busy CPU time added.
+//	client    for every line "WORKLOAD NANOSECONDS" runs that workload for
+//	          that long and answers with a runResult: against the server
+//	          (udp_pps, tcp_rr, tcp_crr, tcp_gbps), the broadcast address
+//	          ADDR (bcast_fanout), or on its own (the system-call loops
+//	          bind, connect and sendto, each against a socket of its own on
+//	          ADDR: the socket-hook workloads).
 //
-// Both use raw system calls (golang.org/x/sys/unix) on blocking sockets
-// from goroutines locked to OS threads pinned to one CPU, so what is timed
-// is the kernel path, not Go's netpoller. Both exit when stdin closes.
+// A test binary can add roles of its own (MaybeWorker's extra): one
+// command line in, one result out.
+//
+// Clients and servers use raw system calls (golang.org/x/sys/unix) on
+// blocking sockets from goroutines locked to OS threads pinned to one CPU,
+// so what is timed is the kernel path, not Go's netpoller.
 
 import (
 	"bufio"
@@ -42,17 +60,31 @@ import (
 
 // Environment of a worker process.
 const (
-	envWorker = "L3ISO_BENCH_WORKER" // server, listener or client
-	envAddr   = "L3ISO_BENCH_ADDR"   // server, listener: address to listen on; client: the server's
+	envWorker = "L3ISO_BENCH_WORKER" // the role
+	envAddr   = "L3ISO_BENCH_ADDR"   // server, listener: address to listen on; client: the server's, or its own for the loops
 	envPorts  = "L3ISO_BENCH_PORTS"  // client: the server's ports (JSON); listener: its port (bcast)
-	envCPU    = "L3ISO_BENCH_CPU"    // CPU to pin the working threads to; -1: none
+	envCPU    = "L3ISO_BENCH_CPU"    // CPU to pin the working threads to; -1 or unset: none
+	envNice   = "L3ISO_BENCH_NICE"   // nice value of the working threads (-20 … 19); unset: the inherited one
 )
+
+// nice is the working threads' nice value ($L3ISO_BENCH_NICE); 0: left
+// as inherited.
+var nice int
 
 // Payload sizes.
 const (
-	udpPayload    = 64       // bytes per UDP datagram (udp_pps)
+	udpPayload    = 64       // bytes per UDP datagram (udp_pps, sendto)
 	streamChunk   = 64 << 10 // bytes per write (tcp_gbps)
 	udpCheckEvery = 64       // datagrams between two looks at the clock
+)
+
+// The client's system-call loops (the socket-hook workloads): each runs
+// against a socket of the client's own on ADDR, in the same cgroup and
+// network namespace.
+const (
+	LoopBind    = "bind"    // socket(TCP), bind(ADDR:0), listen, close
+	LoopConnect = "connect" // socket(TCP), SO_LINGER{1,0}, connect to a listener on ADDR, close (RST)
+	LoopSendto  = "sendto"  // sendto of 64 bytes from an unbound, unconnected UDP socket to a UDP socket on ADDR that never reads
 )
 
 // ports are the server's listening ports.
@@ -77,9 +109,9 @@ type snap struct {
 	Drops uint64 `json:"drops,omitempty"`
 }
 
-// runResult is the client's answer to a run.
-type runResult struct {
-	Ops   uint64 `json:"ops"` // datagrams sent, transactions, connections or bytes
+// RunResult is the client's answer to a run.
+type RunResult struct {
+	Ops   uint64 `json:"ops"` // datagrams sent, transactions, connections, bytes or loop iterations
 	Ns    int64  `json:"ns"`  // how long the run took
 	P50   int64  `json:"p50_ns,omitempty"`
 	P99   int64  `json:"p99_ns,omitempty"`
@@ -87,22 +119,38 @@ type runResult struct {
 	Error string `json:"error,omitempty"`
 }
 
-// MaybeWorker runs the benchmark worker and exits if this process was
-// started as one ($L3ISO_BENCH_WORKER set); otherwise it returns at once.
-// Call it first thing in main (cmd/l3iso does).
-func MaybeWorker() {
+// NsPerOp is the run's time per operation.
+func (r RunResult) NsPerOp() float64 {
+	if r.Ops == 0 {
+		return 0
+	}
+	return float64(r.Ns) / float64(r.Ops)
+}
+
+// Role is a worker role a test binary adds (MaybeWorker): it answers one
+// command line with one result, which the worker prints as one JSON line.
+type Role func(cmd string) (any, error)
+
+// MaybeWorker runs the worker and exits if this process was started as
+// one ($L3ISO_BENCH_WORKER set); otherwise it returns at once. Call it
+// first thing in main (cmd/l3iso-bench does) or in TestMain. extra are
+// roles of the caller's own, by name.
+func MaybeWorker(extra map[string]Role) {
 	role := os.Getenv(envWorker)
 	if role == "" {
 		return
 	}
-	if err := worker(role); err != nil {
-		fmt.Fprintf(os.Stderr, "l3iso bench worker %s: %v\n", role, err)
+	if err := worker(role, extra); err != nil {
+		fmt.Fprintf(os.Stderr, "bench worker %s: %v\n", role, err)
 		os.Exit(1)
 	}
 	os.Exit(0)
 }
 
-func worker(role string) error {
+func worker(role string, extra map[string]Role) error {
+	if r, ok := extra[role]; ok {
+		return serveLines(nil, nil, func(cmd string) (any, error) { return r(cmd) })
+	}
 	addr, err := netip.ParseAddr(os.Getenv(envAddr))
 	if err != nil || !addr.Is4() {
 		return fmt.Errorf("$%s=%q: want an IPv4 address", envAddr, os.Getenv(envAddr))
@@ -111,25 +159,40 @@ func worker(role string) error {
 	if err != nil {
 		cpu = -1
 	}
+	if v := os.Getenv(envNice); v != "" {
+		if nice, err = strconv.Atoi(v); err != nil || nice < -20 || nice > 19 {
+			return fmt.Errorf("$%s=%q: want -20 to 19", envNice, v)
+		}
+	}
+	var p ports
+	if role == "listener" || role == "client" {
+		if v := os.Getenv(envPorts); v != "" {
+			if err := json.Unmarshal([]byte(v), &p); err != nil {
+				return fmt.Errorf("$%s: %w", envPorts, err)
+			}
+		}
+	}
 	switch role {
 	case "server":
 		return server(addr, cpu)
-	case "listener", "client":
-		var p ports
-		if err := json.Unmarshal([]byte(os.Getenv(envPorts)), &p); err != nil {
-			return fmt.Errorf("$%s: %w", envPorts, err)
-		}
-		if role == "listener" {
-			return listener(addr, p.Bcast, cpu)
-		}
+	case "listener":
+		return listener(addr, p.Bcast, cpu)
+	case "client":
 		return client(addr, p, cpu)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }
 
-// pin locks the calling goroutine to its OS thread and that thread to cpu.
+// pin locks the calling goroutine to its OS thread, that thread to cpu,
+// and gives it the worker's nice value (setpriority of a thread id
+// changes that thread only).
 func pin(cpu int) error {
 	runtime.LockOSThread()
+	if nice != 0 {
+		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, nice); err != nil {
+			return fmt.Errorf("nice %d: %w", nice, err)
+		}
+	}
 	if cpu < 0 {
 		return nil
 	}
@@ -145,10 +208,10 @@ func sockaddr(a netip.Addr, port int) *unix.SockaddrInet4 {
 	return &unix.SockaddrInet4{Addr: a.As4(), Port: port}
 }
 
-// listen binds a socket of type typ to addr:0 (and listens, for TCP) and
-// returns it with its port.
-func listen(addr netip.Addr, typ int) (int, int, error) {
-	fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
+// listenOn binds a socket of type typ (with socket flags) to addr:0,
+// listens if it is a stream socket, and returns it with its port.
+func listenOn(addr netip.Addr, typ, flags int) (int, int, error) {
+	fd, err := unix.Socket(unix.AF_INET, typ|flags|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, 0, fmt.Errorf("socket: %w", err)
 	}
@@ -158,7 +221,7 @@ func listen(addr netip.Addr, typ int) (int, int, error) {
 		return -1, 0, fmt.Errorf("bind %s:0: %w", addr, err)
 	}
 	if typ == unix.SOCK_STREAM {
-		if err := unix.Listen(fd, 1024); err != nil {
+		if err := unix.Listen(fd, 4096); err != nil {
 			unix.Close(fd)
 			return -1, 0, fmt.Errorf("listen on %s: %w", addr, err)
 		}
@@ -192,16 +255,16 @@ func server(addr netip.Addr, cpu int) error {
 	var p ports
 	var udpFD, rrFD, crrFD, streamFD int
 	var err error
-	if udpFD, p.UDP, err = listen(addr, unix.SOCK_DGRAM); err != nil {
+	if udpFD, p.UDP, err = listenOn(addr, unix.SOCK_DGRAM, 0); err != nil {
 		return err
 	}
-	if rrFD, p.RR, err = listen(addr, unix.SOCK_STREAM); err != nil {
+	if rrFD, p.RR, err = listenOn(addr, unix.SOCK_STREAM, 0); err != nil {
 		return err
 	}
-	if crrFD, p.CRR, err = listen(addr, unix.SOCK_STREAM); err != nil {
+	if crrFD, p.CRR, err = listenOn(addr, unix.SOCK_STREAM, 0); err != nil {
 		return err
 	}
-	if streamFD, p.Stream, err = listen(addr, unix.SOCK_STREAM); err != nil {
+	if streamFD, p.Stream, err = listenOn(addr, unix.SOCK_STREAM, 0); err != nil {
 		return err
 	}
 	var udpPkts, streamBytes atomic.Uint64
@@ -273,13 +336,16 @@ func server(addr netip.Addr, cpu int) error {
 	})
 }
 
-// answerSnaps prints first as one JSON line, then answers every "snap" line
-// on stdin with one JSON line of snapshot(); it returns when stdin closes,
-// on a failure from fail, or on anything else on stdin.
-func answerSnaps(first any, fail <-chan error, snapshot func() (any, error)) error {
+// serveLines prints hello (unless nil) as one JSON line, then answers
+// every line on stdin with one JSON line of handle's result; it returns
+// when stdin closes, on a failure from fail (nil: none), or when handle
+// fails.
+func serveLines(hello any, fail <-chan error, handle func(cmd string) (any, error)) error {
 	out := json.NewEncoder(os.Stdout)
-	if err := out.Encode(first); err != nil {
-		return err
+	if hello != nil {
+		if err := out.Encode(hello); err != nil {
+			return err
+		}
 	}
 	lines := make(chan string)
 	go func() {
@@ -297,10 +363,7 @@ func answerSnaps(first any, fail <-chan error, snapshot func() (any, error)) err
 			if !ok {
 				return nil
 			}
-			if strings.TrimSpace(l) != "snap" {
-				return fmt.Errorf("unknown command %q", l)
-			}
-			v, err := snapshot()
+			v, err := handle(l)
 			if err != nil {
 				return err
 			}
@@ -309,6 +372,17 @@ func answerSnaps(first any, fail <-chan error, snapshot func() (any, error)) err
 			}
 		}
 	}
+}
+
+// answerSnaps is serveLines for the server and the listener: their one
+// command is "snap".
+func answerSnaps(hello any, fail <-chan error, snapshot func() (any, error)) error {
+	return serveLines(hello, fail, func(cmd string) (any, error) {
+		if strings.TrimSpace(cmd) != "snap" {
+			return nil, fmt.Errorf("unknown command %q", cmd)
+		}
+		return snapshot()
+	})
 }
 
 // listener counts the datagrams that arrive on one UDP socket bound to
@@ -449,6 +523,7 @@ type clientState struct {
 	p                      ports
 	udp, rr, stream, bcast int
 	buf1, udpBuf, big      []byte
+	loops                  map[string]func() error // the system-call loops, set up on first use
 }
 
 func client(addr netip.Addr, p ports, cpu int) error {
@@ -456,27 +531,23 @@ func client(addr netip.Addr, p ports, cpu int) error {
 		return err
 	}
 	c := &clientState{addr: addr, p: p, udp: -1, rr: -1, stream: -1, bcast: -1,
-		buf1: make([]byte, 1), udpBuf: make([]byte, udpPayload), big: make([]byte, streamChunk)}
-	in := bufio.NewScanner(os.Stdin)
-	out := json.NewEncoder(os.Stdout)
-	for in.Scan() {
-		f := strings.Fields(in.Text())
+		buf1: make([]byte, 1), udpBuf: make([]byte, udpPayload), big: make([]byte, streamChunk), loops: map[string]func() error{}}
+	// handle runs on this goroutine, the pinned thread.
+	return serveLines(nil, nil, func(cmd string) (any, error) {
+		f := strings.Fields(cmd)
 		if len(f) != 2 {
-			return fmt.Errorf("command %q: want WORKLOAD NANOSECONDS", in.Text())
+			return nil, fmt.Errorf("command %q: want WORKLOAD NANOSECONDS", cmd)
 		}
 		ns, err := strconv.ParseInt(f[1], 10, 64)
 		if err != nil || ns <= 0 {
-			return fmt.Errorf("command %q: bad duration", in.Text())
+			return nil, fmt.Errorf("command %q: bad duration", cmd)
 		}
 		res, err := c.run(f[0], time.Duration(ns))
 		if err != nil {
 			res.Error = err.Error()
 		}
-		if err := out.Encode(res); err != nil {
-			return err
-		}
-	}
-	return in.Err()
+		return res, nil
+	})
 }
 
 // dial connects a new socket of type typ to the server's port.
@@ -523,11 +594,15 @@ func (c *clientState) dialBroadcast() (int, error) {
 	return fd, nil
 }
 
-func (c *clientState) run(workload string, d time.Duration) (runResult, error) {
-	var res runResult
+func (c *clientState) run(workload string, d time.Duration) (RunResult, error) {
+	var res RunResult
 	var err error
 	start := time.Now()
 	switch workload {
+	case LoopBind, LoopConnect, LoopSendto:
+		if res.Ops, err = c.loop(workload, start, d); err != nil {
+			return res, err
+		}
 	case UDPPPS:
 		if c.udp < 0 {
 			if c.udp, err = c.dial(unix.SOCK_DGRAM, c.p.UDP, false); err != nil {
@@ -601,6 +676,147 @@ func (c *clientState) run(workload string, d time.Duration) (runResult, error) {
 	}
 	res.Ns = time.Since(start).Nanoseconds()
 	return res, nil
+}
+
+// loop runs the system-call loop named workload until d has passed since
+// start and returns how many iterations it made. It looks at the clock
+// every loopCheckEvery[workload] iterations: a clock read costs little
+// next to one iteration (4–30 µs here), and nothing next to a batch.
+func (c *clientState) loop(workload string, start time.Time, d time.Duration) (uint64, error) {
+	op, ok := c.loops[workload]
+	if !ok {
+		var err error
+		switch workload {
+		case LoopBind:
+			op = bindOp(c.addr)
+		case LoopConnect:
+			op, err = connectOp(c.addr)
+		case LoopSendto:
+			op, err = sendtoOp(c.addr)
+		}
+		if err != nil {
+			return 0, err
+		}
+		c.loops[workload] = op
+	}
+	every := 1
+	if workload == LoopSendto {
+		every = udpCheckEvery
+	}
+	var n uint64
+	for time.Since(start) < d {
+		for range every {
+			if err := op(); err != nil {
+				return n, fmt.Errorf("%s, iteration %d: %w", workload, n, err)
+			}
+			n++
+		}
+	}
+	return n, nil
+}
+
+// bindOp: socket(TCP) + bind(addr:0) + listen + close. In a container, the
+// bind4 hook checks ownership (addr is its own); the kernel picks a port.
+func bindOp(addr netip.Addr) func() error {
+	sa := sockaddr(addr, 0)
+	return func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("bind %s:0: %w", addr, err)
+		}
+		if err := unix.Listen(fd, 1); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		return unix.Close(fd)
+	}
+}
+
+// connectOp: socket(TCP) + SO_LINGER{1,0} + connect(addr:port) + close,
+// against a listener on addr:port in the same process (same cgroup, same
+// netns). The client socket is unbound: in a container the connect4 hook
+// picks its source (bpf_bind). Closing with a zero linger sends RST, so no
+// TIME_WAIT piles up and the ephemeral ports never run out.
+//
+// The whole loop is one thread: on loopback the handshake runs in the
+// connecting thread's softirq, and every acceptBatch connects the same
+// thread accepts (and closes) what is queued on the non-blocking listener.
+// No second thread means no dependence on whether the other vCPU is free.
+func connectOp(addr netip.Addr) (func() error, error) {
+	const acceptBatch = 256 // well below the listen backlog
+	ln, port, err := listenOn(addr, unix.SOCK_STREAM, unix.SOCK_NONBLOCK)
+	if err != nil {
+		return nil, err
+	}
+	drain := func() error {
+		for {
+			fd, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+			switch {
+			case err == nil:
+				unix.Close(fd)
+			case errors.Is(err, unix.EAGAIN):
+				return nil
+			case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+			default:
+				return fmt.Errorf("accept: %w", err)
+			}
+		}
+	}
+	dst := sockaddr(addr, port)
+	linger := &unix.Linger{Onoff: 1, Linger: 0}
+	n := 0
+	return func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, linger); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("SO_LINGER: %w", err)
+		}
+		if err := unix.Connect(fd, dst); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("connect %s:%d: %w", addr, port, err)
+		}
+		if err := unix.Close(fd); err != nil {
+			return err
+		}
+		if n++; n%acceptBatch == 0 {
+			return drain()
+		}
+		return nil
+	}, nil
+}
+
+// sendtoOp: sendto of 64 bytes from one unconnected, unbound UDP socket to
+// a UDP socket on addr:port in the same process. In a container the
+// sendmsg4 hook fills in the source on every call. The receiver never
+// reads: once its buffer is full, each datagram is dropped at the
+// receiving socket — after the cgroup ingress hook has run — so the loop
+// measures the whole send and receive path (on loopback it all runs in
+// the sending thread) minus the copy to user space and the wake-up, the
+// same way in every configuration.
+func sendtoOp(addr netip.Addr) (func() error, error) {
+	_, port, err := listenOn(addr, unix.SOCK_DGRAM, 0) // stays open, unread, until the worker exits
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	dst := sockaddr(addr, port)
+	buf := make([]byte, udpPayload)
+	return func() error {
+		if err := unix.Sendto(fd, buf, 0, dst); err != nil {
+			return fmt.Errorf("sendto %s:%d: %w", addr, port, err)
+		}
+		return nil
+	}, nil
 }
 
 // blast writes 64-byte datagrams on the connected UDP socket fd until d

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -12,13 +11,12 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/l3iso/l3iso/internal/netstat"
@@ -37,7 +35,8 @@ const commandTimeout = 5 * time.Minute
 // the moment it exists; teardown runs it in reverse, also after a failure
 // or an interrupt.
 type world struct {
-	bin       string // the run's copy of the l3iso binary (also the worker)
+	bin       string // the run's copy of the l3iso binary
+	worker    string // the run's copy of the worker binary (l3iso-bench)
 	id        string // random, in every name this run makes
 	top       string // the run's cgroup subtree
 	unmanaged string // a cgroup below top that no l3iso installation covers
@@ -45,6 +44,8 @@ type world struct {
 	tmp       string // policies
 
 	installs []*install
+	floor    *DoNothing // hook_floor's programs
+	nice     int        // the workers' nice value (Options.Nice)
 
 	mu   sync.Mutex
 	undo []undoStep
@@ -66,6 +67,7 @@ func (w *world) doNothingCgroup() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	w.floor = d
 	w.onTeardown("detach the do-nothing programs", d.Close)
 	return cg, nil
 }
@@ -93,8 +95,9 @@ func (w *world) teardown() error {
 	return errors.Join(errs...)
 }
 
-// newWorld makes the cgroup subtree, the bpffs mount and the temp dir.
-func newWorld(bin, id string) (*world, error) {
+// newWorld makes the cgroup subtree, the bpffs mount and the temp dir,
+// with copies of the l3iso binary bin and of the worker binary.
+func newWorld(bin, worker, id string) (*world, error) {
 	if id == "" {
 		b := make([]byte, 3)
 		rand.Read(b)
@@ -118,10 +121,13 @@ func newWorld(bin, id string) (*world, error) {
 		return w, err
 	}
 	w.onTeardown("remove "+w.tmp, func() error { return os.RemoveAll(w.tmp) })
-	// The run's own copy of the binary: every worker and every l3iso
+	// The run's own copies of the binaries: every worker and every l3iso
 	// command of the run is then the same program, even when bin/l3iso is
 	// rebuilt while the run goes on (a make build elsewhere).
 	if w.bin, err = copyBinary(bin, filepath.Join(w.tmp, "l3iso")); err != nil {
+		return w, err
+	}
+	if w.worker, err = copyBinary(worker, filepath.Join(w.tmp, "worker")); err != nil {
 		return w, err
 	}
 	w.mnt = filepath.Join(w.tmp, "bpffs")
@@ -139,52 +145,30 @@ func newWorld(bin, id string) (*world, error) {
 func copyBinary(from, to string) (string, error) {
 	src, err := os.Open(from)
 	if err != nil {
-		return "", fmt.Errorf("copy the l3iso binary: %w", err)
+		return "", fmt.Errorf("copy %s: %w", from, err)
 	}
 	defer src.Close()
 	dst, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
 	if err != nil {
-		return "", fmt.Errorf("copy the l3iso binary: %w", err)
+		return "", fmt.Errorf("copy %s: %w", from, err)
 	}
 	_, err = io.Copy(dst, src)
 	if cerr := dst.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return "", fmt.Errorf("copy the l3iso binary to %s: %w", to, err)
+		return "", fmt.Errorf("copy %s to %s: %w", from, to, err)
 	}
 	return to, nil
 }
 
-// command prepares name with args to run in place (cgroup and netns; either
-// may be empty). Every child gets its own process group: a Ctrl-C at the
-// terminal reaches only the benchmark, which then stops its children in
-// order and cleans up.
-func command(ctx context.Context, cg, netns, name string, args ...string) (*exec.Cmd, func(), error) {
-	if netns != "" {
-		args = append([]string{"--net=" + netns, "--", name}, args...)
-		name = "nsenter"
-	}
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.WaitDelay = 5 * time.Second
-	release := func() {}
-	if cg != "" {
-		fd, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil, nil, fmt.Errorf("open cgroup %s: %w", cg, err)
-		}
-		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
-		release = func() { unix.Close(fd) }
-	}
-	return cmd, release, nil
-}
-
-// run runs a setup or teardown command and returns its combined output.
+// run runs a setup or teardown command in network namespace netns ("":
+// the benchmark's own) and returns its combined output and how long it
+// took, from the fork to the exit.
 func run(ctx context.Context, netns, name string, args ...string) (string, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
-	cmd, release, err := command(ctx, "", netns, name, args...)
+	cmd, release, err := command(ctx, "", name, args...)
 	if err != nil {
 		return "", 0, err
 	}
@@ -192,15 +176,17 @@ func run(ctx context.Context, netns, name string, args ...string) (string, time.
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	err = cmd.Run()
+	if err = startIn(netns, cmd); err == nil {
+		err = cmd.Wait()
+	}
 	d := time.Since(start)
 	if err != nil {
 		where := ""
 		if netns != "" {
-			where = " (in netns " + netns + ")"
+			where = " (in netns " + filepath.Base(netns) + ")"
 		}
-		// %v, not %w: an *exec.ExitError in the chain would make the
-		// l3iso CLI exit with the child's status and print nothing.
+		// %v, not %w: an *exec.ExitError in the chain would make a
+		// command line exit with the child's status and print nothing.
 		return out.String(), d, fmt.Errorf("%s %s%s: %v: %s", name, strings.Join(args, " "), where, err, strings.TrimSpace(out.String()))
 	}
 	return out.String(), d, nil
@@ -208,19 +194,12 @@ func run(ctx context.Context, netns, name string, args ...string) (string, time.
 
 // newNetns creates the named network namespace l3b-ID-TAG with lo up and
 // returns its path.
-func (w *world) newNetns(ctx context.Context, tag string) (string, error) {
-	name := "l3b-" + w.id + "-" + tag
-	if _, _, err := run(ctx, "", "ip", "netns", "add", name); err != nil {
-		return "", err
+func (w *world) newNetns(tag string) (string, error) {
+	path, err := newNamedNetns("l3b-" + w.id + "-" + tag)
+	if path != "" {
+		w.onTeardown("delete netns "+filepath.Base(path), func() error { return deleteNamedNetns(path) })
 	}
-	w.onTeardown("delete netns "+name, func() error {
-		_, _, err := run(context.Background(), "", "ip", "netns", "del", name)
-		return err
-	})
-	if _, _, err := run(ctx, "", "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
-		return "", err
-	}
-	return filepath.Join("/run/netns", name), nil
+	return path, err
 }
 
 // Addresses of the netns installations. Each has its own host and outside
@@ -266,6 +245,8 @@ type install struct {
 	letter     byte   // see namePrefix
 	mode       string // of the containers: "shared" or "netns"; "" = netns if there is an uplink
 	fanout     bool   // a bcast_fanout installation: addresses 10.78.0.i/24
+
+	barePeerProg *ebpf.Program // the bare_peer prototype's program, if attached here (bpf_stats)
 }
 
 // l3iso runs the l3iso binary with this installation's --bpffs in its host
@@ -281,7 +262,7 @@ func (w *world) newInstall(ctx context.Context, tag, delivery string, conntrack 
 	in := &install{w: w, tag: tag, cgroot: filepath.Join(w.top, tag), bpffs: filepath.Join(w.mnt, tag), letter: 'a' + byte(len(w.installs))}
 	w.installs = append(w.installs, in)
 	var err error
-	if in.host, err = w.newNetns(ctx, tag+"h"); err != nil {
+	if in.host, err = w.newNetns(tag + "h"); err != nil {
 		return nil, err
 	}
 	if err := cgroup.Create(in.cgroot); err != nil {
@@ -289,10 +270,10 @@ func (w *world) newInstall(ctx context.Context, tag, delivery string, conntrack 
 	}
 	up := []string{"up", "--cgroup-root", in.cgroot}
 	if delivery != "" {
-		if in.outside, err = w.newNetns(ctx, tag+"o"); err != nil {
+		if in.outside, err = w.newNetns(tag + "o"); err != nil {
 			return nil, err
 		}
-		if err := in.uplink(ctx); err != nil {
+		if err := joinUplink(in.host, in.outside); err != nil {
 			return nil, err
 		}
 		up = append(up, "--uplink", "up0", "--delivery", delivery)
@@ -307,27 +288,6 @@ func (w *world) newInstall(ctx context.Context, tag, delivery string, conntrack 
 		}
 	}
 	return in, nil
-}
-
-// uplink joins host and outside with the veth up0 — eth0, gives both
-// addresses and routes: the outside host reaches the containers (10/8)
-// with one plain route via the host, like any peer of an l3iso host.
-func (in *install) uplink(ctx context.Context) error {
-	h, o := filepath.Base(in.host), filepath.Base(in.outside)
-	for _, args := range [][]string{
-		{"link", "add", "up0", "netns", h, "type", "veth", "peer", "name", "eth0", "netns", o},
-		{"-n", h, "addr", "add", hostUp4.String() + "/24", "dev", "up0"},
-		{"-n", o, "addr", "add", outside4.String() + "/24", "dev", "eth0"},
-		{"-n", h, "link", "set", "up0", "up"},
-		{"-n", o, "link", "set", "eth0", "up"},
-		{"-n", o, "route", "add", "10.0.0.0/8", "via", hostUp4.String()},
-		{"-n", h, "route", "add", "default", "via", outside4.String()},
-	} {
-		if _, _, err := run(ctx, "", "ip", args...); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // conntrackRules make the host namespace of bridge_ct a Docker-like host:
@@ -457,7 +417,7 @@ func (in *install) containerMode() string {
 // returns its path.
 func (in *install) policy(n int, mode string) (string, error) {
 	var b bytes.Buffer
-	b.WriteString("# generated by l3iso bench\ncontainers:\n")
+	b.WriteString("# generated by l3iso-bench\ncontainers:\n")
 	if n == 0 {
 		b.WriteString("  {}\n")
 	}
@@ -481,42 +441,34 @@ func (in *install) populate(ctx context.Context, n int) (time.Duration, error) {
 	return in.l3iso(ctx, "apply", "-f", p)
 }
 
-// place is where a worker runs.
-type place struct {
-	cgroup string
-	netns  string
-	addr   netip.Addr // server: listen on; client: connect to
-	cpu    int
-}
-
 // server and client are where the workload's two ends run in this
 // installation. Shared: both in its first container, over its own
 // address. netns: the server in the first container, the client on the
 // outside host (in no l3iso cgroup).
-func (in *install) server(cpu int) place {
+func (in *install) server(cpu int) Place {
 	if in.outside == "" {
-		return place{filepath.Join(in.cgroot, "l3iso", in.first), in.host, in.containerAddr(1), cpu}
+		return Place{filepath.Join(in.cgroot, "l3iso", in.first), in.host, in.containerAddr(1), cpu}
 	}
-	return place{filepath.Join(in.cgroot, "l3iso", in.first), veth.NetnsPath(in.key(in.first)), in.containerAddr(1), cpu}
+	return Place{filepath.Join(in.cgroot, "l3iso", in.first), veth.NetnsPath(in.key(in.first)), in.containerAddr(1), cpu}
 }
 
-func (in *install) client(cpu int) place {
+func (in *install) client(cpu int) Place {
 	if in.outside == "" {
-		return place{filepath.Join(in.cgroot, "l3iso", in.first), in.host, in.containerAddr(1), cpu}
+		return Place{filepath.Join(in.cgroot, "l3iso", in.first), in.host, in.containerAddr(1), cpu}
 	}
-	return place{in.w.unmanaged, in.outside, in.containerAddr(1), cpu}
+	return Place{in.w.unmanaged, in.outside, in.containerAddr(1), cpu}
 }
 
 // listener is where the bcast_fanout listener in container i runs: in its
 // cgroup and its network namespace (shared mode: the host's), on the
 // wildcard address.
-func (in *install) listener(i, cpu int) place {
+func (in *install) listener(i, cpu int) Place {
 	name := in.containerName(i)
 	netns := in.host
 	if in.containerMode() == "netns" {
 		netns = veth.NetnsPath(in.key(name))
 	}
-	return place{filepath.Join(in.cgroot, "l3iso", name), netns, netip.IPv4Unspecified(), cpu}
+	return Place{filepath.Join(in.cgroot, "l3iso", name), netns, netip.IPv4Unspecified(), cpu}
 }
 
 // listening are the containers of a bcast_fanout installation that
@@ -526,8 +478,8 @@ func (in *install) listening() []int { return []int{1, in.containers} }
 
 // broadcaster is where the bcast_fanout sender runs: the outside host, in
 // no l3iso cgroup, sending to the containers' directed broadcast address.
-func (in *install) broadcaster(cpu int) place {
-	return place{in.w.unmanaged, in.outside, fanoutBcast, cpu}
+func (in *install) broadcaster(cpu int) Place {
+	return Place{in.w.unmanaged, in.outside, fanoutBcast, cpu}
 }
 
 // forwardBroadcasts makes the host of a bridge installation forward a
@@ -541,13 +493,12 @@ func (in *install) broadcaster(cpu int) place {
 // without it the host takes the datagram itself (the bridge's own setting
 // is not consulted). Checked on 6.18. Only this installation's host
 // namespace is changed.
-func (in *install) forwardBroadcasts(ctx context.Context) error {
-	if _, _, err := run(ctx, "", "ip", "-n", filepath.Base(in.host), "route", "add", "broadcast", fanoutBcast.String(),
-		"dev", veth.BridgeName, "table", "local", "scope", "link"); err != nil {
+func (in *install) forwardBroadcasts() error {
+	if err := addBroadcastRoute(in.host, fanoutBcast, veth.BridgeName); err != nil {
 		return err
 	}
 	for _, dev := range []string{"all", "up0"} {
-		if _, _, err := run(ctx, in.host, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/"+dev+"/bc_forwarding"); err != nil {
+		if err := writeSysctl(in.host, "net/ipv4/conf/"+dev+"/bc_forwarding", "1"); err != nil {
 			return err
 		}
 	}
@@ -570,123 +521,28 @@ func (in *install) counters(ctx context.Context, name string) (map[string]uint64
 // udpCounter reads one counter of the Udp lines of /proc/net/snmp in
 // netns, e.g. IgnoredMulti: broadcasts and multicasts the stack received
 // for a port no socket listens on.
-func udpCounter(ctx context.Context, netns, name string) (uint64, error) {
-	out, _, err := run(ctx, netns, "cat", "/proc/net/snmp")
+func udpCounter(netns, name string) (uint64, error) {
+	out, err := readNetFile(netns, "snmp")
 	if err != nil {
 		return 0, err
 	}
-	v, ok := netstat.Parse([]byte(out))["Udp:"+name]
+	v, ok := netstat.Parse(out)["Udp:"+name]
 	if !ok {
 		return 0, fmt.Errorf("no Udp counter %s in /proc/net/snmp of %s", name, netns)
 	}
 	return v, nil
 }
 
-// proc is a running worker.
-type proc struct {
-	what   string
-	cmd    *exec.Cmd
-	in     io.WriteCloser
-	lines  chan string
-	stderr *lockedBuffer
-	done   chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.TrimSpace(l.b.String())
-}
-
-// startWorker starts the worker binary in p with the given role; teardown
-// stops it (the cgroup removal would kill it anyway).
-func (w *world) startWorker(ctx context.Context, what, role string, p place, env ...string) (*proc, error) {
-	cmd, release, err := command(ctx, p.cgroup, p.netns, w.bin)
+// startWorker starts the run's worker binary in p with the given role;
+// teardown stops it (the cgroup removal would kill it anyway).
+func (w *world) startWorker(ctx context.Context, what, role string, p Place, env ...string) (*Worker, error) {
+	if w.nice != 0 {
+		env = append(env, fmt.Sprintf("%s=%d", envNice, w.nice))
+	}
+	wk, err := StartWorker(ctx, w.worker, what, role, p, env...)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
-	// No asynchronous preemption: fewer signals interrupting the workers'
-	// system calls.
-	cmd.Env = append(os.Environ(), "GODEBUG=asyncpreemptoff=1", envWorker+"="+role, envAddr+"="+p.addr.String(), fmt.Sprintf("%s=%d", envCPU, p.cpu))
-	cmd.Env = append(cmd.Env, env...)
-	pr := &proc{what: what, cmd: cmd, lines: make(chan string, 1), stderr: &lockedBuffer{}, done: make(chan struct{})}
-	cmd.Stderr = pr.stderr
-	if pr.in, err = cmd.StdinPipe(); err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", what, err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			pr.lines <- sc.Text()
-		}
-		close(pr.lines)
-		cmd.Wait()
-		close(pr.done)
-	}()
-	w.onTeardown("stop "+what, func() error { pr.stop(); return nil })
-	return pr, nil
-}
-
-// stop closes the worker's stdin, which ends it, and kills it if it does
-// not exit within 5 s.
-func (p *proc) stop() {
-	p.in.Close()
-	go func() { // unread answers must not block the reader
-		for range p.lines {
-		}
-	}()
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// send writes one command line.
-func (p *proc) send(line string) error {
-	if _, err := io.WriteString(p.in, line+"\n"); err != nil {
-		return fmt.Errorf("%s: send %q: %w (%s)", p.what, line, err, p.stderr.String())
-	}
-	return nil
-}
-
-// recv decodes the next line into v.
-func (p *proc) recv(ctx context.Context, timeout time.Duration, v any) error {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case l, ok := <-p.lines:
-		if !ok {
-			<-p.done
-			return fmt.Errorf("%s exited: %s", p.what, p.stderr.String())
-		}
-		if err := json.Unmarshal([]byte(l), v); err != nil {
-			return fmt.Errorf("%s: bad line %q: %w", p.what, l, err)
-		}
-		return nil
-	case <-t.C:
-		return fmt.Errorf("%s: no answer within %v (%s)", p.what, timeout, p.stderr.String())
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	w.onTeardown("stop "+what, func() error { wk.Stop(); return nil })
+	return wk, nil
 }

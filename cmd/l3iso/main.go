@@ -14,8 +14,6 @@ import (
 	"runtime/pprof"
 
 	"github.com/spf13/cobra"
-
-	"github.com/l3iso/l3iso/bench/engine"
 )
 
 type globals struct {
@@ -23,8 +21,6 @@ type globals struct {
 }
 
 func main() {
-	// `l3iso bench` runs this binary as its load generator.
-	engine.MaybeWorker()
 	if p := os.Getenv("L3ISO_CPUPROFILE"); p != "" { // for benchmarking l3iso itself
 		stop := startProfile(p)
 		defer stop()
@@ -66,6 +62,6 @@ Start with:  l3iso up && l3iso container add web --addr 10.77.0.1/24`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.bpffs, "bpffs", "/sys/fs/bpf/l3iso", "directory (on a bpf filesystem) where l3iso pins its maps and links")
-	root.AddCommand(newUp(g), newDown(g), newContainer(g), newExec(g), newApply(g), newStatus(g), newStats(g), newBench())
+	root.AddCommand(newUp(g), newDown(g), newContainer(g), newExec(g), newApply(g), newStatus(g), newStats(g))
 	return root
 }

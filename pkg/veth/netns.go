@@ -23,6 +23,11 @@ func Do(container string, fn func() error) error {
 	return doPath(NetnsPath(container), fn)
 }
 
+// DoAt is Do for any network namespace bind-mounted at path (not only a
+// container's): what fn does on its thread, and the processes it starts,
+// happen in that namespace.
+func DoAt(path string, fn func() error) error { return doPath(path, fn) }
+
 // doPath is Do for the namespace bind-mounted at path.
 func doPath(path string, fn func() error) error {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
