@@ -34,7 +34,7 @@ var realAddrs = map[string][]string{
 	"b": {"10.77.0.2", "10.77.0.6", "fd77::2", "fd77::6"},
 }
 
-// The host's own addresses in the test's netns (a dummy interface).
+// The host's own addresses in the test's netns (one end of a veth).
 const hostIP4, hostIP6 = "192.0.2.10", "2001:db8:5::10"
 
 // needPrograms fails (CI) or skips the test when a program it drives is
@@ -231,7 +231,8 @@ http {
 	}
 	server {
 		listen [::]:8081 ipv6only=off;
-		location / { allow 127.0.0.1; allow ::1; deny all; return 200 "admin %[2]s\n"; }
+		# (return would answer before access: the rewrite phase comes first)
+		location / { allow 127.0.0.1; allow ::1; deny all; root %[1]s/www; }
 	}
 }
 `, d, name)
@@ -239,16 +240,23 @@ http {
 	if err := os.WriteFile(f, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.MkdirAll(filepath.Join(d, "www"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "www", "index.html"), []byte("admin "+name+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	return f
 }
 
-// hostAddresses gives the env's netns addresses of the host's own, on a
-// dummy interface: hostIP4, hostIP6.
+// hostAddresses gives the env's netns addresses of the host's own, on
+// one end of a veth: hostIP4, hostIP6.
 func (e *env) hostAddresses() {
 	t := e.t
 	t.Helper()
 	for _, args := range [][]string{
-		{"link", "add", "hostif", "type", "dummy"},
+		{"link", "add", "hostif", "type", "veth", "peer", "name", "hostif-p"},
+		{"link", "set", "hostif-p", "up"},
 		{"addr", "add", hostIP4 + "/24", "dev", "hostif"},
 		{"addr", "add", hostIP6 + "/64", "dev", "hostif", "nodad"},
 		{"link", "set", "hostif", "up"},
@@ -358,8 +366,8 @@ func TestRealServers(t *testing.T) {
 	defer host.Close(hid3)
 	for _, from := range []string{"", "b"} {
 		for _, addr := range []string{"10.77.0.1", "fd77::5"} {
-			for _, kind := range []string{"connect", "udp"} {
-				r := e.probes(from, []probe{{Kind: kind, Addr: addr, Port: 9999, Timeout: 3}})[0]
+			for _, kind := range []string{"connect", "cudp"} {
+				r := e.probes(from, []probe{{Kind: kind, Addr: addr, Port: 9999, Timeout: 3}})[0] // connected: ICMP errors are reported
 				if r.OK || r.Error != "ECONNREFUSED" || r.Secs > 1 {
 					t.Errorf("%s to %s:9999 from %s: %+v, want ECONNREFUSED at once", kind, addr, who(from), r)
 				}

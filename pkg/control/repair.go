@@ -125,6 +125,7 @@ func ifName(index int) string {
 func (c *Control) hostGaps() (hostGap, error) {
 	g := hostGap{owner: map[netip.Addr]string{}}
 	want := desired(c.cur)
+	want[hostAddrItem] = true // the host's own, while l3iso is up
 	for _, k := range c.cur {
 		eachItem(k, func(h hostItem) { g.owner[h.ip] = k.Spec.Name })
 	}

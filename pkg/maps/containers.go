@@ -128,7 +128,7 @@ func (e *entries) add(gen uint32, c Container) error {
 	cont := sockL3Cont{Id: c.ID, Lo4: toAddr(c.Loopback4()), Lo6: toAddr(c.Loopback6()), Flags: meta.Flags}
 	netns := c.Spec.Mode == policy.ModeNetns
 	var have4, have6 bool
-	for _, a := range c.Spec.Addresses {
+	for i, a := range c.Spec.Addresses {
 		la := toAddr(a.Addr)
 		if a.WholeIP() {
 			e.ownerK = append(e.ownerK, sockL3OwnerKey{Prefixlen: 160, Gen: gen, Addr: la})
@@ -145,7 +145,10 @@ func (e *entries) add(gen uint32, c Container) error {
 			if a.Addr.Is6() && !have6 {
 				have6, cont.Primary6 = true, la
 			}
-			if a.Subnet.IsValid() {
+			if a.Subnet.IsValid() && !slices.ContainsFunc(c.Spec.Addresses[:i], func(b policy.Address) bool { return b.Subnet == a.Subnet && b.WholeIP() }) {
+				// The first address on a subnet is its source, as the
+				// kernel makes a subnet's first address its preferred
+				// source.
 				e.routeK = append(e.routeK, sockL3RouteKey{
 					Prefixlen: uint32(64 + bits16(a.Subnet)), Gen: gen, Id: c.ID, Addr: toAddr(a.Subnet.Addr()),
 				})

@@ -3,7 +3,8 @@
 #
 #   {"kind": "http", "addr": "10.77.0.1", "port": 8080, "path": "/"}
 #   {"kind": "tcp",  "addr": ..., "port": ...}   read one line
-#   {"kind": "udp",  "addr": ..., "port": ...}   send, read one datagram (connected socket)
+#   {"kind": "udp",  "addr": ..., "port": ...}   sendto, recvfrom one datagram
+#   {"kind": "cudp", "addr": ..., "port": ...}   the same on a connect()ed socket
 #   {"kind": "connect", "addr": ..., "port": ...} just connect
 #
 # Every probe retries for up to "wait" seconds (default 0) while the
@@ -26,11 +27,15 @@ def once(p):
             return {"ok": True, "status": r.status, "body": r.read().decode().strip()}
         except urllib.error.HTTPError as e:
             return {"ok": True, "status": e.code, "body": e.read().decode().strip()}
-    s = socket.socket(family(addr), socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
+    s = socket.socket(family(addr), socket.SOCK_DGRAM if kind in ("udp", "cudp") else socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
-        s.connect((addr, port))
         if kind == "udp":
+            s.sendto(b"who?", (addr, port))
+            b, peer = s.recvfrom(1500)
+            return {"ok": True, "body": b.decode().strip(), "peer": str(peer[0]), "local": str(s.getsockname()[0])}
+        s.connect((addr, port))
+        if kind == "cudp":
             s.send(b"who?")
             body = s.recv(1500).decode().strip()
         elif kind == "tcp":
