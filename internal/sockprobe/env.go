@@ -20,6 +20,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/internal/mountinfo"
 )
 
 // pythonTimeout bounds Python.
@@ -171,40 +173,14 @@ func CgroupMount() (string, error) {
 }
 
 func findCgroupMount() (string, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	m, err := mountinfo.Points(mountinfo.Self, "cgroup2")
 	if err != nil {
 		return "", fmt.Errorf("find cgroup v2 mount: %w", err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS
-		pre, post, ok := strings.Cut(line, " - ")
-		if !ok {
-			continue
-		}
-		fields, after := strings.Fields(pre), strings.Fields(post)
-		if len(fields) < 5 || len(after) < 1 || after[0] != "cgroup2" {
-			continue
-		}
-		return unescapeMountinfo(fields[4]), nil
+	if len(m) == 0 {
+		return "", errors.New("find cgroup v2 mount: no cgroup2 file system in /proc/self/mountinfo")
 	}
-	return "", errors.New("find cgroup v2 mount: no cgroup2 file system in /proc/self/mountinfo")
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for space, ...) of
-// /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return m[0], nil
 }
 
 // NewCgroup creates a cgroup v2 directory "l3t-<random>" under parent (""

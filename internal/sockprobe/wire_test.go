@@ -81,16 +81,3 @@ func TestAddressesKeepTheirForm(t *testing.T) {
 		t.Errorf("missing addresses: %+v, %v", req, err)
 	}
 }
-
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{
-		`/sys/fs/cgroup/unified`: "/sys/fs/cgroup/unified",
-		`/mnt/a\040b`:            "/mnt/a b",
-		`/x\134y`:                `/x\y`,
-		`/trailing\04`:           `/trailing\04`,
-	} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
-		}
-	}
-}

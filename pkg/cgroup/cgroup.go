@@ -6,7 +6,6 @@
 package cgroup
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -16,44 +15,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// mounts lists the mount points of file systems of the given types, in
-// /proc/self/mountinfo order.
-func mounts(fstypes ...string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("read mount table: %w", err)
-	}
-	defer f.Close()
-	var out []string
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		// id parent major:minor root mountpoint opts... - fstype source superopts
-		line := s.Text()
-		sep := strings.Index(line, " - ")
-		if sep < 0 {
-			continue
-		}
-		pre, post := strings.Fields(line[:sep]), strings.Fields(line[sep+3:])
-		if len(pre) < 5 || len(post) == 0 {
-			continue
-		}
-		for _, t := range fstypes {
-			if post[0] == t {
-				out = append(out, unescape(pre[4]))
-			}
-		}
-	}
-	if err := s.Err(); err != nil {
-		return nil, fmt.Errorf("read mount table: %w", err)
-	}
-	return out, nil
-}
+	"github.com/l3iso/l3iso/internal/mountinfo"
+)
 
 // Mount returns the mount point of the cgroup v2 hierarchy.
 func Mount() (string, error) {
-	m, err := mounts("cgroup2")
+	m, err := mountinfo.Points(mountinfo.Self, "cgroup2")
 	if err != nil {
 		return "", err
 	}
@@ -61,29 +29,6 @@ func Mount() (string, error) {
 		return "", errors.New("no cgroup v2 hierarchy is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) and retry")
 	}
 	return m[0], nil
-}
-
-// Mounts returns the mount points of every cgroup filesystem (v1 and v2).
-func Mounts() ([]string, error) { return mounts("cgroup2", "cgroup") }
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // Check verifies that path is a directory on a cgroup v2 filesystem.
