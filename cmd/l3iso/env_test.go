@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -23,7 +24,10 @@ import (
 	"github.com/l3iso/l3iso/pkg/veth"
 )
 
-var binary string // the l3iso binary under test
+var (
+	binary string // the l3iso binary under test
+	e2eDir string // where it is, with the agent copy (agentBinary)
+)
 
 func TestMain(m *testing.M) {
 	sockprobe.MaybeServe()
@@ -32,6 +36,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	e2eDir = dir
 	binary = filepath.Join(dir, "l3iso")
 	build := exec.Command("go", "build", "-o", binary, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as `make build` does
@@ -232,6 +237,42 @@ func (e *env) agent(name string) *sockprobe.Agent {
 		cg = e.cgroupOf(name)
 	}
 	return sockprobe.Start(e.t, sockprobe.Options{CgroupDir: cg, NetnsPath: e.netns})
+}
+
+// execAgent starts a socket agent as the command of `l3iso exec name
+// flags... --`: confined the way exec confines commands.
+func (e *env) execAgent(name string, flags ...string) *sockprobe.Agent {
+	e.t.Helper()
+	wrap := append([]string{binary, "--bpffs", e.bpffs, "exec", name, "--env", sockprobe.AgentEnv}, flags...)
+	return sockprobe.Start(e.t, sockprobe.Options{NetnsPath: e.netns, Wrap: append(wrap, "--"), Binary: agentBinary(e.t)})
+}
+
+var (
+	agentOnce sync.Once
+	agentPath string
+	agentErr  error
+)
+
+// agentBinary is a copy of this test binary that any user may execute:
+// go test's own copy lies in a directory only root may enter, and exec
+// runs its commands as unprivileged host uids.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	agentOnce.Do(func() {
+		exe, err := os.Executable()
+		if err != nil {
+			agentErr = err
+			return
+		}
+		agentPath = filepath.Join(e2eDir, "agent")
+		if agentErr = copyFile(exe, agentPath, 0o755); agentErr == nil {
+			agentErr = os.Chmod(e2eDir, 0o755)
+		}
+	})
+	if agentErr != nil {
+		t.Fatalf("copy the test binary for exec'd agents: %v", agentErr)
+	}
+	return agentPath
 }
 
 // netCounters reads the protocol counters of network namespace netns

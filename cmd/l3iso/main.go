@@ -14,6 +14,8 @@ import (
 	"runtime/pprof"
 
 	"github.com/spf13/cobra"
+
+	"github.com/l3iso/l3iso/pkg/confine"
 )
 
 type globals struct {
@@ -21,6 +23,9 @@ type globals struct {
 }
 
 func main() {
+	// `l3iso exec` runs this binary as a container's init and as the
+	// stage that starts its command.
+	confine.MaybeStage()
 	if p := os.Getenv("L3ISO_CPUPROFILE"); p != "" { // for benchmarking l3iso itself
 		stop := startProfile(p)
 		defer stop()

@@ -56,6 +56,14 @@ type Options struct {
 	// the process is started through nsenter --net=NetnsPath. The test
 	// process itself never changes namespace.
 	NetnsPath string
+	// Wrap, when set, is a command line that starts the process: its
+	// path and arguments are appended to it (for example `l3iso exec
+	// NAME --env` AgentEnv `--`, which must pass AgentEnv on).
+	Wrap []string
+	// Binary is the agent's executable (Start only); default: this test
+	// binary. A wrapper that runs the agent as another user needs a copy
+	// that user may execute.
+	Binary string
 }
 
 // Agent is a child process that performs socket operations on command.
@@ -115,6 +123,9 @@ func Start(t testing.TB, o Options) *Agent {
 	if err != nil {
 		t.Fatalf("sockprobe: find the test binary to re-execute: %v", err)
 	}
+	if o.Binary != "" {
+		exe = o.Binary
+	}
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		t.Fatalf("sockprobe: agent stdin pipe: %v", err)
@@ -142,7 +153,7 @@ func Start(t testing.TB, o Options) *Agent {
 		pending: map[uint64]chan *reply{},
 		done:    make(chan struct{}),
 	}
-	cmd.Env = append(os.Environ(), envVar+"=1")
+	cmd.Env = append(os.Environ(), AgentEnv)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, a.stderr
 	err = cmd.Start()
 	closeFD()
@@ -195,6 +206,9 @@ func (o Options) String() string {
 	}
 	if o.NetnsPath != "" {
 		parts = append(parts, "netns "+o.NetnsPath)
+	}
+	if len(o.Wrap) > 0 {
+		parts = append(parts, "through "+strings.Join(o.Wrap, " "))
 	}
 	if len(parts) == 0 {
 		return "test's own cgroup and netns"

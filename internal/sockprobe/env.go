@@ -272,6 +272,10 @@ func newCmd(ctx context.Context, o Options, name string, arg ...string) (*exec.C
 		}
 		name = p
 	}
+	if len(o.Wrap) > 0 {
+		arg = append(append(o.Wrap[1:len(o.Wrap):len(o.Wrap)], name), arg...)
+		name = o.Wrap[0]
+	}
 	if o.NetnsPath != "" {
 		nsenter, err := exec.LookPath("nsenter")
 		if err != nil {

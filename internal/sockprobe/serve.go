@@ -178,6 +178,8 @@ func (srv *server) dispatch(req *request, rep *reply) error {
 		var err error
 		rep.CapEff, rep.CapBnd, err = readCaps()
 		return err
+	case opClone3Cgroup, opBPFObjGet, opWriteFile, opKill, opPtrace, opPidfdOpen:
+		return containOp(req)
 	case opGoListen:
 		return srv.goListen(req, rep)
 	case opGoListenPkt:
@@ -193,6 +195,8 @@ func (srv *server) dispatch(req *request, rep *reply) error {
 		return err
 	}
 	switch req.Op {
+	case opSetsockopt32:
+		return s.withFD(func(fd int) error { return setsockopt32(fd, req.Level, req.Opt, req.Payload, req.Value == 1) })
 	case opSetsockoptInt:
 		return s.withFD(func(fd int) error { return unix.SetsockoptInt(fd, req.Level, req.Opt, req.Value) })
 	case opGetsockoptInt:

@@ -14,6 +14,10 @@ import (
 // envVar marks a re-executed test binary as a sockprobe agent.
 const envVar = "L3ISO_SOCKPROBE"
 
+// AgentEnv is the environment entry that makes the test binary an agent;
+// Options.Wrap must pass it on when it cleans the environment.
+const AgentEnv = envVar + "=1"
+
 // Operation names on the wire.
 const (
 	opSocket        = "socket"
@@ -40,6 +44,13 @@ const (
 	opGoListenPkt   = "go-listen-packet"
 	opGoSendTo      = "go-sendto"
 	opCaps          = "caps"
+	opClone3Cgroup  = "clone3-cgroup"
+	opBPFObjGet     = "bpf-obj-get"
+	opWriteFile     = "write-file"
+	opKill          = "kill"
+	opPtrace        = "ptrace"
+	opPidfdOpen     = "pidfd-open"
+	opSetsockopt32  = "setsockopt-32"
 )
 
 // request is one command line from the test process to the agent.

@@ -1,0 +1,262 @@
+// Package confine starts a command inside an l3iso container so that
+// nothing it does — as root or any uid — can weaken its own, another
+// container's or the host's isolation (DESIGN.md rule 8). `l3iso exec` is
+// its one user.
+//
+// Three processes take part, each the l3iso binary:
+//
+//	l3iso exec   host root, on a locked OS thread: enters the container's
+//	             network namespace (netns mode) and cgroup, makes a mount
+//	             and a cgroup namespace owned by the host's user namespace
+//	             and prepares the mounts there (no bpf file system, a
+//	             cgroup2 mount of the container's cgroup only, /sys
+//	             read-only), then starts init in a new PID namespace and
+//	             forwards signals to it; its exit status is init's.
+//	init         pid 1 of that namespace, still host root: mounts a /proc
+//	             for it (read-only /proc/sys, runc's masks), starts the
+//	             stage in a new user namespace whose uid and gid maps it
+//	             writes, drops its own capabilities but CAP_KILL, forwards
+//	             signals to the workload, reaps every process and exits
+//	             with the workload's status (128+N for a death by signal N).
+//	stage        pid 2, root of the new user namespace: drops the
+//	             capabilities of DroppedCaps from its bounding set, becomes
+//	             the --user, sets no_new_privs and a seccomp filter that
+//	             refuses 32-bit system calls, and execve()s the command,
+//	             which keeps pid 2.
+//
+// The workload never holds a capability over the mount namespace, so it
+// can neither undo the mounts nor mount anything there; its uids are an
+// unprivileged host range of its own (HostIDs), so it owns no host file,
+// may write no cgroup.procs outside its container and signals, traces or
+// pidfd_opens no process outside its PID namespace.
+//
+// The re-executed processes are told their role the way `l3iso bench`
+// tells its workers theirs: an environment variable that the binary's
+// main reads first thing (MaybeStage), with the Spec beside it.
+//
+// Run with HostRoot is the old model, kept as an explicit opt-out: no user
+// and no PID namespace; the exec process itself becomes the command, as the
+// host's root, after the same mounts, capability drop, no_new_privs and
+// seccomp filter.
+package confine
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/cgroup"
+)
+
+// Environment of the re-executed l3iso binary.
+const (
+	envRole = "L3ISO_CONFINE"      // roleInit or roleStage
+	envSpec = "L3ISO_CONFINE_SPEC" // the Spec, as JSON
+)
+
+const (
+	roleInit  = "init"
+	roleStage = "stage"
+)
+
+// Exit statuses of a command that could not be started inside the
+// container, as shells report them.
+const (
+	exitCannotRun = 126
+	exitNotFound  = 127
+)
+
+// Container says where a command runs.
+type Container struct {
+	Name   string
+	ID     uint32 // 1..MaxContainerID: chooses the container's host id range
+	Cgroup string // its cgroup v2 directory
+	Netns  int    // an open descriptor of its network namespace, or -1 (shared mode)
+}
+
+// Options are `l3iso exec`'s flags.
+type Options struct {
+	User     string   // --user NAME|UID[:GROUP|GID]; "" is root
+	Env      []string // --env K=V or K (the caller's value), in order
+	EnvFiles []string // --env-file FILE, read before Env
+	Workdir  string   // --workdir; "" is the caller's working directory, or / if the user cannot enter it
+	HostRoot bool     // --host-root: the opt-out
+}
+
+// Spec is what the re-executed init and stage are told.
+type Spec struct {
+	Container string   `json:"container"` // name, for messages
+	Argv      []string `json:"argv"`
+	Env       []string `json:"env"`
+	Dir       string   `json:"dir"`
+	DirSet    bool     `json:"dir_set"` // --workdir: failing to enter Dir is an error
+	User      User     `json:"user"`
+	HostBase  uint32   `json:"host_base"` // the container's first host uid and gid
+	HostRoot  bool     `json:"host_root"`
+}
+
+// HostRootWarning is printed on stderr when Run runs a command with
+// HostRoot.
+const HostRootWarning = "l3iso: warning: --host-root: the command runs as the host's root without user and PID namespaces; it can signal and trace host processes, write host files and move itself out of its cgroup (its network rules, read-only /proc/sys and /sys, missing bpffs, dropped capabilities and the 32-bit system call filter still hold)"
+
+// Run runs argv inside container c and returns the command's exit status
+// (128+N for a death by signal N). Errors that come before the command runs
+// are returned (and nothing was started); a command that cannot be started
+// inside the container (not found, not executable, file capabilities)
+// is reported on stderr and gives status 126 or 127.
+//
+// With o.HostRoot, Run replaces the calling process with the command and
+// returns only on error. Either way the calling goroutine stays locked to
+// its OS thread, which has entered the container's namespaces: the caller
+// must exit when Run returns.
+func Run(c Container, o Options, argv []string) (int, error) {
+	spec, err := newSpec(c, o, argv)
+	if err != nil {
+		return 0, err
+	}
+	if !o.HostRoot {
+		if err := checkHostIDs(c, spec.HostBase); err != nil {
+			return 0, err
+		}
+	}
+	// Namespaces belong to the thread that makes them, and init is
+	// cloned from it; this thread never runs anything else again.
+	runtime.LockOSThread()
+	if c.Netns >= 0 {
+		// Its network namespace first, while this thread may still
+		// (CAP_SYS_ADMIN); everything started from here inherits it.
+		err := unix.Setns(c.Netns, unix.CLONE_NEWNET)
+		unix.Close(c.Netns)
+		if err != nil {
+			return 0, fmt.Errorf("exec in container %q: enter its network namespace: %w", c.Name, err)
+		}
+	}
+	if err := cgroup.Enter(c.Cgroup); err != nil {
+		return 0, err
+	}
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP | unix.CLONE_NEWNS); err != nil {
+		return 0, fmt.Errorf("exec in container %q: new cgroup and mount namespaces: %w", c.Name, err)
+	}
+	if err := isolateMounts(); err != nil {
+		return 0, fmt.Errorf("exec in container %q: %w", c.Name, err)
+	}
+	if o.HostRoot {
+		fmt.Fprintln(os.Stderr, HostRootWarning)
+		if err := maskProc(); err != nil {
+			return 0, fmt.Errorf("exec in container %q: %w", c.Name, err)
+		}
+		return exitCannotRun, finish(spec)
+	}
+	return startInit(spec)
+}
+
+// forwarded are the signals `l3iso exec` passes on to init and init to the
+// workload. Job-control stops (SIGTSTP, SIGTTIN, SIGTTOU) are not: they
+// stop the process the terminal sent them to.
+var forwarded = []os.Signal{
+	unix.SIGHUP, unix.SIGINT, unix.SIGQUIT, unix.SIGTERM, unix.SIGUSR1, unix.SIGUSR2,
+	unix.SIGWINCH, unix.SIGALRM, unix.SIGCONT, unix.SIGPWR,
+}
+
+// startInit starts init in a new PID namespace from the calling (locked)
+// thread, forwards signals to it and returns its exit status.
+func startInit(spec *Spec) (int, error) {
+	cmd, err := reexec(roleInit, spec)
+	if err != nil {
+		return 0, err
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: unix.CLONE_NEWPID,
+		// A session of its own, without the caller's terminal as
+		// controlling terminal: nothing inside can TIOCSTI into it, and
+		// the terminal's ^C reaches the workload once, through us.
+		Setsid:    true,
+		Pdeathsig: unix.SIGKILL,
+	}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("exec in container %q: start its init in a new PID namespace: %w", spec.Container, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				cmd.Process.Signal(s)
+			case <-done:
+				return
+			}
+		}
+	}()
+	err = cmd.Wait()
+	close(done)
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		return 0, fmt.Errorf("exec in container %q: wait for its init: %w", spec.Container, err)
+	}
+	return exitStatus(cmd.ProcessState.Sys().(syscall.WaitStatus)), nil
+}
+
+// exitStatus is a wait status as a shell reports it.
+func exitStatus(ws syscall.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+// reexec prepares the l3iso binary (/proc/self/exe, which needs no
+// search permission on its directory) to run as role with spec.
+func reexec(role string, spec *Spec) (*exec.Cmd, error) {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return nil, fmt.Errorf("exec in container %q: %w", spec.Container, err)
+	}
+	cmd := &exec.Cmd{
+		Path:   "/proc/self/exe",
+		Args:   []string{"l3iso-" + role, spec.Container},
+		Env:    []string{envRole + "=" + role, envSpec + "=" + string(b)},
+		Stdin:  os.Stdin,
+		Stdout: os.Stdout,
+		Stderr: os.Stderr,
+	}
+	return cmd, nil
+}
+
+// MaybeStage runs init or the stage and exits if the environment says this
+// process was started as one; otherwise it returns at once. The binary
+// that calls Run must call MaybeStage first thing in main.
+func MaybeStage() {
+	role := os.Getenv(envRole)
+	if role == "" {
+		return
+	}
+	var spec Spec
+	if err := json.Unmarshal([]byte(os.Getenv(envSpec)), &spec); err != nil {
+		fmt.Fprintf(os.Stderr, "l3iso: exec: $%s: %v\n", envSpec, err)
+		os.Exit(exitCannotRun)
+	}
+	switch role {
+	case roleInit:
+		os.Exit(initMain(&spec))
+	case roleStage:
+		runtime.LockOSThread()
+		err := finish(&spec)
+		fmt.Fprintln(os.Stderr, "l3iso:", err)
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, unix.ENOENT) {
+			os.Exit(exitNotFound)
+		}
+		os.Exit(exitCannotRun)
+	}
+	fmt.Fprintf(os.Stderr, "l3iso: exec: $%s=%q: unknown role\n", envRole, role)
+	os.Exit(exitCannotRun)
+}
