@@ -113,7 +113,7 @@ py_host() {
 # bg_start VAR COMMAND...: start a listener in the background and wait
 # until it says it is ready; its pid goes to VAR. bg_wait PID: its result.
 bg_start() {
-	local var=$1 ready="$TMP/ready.$RANDOM" i pid
+	local var=$1 ready="$TMP/ready/$RANDOM" i pid
 	shift
 	"$@" "$ready" &
 	pid=$!
@@ -201,7 +201,10 @@ if [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" != bpf_fs ]; then
 	mount -t bpf bpf /sys/fs/bpf
 	MOUNTED_BPFFS=1
 fi
-mkdir -m 0700 "$TMP"
+mkdir -m 0711 "$TMP"
+# Ready flags: container root is an unprivileged host uid (exec's user
+# namespace), so listeners in containers need a directory anyone may write.
+mkdir -m 1777 "$TMP/ready"
 ip netns add "$NETNS"
 ip -n "$NETNS" link set lo up
 mkdir -p "$HOST_CG"
