@@ -417,3 +417,36 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestExecRefuses: exec refuses, saying why, a host where the container's
+// processes could leave its cgroup: a cgroup.procs above the container's
+// that its host ids may write (others, or owned by its range).
+func TestExecRefuses(t *testing.T) {
+	e := newEnv(t)
+	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24")
+	procs := filepath.Join(e.cgroot, "cgroup.procs")
+	restore := func() {
+		os.Chmod(procs, 0o644)
+		os.Chown(procs, 0, 0)
+	}
+	t.Cleanup(restore)
+	for _, c := range []struct {
+		name string
+		set  func() error
+	}{
+		{"world-writable", func() error { return os.Chmod(procs, 0o666) }},
+		{"owned by the range", func() error { return os.Chown(procs, 1<<30, 0) }},
+	} {
+		if err := c.set(); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		msg := e.mustFail([]string{procs, "refuses"}, "exec", "web", "--", "true")
+		if strings.Count(msg, "\n") > 0 {
+			t.Errorf("%s: more than one line: %q", c.name, msg)
+		}
+		restore()
+	}
+	if r := e.run("exec", "web", "--", "true"); r.code != 0 {
+		t.Errorf("exec after the cgroup was made root's again: exit %d, %s", r.code, r.stderr)
+	}
+}
