@@ -112,6 +112,11 @@ func TestExecContainment(t *testing.T) {
 					t.Errorf("clone3(CLONE_INTO_CGROUP) into %s from inside exec worked", cg)
 				}
 			}
+			// The caller's session keyring (host root's keys) stays
+			// the caller's.
+			if caller, inside := e.sessionKeyrings(append([]string{"web"}, who.flags...)...); caller == inside {
+				t.Errorf("exec'd command has the caller's session keyring %s", caller)
+			}
 			if mi := e.run(append(append([]string{"exec", "web"}, who.flags...), "--", "cat", "/proc/self/mountinfo")...); mi.code != 0 || strings.Contains(mi.stdout, " - bpf ") {
 				t.Errorf("bpf file systems inside exec (exit %d, %s):\n%s", mi.code, mi.stderr, grepLines(mi.stdout, " - bpf "))
 			}
@@ -180,6 +185,9 @@ func TestExecHostRoot(t *testing.T) {
 		if err := a.WriteFile(f, nil); err == nil {
 			t.Errorf("wrote %s from inside exec --host-root", f)
 		}
+	}
+	if caller, inside := e.sessionKeyrings("web", "--host-root"); caller == inside {
+		t.Errorf("exec --host-root'd command has the caller's session keyring %s", caller)
 	}
 	s := a.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 	if err := a.SetsockoptX32(s, unix.IPPROTO_IP, unix.IP_ADD_MEMBERSHIP, []byte{239, 9, 9, 9, 0, 0, 0, 0}); !errors.Is(err, unix.EPERM) {
@@ -351,6 +359,23 @@ func (e *env) execPid(name string, argv ...string) int {
 		return false
 	})
 	return pid
+}
+
+// sessionKeyrings runs `l3iso exec args... --` from a process with a
+// session keyring of its own (python3 joins a new one, then becomes
+// l3iso), and returns that keyring's id and the one the command inside
+// sees.
+func (e *env) sessionKeyrings(args ...string) (caller, inside string) {
+	e.t.Helper()
+	const getID = "import ctypes; print(ctypes.CDLL(None).syscall(250, 0, -3, 0))" // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)
+	wrapper := "import ctypes, os, sys; print(ctypes.CDLL(None).syscall(250, 1, 0), flush=True); os.execvp(sys.argv[1], sys.argv[1:])"
+	argv := append([]string{"python3", "-c", wrapper, "nsenter", "--net=" + e.netns, binary, "--bpffs", e.bpffs, "exec"}, args...)
+	out, err := exec.Command(argv[0], append(argv[1:], "--", "python3", "-c", getID)...).Output()
+	f := strings.Fields(string(out))
+	if err != nil || len(f) != 2 || f[0] == "-1" {
+		e.t.Fatalf("session keyrings of `exec %v`: %q %v", args, out, err)
+	}
+	return f[0], f[1]
 }
 
 // waitFor polls ok until it holds, failing t after d.

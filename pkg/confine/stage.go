@@ -45,6 +45,11 @@ func finish(s *Spec) error {
 			return fmt.Errorf("exec in container %q: %w", name, err)
 		}
 	}
+	// A session keyring of its own: the caller's (host root's) would be
+	// the command's to read, as its possessor.
+	if _, _, errno := unix.Syscall(unix.SYS_KEYCTL, unix.KEYCTL_JOIN_SESSION_KEYRING, 0, 0); errno != 0 {
+		return fmt.Errorf("exec in container %q: new session keyring: %w", name, errno)
+	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("exec in container %q: set no_new_privs: %w", name, err)
 	}
