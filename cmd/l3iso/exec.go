@@ -21,11 +21,12 @@ for a netns container), with its own PID, user, mount and cgroup namespaces.
   nothing on the host: container id N gets host uids and gids
   1073741824+(N-1)*65536 .. +65535 (inside: 0..65535). Privileged ports on the
   container's own addresses still bind.
-- Processes: COMMAND is pid 2 under a small init (pid 1) that forwards
-  SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM,
-  SIGCONT and SIGPWR sent to exec, reaps orphans and ends with COMMAND:
-  exec's exit status is COMMAND's (128+N after a death by signal N). It has no
-  controlling terminal, and sees and signals no process outside.
+- Processes: COMMAND runs under a small init (pid 1) that forwards SIGHUP,
+  SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGALRM, SIGCONT and
+  SIGPWR sent to exec, reaps orphans and ends with COMMAND, taking what is
+  left with it: exec's exit status is COMMAND's (128+N after a death by
+  signal N). It sees and signals no process outside, has no controlling
+  terminal and a session keyring of its own.
 - Mounts: no bpf file system; /proc of its own PID namespace, /proc/sys and
   /sys read-only, /proc/kcore, /proc/keys, /sys/firmware and runc's other
   masked paths hidden; the cgroup v2 mount shows its container's cgroup only.
@@ -37,8 +38,9 @@ for a netns container), with its own PID, user, mount and cgroup namespaces.
   --env. The working directory is --workdir, else the caller's if the user
   may enter it, else /.
 
-exec refuses to start when it cannot keep these promises on this host (for
-example when a cgroup above the container's is writable by its host ids).
+exec refuses to start when it cannot keep these promises on this host: when
+a cgroup above the container's is writable by its host ids, or /etc/passwd or
+/etc/group has an id in its range.
 If COMMAND cannot be started inside, exec says why and exits 126 (127: not
 found).
 

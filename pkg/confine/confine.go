@@ -18,11 +18,11 @@
 //	             writes, drops its own capabilities but CAP_KILL, forwards
 //	             signals to the workload, reaps every process and exits
 //	             with the workload's status (128+N for a death by signal N).
-//	stage        pid 2, root of the new user namespace: drops the
+//	stage        init's child, root of the new user namespace: drops the
 //	             capabilities of DroppedCaps from its bounding set, becomes
-//	             the --user, sets no_new_privs and a seccomp filter that
-//	             refuses 32-bit system calls, and execve()s the command,
-//	             which keeps pid 2.
+//	             the --user, joins a new session keyring, sets no_new_privs
+//	             and a seccomp filter that refuses 32-bit system calls, and
+//	             execve()s the command, which keeps its pid.
 //
 // The workload never holds a capability over the mount namespace, so it
 // can neither undo the mounts nor mount anything there; its uids are an
