@@ -125,6 +125,11 @@ func Run(c Container, o Options, argv []string) (int, error) {
 		if err := checkHostIDs(c, spec.HostBase); err != nil {
 			return 0, err
 		}
+		// The stage is this binary, run as container root.
+		if st, err := os.Stat("/proc/self/exe"); err != nil || st.Mode()&0o001 == 0 {
+			exe, _ := os.Executable()
+			return 0, fmt.Errorf("exec in container %q: the l3iso binary %s must be executable by every user (chmod 755 it): it starts the command as container root, an unprivileged host uid", c.Name, exe)
+		}
 	}
 	// Namespaces belong to the thread that makes them, and init is
 	// cloned from it; this thread never runs anything else again.

@@ -90,6 +90,8 @@ func initMain(spec *Spec) int {
 // usernsHint explains why a user namespace could not be made.
 func usernsHint(err error) string {
 	switch {
+	case errors.Is(err, unix.EACCES):
+		return " (the l3iso binary must be executable by every user: it starts the command as container root, an unprivileged host uid; chmod 755 it)"
 	case errors.Is(err, unix.ENOSPC):
 		return " (user.max_user_namespaces reached or 0: raise it with sysctl, or run exec --host-root, which gives up most of the containment)"
 	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.EPERM):
