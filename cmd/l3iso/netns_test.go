@@ -556,6 +556,12 @@ func TestNetnsExec(t *testing.T) {
 	if r.code == 0 {
 		t.Error("a process in the container could add an address to its eth0 (NET_ADMIN not dropped)")
 	}
+	// Nor through its sysctls, nor reach l3iso's pins; and it is no host
+	// root (contain_test.go tries the rest in shared mode).
+	r = n.run("exec", a, "--", "sh", "-c", "cat /proc/self/uid_map; (cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6 >/proc/sys/net/ipv6/conf/eth0/disable_ipv6) 2>/dev/null && echo wrote-sysctl; grep -c ' - bpf ' /proc/self/mountinfo")
+	if f := strings.Fields(r.stdout); len(f) != 4 || f[1] == "0" || f[3] != "0" {
+		t.Errorf("exec in a netns container: uid map, sysctl write, bpf mounts: %q (%s)", r.stdout, r.stderr)
+	}
 }
 
 // TestNetnsLifecycle: list and status show namespace, veth and TCX links;
