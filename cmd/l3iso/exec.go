@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -57,8 +58,11 @@ leave its cgroup. It prints a warning saying so.`,
 			}
 			defer c.Close()
 			code, err := c.Exec(args[0], o, args[1:])
-			if err != nil {
+			if err != nil && code == 0 {
 				return err
+			}
+			if err != nil { // the command could not be started
+				fmt.Fprintln(os.Stderr, "l3iso:", err)
 			}
 			os.Exit(code)
 			return nil
