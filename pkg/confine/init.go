@@ -21,6 +21,8 @@ func initMain(spec *Spec) int {
 		fmt.Fprintf(os.Stderr, "l3iso: exec in container %q: %v\n", spec.Container, err)
 		return exitCannotRun
 	}
+	// Pdeathsig goes with the thread that starts the stage: keep it.
+	runtime.LockOSThread()
 	// Our working directory is the caller's, possibly on a mount that
 	// is no longer there; nothing of it may reach the workload.
 	if err := unix.Chdir("/"); err != nil {
