@@ -117,6 +117,9 @@ func TestExecContainment(t *testing.T) {
 			if caller, inside := e.sessionKeyrings(append([]string{"web"}, who.flags...)...); caller == inside {
 				t.Errorf("exec'd command has the caller's session keyring %s", caller)
 			}
+			if st := e.run(append(append([]string{"exec", "web"}, who.flags...), "--", "grep", "-E", "^(NoNewPrivs|Seccomp):", "/proc/self/status")...); !strings.Contains(st.stdout, "NoNewPrivs:\t1") || !strings.Contains(st.stdout, "Seccomp:\t2") {
+				t.Errorf("no_new_privs and a seccomp filter inside exec: %q (%s)", st.stdout, st.stderr)
+			}
 			if mi := e.run(append(append([]string{"exec", "web"}, who.flags...), "--", "cat", "/proc/self/mountinfo")...); mi.code != 0 || strings.Contains(mi.stdout, " - bpf ") {
 				t.Errorf("bpf file systems inside exec (exit %d, %s):\n%s", mi.code, mi.stderr, grepLines(mi.stdout, " - bpf "))
 			}
