@@ -47,7 +47,7 @@ func TestExecContainment(t *testing.T) {
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24")
 	e.mustRun("container", "add", "db", "--addr", "10.77.0.2/24")
 	other := e.execPid("db", "sleep", "1000") // another container's process
-	self := os.Getpid()                         // the test process: host root
+	self := os.Getpid()                       // the test process: host root
 	pin := firstPin(t, e.bpffs)
 	hostFile := rootOwnedFile(t)
 	// (The hierarchy's root is not among them: inside exec, the path of
@@ -476,5 +476,38 @@ func TestExecRefuses(t *testing.T) {
 	}
 	if r := e.run("exec", "web", "--", "true"); r.code != 0 {
 		t.Errorf("exec after the cgroup was made root's again: exit %d, %s", r.code, r.stderr)
+	}
+}
+
+// TestExecPrivilegedPort: container root, and any --user, binds ports
+// below 1024 on the container's own addresses although no capability of
+// its user namespace counts in the host's network namespace (the bind
+// hook waives CAP_NET_BIND_SERVICE there); another container's address
+// stays out of reach.
+func TestExecPrivilegedPort(t *testing.T) {
+	e := newEnv(t)
+	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24", "--addr", "fd77::1")
+	e.mustRun("container", "add", "db", "--addr", "10.77.0.2/24")
+	for _, who := range [][]string{nil, {"--user", "1000"}} {
+		a := e.execAgent("web", who...)
+		for _, c := range []struct {
+			family, typ int
+			addr        string
+		}{
+			{unix.AF_INET, unix.SOCK_STREAM, "10.77.0.1:80"},
+			{unix.AF_INET, unix.SOCK_DGRAM, "10.77.0.1:53"},
+			{unix.AF_INET6, unix.SOCK_STREAM, "[fd77::1]:443"},
+			{unix.AF_INET, unix.SOCK_STREAM, "0.0.0.0:81"}, // the wildcard: its own address
+		} {
+			s := a.Socket(c.family, c.typ, 0)
+			if err := a.Bind(s, netip.MustParseAddrPort(c.addr)); err != nil {
+				t.Errorf("exec %v: bind %s: %v", who, c.addr, err)
+			}
+			a.Close(s)
+		}
+		s := a.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		if err := a.Bind(s, netip.MustParseAddrPort("10.77.0.2:80")); err == nil {
+			t.Errorf("exec %v: bound db's 10.77.0.2:80", who)
+		}
 	}
 }

@@ -30,9 +30,10 @@
 // may write no cgroup.procs outside its container and signals, traces or
 // pidfd_opens no process outside its PID namespace.
 //
-// The re-executed processes are told their role the way `l3iso bench`
-// tells its workers theirs: an environment variable that the binary's
-// main reads first thing (MaybeStage), with the Spec beside it.
+// The re-executed processes are told their role the way the benchmark
+// tells its workers theirs (bench/engine's MaybeWorker): an environment
+// variable that the binary's main reads first thing (MaybeStage), with the
+// Spec beside it.
 //
 // Run with HostRoot is the old model, kept as an explicit opt-out: no user
 // and no PID namespace; the exec process itself becomes the command, as the
