@@ -245,6 +245,16 @@ func TestExecProcess(t *testing.T) {
 		t.Errorf("SIGTERM to exec: %v, output %q; want the command's trap to run and exit 42", err, rest)
 	}
 
+	// The container's cgroup holds the command only: exec and its init
+	// go back to the caller's, so that `container del` counts and stops
+	// the command's processes.
+	e.execPid("web", "sleep", "1000")
+	if b, _ := os.ReadFile(filepath.Join(e.cgroupOf("web"), "cgroup.procs")); len(strings.Fields(string(b))) != 1 {
+		t.Errorf("processes in web's cgroup while exec runs sleep: %q, want sleep's alone", b)
+	}
+	e.mustRun("container", "del", "web", "--grace", "0")
+	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24")
+
 	// A background child the command leaves behind dies with it.
 	r = e.run("exec", "web", "--", "sh", "-c", "sleep 1000 & echo $!")
 	if r.code != 0 {

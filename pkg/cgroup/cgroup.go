@@ -203,3 +203,35 @@ func Enter(path string) error {
 	}
 	return nil
 }
+
+// EnterFD moves the calling process into the cgroup whose directory dir is
+// open (O_PATH will do): it works from any mount namespace.
+func EnterFD(dir int) error {
+	fd, err := unix.Openat(dir, "cgroup.procs", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err == nil {
+		_, err = unix.Write(fd, []byte("0"))
+		unix.Close(fd)
+	}
+	if err != nil {
+		return fmt.Errorf("move back to the cgroup it came from: %w", err)
+	}
+	return nil
+}
+
+// Current returns the cgroup v2 directory of the calling process.
+func Current() (string, error) {
+	mount, err := Mount()
+	if err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("find own cgroup: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return filepath.Join(mount, p), nil
+		}
+	}
+	return "", errors.New("find own cgroup: no cgroup v2 line in /proc/self/cgroup")
+}

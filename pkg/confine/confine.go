@@ -10,14 +10,17 @@
 //	             and a cgroup namespace owned by the host's user namespace
 //	             and prepares the mounts there (no bpf file system, a
 //	             cgroup2 mount of the container's cgroup only, /sys
-//	             read-only), then starts init in a new PID namespace and
-//	             forwards signals to it; its exit status is init's.
+//	             read-only), then starts init in a new PID namespace, goes
+//	             back to the cgroup it came from and forwards signals to
+//	             init; its exit status is init's.
 //	init         pid 1 of that namespace, still host root: mounts a /proc
 //	             for it (read-only /proc/sys, runc's masks), starts the
 //	             stage in a new user namespace whose uid and gid maps it
-//	             writes, drops its own capabilities but CAP_KILL, forwards
-//	             signals to the workload, reaps every process and exits
-//	             with the workload's status (128+N for a death by signal N).
+//	             writes, goes back to exec's cgroup (the container's then
+//	             holds the command's processes only), drops its own
+//	             capabilities but CAP_KILL, forwards signals to the
+//	             workload, reaps every process and exits with the
+//	             workload's status (128+N for a death by signal N).
 //	stage        init's child, root of the new user namespace: drops the
 //	             capabilities of DroppedCaps from its bounding set, becomes
 //	             the --user, joins a new session keyring, sets no_new_privs
@@ -132,6 +135,20 @@ func Run(c Container, o Options, argv []string) (int, error) {
 			return 0, fmt.Errorf("exec in container %q: the l3iso binary %s must be executable by every user (chmod 755 it): it starts the command as container root, an unprivileged host uid", c.Name, exe)
 		}
 	}
+	// The exec process and init join the container's cgroup only to be
+	// born into it and to make its cgroup namespace; they go back here
+	// once the command runs, so that the container's processes are the
+	// command's (those that `container del` counts and stops).
+	home := -1
+	if !o.HostRoot {
+		cur, err := cgroup.Current()
+		if err == nil {
+			home, err = unix.Open(cur, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("exec in container %q: open own cgroup: %w", c.Name, err)
+		}
+	}
 	// Namespaces belong to the thread that makes them, and init is
 	// cloned from it; this thread never runs anything else again.
 	runtime.LockOSThread()
@@ -160,7 +177,7 @@ func Run(c Container, o Options, argv []string) (int, error) {
 		}
 		return exitCannotRun, finish(spec)
 	}
-	return startInit(spec)
+	return startInit(spec, home)
 }
 
 // forwarded are the signals `l3iso exec` passes on to init and init to the
@@ -171,13 +188,19 @@ var forwarded = []os.Signal{
 	unix.SIGWINCH, unix.SIGALRM, unix.SIGCONT, unix.SIGPWR,
 }
 
+// homeFD is the descriptor by which init has the cgroup `l3iso exec` came
+// from (home), to go back to once the stage runs.
+const homeFD = 3
+
 // startInit starts init in a new PID namespace from the calling (locked)
-// thread, forwards signals to it and returns its exit status.
-func startInit(spec *Spec) (int, error) {
+// thread, moves this process back to cgroup home, forwards signals to init
+// and returns its exit status.
+func startInit(spec *Spec, home int) (int, error) {
 	cmd, err := reexec(roleInit, spec)
 	if err != nil {
 		return 0, err
 	}
+	cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(home), "cgroup")} // homeFD
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: unix.CLONE_NEWPID,
 		// A session of its own, without the caller's terminal as
@@ -191,6 +214,9 @@ func startInit(spec *Spec) (int, error) {
 	defer signal.Stop(sigs)
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("exec in container %q: start its init in a new PID namespace: %w", spec.Container, err)
+	}
+	if err := cgroup.EnterFD(home); err != nil {
+		fmt.Fprintf(os.Stderr, "l3iso: warning: exec in container %q: %v: `container del` will count this process as the container's\n", spec.Container, err)
 	}
 	done := make(chan struct{})
 	go func() {

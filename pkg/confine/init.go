@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/cgroup"
 )
 
 // initMain is pid 1 of the container's PID namespace: it mounts the
@@ -23,6 +25,7 @@ func initMain(spec *Spec) int {
 	}
 	// Pdeathsig goes with the thread that starts the stage: keep it.
 	runtime.LockOSThread()
+	syscall.CloseOnExec(homeFD)
 	// Our working directory is the caller's, possibly on a mount that
 	// is no longer there; nothing of it may reach the workload.
 	if err := unix.Chdir("/"); err != nil {
@@ -63,6 +66,11 @@ func initMain(spec *Spec) int {
 		unix.Kill(pid, unix.SIGKILL)
 		return fail(fmt.Errorf("pidfd_open the command: %w", err))
 	}
+	// Out of the container's cgroup, which now holds the command only.
+	if err := cgroup.EnterFD(homeFD); err != nil {
+		fmt.Fprintf(os.Stderr, "l3iso: warning: exec in container %q: init: %v: `container del` will count it as the container's\n", spec.Container, err)
+	}
+	unix.Close(homeFD)
 	if err := keepOnlyCapKill(); err != nil {
 		unix.Kill(pid, unix.SIGKILL)
 		return fail(err)
