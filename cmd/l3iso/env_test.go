@@ -247,33 +247,29 @@ func (e *env) execAgent(name string, flags ...string) *sockprobe.Agent {
 	return sockprobe.Start(e.t, sockprobe.Options{NetnsPath: e.netns, Wrap: append(wrap, "--"), Binary: agentBinary(e.t)})
 }
 
-var (
-	agentOnce sync.Once
-	agentPath string
-	agentErr  error
-)
-
 // agentBinary is a copy of this test binary that any user may execute:
 // go test's own copy lies in a directory only root may enter, and exec
 // runs its commands as unprivileged host uids.
 func agentBinary(t *testing.T) string {
 	t.Helper()
-	agentOnce.Do(func() {
-		exe, err := os.Executable()
-		if err != nil {
-			agentErr = err
-			return
-		}
-		agentPath = filepath.Join(e2eDir, "agent")
-		if agentErr = copyFile(exe, agentPath, 0o755); agentErr == nil {
-			agentErr = os.Chmod(e2eDir, 0o755)
-		}
-	})
-	if agentErr != nil {
-		t.Fatalf("copy the test binary for exec'd agents: %v", agentErr)
+	p, err := copyAgent()
+	if err != nil {
+		t.Fatalf("copy the test binary for exec'd agents: %v", err)
 	}
-	return agentPath
+	return p
 }
+
+var copyAgent = sync.OnceValues(func() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(e2eDir, "agent")
+	if err := copyFile(exe, p, 0o755); err != nil {
+		return "", err
+	}
+	return p, os.Chmod(e2eDir, 0o755)
+})
 
 // netCounters reads the protocol counters of network namespace netns
 // (/proc/net/snmp, snmp6 and netstat), keyed as netstat.Parse keys them:
