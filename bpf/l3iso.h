@@ -271,6 +271,8 @@ enum l3_counter {
 				       refused (RST, ICMP port unreachable) */
 	L3_C_LOOP_DENIED,	    /* connect/send to another's private loopback, or from its own
 				       loopback to elsewhere (id 0: the host to a private loopback) */
+	L3_C_EVENTS_LOST,	    /* a denial or drop whose event (l3_events) the rate limit or a
+				       full ring buffer kept out */
 	L3_C_MAX = 40, /* x8 bytes x 16385 ids per CPU */
 };
 
@@ -512,6 +514,55 @@ struct l3_purge_req {
 	struct l3_lkey key;
 	__u32 id;
 	__u32 pad;
+};
+
+/*
+ * l3_events: a record of every denial and drop (never of an allowed
+ * verdict: the counters say those), for `l3iso monitor`. Rate-limited per
+ * container and CPU (struct l3_bucket); what the limit or a full ring
+ * keeps out is counted (L3_C_EVENTS_LOST).
+ */
+enum l3_event_type {
+	L3_EV_BIND = 1,	   /* bind (and the post_bind registration of it) */
+	L3_EV_CONNECT = 2, /* connect */
+	L3_EV_SENDMSG = 3, /* sendto / sendmsg */
+	L3_EV_INGRESS = 4, /* a packet to a socket (cgroup_skb ingress) */
+	L3_EV_EGRESS = 5,  /* a packet from a socket (cgroup_skb egress) */
+	L3_EV_JOIN = 6,	   /* a multicast join */
+	L3_EV_TC = 7,	   /* a packet of a netns container, or to a group (TC programs) */
+	L3_EV_LOOKUP = 8,  /* a connection or datagram nobody listens for (l3_sk_lookup) */
+};
+
+struct l3_event {
+	__u64 ts;	      /* bpf_ktime_get_boot_ns(): CLOCK_BOOTTIME */
+	__u32 id;	      /* container id (0: the host) */
+	__u32 pid;	      /* tgid; 0 where no task context (packets) */
+	char comm[16];	      /* task comm; empty where none */
+	__u16 type;	      /* enum l3_event_type */
+	__u16 reason;	      /* enum l3_counter: the counter that counted it */
+	__s32 err;	      /* errno returned to the application; 0 for a silent drop */
+	__u8 family;	      /* 4 or 6 */
+	__u8 proto;	      /* IPPROTO_* */
+	__u16 pad;
+	__u16 port;	      /* host order: the requested or source port */
+	__u16 port2;	      /* host order: the destination port */
+	struct l3_addr addr;  /* the requested address (bind; join: the group), or the source */
+	struct l3_addr addr2; /* the destination, where there is one */
+	__u32 owner;	      /* a bind denied: the container that owns the address (0: none) */
+	__u32 pad2;
+};
+
+/* Per container and CPU, the event rate limit: a token bucket. */
+struct l3_bucket {
+	__u64 last;   /* when a token was last added (bpf_ktime_get_ns) */
+	__u32 tokens;
+	__u32 pad;
+};
+
+enum l3_event_limits {
+	L3_EV_INTERVAL_NS = 50000000, /* a token every 50 ms: 20 events/s per container and CPU */
+	L3_EV_BURST = 50,
+	L3_EV_RING = 1 << 20,	      /* bytes of l3_events */
 };
 
 #endif /* L3ISO_H */

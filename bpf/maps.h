@@ -181,6 +181,20 @@ struct {
 	__type(value, __u32);
 } l3_scratch SEC(".maps");
 
+/* l3_events: denials and drops, for `l3iso monitor` (l3iso.h, struct l3_event). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, L3_EV_RING);
+} l3_events SEC(".maps");
+
+/* l3_ebucket: per container id and CPU, the event rate limit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, L3_MAX_CONTAINERS + 1);
+	__type(key, __u32);
+	__type(value, struct l3_bucket);
+} l3_ebucket SEC(".maps");
+
 /* ---------------------------------------------------------------- helpers */
 
 static __always_inline void count(__u32 id, __u32 c)

@@ -50,6 +50,7 @@
 #include "maps.h"
 #include "registry.h"
 #include "binds.h"
+#include "events.h"
 
 #define EPERM 1
 #define EINVAL 22
@@ -89,6 +90,9 @@ const enum l3_bloom *unused_bloom __attribute__((unused));
 const enum l3_lpage_limits *unused_lpage_limits __attribute__((unused));
 const enum l3_bind_kind *unused_bind_kind __attribute__((unused));
 const enum l3_bval_flags *unused_bval_flags __attribute__((unused));
+const enum l3_event_type *unused_event_type __attribute__((unused));
+const enum l3_event_limits *unused_event_limits __attribute__((unused));
+const struct l3_event *unused_event __attribute__((unused)); /* l3_events records */
 const struct l3_purge_req *unused_purge_req __attribute__((unused)); /* tc.c's l3_purge */
 
 /* Maps and the helpers every program shares: maps.h, registry.h, binds.h. */
@@ -165,8 +169,9 @@ static __always_inline enum verdict may_use(__u32 gen, struct l3_cont *c,
 	if (!l) {
 		if (addr_is_mcast(a) && mcast_allowed(gen, c->id, a))
 			return V_OK;
-		if ((c->flags & L3_CF_LOOP_HOST) && addr_is_loopback(a))
-			return V_OK;
+		if ((c->flags & L3_CF_LOOP_HOST) && addr_is_loopback(a) &&
+		    (!addr_is_host(a) || (c->flags & L3_CF_NETNS)))
+			return V_OK; /* the host's loopback (not the host's own address) or its own */
 		return V_FOREIGN;
 	}
 	if (l->kind != L3_LOCAL_PART)
@@ -241,6 +246,34 @@ static __always_inline int deny(int err)
 {
 	bpf_set_retval(-err);
 	return 0;
+}
+
+/*
+ * The event of a denied system call of container id (0: the host): what it
+ * asked for (a, port; a2, port2 where there is a destination), the errno it
+ * got, and for a bind the container that owns the address.
+ */
+static __always_inline void ev_call(__u32 id, __u16 type, __u16 reason, int err, __u8 proto,
+				    const struct l3_addr *a, __u16 port, const struct l3_addr *a2,
+				    __u16 port2, __u32 owner)
+{
+	struct l3_event *e = ev_begin(id, type, reason);
+
+	if (!e)
+		return;
+	ev_task(e);
+	ev_addrs(e, proto, a, port, a2, port2);
+	e->err = err;
+	e->owner = owner;
+	ev_submit(e);
+}
+
+/* The container that owns a (any port of it; 0: nobody). */
+static __always_inline __u32 owner_id(__u32 gen, const struct l3_addr *a, __u8 proto, __u16 port)
+{
+	struct l3_owner *o = owner_of(gen, a, proto, port);
+
+	return o ? o->id : 0;
 }
 
 static __always_inline int host_netns(struct bpf_sock_addr *ctx, struct l3_cfg *cfg)
@@ -363,6 +396,7 @@ static __always_inline int bind_shared(struct bpf_sock_addr *ctx, struct l3_cont
 
 		if (!((both & L3_BV_REUSEPORT) || (proto == IPPROTO_UDP && (both & L3_BV_REUSEADDR)))) {
 			count(c->id, L3_C_BIND_INUSE);
+			ev_call(c->id, L3_EV_BIND, L3_C_BIND_INUSE, EADDRINUSE, proto, &k.addr, port, NULL, 0, c->id);
 			return EADDRINUSE;
 		}
 		join = 1;
@@ -370,6 +404,7 @@ static __always_inline int bind_shared(struct bpf_sock_addr *ctx, struct l3_cont
 	s = sk_state_make(ctx->sk);
 	if (!s) {
 		count(c->id, L3_C_SOCK_QUOTA);
+		ev_call(c->id, L3_EV_BIND, L3_C_SOCK_QUOTA, ENOBUFS, proto, &k.addr, port, NULL, 0, 0);
 		return ENOBUFS;
 	}
 	s->bkey = k;
@@ -455,7 +490,10 @@ static __always_inline int do_bind(struct bpf_sock_addr *ctx, struct l3_addr *a,
 		if (!host_netns(ctx, cfg))
 			return BIND_OK;
 		if (owned_by_anyone(gen, a) || (addr_is_private_loop(a) && !addr_is_host(a))) {
+			__u32 owner = addr_is_private_loop(a) ? private_id(a) : owner_id(gen, a, 0, 0);
+
 			count(0, L3_C_HOST_BIND_DENIED);
+			ev_call(0, L3_EV_BIND, L3_C_HOST_BIND_DENIED, EADDRNOTAVAIL, proto, a, port, NULL, 0, owner);
 			return deny(EADDRNOTAVAIL);
 		}
 		if (addr_is_any(a))
@@ -514,6 +552,8 @@ static __always_inline int do_bind(struct bpf_sock_addr *ctx, struct l3_addr *a,
 		return BIND_OK_ANY_PORT;
 	}
 
+	if (addr_is_host(a))
+		goto foreign; /* the host's own: no container poses as the host */
 	if (addr_is_loopback(a) && !(c->flags & L3_CF_LOOP_HOST)) {
 		/* Rule 5: its 127.0.0.1 / ::1 is its private loopback. */
 		const struct l3_addr *lo = addr_is_mapped(a) ? &c->lo4 : &c->lo6;
@@ -548,11 +588,15 @@ own:
 	if (v == V_PORT) {
 		/* Another container owns this port of a shared IP (or nobody does). */
 		count(c->id, L3_C_BIND_DENIED_PORT);
+		ev_call(c->id, L3_EV_BIND, L3_C_BIND_DENIED_PORT, EACCES, proto, a, port, NULL, 0,
+			owner_id(gen, a, proto, port));
 		return deny(EACCES);
 	}
 foreign:
 	/* Not an address of this container: as in a namespace without it. */
 	count(c->id, L3_C_BIND_DENIED_FOREIGN);
+	ev_call(c->id, L3_EV_BIND, L3_C_BIND_DENIED_FOREIGN, EADDRNOTAVAIL, proto, a, port, NULL, 0,
+		addr_is_private_loop(a) ? private_id(a) : owner_id(gen, a, 0, 0));
 	return deny(EADDRNOTAVAIL);
 }
 
@@ -617,8 +661,10 @@ static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct
  */
 static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l3_cfg *cfg,
 				     __u32 gen, struct l3_cont *c, struct l3_addr *dst,
-				     struct l3_addr *src, int *set_src)
+				     struct l3_addr *src, int *set_src, __u16 ev)
 {
+	__u16 dport = bpf_ntohs(ctx->user_port);
+	__u8 proto = sock_proto(ctx->protocol);
 	struct l3_addr bound;
 
 	*set_src = 0;
@@ -633,6 +679,7 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 			return 1;
 		if (addr_is_private_loop(dst) && !addr_is_host(dst)) {
 			count(0, L3_C_LOOP_DENIED);
+			ev_call(0, ev, L3_C_LOOP_DENIED, ENETUNREACH, proto, &bound, 0, dst, dport, 0);
 			return deny(ENETUNREACH);
 		}
 		/*
@@ -679,12 +726,14 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 	if (addr_is_private_loop(dst) && !addr_is_host(dst)) {
 		/* Another container's loopback (IPv6: 127/8 is all its own). */
 		count(c->id, L3_C_LOOP_DENIED);
+		ev_call(c->id, ev, L3_C_LOOP_DENIED, ENETUNREACH, proto, &bound, 0, dst, dport, 0);
 		return deny(ENETUNREACH);
 	}
 	if (!addr_is_any(&bound)) {
 		if (own_loop(c, &bound)) {
 			/* A loopback source never leaves its container. */
 			count(c->id, L3_C_LOOP_DENIED);
+			ev_call(c->id, ev, L3_C_LOOP_DENIED, EINVAL, proto, &bound, 0, dst, dport, 0);
 			return deny(EINVAL);
 		}
 		/* bind already checked it */
@@ -694,6 +743,7 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 	if (pick_source(gen, c, dst, src) < 0) {
 		/* No address of this family: nothing it could send from. */
 		count(c->id, L3_C_NO_ADDR);
+		ev_call(c->id, ev, L3_C_NO_ADDR, ENETUNREACH, proto, NULL, 0, dst, dport, 0);
 		return deny(ENETUNREACH);
 	}
 	*set_src = 1;
@@ -712,7 +762,7 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 	if (!cfg)
 		return 1;
 	gen = active_gen();
-	ret = route_out(ctx, v6, cfg, gen, task_container(gen, cfg), &dst, &src, &set_src);
+	ret = route_out(ctx, v6, cfg, gen, task_container(gen, cfg), &dst, &src, &set_src, L3_EV_CONNECT);
 	if (!ret || !set_src)
 		return ret;
 	if (v6) {
@@ -776,15 +826,23 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
 		if (may_use(gen, c, &msrc, sock_proto(ctx->protocol), sport) != V_OK) {
 			/* Rule 4: never a packet from a source it does not own. */
 			count(c->id, L3_C_SEND_DENIED_SPOOF);
+			if (v6)
+				load_user6(ctx, &dst);
+			else
+				load_user4(ctx, &dst);
+			ev_call(c->id, L3_EV_SENDMSG, L3_C_SEND_DENIED_SPOOF, EPERM, sock_proto(ctx->protocol),
+				&msrc, sport, &dst, bpf_ntohs(ctx->user_port), 0);
 			return deny(EPERM);
 		}
 	}
 
-	if (!route_out(ctx, v6, cfg, gen, c, &dst, &src, &set_src))
+	if (!route_out(ctx, v6, cfg, gen, c, &dst, &src, &set_src, L3_EV_SENDMSG))
 		return 0;
 	if (c && !addr_is_any(&msrc) && own_loop(c, &msrc) && !own_loop(c, &dst)) {
 		/* A loopback source never leaves its container. */
 		count(c->id, L3_C_LOOP_DENIED);
+		ev_call(c->id, L3_EV_SENDMSG, L3_C_LOOP_DENIED, EINVAL, sock_proto(ctx->protocol), &msrc, 0,
+			&dst, bpf_ntohs(ctx->user_port), 0);
 		return deny(EINVAL);
 	}
 	if (!set_src || !addr_is_any(&msrc))
@@ -971,6 +1029,17 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return -1;
 }
 
+/* The event of a packet dropped at container id's socket (0: a host socket). */
+static __always_inline void ev_pkt(__u32 id, __u16 type, __u16 reason, const struct pkt *p)
+{
+	struct l3_event *e = ev_begin(id, type, reason);
+
+	if (!e)
+		return;
+	ev_addrs(e, p->proto, &p->src, p->sport, &p->dst, p->dport);
+	ev_submit(e);
+}
+
 static __always_inline struct l3_cont *skb_container(struct __sk_buff *skb, __u32 gen,
 						     struct l3_cfg *cfg)
 {
@@ -1080,6 +1149,7 @@ int l3_ingress(struct __sk_buff *skb)
 		    ((addr_is_private_loop(&p.dst) || addr_is_private_loop(&p.src)) &&
 		     !addr_is_host(&p.dst) && !addr_is_host(&p.src))) {
 			count(0, L3_C_HOST_INGRESS_DROP);
+			ev_pkt(0, L3_EV_INGRESS, L3_C_HOST_INGRESS_DROP, &p);
 			return SK_DROP;
 		}
 		return SK_PASS;
@@ -1088,6 +1158,7 @@ int l3_ingress(struct __sk_buff *skb)
 		return SK_PASS;
 	/* Rule 3: traffic for another container's (or the host's) address. */
 	count(c->id, L3_C_INGRESS_DROP_FOREIGN);
+	ev_pkt(c->id, L3_EV_INGRESS, L3_C_INGRESS_DROP_FOREIGN, &p);
 	return SK_DROP;
 }
 
@@ -1115,6 +1186,7 @@ int l3_egress(struct __sk_buff *skb)
 		if (l->kind == L3_LOCAL_LOOP && !addr_eq(&p.dst, &p.src)) {
 			/* Rule 5: its loopback reaches only itself. */
 			count(c->id, L3_C_LOOP_DENIED);
+			ev_pkt(c->id, L3_EV_EGRESS, L3_C_LOOP_DENIED, &p);
 			return SK_DROP;
 		}
 		if (l->kind != L3_LOCAL_PART)
@@ -1123,11 +1195,12 @@ int l3_egress(struct __sk_buff *skb)
 
 		if (o && o->id == c->id)
 			return SK_PASS;
-	} else if (!l && (c->flags & L3_CF_LOOP_HOST) && addr_is_loopback(&p.src)) {
+	} else if (!l && (c->flags & L3_CF_LOOP_HOST) && addr_is_loopback(&p.src) && !addr_is_host(&p.src)) {
 		return SK_PASS;
 	}
 	/* Rule 4: a container never emits a source it does not own. */
 	count(c->id, L3_C_EGRESS_DROP_SPOOF);
+	ev_pkt(c->id, L3_EV_EGRESS, L3_C_EGRESS_DROP_SPOOF, &p);
 	return SK_DROP;
 }
 
@@ -1416,6 +1489,7 @@ int l3_setsockopt(struct bpf_sockopt *ctx)
 		return 1; /* host processes join what they like */
 	if ((op == J_JOIN || op == J_SJOIN) && !mcast_allowed(gen, c->id, &g)) {
 		count(c->id, L3_C_JOIN_DENIED);
+		ev_call(c->id, L3_EV_JOIN, L3_C_JOIN_DENIED, EPERM, IPPROTO_UDP, &g, 0, NULL, 0, 0);
 		return deny(EPERM);
 	}
 	if (!(c->flags & L3_CF_NETNS))
@@ -1514,8 +1588,12 @@ int l3_setsockopt(struct bpf_sockopt *ctx)
 	}
 
 	/* A new slot (J_JOIN, J_SJOIN, J_BLOCK). */
-	if (!free)
-		return deny(ENOBUFS); /* more than l3iso tracks per socket */
+	if (!free) {
+		/* more than l3iso tracks per socket */
+		count(c->id, L3_C_SOCK_QUOTA);
+		ev_call(c->id, L3_EV_JOIN, L3_C_SOCK_QUOTA, ENOBUFS, IPPROTO_UDP, &g, 0, NULL, 0, 0);
+		return deny(ENOBUFS);
+	}
 	for (i = 0; i < L3_SK_GROUPS && !done; i++) {
 		struct l3_addr *e = &s->groups[i];
 
@@ -1537,6 +1615,7 @@ int l3_setsockopt(struct bpf_sockopt *ctx)
 				s->modes[i] = L3_SRC_ANY;
 			}
 		}
+		ev_call(c->id, L3_EV_JOIN, L3_C_SOCK_QUOTA, ENOBUFS, IPPROTO_UDP, &g, 0, NULL, 0, 0);
 		return deny(ENOBUFS);
 	}
 	return 1;
@@ -1600,6 +1679,8 @@ static __always_inline int post_bind(struct bpf_sock *sk, int v6)
 		err = binds_add(s, port, &sa);
 		if (err) {
 			s->flags &= ~(L3_SK_SHADOW | L3_SK_BIND_PENDING);
+			ev_call(s->bkey.id, L3_EV_BIND, err == -EADDRINUSE ? L3_C_BIND_INUSE : L3_C_SOCK_QUOTA, -err,
+				s->bkey.proto, &s->bkey.addr, s->bkey.port, NULL, 0, 0);
 			return deny(-err);
 		}
 	}
@@ -1634,6 +1715,7 @@ static __always_inline int post_bind(struct bpf_sock *sk, int v6)
 		listener_del_all(s, n);
 	binds_del(s);
 	s->flags &= ~L3_SK_SHADOW;
+	ev_call(s->id, L3_EV_BIND, L3_C_SOCK_QUOTA, ENOBUFS, IPPROTO_UDP, NULL, s->port, NULL, 0, 0);
 	return deny(ENOBUFS);
 }
 
@@ -1720,6 +1802,36 @@ int l3_sock_release(struct bpf_sock *sk)
 
 /* ------------------------------------------- refused, not taken (rule 3) */
 
+/* The event of a connection or datagram for d refused for container id. */
+static __always_inline void ev_lookup(struct bpf_sk_lookup *ctx, __u32 id, const struct l3_addr *d)
+{
+	struct l3_event *e = ev_begin(id, L3_EV_LOOKUP, L3_C_REFUSED);
+	struct l3_addr src;
+	__u16 sport, dport;
+	__u32 r4;
+	__u8 proto;
+
+	if (!e)
+		return;
+	/* every field read, whatever the family: the compiler would
+	 * otherwise load through a pointer it selects, which the verifier
+	 * refuses for the context */
+	r4 = ctx->remote_ip4;
+	src.w[0] = ctx->remote_ip6[0];
+	src.w[1] = ctx->remote_ip6[1];
+	src.w[2] = ctx->remote_ip6[2];
+	src.w[3] = ctx->remote_ip6[3];
+	asm volatile("" ::"r"(r4), "r"(src.w[0]), "r"(src.w[1]), "r"(src.w[2]), "r"(src.w[3]));
+	if (ctx->family == 2 /* AF_INET */)
+		addr_set4(&src, r4);
+	sport = bpf_ntohs(ctx->remote_port);
+	dport = ctx->local_port;
+	proto = ctx->protocol;
+	ev_addrs(e, proto, &src, sport, d, dport);
+	e->err = 111; /* ECONNREFUSED */
+	ev_submit(e);
+}
+
 /*
  * l3_sk_lookup, attached to the network namespace `l3iso up` ran in, runs
  * where the kernel looks for the socket of a new connection or of a
@@ -1757,6 +1869,7 @@ int l3_sk_lookup(struct bpf_sk_lookup *ctx)
 	sp = sport_of(proto, port);
 	if (sp && sp->id) {
 		count(sp->id, L3_C_REFUSED);
+		ev_lookup(ctx, sp->id, NULL);
 		return SK_DROP;
 	}
 	if (proto == IPPROTO_UDP) {
@@ -1801,5 +1914,6 @@ int l3_sk_lookup(struct bpf_sk_lookup *ctx)
 		}
 	}
 	count(id, L3_C_REFUSED);
+	ev_lookup(ctx, id, &d);
 	return SK_DROP;
 }

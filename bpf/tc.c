@@ -35,6 +35,7 @@
 #include "maps.h"
 #include "registry.h"
 #include "binds.h"
+#include "events.h"
 
 #define TCX_NEXT (-1) /* TC_ACT_UNSPEC: on to the next TCX program (TC_ACT_OK ends the chain) */
 #define LOOPBACK_IFINDEX 1 /* lo, in every network namespace */
@@ -113,6 +114,18 @@ static __always_inline int parse(struct __sk_buff *skb, struct tpkt *p)
 	p->tos = 0;
 	p->flow = *(__u32 *)ip6 & bpf_htonl(0x0fffffff);
 	return P_IP;
+}
+
+/* The event of a packet dropped by a TC program, for container id (0: none). */
+static __always_inline void ev_tpkt(__u32 id, __u16 reason, const struct tpkt *p)
+{
+	struct l3_event *e = ev_begin(id, L3_EV_TC, reason);
+
+	if (!e)
+		return;
+	if (p)
+		ev_addrs(e, p->proto, &p->src, 0, &p->dst, 0);
+	ev_submit(e);
 }
 
 /* Rewrite the Ethernet addresses. The header is linear: parse checked it. */
@@ -248,6 +261,7 @@ static __always_inline int to_fib(struct __sk_buff *skb, __u32 id, const struct 
 		 * forward this either.
 		 */
 		count(id, L3_C_TC_DROP_NO_ROUTE);
+		ev_tpkt(id, L3_C_TC_DROP_NO_ROUTE, p);
 		return TC_ACT_SHOT;
 	}
 }
@@ -602,7 +616,7 @@ static __always_inline int group(struct __sk_buff *skb, int from)
 			if (!s || !sk_source_ok(s, &dst, &src)) {
 				bpf_sk_release(sk);
 				count(id, L3_C_GROUP_FILTERED);
-				return TC_ACT_SHOT;
+				return TC_ACT_SHOT; /* a filter's choice: no event, as the kernel's */
 			}
 		}
 		i = bpf_sk_assign(skb, sk, 0);
@@ -915,6 +929,7 @@ static __always_inline int from_container(struct __sk_buff *skb, int deliver)
 		 * created or deleted): fail closed.
 		 */
 		count(0, L3_C_TC_DROP_UNKNOWN_PORT);
+		ev_tpkt(0, L3_C_TC_DROP_UNKNOWN_PORT, NULL);
 		return TC_ACT_SHOT;
 	}
 	rc = parse(skb, &p);
@@ -923,12 +938,14 @@ static __always_inline int from_container(struct __sk_buff *skb, int deliver)
 	if (rc != P_IP) {
 		/* An IP frame too short for its header: nothing may use it. */
 		count(port->id, L3_C_TC_DROP_MALFORMED);
+		ev_tpkt(port->id, L3_C_TC_DROP_MALFORMED, NULL);
 		return TC_ACT_SHOT;
 	}
 	switch (check_source(port->id, &p)) {
 	case SRC_SPOOF:
 		/* Rule 4: never a packet from a source it does not own. */
 		count(port->id, L3_C_TC_DROP_SPOOF);
+		ev_tpkt(port->id, L3_C_TC_DROP_SPOOF, &p);
 		return TC_ACT_SHOT;
 	case SRC_LINK:
 		if (deliver)
@@ -995,6 +1012,7 @@ int l3_tc_uplink(struct __sk_buff *skb)
 		 * container's packets to a sibling never cross the uplink.
 		 */
 		count(0, L3_C_TC_DROP_SPOOF);
+		ev_tpkt(0, L3_C_TC_DROP_SPOOF, &p);
 		return TC_ACT_SHOT;
 	}
 	return to_peer(skb, d);

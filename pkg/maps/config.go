@@ -206,6 +206,7 @@ var CounterNames = []string{
 	sockL3CounterL3C_STEERED:     "steered",
 	sockL3CounterL3C_REFUSED:     "refused",
 	sockL3CounterL3C_LOOP_DENIED: "loopback_denied",
+	sockL3CounterL3C_EVENTS_LOST: "events_lost",
 }
 
 // Counters are one container's verdict counters, summed over CPUs, by name.

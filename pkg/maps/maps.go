@@ -49,6 +49,8 @@ type Set struct {
 	HostUDP  *ebpf.Map // UDP port → the host's wildcard sockets on it
 	Scratch  *ebpf.Map // per CPU: l3iso's own socket lookups under way
 	Socks    *ebpf.Map // l3_binds key → listening socket, for l3_sk_lookup
+	Events   *ebpf.Map // ring buffer: denials and drops (struct l3_event), for `monitor`
+	EBucket  *ebpf.Map // per container and CPU: the events' rate limit
 
 	cfgMem []byte // l3_config's value, mmapped (hotline.go)
 
@@ -66,6 +68,7 @@ func (s *Set) byName() map[string]**ebpf.Map {
 		"l3_listen": &s.Listen, "l3_lsum": &s.Lsum,
 		"l3_quota": &s.Quota, "l3_binds": &s.Binds, "l3_sports": &s.Sports,
 		"l3_hostudp": &s.HostUDP, "l3_scratch": &s.Scratch, "l3_socks": &s.Socks,
+		"l3_events": &s.Events, "l3_ebucket": &s.EBucket,
 	}
 }
 

@@ -53,6 +53,13 @@ const (
 	sockL3BloomL3BLOOM_MUL  sockL3Bloom = 73244475
 )
 
+type sockL3Bucket struct {
+	_      structs.HostLayout
+	Last   uint64
+	Tokens uint32
+	Pad    uint32
+}
+
 type sockL3Bval struct {
 	_    structs.HostLayout
 	Lock struct {
@@ -164,6 +171,7 @@ const (
 	sockL3CounterL3C_STEERED              sockL3Counter = 29
 	sockL3CounterL3C_REFUSED              sockL3Counter = 30
 	sockL3CounterL3C_LOOP_DENIED          sockL3Counter = 31
+	sockL3CounterL3C_EVENTS_LOST          sockL3Counter = 32
 	sockL3CounterL3C_MAX                  sockL3Counter = 40
 )
 
@@ -181,6 +189,47 @@ const (
 	sockL3DeliveryL3DELIVERY_DIRECT sockL3Delivery = 0
 	sockL3DeliveryL3DELIVERY_ROUTED sockL3Delivery = 1
 	sockL3DeliveryL3DELIVERY_BRIDGE sockL3Delivery = 2
+)
+
+type sockL3Event struct {
+	_      structs.HostLayout
+	Ts     uint64
+	Id     uint32
+	Pid    uint32
+	Comm   [16]int8
+	Type   uint16
+	Reason uint16
+	Err    int32
+	Family uint8
+	Proto  uint8
+	Pad    uint16
+	Port   uint16
+	Port2  uint16
+	Addr   sockL3Addr
+	Addr2  sockL3Addr
+	Owner  uint32
+	Pad2   uint32
+}
+
+type sockL3EventLimits uint32
+
+const (
+	sockL3EventLimitsL3EV_INTERVAL_NS sockL3EventLimits = 50000000
+	sockL3EventLimitsL3EV_BURST       sockL3EventLimits = 50
+	sockL3EventLimitsL3EV_RING        sockL3EventLimits = 1048576
+)
+
+type sockL3EventType uint32
+
+const (
+	sockL3EventTypeL3EV_BIND    sockL3EventType = 1
+	sockL3EventTypeL3EV_CONNECT sockL3EventType = 2
+	sockL3EventTypeL3EV_SENDMSG sockL3EventType = 3
+	sockL3EventTypeL3EV_INGRESS sockL3EventType = 4
+	sockL3EventTypeL3EV_EGRESS  sockL3EventType = 5
+	sockL3EventTypeL3EV_JOIN    sockL3EventType = 6
+	sockL3EventTypeL3EV_TC      sockL3EventType = 7
+	sockL3EventTypeL3EV_LOOKUP  sockL3EventType = 8
 )
 
 type sockL3GroupLimits uint32
@@ -499,6 +548,8 @@ type sockMapSpecs struct {
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
+	L3Ebucket  *ebpf.MapSpec `ebpf:"l3_ebucket"`
+	L3Events   *ebpf.MapSpec `ebpf:"l3_events"`
 	L3Hostudp  *ebpf.MapSpec `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
@@ -526,6 +577,9 @@ type sockVariableSpecs struct {
 	UnusedContFlags   *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedDelivery    *ebpf.VariableSpec `ebpf:"unused_delivery"`
+	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventLimits *ebpf.VariableSpec `ebpf:"unused_event_limits"`
+	UnusedEventType   *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedGroupLimits *ebpf.VariableSpec `ebpf:"unused_group_limits"`
 	UnusedLimits      *ebpf.VariableSpec `ebpf:"unused_limits"`
 	UnusedLocalKind   *ebpf.VariableSpec `ebpf:"unused_local_kind"`
@@ -562,6 +616,8 @@ type sockMaps struct {
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
+	L3Ebucket  *ebpf.Map `ebpf:"l3_ebucket"`
+	L3Events   *ebpf.Map `ebpf:"l3_events"`
 	L3Hostudp  *ebpf.Map `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
@@ -585,6 +641,8 @@ func (m *sockMaps) Close() error {
 		m.L3Conts,
 		m.L3Counters,
 		m.L3Delivs,
+		m.L3Ebucket,
+		m.L3Events,
 		m.L3Hostudp,
 		m.L3Listen,
 		m.L3Locals,
@@ -613,6 +671,9 @@ type sockVariables struct {
 	UnusedContFlags   *ebpf.Variable `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedDelivery    *ebpf.Variable `ebpf:"unused_delivery"`
+	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventLimits *ebpf.Variable `ebpf:"unused_event_limits"`
+	UnusedEventType   *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedGroupLimits *ebpf.Variable `ebpf:"unused_group_limits"`
 	UnusedLimits      *ebpf.Variable `ebpf:"unused_limits"`
 	UnusedLocalKind   *ebpf.Variable `ebpf:"unused_local_kind"`

@@ -27,6 +27,13 @@ type sockvariantL3Bkey struct {
 	Addr  sockvariantL3Addr
 }
 
+type sockvariantL3Bucket struct {
+	_      structs.HostLayout
+	Last   uint64
+	Tokens uint32
+	Pad    uint32
+}
+
 type sockvariantL3Bval struct {
 	_    structs.HostLayout
 	Lock struct {
@@ -323,6 +330,8 @@ type sockvariantMapSpecs struct {
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
+	L3Ebucket  *ebpf.MapSpec `ebpf:"l3_ebucket"`
+	L3Events   *ebpf.MapSpec `ebpf:"l3_events"`
 	L3Hostudp  *ebpf.MapSpec `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
@@ -350,6 +359,9 @@ type sockvariantVariableSpecs struct {
 	UnusedContFlags   *ebpf.VariableSpec `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedDelivery    *ebpf.VariableSpec `ebpf:"unused_delivery"`
+	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventLimits *ebpf.VariableSpec `ebpf:"unused_event_limits"`
+	UnusedEventType   *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedGroupLimits *ebpf.VariableSpec `ebpf:"unused_group_limits"`
 	UnusedLimits      *ebpf.VariableSpec `ebpf:"unused_limits"`
 	UnusedLocalKind   *ebpf.VariableSpec `ebpf:"unused_local_kind"`
@@ -386,6 +398,8 @@ type sockvariantMaps struct {
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
+	L3Ebucket  *ebpf.Map `ebpf:"l3_ebucket"`
+	L3Events   *ebpf.Map `ebpf:"l3_events"`
 	L3Hostudp  *ebpf.Map `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
@@ -409,6 +423,8 @@ func (m *sockvariantMaps) Close() error {
 		m.L3Conts,
 		m.L3Counters,
 		m.L3Delivs,
+		m.L3Ebucket,
+		m.L3Events,
 		m.L3Hostudp,
 		m.L3Listen,
 		m.L3Locals,
@@ -437,6 +453,9 @@ type sockvariantVariables struct {
 	UnusedContFlags   *ebpf.Variable `ebpf:"unused_cont_flags"`
 	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedDelivery    *ebpf.Variable `ebpf:"unused_delivery"`
+	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventLimits *ebpf.Variable `ebpf:"unused_event_limits"`
+	UnusedEventType   *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedGroupLimits *ebpf.Variable `ebpf:"unused_group_limits"`
 	UnusedLimits      *ebpf.Variable `ebpf:"unused_limits"`
 	UnusedLocalKind   *ebpf.Variable `ebpf:"unused_local_kind"`

@@ -71,6 +71,8 @@ type tcMapSpecs struct {
 	L3Conts    *ebpf.MapSpec `ebpf:"l3_conts"`
 	L3Counters *ebpf.MapSpec `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.MapSpec `ebpf:"l3_delivs"`
+	L3Ebucket  *ebpf.MapSpec `ebpf:"l3_ebucket"`
+	L3Events   *ebpf.MapSpec `ebpf:"l3_events"`
 	L3Hostudp  *ebpf.MapSpec `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.MapSpec `ebpf:"l3_listen"`
 	L3Locals   *ebpf.MapSpec `ebpf:"l3_locals"`
@@ -118,6 +120,8 @@ type tcMaps struct {
 	L3Conts    *ebpf.Map `ebpf:"l3_conts"`
 	L3Counters *ebpf.Map `ebpf:"l3_counters"`
 	L3Delivs   *ebpf.Map `ebpf:"l3_delivs"`
+	L3Ebucket  *ebpf.Map `ebpf:"l3_ebucket"`
+	L3Events   *ebpf.Map `ebpf:"l3_events"`
 	L3Hostudp  *ebpf.Map `ebpf:"l3_hostudp"`
 	L3Listen   *ebpf.Map `ebpf:"l3_listen"`
 	L3Locals   *ebpf.Map `ebpf:"l3_locals"`
@@ -141,6 +145,8 @@ func (m *tcMaps) Close() error {
 		m.L3Conts,
 		m.L3Counters,
 		m.L3Delivs,
+		m.L3Ebucket,
+		m.L3Events,
 		m.L3Hostudp,
 		m.L3Listen,
 		m.L3Locals,
