@@ -32,6 +32,9 @@
  *                datagram for a container's address that no socket of it
  *                listens for, instead of letting a host wildcard take it
  *
+ * Units: l3iso.h (the map layouts, shared with Go), maps.h (the maps, address
+ * helpers), registry.h (quotas, the listener registry), binds.h (l3_binds),
+ * events.h (denial records), mcast.h (joins, source filters, listeners).
  * Every lookup is a hash, array or LPM lookup: O(1) in containers and
  * addresses.
  */
@@ -51,6 +54,7 @@
 #include "registry.h"
 #include "binds.h"
 #include "events.h"
+#include "mcast.h"
 
 #define EPERM 1
 #define EINVAL 22
@@ -469,122 +473,99 @@ static __always_inline void host_bind(struct bpf_sock_addr *ctx, __u16 port, int
 	s->flags &= ~L3_SK_BOUND;
 }
 
-static __always_inline int do_bind(struct bpf_sock_addr *ctx, struct l3_addr *a, int v6)
+/* Rule 2 for a host socket: the host loses visibility of pushed addresses. */
+static __always_inline int bind_host(struct bpf_sock_addr *ctx, struct l3_cfg *cfg, __u32 gen,
+				     const struct l3_addr *a, __u16 port, int v6)
 {
-	struct l3_cfg *cfg = config();
-	__u16 port = bpf_ntohs(ctx->user_port);
+	if (!host_netns(ctx, cfg))
+		return BIND_OK;
+	if (owned_by_anyone(gen, a) || (addr_is_private_loop(a) && !addr_is_host(a))) {
+		__u32 owner = addr_is_private_loop(a) ? private_id(a) : owner_id(gen, a, 0, 0);
+
+		count(0, L3_C_HOST_BIND_DENIED);
+		ev_call(0, L3_EV_BIND, L3_C_HOST_BIND_DENIED, EADDRNOTAVAIL, sock_proto(ctx->protocol), a,
+			port, NULL, 0, owner);
+		return deny(EADDRNOTAVAIL);
+	}
+	if (addr_is_any(a))
+		host_bind(ctx, port, v6);
+	return BIND_OK;
+}
+
+/* Not an address of container c: as in a namespace without it. */
+static __always_inline int bind_foreign(struct bpf_sock_addr *ctx, struct l3_cont *c, __u32 gen,
+					const struct l3_addr *a, __u16 port)
+{
+	count(c->id, L3_C_BIND_DENIED_FOREIGN);
+	ev_call(c->id, L3_EV_BIND, L3_C_BIND_DENIED_FOREIGN, EADDRNOTAVAIL, sock_proto(ctx->protocol),
+		a, port, NULL, 0, addr_is_private_loop(a) ? private_id(a) : owner_id(gen, a, 0, 0));
+	return deny(EADDRNOTAVAIL);
+}
+
+/*
+ * Rule 3, a wildcard bind of shared container c: a shadow socket of its
+ * own that hears its addresses (bind_shared); port 0, a client most
+ * likely: its address of the family, its source (a listener bound so is
+ * entered when it listens).
+ */
+static __always_inline int bind_wild(struct bpf_sock_addr *ctx, struct l3_cont *c, __u32 gen,
+				     const struct l3_addr *a, __u16 port, int v6)
+{
 	__u8 proto = sock_proto(ctx->protocol);
 	struct l3_sk *s = NULL;
-	struct l3_cont *c;
-	enum verdict v;
-	__u32 gen;
+	struct l3_addr own;
 	int err;
 
-	if (!cfg)
-		return BIND_OK;
-	gen = active_gen();
-	c = task_container(gen, cfg);
-
-	if (!c) {
-		/* Rule 2: the host loses visibility of pushed addresses. */
-		if (!host_netns(ctx, cfg))
-			return BIND_OK;
-		if (owned_by_anyone(gen, a) || (addr_is_private_loop(a) && !addr_is_host(a))) {
-			__u32 owner = addr_is_private_loop(a) ? private_id(a) : owner_id(gen, a, 0, 0);
-
-			count(0, L3_C_HOST_BIND_DENIED);
-			ev_call(0, L3_EV_BIND, L3_C_HOST_BIND_DENIED, EADDRNOTAVAIL, proto, a, port, NULL, 0, owner);
-			return deny(EADDRNOTAVAIL);
-		}
-		if (addr_is_any(a))
-			host_bind(ctx, port, v6);
-		return BIND_OK;
-	}
-
-	if (c->flags & L3_CF_NETNS) {
-		/*
-		 * Its own stack: its wildcard stays one (no other container can
-		 * collide with it, and its kernel delivers broadcasts and
-		 * multicast to it); registered under its addresses (which
-		 * l3_delivs maps to its veth) for the TC fan-out.
-		 */
-		if (addr_is_any(a)) {
-			if (!(c->flags & (L3_CF_HAS4 | L3_CF_HAS6)))
-				goto foreign;
-			if (proto == IPPROTO_UDP)
-				mark_listener(sk_state_make(ctx->sk), c, port);
-			count(c->id, L3_C_BIND_ALLOWED);
-			return BIND_OK_ANY_PORT;
-		}
-		goto own;
-	}
-
-	if (addr_is_any(a)) {
-		/* Rule 3: a wildcard socket of its own, hearing its addresses. */
-		if (v6 ? !(c->flags & (L3_CF_HAS4 | L3_CF_HAS6)) : !(c->flags & L3_CF_HAS4))
-			goto foreign;
-		if (port == 0) {
-			/* A client, most likely: its source is its address (a
-			 * listener bound so is entered when it listens). */
-			struct l3_addr own;
-
-			if (!v6 || addr_is_mapped(a) || !(c->flags & L3_CF_HAS6))
-				own = c->primary4; /* IPv4, or a dual-stack socket of an IPv4-only container */
-			else
-				own = c->primary6;
-			if (!(c->flags & L3_CF_HAS4) && addr_is_mapped(&own))
-				goto foreign;
-			store_user(ctx, v6, &own);
-			count(c->id, L3_C_BIND_REWRITTEN);
-			/* a listener of it hears every address of the container */
-			err = bind_shared(ctx, c, a, 1, 0, v6, &s);
-			if (proto == IPPROTO_UDP)
-				mark_listener(s ? s : sk_state_make(ctx->sk), c, 0);
-			return BIND_OK_ANY_PORT;
-		}
+	if (v6 ? !(c->flags & (L3_CF_HAS4 | L3_CF_HAS6)) : !(c->flags & L3_CF_HAS4))
+		return bind_foreign(ctx, c, gen, a, port);
+	if (port) {
 		err = bind_shared(ctx, c, a, 1, port, v6, &s);
-		if (err) {
+		if (err)
 			return deny(err);
-		}
 		if (proto == IPPROTO_UDP)
 			mark_listener(s, c, port);
 		count(c->id, L3_C_BIND_REWRITTEN);
 		return BIND_OK_ANY_PORT;
 	}
+	if (!v6 || addr_is_mapped(a) || !(c->flags & L3_CF_HAS6))
+		own = c->primary4; /* IPv4, or a dual-stack socket of an IPv4-only container */
+	else
+		own = c->primary6;
+	if (!(c->flags & L3_CF_HAS4) && addr_is_mapped(&own))
+		return bind_foreign(ctx, c, gen, a, port);
+	store_user(ctx, v6, &own);
+	count(c->id, L3_C_BIND_REWRITTEN);
+	bind_shared(ctx, c, a, 1, 0, v6, &s);
+	if (proto == IPPROTO_UDP)
+		mark_listener(s ? s : sk_state_make(ctx->sk), c, 0);
+	return BIND_OK_ANY_PORT;
+}
 
-	if (addr_is_host(a))
-		goto foreign; /* the host's own: no container poses as the host */
-	if (addr_is_loopback(a) && !(c->flags & L3_CF_LOOP_HOST)) {
-		/* Rule 5: its 127.0.0.1 / ::1 is its private loopback. */
-		const struct l3_addr *lo = addr_is_mapped(a) ? &c->lo4 : &c->lo6;
+/* Rule 5: a shared container's 127.0.0.1 / ::1 is its private loopback. */
+static __always_inline int bind_loopback(struct bpf_sock_addr *ctx, struct l3_cont *c,
+					 const struct l3_addr *a, __u16 port, int v6)
+{
+	const struct l3_addr *lo = addr_is_mapped(a) ? &c->lo4 : &c->lo6;
+	struct l3_sk *s;
+	int err;
 
-		store_user(ctx, v6, lo);
-		count(c->id, L3_C_LOOP_REMAPPED);
-		err = bind_shared(ctx, c, lo, 0, port, v6, &s);
-		if (err)
-			return deny(err);
-		return BIND_OK_ANY_PORT;
-	}
+	store_user(ctx, v6, lo);
+	count(c->id, L3_C_LOOP_REMAPPED);
+	err = bind_shared(ctx, c, lo, 0, port, v6, &s);
+	if (err)
+		return deny(err);
+	return BIND_OK_ANY_PORT;
+}
 
-own:
-	v = may_use(gen, c, a, proto, port);
-	if (v == V_OK) {
-		if (!(c->flags & L3_CF_NETNS)) {
-			struct l3_local *l = local_of(gen, c->id, a);
+/* A bind of container c to address a (no wildcard): its own (rule 2). */
+static __always_inline int bind_addr(struct bpf_sock_addr *ctx, struct l3_cont *c, __u32 gen,
+				     const struct l3_addr *a, __u16 port, int v6)
+{
+	__u8 proto = sock_proto(ctx->protocol);
+	enum verdict v = may_use(gen, c, a, proto, port);
+	struct l3_sk *s;
+	int err;
 
-			if (l && l->kind != L3_LOCAL_BCAST) {
-				err = bind_shared(ctx, c, a, 0, port, v6, &s);
-				if (err)
-					return deny(err);
-			} else if (ctx->protocol == IPPROTO_UDP && (l || addr_is_mcast(a))) {
-				/* its subnet's broadcast address, or a group: beside a
-				 * host wildcard on the port (host_bind) */
-				set_reuseaddr(ctx);
-			}
-		}
-		count(c->id, L3_C_BIND_ALLOWED);
-		return BIND_OK_ANY_PORT;
-	}
 	if (v == V_PORT) {
 		/* Another container owns this port of a shared IP (or nobody does). */
 		count(c->id, L3_C_BIND_DENIED_PORT);
@@ -592,12 +573,61 @@ own:
 			owner_id(gen, a, proto, port));
 		return deny(EACCES);
 	}
-foreign:
-	/* Not an address of this container: as in a namespace without it. */
-	count(c->id, L3_C_BIND_DENIED_FOREIGN);
-	ev_call(c->id, L3_EV_BIND, L3_C_BIND_DENIED_FOREIGN, EADDRNOTAVAIL, proto, a, port, NULL, 0,
-		addr_is_private_loop(a) ? private_id(a) : owner_id(gen, a, 0, 0));
-	return deny(EADDRNOTAVAIL);
+	if (v != V_OK)
+		return bind_foreign(ctx, c, gen, a, port);
+	if (!(c->flags & L3_CF_NETNS)) {
+		struct l3_local *l = local_of(gen, c->id, a);
+
+		if (l && l->kind != L3_LOCAL_BCAST) {
+			err = bind_shared(ctx, c, a, 0, port, v6, &s);
+			if (err)
+				return deny(err);
+		} else if (ctx->protocol == IPPROTO_UDP && (l || addr_is_mcast(a))) {
+			/* its subnet's broadcast address, or a group: beside a
+			 * host wildcard on the port (host_bind) */
+			set_reuseaddr(ctx);
+		}
+	}
+	count(c->id, L3_C_BIND_ALLOWED);
+	return BIND_OK_ANY_PORT;
+}
+
+/*
+ * bind4/6. A netns container's wildcard stays one (its own stack: no
+ * other container can collide with it, and its kernel delivers broadcasts
+ * and multicast to it), registered under its addresses (which l3_delivs
+ * maps to its veth) for the TC fan-out.
+ */
+static __always_inline int do_bind(struct bpf_sock_addr *ctx, struct l3_addr *a, int v6)
+{
+	struct l3_cfg *cfg = config();
+	__u16 port = bpf_ntohs(ctx->user_port);
+	struct l3_cont *c;
+	__u32 gen;
+
+	if (!cfg)
+		return BIND_OK;
+	gen = active_gen();
+	c = task_container(gen, cfg);
+	if (!c)
+		return bind_host(ctx, cfg, gen, a, port, v6);
+	if (c->flags & L3_CF_NETNS) {
+		if (!addr_is_any(a))
+			return bind_addr(ctx, c, gen, a, port, v6);
+		if (!(c->flags & (L3_CF_HAS4 | L3_CF_HAS6)))
+			return bind_foreign(ctx, c, gen, a, port);
+		if (sock_proto(ctx->protocol) == IPPROTO_UDP)
+			mark_listener(sk_state_make(ctx->sk), c, port);
+		count(c->id, L3_C_BIND_ALLOWED);
+		return BIND_OK_ANY_PORT;
+	}
+	if (addr_is_any(a))
+		return bind_wild(ctx, c, gen, a, port, v6);
+	if (addr_is_host(a))
+		return bind_foreign(ctx, c, gen, a, port); /* no container poses as the host */
+	if (addr_is_loopback(a) && !(c->flags & L3_CF_LOOP_HOST))
+		return bind_loopback(ctx, c, a, port, v6);
+	return bind_addr(ctx, c, gen, a, port, v6);
 }
 
 SEC("cgroup/bind4")
@@ -1206,277 +1236,29 @@ int l3_egress(struct __sk_buff *skb)
 
 /* ------------------------------------------ multicast joins (rule 6) */
 
-#define SOL_IP 0
-#define SOL_IPV6 41
-#define IP_ADD_MEMBERSHIP 35
-#define IP_DROP_MEMBERSHIP 36
-#define IP_UNBLOCK_SOURCE 37
-#define IP_BLOCK_SOURCE 38
-#define IP_ADD_SOURCE_MEMBERSHIP 39
-#define IP_DROP_SOURCE_MEMBERSHIP 40
-#define MCAST_JOIN_GROUP 42
-#define MCAST_BLOCK_SOURCE 43
-#define MCAST_UNBLOCK_SOURCE 44
-#define MCAST_LEAVE_GROUP 45
-#define MCAST_JOIN_SOURCE_GROUP 46
-#define MCAST_LEAVE_SOURCE_GROUP 47
-#define IPV6_ADD_MEMBERSHIP 20
-#define IPV6_DROP_MEMBERSHIP 21
-
-enum {
-	J_NONE = 0,
-	J_JOIN,	   /* any-source join: IP_ADD_MEMBERSHIP, MCAST_JOIN_GROUP, IPV6_ADD_MEMBERSHIP */
-	J_LEAVE,   /* the whole group: IP_DROP_MEMBERSHIP, MCAST_LEAVE_GROUP, IPV6_DROP_MEMBERSHIP */
-	J_SJOIN,   /* one source: IP_ADD_SOURCE_MEMBERSHIP, MCAST_JOIN_SOURCE_GROUP */
-	J_SLEAVE,  /* one source: IP_DROP_SOURCE_MEMBERSHIP, MCAST_LEAVE_SOURCE_GROUP */
-	J_BLOCK,   /* IP_BLOCK_SOURCE, MCAST_BLOCK_SOURCE */
-	J_UNBLOCK, /* IP_UNBLOCK_SOURCE, MCAST_UNBLOCK_SOURCE */
-};
-
-/* Option layouts (x86-64), by where the group and the source are. */
-enum {
-	F_IN4 = 1, /* ip_mreq, ip_mreqn: the IPv4 group at 0 */
-	F_SRC4,	   /* ip_mreq_source: group at 0, source at 8 */
-	F_IN6,	   /* ipv6_mreq: the IPv6 group at 0 */
-	F_GR,	   /* group_req: a sockaddr_storage at 8 */
-	F_GSR,	   /* group_source_req: sockaddr_storages at 8 (group) and 136 (source) */
-};
-
-/* The address of a sockaddr_in or sockaddr_in6 (mapped form); -1 if neither. */
-static __always_inline int sockaddr_ip(const void *sa, struct l3_addr *a)
-{
-	if (*(__u16 *)sa == 2 /* AF_INET */)
-		addr_set4(a, *(__u32 *)(sa + 4));
-	else if (*(__u16 *)sa == 10 /* AF_INET6 */)
-		__builtin_memcpy(a->w, sa + 8, 16);
-	else
-		return -1;
-	return 0;
-}
-
 /*
- * The group (and, for the per-source options, the source) of a join,
- * leave or source change, from the option's value. *has_src says whether
- * a source of the group's family was found; without one the kernel refuses
- * a per-source option itself. 32-bit (compat) layouts are not parsed.
+ * Multicast joins (rule 6). The program runs before the kernel applies the
+ * option: a join of a group outside the container's policy fails with
+ * EPERM; a join naming no interface is pointed at the uplink; every other
+ * change is mirrored in the socket's slots (struct l3_sk; mcast.h,
+ * slots_change) so that l3iso can apply the socket's source filter to the
+ * copies it assigns to it. A slot that does not fit (L3_SK_GROUPS per
+ * socket) fails the option with ENOBUFS, before the kernel runs it; so
+ * does a group a listening socket cannot register (its quota). A
+ * listening socket has each group in l3_listen once, from its first slot
+ * to its last.
  */
-static __always_inline int sockopt_group(struct bpf_sockopt *ctx, struct l3_addr *g,
-					 struct l3_addr *src, int *has_src)
-{
-	void *p = ctx->optval, *end = ctx->optval_end;
-	int op = J_NONE, form = 0;
-
-	if (ctx->level == SOL_IP) {
-		switch (ctx->optname) {
-		case IP_ADD_MEMBERSHIP:
-			op = J_JOIN, form = F_IN4;
-			break;
-		case IP_DROP_MEMBERSHIP:
-			op = J_LEAVE, form = F_IN4;
-			break;
-		case IP_ADD_SOURCE_MEMBERSHIP:
-			op = J_SJOIN, form = F_SRC4;
-			break;
-		case IP_DROP_SOURCE_MEMBERSHIP:
-			op = J_SLEAVE, form = F_SRC4;
-			break;
-		case IP_BLOCK_SOURCE:
-			op = J_BLOCK, form = F_SRC4;
-			break;
-		case IP_UNBLOCK_SOURCE:
-			op = J_UNBLOCK, form = F_SRC4;
-			break;
-		}
-	} else if (ctx->level == SOL_IPV6) {
-		switch (ctx->optname) {
-		case IPV6_ADD_MEMBERSHIP:
-			op = J_JOIN, form = F_IN6;
-			break;
-		case IPV6_DROP_MEMBERSHIP:
-			op = J_LEAVE, form = F_IN6;
-			break;
-		}
-	}
-	if (ctx->level == SOL_IP || ctx->level == SOL_IPV6) {
-		switch (ctx->optname) {
-		case MCAST_JOIN_GROUP:
-			op = J_JOIN, form = F_GR;
-			break;
-		case MCAST_LEAVE_GROUP:
-			op = J_LEAVE, form = F_GR;
-			break;
-		case MCAST_JOIN_SOURCE_GROUP:
-			op = J_SJOIN, form = F_GSR;
-			break;
-		case MCAST_LEAVE_SOURCE_GROUP:
-			op = J_SLEAVE, form = F_GSR;
-			break;
-		case MCAST_BLOCK_SOURCE:
-			op = J_BLOCK, form = F_GSR;
-			break;
-		case MCAST_UNBLOCK_SOURCE:
-			op = J_UNBLOCK, form = F_GSR;
-			break;
-		}
-	}
-	if (op == J_NONE)
-		return J_NONE;
-	*has_src = 0;
-	if (form == F_IN4 || form == F_SRC4) {
-		if (p + 4 > end)
-			return J_NONE;
-		addr_set4(g, *(__u32 *)p);
-		if (form == F_SRC4 && p + 12 <= end) {
-			addr_set4(src, *(__u32 *)(p + 8));
-			*has_src = 1;
-		}
-	} else if (form == F_IN6) {
-		if (p + 16 > end)
-			return J_NONE;
-		__builtin_memcpy(g->w, p, 16);
-	} else {
-		if (p + 32 > end || sockaddr_ip(p + 8, g))
-			return J_NONE;
-		/* the source's sockaddr_in6 ends at 136 + 24 */
-		if (form == F_GSR && p + 160 <= end && !sockaddr_ip(p + 136, src) &&
-		    addr_is_mapped(src) == addr_is_mapped(g))
-			*has_src = 1;
-	}
-	if (!addr_is_mcast(g))
-		return J_NONE; /* the kernel refuses it itself */
-	return op;
-}
-
-
-/*
- * Is slot i the first of its group in s? A group with several sources
- * fills several slots; l3_listen holds it once per socket.
- */
-static __always_inline int first_slot(const struct l3_sk *s, int i)
-{
-	int j;
-
-	for (j = 0; j < L3_SK_GROUPS && j < i; j++)
-		if (addr_eq(&s->groups[j], &s->groups[i]))
-			return 0;
-	return 1;
-}
-
-/* ----------------------------------- broadcast/multicast listeners (rule 6) */
-
-/* Register listener s under group g (or the broadcast key), at its
- * container's address of g's family: 0, or -1 (quota, registry full). */
-static __always_inline int listener_add(struct l3_sk *s, const struct l3_addr *g)
-{
-	const struct l3_addr *own = addr_is_mapped(g) ? &s->addr : &s->addr6;
-
-	if (addr_is_any(own))
-		return 0; /* no address of that family: nothing to receive */
-	return reg_add(g, s->port | (__u32)s->kport << 16, s->id, own, &s->epoch);
-}
-
-static __always_inline void listener_del(struct l3_sk *s, const struct l3_addr *g)
-{
-	const struct l3_addr *own = addr_is_mapped(g) ? &s->addr : &s->addr6;
-
-	if (addr_is_any(own) || !epoch_current(s->id, s->epoch))
-		return;
-	reg_del(g, s->port, s->id, !addr_is_mapped(g), 0);
-}
-
-/* Every registration of listener s: the broadcast key, and the groups it
- * joined (each once: its first slot), the first n of them. */
-static __always_inline void listener_del_all(struct l3_sk *s, int n)
-{
-	struct l3_addr bk;
-	int i, k = 0;
-
-	bcast_key(&bk);
-	listener_del(s, &bk);
-	for (i = 0; i < L3_SK_GROUPS; i++) {
-		struct l3_addr g = s->groups[i];
-
-		if ((g.w[0] | g.w[1] | g.w[2] | g.w[3]) && first_slot(s, i) && k++ < n)
-			listener_del(s, &g);
-	}
-	s->flags &= ~L3_SK_LISTENER;
-}
-
-/*
- * A join with no interface goes where the host routes the group, which
- * need not be l3iso's uplink: a shared container's join names the uplink
- * (ip_mreq grows into an ip_mreqn; a join by address takes the uplink's
- * IPv4 address, l3_cfg.uplink_ip4), so it receives the group from there.
- * Leaves and source changes name it likewise, or the kernel would not
- * find the membership.
- */
-static __always_inline void join_on_uplink(struct bpf_sockopt *ctx, struct l3_cfg *cfg)
-{
-	void *p = ctx->optval, *end = ctx->optval_end;
-	__u32 ifx = cfg->uplink_ifindex;
-
-	if (!ifx || ifx == 1 /* lo */)
-		return;
-	if (ctx->level == SOL_IP) {
-		switch (ctx->optname) {
-		case IP_ADD_MEMBERSHIP:
-		case IP_DROP_MEMBERSHIP:
-			/* struct ip_mreq (8 bytes): the interface's address at 4;
-			 * struct ip_mreqn (12): and its index at 8 */
-			if (p + 12 > end || *(__u32 *)(p + 4))
-				return;
-			if (ctx->optlen == 8) {
-				*(__u32 *)(p + 8) = ifx;
-				ctx->optlen = 12;
-			} else if (ctx->optlen >= 12 && !*(__u32 *)(p + 8)) {
-				*(__u32 *)(p + 8) = ifx;
-			}
-			return;
-		case IP_ADD_SOURCE_MEMBERSHIP:
-		case IP_DROP_SOURCE_MEMBERSHIP:
-		case IP_BLOCK_SOURCE:
-		case IP_UNBLOCK_SOURCE:
-			/* struct ip_mreq_source: the interface's address at 4 */
-			if (p + 12 > end || *(__u32 *)(p + 4) || !cfg->uplink_ip4)
-				return;
-			*(__u32 *)(p + 4) = cfg->uplink_ip4;
-			return;
-		}
-	}
-	if (ctx->level == SOL_IPV6 &&
-	    (ctx->optname == IPV6_ADD_MEMBERSHIP || ctx->optname == IPV6_DROP_MEMBERSHIP)) {
-		/* struct ipv6_mreq: the interface index at 16 */
-		if (p + 20 > end || *(__u32 *)(p + 16))
-			return;
-		*(__u32 *)(p + 16) = ifx;
-		return;
-	}
-	switch (ctx->optname) {
-	case MCAST_JOIN_GROUP:
-	case MCAST_LEAVE_GROUP:
-	case MCAST_JOIN_SOURCE_GROUP:
-	case MCAST_LEAVE_SOURCE_GROUP:
-	case MCAST_BLOCK_SOURCE:
-	case MCAST_UNBLOCK_SOURCE:
-		/* struct group_req, group_source_req: the interface index at 0 */
-		if (p + 4 > end || *(__u32 *)p)
-			return;
-		*(__u32 *)p = ifx;
-		return;
-	}
-}
-_Static_assert(L3_SRC_ANY == 0, "a zeroed slot is free and any-source");
-
 SEC("cgroup/setsockopt")
 int l3_setsockopt(struct bpf_sockopt *ctx)
 {
 	struct l3_cfg *cfg = config();
 	struct l3_addr g, src = {};
 	struct l3_cont *c;
+	struct jstate j;
 	struct l3_sk *s;
+	int op, has_src = 0;
+	__u8 mode = 0;
 	__u32 gen;
-	int op, i, has_src = 0, ng = 0, multi = 0, any = 0, match = 0, excl = 0, free = 0, done = 0;
-	__u8 mode;
 
 	if (!cfg)
 		return 1;
@@ -1505,126 +1287,33 @@ int l3_setsockopt(struct bpf_sockopt *ctx)
 	if (op == J_JOIN || op == J_SJOIN)
 		count(c->id, L3_C_JOIN_ALLOWED);
 
-	/* What the socket holds of g: slots (ng; multi: more than one), an
-	 * any-source join, the mode of a slot naming src, blocked sources. */
-	for (i = 0; i < L3_SK_GROUPS; i++) {
-		struct l3_addr *e = &s->groups[i];
-
-		if (addr_eq(e, &g)) {
-			multi = ng;
-			ng = 1;
-			if (s->modes[i] == L3_SRC_ANY)
-				any = 1;
-			else if (addr_eq(&s->sources[i], &src))
-				match = s->modes[i];
-			if (s->modes[i] == L3_SRC_EXCLUDE)
-				excl = 1;
-		} else if (!(e->w[0] | e->w[1] | e->w[2] | e->w[3])) {
-			free = 1;
-		}
+	slots_scan(s, &g, &src, &j);
+	switch (slots_change(s, op, &g, &src, &j, &mode)) {
+	case JC_LEFT:
+		if (s->flags & L3_SK_LISTENER)
+			listener_del(s, &g);
+		return 1;
+	case JC_NONE:
+		return 1;
 	}
-
-	/* What changes: a new slot of mode `mode`, or the ones found below. */
-	switch (op) {
-	case J_JOIN:
-		if (ng)
-			return 1; /* joined already (the kernel: EADDRINUSE) */
-		mode = L3_SRC_ANY;
-		break;
-	case J_SJOIN:
-		if (excl || match)
-			return 1; /* exclude mode (the kernel: EINVAL), or there already */
-		if (any) {
-			/* Any source → this source only: the kernel's mode switch. */
-			for (i = 0; i < L3_SK_GROUPS; i++) {
-				if (addr_eq(&s->groups[i], &g) && s->modes[i] == L3_SRC_ANY) {
-					s->sources[i] = src;
-					/* readers: any source until the mode changes */
-					asm volatile("" ::: "memory");
-					s->modes[i] = L3_SRC_INCLUDE;
-					break;
-				}
-			}
-			return 1;
-		}
-		mode = L3_SRC_INCLUDE;
-		break;
-	case J_BLOCK:
-		if (!any || match)
-			return 1; /* not an any-source join (EINVAL), or blocked already */
-		mode = L3_SRC_EXCLUDE;
-		break;
-	case J_UNBLOCK:
-	case J_SLEAVE:
-		mode = op == J_UNBLOCK ? L3_SRC_EXCLUDE : L3_SRC_INCLUDE;
-		if (match != mode)
-			return 1;
-		for (i = 0; i < L3_SK_GROUPS; i++) {
-			if (addr_eq(&s->groups[i], &g) && s->modes[i] == mode &&
-			    addr_eq(&s->sources[i], &src)) {
-				__builtin_memset(&s->groups[i], 0, sizeof(s->groups[i]));
-				asm volatile("" ::: "memory");
-				__builtin_memset(&s->sources[i], 0, sizeof(s->sources[i]));
-				s->modes[i] = L3_SRC_ANY;
-				break;
-			}
-		}
-		/* The last source of an include filter leaves the group. */
-		if (op == J_UNBLOCK || multi)
-			return 1;
-		goto unregister;
-	default: /* J_LEAVE */
-		if (!ng)
-			return 1;
-		for (i = 0; i < L3_SK_GROUPS; i++) {
-			if (addr_eq(&s->groups[i], &g)) {
-				__builtin_memset(&s->groups[i], 0, sizeof(s->groups[i]));
-				asm volatile("" ::: "memory");
-				__builtin_memset(&s->sources[i], 0, sizeof(s->sources[i]));
-				s->modes[i] = L3_SRC_ANY;
-			}
-		}
-		goto unregister;
-	}
-
-	/* A new slot (J_JOIN, J_SJOIN, J_BLOCK). */
-	if (!free) {
+	/* A new slot (join, join a source, block a source). */
+	if (!j.free) {
 		/* more than l3iso tracks per socket */
 		count(c->id, L3_C_SOCK_QUOTA);
 		ev_call(c->id, L3_EV_JOIN, L3_C_SOCK_QUOTA, ENOBUFS, IPPROTO_UDP, &g, 0, NULL, 0, 0);
 		return deny(ENOBUFS);
 	}
-	for (i = 0; i < L3_SK_GROUPS && !done; i++) {
-		struct l3_addr *e = &s->groups[i];
-
-		if (!(e->w[0] | e->w[1] | e->w[2] | e->w[3])) {
-			s->sources[i] = src;
-			s->modes[i] = mode;
-			asm volatile("" ::: "memory");
-			*e = g;
-			done = 1;
-		}
-	}
-	if (op == J_BLOCK || ng)
+	slot_add(s, &g, &src, mode);
+	if (op == J_BLOCK || j.ng)
 		return 1; /* the group was there already */
 	if ((s->flags & L3_SK_LISTENER) && listener_add(s, &g)) {
 		/* Over its quota (or the registry is full): the join fails. */
-		for (i = 0; i < L3_SK_GROUPS; i++) {
-			if (addr_eq(&s->groups[i], &g)) {
-				__builtin_memset(&s->groups[i], 0, sizeof(s->groups[i]));
-				s->modes[i] = L3_SRC_ANY;
-			}
-		}
+		slots_drop(s, &g, 0, &src, 1);
 		ev_call(c->id, L3_EV_JOIN, L3_C_SOCK_QUOTA, ENOBUFS, IPPROTO_UDP, &g, 0, NULL, 0, 0);
 		return deny(ENOBUFS);
 	}
 	return 1;
-unregister:
-	if (s->flags & L3_SK_LISTENER)
-		listener_del(s, &g);
-	return 1;
 }
-
 
 /* ------------------------------------------------ registration (rule 3, 6) */
 

@@ -1,0 +1,223 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * skb.h — reading and rewriting the frames the TC programs see (tc.c,
+ * fanout.h, steer.h): the parsers, Ethernet rewrites, address classes.
+ *
+ * Include after maps.h and events.h.
+ */
+#ifndef L3ISO_SKB_H
+#define L3ISO_SKB_H
+
+#define TCX_NEXT (-1) /* TC_ACT_UNSPEC: on to the next TCX program (TC_ACT_OK ends the chain) */
+#define LOOPBACK_IFINDEX 1 /* lo, in every network namespace */
+#define AF_INET 2
+#define AF_INET6 10
+
+#define TCP_STATE_TIME_WAIT 6
+#define TCP_STATE_LISTEN 10
+
+/* What the parser extracted from an Ethernet frame. */
+struct tpkt {
+	struct l3_addr src, dst;
+	__u8 v6;
+	__u8 proto;  /* IPv4 protocol / IPv6 next header */
+	__u8 tos;    /* IPv4 TOS */
+	__u32 flow;  /* IPv6 flow label word */
+};
+
+enum parse_result {
+	P_IP = 0,	  /* IPv4 or IPv6, src/dst filled in */
+	P_OTHER = 1,	  /* not IP (ARP, ...) */
+	P_MALFORMED = -1, /* IP with a truncated header */
+};
+
+static __always_inline int parse(struct __sk_buff *skb, struct tpkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u32 need;
+
+#ifdef L3ISO_VARIANT
+	/* The upgrade test's "older binary" (as in config(), maps.h): programs
+	 * that never read l3_config differ too. */
+	asm volatile("r0 = 0" ::: "r0");
+#endif
+
+	if ((void *)(eth + 1) > end)
+		return P_MALFORMED;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		need = sizeof(struct ethhdr) + sizeof(struct iphdr);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		need = sizeof(struct ethhdr) + sizeof(struct ipv6hdr);
+	else
+		return P_OTHER;
+	if (data + need > end) {
+		/* Headers not in the linear part: pull them in, or give up. */
+		if (skb->len < need || bpf_skb_pull_data(skb, need))
+			return P_MALFORMED;
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		if (data + need > end)
+			return P_MALFORMED;
+		eth = data;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end)
+			return P_MALFORMED;
+		addr_set4(&p->src, ip->saddr);
+		addr_set4(&p->dst, ip->daddr);
+		p->v6 = 0;
+		p->proto = ip->protocol;
+		p->tos = ip->tos;
+		p->flow = 0;
+		return P_IP;
+	}
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+	if ((void *)(ip6 + 1) > end)
+		return P_MALFORMED;
+	__builtin_memcpy(p->src.w, &ip6->saddr, 16);
+	__builtin_memcpy(p->dst.w, &ip6->daddr, 16);
+	p->v6 = 1;
+	p->proto = ip6->nexthdr;
+	p->tos = 0;
+	p->flow = *(__u32 *)ip6 & bpf_htonl(0x0fffffff);
+	return P_IP;
+}
+
+/* The event of a packet dropped by a TC program, for container id (0: none). */
+static __always_inline void ev_tpkt(__u32 id, __u16 reason, const struct tpkt *p)
+{
+	struct l3_event *e = ev_begin(id, L3_EV_TC, reason);
+
+	if (!e)
+		return;
+	if (p)
+		ev_addrs(e, p->proto, &p->src, 0, &p->dst, 0);
+	ev_submit(e);
+}
+
+/* Rewrite the Ethernet addresses. The header is linear: parse checked it. */
+static __always_inline int set_l2(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, src, ETH_ALEN);
+	return 0;
+}
+
+/* fe80::/10 */
+static __always_inline int addr_is_ll6(const struct l3_addr *a)
+{
+	return !addr_is_mapped(a) && (bpf_ntohl(a->w[0]) & 0xffc00000) == 0xfe800000;
+}
+
+/*
+ * Destinations the host never forwards: IPv4 limited broadcast and
+ * multicast (no multicast routing); IPv6 multicast and fe80::/10. The host
+ * stack handles them. (IPv4 169.254/16 is not among them: Linux would route
+ * it, so it takes the FIB path like any unicast destination.)
+ */
+static __always_inline int dst_link_scope(const struct l3_addr *a)
+{
+	if (addr_is_mapped(a)) {
+		__u32 v = bpf_ntohl(a->w[3]);
+
+		return v == 0xffffffff || (v >> 28) == 0xe;
+	}
+	return (bpf_ntohl(a->w[0]) >> 24) == 0xff || addr_is_ll6(a);
+}
+
+/* A unicast TCP SYN or UDP datagram, as steer() needs it. */
+struct upkt {
+	struct l3_addr src, dst;
+	__u16 sport, dport; /* host order */
+	__u8 proto;
+};
+
+/* The tuple of a lookup from p's source to (to, port), by to's family. */
+static __always_inline __u32 tuple_of(struct bpf_sock_tuple *t, const struct upkt *p,
+				      const struct l3_addr *to, __u16 port)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	if (addr_is_mapped(to)) {
+		t->ipv4.saddr = p->src.w[3];
+		t->ipv4.sport = bpf_htons(p->sport);
+		t->ipv4.daddr = to->w[3];
+		t->ipv4.dport = bpf_htons(port);
+		return sizeof(t->ipv4);
+	}
+	__builtin_memcpy(t->ipv6.saddr, p->src.w, 16);
+	t->ipv6.sport = bpf_htons(p->sport);
+	__builtin_memcpy(t->ipv6.daddr, to->w, 16);
+	t->ipv6.dport = bpf_htons(port);
+	return sizeof(t->ipv6);
+}
+
+/* Where the L4 header starts, and its protocol (0: neither TCP nor UDP,
+ * or a fragment after the first). */
+static __always_inline __u8 l4_of(struct __sk_buff *skb, __u32 *off, struct upkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u16 *ports;
+
+	if ((void *)(eth + 1) > end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end || (ip->frag_off & bpf_htons(0x1fff)))
+			return 0;
+		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+			return 0;
+		*off = ETH_HLEN + (ip->ihl & 0xf) * 4;
+		addr_set4(&p->src, ip->saddr);
+		addr_set4(&p->dst, ip->daddr);
+		p->proto = ip->protocol;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+			return 0;
+		*off = ETH_HLEN + sizeof(*ip6);
+		__builtin_memcpy(p->src.w, &ip6->saddr, 16);
+		__builtin_memcpy(p->dst.w, &ip6->daddr, 16);
+		p->proto = ip6->nexthdr;
+	} else {
+		return 0;
+	}
+	if (*off > 255)
+		return 0;
+	ports = data + *off;
+	if ((void *)(ports + 2) > end)
+		return 0;
+	p->sport = bpf_ntohs(ports[0]);
+	p->dport = bpf_ntohs(ports[1]);
+	return p->proto;
+}
+
+/* Is the TCP segment at off a SYN without ACK (a new connection)? */
+static __always_inline int tcp_syn(struct __sk_buff *skb, __u32 off)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 *flags = data + off + 13;
+
+	if (off > 255 || (void *)(flags + 1) > end)
+		return 0;
+	return (*flags & 0x12) == 0x02;
+}
+
+#endif /* L3ISO_SKB_H */
