@@ -68,14 +68,14 @@ type Monitor struct {
 var ErrBusy = errors.New("another l3iso monitor reads the events")
 
 // Open opens the ring buffer of the installation at o.BPFFS.
-func Open(o Options) (m *Monitor, err error) {
+func Open(o Options) (_ *Monitor, err error) {
 	if o.Tick <= 0 {
 		o.Tick = time.Second
 	}
 	if err := CheckMatch(o.Match); err != nil {
 		return nil, err
 	}
-	m = &Monitor{o: o, dir: filepath.Join(o.BPFFS, "maps"), lost: map[uint32]uint64{}}
+	m := &Monitor{o: o, dir: filepath.Join(o.BPFFS, "maps"), lost: map[uint32]uint64{}}
 	defer func() {
 		if err != nil {
 			m.Close()
