@@ -26,7 +26,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
@@ -94,13 +93,7 @@ func Open(o Options) (_ *Monitor, err error) {
 	if m.set, err = maps.OpenPinned(m.dir); err != nil {
 		return nil, err
 	}
-	ring, err := ebpf.LoadPinnedMap(pin, nil)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", pin, err)
-	}
-	m.rd, err = ringbuf.NewReader(ring)
-	ring.Close() // the reader keeps its own reference
-	if err != nil {
+	if m.rd, err = ringbuf.NewReader(m.set.Events); err != nil {
 		return nil, fmt.Errorf("read %s: %w", pin, err)
 	}
 	if err := m.readNames(); err != nil {

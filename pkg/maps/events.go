@@ -12,30 +12,8 @@ import (
 // (bpf/l3iso.h, struct l3_event): `l3iso monitor` reads it.
 const EventsPin = "l3_events"
 
-// eventRecord is struct l3_event of bpf/l3iso.h.
-//
-// TODO(events): use the bpf2go type (sockL3Event, with -type l3_event and
-// -type l3_event_type in gen.go) once the BPF side is generated; until
-// then this mirrors the header field by field (TestEventLayout checks the
-// offsets the decoder relies on).
-type eventRecord struct {
-	Ts     uint64
-	Id     uint32
-	Pid    uint32
-	Comm   [16]int8
-	Type   uint16
-	Reason uint16
-	Err    int32
-	Family uint8
-	Proto  uint8
-	Pad    uint16
-	Port   uint16
-	Port2  uint16
-	Addr   sockL3Addr
-	Addr2  sockL3Addr
-	Owner  uint32
-	Pad2   uint32
-}
+// eventRecord is struct l3_event of bpf/l3iso.h, as bpf2go generates it.
+type eventRecord = sockL3Event
 
 // EventSize is the size of one record of l3_events.
 const EventSize = int(unsafe.Sizeof(eventRecord{}))
@@ -43,14 +21,14 @@ const EventSize = int(unsafe.Sizeof(eventRecord{}))
 // EventTypes are the names of enum l3_event_type (bpf/l3iso.h), by value:
 // the operation that was denied or the path where a packet was dropped.
 var EventTypes = []string{
-	1: "bind",    // bind (and its post_bind registration)
-	2: "connect", // connect
-	3: "sendmsg", // sendto / sendmsg
-	4: "ingress", // a packet to a socket (cgroup_skb ingress)
-	5: "egress",  // a packet from a socket (cgroup_skb egress)
-	6: "join",    // a multicast join
-	7: "tc",      // a packet of a netns container, or to a group (TC)
-	8: "lookup",  // a connection or datagram nobody listens for (sk_lookup)
+	sockL3EventTypeL3EV_BIND:    "bind",    // bind (and its post_bind registration)
+	sockL3EventTypeL3EV_CONNECT: "connect", // connect
+	sockL3EventTypeL3EV_SENDMSG: "sendmsg", // sendto / sendmsg
+	sockL3EventTypeL3EV_INGRESS: "ingress", // a packet to a socket (cgroup_skb ingress)
+	sockL3EventTypeL3EV_EGRESS:  "egress",  // a packet from a socket (cgroup_skb egress)
+	sockL3EventTypeL3EV_JOIN:    "join",    // a multicast join
+	sockL3EventTypeL3EV_TC:      "tc",      // a packet of a netns container, or to a group (TC)
+	sockL3EventTypeL3EV_LOOKUP:  "lookup",  // a connection or datagram nobody listens for (sk_lookup)
 }
 
 // Event is one decoded record of l3_events.

@@ -4,28 +4,7 @@ import (
 	"net/netip"
 	"syscall"
 	"testing"
-	"unsafe"
 )
-
-// TestEventLayout: the decoder's record is struct l3_event of bpf/l3iso.h,
-// offset by offset (the C side is the contract).
-func TestEventLayout(t *testing.T) {
-	var r eventRecord
-	for _, f := range []struct {
-		name      string
-		got, want uintptr
-	}{
-		{"ts", unsafe.Offsetof(r.Ts), 0}, {"id", unsafe.Offsetof(r.Id), 8}, {"pid", unsafe.Offsetof(r.Pid), 12},
-		{"comm", unsafe.Offsetof(r.Comm), 16}, {"type", unsafe.Offsetof(r.Type), 32}, {"reason", unsafe.Offsetof(r.Reason), 34},
-		{"err", unsafe.Offsetof(r.Err), 36}, {"family", unsafe.Offsetof(r.Family), 40}, {"proto", unsafe.Offsetof(r.Proto), 41},
-		{"port", unsafe.Offsetof(r.Port), 44}, {"port2", unsafe.Offsetof(r.Port2), 46}, {"addr", unsafe.Offsetof(r.Addr), 48},
-		{"addr2", unsafe.Offsetof(r.Addr2), 64}, {"owner", unsafe.Offsetof(r.Owner), 80}, {"size", unsafe.Sizeof(r), 88},
-	} {
-		if f.got != f.want {
-			t.Errorf("struct l3_event: %s at %d, want %d", f.name, f.got, f.want)
-		}
-	}
-}
 
 func TestEventRoundTrip(t *testing.T) {
 	for _, e := range []Event{
