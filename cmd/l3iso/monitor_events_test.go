@@ -23,9 +23,9 @@ type wantEvent struct {
 	family                          int
 	proto                           string
 	addr                            string // "" = absent
-	port                            int // -1: an ephemeral port, not known in advance (checked non-zero)
+	port                            int    // -1: an ephemeral port, not known in advance (checked non-zero)
 	dst                             string
-	dstPort                         int
+	dstPort                         int // -2: not checked
 	owner                           string
 	agent                           *sockprobe.Agent // the process whose pid and comm the event names; nil: none
 }
@@ -39,7 +39,8 @@ func expectEvent(t *testing.T, mon *bgProc, w wantEvent, errno error) {
 	var seen []string
 	for time.Now().Before(deadline) {
 		got := nextEvent(t, mon)
-		if got["kind"] != "event" || got["container"] != w.container || got["type"] != w.typ || got["reason"] != w.reason {
+		if got["kind"] != "event" || got["container"] != w.container || got["type"] != w.typ || got["reason"] != w.reason ||
+			(w.addr != "" && got["addr"] != w.addr) {
 			seen = append(seen, fmt.Sprint(got))
 			continue
 		}
@@ -63,11 +64,11 @@ func expectEvent(t *testing.T, mon *bgProc, w wantEvent, errno error) {
 		check("addr", orNil(w.addr))
 		if w.port >= 0 {
 			check("port", w.port)
-		} else if p, _ := got["port"].(float64); p == 0 {
+		} else if p, _ := got["port"].(float64); p == 0 && w.port == -1 {
 			t.Errorf("%s %s event: port 0, want the socket's ephemeral port (%v)", w.container, w.reason, got)
 		}
 		check("dst", orNil(w.dst))
-		if w.dst != "" {
+		if w.dst != "" && w.dstPort >= 0 {
 			check("dst_port", w.dstPort)
 		}
 		check("owner", orNil(w.owner))
@@ -230,4 +231,36 @@ func TestMonitorEvents(t *testing.T) {
 			t.Errorf("%d events + %d lost != %d denials", events, lost, flood)
 		}
 	})
+}
+
+// TestMonitorNetns: in a netns container, monitor shows a denied bind
+// (IPv4 TCP, IPv6 UDP) with its process, and the TC program's drops of
+// datagrams leaving with a source the container does not own (IPv4 and
+// IPv6), which have no process.
+func TestMonitorNetns(t *testing.T) {
+	n := newNetEnv(t, "direct")
+	a := n.add("a", "10.78.0.1/24", "fd78::1/64")
+	b := n.add("b", "10.78.0.2/24", "fd78::2/64")
+	mon := n.start("reading the events", binary, "--bpffs", n.bpffs, "monitor", "-o", "json")
+	in := n.in(a)
+	for _, c := range []struct {
+		p           proto
+		addr, owner string
+	}{{tcp4, "10.78.0.2:80", b}, {udp6, "[fd78::99]:53", ""}} {
+		id := in.Socket(c.p.family, c.p.typ, 0)
+		err := in.Bind(id, ap(c.addr))
+		in.Close(id)
+		w := ap(c.addr)
+		expectEvent(t, mon, wantEvent{container: a, typ: "bind", reason: "bind_denied_foreign", verdict: "denied", family: map[bool]int{true: 6, false: 4}[c.p.addrIsV6Sock],
+			proto: map[int]string{unix.SOCK_STREAM: "tcp", unix.SOCK_DGRAM: "udp"}[c.p.typ], addr: w.Addr().String(), port: int(w.Port()), owner: c.owner, agent: in}, err)
+	}
+	// From a's namespace, outside its cgroup: the socket programs cannot
+	// stop it, its veth's TC program does.
+	// The TC program's records carry no ports yet (bpf/tc.c fills the
+	// addresses only): not checked.
+	checkSpoof(t, n, a, [2]netip.Addr{netip.MustParseAddr("10.78.0.2"), netip.MustParseAddr("fd78::2")})
+	expectEvent(t, mon, wantEvent{container: a, typ: "tc", reason: "tc_dropped_spoof", verdict: "dropped", family: 4, proto: "udp",
+		addr: "10.78.0.2", port: -2, dst: outside4.String(), dstPort: -2}, nil)
+	expectEvent(t, mon, wantEvent{container: a, typ: "tc", reason: "tc_dropped_spoof", verdict: "dropped", family: 6, proto: "udp",
+		addr: "fd78::2", port: -2, dst: outside6.String(), dstPort: -2}, nil)
 }
