@@ -74,10 +74,12 @@ func TestAuditTrail(t *testing.T) {
 	e.mustRun("apply", "-f", policy, "--dry-run")
 	// The state directory cannot hold the log: the command fails before
 	// changing anything.
-	state := e.state
-	e.state = bad
-	e.mustFail([]string{"audit log", "--state-dir"}, "container", "add", "zed", "--addr", "10.77.0.20")
-	e.state = state
+	func() {
+		state := e.state
+		e.state = bad
+		defer func() { e.state = state }() // also when mustFail fails: the cleanup's down needs it
+		e.mustFail([]string{"audit log", "--state-dir"}, "container", "add", "zed", "--addr", "10.77.0.20")
+	}()
 	if slices.ContainsFunc(e.listJSON(), func(c containerJSON) bool { return c.Name == "zed" }) {
 		t.Fatal("container add changed something although it could not write the audit log")
 	}

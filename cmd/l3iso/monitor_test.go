@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -120,8 +122,25 @@ func TestMonitorRecords(t *testing.T) {
 
 	write(maps.Event{Boot: bootNow(), ID: ids["web"], Type: "bind", Reason: "bind_denied_foreign", Errno: syscall.EADDRNOTAVAIL, Family: 4, Proto: 6}) // the backlog
 	mon := e.start("reading the events", binary, "--bpffs", e.bpffs, "monitor", "-o", "json")
-	// A second reader would take the first one's events.
-	msg := e.mustFail([]string{"another l3iso monitor", fmt.Sprintf("pid %d", mon.cmd.Process.Pid), "monitor -o json", "one read position"}, "monitor")
+	// A second reader would take the first one's events: it refuses, at
+	// once, naming the first.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	second := exec.CommandContext(ctx, "nsenter", "--net="+e.netns, binary, "--bpffs", e.bpffs, "monitor")
+	second.Env = append(os.Environ(), e.environ()...)
+	out, err := second.CombinedOutput()
+	msg := strings.TrimSpace(string(out))
+	switch {
+	case ctx.Err() != nil:
+		t.Fatalf("a second monitor ran beside the first (killed after 5 s): %s", msg)
+	case err == nil:
+		t.Fatalf("a second monitor succeeded: %s", msg)
+	}
+	for _, f := range []string{"another l3iso monitor", fmt.Sprintf("pid %d", mon.cmd.Process.Pid), "monitor -o json", "one read position"} {
+		if !strings.Contains(msg, f) {
+			t.Errorf("second monitor: %q does not say %q", msg, f)
+		}
+	}
 	t.Logf("second monitor: %s", msg)
 
 	recs := []maps.Event{
