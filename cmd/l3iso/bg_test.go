@@ -4,21 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 // bgProc is a long-running process a test started in its env's netns
@@ -150,44 +148,12 @@ func (p *bgProc) next(timeout time.Duration) string {
 // namespace ns (a socket belongs to the namespace it was created in: the
 // dial runs on a locked thread switched into ns).
 func httpIn(ns string) *http.Client {
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		type result struct {
-			c   net.Conn
-			err error
-		}
-		res := make(chan result, 1)
-		go func() {
-			runtime.LockOSThread()
-			orig, err := netns.Get()
-			if err != nil {
-				runtime.UnlockOSThread()
-				res <- result{err: err}
-				return
-			}
-			defer orig.Close()
-			h, err := netns.GetFromPath(ns)
-			if err != nil {
-				runtime.UnlockOSThread()
-				res <- result{err: err}
-				return
-			}
-			defer h.Close()
-			if err := netns.Set(h); err != nil {
-				runtime.UnlockOSThread()
-				res <- result{err: err}
-				return
-			}
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if serr := netns.Set(orig); serr != nil {
-				// Leave the thread locked: it dies with the goroutine.
-				res <- result{c, errors.Join(err, serr)}
-				return
-			}
-			runtime.UnlockOSThread()
-			res <- result{c, err}
-		}()
-		r := <-res
-		return r.c, r.err
+	dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = veth.DoAt(ns, func() error {
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
 	}
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
 }

@@ -68,22 +68,6 @@ func verdict(e maps.Event) string {
 	return "dropped"
 }
 
-func protoName(p uint8) string {
-	switch p {
-	case unix.IPPROTO_TCP:
-		return "tcp"
-	case unix.IPPROTO_UDP:
-		return "udp"
-	case unix.IPPROTO_ICMP:
-		return "icmp"
-	case unix.IPPROTO_ICMPV6:
-		return "icmpv6"
-	case unix.IPPROTO_IGMP:
-		return "igmp"
-	}
-	return strconv.Itoa(int(p))
-}
-
 // names resolves container ids; a container deleted since (or never
 // known) shows as "id N".
 type names func(id uint32) string
@@ -93,7 +77,7 @@ func toEvent(e maps.Event, at time.Time, name names) Event {
 	out := Event{
 		Kind: "event", Time: at.UTC(), Container: name(e.ID), ContainerID: e.ID, PID: e.PID, Comm: e.Comm,
 		Type: e.Type, Reason: e.Reason, Verdict: verdict(e), Errno: int(e.Errno),
-		Family: int(e.Family), Proto: protoName(e.Proto), Port: e.Port, DstPort: e.Port2,
+		Family: int(e.Family), Proto: maps.ProtoName(e.Proto), Port: e.Port, DstPort: e.Port2,
 	}
 	if e.Errno != 0 {
 		out.Error = unix.ErrnoName(e.Errno)
