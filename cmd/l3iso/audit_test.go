@@ -95,6 +95,9 @@ func TestAuditTrail(t *testing.T) {
 		t.Errorf("metrics --once does not count 5 changes and 1 apply:\n%s", grepLines(out, "l3iso_changes_total")+"\n"+grepLines(out, "l3iso_apply_generation"))
 	}
 	e.mustRun("down")
+	if out := e.mustRun("metrics", "--once"); !strings.Contains(out, "l3iso_installed 0\n") || !strings.Contains(out, "l3iso_isolation_intact 0\n") {
+		t.Errorf("metrics after down:\n%s", out)
+	}
 
 	recs := e.history()
 	type want struct {
