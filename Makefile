@@ -110,9 +110,10 @@ bench-hooks-quick:
 	$(GO) test -run '^$$' -bench . -benchtime=1x -short -count=1 ./bench/...
 
 # Runtime tools the tests call: ip (iproute2), nsenter (util-linux),
-# python3, nft (nftables), modprobe (kmod). Installs only what is missing,
+# python3, nft (nftables), modprobe (kmod), prometheus and promtool
+# (prometheus). Installs only what is missing,
 # and says nothing when everything is there.
-DEPS := ip:iproute2 nsenter:util-linux python3:python3 nft:nftables modprobe:kmod
+DEPS := ip:iproute2 nsenter:util-linux python3:python3 nft:nftables modprobe:kmod prometheus:prometheus promtool:prometheus
 
 deps:
 	@missing=; \

@@ -58,7 +58,7 @@ MOUNTED_BPFFS=
 # Helpers
 
 # l3 ARGS...: run l3iso in the demo's namespace, with the demo's pins.
-l3() { nsenter --net="$NETNS_PATH" "$BIN" --bpffs "$BPFFS" "$@"; }
+l3() { nsenter --net="$NETNS_PATH" "$BIN" --bpffs "$BPFFS" --state-dir "$TMP/state" "$@"; }
 
 # show ARGS...: print an l3iso command, then run it.
 show() {
@@ -339,7 +339,7 @@ echo "  CapEff $capeff lacks CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_BPF:
 
 step "stats: what the programs counted for each container (zero counters left out)"
 printf '$ l3iso stats\n'
-l3 stats | awk 'NR == 1 || $NF != 0' | sed 's/^/  /'
+l3 stats | sed 's/^/  /'
 
 step "status: links, pins and containers"
 show status

@@ -252,7 +252,8 @@ type install struct {
 // l3iso runs the l3iso binary with this installation's --bpffs in its host
 // namespace.
 func (in *install) l3iso(ctx context.Context, args ...string) (time.Duration, error) {
-	_, d, err := run(ctx, in.host, in.w.bin, append([]string{"--bpffs", in.bpffs}, args...)...)
+	// Its audit log stays in the run's own directory.
+	_, d, err := run(ctx, in.host, in.w.bin, append([]string{"--bpffs", in.bpffs, "--state-dir", filepath.Join(in.w.tmp, "state")}, args...)...)
 	return d, err
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/l3iso/l3iso/pkg/audit"
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/control"
 	"github.com/l3iso/l3iso/pkg/policy"
@@ -57,6 +58,13 @@ What apply refuses unless told:
 				return err
 			}
 			tr.Step("load policy")
+			var log *audit.Log
+			if !o.DryRun {
+				if log, err = g.openAudit(); err != nil {
+					return err
+				}
+				defer log.Close()
+			}
 			c, err := control.Open(g.bpffs, !o.DryRun)
 			if err != nil {
 				return err
@@ -64,6 +72,9 @@ What apply refuses unless told:
 			defer c.Close()
 			tr.Step("open")
 			plan, err := c.Apply(p, o)
+			if err == nil && !o.DryRun && !plan.Empty() {
+				record(cmd, log, planLines(plan), true)
+			}
 			if errors.Is(err, control.ErrEmptyPolicy) {
 				err = fmt.Errorf("%s: %w", file, err)
 			}
@@ -142,6 +153,20 @@ func printPlan(w io.Writer, plan control.Plan, planned bool) {
 		}
 		fmt.Fprintln(w, line)
 	}
+}
+
+// planLines are an applied plan's changes for the audit log, a removal
+// with what it stopped.
+func planLines(plan control.Plan) []string {
+	out := make([]string, 0, len(plan.Changes))
+	for _, ch := range plan.Changes {
+		line := ch.String()
+		if st, ok := plan.Stopped[ch.Name]; ok && ch.Kind == policy.ChangeDel && st.Procs > 0 {
+			line += " (" + st.String() + ")"
+		}
+		out = append(out, line)
+	}
+	return out
 }
 
 // planJSON is the -o json shape of apply's result: the changes, and per

@@ -75,6 +75,11 @@ aliases on the host's LAN).`,
 				}
 				spec.Multicast = append(spec.Multicast, p)
 			}
+			log, err := g.openAudit()
+			if err != nil {
+				return err
+			}
+			defer log.Close()
 			c, err := control.Open(g.bpffs, true)
 			if err != nil {
 				return err
@@ -84,6 +89,7 @@ aliases on the host's LAN).`,
 			if err != nil {
 				return err
 			}
+			record(cmd, log, addLines(k), false)
 			fmt.Fprintf(cmd.OutOrStdout(), "container %q added (id %d, cgroup %s)\n", spec.Name, k.ID, c.CgroupPath(spec.Name))
 			return nil
 		},
@@ -110,18 +116,27 @@ ownership and cgroup. It reports what it stopped and what it had to kill.`,
 			if err := checkGrace(grace); err != nil {
 				return err
 			}
+			log, err := g.openAudit()
+			if err != nil {
+				return err
+			}
+			defer log.Close()
 			c, err := control.Open(g.bpffs, true)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
 			st, err := c.Del(args[0], grace)
+			del := policy.Change{Kind: policy.ChangeDel, Name: args[0]}.String()
 			if err != nil {
 				if st.Procs > 0 {
+					// Processes were stopped: that changed something.
+					record(cmd, log, []string{fmt.Sprintf("%s failed after it %s: %v", del, st, err)}, false)
 					return fmt.Errorf("%w (%s)", err, st)
 				}
 				return err
 			}
+			record(cmd, log, []string{del + ": " + st.String()}, false)
 			fmt.Fprintf(cmd.OutOrStdout(), "container %q deleted: %s\n", args[0], st)
 			return nil
 		},
@@ -208,4 +223,14 @@ func newContainerList(g *globals) *cobra.Command {
 	}
 	outputFlag(cmd, &out)
 	return cmd
+}
+
+// addLines say for the audit log what container add made: the container
+// as apply's diff would show it, with its id.
+func addLines(k maps.Container) []string {
+	out := []string{}
+	for _, ch := range policy.Diff(nil, &policy.Policy{Containers: []policy.Container{k.Spec}}) {
+		out = append(out, fmt.Sprintf("%s [id %d]", ch, k.ID))
+	}
+	return out
 }

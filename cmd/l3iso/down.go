@@ -10,6 +10,7 @@ import (
 	"github.com/l3iso/l3iso/pkg/control"
 	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/policy"
 )
 
 func newDown(g *globals) *cobra.Command {
@@ -26,6 +27,11 @@ l3iso made. It reports what it stopped and what it had to kill.`,
 			if err := checkGrace(grace); err != nil {
 				return err
 			}
+			log, err := g.openAudit()
+			if err != nil {
+				return err
+			}
+			defer log.Close()
 			c, err := control.OpenForDown(g.bpffs)
 			if errors.Is(err, maps.ErrIncompatible) || errors.Is(err, loader.ErrRecordsLost) {
 				if err := loader.ForceTeardown(g.bpffs); err != nil {
@@ -35,6 +41,7 @@ l3iso made. It reports what it stopped and what it had to kill.`,
 				if errors.Is(err, loader.ErrRecordsLost) {
 					what = "an installation whose containers' records were lost"
 				}
+				record(cmd, log, []string{fmt.Sprintf("removed %s (links, pins, containers' cgroups); host addresses left", what)}, false)
 				fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed %s from %s; addresses it configured on the host were left (check `ip addr` and `ip route show table local proto 76`)\n", what, g.bpffs)
 				return nil
 			}
@@ -50,10 +57,18 @@ l3iso made. It reports what it stopped and what it had to kill.`,
 			st, err := c.DownGrace(grace)
 			if err != nil {
 				if st.Procs > 0 {
+					// Processes were stopped: that changed something.
+					record(cmd, log, []string{fmt.Sprintf("down failed after it %s: %v", st, err)}, false)
 					return fmt.Errorf("%w (%s)", err, st)
 				}
 				return err
 			}
+			lines := make([]string, 0, n+1)
+			for _, k := range cs {
+				lines = append(lines, policy.Change{Kind: policy.ChangeDel, Name: k.Spec.Name}.String())
+			}
+			lines = append(lines, fmt.Sprintf("removed %d containers (%s), every link and pin", n, st))
+			record(cmd, log, lines, false)
 			fmt.Fprintf(cmd.OutOrStdout(), "l3iso is down: removed %d containers (%s) and every pin in %s\n", n, st, g.bpffs)
 			return nil
 		},

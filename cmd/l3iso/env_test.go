@@ -38,6 +38,11 @@ func TestMain(m *testing.M) {
 	}
 	e2eDir = dir
 	binary = filepath.Join(dir, "l3iso")
+	// Every l3iso a test runs keeps its audit log in the test's own
+	// directories (an env overrides this with its own) and tells no
+	// syslog.
+	os.Setenv("L3ISO_STATE_DIR", filepath.Join(dir, "state"))
+	os.Setenv("L3ISO_SYSLOG", "off")
 	build := exec.Command("go", "build", "-o", binary, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as `make build` does
 	out, err := build.CombinedOutput()
@@ -58,6 +63,8 @@ type env struct {
 	cgroot string // --cgroup-root
 	bpffs  string // --bpffs
 	hostCg string // a cgroup below cgroot that is no container: "the host"
+	state  string // the audit log's directory (--state-dir)
+	extra  []string
 }
 
 // newEnv brings l3iso up in a fresh netns, cgroup subtree and bpffs.
@@ -106,6 +113,7 @@ func newBareEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e.bpffs = filepath.Join(mountBPFFS(t), "l3iso")
+	e.state = t.TempDir()
 	return e
 }
 
@@ -168,6 +176,7 @@ func (e *env) runStdin(stdin []byte, args ...string) result {
 	e.t.Helper()
 	full := append([]string{"--net=" + e.netns, binary, "--bpffs", e.bpffs}, args...)
 	cmd := exec.Command("nsenter", full...)
+	cmd.Env = append(os.Environ(), e.environ()...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if stdin != nil {
@@ -181,6 +190,12 @@ func (e *env) runStdin(stdin []byte, args ...string) result {
 		e.t.Fatalf("run l3iso %v: %v", args, err)
 	}
 	return r
+}
+
+// environ is what the env adds to the environment of the l3iso it runs:
+// its own state directory, and what a test added (e.extra).
+func (e *env) environ() []string {
+	return append([]string{"L3ISO_STATE_DIR=" + e.state}, e.extra...)
 }
 
 // mustRun runs l3iso and fails the test on a non-zero exit.

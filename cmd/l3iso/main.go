@@ -15,11 +15,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/l3iso/l3iso/pkg/audit"
 	"github.com/l3iso/l3iso/pkg/confine"
 )
 
 type globals struct {
-	bpffs string
+	bpffs    string
+	stateDir string // the audit log's directory (pkg/audit)
 }
 
 func main() {
@@ -67,6 +69,8 @@ Start with:  l3iso up && l3iso container add web --addr 10.77.0.1/24`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.bpffs, "bpffs", "/sys/fs/bpf/l3iso", "directory (on a bpf filesystem) where l3iso pins its maps and links")
-	root.AddCommand(newUp(g), newDown(g), newContainer(g), newExec(g), newApply(g), newStatus(g), newStats(g))
+	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", audit.StateDirFromEnv(), "directory of the audit log (audit.log): every change is recorded there (default $L3ISO_STATE_DIR, else "+audit.DefaultStateDir+")")
+	root.AddCommand(newUp(g), newDown(g), newContainer(g), newExec(g), newApply(g), newStatus(g), newStats(g),
+		newHistory(g), newMetrics(g), newMonitor(g))
 	return root
 }

@@ -75,13 +75,19 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 			o.KeepUplink = !cmd.Flags().Changed("uplink")
 			o.KeepDelivery = !cmd.Flags().Changed("delivery")
 			o.BPFFS = g.bpffs
+			log, err := g.openAudit()
+			if err != nil {
+				return err
+			}
+			defer log.Close()
 			st, err := loader.OpenForUp(o.BPFFS)
 			if err != nil {
 				return err
 			}
 			// What is wrong before up changes anything: what it repairs.
 			var wrong []loader.Problem
-			if st.Installed() {
+			installed := st.Installed()
+			if installed {
 				if wrong, err = control.CheckState(st); err != nil {
 					st.Close()
 					return err
@@ -89,21 +95,34 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 			}
 			changed, err := st.Up(o)
 			if err != nil {
+				// Up undoes a new installation it could not finish; on an
+				// existing one, what it changed stays, and is recorded.
+				if changed && installed {
+					record(cmd, log, append(upChanges(st, installed, wrong), "failed: "+err.Error()), false)
+				}
 				st.Close()
 				return err
 			}
 			c, err := control.FromState(st)
 			if err != nil {
+				record(cmd, log, append(upChanges(st, installed, wrong), "failed: "+err.Error()), false)
 				st.Close()
 				return err
 			}
 			defer c.Close()
 			left, err := c.Check()
+			if err == nil && len(left) > 0 {
+				err = fmt.Errorf("up could not repair %s", problemList(left))
+			}
+			if changed || len(wrong) > 0 {
+				lines := upChanges(st, installed, wrong)
+				if err != nil {
+					lines = append(lines, "failed: "+err.Error())
+				}
+				record(cmd, log, lines, false)
+			}
 			if err != nil {
 				return err
-			}
-			if len(left) > 0 {
-				return fmt.Errorf("up could not repair %s", problemList(left))
 			}
 			w := cmd.OutOrStdout()
 			switch {
@@ -150,4 +169,28 @@ func problemList(ps []loader.Problem) string {
 		parts[i] = p.String()
 	}
 	return fmt.Sprintf("%d problem(s): %s", len(ps), strings.Join(parts, "; "))
+}
+
+// upChanges says for the audit log what an up changed: a new installation,
+// a switched delivery or uplink, each problem it repaired, else an upgrade
+// of programs or pins.
+func upChanges(st *loader.State, installed bool, repaired []loader.Problem) []string {
+	var out []string
+	if !installed {
+		out = append(out, fmt.Sprintf("installed: programs attached at %s, pinned in %s, uplink %s, delivery %s",
+			st.Config.CgroupRoot, st.Dir, uplinkName(st.Config.Uplink), st.Config.Delivery))
+	}
+	if st.UplinkSwitched {
+		out = append(out, fmt.Sprintf("uplink switched from %s to %s", uplinkName(st.UplinkFrom), uplinkName(st.Config.Uplink)))
+	}
+	if st.Switched {
+		out = append(out, fmt.Sprintf("delivery switched from %s to %s", st.From, st.Config.Delivery))
+	}
+	for _, p := range repaired {
+		out = append(out, "repaired: "+p.String())
+	}
+	if len(out) == 0 {
+		out = append(out, "programs or pins replaced (an upgrade, or links attached again)")
+	}
+	return out
 }

@@ -80,6 +80,36 @@ func (st *State) Check() ([]Problem, error) {
 	return out, nil
 }
 
+// Programs counts the program attachments the installation should have —
+// every socket program at the cgroup root (sk_lookup: in this network
+// namespace), the host-wide TCX links (HostTC) and one TCX link on each
+// host-side veth in veths — and how many of them are attached as they
+// should be (what Check and CheckTC find no problem with).
+func (st *State) Programs(veths []string) (attached, expected int, err error) {
+	spec, err := socketSpec()
+	if err != nil {
+		return 0, 0, err
+	}
+	rootID, _ := cgroup.ID(st.Config.CgroupRoot)
+	for n, p := range spec.Programs {
+		expected++
+		if rootID != 0 && st.checkCgroupLink(n, p.AttachType, rootID) == nil {
+			attached++
+		}
+	}
+	want := st.HostTC()
+	for _, v := range veths {
+		want = append(want, st.VethTC(v))
+	}
+	for _, w := range want {
+		expected++
+		if st.CheckTC(w) == nil {
+			attached++
+		}
+	}
+	return attached, expected, nil
+}
+
 // Repinned are the maps whose pins OpenForUp found missing and pinned
 // again: problems it repaired before anyone could Check.
 func (st *State) Repinned() []Problem {

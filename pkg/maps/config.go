@@ -284,6 +284,31 @@ func (s *Set) ReadCounters(id uint32) (Counters, error) {
 	return out, nil
 }
 
+// ReadCounter sums one counter (a name of CounterNames) of container id
+// over CPUs; ok is false if this binary has no such counter.
+func (s *Set) ReadCounter(id uint32, name string) (v uint64, ok bool, err error) {
+	i := -1
+	for j, n := range CounterNames {
+		if n != "" && n == name {
+			i = j
+		}
+	}
+	if i < 0 {
+		return 0, false, nil
+	}
+	var vals []sockL3Stats
+	if err := s.Counters.Lookup(id, &vals); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, true, nil
+		}
+		return 0, true, fmt.Errorf("read counters of container %d: %w", id, err)
+	}
+	for _, c := range vals {
+		v += c.C[i]
+	}
+	return v, true, nil
+}
+
 // ip4From and ip4To convert an IPv4 address in network order, as the
 // programs read it from a 32-bit word, to and from netip (0: none).
 func ip4From(v uint32) netip.Addr {

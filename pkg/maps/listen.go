@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // Listener is one entry of the broadcast/multicast registry (l3_listen),
@@ -162,7 +163,7 @@ func (s *Set) Listening() ([]Bind, error) {
 		if v.Flags&uint8(sockL3BvalFlagsL3BV_DEAD) != 0 {
 			continue
 		}
-		b := Bind{ID: k.Id, Proto: protoName(k.Proto), Port: k.Port, SPort: v.Sport, Sockets: v.Refs, Family: 6}
+		b := Bind{ID: k.Id, Proto: ProtoName(k.Proto), Port: k.Port, SPort: v.Sport, Sockets: v.Refs, Family: 6}
 		switch sockL3BindKind(k.Kind) {
 		case sockL3BindKindL3BK_EXACT:
 			b.Addr = fromAddr(k.Addr)
@@ -183,12 +184,20 @@ func (s *Set) Listening() ([]Bind, error) {
 	return out, nil
 }
 
-func protoName(p uint8) string {
+// ProtoName names IP protocol p (IPPROTO_*) as people write it: tcp, udp,
+// icmp, icmpv6, igmp; another by its number.
+func ProtoName(p uint8) string {
 	switch p {
-	case 6:
+	case unix.IPPROTO_TCP:
 		return "tcp"
-	case 17:
+	case unix.IPPROTO_UDP:
 		return "udp"
+	case unix.IPPROTO_ICMP:
+		return "icmp"
+	case unix.IPPROTO_ICMPV6:
+		return "icmpv6"
+	case unix.IPPROTO_IGMP:
+		return "igmp"
 	}
 	return fmt.Sprint(p)
 }
