@@ -28,16 +28,7 @@ func TestList(t *testing.T) {
 			}
 			defer ln.Close()
 			lap := netip.MustParseAddrPort(ln.Addr().String())
-			cli, err := net.Dial("tcp"+fam.network, lap.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cli.Close()
-			srv, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
+			cli, srv := dial(t, ln, "tcp"+fam.network, lap.String())
 			udp, err := net.ListenPacket("udp"+fam.network, net.JoinHostPort(fam.lo, "0"))
 			if err != nil {
 				t.Fatal(err)
@@ -86,16 +77,7 @@ func TestList(t *testing.T) {
 	}
 	defer ln.Close()
 	port := uint16(ln.Addr().(*net.TCPAddr).Port)
-	cli, err := net.Dial("tcp4", "127.0.0.1:"+strconv.Itoa(int(port)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	srv, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	cli, _ := dial(t, ln, "tcp4", "127.0.0.1:"+strconv.Itoa(int(port)))
 	socks, err := List()
 	if err != nil {
 		t.Fatal(err)
@@ -104,6 +86,22 @@ func TestList(t *testing.T) {
 	if s, ok := find(socks, unix.IPPROTO_TCP, local, netip.MustParseAddrPort(cli.LocalAddr().String())); !ok || s.Cgroup != cg {
 		t.Errorf("the dual-stack listener's IPv4 connection: %+v (found %v), want local %s, cgroup %d", s, ok, local, cg)
 	}
+}
+
+// dial connects to listener ln at addr and accepts: both ends, closed by
+// the test's cleanup.
+func dial(t *testing.T, ln net.Listener, network, addr string) (cli, srv net.Conn) {
+	t.Helper()
+	cli, err := net.Dial(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	if srv, err = ln.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return cli, srv
 }
 
 func find(socks []Socket, proto uint8, local, remote netip.AddrPort) (Socket, bool) {
