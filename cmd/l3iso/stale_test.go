@@ -216,3 +216,51 @@ func (e *env) staleStatus() []staleJSON {
 	}
 	return j.Stale
 }
+
+// TestStaleSocketsNetns: a netns container's sockets on an address an
+// apply removes are in its own namespace, which apply and status read.
+func TestStaleSocketsNetns(t *testing.T) {
+	n := newNetEnv(t, "direct")
+	api := n.name("api")
+	n.names = append(n.names, api)
+	policy := func(addrs string) string {
+		return "containers:\n  " + api + ":\n    mode: netns\n    addresses: [" + addrs + "]\n"
+	}
+	n.apply(policy("10.78.0.1/24, 10.78.0.5/24, fd78::1, fd78::5"))
+	in := n.in(api)
+	ln := in.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err := in.Bind(ln, ap("10.78.0.5:7000")); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Listen(ln); err != nil {
+		t.Fatal(err)
+	}
+	udp := in.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
+	if err := in.Bind(udp, ap("[fd78::5]:7001")); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.staleStatus(); len(got) != 0 {
+		t.Fatalf("status lists stale sockets while %s owns their addresses: %+v", api, got)
+	}
+	out := n.apply(policy("10.78.0.1/24, fd78::1"))
+	for _, w := range []string{
+		api + ": 1 socket (1 TCP listener) still holds 10.78.0.5, which it no longer owns",
+		api + ": 1 socket (1 UDP socket) still holds fd78::5, which it no longer owns",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("apply does not say %q:\n%s", w, out)
+		}
+	}
+	want := []staleJSON{
+		{Container: api, Addr: "10.78.0.5", Sockets: 1, TCPListening: 1},
+		{Container: api, Addr: "fd78::5", Sockets: 1, UDP: 1},
+	}
+	if got := n.staleStatus(); !slices.Equal(got, want) {
+		t.Errorf("status: stale_sockets %+v, want %+v", got, want)
+	}
+	in.Close(ln)
+	in.Close(udp)
+	if got := n.staleStatus(); len(got) != 0 {
+		t.Errorf("status lists stale sockets after they were closed: %+v", got)
+	}
+}
