@@ -28,6 +28,12 @@ packets see either the old or the new policy, never a mix. Containers not in
 the file are deleted. --dry-run prints the diff, with the processes each
 removal would stop, and changes nothing; it fails where apply would.
 
+After the diff, apply says, per container and address, how many live
+sockets still hold an address it removed (TCP listeners, TCP connections,
+UDP sockets): nothing reaches them there any more; restart what holds them.
+A removed container's sockets that outlived its processes are counted too.
+--dry-run counts those that hold them now; -o json: "stale_sockets".
+
 What apply refuses unless told:
   --prune        removing a container that has running processes: without
                  it the error names them; with it their processes get
@@ -153,6 +159,9 @@ func printPlan(w io.Writer, plan control.Plan, planned bool) {
 		}
 		fmt.Fprintln(w, line)
 	}
+	for _, st := range plan.Stale {
+		fmt.Fprintln(w, st.String(planned))
+	}
 }
 
 // planLines are an applied plan's changes for the audit log, a removal
@@ -169,15 +178,16 @@ func planLines(plan control.Plan) []string {
 	return out
 }
 
-// planJSON is the -o json shape of apply's result: the changes, and per
+// planJSON is the -o json shape of apply's result: the changes, per
 // removed container with processes how many run ("running", a dry run) or
-// were stopped and killed ("stopped").
+// were stopped and killed ("stopped"), and the sockets that still hold an
+// address the apply removes ("stale_sockets").
 func planJSON(plan control.Plan, dryRun bool) map[string]any {
 	changes := []string{}
 	for _, ch := range plan.Changes {
 		changes = append(changes, ch.String())
 	}
-	j := map[string]any{"dry_run": dryRun, "changes": changes}
+	j := map[string]any{"dry_run": dryRun, "changes": changes, "stale_sockets": append([]control.Stale{}, plan.Stale...)}
 	if dryRun {
 		running := map[string]int{}
 		for name, n := range plan.Running {

@@ -110,7 +110,9 @@ func newContainerDel(g *globals) *cobra.Command {
 		Long: `del sends SIGTERM to every process of the container (its whole cgroup
 subtree), waits up to --grace for them to exit, kills those still running
 (SIGKILL, through cgroup.kill), then removes the container's addresses,
-ownership and cgroup. It reports what it stopped and what it had to kill.`,
+ownership and cgroup. It reports what it stopped and what it had to kill,
+and the container's sockets that outlived its processes (a process
+elsewhere holds them), by address: they receive nothing.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkGrace(grace); err != nil {
@@ -126,7 +128,7 @@ ownership and cgroup. It reports what it stopped and what it had to kill.`,
 				return err
 			}
 			defer c.Close()
-			st, err := c.Del(args[0], grace)
+			st, outlived, err := c.DelOutlived(args[0], grace)
 			del := policy.Change{Kind: policy.ChangeDel, Name: args[0]}.String()
 			if err != nil {
 				if st.Procs > 0 {
@@ -138,6 +140,9 @@ ownership and cgroup. It reports what it stopped and what it had to kill.`,
 			}
 			record(cmd, log, []string{del + ": " + st.String()}, false)
 			fmt.Fprintf(cmd.OutOrStdout(), "container %q deleted: %s\n", args[0], st)
+			for _, s := range outlived {
+				fmt.Fprintln(cmd.OutOrStdout(), s.String(false))
+			}
 			return nil
 		},
 	}

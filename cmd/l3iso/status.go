@@ -24,6 +24,10 @@ type statusJSON struct {
 	Containers []containerStatJSON `json:"containers"`
 	Host       maps.Counters       `json:"host_counters"`
 	Listeners  []listenerJSON      `json:"listeners"`
+	// Stale are live sockets that hold an address their container does
+	// not own (any more), or one a container owns now (a socket of no
+	// container): they receive nothing (control.Stale).
+	Stale []control.Stale `json:"stale_sockets"`
 	// Problems are what is wrong with the installation (read from the
 	// kernel: detached links, missing pins, TCX attachments or host
 	// addresses); Repair says what to do about them ("" when none).
@@ -140,6 +144,14 @@ programs on lo, the uplink and every netns container's host-side veth, the
 broadcast/multicast listeners, and each container with its counters (a
 netns container with its namespace and veth: ip netns exec NETNS ...).
 
+It lists stale sockets: live sockets of a container that hold an address
+it no longer owns (an apply took it; another container may own it now),
+and sockets of no container on an address a container owns — per
+container and address, with how many TCP listeners, TCP connections and
+UDP sockets. Nothing reaches them; restart what holds them. They are no
+problem of the installation (up cannot repair them) and change no exit
+status.
+
 It checks the installation against the kernel, not against l3iso's own
 record: a link detached (BPF_LINK_DETACH) or whose pin is gone, a missing
 map, link or program pin, a TCX program missing from lo, the uplink or a
@@ -173,6 +185,10 @@ otherwise it exits 0.`,
 			if s.Listeners, err = listeners(c); err != nil {
 				return err
 			}
+			if s.Stale, err = c.Stale(); err != nil {
+				return err
+			}
+			s.Stale = append([]control.Stale{}, s.Stale...)
 			if s.Problems, err = c.Check(); err != nil {
 				return err
 			}
@@ -249,6 +265,12 @@ otherwise it exits 0.`,
 					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\n", l.Container, l.Group, l.Port, l.Addr, l.Sockets)
 				}
 				tw.Flush()
+			}
+			if len(s.Stale) > 0 {
+				fmt.Fprintf(w, "\nstale sockets: %d (their addresses are no longer their container's: nothing reaches them)\n", len(s.Stale))
+				for _, st := range s.Stale {
+					fmt.Fprintf(w, "  %s\n", st.String(false))
+				}
 			}
 			fmt.Fprintf(w, "\n%d containers\n", len(s.Containers))
 			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

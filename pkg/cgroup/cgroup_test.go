@@ -1,11 +1,16 @@
 package cgroup
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/internal/sockprobe"
 )
 
 func TestMountAndLevel(t *testing.T) {
@@ -53,5 +58,32 @@ func TestStoppedString(t *testing.T) {
 		if got := c.s.String(); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.s, got, c.want)
 		}
+	}
+}
+
+// TestPathByID finds a fresh cgroup and its child by their ids, and finds
+// neither once they are removed.
+func TestPathByID(t *testing.T) {
+	sockprobe.RequirePrivileged(t)
+	dir := sockprobe.NewCgroup(t, "")
+	child := filepath.Join(dir, "child")
+	if err := os.Mkdir(child, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{dir, child} {
+		id, err := ID(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := PathByID(dir, id); err != nil || got != p {
+			t.Errorf("PathByID(%d) = %q, %v; want %q", id, got, err, p)
+		}
+	}
+	id, _ := ID(child)
+	if err := os.Remove(child); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := PathByID(dir, id); !errors.Is(err, unix.ESTALE) {
+		t.Errorf("PathByID of removed cgroup %d = %q, %v; want ESTALE", id, got, err)
 	}
 }

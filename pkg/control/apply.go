@@ -23,6 +23,10 @@ type Plan struct {
 	// Stopped is what the apply did to the processes of each container it
 	// removed (those without any are left out).
 	Stopped map[string]cgroup.Stopped
+	// Stale counts the live sockets that still hold an address the apply
+	// removed from a container, by container and address: after the switch
+	// (a plan: when it was made).
+	Stale []Stale
 }
 
 // Empty reports whether the policy is already in force.
@@ -101,6 +105,7 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 	if plan.Running, err = c.running(gone); err != nil {
 		return plan, err
 	}
+	lose := sv.losing()
 	if len(pc) == 0 && !o.AllowEmpty {
 		return plan, emptyPolicyError(len(gone), plan.Running)
 	}
@@ -121,8 +126,11 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 		return plan, err
 	}
 	tr.step("check host")
+	if o.DryRun && !plan.Empty() {
+		plan.Stale, err = lose.countPlanned(c, slices.Collect(sv.installed()), plan.Running)
+	}
 	if o.DryRun || plan.Empty() {
-		return plan, nil
+		return plan, err
 	}
 
 	// The next generation: the policy's containers, survivors with their
@@ -231,6 +239,7 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 	var goneNetns []string
 	for _, k := range gone {
 		if isNetns(k) {
+			lose.readNetns(c, k)
 			if err := c.unplumb(k, false); err != nil {
 				return abort(err)
 			}
@@ -299,6 +308,12 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 	if err := c.st.Maps.ResetBcastFilterSeq(sv.all()); err != nil {
 		return plan, err
 	}
+	// Before the purge forgets the listeners of the removed containers;
+	// a failure to read them is reported once the apply is done.
+	var staleErr error
+	if plan.Stale, err = lose.count(c, slices.AppendSeq(slices.Clone(gone), sv.all())); err != nil {
+		staleErr = fmt.Errorf("policy applied, but %w", err)
+	}
 	goneIDs := make([]uint32, 0, len(gone))
 	for _, k := range gone {
 		goneIDs = append(goneIDs, k.ID)
@@ -316,7 +331,7 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 		}
 	}
 	defer tr.step("counters, listeners, index")
-	return plan, c.end()
+	return plan, errors.Join(c.end(), staleErr)
 }
 
 // survey is the installed containers next to a policy: read in one pass

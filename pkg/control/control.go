@@ -624,21 +624,30 @@ const DefaultGrace = 10 * time.Second
 // container that shares nothing (see sole) is removed without reading the
 // others. It returns what it did to the processes.
 func (c *Control) Del(name string, grace time.Duration) (cgroup.Stopped, error) {
+	st, _, err := c.DelOutlived(name, grace)
+	return st, err
+}
+
+// DelOutlived is Del, and also counts the sockets of the container that
+// outlived its processes (a process elsewhere holds them: one was passed
+// to it, or it left the container's cgroup), by address: after the
+// delete they hold addresses nobody owns and receive nothing (Stale).
+func (c *Control) DelOutlived(name string, grace time.Duration) (cgroup.Stopped, []Stale, error) {
 	k, err := c.Find(name)
 	if err != nil {
-		return cgroup.Stopped{}, err
+		return cgroup.Stopped{}, nil, err
 	}
 	alone := !c.loaded && sole(k) && c.st.Maps.Index() != nil
 	var rest []maps.Container
 	if !alone {
 		if _, err := c.all(); err != nil {
-			return cgroup.Stopped{}, err
+			return cgroup.Stopped{}, nil, err
 		}
 		rest = c.without(name)
 	}
 	path := c.CgroupPath(name)
 	if err := c.begin(); err != nil {
-		return cgroup.Stopped{}, err
+		return cgroup.Stopped{}, nil, err
 	}
 	// Its processes end while it is still a container (should this
 	// command die during the grace period, it still is one), and its
@@ -646,15 +655,24 @@ func (c *Control) Del(name string, grace time.Duration) (cgroup.Stopped, error) 
 	st, err := cgroup.Stop([]string{path}, grace)
 	stopped := st[0]
 	if err != nil {
-		return stopped, err
+		return stopped, nil, err
 	}
 	if stopped.Procs > 0 {
 		if err := cgroup.Remove(path); err != nil {
-			return stopped, err
+			return stopped, nil, err
 		}
 	}
-	err = c.del(k, alone, rest)
-	return stopped, err
+	// What outlived them, while its namespace and listeners are there.
+	lose := newLosing()
+	lose.loses(k, nil)
+	outlived, countErr := lose.count(c, append(rest, k))
+	if err := c.del(k, alone, rest); err != nil {
+		return stopped, outlived, err
+	}
+	if countErr != nil {
+		return stopped, nil, fmt.Errorf("container %q deleted, but %w", name, countErr)
+	}
+	return stopped, outlived, nil
 }
 
 // del is Del once k's processes are gone.
