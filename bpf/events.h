@@ -18,10 +18,11 @@
 static __always_inline struct l3_event *ev_begin(__u32 id, __u16 type, __u16 reason)
 {
 	struct l3_bucket *b = bpf_map_lookup_elem(&l3_ebucket, &id);
+	struct l3_cfg *cfg = config();
 	struct l3_event *e;
 	__u64 now;
 
-	if (!b)
+	if (!b || !cfg || (cfg->flags & L3_CFG_NO_EVENTS))
 		return NULL;
 	now = bpf_ktime_get_ns();
 	if (b->tokens < L3_EV_BURST) {

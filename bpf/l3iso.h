@@ -57,7 +57,7 @@ struct l3_cfg {
 	__u64 netns_cookie; /* the host netns: rules for non-container sockets apply only here */
 	__u32 delivery;	      /* enum l3_delivery */
 	__u32 uplink_ifindex; /* 0: none, shared addresses live on lo */
-	__u32 flags;	      /* enum l3_cfg_flags (user space only) */
+	__u32 flags;	      /* enum l3_cfg_flags (user space only, but L3_CFG_NO_EVENTS) */
 	__u32 uplink_ip4;     /* an IPv4 address of the uplink (network order), 0: none */
 	/*
 	 * Every directed broadcast address of a container subnet (IPv4, as
@@ -80,6 +80,7 @@ enum l3_cfg_flags {
 	L3_CFG_FWD4 = 1 << 1,  /* l3iso turned on IPv4 forwarding (routed, bridge): undo it later */
 	L3_CFG_FWD6 = 1 << 2,  /* l3iso turned on IPv6 forwarding (routed, bridge): undo it later */
 	L3_CFG_ACCEPT_LOCAL = 1 << 3, /* l3iso turned on lo's accept_local: down turns it off */
+	L3_CFG_NO_EVENTS = 1 << 4,    /* write no l3_events records (read by the programs) */
 };
 
 enum l3_delivery {

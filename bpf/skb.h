@@ -22,6 +22,7 @@ struct tpkt {
 	__u8 v6;
 	__u8 proto;  /* IPv4 protocol / IPv6 next header */
 	__u8 tos;    /* IPv4 TOS */
+	__u16 l4;    /* where the L4 header starts */
 	__u32 flow;  /* IPv6 flow label word */
 };
 
@@ -72,6 +73,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct tpkt *p)
 		p->v6 = 0;
 		p->proto = ip->protocol;
 		p->tos = ip->tos;
+		p->l4 = ETH_HLEN + (ip->ihl & 0xf) * 4;
 		p->flow = 0;
 		return P_IP;
 	}
@@ -84,19 +86,30 @@ static __always_inline int parse(struct __sk_buff *skb, struct tpkt *p)
 	p->v6 = 1;
 	p->proto = ip6->nexthdr;
 	p->tos = 0;
+	p->l4 = ETH_HLEN + sizeof(*ip6);
 	p->flow = *(__u32 *)ip6 & bpf_htonl(0x0fffffff);
 	return P_IP;
 }
 
-/* The event of a packet dropped by a TC program, for container id (0: none). */
-static __always_inline void ev_tpkt(__u32 id, __u16 reason, const struct tpkt *p)
+/*
+ * The event of a packet dropped by a TC program, for container id (0:
+ * none): its addresses and, for TCP and UDP in the frame's linear part,
+ * its ports (read here, on the drop path only).
+ */
+static __always_inline void ev_tpkt(struct __sk_buff *skb, __u32 id, __u16 reason,
+				    const struct tpkt *p)
 {
 	struct l3_event *e = ev_begin(id, L3_EV_TC, reason);
+	__u16 ports[2] = {};
 
 	if (!e)
 		return;
-	if (p)
-		ev_addrs(e, p->proto, &p->src, 0, &p->dst, 0);
+	if (p) {
+		if ((p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) &&
+		    bpf_skb_load_bytes(skb, p->l4 & 0x1ff, ports, sizeof(ports)))
+			ports[0] = ports[1] = 0;
+		ev_addrs(e, p->proto, &p->src, bpf_ntohs(ports[0]), &p->dst, bpf_ntohs(ports[1]));
+	}
 	ev_submit(e);
 }
 

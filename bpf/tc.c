@@ -145,7 +145,7 @@ static __always_inline int to_fib(struct __sk_buff *skb, __u32 id, const struct 
 		 * forward this either.
 		 */
 		count(id, L3_C_TC_DROP_NO_ROUTE);
-		ev_tpkt(id, L3_C_TC_DROP_NO_ROUTE, p);
+		ev_tpkt(skb, id, L3_C_TC_DROP_NO_ROUTE, p);
 		return TC_ACT_SHOT;
 	}
 }
@@ -165,7 +165,7 @@ static __always_inline int from_container(struct __sk_buff *skb, int deliver)
 		 * created or deleted): fail closed.
 		 */
 		count(0, L3_C_TC_DROP_UNKNOWN_PORT);
-		ev_tpkt(0, L3_C_TC_DROP_UNKNOWN_PORT, NULL);
+		ev_tpkt(skb, 0, L3_C_TC_DROP_UNKNOWN_PORT, NULL);
 		return TC_ACT_SHOT;
 	}
 	rc = parse(skb, &p);
@@ -174,14 +174,14 @@ static __always_inline int from_container(struct __sk_buff *skb, int deliver)
 	if (rc != P_IP) {
 		/* An IP frame too short for its header: nothing may use it. */
 		count(port->id, L3_C_TC_DROP_MALFORMED);
-		ev_tpkt(port->id, L3_C_TC_DROP_MALFORMED, NULL);
+		ev_tpkt(skb, port->id, L3_C_TC_DROP_MALFORMED, NULL);
 		return TC_ACT_SHOT;
 	}
 	switch (check_source(port->id, &p)) {
 	case SRC_SPOOF:
 		/* Rule 4: never a packet from a source it does not own. */
 		count(port->id, L3_C_TC_DROP_SPOOF);
-		ev_tpkt(port->id, L3_C_TC_DROP_SPOOF, &p);
+		ev_tpkt(skb, port->id, L3_C_TC_DROP_SPOOF, &p);
 		return TC_ACT_SHOT;
 	case SRC_LINK:
 		if (deliver)
@@ -248,7 +248,7 @@ int l3_tc_uplink(struct __sk_buff *skb)
 		 * container's packets to a sibling never cross the uplink.
 		 */
 		count(0, L3_C_TC_DROP_SPOOF);
-		ev_tpkt(0, L3_C_TC_DROP_SPOOF, &p);
+		ev_tpkt(skb, 0, L3_C_TC_DROP_SPOOF, &p);
 		return TC_ACT_SHOT;
 	}
 	return to_peer(skb, d);

@@ -82,9 +82,10 @@ const (
 // against a socket of the client's own on ADDR, in the same cgroup and
 // network namespace.
 const (
-	LoopBind    = "bind"    // socket(TCP), bind(ADDR:0), listen, close
-	LoopConnect = "connect" // socket(TCP), SO_LINGER{1,0}, connect to a listener on ADDR, close (RST)
-	LoopSendto  = "sendto"  // sendto of 64 bytes from an unbound, unconnected UDP socket to a UDP socket on ADDR that never reads
+	LoopBind    = "bind"        // socket(TCP), bind(ADDR:0), listen, close
+	LoopConnect = "connect"     // socket(TCP), SO_LINGER{1,0}, connect to a listener on ADDR, close (RST)
+	LoopSendto  = "sendto"      // sendto of 64 bytes from an unbound, unconnected UDP socket to a UDP socket on ADDR that never reads
+	LoopDenied  = "bind-denied" // socket(UDP), bind(ADDR:0) refused with EADDRNOTAVAIL (ADDR is another's), close
 )
 
 // ports are the server's listening ports.
@@ -599,7 +600,7 @@ func (c *clientState) run(workload string, d time.Duration) (RunResult, error) {
 	var err error
 	start := time.Now()
 	switch workload {
-	case LoopBind, LoopConnect, LoopSendto:
+	case LoopBind, LoopConnect, LoopSendto, LoopDenied:
 		if res.Ops, err = c.loop(workload, start, d); err != nil {
 			return res, err
 		}
@@ -693,6 +694,8 @@ func (c *clientState) loop(workload string, start time.Time, d time.Duration) (u
 			op, err = connectOp(c.addr)
 		case LoopSendto:
 			op, err = sendtoOp(c.addr)
+		case LoopDenied:
+			op = deniedOp(c.addr)
 		}
 		if err != nil {
 			return 0, err
@@ -733,6 +736,25 @@ func bindOp(addr netip.Addr) func() error {
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
 		return unix.Close(fd)
+	}
+}
+
+// deniedOp: socket(UDP) + bind(addr:0), which must be refused with
+// EADDRNOTAVAIL (addr belongs to another container), + close: a denial
+// and, unless the rate limit stops it, an l3_events record per iteration.
+func deniedOp(addr netip.Addr) func() error {
+	sa := sockaddr(addr, 0)
+	return func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+		err = unix.Bind(fd, sa)
+		unix.Close(fd)
+		if !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("bind %s:0: %v, want EADDRNOTAVAIL", addr, err)
+		}
+		return nil
 	}
 }
 

@@ -66,8 +66,11 @@ type Config struct {
 	// veths (pkg/veth, Key), so that installations with different --bpffs
 	// do not collide: up to 4 characters, "" for the names of an l3iso
 	// before tags (and for the default --bpffs). It lives in l3_cfg's
-	// spare word (pad), which the programs do not read.
+	// name_tag, which the programs do not read.
 	NameTag string
+	// NoEvents turns l3_events off: the programs write no records of
+	// denials and drops (bpf/events.h). For measuring what they cost.
+	NoEvents bool
 }
 
 // Config reads l3_config[0].
@@ -84,6 +87,7 @@ func (s *Set) Config() (Config, error) {
 		Forward4:    v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD4) != 0,
 		Forward6:    v.Flags&uint32(sockL3CfgFlagsL3CFG_FWD6) != 0,
 		AcceptLocal: v.Flags&uint32(sockL3CfgFlagsL3CFG_ACCEPT_LOCAL) != 0,
+		NoEvents:    v.Flags&uint32(sockL3CfgFlagsL3CFG_NO_EVENTS) != 0,
 		NameTag:     nameTag(v.NameTag),
 	}, nil
 }
@@ -138,6 +142,9 @@ func (s *Set) SetConfig(c Config) error {
 	}
 	if c.Forward6 {
 		v.Flags |= uint32(sockL3CfgFlagsL3CFG_FWD6)
+	}
+	if c.NoEvents {
+		v.Flags |= uint32(sockL3CfgFlagsL3CFG_NO_EVENTS)
 	}
 	if len(c.CgroupRoot) >= len(v.Cgroot) {
 		return fmt.Errorf("cgroup root path %q is longer than %d bytes", c.CgroupRoot, len(v.Cgroot)-1)

@@ -107,6 +107,7 @@ const (
 	sockL3CfgFlagsL3CFG_FWD4         sockL3CfgFlags = 2
 	sockL3CfgFlagsL3CFG_FWD6         sockL3CfgFlags = 4
 	sockL3CfgFlagsL3CFG_ACCEPT_LOCAL sockL3CfgFlags = 8
+	sockL3CfgFlagsL3CFG_NO_EVENTS    sockL3CfgFlags = 16
 )
 
 type sockL3Cont struct {
