@@ -256,11 +256,10 @@ func TestMonitorNetns(t *testing.T) {
 	}
 	// From a's namespace, outside its cgroup: the socket programs cannot
 	// stop it, its veth's TC program does.
-	// The TC program's records carry no ports yet (bpf/tc.c fills the
-	// addresses only): not checked.
+	// checkSpoof sends from an ephemeral port to 7600.
 	checkSpoof(t, n, a, [2]netip.Addr{netip.MustParseAddr("10.78.0.2"), netip.MustParseAddr("fd78::2")})
 	expectEvent(t, mon, wantEvent{container: a, typ: "tc", reason: "tc_dropped_spoof", verdict: "dropped", family: 4, proto: "udp",
-		addr: "10.78.0.2", port: -2, dst: outside4.String(), dstPort: -2}, nil)
+		addr: "10.78.0.2", port: -1, dst: outside4.String(), dstPort: 7600}, nil)
 	expectEvent(t, mon, wantEvent{container: a, typ: "tc", reason: "tc_dropped_spoof", verdict: "dropped", family: 6, proto: "udp",
-		addr: "fd78::2", port: -2, dst: outside6.String(), dstPort: -2}, nil)
+		addr: "fd78::2", port: -1, dst: outside6.String(), dstPort: 7600}, nil)
 }
