@@ -31,6 +31,28 @@ static __always_inline struct l3_sport *sport_of(__u8 proto, __u16 port)
 	return bpf_map_lookup_elem(&l3_sports, &i);
 }
 
+/* A UDP wildcard entry comes (1) or goes (-1): l3_uwild counts them by port. */
+static __always_inline void uwild_add(const struct l3_bkey *k, int delta)
+{
+	__u32 port = k->port;
+	__u32 *n;
+
+	if (k->proto != IPPROTO_UDP || k->kind == L3_BK_EXACT)
+		return;
+	n = bpf_map_lookup_elem(&l3_uwild, &port);
+	if (n && (delta > 0 || *n))
+		__sync_fetch_and_add(n, delta);
+}
+
+/* May a UDP datagram to port need steering: does any container have a
+ * wildcard socket on it? */
+static __always_inline int uwild_on(__u16 port)
+{
+	__u32 k = port, *n = bpf_map_lookup_elem(&l3_uwild, &k);
+
+	return n && *n;
+}
+
 /*
  * The entry of container id that a connection or datagram for (d, port)
  * goes to: a socket bound to d itself, else a wildcard socket of d's
@@ -114,6 +136,7 @@ static __always_inline int binds_add(struct l3_sk *s, __u16 sport, const struct 
 			sp->id = s->bkey.id;
 		}
 	}
+	uwild_add(&s->bkey, 1);
 done:
 	s->epoch = epoch;
 	s->flags |= L3_SK_BOUND;
@@ -148,6 +171,7 @@ static __always_inline void binds_del(struct l3_sk *s)
 		bpf_spin_unlock(&v->lock);
 	}
 	if (last) {
+		uwild_add(&s->bkey, -1);
 		bpf_map_delete_elem(&l3_binds, &s->bkey);
 		if (s->flags & L3_SK_SHADOW) {
 			struct l3_sport *sp = sport_of(s->bkey.proto, sport);

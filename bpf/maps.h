@@ -162,6 +162,19 @@ struct {
 	__type(value, struct l3_sport);
 } l3_sports SEC(".maps");
 
+/*
+ * l3_uwild: per UDP port, the containers' wildcard UDP sockets on it
+ * (l3_binds entries): a datagram to a port without any needs no steering
+ * (the kernel finds a socket at the address itself), and l3_tc_group
+ * spends one array read on it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} l3_uwild SEC(".maps");
+
 /* l3_hostudp: per UDP port, the host's wildcard sockets on it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

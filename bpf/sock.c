@@ -1546,6 +1546,7 @@ int l3_sk_lookup(struct bpf_sk_lookup *ctx)
 	__u16 port = ctx->local_port;
 	struct l3_sport *sp;
 	struct l3_owner *o;
+	struct l3_bval *v;
 	struct l3_cfg *cfg;
 	struct l3_bkey k;
 	struct l3_addr d;
@@ -1588,8 +1589,11 @@ int l3_sk_lookup(struct bpf_sk_lookup *ctx)
 			return SK_PASS;
 		id = o->id;
 	}
-	if (proto == IPPROTO_TCP && binds_find(id, proto, port, &d, &k)) {
-		/* A SYN that ends a TIME_WAIT (tc.c, steer): its listener. */
+	v = binds_find(id, proto, port, &d, &k);
+	if (v && proto == IPPROTO_UDP && k.kind == L3_BK_EXACT)
+		return SK_PASS; /* its socket is at the address: the kernel finds it */
+	if (v && proto == IPPROTO_TCP) {
+		/* A SYN that ends a TIME_WAIT (steer.h): its listener. */
 		struct bpf_sock *sk = bpf_map_lookup_elem(&l3_socks, &k);
 
 		if (sk) {

@@ -32,6 +32,10 @@ static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
 	__u32 id, len;
 	int ok, tw = 0;
 
+	/* UDP: only a wildcard socket needs steering (a socket at the address
+	 * the kernel finds itself); most ports have none. */
+	if (p->proto == IPPROTO_UDP && !uwild_on(p->dport))
+		return;
 	if (addr_is_private_loop(&p->dst)) {
 		if (addr_is_host(&p->dst))
 			return;
@@ -45,8 +49,8 @@ static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
 	if (!id)
 		return;
 	v = binds_find(id, p->proto, p->dport, &p->dst, &k);
-	if (!v)
-		return;
+	if (!v || (p->proto == IPPROTO_UDP && k.kind == L3_BK_EXACT))
+		return; /* nobody (l3_sk_lookup decides), or a UDP socket at the address itself */
 	to = addr_is_any(&v->saddr) ? p->dst : v->saddr;
 	if (addr_is_mapped(&to) != addr_is_mapped(&p->dst))
 		return; /* a socket at an address of the other family */

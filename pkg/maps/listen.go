@@ -203,7 +203,9 @@ func ProtoName(p uint8) string {
 }
 
 // purgeBinds removes the l3_binds entries and shadow ports of containers
-// gone (their sockets outlived them). Their sockets' release hook does not
+// gone (their sockets outlived them). l3_uwild keeps counting their UDP
+// wildcard entries (user space cannot decrement it atomically beside the
+// programs): a port counted too high only costs its datagrams a lookup. Their sockets' release hook does not
 // touch them, nor what a later container of the same id enters: the id has
 // a new epoch (InitCounters).
 func (s *Set) purgeBinds(gone map[uint32]bool) error {

@@ -47,6 +47,7 @@ type Set struct {
 	Binds    *ebpf.Map // (container, proto, kind, port, address) → its listening socket
 	Sports   *ebpf.Map // TCP and UDP shadow ports → container, application port
 	HostUDP  *ebpf.Map // UDP port → the host's wildcard sockets on it
+	UWild    *ebpf.Map // UDP port → the containers' wildcard sockets on it
 	Scratch  *ebpf.Map // per CPU: l3iso's own socket lookups under way
 	Socks    *ebpf.Map // l3_binds key → listening socket, for l3_sk_lookup
 	Events   *ebpf.Map // ring buffer: denials and drops (struct l3_event), for `monitor`
@@ -67,7 +68,7 @@ func (s *Set) byName() map[string]**ebpf.Map {
 		"l3_skstore": &s.SkStore, "l3_delivs": &s.Delivs, "l3_ports": &s.Ports,
 		"l3_listen": &s.Listen, "l3_lsum": &s.Lsum,
 		"l3_quota": &s.Quota, "l3_binds": &s.Binds, "l3_sports": &s.Sports,
-		"l3_hostudp": &s.HostUDP, "l3_scratch": &s.Scratch, "l3_socks": &s.Socks,
+		"l3_hostudp": &s.HostUDP, "l3_uwild": &s.UWild, "l3_scratch": &s.Scratch, "l3_socks": &s.Socks,
 		"l3_events": &s.Events, "l3_ebucket": &s.EBucket,
 	}
 }

@@ -565,6 +565,7 @@ type sockMapSpecs struct {
 	L3Skstore  *ebpf.MapSpec `ebpf:"l3_skstore"`
 	L3Socks    *ebpf.MapSpec `ebpf:"l3_socks"`
 	L3Sports   *ebpf.MapSpec `ebpf:"l3_sports"`
+	L3Uwild    *ebpf.MapSpec `ebpf:"l3_uwild"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -633,6 +634,7 @@ type sockMaps struct {
 	L3Skstore  *ebpf.Map `ebpf:"l3_skstore"`
 	L3Socks    *ebpf.Map `ebpf:"l3_socks"`
 	L3Sports   *ebpf.Map `ebpf:"l3_sports"`
+	L3Uwild    *ebpf.Map `ebpf:"l3_uwild"`
 }
 
 func (m *sockMaps) Close() error {
@@ -658,6 +660,7 @@ func (m *sockMaps) Close() error {
 		m.L3Skstore,
 		m.L3Socks,
 		m.L3Sports,
+		m.L3Uwild,
 	)
 }
 

@@ -346,6 +346,7 @@ type sockvariantMapSpecs struct {
 	L3Skstore  *ebpf.MapSpec `ebpf:"l3_skstore"`
 	L3Socks    *ebpf.MapSpec `ebpf:"l3_socks"`
 	L3Sports   *ebpf.MapSpec `ebpf:"l3_sports"`
+	L3Uwild    *ebpf.MapSpec `ebpf:"l3_uwild"`
 }
 
 // sockvariantVariableSpecs contains global variables before they are loaded into the kernel.
@@ -414,6 +415,7 @@ type sockvariantMaps struct {
 	L3Skstore  *ebpf.Map `ebpf:"l3_skstore"`
 	L3Socks    *ebpf.Map `ebpf:"l3_socks"`
 	L3Sports   *ebpf.Map `ebpf:"l3_sports"`
+	L3Uwild    *ebpf.Map `ebpf:"l3_uwild"`
 }
 
 func (m *sockvariantMaps) Close() error {
@@ -439,6 +441,7 @@ func (m *sockvariantMaps) Close() error {
 		m.L3Skstore,
 		m.L3Socks,
 		m.L3Sports,
+		m.L3Uwild,
 	)
 }
 

@@ -87,6 +87,7 @@ type tcvariantMapSpecs struct {
 	L3Skstore  *ebpf.MapSpec `ebpf:"l3_skstore"`
 	L3Socks    *ebpf.MapSpec `ebpf:"l3_socks"`
 	L3Sports   *ebpf.MapSpec `ebpf:"l3_sports"`
+	L3Uwild    *ebpf.MapSpec `ebpf:"l3_uwild"`
 }
 
 // tcvariantVariableSpecs contains global variables before they are loaded into the kernel.
@@ -136,6 +137,7 @@ type tcvariantMaps struct {
 	L3Skstore  *ebpf.Map `ebpf:"l3_skstore"`
 	L3Socks    *ebpf.Map `ebpf:"l3_socks"`
 	L3Sports   *ebpf.Map `ebpf:"l3_sports"`
+	L3Uwild    *ebpf.Map `ebpf:"l3_uwild"`
 }
 
 func (m *tcvariantMaps) Close() error {
@@ -161,6 +163,7 @@ func (m *tcvariantMaps) Close() error {
 		m.L3Skstore,
 		m.L3Socks,
 		m.L3Sports,
+		m.L3Uwild,
 	)
 }
 
