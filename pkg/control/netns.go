@@ -112,6 +112,9 @@ func (c *Control) vethMTU() int {
 // for the current delivery. The maps already own k's addresses (rule 9). On
 // error nothing of it is left.
 func (c *Control) plumb(k maps.Container) error {
+	if k.Spec.Adopted {
+		return c.attach(k) // the runtime's namespace (adopt.go)
+	}
 	if err := c.ensureDelivery(); err != nil {
 		return err
 	}
@@ -171,6 +174,14 @@ func (c *Control) wire(k maps.Container, ep *veth.Endpoint, fresh bool) error {
 		return fmt.Errorf("container %q: %w", k.Spec.Name, err)
 	}
 	bridge := c.st.Config.Delivery == maps.DeliveryBridge
+	if k.Spec.Adopted {
+		// Its routes live in the runtime's namespace: through the
+		// gateway, as direct and routed delivery want (adopt.go).
+		if bridge {
+			return fmt.Errorf("container %q was made by the CNI plugin: bridge delivery cannot take it: remove it (the runtime's CNI DEL) or keep delivery direct or routed", k.Spec.Name)
+		}
+		return nil
+	}
 	switch {
 	case bridge && !ep.Bridged:
 		if err := veth.Enslave(ep.HostIf); err != nil {
@@ -194,6 +205,9 @@ func (c *Control) wire(k maps.Container, ep *veth.Endpoint, fresh bool) error {
 // kernel has destroyed the veth pair; without it, call veth.DeleteMany
 // later.
 func (c *Control) unplumb(k maps.Container, wait bool) error {
+	if k.Spec.Adopted {
+		return c.unplumbAdopted(k) // never the runtime's namespace (adopt.go)
+	}
 	hostIf := c.HostIfName(k.Spec.Name)
 	var errs []error
 	if err := c.st.DetachTC(hostIf); err != nil {
@@ -331,6 +345,12 @@ func (c *Control) repairNetns() error {
 			continue
 		}
 		known[c.key(k.Spec.Name)] = true
+		if k.Spec.Adopted {
+			if err := c.repairAdopted(k); err != nil {
+				return err
+			}
+			continue
+		}
 		ep, err := veth.Lookup(c.key(k.Spec.Name))
 		if errors.Is(err, veth.ErrNotFound) || errors.Is(err, veth.ErrIncomplete) {
 			// An add that died half way, or a namespace removed by hand:
