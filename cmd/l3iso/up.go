@@ -145,6 +145,9 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 			for _, p := range wrong {
 				fmt.Fprintf(w, "  repaired: %s\n", p)
 			}
+			for _, name := range c.Reaped() {
+				fmt.Fprintf(w, "  removed container %s: the CNI plugin made it for a runtime's network namespace, which is gone (no CNI DEL came)\n", name)
+			}
 			return nil
 		},
 	}
