@@ -18,7 +18,7 @@ func newContainer(g *globals) *cobra.Command {
 		Use:   "container",
 		Short: "Add, delete and list containers",
 	}
-	cmd.AddCommand(newContainerAdd(g), newContainerDel(g), newContainerList(g))
+	cmd.AddCommand(newContainerAdd(g), newContainerDel(g), newContainerList(g), newContainerCgroup(g))
 	return cmd
 }
 
