@@ -251,54 +251,14 @@ func TestPodman(t *testing.T) {
 		if want := "/" + rel + "/l3iso/" + web; cg != want {
 			t.Fatalf("container cgroup %s = %s, want %s", web, cg, want)
 		}
-		outside := n.out()
-		sid := outside.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer outside.Close(sid)
-		outside.SetReuseAddr(sid)
-		if err := outside.Bind(sid, netip.AddrPortFrom(outside4, 7900)); err != nil {
-			t.Fatal(err)
-		}
-		if err := outside.Listen(sid); err != nil {
-			t.Fatal(err)
-		}
-		// In the container: a foreign bind fails, a wildcard listener
-		// hears its address only, a connection out leaves from it.
-		script := `httpd -f -p 10.77.0.9:9000 2>/tmp/err; echo "foreign=$?"; cat /tmp/err
-httpd -f -p 0.0.0.0:9001 -h /www & sleep 0.5
-wget -q -O- http://10.77.0.5:9001/index.html; echo "wildcard-own=$?"
-nc -w 2 192.0.2.1 9001 </dev/null; echo "wildcard-host=$?"
-kill $!
-echo hello | nc -w 2 192.0.2.2 7900; echo "connect=$?"`
-		outCh := make(chan string, 1)
-		go func() {
+		checkShared(t, n, func() string {
 			o, e, err := p.run(append(append([]string{"run", "--rm", "--network", "host", "--cgroup-parent", cg, "--cap-drop", "NET_RAW",
-				"--annotation", "io.l3iso.container=" + web}, podmanRunArgs...), "--rootfs", rootfs, "/bin/busybox", "sh", "-c", "cd /bin && for c in httpd nc wget; do ln -sf busybox $c; done; export PATH=/bin; "+script)...)
+				"--annotation", "io.l3iso.container=" + web}, podmanRunArgs...), "--rootfs", rootfs, "/bin/busybox", "sh", "-c", sharedScript)...)
 			if err != nil {
 				o += fmt.Sprintf("\n(podman: %v: %s)", err, e)
 			}
-			outCh <- o
-		}()
-		aid, peer, err := outside.Accept(sid, 30*time.Second)
-		if err != nil {
-			t.Fatalf("the shared container did not connect out: %v", err)
-		}
-		if peer.Addr() != netip.MustParseAddr("10.77.0.5") {
-			t.Errorf("connection from the shared container came from %s, want its own 10.77.0.5", peer.Addr())
-		}
-		outside.Close(aid) // busybox nc waits for the peer to close
-		o := <-outCh
-		t.Logf("container output:\n%s", o)
-		if !strings.Contains(o, "foreign=1") || !strings.Contains(o, "Cannot assign requested address") {
-			t.Errorf("a bind to 10.77.0.9 (not its own) did not fail with EADDRNOTAVAIL:\n%s", o)
-		}
-		// The wildcard listener hears its own address, and not the host's
-		// on the same port.
-		if !strings.Contains(o, "l3iso-pod\nwildcard-own=0") || strings.Contains(o, "wildcard-host=0") {
-			t.Errorf("the wildcard listener on 0.0.0.0:9001 is not the container's own 10.77.0.5:9001 alone:\n%s", o)
-		}
-		if !strings.Contains(o, "connect=0") {
-			t.Errorf("the connection out failed:\n%s", o)
-		}
+			return o
+		})
 	})
 
 	t.Run("oci-hook-refuses", func(t *testing.T) {
