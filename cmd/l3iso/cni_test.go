@@ -244,7 +244,9 @@ func TestCNI(t *testing.T) {
 		os.WriteFile(f, []byte("containers:\n  x-"+n.suffix+":\n    mode: netns\n    addresses: ["+addrs[0].String()+"]\n"), 0o644)
 		n.mustFail([]string{addrs[0].String(), name, "CNI plugin"}, "apply", "-f", f)
 		c.mustCnitool("check", pod, "")
-		n.mustRun("apply", "-f", writeTemp(t, "containers: {}\n"), "--allow-empty")
+		n.mustRun("apply", "-f", policyFile(t, "containers: {}\n"), "--allow-empty")
+		// The policy whose pods: rule gave the pod 10.78.1.5 applies.
+		n.mustRun("apply", "-f", pol, "--allow-empty")
 		if _, ok := n.findContainer(name); !ok {
 			t.Fatalf("an empty apply removed %s, which the CNI plugin made", name)
 		}
@@ -362,17 +364,6 @@ func cnitoolID(path string) string {
 	sum := sha512.Sum512([]byte(path))
 	return "cnitool-" + hex.EncodeToString(sum[:10])
 }
-
-// writeTemp writes text to a new file and returns its path.
-func writeTemp(t *testing.T, text string) string {
-	t.Helper()
-	f := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
 
 // releasableNetns makes a network namespace the test may release (as a
 // runtime does, `ip netns del`) before its end; cleanup removes it if not.

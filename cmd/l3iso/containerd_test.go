@@ -74,6 +74,27 @@ func checkShared(t *testing.T, n *netEnv, start func() string) {
 	}
 }
 
+// checkServed checks that netns container k, a runtime's serving
+// busybox httpd on port 8080, answers the outside host on each of its
+// addresses, delivered directly (the host stack sees none of it).
+func checkServed(t *testing.T, n *netEnv, k containerJSON) {
+	t.Helper()
+	out := n.out()
+	before := n.hostCounters()
+	for _, a := range k.Addresses {
+		ip := netip.MustParsePrefix(a).Addr()
+		if body := httpGet(t, out, netip.AddrPortFrom(ip, 8080)); !strings.Contains(body, "l3iso-pod") {
+			t.Errorf("GET http://%s:8080/ from the outside host: %q", ip, body)
+		}
+	}
+	if after := n.hostCounters(); after != before {
+		t.Errorf("direct delivery to %s: the host stack saw its traffic: %+v → %+v", k.Name, before, after)
+	}
+	if cnt := n.counters()[k.Name]; cnt["tc_redirected_in"] == 0 {
+		t.Errorf("%s: not delivered directly: %v", k.Name, cnt)
+	}
+}
+
 func TestContainerd(t *testing.T) {
 	requireTool(t, "containerd", "ctr", "containerd-shim-runc-v2", "runc", "busybox")
 	n := newNetEnv(t, "direct")
@@ -150,20 +171,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 			}
 			return false
 		})
-		out := n.out()
-		before := n.hostCounters()
-		for _, a := range k.Addresses {
-			ip := netip.MustParsePrefix(a).Addr()
-			if body := httpGet(t, out, netip.AddrPortFrom(ip, 8080)); !strings.Contains(body, "l3iso-pod") {
-				t.Errorf("GET http://%s:8080/ from the outside host: %q", ip, body)
-			}
-		}
-		if after := n.hostCounters(); after != before {
-			t.Errorf("direct delivery to a containerd container: the host stack saw its traffic: %+v → %+v", before, after)
-		}
-		if cnt := n.counters()[k.Name]; cnt["tc_redirected_in"] == 0 {
-			t.Errorf("%s: not delivered directly: %v", k.Name, cnt)
-		}
+		checkServed(t, n, k)
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}

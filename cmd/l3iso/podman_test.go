@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/l3iso/l3iso/internal/mountinfo"
 	"github.com/l3iso/l3iso/internal/sockprobe"
 	"github.com/l3iso/l3iso/pkg/cgroup"
 )
@@ -68,16 +69,12 @@ func busyboxRootfs(t *testing.T) string {
 // of them on this hybrid host, and leaves the parents it made.
 func removeV1Cgroups(t *testing.T, rel string) {
 	t.Helper()
-	mounts, err := cgroup.Mounts()
+	mounts, err := mountinfo.Points(mountinfo.Self, "cgroup")
 	if err != nil {
 		t.Error(err)
 		return
 	}
-	v2, _ := cgroup.Mount()
 	for _, m := range mounts {
-		if m == v2 {
-			continue
-		}
 		dir := filepath.Join(m, rel)
 		if _, err := os.Stat(dir); err != nil {
 			continue
@@ -230,20 +227,7 @@ func TestPodman(t *testing.T) {
 		if !k.Adopted || len(k.Addresses) != 2 {
 			t.Fatalf("podman run --network l3iso: l3iso has no container for it: %+v", n.listJSON())
 		}
-		out := n.out()
-		before := n.hostCounters()
-		for _, a := range k.Addresses {
-			ip := netip.MustParsePrefix(a).Addr()
-			if body := httpGet(t, out, netip.AddrPortFrom(ip, 8080)); !strings.Contains(body, "l3iso-pod") {
-				t.Errorf("GET http://%s:8080/ from the outside host: %q", ip, body)
-			}
-		}
-		if after := n.hostCounters(); after != before {
-			t.Errorf("direct delivery to a podman container: the host stack saw its traffic: %+v → %+v", before, after)
-		}
-		if cnt := n.counters()[k.Name]; cnt["tc_redirected_in"] == 0 {
-			t.Errorf("%s: not delivered directly: %v", k.Name, cnt)
-		}
+		checkServed(t, n, k)
 		p.mustRun("rm", "--force", "--time", "0", id)
 		if _, ok := n.findContainer(k.Name); ok {
 			t.Errorf("podman rm left l3iso container %s (no CNI DEL?)", k.Name)

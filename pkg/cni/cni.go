@@ -268,21 +268,32 @@ func Del(args *skel.CmdArgs) error {
 		return err
 	}
 	name := Name(conf.Name, args.ContainerID, args.IfName)
+	return removing(conf, func(c *control.Control) error {
+		if err := c.DelAdopted(name); err != nil {
+			return fmt.Errorf("remove container %s (network %q): %w", name, conf.Name, err)
+		}
+		return nil
+	}, func() error { return invoke.DelegateDel(context.Background(), conf.IPAM.Type, args.StdinData, nil) })
+}
+
+// removing is DEL and GC: remove (what l3iso has), with the installation
+// open — nothing to do when l3iso is not up (`down` removed it all) —
+// then, with an IPAM plugin, what it has (ipam).
+func removing(conf *NetConf, remove func(*control.Control) error, ipam func() error) error {
 	c, err := control.Open(conf.BPFFS, true)
 	switch {
 	case errors.Is(err, loader.ErrNotUp):
-		// Nothing of l3iso's to remove (`down` removed it all).
 	case err != nil:
 		return cniErr(ErrInternal, fmt.Errorf("open the l3iso installation at %s: %w", conf.BPFFS, err))
 	default:
-		err = c.DelAdopted(name)
+		err = remove(c)
 		c.Close()
 		if err != nil {
-			return cniErr(ErrInternal, fmt.Errorf("remove container %s (network %q): %w", name, conf.Name, err))
+			return cniErr(ErrInternal, err)
 		}
 	}
 	if conf.IPAM.Type != "" {
-		if err := invoke.DelegateDel(context.Background(), conf.IPAM.Type, args.StdinData, nil); err != nil {
+		if err := ipam(); err != nil {
 			return cniErr(types.ErrInternal, fmt.Errorf("IPAM plugin %q: %w", conf.IPAM.Type, err))
 		}
 	}
@@ -367,22 +378,10 @@ func GC(args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		valid[Name(conf.Name, a.ContainerID, a.IfName)] = true
 	}
-	c, err := control.Open(conf.BPFFS, true)
-	switch {
-	case errors.Is(err, loader.ErrNotUp):
-	case err != nil:
-		return cniErr(ErrInternal, fmt.Errorf("open the l3iso installation at %s: %w", conf.BPFFS, err))
-	default:
-		_, err = c.GCAdopted(Prefix(conf.Name), func(name string) bool { return valid[name] })
-		c.Close()
-		if err != nil {
-			return cniErr(ErrInternal, fmt.Errorf("network %q: %w", conf.Name, err))
+	return removing(conf, func(c *control.Control) error {
+		if _, err := c.GCAdopted(Prefix(conf.Name), func(name string) bool { return valid[name] }); err != nil {
+			return fmt.Errorf("network %q: %w", conf.Name, err)
 		}
-	}
-	if conf.IPAM.Type != "" {
-		if err := invoke.DelegateGC(context.Background(), conf.IPAM.Type, args.StdinData, nil); err != nil {
-			return cniErr(types.ErrInternal, fmt.Errorf("IPAM plugin %q: %w", conf.IPAM.Type, err))
-		}
-	}
-	return nil
+		return nil
+	}, func() error { return invoke.DelegateGC(context.Background(), conf.IPAM.Type, args.StdinData, nil) })
 }

@@ -94,40 +94,10 @@ func (c *Control) attach(k maps.Container) error {
 		return err
 	}
 	if err := c.wire(k, ep, true); err != nil {
-		c.unplumbAdopted(k)
+		c.unplumb(k, true)
 		return err
 	}
 	c.attached = ep
-	return nil
-}
-
-// unplumbAdopted is unplumb for an adopted container: its TC link, its
-// l3_ports / l3_delivs entries and its veth; never its namespace.
-func (c *Control) unplumbAdopted(k maps.Container) error {
-	hostIf := c.HostIfName(k.Spec.Name)
-	var errs []error
-	if err := c.st.DetachTC(hostIf); err != nil {
-		errs = append(errs, err)
-	}
-	ifindex := 0
-	if l, err := veth.HostLink(c.key(k.Spec.Name)); err == nil {
-		ifindex = l.Attrs().Index
-	} else if ports, err := c.st.Maps.PortIDs(); err == nil {
-		for idx, id := range ports {
-			if id == k.ID {
-				ifindex = idx
-			}
-		}
-	}
-	if err := c.st.Maps.DeletePort(ifindex, ips(k)); err != nil {
-		errs = append(errs, err)
-	}
-	if err := veth.Detach(c.key(k.Spec.Name)); err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("remove the veth of container %q: %w", k.Spec.Name, err)
-	}
 	return nil
 }
 
@@ -307,7 +277,9 @@ func (c *Control) withAdopted(p *policy.Policy) (*policy.Policy, error) {
 			return nil, fmt.Errorf("container %q of the policy has the name of a container the CNI plugin made for a runtime's network namespace: give yours another name", a.Name)
 		}
 	}
-	out := &policy.Policy{Containers: append(slices.Clip(p.Containers), adopted...), Pods: p.Pods}
+	// Without p's pods: rules, checked against p's containers already: a
+	// pod that got a rule's extra address owns it now, rightly.
+	out := &policy.Policy{Containers: append(slices.Clip(p.Containers), adopted...)}
 	if err := out.Validate(); err != nil {
 		return nil, fmt.Errorf("%w (containers made by the CNI plugin stay as they are: a policy cannot take their addresses)", err)
 	}

@@ -201,13 +201,11 @@ func (c *Control) wire(k maps.Container, ep *veth.Endpoint, fresh bool) error {
 }
 
 // unplumb detaches and removes a netns container's host-side state and its
-// namespace (its processes are dead by now). wait makes it wait until the
+// namespace (its processes are dead by now) — an adopted container's veth
+// only, never the runtime's namespace. wait makes it wait until the
 // kernel has destroyed the veth pair; without it, call veth.DeleteMany
 // later.
 func (c *Control) unplumb(k maps.Container, wait bool) error {
-	if k.Spec.Adopted {
-		return c.unplumbAdopted(k) // never the runtime's namespace (adopt.go)
-	}
 	hostIf := c.HostIfName(k.Spec.Name)
 	var errs []error
 	if err := c.st.DetachTC(hostIf); err != nil {
@@ -226,7 +224,12 @@ func (c *Control) unplumb(k maps.Container, wait bool) error {
 	if err := c.st.Maps.DeletePort(ifindex, ips(k)); err != nil {
 		errs = append(errs, err)
 	}
-	if wait {
+	if k.Spec.Adopted {
+		// Its veth only: never the runtime's namespace (adopt.go).
+		if err := veth.Detach(c.key(k.Spec.Name)); err != nil {
+			errs = append(errs, err)
+		}
+	} else if wait {
 		if err := veth.DeleteMany([]string{c.key(k.Spec.Name)}); err != nil {
 			errs = append(errs, err)
 		}

@@ -74,14 +74,8 @@ func attach(s AttachSpec) (ep *Endpoint, err error) {
 		nsDesc:     s.Netns,
 		skipLo:     true,
 	}
-	if c.hostMAC, err = randomMAC(); err != nil {
+	if err := c.open(); err != nil {
 		return nil, err
-	}
-	if c.peerMAC, err = randomMAC(); err != nil {
-		return nil, err
-	}
-	if c.host, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
-		return nil, fmt.Errorf("open netlink socket: %w", err)
 	}
 	defer func() {
 		if err != nil {

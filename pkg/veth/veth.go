@@ -370,14 +370,8 @@ func create(s Spec) (ep *Endpoint, err error) {
 		peerName:   PeerIfName,
 		nsDesc:     NetnsName(s.Container),
 	}
-	if c.hostMAC, err = randomMAC(); err != nil {
+	if err := c.open(); err != nil {
 		return nil, err
-	}
-	if c.peerMAC, err = randomMAC(); err != nil {
-		return nil, err
-	}
-	if c.host, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
-		return nil, fmt.Errorf("open netlink socket: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -420,6 +414,20 @@ func create(s Spec) (ep *Endpoint, err error) {
 		PeerMAC:     c.peerMAC,
 		Addrs:       c.addrs,
 	}, nil
+}
+
+// open picks both veth MACs and opens the host's netlink handle.
+func (c *creation) open() (err error) {
+	if c.hostMAC, err = randomMAC(); err != nil {
+		return err
+	}
+	if c.peerMAC, err = randomMAC(); err != nil {
+		return err
+	}
+	if c.host, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+		return fmt.Errorf("open netlink socket: %w", err)
+	}
+	return nil
 }
 
 // makeNetns creates the namespace and its bind mount the way `ip netns add`
