@@ -343,6 +343,26 @@ func TestCNI(t *testing.T) {
 		}
 	})
 
+	t.Run("version-and-errors", func(t *testing.T) {
+		out, err := c.plugin("VERSION", c.pluginConf())
+		if err != nil || !strings.Contains(out, `"supportedVersions":["0.4.0","1.0.0","1.1.0"]`) {
+			t.Errorf("CNI_COMMAND=VERSION: %v, %s", err, out)
+		}
+		// A network that gives no addresses: a CNI error object that says
+		// what to add.
+		conf := c.pluginConf()
+		delete(conf, "ipam")
+		ns := sockprobe.NewNetns(t)
+		out, err = c.plugin("ADD", conf, "CNI_CONTAINERID=l3t-noaddr", "CNI_NETNS="+ns, "CNI_IFNAME=eth0")
+		var e struct {
+			Code uint   `json:"code"`
+			Msg  string `json:"msg"`
+		}
+		if err == nil || json.Unmarshal([]byte(out), &e) != nil || e.Code != 7 || !strings.Contains(e.Msg, `add "ipam"`) {
+			t.Errorf("ADD without ipam: %v, %s: want CNI error 7 saying to add ipam", err, out)
+		}
+	})
+
 	for _, v := range []string{"0.4.0", "1.0.0"} {
 		t.Run("version-"+v, func(t *testing.T) {
 			cv := newCNINet(t, n, v, "")
