@@ -1,6 +1,8 @@
 package cni
 
 import (
+	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 
@@ -53,5 +55,54 @@ func TestParseConf(t *testing.T) {
 		if _, err := parseConf([]byte(bad.conf)); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("parseConf(%s): %v, want an error saying %q", bad.conf, err, bad.want)
 		}
+	}
+}
+
+// TestExamples: the shipped conflist is one the plugin takes (as a
+// runtime hands it its entry) at the version podman 4.3 and containerd
+// 1.6 accept, and the hooks.d file selects l3iso's annotation at
+// createRuntime.
+func TestExamples(t *testing.T) {
+	b, err := os.ReadFile("../../examples/cni/10-l3iso.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		CNIVersion string            `json:"cniVersion"`
+		Name       string            `json:"name"`
+		Plugins    []json.RawMessage `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil || len(list.Plugins) != 1 {
+		t.Fatalf("examples/cni/10-l3iso.conflist: %v (%d plugins)", err, len(list.Plugins))
+	}
+	var entry map[string]any
+	json.Unmarshal(list.Plugins[0], &entry)
+	entry["name"], entry["cniVersion"] = list.Name, list.CNIVersion
+	eb, _ := json.Marshal(entry)
+	conf, err := parseConf(eb)
+	if err != nil || conf.Type != "l3iso" || conf.IPAM.Type != "host-local" || list.CNIVersion != "1.0.0" {
+		t.Errorf("examples/cni/10-l3iso.conflist: %+v, %v: want type l3iso, ipam host-local, cniVersion 1.0.0", conf, err)
+	}
+	b, err = os.ReadFile("../../examples/hooks.d/l3iso.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hook struct {
+		Version string `json:"version"`
+		Hook    struct {
+			Path string   `json:"path"`
+			Args []string `json:"args"`
+		} `json:"hook"`
+		When struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"when"`
+		Stages []string `json:"stages"`
+	}
+	if err := json.Unmarshal(b, &hook); err != nil {
+		t.Fatal(err)
+	}
+	if hook.Version != "1.0.0" || hook.Hook.Path != "/usr/local/sbin/l3iso" || strings.Join(hook.Hook.Args, " ") != "l3iso oci-hook" ||
+		hook.When.Annotations[`^io\.l3iso\.container$`] == "" || strings.Join(hook.Stages, ",") != "createRuntime" {
+		t.Errorf("examples/hooks.d/l3iso.json: %+v", hook)
 	}
 }
