@@ -102,16 +102,7 @@ func attach(s AttachSpec) (ep *Endpoint, err error) {
 			return nil, err
 		}
 	}
-	return &Endpoint{
-		Container:   c.name,
-		NetnsPath:   c.nsPath,
-		HostIf:      c.hostIf,
-		HostIfIndex: c.hostIndex,
-		HostMAC:     c.hostMAC,
-		PeerIfIndex: c.peerIndex,
-		PeerMAC:     c.peerMAC,
-		Addrs:       c.addrs,
-	}, nil
+	return c.endpoint(), nil
 }
 
 // Detach deletes the host-side veth of an adopted container (the peer in

@@ -404,6 +404,11 @@ func create(s Spec) (ep *Endpoint, err error) {
 			}
 		}
 	}
+	return c.endpoint(), nil
+}
+
+// endpoint describes what the creation made.
+func (c *creation) endpoint() *Endpoint {
 	return &Endpoint{
 		Container:   c.name,
 		NetnsPath:   c.nsPath,
@@ -413,7 +418,7 @@ func create(s Spec) (ep *Endpoint, err error) {
 		PeerIfIndex: c.peerIndex,
 		PeerMAC:     c.peerMAC,
 		Addrs:       c.addrs,
-	}, nil
+	}
 }
 
 // open picks both veth MACs and opens the host's netlink handle.
