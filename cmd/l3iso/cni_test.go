@@ -34,17 +34,19 @@ type cniNet struct {
 	name    string // the network's name
 }
 
-// cniConflist is a network configuration of the l3iso plugin with
-// host-local giving an IPv4 and an IPv6 address from the given ranges.
-func cniConflist(version, name, bpffs, dataDir, policyFile string, subnets ...string) map[string]any {
+// cniConflist is a network configuration of the l3iso plugin joining
+// env e's installation (its bpffs, and its audit log) with host-local
+// giving an IPv4 and an IPv6 address from the given ranges.
+func cniConflist(version, name string, e *env, dataDir, policyFile string, subnets ...string) map[string]any {
 	var ranges []any
 	for _, s := range subnets {
 		ranges = append(ranges, []any{map[string]any{"subnet": s}})
 	}
 	plugin := map[string]any{
-		"type":  "l3iso",
-		"bpffs": bpffs,
-		"ipam":  map[string]any{"type": "host-local", "dataDir": dataDir, "ranges": ranges},
+		"type":     "l3iso",
+		"bpffs":    e.bpffs,
+		"stateDir": e.state,
+		"ipam":     map[string]any{"type": "host-local", "dataDir": dataDir, "ranges": ranges},
 	}
 	if policyFile != "" {
 		plugin["policy"] = policyFile
@@ -56,7 +58,7 @@ func newCNINet(t *testing.T, n *netEnv, version, policyFile string) *cniNet {
 	t.Helper()
 	c := &cniNet{n: n, kit: cniKit(t), confDir: t.TempDir(), name: "l3t-" + n.suffix}
 	writeJSONFile(t, filepath.Join(c.confDir, "10-l3iso.conflist"),
-		cniConflist(version, c.name, n.bpffs, t.TempDir(), policyFile, "10.78.0.0/24", "fd78::/64"))
+		cniConflist(version, c.name, n.env, t.TempDir(), policyFile, "10.78.0.0/24", "fd78::/64"))
 	c.sb = newSandbox(t, n.netns, c.kit, c.confDir, false)
 	return c
 }
@@ -265,6 +267,12 @@ func TestCNI(t *testing.T) {
 			t.Errorf("DEL removed the runtime's namespace %s: %v", pod, err)
 		}
 		c.mustCnitool("del", pod, "") // again: nothing to do, success
+		// The audit log has the plugin's ADD and DEL of it (once: the
+		// second DEL changed nothing).
+		h := n.mustRun("history", "-o", "json")
+		if strings.Count(h, `"command":"cni ADD"`) == 0 || strings.Count(h, `"- container \"`+name+`\""`) != 1 {
+			t.Errorf("history has no cni ADD, or not one cni DEL of %s:\n%s", name, h)
+		}
 	})
 
 	t.Run("up-reaps-a-vanished-namespace", func(t *testing.T) {

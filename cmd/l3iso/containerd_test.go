@@ -107,7 +107,7 @@ func TestContainerd(t *testing.T) {
 	t.Cleanup(func() { removeV1Cgroups(t, rel) }) // after containerd is stopped
 	kit := cniKit(t)
 	confDir, state := t.TempDir(), t.TempDir()
-	writeJSONFile(t, filepath.Join(confDir, "10-l3iso.conflist"), cniConflist("1.0.0", "l3iso", n.bpffs, filepath.Join(state, "ipam"), "", "10.78.0.0/24", "fd78::/64"))
+	writeJSONFile(t, filepath.Join(confDir, "10-l3iso.conflist"), cniConflist("1.0.0", "l3iso", n.env, filepath.Join(state, "ipam"), "", "10.78.0.0/24", "fd78::/64"))
 	sb := newSandbox(t, n.netns, kit, confDir, true)
 	sock := filepath.Join(state, "containerd.sock")
 	cfg := filepath.Join(state, "config.toml")

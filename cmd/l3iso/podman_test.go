@@ -114,7 +114,7 @@ func newPodman(t *testing.T, n *netEnv, hooksDir string) *podman {
 	requireTool(t, "podman", "runc", "conmon", "busybox")
 	kit := cniKit(t)
 	confDir, state := t.TempDir(), t.TempDir()
-	writeJSONFile(t, filepath.Join(confDir, "l3iso.conflist"), cniConflist("1.0.0", "l3iso", n.bpffs, filepath.Join(state, "ipam"), "", "10.78.0.0/24", "fd78::/64"))
+	writeJSONFile(t, filepath.Join(confDir, "l3iso.conflist"), cniConflist("1.0.0", "l3iso", n.env, filepath.Join(state, "ipam"), "", "10.78.0.0/24", "fd78::/64"))
 	conf := filepath.Join(state, "containers.conf")
 	text := fmt.Sprintf(`[engine]
 cgroup_manager = "cgroupfs"

@@ -37,7 +37,7 @@ func TestTwoNodes(t *testing.T) {
 		{"-n", a, "route", "add", "10.79.0.0/24", "via", outside4.String()},
 		{"-n", a, "route", "add", "fd79::/64", "via", outside6.String()},
 	}...)
-	nodeB := &netEnv{env: &env{t: t, netns: n.outside, cgroot: sockprobe.NewCgroup(t, ""), bpffs: filepath.Join(mountBPFFS(t), "l3iso")}, outside: n.netns, suffix: n.suffix}
+	nodeB := &netEnv{env: &env{t: t, netns: n.outside, cgroot: sockprobe.NewCgroup(t, ""), bpffs: filepath.Join(mountBPFFS(t), "l3iso"), state: t.TempDir()}, outside: n.netns, suffix: n.suffix}
 	nodeB.hostCg = filepath.Join(nodeB.cgroot, "host")
 	if err := os.Mkdir(nodeB.hostCg, 0o755); err != nil {
 		t.Fatal(err)
@@ -48,8 +48,8 @@ func TestTwoNodes(t *testing.T) {
 
 	kit := cniKit(t)
 	netA, netB := t.TempDir(), t.TempDir()
-	writeJSONFile(t, filepath.Join(netA, "10-l3iso.conflist"), cniConflist("1.1.0", "l3t-a", n.bpffs, t.TempDir(), "", "10.78.0.0/24", "fd78::/64"))
-	writeJSONFile(t, filepath.Join(netB, "10-l3iso.conflist"), cniConflist("1.1.0", "l3t-b", nodeB.bpffs, t.TempDir(), "", "10.79.0.0/24", "fd79::/64"))
+	writeJSONFile(t, filepath.Join(netA, "10-l3iso.conflist"), cniConflist("1.1.0", "l3t-a", n.env, t.TempDir(), "", "10.78.0.0/24", "fd78::/64"))
+	writeJSONFile(t, filepath.Join(netB, "10-l3iso.conflist"), cniConflist("1.1.0", "l3t-b", nodeB.env, t.TempDir(), "", "10.79.0.0/24", "fd79::/64"))
 	ca := &cniNet{n: n, kit: kit, confDir: netA, name: "l3t-a", sb: newSandbox(t, n.netns, kit, netA, false)}
 	cb := &cniNet{n: nodeB, kit: kit, confDir: netB, name: "l3t-b", sb: newSandbox(t, n.outside, kit, netB, false)}
 	podA, podB := sockprobe.NewNetns(t), sockprobe.NewNetns(t)

@@ -14,6 +14,8 @@
 //	          one, the addresses of a previous plugin's result (prevResult)
 //	"policy": a policy file whose pods: rules give pods extra addresses and
 //	          multicast groups (optional; see policy.PodRule)
+//	"stateDir": the directory of the audit log its ADD, DEL and GC are
+//	          recorded in (default $L3ISO_STATE_DIR, else /var/lib/l3iso)
 //
 // Each attachment (container ID, interface name) of network NET is the
 // l3iso container Name(NET, ID, IFNAME): "cni" + 4 characters naming the
@@ -32,6 +34,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -40,6 +44,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/l3iso/l3iso/pkg/audit"
 	"github.com/l3iso/l3iso/pkg/control"
 	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/maps"
@@ -60,6 +65,9 @@ type NetConf struct {
 	BPFFS string `json:"bpffs,omitempty"`
 	// Policy is a policy file whose pods: rules apply (optional).
 	Policy string `json:"policy,omitempty"`
+	// StateDir holds the audit log the plugin records its changes in
+	// (pkg/audit; default: $L3ISO_STATE_DIR, else /var/lib/l3iso).
+	StateDir string `json:"stateDir,omitempty"`
 }
 
 // podArgs are the CNI_ARGS the plugin reads.
@@ -130,6 +138,33 @@ func open(conf *NetConf, exclusive bool) (*control.Control, error) {
 		return nil, types.NewError(ErrInternal, fmt.Sprintf("open the l3iso installation at %s: %v", conf.BPFFS, err), "")
 	}
 	return c, nil
+}
+
+// openAudit opens the audit log before anything changes: an attachment
+// that cannot be recorded is not made (or removed).
+func openAudit(conf *NetConf) (*audit.Log, error) {
+	bpffs := conf.BPFFS
+	if abs, err := filepath.Abs(bpffs); err == nil {
+		bpffs = abs
+	}
+	l, err := audit.Open(audit.Options{StateDir: conf.StateDir, BPFFS: bpffs})
+	if err != nil {
+		return nil, types.NewError(ErrInternal, fmt.Sprintf("%v (network %q: or set \"stateDir\")", err, conf.Name), "")
+	}
+	return l, nil
+}
+
+// record records a change of the plugin's (command: ADD, DEL, GC) in the
+// audit log, as `cni COMMAND`, with the attachment as its arguments. The
+// change is made: a failure here is only logged on stderr.
+func record(l *audit.Log, command string, conf *NetConf, args *skel.CmdArgs, changes []string) {
+	a := []string{"network=" + conf.Name}
+	if args.ContainerID != "" {
+		a = append(a, "container="+args.ContainerID, "ifname="+args.IfName, "netns="+args.Netns)
+	}
+	if err := l.Record(audit.Entry{Command: "cni " + command, Args: a, Changes: changes}); err != nil {
+		fmt.Fprintf(os.Stderr, "l3iso: warning: the change was made, but %v\n", err)
+	}
 }
 
 // cniErr makes err a CNI error with code (it keeps one that is already).
@@ -210,12 +245,17 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err := (&policy.Policy{Containers: []policy.Container{spec}}).Validate(); err != nil {
 		return types.NewError(ErrAddress, fmt.Sprintf("container %s of network %q: %v", name, conf.Name, err), "")
 	}
+	log, err := openAudit(conf)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
 	c, err := open(conf, true)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	_, ep, err := c.Adopt(spec, control.Attachment{Netns: args.Netns, IfName: args.IfName})
+	k, ep, err := c.Adopt(spec, control.Attachment{Netns: args.Netns, IfName: args.IfName})
 	if err != nil {
 		code := uint(ErrInternal)
 		if errors.Is(err, control.ErrExists) {
@@ -223,6 +263,11 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 		return cniErr(code, fmt.Errorf("attach container %s (network %q) to netns %s: %w", name, conf.Name, args.Netns, err))
 	}
+	var changes []string
+	for _, ch := range policy.Diff(nil, &policy.Policy{Containers: []policy.Container{k.Spec}}) {
+		changes = append(changes, fmt.Sprintf("%s [id %d, veth %s]", ch, k.ID, ep.HostIf))
+	}
+	record(log, "ADD", conf, args, changes)
 	res := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
@@ -268,25 +313,38 @@ func Del(args *skel.CmdArgs) error {
 		return err
 	}
 	name := Name(conf.Name, args.ContainerID, args.IfName)
-	return removing(conf, func(c *control.Control) error {
-		if err := c.DelAdopted(name); err != nil {
-			return fmt.Errorf("remove container %s (network %q): %w", name, conf.Name, err)
+	return removing(conf, args, "DEL", func(c *control.Control) ([]string, error) {
+		found, err := c.DelAdopted(name)
+		if err != nil {
+			return nil, fmt.Errorf("remove container %s (network %q): %w", name, conf.Name, err)
 		}
-		return nil
+		if !found {
+			return nil, nil
+		}
+		return []string{fmt.Sprintf("- container %q", name)}, nil
 	}, func() error { return invoke.DelegateDel(context.Background(), conf.IPAM.Type, args.StdinData, nil) })
 }
 
-// removing is DEL and GC: remove (what l3iso has), with the installation
-// open — nothing to do when l3iso is not up (`down` removed it all) —
-// then, with an IPAM plugin, what it has (ipam).
-func removing(conf *NetConf, remove func(*control.Control) error, ipam func() error) error {
+// removing is DEL and GC (command): remove (what l3iso has; it returns
+// what it removed, for the audit log), with the installation open —
+// nothing to do when l3iso is not up (`down` removed it all) — then, with
+// an IPAM plugin, what it has (ipam).
+func removing(conf *NetConf, args *skel.CmdArgs, command string, remove func(*control.Control) ([]string, error), ipam func() error) error {
+	log, err := openAudit(conf)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
 	c, err := control.Open(conf.BPFFS, true)
 	switch {
 	case errors.Is(err, loader.ErrNotUp):
 	case err != nil:
 		return cniErr(ErrInternal, fmt.Errorf("open the l3iso installation at %s: %w", conf.BPFFS, err))
 	default:
-		err = remove(c)
+		changes, err := remove(c)
+		if len(changes) > 0 {
+			record(log, command, conf, args, changes)
+		}
 		c.Close()
 		if err != nil {
 			return cniErr(ErrInternal, err)
@@ -378,10 +436,15 @@ func GC(args *skel.CmdArgs) error {
 	for _, a := range conf.ValidAttachments {
 		valid[Name(conf.Name, a.ContainerID, a.IfName)] = true
 	}
-	return removing(conf, func(c *control.Control) error {
-		if _, err := c.GCAdopted(Prefix(conf.Name), func(name string) bool { return valid[name] }); err != nil {
-			return fmt.Errorf("network %q: %w", conf.Name, err)
+	return removing(conf, args, "GC", func(c *control.Control) ([]string, error) {
+		gone, err := c.GCAdopted(Prefix(conf.Name), func(name string) bool { return valid[name] })
+		var changes []string
+		for _, name := range gone {
+			changes = append(changes, fmt.Sprintf("- container %q", name))
 		}
-		return nil
+		if err != nil {
+			return changes, fmt.Errorf("network %q: %w", conf.Name, err)
+		}
+		return changes, nil
 	}, func() error { return invoke.DelegateGC(context.Background(), conf.IPAM.Type, args.StdinData, nil) })
 }

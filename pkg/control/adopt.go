@@ -148,21 +148,22 @@ func (c *Control) checkAdopted(k maps.Container) []loader.Problem {
 const adoptedGrace = time.Second
 
 // DelAdopted removes adopted container name (CNI DEL): its veth (the
-// runtime's namespace stays), ownership and cgroup. A container that does
-// not exist is no error (DEL is idempotent); one that was not adopted is.
-func (c *Control) DelAdopted(name string) error {
+// runtime's namespace stays), ownership and cgroup, and says whether there
+// was one. A container that does not exist is no error (DEL is
+// idempotent); one that was not adopted is.
+func (c *Control) DelAdopted(name string) (bool, error) {
 	k, err := c.Find(name)
 	if errors.Is(err, ErrNotFound) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	if !k.Spec.Adopted {
-		return fmt.Errorf("container %q was not made by the CNI plugin: not deleting it (`l3iso container del %s` does)", name, name)
+		return false, fmt.Errorf("container %q was not made by the CNI plugin: not deleting it (`l3iso container del %s` does)", name, name)
 	}
 	_, err = c.Del(name, adoptedGrace)
-	return err
+	return true, err
 }
 
 // CheckAdopted verifies adopted container name against the runtime's
