@@ -1,6 +1,7 @@
 # l3iso — build, generate, check and test.
 #
-#   make build            bin/l3iso
+#   make build            bin/l3iso and the CNI plugin bin/cni/l3iso
+#   make install          bin/l3iso -> $(SBINDIR) (/usr/local/sbin), the plugin -> $(CNIBINDIR) (/opt/cni/bin)
 #   make generate         rebuild the BPF objects (pkg/maps/*_bpfel.{go,o}) from bpf/*.c
 #   make check-generated  fail if the committed BPF objects are stale
 #   make test             vet, gofmt, then every test (run as root: privileged tests run)
@@ -20,12 +21,15 @@ SHELL := /bin/bash
 
 GO     ?= go
 BIN    := bin/l3iso
+CNIBIN := bin/cni/l3iso
+SBINDIR   ?= /usr/local/sbin
+CNIBINDIR ?= /opt/cni/bin
 BENCH  := bin/l3iso-bench
 GOTEST_TIMEOUT ?= 40m
 
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build bench-build generate check-generated test demo bench bench-quick bench-hooks bench-hooks-quick deps clean
+.PHONY: all build install bench-build generate check-generated test demo bench bench-quick bench-hooks bench-hooks-quick deps clean
 
 all: build
 
@@ -34,6 +38,14 @@ all: build
 # dynamic loader and cgo's start-up: ~2.5 ms of a ~20 ms `container add`.
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/l3iso
+	CGO_ENABLED=0 $(GO) build -o $(CNIBIN) ./cmd/l3iso-cni
+
+# The CNI plugin is installed under its type's name, l3iso, where runtimes
+# look for plugins (CNI_PATH; podman, containerd and the kubelet default to
+# /opt/cni/bin).
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/l3iso
+	install -D -m 0755 $(CNIBIN) $(DESTDIR)$(CNIBINDIR)/l3iso
 
 # bpf2go runs clang-16 with libbpf's headers and the kernel UAPI headers
 # (asm/ lives in /usr/include/x86_64-linux-gnu, from linux-libc-dev).

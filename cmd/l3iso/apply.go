@@ -25,7 +25,11 @@ func newApply(g *globals) *cobra.Command {
 		Long: `apply validates the whole file first (an error names file, line and problem
 and changes nothing), then switches to the new policy atomically: binds and
 packets see either the old or the new policy, never a mix. Containers not in
-the file are deleted. --dry-run prints the diff, with the processes each
+the file are deleted — but not those the CNI plugin made for a container
+runtime's namespaces ("netns (cni)" in 'container list'): apply leaves them
+as they are and refuses a file that takes their names or addresses. The
+file's pods: rules are only checked here: the plugin reads them when a pod
+is added. --dry-run prints the diff, with the processes each
 removal would stop, and changes nothing; it fails where apply would.
 
 After the diff, apply says, per container and address, how many live

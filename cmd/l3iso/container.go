@@ -18,7 +18,7 @@ func newContainer(g *globals) *cobra.Command {
 		Use:   "container",
 		Short: "Add, delete and list containers",
 	}
-	cmd.AddCommand(newContainerAdd(g), newContainerDel(g), newContainerList(g))
+	cmd.AddCommand(newContainerAdd(g), newContainerDel(g), newContainerList(g), newContainerCgroup(g))
 	return cmd
 }
 
@@ -166,6 +166,9 @@ type containerJSON struct {
 	// host-side veth.
 	Netns    string `json:"netns,omitempty"`
 	HostVeth string `json:"host_veth,omitempty"`
+	// Adopted: made by the CNI plugin for a container runtime's network
+	// namespace (not l3iso's: Netns is empty); apply leaves it alone.
+	Adopted bool `json:"cni,omitempty"`
 }
 
 func toJSON(c *control.Control, k maps.Container) containerJSON {
@@ -180,6 +183,8 @@ func toJSON(c *control.Control, k maps.Container) containerJSON {
 		j.Multicast = append(j.Multicast, m.String())
 	}
 	switch {
+	case k.Spec.Adopted:
+		j.HostVeth, j.Adopted = c.HostIfName(k.Spec.Name), true
 	case k.Spec.Mode == policy.ModeNetns:
 		j.Netns, j.HostVeth = c.NetnsName(k.Spec.Name), c.HostIfName(k.Spec.Name)
 	case k.Isolated():
@@ -221,7 +226,7 @@ func newContainerList(g *globals) *cobra.Command {
 				if m == "" {
 					m = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", j.Name, j.ID, j.Mode, j.Loopback, strings.Join(j.Addresses, ","), m)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", j.Name, j.ID, modeText(j), j.Loopback, strings.Join(j.Addresses, ","), m)
 			}
 			return tw.Flush()
 		},
@@ -238,4 +243,13 @@ func addLines(k maps.Container) []string {
 		out = append(out, fmt.Sprintf("%s [id %d]", ch, k.ID))
 	}
 	return out
+}
+
+// modeText is a container's mode as the tables show it: "netns (cni)" for
+// one the CNI plugin made for a runtime's namespace.
+func modeText(j containerJSON) string {
+	if j.Adopted {
+		return j.Mode + " (cni)"
+	}
+	return j.Mode
 }

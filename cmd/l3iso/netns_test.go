@@ -390,6 +390,12 @@ func TestNetnsDelivery(t *testing.T) {
 // another container's address and an address nobody owns. The TC program on
 // a's veth must drop them and count them.
 func checkSpoof(t *testing.T, n *netEnv, a string, other [2]netip.Addr) {
+	checkSpoofAt(t, n, a, veth.NetnsPath(n.key(a)), "eth0", other)
+}
+
+// checkSpoofAt is checkSpoof for container a whose namespace is at nsPath
+// (a runtime's, for one the CNI plugin made) with its veth side ifName.
+func checkSpoofAt(t *testing.T, n *netEnv, a, nsPath, ifName string, other [2]netip.Addr) {
 	out := n.out()
 	before := n.counters()[a]["tc_dropped_spoof"]
 	sent := 0
@@ -399,13 +405,13 @@ func checkSpoof(t *testing.T, n *netEnv, a string, other [2]netip.Addr) {
 		if err := out.Bind(sid, netip.AddrPortFrom(dst, 7600)); err != nil {
 			t.Fatal(err)
 		}
-		err := veth.Do(n.key(a), func() error {
+		err := veth.DoAt(nsPath, func() error {
 			h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 			if err != nil {
 				return err
 			}
 			defer h.Close()
-			eth0, err := h.LinkByName("eth0")
+			eth0, err := h.LinkByName(ifName)
 			if err != nil {
 				return err
 			}

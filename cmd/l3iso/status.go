@@ -277,10 +277,13 @@ otherwise it exits 0.`,
 			fmt.Fprintln(tw, "NAME\tID\tMODE\tNETNS/VETH\tADDRESSES\tALLOWED\tDENIED\tREWRITTEN\tDROPPED")
 			for _, k := range s.Containers {
 				where := "-"
-				if k.Netns != "" {
+				switch {
+				case k.Adopted:
+					where = "(runtime's)/" + k.HostVeth
+				case k.Netns != "":
 					where = k.Netns + "/" + k.HostVeth
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%v\t%d\t%d\t%d\t%d\n", k.Name, k.ID, k.Mode, where, k.Addresses,
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%v\t%d\t%d\t%d\t%d\n", k.Name, k.ID, modeText(k.containerJSON), where, k.Addresses,
 					k.Counters["bind_allowed"]+k.Counters["connect_allowed"],
 					k.Counters["bind_denied_foreign"]+k.Counters["bind_denied_port"]+k.Counters["send_denied_spoof"]+k.Counters["denied_no_address"],
 					k.Counters["bind_rewritten"]+k.Counters["source_rewritten"]+k.Counters["loopback_remapped"],

@@ -44,7 +44,9 @@ use the map, a missing TCX attachment (lo, the uplink, a netns container's
 veth) is made again, host addresses and routes that vanished (deleted by
 hand, or by net.ipv6.conf.IF.disable_ipv6, which up turns off again) are
 added back — and lists what it repaired. A crashed command's half-done work
-is finished or undone.
+is finished or undone. Containers the CNI plugin made whose network
+namespace is gone (the runtime released it without CNI DEL: their veth went
+with it) are removed, and listed.
 
 Delivery of netns containers (--delivery, default direct on a new
 installation):
@@ -144,6 +146,9 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 			}
 			for _, p := range wrong {
 				fmt.Fprintf(w, "  repaired: %s\n", p)
+			}
+			for _, name := range c.Reaped() {
+				fmt.Fprintf(w, "  removed container %s: the CNI plugin made it for a runtime's network namespace, which is gone (no CNI DEL came)\n", name)
 			}
 			return nil
 		},

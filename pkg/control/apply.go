@@ -50,6 +50,9 @@ type ApplyOptions struct {
 	// Grace is how long processes get between SIGTERM and SIGKILL (see
 	// cgroup.Stop); 0 kills them at once.
 	Grace time.Duration
+	// dropAdopted removes the containers the CNI plugin made too (Down);
+	// any other apply carries them over as they are (adopt.go).
+	dropAdopted bool
 }
 
 // Apply makes the installed containers exactly those of p. Every check runs
@@ -68,6 +71,13 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 	}
 	for _, spec := range p.Containers {
 		if err := checkModes(spec); err != nil {
+			return Plan{}, err
+		}
+	}
+	fileContainers := len(p.Containers)
+	if !o.dropAdopted {
+		var err error
+		if p, err = c.withAdopted(p); err != nil {
 			return Plan{}, err
 		}
 	}
@@ -106,7 +116,7 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 		return plan, err
 	}
 	lose := sv.losing()
-	if len(pc) == 0 && !o.AllowEmpty {
+	if fileContainers == 0 && !o.AllowEmpty {
 		return plan, emptyPolicyError(len(gone), plan.Running)
 	}
 	if len(plan.Running) > 0 && !o.Prune {
@@ -118,7 +128,7 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 	var checking []policy.Container
 	for i, spec := range pc {
 		o := sv.old[i]
-		if sv.id[i] == 0 || spec.Mode == policy.ModeNetns || (o >= 0 && !slices.Equal(sv.olds[o].Spec.Addresses, spec.Addresses)) {
+		if sv.id[i] == 0 || spec.Mode == policy.ModeNetns && !spec.Adopted || (o >= 0 && !slices.Equal(sv.olds[o].Spec.Addresses, spec.Addresses)) {
 			checking = append(checking, spec)
 		}
 	}
@@ -243,7 +253,9 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 			if err := c.unplumb(k, false); err != nil {
 				return abort(err)
 			}
-			goneNetns = append(goneNetns, c.key(k.Spec.Name))
+			if !k.Spec.Adopted { // its veth is gone already, its namespace not l3iso's
+				goneNetns = append(goneNetns, c.key(k.Spec.Name))
+			}
 		}
 	}
 	readdressed := map[string]bool{}

@@ -50,6 +50,13 @@ type Control struct {
 	deliveryReady    bool // ensureDelivery ran in this command
 
 	tr *tracer // the steps of the add under way (L3ISO_TRACE)
+
+	// attaching is where the veth of the container Adopt adds goes;
+	// attached is that veth once made (adopt.go).
+	attaching *Attachment
+	attached  *veth.Endpoint
+	// reaped are the adopted containers FromState removed (ReapAdopted).
+	reaped []string
 }
 
 // Open opens the installation pinned at bpffs. exclusive is for commands
@@ -142,8 +149,16 @@ func FromState(st *loader.State) (*Control, error) {
 	if err := c.adoptNameTag(); err != nil {
 		return nil, err
 	}
+	var err error
+	if c.reaped, err = c.ReapAdopted(); err != nil {
+		return nil, err
+	}
 	return c, c.end()
 }
+
+// Reaped names the containers the CNI plugin made whose network namespace
+// was gone, which FromState (`up`) removed.
+func (c *Control) Reaped() []string { return c.reaped }
 
 // Close releases the installation.
 func (c *Control) Close() error { return c.st.Close() }
@@ -744,7 +759,7 @@ func (c *Control) DownGrace(grace time.Duration) (cgroup.Stopped, error) {
 		return stopped, err
 	}
 	if len(cs) > 0 {
-		plan, err := c.Apply(&policy.Policy{}, ApplyOptions{Prune: true, AllowEmpty: true, Grace: grace})
+		plan, err := c.Apply(&policy.Policy{}, ApplyOptions{Prune: true, AllowEmpty: true, Grace: grace, dropAdopted: true})
 		for _, st := range plan.Stopped {
 			stopped = stopped.Plus(st)
 		}

@@ -112,6 +112,9 @@ func (c *Control) vethMTU() int {
 // for the current delivery. The maps already own k's addresses (rule 9). On
 // error nothing of it is left.
 func (c *Control) plumb(k maps.Container) error {
+	if k.Spec.Adopted {
+		return c.attach(k) // the runtime's namespace (adopt.go)
+	}
 	if err := c.ensureDelivery(); err != nil {
 		return err
 	}
@@ -171,6 +174,14 @@ func (c *Control) wire(k maps.Container, ep *veth.Endpoint, fresh bool) error {
 		return fmt.Errorf("container %q: %w", k.Spec.Name, err)
 	}
 	bridge := c.st.Config.Delivery == maps.DeliveryBridge
+	if k.Spec.Adopted {
+		// Its routes live in the runtime's namespace: through the
+		// gateway, as direct and routed delivery want (adopt.go).
+		if bridge {
+			return fmt.Errorf("container %q was made by the CNI plugin: bridge delivery cannot take it: remove it (the runtime's CNI DEL) or keep delivery direct or routed", k.Spec.Name)
+		}
+		return nil
+	}
 	switch {
 	case bridge && !ep.Bridged:
 		if err := veth.Enslave(ep.HostIf); err != nil {
@@ -190,7 +201,8 @@ func (c *Control) wire(k maps.Container, ep *veth.Endpoint, fresh bool) error {
 }
 
 // unplumb detaches and removes a netns container's host-side state and its
-// namespace (its processes are dead by now). wait makes it wait until the
+// namespace (its processes are dead by now) — an adopted container's veth
+// only, never the runtime's namespace. wait makes it wait until the
 // kernel has destroyed the veth pair; without it, call veth.DeleteMany
 // later.
 func (c *Control) unplumb(k maps.Container, wait bool) error {
@@ -212,7 +224,12 @@ func (c *Control) unplumb(k maps.Container, wait bool) error {
 	if err := c.st.Maps.DeletePort(ifindex, ips(k)); err != nil {
 		errs = append(errs, err)
 	}
-	if wait {
+	if k.Spec.Adopted {
+		// Its veth only: never the runtime's namespace (adopt.go).
+		if err := veth.Detach(c.key(k.Spec.Name)); err != nil {
+			errs = append(errs, err)
+		}
+	} else if wait {
 		if err := veth.DeleteMany([]string{c.key(k.Spec.Name)}); err != nil {
 			errs = append(errs, err)
 		}
@@ -331,6 +348,12 @@ func (c *Control) repairNetns() error {
 			continue
 		}
 		known[c.key(k.Spec.Name)] = true
+		if k.Spec.Adopted {
+			if err := c.repairAdopted(k); err != nil {
+				return err
+			}
+			continue
+		}
 		ep, err := veth.Lookup(c.key(k.Spec.Name))
 		if errors.Is(err, veth.ErrNotFound) || errors.Is(err, veth.ErrIncomplete) {
 			// An add that died half way, or a namespace removed by hand:

@@ -41,6 +41,10 @@ func (c *Control) Check() ([]loader.Problem, error) {
 		if !isNetns(k) {
 			continue
 		}
+		if k.Spec.Adopted {
+			out = append(out, c.checkAdopted(k)...)
+			continue
+		}
 		if _, err := os.Stat(c.NetnsPath(k.Spec.Name)); err != nil {
 			out = append(out, loader.Problem{Object: "container " + k.Spec.Name, Issue: "its network namespace " + c.NetnsName(k.Spec.Name) + " is missing"})
 			continue

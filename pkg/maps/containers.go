@@ -72,6 +72,12 @@ func newEntries(cs []Container) *entries {
 	}
 }
 
+// metaAdopted, in l3_meta's pad byte, marks a container the CNI plugin
+// made for a runtime's network namespace (policy.Container.Adopted).
+// l3_metas is user space's alone (no program reads it), so the flag needs
+// no change to bpf/: it is written and read here only.
+const metaAdopted uint8 = 1
+
 // metaOf is container c's l3_metas value. Its flags are those of c's
 // l3_conts entry, less the loopback flag a netns container gets there.
 func metaOf(c Container) (sockL3Meta, error) {
@@ -95,6 +101,9 @@ func metaOf(c Container) (sockL3Meta, error) {
 	if c.Spec.Mode == policy.ModeNetns {
 		meta.Flags |= uint32(sockL3ContFlagsL3CF_NETNS)
 		meta.Mode = uint8(sockL3ModeL3MODE_NETNS)
+	}
+	if c.Spec.Adopted {
+		meta.Pad |= metaAdopted
 	}
 	for i, a := range c.Spec.Addresses {
 		spec := sockL3AddrSpec{Addr: toAddr(a.Addr), Proto: uint8(a.Proto), PortLo: a.PortLo, PortHi: a.PortHi}
@@ -569,6 +578,7 @@ func decodeMeta(id uint32, v *sockL3Meta) Container {
 	if v.Flags&uint32(sockL3ContFlagsL3CF_LOOP_HOST) != 0 {
 		c.Spec.Loopback = policy.LoopbackHost
 	}
+	c.Spec.Adopted = v.Pad&metaAdopted != 0
 	if v.Naddrs > 0 {
 		c.Spec.Addresses = make([]policy.Address, 0, min(int(v.Naddrs), len(v.Addrs)))
 	}

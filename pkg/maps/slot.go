@@ -193,6 +193,10 @@ func (m Meta) Is(c Container) bool {
 	return bytes.Equal(compactMeta(a[:0], &want), compactMeta(b[:0], m.v))
 }
 
+// Adopted reports whether the container is one the CNI plugin made for a
+// runtime's network namespace (policy.Container.Adopted).
+func (m Meta) Adopted() bool { return m.v.Pad&metaAdopted != 0 }
+
 // Container decodes the metadata.
 func (m Meta) Container() Container { return decodeMeta(m.id, m.v) }
 

@@ -56,12 +56,21 @@ type Container struct {
 	// Multicast are the groups (or prefixes of groups) the container may
 	// join, each a masked prefix inside 224.0.0.0/4 or ff00::/8.
 	Multicast []netip.Prefix
+	// Adopted says that the container's network namespace is a container
+	// runtime's, which attached it through the CNI plugin (cmd/l3iso-cni):
+	// l3iso made its veth, not its namespace, and never deletes the
+	// namespace nor stops the runtime's processes. A policy file cannot
+	// set it; apply leaves such containers as they are.
+	Adopted bool
 }
 
 // Policy is a whole ownership policy. After Parse, Load or a successful
 // Validate its containers are sorted by name.
 type Policy struct {
 	Containers []Container
+	// Pods are the rules for containers a runtime attaches through the
+	// CNI plugin (pods.go); apply only checks them.
+	Pods []PodRule
 }
 
 // Find returns the container called name.
@@ -378,6 +387,8 @@ func validate(p *Policy, src *source) error {
 			r.addf(at(ln.addr, int(x.j), ln.name), "address %s of container %q overlaps %s of container %q: an address:port may be owned by one container only", a, c.Name, b, p.Containers[x.oc].Name)
 		}
 	}
+
+	validatePods(p, r)
 
 	if !slices.IsSortedFunc(p.Containers, byName) {
 		slices.SortStableFunc(p.Containers, byName)

@@ -273,7 +273,11 @@ func (b *builder) document(root *yaml.Node) {
 		b.r.addf(root.Line, "a policy is a mapping with a containers key, not %s", describe(root))
 		return
 	}
-	b.fields(root, "", []string{"containers"}, func(_, v *yaml.Node) {
+	b.fields(root, "", []string{"containers", "pods"}, func(k, v *yaml.Node) {
+		if k.Value == "pods" {
+			b.pods(v)
+			return
+		}
 		b.containers(v)
 	})
 }

@@ -315,10 +315,17 @@ const (
 // creation tracks what Create has made so far, to undo it on failure.
 type creation struct {
 	name, nsPath, hostIf string
-	addrs                []netip.Prefix
-	mtu                  int
-	viaGateway           bool
-	hostMAC, peerMAC     net.HardwareAddr
+	// peerName is the container side's name (PeerIfName, or the runtime's
+	// choice for an adopted namespace: see Attach); nsDesc names the
+	// namespace in errors.
+	peerName, nsDesc string
+	// skipLo leaves the namespace's lo as it is (an adopted namespace:
+	// the runtime's to set up).
+	skipLo           bool
+	addrs            []netip.Prefix
+	mtu              int
+	viaGateway       bool
+	hostMAC, peerMAC net.HardwareAddr
 
 	host *netlink.Handle // host namespace
 	ns   *netlink.Handle // container namespace
@@ -360,15 +367,11 @@ func create(s Spec) (ep *Endpoint, err error) {
 		mtu:        mtu,
 		viaGateway: s.SubnetsViaGateway,
 		nsFd:       -1,
+		peerName:   PeerIfName,
+		nsDesc:     NetnsName(s.Container),
 	}
-	if c.hostMAC, err = randomMAC(); err != nil {
+	if err := c.open(); err != nil {
 		return nil, err
-	}
-	if c.peerMAC, err = randomMAC(); err != nil {
-		return nil, err
-	}
-	if c.host, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
-		return nil, fmt.Errorf("open netlink socket: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -401,6 +404,11 @@ func create(s Spec) (ep *Endpoint, err error) {
 			}
 		}
 	}
+	return c.endpoint(), nil
+}
+
+// endpoint describes what the creation made.
+func (c *creation) endpoint() *Endpoint {
 	return &Endpoint{
 		Container:   c.name,
 		NetnsPath:   c.nsPath,
@@ -410,7 +418,21 @@ func create(s Spec) (ep *Endpoint, err error) {
 		PeerIfIndex: c.peerIndex,
 		PeerMAC:     c.peerMAC,
 		Addrs:       c.addrs,
-	}, nil
+	}
+}
+
+// open picks both veth MACs and opens the host's netlink handle.
+func (c *creation) open() (err error) {
+	if c.hostMAC, err = randomMAC(); err != nil {
+		return err
+	}
+	if c.peerMAC, err = randomMAC(); err != nil {
+		return err
+	}
+	if c.host, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+		return fmt.Errorf("open netlink socket: %w", err)
+	}
+	return nil
 }
 
 // makeNetns creates the namespace and its bind mount the way `ip netns add`
@@ -462,7 +484,7 @@ func (c *creation) makeVeth() error {
 	la.Flags = net.FlagUp
 	v := &netlink.Veth{
 		LinkAttrs:        la,
-		PeerName:         PeerIfName,
+		PeerName:         c.peerName,
 		PeerHardwareAddr: c.peerMAC,
 		PeerNamespace:    netlink.NsFd(c.nsFd),
 		PeerTxQLen:       -1,
@@ -476,7 +498,7 @@ func (c *creation) makeVeth() error {
 		err = c.host.LinkAdd(v)
 	}
 	if err != nil {
-		return fmt.Errorf("add veth pair %s (host) / %s (netns %s): %w", c.hostIf, PeerIfName, NetnsName(c.name), err)
+		return fmt.Errorf("add veth pair %s (host) / %s (netns %s): %w", c.hostIf, c.peerName, c.nsDesc, err)
 	}
 	c.madeVeth = true
 	if v.Index == 0 {
@@ -495,9 +517,9 @@ func (c *creation) makeVeth() error {
 
 // upPeer brings lo and eth0 up inside the container namespace.
 func (c *creation) upPeer() error {
-	eth0, err := c.ns.LinkByName(PeerIfName)
+	eth0, err := c.ns.LinkByName(c.peerName)
 	if err != nil {
-		return fmt.Errorf("find %s in netns %s: %w", PeerIfName, NetnsName(c.name), err)
+		return fmt.Errorf("find %s in netns %s: %w", c.peerName, c.nsDesc, err)
 	}
 	c.peerIndex = eth0.Attrs().Index
 	// No kernel-generated link-local address (and so no DAD for it): eth0
@@ -507,20 +529,22 @@ func (c *creation) upPeer() error {
 	// with 1,000 of them (Linux 6.18), while netlink stays constant. Set
 	// before eth0 comes up, i.e. before it has a carrier.
 	if err := c.ns.LinkSetIP6AddrGenMode(eth0, nl.IN6_ADDR_GEN_MODE_NONE); err != nil {
-		return fmt.Errorf("set addr_gen_mode none on %s in netns %s: %w", PeerIfName, NetnsName(c.name), err)
+		return fmt.Errorf("set addr_gen_mode none on %s in netns %s: %w", c.peerName, c.nsDesc, err)
 	}
 	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo", Index: 1}} // LOOPBACK_IFINDEX
-	if err := c.ns.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("bring up lo in netns %s: %w", NetnsName(c.name), err)
+	if !c.skipLo {
+		if err := c.ns.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("bring up lo in netns %s: %w", c.nsDesc, err)
+		}
 	}
 	if err := c.ns.LinkSetUp(eth0); err != nil {
-		return fmt.Errorf("bring up %s in netns %s: %w", PeerIfName, NetnsName(c.name), err)
+		return fmt.Errorf("bring up %s in netns %s: %w", c.peerName, c.nsDesc, err)
 	}
 	return nil
 }
 
 func (c *creation) peer() netlink.Link {
-	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: PeerIfName, Index: c.peerIndex}}
+	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: c.peerName, Index: c.peerIndex}}
 }
 
 // addAddrs adds eth0's link-local address and the container addresses, the
@@ -530,7 +554,7 @@ func (c *creation) addAddrs() error {
 	if err := c.ns.AddrAdd(c.peer(), ll); err != nil {
 		if _, has6 := families(c.addrs); has6 || !errors.Is(err, unix.EACCES) {
 			return fmt.Errorf("add link-local address %v to %s in netns %s: %w (is IPv6 disabled in new namespaces? see net.ipv6.conf.default.disable_ipv6 and net.core.devconf_inherit_init_net)",
-				ll.IPNet, PeerIfName, NetnsName(c.name), err)
+				ll.IPNet, c.peerName, c.nsDesc, err)
 		}
 		// IPv6 is disabled and the container has no IPv6 address: fine.
 	}
@@ -540,7 +564,7 @@ func (c *creation) addAddrs() error {
 			a.Flags = unix.IFA_F_NODAD
 		}
 		if err := c.ns.AddrAdd(c.peer(), a); err != nil {
-			return fmt.Errorf("add address %v to %s in netns %s: %w", p, PeerIfName, NetnsName(c.name), err)
+			return fmt.Errorf("add address %v to %s in netns %s: %w", p, c.peerName, c.nsDesc, err)
 		}
 	}
 	return nil
@@ -553,7 +577,7 @@ func (c *creation) addGateways() error {
 	has4, has6 := families(c.addrs)
 	if has4 {
 		if err := setGatewayNeigh(c.ns, c.peerIndex, GatewayIPv4, c.hostMAC); err != nil {
-			return fmt.Errorf("in netns %s: %w", NetnsName(c.name), err)
+			return fmt.Errorf("in netns %s: %w", c.nsDesc, err)
 		}
 		r := &netlink.Route{
 			LinkIndex: c.peerIndex,
@@ -562,12 +586,12 @@ func (c *creation) addGateways() error {
 			Flags:     int(netlink.FLAG_ONLINK),
 		}
 		if err := c.ns.RouteAdd(r); err != nil {
-			return fmt.Errorf("add default route via %v dev %s onlink in netns %s: %w", GatewayIPv4, PeerIfName, NetnsName(c.name), err)
+			return fmt.Errorf("add default route via %v dev %s onlink in netns %s: %w", GatewayIPv4, c.peerName, c.nsDesc, err)
 		}
 	}
 	if has6 {
 		if err := setGatewayNeigh(c.ns, c.peerIndex, GatewayIPv6, c.hostMAC); err != nil {
-			return fmt.Errorf("in netns %s: %w", NetnsName(c.name), err)
+			return fmt.Errorf("in netns %s: %w", c.nsDesc, err)
 		}
 		r := &netlink.Route{
 			LinkIndex: c.peerIndex,
@@ -575,12 +599,12 @@ func (c *creation) addGateways() error {
 			Gw:        GatewayIPv6.AsSlice(),
 		}
 		if err := c.ns.RouteAdd(r); err != nil {
-			return fmt.Errorf("add default route via %v dev %s in netns %s: %w", GatewayIPv6, PeerIfName, NetnsName(c.name), err)
+			return fmt.Errorf("add default route via %v dev %s in netns %s: %w", GatewayIPv6, c.peerName, c.nsDesc, err)
 		}
 	}
 	if c.viaGateway {
 		if err := subnetRoutes(c.ns, c.peerIndex, c.addrs, true); err != nil {
-			return fmt.Errorf("in netns %s: %w", NetnsName(c.name), err)
+			return fmt.Errorf("in netns %s: %w", c.nsDesc, err)
 		}
 	}
 	return nil
