@@ -106,6 +106,9 @@ func TestSockperfRun(t *testing.T) {
 	sockprobe.RequirePrivileged(t)
 	bin, err := exec.LookPath("sockperf")
 	if err != nil {
+		if sockprobe.Required() {
+			t.Fatalf("sockperf is not installed (.ci/run installs it): %v", err)
+		}
 		t.Skip("sockperf is not installed")
 	}
 	lo := netip.MustParseAddr("127.0.0.1")
