@@ -13,7 +13,7 @@ import (
 
 // TestCountHolding counts, from one read of l3_binds and the kernel's
 // socket table, the sockets that hold each lost address, by container.
-// (cmd/l3iso's TestStaleSockets does it with real sockets.)
+// (e2e's TestStaleSockets does it with real sockets.)
 func TestCountHolding(t *testing.T) {
 	ip := netip.MustParseAddr
 	app := netip.MustParseAddrPort

@@ -1,0 +1,28 @@
+// Package e2e holds l3iso's system tests: TestMain builds the real l3iso
+// binary (cmd/l3iso) once per run, and every test drives it in a private
+// network namespace, cgroup subtree and bpffs of its own, checking the
+// rules of docs/DESIGN.md with real sockets from agents (internal/sockprobe)
+// living in container cgroups and namespaces. They need root; without it
+// they skip, and under CI=true or L3ISO_REQUIRE_PRIVILEGED=1 they fail.
+//
+// Files are named by what they check:
+//
+//	rule1_*  … rule9_*   one of the nine L3 rules (rule1_ ownership against
+//	                     the host's addresses, rule2_ bind, rule3_ wildcard
+//	                     binds, rule4_ source addresses, rule5_ loopback,
+//	                     rule6_ broadcast and multicast, rule7_ IPv6 parity,
+//	                     rule8_ containment, rule9_ no race on push and
+//	                     crash consistency)
+//	mode_netns_*         netns-mode containers and their delivery settings
+//	runtime_*            CNI, podman, containerd, two nodes
+//	obs_*                observability: monitor, events, metrics, audit log
+//	ops_*                operator commands: the CLI, repair, stop, names,
+//	                     stale sockets
+//
+// and the harness: env_test.go (an installation: netns, cgroups, bpffs,
+// `l3iso up`), mode_netns_test.go (netEnv: an uplink to an outside host),
+// bg_test.go (long-running processes), runtime_kit_test.go (CNI tools and
+// runtime sandboxes), json_test.go (the -o json shapes).
+//
+// Run them as root: go test ./e2e -count=1 (-run 'TestX|TestY' for a few).
+package e2e

@@ -1,0 +1,378 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestLoopback checks rule 5: a container's 127.0.0.1 / ::1 reaches only its
+// own sockets, applications still see 127.0.0.1 / ::1, and `loopback: host`
+// shares the host's.
+func TestLoopback(t *testing.T) {
+	e := newEnv(t)
+	e.apply(basePolicy)
+	web, db, host, share := e.agent("web"), e.agent("db"), e.agent(""), e.agent("shareloop")
+
+	for _, fam := range []struct {
+		name      string
+		p         proto
+		lo, loStr string
+	}{
+		{"v4", tcp4, "127.0.0.1", "127.0.0.1"},
+		{"v6", tcp6, "::1", "[::1]"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			addr := fmt.Sprintf("%s:7100", fam.loStr)
+			lid := listen(t, web, fam.p, addr)
+			defer web.Close(lid)
+
+			// web reaches its own loopback listener and sees loopback
+			// addresses on both ends.
+			cid := web.Socket(fam.p.family, fam.p.typ, 0)
+			defer web.Close(cid)
+			if err := web.Connect(cid, ap(addr)); err != nil {
+				t.Fatalf("web → own %s: %v", addr, err)
+			}
+			aid, peer, err := web.Accept(lid, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer web.Close(aid)
+			for what, got := range map[string]netip.AddrPort{"accepted peer": peer} {
+				if got.Addr().String() != fam.lo {
+					t.Errorf("%s = %s, want %s", what, got, fam.lo)
+				}
+			}
+			if got, _ := web.PeerName(cid); got.Addr().String() != fam.lo {
+				t.Errorf("getpeername = %s, want %s", got, fam.lo)
+			}
+			if got, _ := web.SockName(cid); got.Addr().String() != fam.lo {
+				t.Errorf("getsockname = %s, want %s", got, fam.lo)
+			}
+
+			// Nobody else reaches it through their 127.0.0.1 / ::1.
+			for name, a := range map[string]interface {
+				Socket(int, int, int) int
+				Connect(int, netip.AddrPort) error
+				Close(int) error
+			}{"db": db, "host": host} {
+				id := a.Socket(fam.p.family, fam.p.typ, 0)
+				err := a.Connect(id, ap(addr))
+				a.Close(id)
+				if !errors.Is(err, unix.ECONNREFUSED) {
+					t.Errorf("%s → %s: got %v, want ECONNREFUSED (web's loopback must be private)", name, addr, err)
+				}
+			}
+		})
+	}
+
+	t.Run("wildcard-listener-via-loopback", func(t *testing.T) {
+		// A wildcard listener answers on 127.0.0.1 inside the container,
+		// as in a namespace, although bind put it on 10.77.0.1.
+		lid := listen(t, web, tcp4, "0.0.0.0:7101")
+		defer web.Close(lid)
+		cid := web.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer web.Close(cid)
+		if err := web.Connect(cid, ap("127.0.0.1:7101")); err != nil {
+			t.Fatalf("web → 127.0.0.1:7101 (wildcard listener): %v", err)
+		}
+		if got, _ := web.PeerName(cid); got.Addr().String() != "127.0.0.1" {
+			t.Errorf("getpeername = %s, want 127.0.0.1", got)
+		}
+		aid, _, err := web.Accept(lid, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		web.Close(aid)
+	})
+
+	for _, fam := range []struct {
+		name    string
+		p       proto
+		lo, dst string
+	}{
+		{"udp-v4", udp4, "127.0.0.1", "127.0.0.1:7102"},
+		{"udp-v6", udp6, "::1", "[::1]:7106"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			lid := listen(t, web, fam.p, fam.dst)
+			defer web.Close(lid)
+			cid := web.Socket(fam.p.family, unix.SOCK_DGRAM, 0)
+			defer web.Close(cid)
+			if err := web.SendTo(cid, ap(fam.dst), []byte("hi")); err != nil {
+				t.Fatal(err)
+			}
+			// recvfrom (the recvmsg hook) shows the private loopback
+			// underneath as the loopback address.
+			_, from, _, err := web.RecvFrom(lid, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if from.Addr().String() != fam.lo {
+				t.Errorf("recvfrom source = %s, want %s", from, fam.lo)
+			}
+			// db's datagram to the same address goes to db's own loopback.
+			did := db.Socket(fam.p.family, unix.SOCK_DGRAM, 0)
+			defer db.Close(did)
+			db.SendTo(did, ap(fam.dst), []byte("leak"))
+			if b, _, _, err := web.RecvFrom(lid, 300*time.Millisecond); err == nil {
+				t.Errorf("web's loopback socket received %q from db", b)
+			}
+		})
+	}
+
+	t.Run("host-mode", func(t *testing.T) {
+		// loopback: host shares the host's 127.0.0.1 both ways.
+		lid := listen(t, share, tcp4, "127.0.0.1:7103")
+		defer share.Close(lid)
+		cid := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer host.Close(cid)
+		if err := host.Connect(cid, ap("127.0.0.1:7103")); err != nil {
+			t.Fatalf("host → shareloop's 127.0.0.1 listener: %v", err)
+		}
+		// And shareloop reaches the host's 127.0.0.1 from 127.0.0.1, not
+		// from its own address (rule 5: applications see loopback).
+		hl := listen(t, host, tcp4, "127.0.0.1:7105")
+		defer host.Close(hl)
+		sid := share.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer share.Close(sid)
+		if err := share.Connect(sid, ap("127.0.0.1:7105")); err != nil {
+			t.Fatalf("shareloop → host's 127.0.0.1: %v", err)
+		}
+		if got, _ := share.SockName(sid); got.Addr().String() != "127.0.0.1" {
+			t.Errorf("shareloop's loopback connection has source %s, want 127.0.0.1", got)
+		}
+	})
+
+	t.Run("host-cannot-reach-private-loopback", func(t *testing.T) {
+		lid := listen(t, web, tcp4, "127.0.0.1:7104")
+		defer web.Close(lid)
+		cid := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		defer host.Close(cid)
+		// 127.128.0.1 is web's private loopback underneath (id 1 is the
+		// first container by name order: db... ask l3iso for it).
+		var lo4 string
+		for _, c := range e.listJSON() {
+			if c.Name == "web" {
+				lo4 = c.Loopback4
+			}
+		}
+		err := host.Connect(cid, netip.AddrPortFrom(netip.MustParseAddr(lo4), 7104))
+		if err == nil {
+			t.Fatalf("host reached web's private loopback %s:7104", lo4)
+		}
+	})
+	if c := e.counters(); c["web"]["loopback_remapped"] == 0 {
+		t.Errorf("loopback_remapped did not count: %v", c["web"])
+	}
+}
+
+// TestBackstop checks what no sock_addr hook sees: sockets bound by the
+// kernel (listen() without bind(), UDP autobind) still receive only the
+// container's own traffic; the host's wildcard listeners lose container
+// addresses; explicit foreign sources are refused.
+func TestBackstop(t *testing.T) {
+	e := newEnv(t)
+	e.apply(basePolicy)
+	web, db, host := e.agent("web"), e.agent("db"), e.agent("")
+
+	for _, fam := range []struct {
+		name            string
+		af              int
+		web, db, dbPort string // web's and db's addresses, a db listener address
+	}{
+		{"v4", unix.AF_INET, "10.77.0.1", "10.77.0.2", "10.77.0.2:7200"},
+		{"v6", unix.AF_INET6, "fd77::1", "fd77::2", "[fd77::2]:7210"},
+	} {
+		webIP, dbIP := netip.MustParseAddr(fam.web), netip.MustParseAddr(fam.db)
+		t.Run(fam.name+"/listen-without-bind", func(t *testing.T) {
+			lid := web.Socket(fam.af, unix.SOCK_STREAM, 0)
+			defer web.Close(lid)
+			if err := web.Listen(lid); err != nil { // autobinds to the wildcard
+				t.Fatal(err)
+			}
+			local, _ := web.SockName(lid)
+			port := local.Port()
+			// To web's own address: accepted.
+			c1 := db.Socket(fam.af, unix.SOCK_STREAM, 0)
+			defer db.Close(c1)
+			if err := db.Connect(c1, netip.AddrPortFrom(webIP, port)); err != nil {
+				t.Fatalf("connect to web's own address on its autobound listener: %v", err)
+			}
+			// To db's address, same port: must not reach web's listener.
+			c2 := host.Socket(fam.af, unix.SOCK_STREAM, 0)
+			defer host.Close(c2)
+			if err := host.Connect(c2, netip.AddrPortFrom(dbIP, port)); err == nil {
+				t.Fatalf("a connection to db's address reached web's autobound listener")
+			} else {
+				t.Logf("connect to db's address on web's autobound port: %v", err)
+			}
+		})
+
+		t.Run(fam.name+"/udp-autobind", func(t *testing.T) {
+			srv := listen(t, db, map[int]proto{unix.AF_INET: udp4, unix.AF_INET6: udp6}[fam.af], fam.dbPort)
+			defer db.Close(srv)
+			cid := web.Socket(fam.af, unix.SOCK_DGRAM, 0)
+			defer web.Close(cid)
+			if err := web.SendTo(cid, ap(fam.dbPort), []byte("q")); err != nil {
+				t.Fatal(err)
+			}
+			local, _ := web.SockName(cid) // the wildcard and an ephemeral port: autobound
+			if !local.Addr().IsUnspecified() {
+				t.Fatalf("expected an autobound wildcard socket, got %s", local)
+			}
+			// A datagram to web's address reaches it...
+			hid := host.Socket(fam.af, unix.SOCK_DGRAM, 0)
+			defer host.Close(hid)
+			host.SendTo(hid, netip.AddrPortFrom(webIP, local.Port()), []byte("ok"))
+			if _, _, _, err := web.RecvFrom(cid, 2*time.Second); err != nil {
+				t.Fatalf("datagram to web's own address: %v", err)
+			}
+			// ...one to db's address on the same port does not.
+			host.SendTo(hid, netip.AddrPortFrom(dbIP, local.Port()), []byte("leak"))
+			if b, _, _, err := web.RecvFrom(cid, 300*time.Millisecond); err == nil {
+				t.Fatalf("web's autobound socket received %q sent to db's address", b)
+			}
+		})
+
+		t.Run(fam.name+"/host-wildcard-loses-container-addresses", func(t *testing.T) {
+			any := "0.0.0.0:7201"
+			if fam.af == unix.AF_INET6 {
+				any = "[::]:7211"
+			}
+			p := map[int]proto{unix.AF_INET: tcp4, unix.AF_INET6: tcp6}[fam.af]
+			lid := listen(t, host, p, any)
+			defer host.Close(lid)
+			cid := db.Socket(fam.af, unix.SOCK_STREAM, 0)
+			defer db.Close(cid)
+			// Refused (l3_sk_lookup), not taken by the host's listener
+			// nor left to time out.
+			if err := db.Connect(cid, netip.AddrPortFrom(webIP, ap(any).Port())); !errors.Is(err, unix.ECONNREFUSED) {
+				t.Fatalf("connect to web's address on the host's wildcard port: %v, want ECONNREFUSED", err)
+			}
+			if _, _, err := host.Accept(lid, 200*time.Millisecond); err == nil {
+				t.Fatal("the host's wildcard listener accepted a connection to web's address")
+			}
+		})
+	}
+
+	t.Run("spoofed-source", func(t *testing.T) {
+		srv := listen(t, db, udp4, "10.77.0.2:7202")
+		defer db.Close(srv)
+		// web sends from db's address, to db.
+		spoofs := []struct {
+			fam      int
+			src, dst string
+		}{{unix.AF_INET, "10.77.0.2", "10.77.0.2:7202"}, {unix.AF_INET6, "fd77::2", "[fd77::2]:7203"}}
+		for _, p := range spoofs {
+			id := web.Socket(p.fam, unix.SOCK_DGRAM, 0)
+			err := web.SendFrom(id, netip.MustParseAddr(p.src), ap(p.dst), []byte("spoof"))
+			web.Close(id)
+			if !errors.Is(err, unix.EPERM) {
+				t.Errorf("send from %s: got %v, want EPERM", p.src, err)
+			}
+		}
+		// The same from a connected socket (a control message makes the
+		// kernel run the sendmsg hook even then; the egress backstop is
+		// behind it).
+		refused := func() uint64 { c := e.counters()["web"]; return c["send_denied_spoof"] + c["egress_dropped_spoof"] }
+		spoof := refused()
+		for _, p := range spoofs {
+			id := web.Socket(p.fam, unix.SOCK_DGRAM, 0)
+			if err := web.Connect(id, ap(p.dst)); err != nil {
+				t.Fatal(err)
+			}
+			err := web.SendFrom(id, netip.MustParseAddr(p.src), netip.AddrPort{}, []byte("spoof"))
+			web.Close(id)
+			if !errors.Is(err, unix.EPERM) {
+				t.Errorf("connected socket, send from %s: got %v, want EPERM", p.src, err)
+			}
+		}
+		if got := refused(); got != spoof+2 {
+			t.Errorf("send_denied_spoof + egress_dropped_spoof went from %d to %d, want 2 more", spoof, got)
+		}
+		if b, from, _, err := db.RecvFrom(srv, 300*time.Millisecond); err == nil {
+			t.Fatalf("db received %q from %s: a spoofed datagram got through", b, from)
+		}
+		// Its own address as explicit source is fine.
+		id := web.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		defer web.Close(id)
+		if err := web.SendFrom(id, netip.MustParseAddr("10.77.0.1"), ap("10.77.0.2:7202"), []byte("ok")); err != nil {
+			t.Fatalf("send from own address: %v", err)
+		}
+		if _, from, _, err := db.RecvFrom(srv, 2*time.Second); err != nil || from.Addr().String() != "10.77.0.1" {
+			t.Fatalf("got from=%s err=%v, want from 10.77.0.1", from, err)
+		}
+	})
+
+	c := e.counters()
+	if c["web"]["ingress_dropped_foreign"] == 0 {
+		t.Errorf("ingress_dropped_foreign did not count: %v", c["web"])
+	}
+	if c["web"]["send_denied_spoof"] == 0 {
+		t.Errorf("send_denied_spoof did not count: %v", c["web"])
+	}
+	if c["web"]["refused"] == 0 {
+		t.Errorf("refused did not count: %v", c["web"])
+	}
+}
+
+// TestWildcardTwoContainers checks rule 3 end to end with Go's own
+// listeners (dual-stack, MPTCP since Go 1.24) and a plain TCP one: two
+// containers listen on *:PORT and each gets only connections to its address.
+func TestWildcardTwoContainers(t *testing.T) {
+	e := newEnv(t)
+	e.apply(basePolicy)
+	web, db, host := e.agent("web"), e.agent("db"), e.agent("")
+
+	// Go: net.Listen("tcp", ":7300") in both.
+	wid, wlocal, err := web.GoListen("tcp", ":7300")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer web.Close(wid)
+	did, dlocal, err := db.GoListen("tcp", ":7300")
+	if err != nil {
+		t.Fatalf("second container's Go listener on :7300: %v", err)
+	}
+	defer db.Close(did)
+	// Each shows what it bound, as in a namespace of its own.
+	if wlocal.String() != "[::]:7300" || dlocal.String() != "[::]:7300" {
+		t.Fatalf("Go listeners bound to %s and %s, want [::]:7300 both", wlocal, dlocal)
+	}
+	for _, tc := range []struct{ dst, who string }{{"[fd77::1]:7300", "web"}, {"[fd77::2]:7300", "db"}} {
+		_, remote, err := host.GoDial("tcp", tc.dst, 3*time.Second)
+		if err != nil {
+			t.Fatalf("dial %s: %v", tc.dst, err)
+		}
+		a := map[string]interface {
+			GoAccept(int, time.Duration) (netip.AddrPort, error)
+		}{"web": web, "db": db}[tc.who]
+		lid := map[string]int{"web": wid, "db": did}[tc.who]
+		if _, err := a.GoAccept(lid, 3*time.Second); err != nil {
+			t.Fatalf("%s did not accept the connection to %s: %v", tc.who, remote, err)
+		}
+	}
+
+	// Plain TCP (as C programs do): 0.0.0.0:7301 in both.
+	l1 := listen(t, web, tcp4, "0.0.0.0:7301")
+	defer web.Close(l1)
+	l2 := listen(t, db, tcp4, "0.0.0.0:7301")
+	defer db.Close(l2)
+	c := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	defer host.Close(c)
+	if err := host.Connect(c, ap("10.77.0.2:7301")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := db.Accept(l2, 3*time.Second); err != nil {
+		t.Fatalf("db did not get the connection to its address: %v", err)
+	}
+	if _, _, err := web.Accept(l1, 200*time.Millisecond); err == nil {
+		t.Fatal("web got a connection meant for db")
+	}
+}
