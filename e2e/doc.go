@@ -20,7 +20,7 @@
 //	                     stale sockets
 //
 // and the harness: env_test.go (an installation: netns, cgroups, bpffs,
-// `l3iso up`), mode_netns_test.go (netEnv: an uplink to an outside host),
+// `l3iso up`), netenv_test.go (an uplink to an outside host),
 // bg_test.go (long-running processes), runtime_kit_test.go (CNI tools and
 // runtime sandboxes), json_test.go (the -o json shapes).
 //

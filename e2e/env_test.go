@@ -343,3 +343,12 @@ func (e *env) hostAddrs() string {
 	}
 	return b.String()
 }
+
+// copyFile copies file src to dst with mode perm.
+func copyFile(src, dst string, perm os.FileMode) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, perm)
+}

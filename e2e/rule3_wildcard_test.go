@@ -1,176 +1,21 @@
 package e2e
 
+// Rule 3, wildcard binds: two containers on *:PORT each get their own
+// traffic; sockets the kernel binds (listen without bind, autobind) and
+// the host's wildcard listeners are held by the backstops; a new
+// connection on a 4-tuple in TIME_WAIT finds its listener. Unmodified
+// servers: rule3_realservers_test.go.
+
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/maps"
 )
-
-// TestLoopback checks rule 5: a container's 127.0.0.1 / ::1 reaches only its
-// own sockets, applications still see 127.0.0.1 / ::1, and `loopback: host`
-// shares the host's.
-func TestLoopback(t *testing.T) {
-	e := newEnv(t)
-	e.apply(basePolicy)
-	web, db, host, share := e.agent("web"), e.agent("db"), e.agent(""), e.agent("shareloop")
-
-	for _, fam := range []struct {
-		name      string
-		p         proto
-		lo, loStr string
-	}{
-		{"v4", tcp4, "127.0.0.1", "127.0.0.1"},
-		{"v6", tcp6, "::1", "[::1]"},
-	} {
-		t.Run(fam.name, func(t *testing.T) {
-			addr := fmt.Sprintf("%s:7100", fam.loStr)
-			lid := listen(t, web, fam.p, addr)
-			defer web.Close(lid)
-
-			// web reaches its own loopback listener and sees loopback
-			// addresses on both ends.
-			cid := web.Socket(fam.p.family, fam.p.typ, 0)
-			defer web.Close(cid)
-			if err := web.Connect(cid, ap(addr)); err != nil {
-				t.Fatalf("web → own %s: %v", addr, err)
-			}
-			aid, peer, err := web.Accept(lid, 3*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer web.Close(aid)
-			for what, got := range map[string]netip.AddrPort{"accepted peer": peer} {
-				if got.Addr().String() != fam.lo {
-					t.Errorf("%s = %s, want %s", what, got, fam.lo)
-				}
-			}
-			if got, _ := web.PeerName(cid); got.Addr().String() != fam.lo {
-				t.Errorf("getpeername = %s, want %s", got, fam.lo)
-			}
-			if got, _ := web.SockName(cid); got.Addr().String() != fam.lo {
-				t.Errorf("getsockname = %s, want %s", got, fam.lo)
-			}
-
-			// Nobody else reaches it through their 127.0.0.1 / ::1.
-			for name, a := range map[string]interface {
-				Socket(int, int, int) int
-				Connect(int, netip.AddrPort) error
-				Close(int) error
-			}{"db": db, "host": host} {
-				id := a.Socket(fam.p.family, fam.p.typ, 0)
-				err := a.Connect(id, ap(addr))
-				a.Close(id)
-				if !errors.Is(err, unix.ECONNREFUSED) {
-					t.Errorf("%s → %s: got %v, want ECONNREFUSED (web's loopback must be private)", name, addr, err)
-				}
-			}
-		})
-	}
-
-	t.Run("wildcard-listener-via-loopback", func(t *testing.T) {
-		// A wildcard listener answers on 127.0.0.1 inside the container,
-		// as in a namespace, although bind put it on 10.77.0.1.
-		lid := listen(t, web, tcp4, "0.0.0.0:7101")
-		defer web.Close(lid)
-		cid := web.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer web.Close(cid)
-		if err := web.Connect(cid, ap("127.0.0.1:7101")); err != nil {
-			t.Fatalf("web → 127.0.0.1:7101 (wildcard listener): %v", err)
-		}
-		if got, _ := web.PeerName(cid); got.Addr().String() != "127.0.0.1" {
-			t.Errorf("getpeername = %s, want 127.0.0.1", got)
-		}
-		aid, _, err := web.Accept(lid, 3*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		web.Close(aid)
-	})
-
-	for _, fam := range []struct {
-		name    string
-		p       proto
-		lo, dst string
-	}{
-		{"udp-v4", udp4, "127.0.0.1", "127.0.0.1:7102"},
-		{"udp-v6", udp6, "::1", "[::1]:7106"},
-	} {
-		t.Run(fam.name, func(t *testing.T) {
-			lid := listen(t, web, fam.p, fam.dst)
-			defer web.Close(lid)
-			cid := web.Socket(fam.p.family, unix.SOCK_DGRAM, 0)
-			defer web.Close(cid)
-			if err := web.SendTo(cid, ap(fam.dst), []byte("hi")); err != nil {
-				t.Fatal(err)
-			}
-			// recvfrom (the recvmsg hook) shows the private loopback
-			// underneath as the loopback address.
-			_, from, _, err := web.RecvFrom(lid, 3*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if from.Addr().String() != fam.lo {
-				t.Errorf("recvfrom source = %s, want %s", from, fam.lo)
-			}
-			// db's datagram to the same address goes to db's own loopback.
-			did := db.Socket(fam.p.family, unix.SOCK_DGRAM, 0)
-			defer db.Close(did)
-			db.SendTo(did, ap(fam.dst), []byte("leak"))
-			if b, _, _, err := web.RecvFrom(lid, 300*time.Millisecond); err == nil {
-				t.Errorf("web's loopback socket received %q from db", b)
-			}
-		})
-	}
-
-	t.Run("host-mode", func(t *testing.T) {
-		// loopback: host shares the host's 127.0.0.1 both ways.
-		lid := listen(t, share, tcp4, "127.0.0.1:7103")
-		defer share.Close(lid)
-		cid := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer host.Close(cid)
-		if err := host.Connect(cid, ap("127.0.0.1:7103")); err != nil {
-			t.Fatalf("host → shareloop's 127.0.0.1 listener: %v", err)
-		}
-		// And shareloop reaches the host's 127.0.0.1 from 127.0.0.1, not
-		// from its own address (rule 5: applications see loopback).
-		hl := listen(t, host, tcp4, "127.0.0.1:7105")
-		defer host.Close(hl)
-		sid := share.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer share.Close(sid)
-		if err := share.Connect(sid, ap("127.0.0.1:7105")); err != nil {
-			t.Fatalf("shareloop → host's 127.0.0.1: %v", err)
-		}
-		if got, _ := share.SockName(sid); got.Addr().String() != "127.0.0.1" {
-			t.Errorf("shareloop's loopback connection has source %s, want 127.0.0.1", got)
-		}
-	})
-
-	t.Run("host-cannot-reach-private-loopback", func(t *testing.T) {
-		lid := listen(t, web, tcp4, "127.0.0.1:7104")
-		defer web.Close(lid)
-		cid := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer host.Close(cid)
-		// 127.128.0.1 is web's private loopback underneath (id 1 is the
-		// first container by name order: db... ask l3iso for it).
-		var lo4 string
-		for _, c := range e.listJSON() {
-			if c.Name == "web" {
-				lo4 = c.Loopback4
-			}
-		}
-		err := host.Connect(cid, netip.AddrPortFrom(netip.MustParseAddr(lo4), 7104))
-		if err == nil {
-			t.Fatalf("host reached web's private loopback %s:7104", lo4)
-		}
-	})
-	if c := e.counters(); c["web"]["loopback_remapped"] == 0 {
-		t.Errorf("loopback_remapped did not count: %v", c["web"])
-	}
-}
 
 // TestBackstop checks what no sock_addr hook sees: sockets bound by the
 // kernel (listen() without bind(), UDP autobind) still receive only the
@@ -374,5 +219,55 @@ func TestWildcardTwoContainers(t *testing.T) {
 	}
 	if _, _, err := web.Accept(l1, 200*time.Millisecond); err == nil {
 		t.Fatal("web got a connection meant for db")
+	}
+}
+
+// TestTimeWaitReuse: a client that reuses its source port for a new
+// connection while the server's side of the old one is in TIME_WAIT gets
+// connected at once, as without l3iso: the kernel ends the TIME_WAIT, and
+// l3_sk_lookup finds the listener (in l3_socks) instead of refusing it. The
+// client is the host, bound to a fixed port of its own address toward
+// containers (a container's TCP bind to a fixed port is a shadow: it can
+// listen, not connect).
+func TestTimeWaitReuse(t *testing.T) {
+	e := newEnv(t)
+	e.apply(basePolicy)
+	web, db := e.agent(""), e.agent("db")
+	for _, fam := range []struct {
+		p          proto
+		srv, local string
+	}{{tcp4, "10.77.0.2:7500", maps.HostAddr4.String() + ":40001"}, {tcp6, "[fd77::2]:7500", "[" + maps.HostAddr6.String() + "]:40001"}} {
+		l := listen(t, db, fam.p, fam.srv)
+		for round := 0; round < 3; round++ {
+			c := web.Socket(fam.p.family, unix.SOCK_STREAM, 0)
+			if err := web.SetReuseAddr(c); err != nil {
+				t.Fatal(err)
+			}
+			if err := web.Bind(c, ap(fam.local)); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if err := web.Connect(c, ap(fam.srv)); err != nil {
+				t.Fatalf("round %d: connect %s from %s: %v", round, fam.srv, fam.local, err)
+			}
+			if d := time.Since(start); d > 500*time.Millisecond {
+				t.Errorf("round %d: connect %s from %s took %v: the SYN waited for a retransmission", round, fam.srv, fam.local, d)
+			}
+			a, _, err := db.Accept(l, 2*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			db.Close(a) // the server closes first: its side goes to TIME_WAIT
+			time.Sleep(50 * time.Millisecond)
+			web.Close(c)
+			time.Sleep(50 * time.Millisecond)
+		}
+		db.Close(l)
+	}
+	// Each SYN went to the listener, none was refused first (the kernel
+	// would then answer from the TIME_WAIT, the client reset it, and
+	// retransmit).
+	if c := e.counters()["db"]; c["steered"] != 6 || c["refused"] != 0 {
+		t.Errorf("db: steered %d, refused %d; want 6 steered, none refused", c["steered"], c["refused"])
 	}
 }

@@ -9,7 +9,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	be "encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/netip"
@@ -519,5 +521,78 @@ func TestExecPrivilegedPort(t *testing.T) {
 		if err := a.Bind(s, netip.MustParseAddrPort("10.77.0.2:80")); err == nil {
 			t.Errorf("exec %v: bound db's 10.77.0.2:80", who)
 		}
+	}
+}
+
+// TestExec: the command runs in the container's cgroup without the
+// capabilities that would undo isolation, and its exit status is returned.
+// (rule8_contain_test.go tries harder to get out.)
+func TestExec(t *testing.T) {
+	e := newEnv(t)
+	e.mustRun("container", "add", "web", "--addr", "10.77.0.1")
+	r := e.run("exec", "web", "--", "sh", "-c", "grep -E '^Cap(Eff|Bnd)' /proc/self/status; cat /proc/self/cgroup; exit 7")
+	if r.code != 7 {
+		t.Fatalf("exit status %d, want 7 (stderr %q)", r.code, r.stderr)
+	}
+	for _, line := range strings.Split(r.stdout, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 || !strings.HasPrefix(f[0], "Cap") {
+			continue
+		}
+		v, _ := strconv.ParseUint(f[1], 16, 64)
+		for name, bit := range map[string]uint{"NET_ADMIN": 12, "NET_RAW": 13, "SYS_ADMIN": 21, "BPF": 39} {
+			if v&(1<<bit) != 0 {
+				t.Errorf("%s has %s", f[0], name)
+			}
+		}
+	}
+	// In its own cgroup namespace: it sees "/" and cannot climb out.
+	if !strings.Contains(r.stdout, "0::/\n") {
+		t.Errorf("/proc/self/cgroup inside exec: %q", r.stdout)
+	}
+	cg := filepath.Join(e.hostCg, "cgroup.procs")
+	for _, target := range []string{e.cgroot, e.hostCg, filepath.Dir(e.cgroot)} {
+		r = e.run("exec", "web", "--", "sh", "-c", fmt.Sprintf("echo $$ > %s/cgroup.procs && echo escaped; cat /proc/self/cgroup", target))
+		if strings.Contains(r.stdout, "escaped") {
+			t.Errorf("a process in the container moved itself to %s: %s", target, r.stdout)
+		}
+	}
+	// The host's view of cgroups is unchanged (our read-only remount did
+	// not propagate back).
+	var st unix.Statfs_t
+	if err := unix.Statfs(cg, &st); err != nil || st.Flags&unix.ST_RDONLY != 0 {
+		t.Errorf("the host's cgroup mount became read-only (flags %#x, err %v)", st.Flags, err)
+	}
+	// It is subject to the rules: binding another address fails.
+	out, err := sockprobe.Python(t, sockprobe.Options{CgroupDir: e.cgroupOf("web"), NetnsPath: e.netns},
+		"import socket\ntry:\n socket.socket().bind(('10.77.0.2',0)); print('bound')\nexcept OSError as x: print(x.errno)")
+	if err != nil || trim(out) != "99" {
+		t.Errorf("python bind of a foreign address in web: %q %v", out, err)
+	}
+	r = e.run("exec", "web", "--", "python3", "-c", "import socket; s=socket.socket(); s.bind(('0.0.0.0',0)); print(s.getsockname()[0])")
+	if trim(r.stdout) != "10.77.0.1" {
+		t.Errorf("exec'd python wildcard bind: %q %q", r.stdout, r.stderr)
+	}
+
+	// A program with file capabilities the container may not have (as
+	// iputils' ping has cap_net_raw=ep) does not start; the error says why.
+	// (In a directory the container's users may enter: container root is
+	// no host root.)
+	capped := filepath.Join(publicDir(t), "capped-true")
+	if err := copyFile("/bin/true", capped, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// struct vfs_cap_data, revision 2, effective: permitted = CAP_NET_RAW.
+	capData := make([]byte, 20)
+	be.LittleEndian.PutUint32(capData[0:], 0x02000001)
+	be.LittleEndian.PutUint32(capData[4:], 1<<unix.CAP_NET_RAW)
+	if err := unix.Setxattr(capped, "security.capability", capData, 0); err != nil {
+		t.Fatalf("give %s cap_net_raw: %v", capped, err)
+	}
+	if r := e.run("exec", "web", "--", capped); r.code == 0 || !strings.Contains(r.stderr, "file capabilities (cap_net_raw)") || !strings.Contains(r.stderr, "outside the container") {
+		t.Errorf("exec of a program with cap_net_raw=ep: exit %d, stderr %q; want a failure that names the capability", r.code, r.stderr)
+	}
+	if r := e.run("exec", "web", "--", "/bin/true"); r.code != 0 {
+		t.Errorf("exec of /bin/true: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
