@@ -94,15 +94,7 @@ func newWorld(tb testing.TB) *world {
 	// Registered first, so it runs last: after every other cleanup.
 	tb.Cleanup(w.checkLeftovers)
 
-	w.bpffs = tb.TempDir()
-	if err := unix.Mount("bpf", w.bpffs, "bpf", 0, "mode=0700"); err != nil {
-		tb.Fatalf("mount a private bpffs at %s: %v", w.bpffs, err)
-	}
-	tb.Cleanup(func() {
-		if err := unix.Unmount(w.bpffs, 0); err != nil {
-			tb.Errorf("unmount private bpffs %s: %v", w.bpffs, err)
-		}
-	})
+	w.bpffs = sockprobe.NewBPFFS(tb)
 	w.top = sockprobe.NewCgroup(tb, "")
 	return w
 }

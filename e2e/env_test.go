@@ -15,8 +15,6 @@ import (
 	"sync"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/l3iso/l3iso/internal/netstat"
 	"github.com/l3iso/l3iso/internal/sockprobe"
 	"github.com/l3iso/l3iso/pkg/loader"
@@ -112,24 +110,9 @@ func newBareEnv(t *testing.T) *env {
 	if err := os.Mkdir(e.hostCg, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	e.bpffs = filepath.Join(mountBPFFS(t), "l3iso")
+	e.bpffs = filepath.Join(sockprobe.NewBPFFS(t), "l3iso")
 	e.state = t.TempDir()
 	return e
-}
-
-// mountBPFFS mounts a private bpffs for t and returns where.
-func mountBPFFS(t *testing.T) string {
-	t.Helper()
-	mnt := t.TempDir()
-	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
-		t.Fatalf("mount bpffs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount bpffs %s: %v", mnt, err)
-		}
-	})
-	return mnt
 }
 
 // editConfig changes the installation's pinned l3_config behind l3iso's

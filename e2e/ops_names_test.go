@@ -26,7 +26,7 @@ func (e *env) secondEnv(upArgs ...string) *env {
 	if err := os.Mkdir(o.hostCg, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	o.bpffs = filepath.Join(mountBPFFS(t), "l3iso")
+	o.bpffs = filepath.Join(sockprobe.NewBPFFS(t), "l3iso")
 	o.mustRun(append([]string{"up", "--cgroup-root", o.cgroot}, upArgs...)...)
 	t.Cleanup(func() { o.run("down") })
 	return o

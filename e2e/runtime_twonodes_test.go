@@ -37,7 +37,7 @@ func TestTwoNodes(t *testing.T) {
 		{"-n", a, "route", "add", "10.79.0.0/24", "via", outside4.String()},
 		{"-n", a, "route", "add", "fd79::/64", "via", outside6.String()},
 	}...)
-	nodeB := &netEnv{env: &env{t: t, netns: n.outside, cgroot: sockprobe.NewCgroup(t, ""), bpffs: filepath.Join(mountBPFFS(t), "l3iso"), state: t.TempDir()}, outside: n.netns, suffix: n.suffix}
+	nodeB := &netEnv{env: &env{t: t, netns: n.outside, cgroot: sockprobe.NewCgroup(t, ""), bpffs: filepath.Join(sockprobe.NewBPFFS(t), "l3iso"), state: t.TempDir()}, outside: n.netns, suffix: n.suffix}
 	nodeB.hostCg = filepath.Join(nodeB.cgroot, "host")
 	if err := os.Mkdir(nodeB.hostCg, 0o755); err != nil {
 		t.Fatal(err)

@@ -163,6 +163,25 @@ func setLoopbackUp() error {
 	return nil
 }
 
+// NewBPFFS mounts a bpf file system of t's own on a fresh t.TempDir() and
+// returns its path: what a test pins there (an installation's --bpffs is a
+// directory below it) is no other test's, and goes when it is unmounted.
+// t.Cleanup unmounts it lazily (MNT_DETACH: a process still holding
+// something in it cannot keep it mounted), before the directory is removed.
+func NewBPFFS(t testing.TB) string {
+	t.Helper()
+	mnt := t.TempDir()
+	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
+		t.Fatalf("sockprobe: mount bpffs at %s: %v", mnt, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+			t.Errorf("sockprobe: unmount bpffs %s: %v", mnt, err)
+		}
+	})
+	return mnt
+}
+
 var cgroupMount = sync.OnceValues(findCgroupMount)
 
 // CgroupMount returns where the cgroup v2 hierarchy is mounted, from

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/l3iso/l3iso/internal/sockprobe"
@@ -366,14 +367,21 @@ print(open("/proc/self/cgroup").read().strip().splitlines()[-1])
 }
 
 // TestCleanup checks that netns, cgroups (with a child cgroup and a live
-// process in it) and agents are gone once the test that made them ends.
+// process in it), agents and bpffs mounts (with a pin in them) are gone once
+// the test that made them ends.
 func TestCleanup(t *testing.T) {
 	sockprobe.RequirePrivileged(t)
-	var ns, cg string
+	var ns, cg, bpffs string
 	var pid int
 	t.Run("make", func(t *testing.T) {
 		ns = sockprobe.NewNetns(t)
 		cg = sockprobe.NewCgroup(t, "")
+		bpffs = sockprobe.NewBPFFS(t)
+		var st unix.Statfs_t
+		if err := unix.Statfs(bpffs, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+			t.Fatalf("NewBPFFS %s: file system type %#x (err %v), want bpf (%#x)", bpffs, st.Type, err, unix.BPF_FS_MAGIC)
+		}
+		pinMap(t, filepath.Join(bpffs, "m"))
 		child := sockprobe.NewCgroup(t, cg)
 		grandchild := filepath.Join(child, "sub")
 		if err := os.Mkdir(grandchild, 0o755); err != nil {
@@ -387,12 +395,28 @@ func TestCleanup(t *testing.T) {
 		go cmd.Wait()
 		pid = sockprobe.Start(t, sockprobe.Options{CgroupDir: cg, NetnsPath: ns}).Pid()
 	})
-	for _, p := range []string{ns, cg} {
+	for _, p := range []string{ns, cg, bpffs} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s still exists after cleanup (stat: %v)", p, err)
 		}
 	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err != nil || strings.Contains(string(mi), " "+bpffs+" ") {
+		t.Errorf("bpffs %s still mounted after cleanup (mountinfo: %v)", bpffs, err)
+	}
 	if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
 		t.Errorf("agent %d still alive after cleanup (kill 0: %v)", pid, err)
+	}
+}
+
+// pinMap pins a small new array map at path.
+func pinMap(t *testing.T, path string) {
+	t.Helper()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatalf("create a map to pin: %v", err)
+	}
+	defer m.Close()
+	if err := m.Pin(path); err != nil {
+		t.Fatalf("pin a map in the bpffs: %v", err)
 	}
 }

@@ -115,16 +115,7 @@ func TestUpgradeTCInPlace(t *testing.T) {
 	hostNS := sockprobe.NewNetns(t)
 	outNS := sockprobe.NewNetns(t)
 	root := sockprobe.NewCgroup(t, "")
-	mnt := t.TempDir()
-	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
-		t.Fatalf("mount bpffs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount bpffs %s: %v", mnt, err)
-		}
-	})
-	dir := filepath.Join(mnt, "l3iso")
+	dir := filepath.Join(sockprobe.NewBPFFS(t), "l3iso")
 
 	// The uplink: a veth pair between the host and the outside namespace,
 	// made directly in them (nothing appears in the machine's namespace).

@@ -64,12 +64,7 @@ func TestUpgradeInPlace(t *testing.T) {
 	sockprobe.RequirePrivileged(t)
 	netns := sockprobe.NewNetns(t)
 	root := sockprobe.NewCgroup(t, "")
-	mnt := t.TempDir()
-	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
-	dir := filepath.Join(mnt, "l3iso")
+	dir := filepath.Join(sockprobe.NewBPFFS(t), "l3iso")
 
 	restore := loader.SetSocketSpec(func() (*ebpf.CollectionSpec, error) {
 		spec, err := maps.VariantSpec()

@@ -11,7 +11,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
-	"golang.org/x/sys/unix"
 
 	"github.com/l3iso/l3iso/internal/sockprobe"
 	"github.com/l3iso/l3iso/pkg/policy"
@@ -23,12 +22,7 @@ func pinnedSet(t *testing.T) (*Set, string) {
 	t.Helper()
 	sockprobe.RequirePrivileged(t)
 	rlimit.RemoveMemlock()
-	mnt := t.TempDir()
-	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
-		t.Fatalf("mount bpffs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
-	dir := filepath.Join(mnt, "maps")
+	dir := filepath.Join(sockprobe.NewBPFFS(t), "maps")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
