@@ -25,4 +25,11 @@
 // runtime sandboxes), json_test.go (the -o json shapes).
 //
 // Run them as root: go test ./e2e -count=1 (-run 'TestX|TestY' for a few).
+//
+// A test calls t.Parallel first thing when it shares nothing with the
+// others: its own netns, cgroup subtree and bpffs, no host-global state
+// (no address, sysctl or fixed port outside its namespaces). The few that
+// do not say why (they time l3iso, or set environment variables). They
+// mostly wait (for processes, packets, timeouts), so more of them than
+// there are CPUs may run at once: make test uses -parallel $(E2E_PARALLEL).
 package e2e

@@ -25,6 +25,7 @@ import (
 // host routes to its addresses — for a minute or more. b must still be
 // made, with the addresses, and reachable on each.
 func TestApplyReuseAddress(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	a, b := n.name("a"), n.name("b")
 	n.names = append(n.names, a, b)
@@ -111,6 +112,7 @@ time.sleep(300)
 // whose namespace mount is gone too (an orphan socket kept the namespace)
 // is deleted by the next repair and by down; a live container's is kept.
 func TestStrayVeth(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	live := n.add("live", "10.78.0.3/24")
 	hostNS := filepath.Base(n.netns)

@@ -28,6 +28,7 @@ import (
 // hooks and forwarding counters must see none of it; in routed mode they
 // must (the control that the counters count).
 func TestNetnsDelivery(t *testing.T) {
+	t.Parallel()
 	for _, delivery := range []string{"direct", "routed", "bridge"} {
 		t.Run(delivery, func(t *testing.T) {
 			n := newNetEnv(t, delivery)
@@ -101,6 +102,7 @@ func TestNetnsDelivery(t *testing.T) {
 // its wildcard binds and unbound sockets use its own address; its loopback
 // is its namespace's own.
 func TestNetnsRules(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	a := n.add("a", "10.78.0.1/24", "fd78::1/64")
 	n.add("b", "10.78.0.2/24", "fd78::2/64")
@@ -175,6 +177,7 @@ func TestNetnsRules(t *testing.T) {
 // TestNetnsExec: exec enters the container's network namespace as well as
 // its cgroup, and stays without the dropped capabilities.
 func TestNetnsExec(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	a := n.add("a", "10.78.0.1/24")
 	var st unix.Stat_t
@@ -214,6 +217,7 @@ func TestNetnsExec(t *testing.T) {
 // del and down remove namespace, veth, TC links and pins; apply creates,
 // readdresses and deletes netns containers, and refuses a mode change.
 func TestNetnsLifecycle(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	a := n.add("a", "10.78.0.1/24", "fd78::1/64")
 	b := n.add("b", "10.78.0.2/24")
@@ -308,6 +312,7 @@ func (n *netEnv) nsAddrs(t *testing.T, c string) string {
 // TCP connection opened before keeps working after every switch, and new
 // ones work too.
 func TestNetnsSwitchDelivery(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	a := n.add("a", "10.78.0.1/24", "fd78::1/64")
 	b := n.add("b", "10.78.0.2/24", "fd78::2/64")
@@ -369,6 +374,7 @@ func TestNetnsSwitchDelivery(t *testing.T) {
 // the time per container (target: 2 ms, end to end), then removes them with
 // one down.
 func TestNetnsScale(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("1,000 network namespaces: skipped with -short")
 	}
@@ -425,6 +431,7 @@ func TestNetnsScale(t *testing.T) {
 // of dying in direct delivery, which skips the forwarding path that would
 // answer with ICMP "fragmentation needed" / "packet too big".
 func TestNetnsMTU(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	for _, args := range [][]string{
 		{"-n", filepath.Base(n.netns), "link", "set", "up0", "mtu", "1400"},

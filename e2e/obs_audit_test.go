@@ -35,6 +35,7 @@ func (e *env) history() []audit.Record {
 // nothing, a dry run, and an up or apply with nothing to do record
 // nothing; a command that cannot write the log changes nothing.
 func TestAuditTrail(t *testing.T) {
+	t.Parallel()
 	e := newBareEnv(t)
 	sock := filepath.Join(t.TempDir(), "log")
 	syslog, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})

@@ -35,6 +35,7 @@ type rawEvent struct {
 // container, the task, what it asked for and who owns it; a flood of
 // denials from one container is rate-limited and its loss counted.
 func TestEventsRecorded(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply(basePolicy)
 	ids := map[string]uint32{}

@@ -24,6 +24,7 @@ import (
 // what promtool accepts, and the alerts fire as their unit tests say
 // (examples/l3iso-rules.test.yml).
 func TestPrometheusExamples(t *testing.T) {
+	t.Parallel()
 	needPrograms(t, "promtool")
 	for _, args := range [][]string{
 		{"check", "config", "prometheus.yml"},
@@ -88,6 +89,7 @@ func seriesKey(m map[string]string) string {
 // unpinned link shows as isolation not intact until `up` repairs it. The
 // exposition passes `promtool check metrics`.
 func TestMetricsPrometheus(t *testing.T) {
+	t.Parallel()
 	needPrograms(t, "prometheus", "promtool")
 	e := newEnv(t)
 	start := time.Now()

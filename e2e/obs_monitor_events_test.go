@@ -103,6 +103,7 @@ func orNil(s string) any {
 // errno. A flood from one container is rate-limited and its loss reported
 // while another container's events still arrive.
 func TestMonitorEvents(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply(basePolicy)
 	web, db, v4only, host := e.agent("web"), e.agent("db"), e.agent("v4only"), e.agent("")
@@ -238,6 +239,7 @@ func TestMonitorEvents(t *testing.T) {
 // datagrams leaving with a source the container does not own (IPv4 and
 // IPv6), which have no process.
 func TestMonitorNetns(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	a := n.add("a", "10.78.0.1/24", "fd78::1/64")
 	b := n.add("b", "10.78.0.2/24", "fd78::2/64")

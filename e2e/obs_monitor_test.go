@@ -109,6 +109,7 @@ func nextEvent(t *testing.T, p *bgProc) map[string]any {
 // and says so, filters by container and type, and refuses to be a second
 // reader, naming the first.
 func TestMonitorRecords(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24", "--addr", "fd77::1")
 	e.mustRun("container", "add", "db", "--addr", "10.77.0.9:5432/tcp")
@@ -251,6 +252,7 @@ func (e *env) addCounter(id uint32, name string, n uint64) {
 // TestMonitorLost: when a container's events_lost counter grows, monitor
 // says how many were lost, for that container, within a second or so.
 func TestMonitorLost(t *testing.T) {
+	t.Parallel()
 	if !slices.Contains(maps.CounterNames, "events_lost") {
 		t.Skip("this build has no events_lost counter yet (the BPF side of events is not in it)")
 	}

@@ -47,6 +47,7 @@ func (e *env) unchanged(before snapshot, what string) {
 // TestBadInput: every bad input gets an error that says what is wrong and
 // what to do, exits non-zero, and changes nothing.
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24", "--addr", "fd77::1")
 	e.mustRun("container", "add", "db", "--addr", "10.77.0.9:5432/tcp")
@@ -141,6 +142,7 @@ func TestBadInput(t *testing.T) {
 // TestContainerLifecycle: add configures ownership then addresses, list and
 // stats show it, del removes exactly what add made.
 func TestContainerLifecycle(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	if out := e.mustRun("up", "--cgroup-root", e.cgroot); !strings.Contains(out, "already up") {
 		t.Errorf("second up: %q, want it to say nothing changed", out)
@@ -226,6 +228,7 @@ func TestContainerLifecycle(t *testing.T) {
 // TestApply: dry-run changes nothing; apply adds, modifies and deletes;
 // surviving containers keep their cgroup (and processes) across a push.
 func TestApply(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	p1 := "containers:\n  web:\n    addresses: [10.77.0.1/24]\n  db:\n    addresses: [10.77.0.2/24]\n"
 	before := e.snapshot()

@@ -37,6 +37,7 @@ func (e *env) secondEnv(upArgs ...string) *env {
 // namespaces and veths apart (a tag from each --bpffs); neither's repair
 // takes the other's for its own leftovers, and each removes only its own.
 func TestTwoInstallations(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	o := n.secondEnv("--delivery", "routed")
 	name := n.name("same")
@@ -106,6 +107,7 @@ func TestTwoInstallations(t *testing.T) {
 // containers' untagged names through up (a newer binary's too) and
 // repairs; once it has no netns container, up gives it its tag.
 func TestNamesKept(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	n.editConfig(func(cfg *maps.Config) { cfg.NameTag = "" }) // as an l3iso before tags made it
 	old := n.name("old")

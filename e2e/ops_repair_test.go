@@ -179,6 +179,7 @@ func bindErr(a *sockprobe.Agent, p proto, addr string) error {
 // (web binding db's address, local on the host) shows whether the bind
 // hooks run.
 func TestStatusRepair(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24", "--addr", "fd77::1")
 	e.mustRun("container", "add", "db", "--addr", "10.77.0.2/24", "--addr", "fd77::2")
@@ -304,6 +305,7 @@ func TestStatusRepair(t *testing.T) {
 // container's veth and of the uplink: status finds each, up repairs it,
 // and traffic flows through the programs again.
 func TestStatusRepairNetns(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	a := n.add("a", "10.78.0.1/24", "fd78::1/64")
 	hostIf := n.hostIf(a)
@@ -371,6 +373,7 @@ func TestStatusRepairNetns(t *testing.T) {
 // examples/ runs one at every boot), and --cgroup-root cannot change under
 // a running installation.
 func TestUpRemembers(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "routed")
 	a := n.add("a", "10.78.0.1/24")
 	if out := n.mustRun("up"); !strings.Contains(out, "nothing changed") {
@@ -407,6 +410,7 @@ func TestUpRemembers(t *testing.T) {
 // addresses — while a TCP connection into a netns container and one into a
 // shared container stay up; the peer then routes through up1.
 func TestUplinkSwitch(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	hostNS, outNS := filepath.Base(n.netns), filepath.Base(n.outside)
 	host4, host6 := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("2001:db8:2::1")

@@ -38,6 +38,7 @@ type staleJSON struct {
 // socket made in a sub-cgroup of the container (a runtime's container
 // inside it) is the container's too.
 func TestStaleSockets(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	both := "containers:\n  web:\n    addresses: [10.77.0.1/24, 10.77.0.5/24, fd77::1, fd77::5]\n  db:\n    addresses: [10.77.0.2/24]\n"
 	less := "containers:\n  web:\n    addresses: [10.77.0.1/24, fd77::1]\n  db:\n    addresses: [10.77.0.2/24]\n"
@@ -170,6 +171,7 @@ func TestStaleSockets(t *testing.T) {
 // listener (shadow) and a UDP socket on the container's address; `container
 // del` stops nothing and says that those two sockets outlived it.
 func TestDelOutlived(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply("containers:\n  db:\n    addresses: [10.77.0.2/24, fd77::2]\n")
 	db := e.agent("db")
@@ -220,6 +222,7 @@ func (e *env) staleStatus() []staleJSON {
 // TestStaleSocketsNetns: a netns container's sockets on an address an
 // apply removes are in its own namespace, which apply and status read.
 func TestStaleSocketsNetns(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	api := n.name("api")
 	n.names = append(n.names, api)

@@ -139,6 +139,8 @@ func (e *env) timed(args ...string) (string, time.Duration) {
 // waited out only while a process still runs, and once for an apply or a
 // down that removes several containers.
 func TestGracefulStop(t *testing.T) {
+	// Not parallel: it bounds how long del, apply and down take (the grace
+	// period and little more), which other tests' load would stretch.
 	e := newEnv(t)
 	// Three seconds: waiting it out twice (one container after the
 	// other) takes 6 s, which the checks below tell from 3 s even on a
@@ -271,6 +273,7 @@ func policyFile(t *testing.T, yaml string) string {
 // --allow-empty), saying which containers and how many processes, and
 // changes nothing; --dry-run names the processes each removal stops.
 func TestApplyNoSurpriseDeletions(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply("containers:\n  web:\n    addresses: [10.77.0.1/24, fd77::1]\n  db:\n    addresses: [10.77.0.2/24]\n  idle:\n    addresses: [10.77.0.3]\n")
 	web := e.startExec("web", obeysTerm) // two processes

@@ -18,6 +18,7 @@ import (
 // addresses only the default route covers and unused addresses on the
 // uplink's subnet, which then work as IP aliases on the LAN.
 func TestHostAddresses(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	// The host: uplink up0 192.0.2.1/24, 2001:db8:1::1/64, default routes
 	// via the outside host (192.0.2.2, 2001:db8:1::2); and more routes

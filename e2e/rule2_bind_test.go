@@ -54,6 +54,7 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 // requested address) with the address the socket ends up bound to, or the
 // errno. "" as container is a process outside every container.
 func TestBind(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply(basePolicy)
 	agents := map[string]*sockprobe.Agent{}

@@ -271,6 +271,7 @@ func (e *env) hostAddresses() {
 }
 
 func TestRealServers(t *testing.T) {
+	t.Parallel()
 	needPrograms(t, "nginx", "redis-server", "redis-cli", "python3")
 	e := newEnv(t)
 	e.hostAddresses()

@@ -22,6 +22,7 @@ import (
 // container's own traffic; the host's wildcard listeners lose container
 // addresses; explicit foreign sources are refused.
 func TestBackstop(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply(basePolicy)
 	web, db, host := e.agent("web"), e.agent("db"), e.agent("")
@@ -171,6 +172,7 @@ func TestBackstop(t *testing.T) {
 // listeners (dual-stack, MPTCP since Go 1.24) and a plain TCP one: two
 // containers listen on *:PORT and each gets only connections to its address.
 func TestWildcardTwoContainers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply(basePolicy)
 	web, db, host := e.agent("web"), e.agent("db"), e.agent("")
@@ -230,6 +232,7 @@ func TestWildcardTwoContainers(t *testing.T) {
 // containers (a container's TCP bind to a fixed port is a shadow: it can
 // listen, not connect).
 func TestTimeWaitReuse(t *testing.T) {
+	// Not parallel: each connect must finish within 500 ms.
 	e := newEnv(t)
 	e.apply(basePolicy)
 	web, db := e.agent(""), e.agent("db")

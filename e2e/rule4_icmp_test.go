@@ -26,6 +26,7 @@ import (
 //   - an echo reply addressed to another container never reaches the
 //     container's socket, whatever its ident (ingress_dropped_foreign).
 func TestICMPSockets(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	if out, err := exec.Command("nsenter", "--net="+e.netns, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647").CombinedOutput(); err != nil {
 		t.Fatalf("allow ICMP datagram sockets in the test netns: %v: %s", err, out)

@@ -20,6 +20,7 @@ import (
 // (egress_dropped_spoof), no MP_JOIN reaches the peer, and the connection
 // goes on over its first subflow.
 func TestMPTCPSubflows(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	nsIP := func(args ...string) {
 		t.Helper()

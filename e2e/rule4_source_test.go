@@ -21,6 +21,7 @@ import (
 // IPv4, IPv6 and IPv4-mapped; and a host process talking to a container
 // address does not borrow it.
 func TestSource(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply(basePolicy)
 	web, db, multi, peer4, v4only, host := e.agent("web"), e.agent("db"), e.agent("multi"), e.agent("peer4"), e.agent("v4only"), e.agent("")

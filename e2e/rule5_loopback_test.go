@@ -18,6 +18,7 @@ import (
 // own sockets, applications still see 127.0.0.1 / ::1, and `loopback: host`
 // shares the host's.
 func TestLoopback(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply(basePolicy)
 	web, db, host, share := e.agent("web"), e.agent("db"), e.agent(""), e.agent("shareloop")

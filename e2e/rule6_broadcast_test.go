@@ -162,6 +162,7 @@ func (g *groupEnv) listeners(t *testing.T) []listenerJSON {
 // TestBroadcastShared: IPv4 broadcasts from the outside host and from a
 // container reach exactly the two listening containers, once each.
 func TestBroadcastShared(t *testing.T) {
+	t.Parallel()
 	g := newGroupEnv(t)
 	const n = 5
 	socks, others := g.bindAll(t, unix.AF_INET, 2)
@@ -264,6 +265,7 @@ func TestBroadcastShared(t *testing.T) {
 // containers whose listening sockets joined the group; leave and close
 // stop delivery; joins outside the policy fail with EPERM.
 func TestMulticastShared(t *testing.T) {
+	t.Parallel()
 	g := newGroupEnv(t)
 	const n = 4
 	// A netns container beside them sends too.
@@ -386,6 +388,7 @@ func newNetnsGroupEnv(t *testing.T) *groupEnv {
 // direct) reach exactly the listening containers, once each; a netns
 // container's broadcast reaches its listening siblings and the uplink.
 func TestGroupNetns(t *testing.T) {
+	t.Parallel()
 	g := newNetnsGroupEnv(t)
 	const n = 4
 	socks, others := g.bindAll(t, unix.AF_INET, 2)

@@ -18,6 +18,7 @@ import (
 // uplink, although the host routes multicast elsewhere (its default route
 // is not the uplink): the uplink is where the container's groups arrive.
 func TestJoinWithoutInterface(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	hostNS := filepath.Base(n.netns)
 	ipRun(t, [][]string{

@@ -70,6 +70,7 @@ func countAll(agents []*sockprobe.Agent, ids []int, from netip.Addr) ([]int, err
 // of the container's cgroup) leaves a registration that `container del`
 // purges, without disturbing the other listeners of the same page.
 func TestGroupManyListeners(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	// The outside host sends IPv4 multicast by its default route.
 	if out, err := exec.Command("ip", "-n", filepath.Base(n.outside), "route", "add", "default", "via", hostUp4.String()).CombinedOutput(); err != nil {

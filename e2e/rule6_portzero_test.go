@@ -16,6 +16,7 @@ import (
 // and a bind the kernel refuses registers nothing. Shared containers
 // (IPv4 broadcast, IPv6 multicast) and netns containers (IPv4 broadcast).
 func TestListenPortZero(t *testing.T) {
+	t.Parallel()
 	t.Run("shared", func(t *testing.T) {
 		g := newGroupEnv(t)
 		checkPortZero(t, g, "10.79.0.255")

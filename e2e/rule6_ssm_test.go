@@ -76,6 +76,7 @@ func outSender(t *testing.T, out *sockprobe.Agent, src netip.Addr) int {
 // dropping sources, blocking sources (exclude mode), the any → include mode
 // switch, the slot limit (ENOBUFS) and the policy (EPERM) hold too.
 func TestMulticastSourceShared(t *testing.T) {
+	t.Parallel()
 	g := newGroupEnv(t)
 	g.addOutside2(t)
 	const n = 4
@@ -243,6 +244,7 @@ func TestMulticastSourceShared(t *testing.T) {
 // n2's any-source join that adds a source switches to that source only (the
 // kernel's transition, which l3iso mirrors for shared sockets).
 func TestGroupNetnsSource(t *testing.T) {
+	t.Parallel()
 	g := newNetnsGroupEnv(t)
 	g.addOutside2(t)
 	const n = 4

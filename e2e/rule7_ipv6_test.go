@@ -20,6 +20,7 @@ import (
 // which the reply reaches, not from ::1, which the container's loopback
 // would take, nor from the uplink's).
 func TestHostToContainerOverIPv6(t *testing.T) {
+	// Not parallel: a refused connect must come back within a second.
 	n := newNetEnv(t, "direct")
 	name := n.name("s")
 	n.names = append(n.names, name)

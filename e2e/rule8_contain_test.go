@@ -45,6 +45,7 @@ var sysctlsToWrite = []string{
 // a process outside (6), write a host file it does not own (7), or join a
 // group through a 32-bit (compat) setsockopt, which skips the policy.
 func TestExecContainment(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24")
 	e.mustRun("container", "add", "db", "--addr", "10.77.0.2/24")
@@ -170,6 +171,7 @@ func TestExecContainment(t *testing.T) {
 // user or PID namespace — and still without bpffs, writable /proc/sys or
 // /sys, and 32-bit system calls.
 func TestExecHostRoot(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24")
 	r := e.run("exec", "web", "--host-root", "--", "sh", "-c", "cat /proc/self/uid_map; echo $$")
@@ -209,6 +211,7 @@ func TestExecHostRoot(t *testing.T) {
 // namespace; exec's exit status is the command's (128+N for signal N),
 // signals sent to exec reach it, and its orphans end with it.
 func TestExecProcess(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24")
 	for _, c := range []struct {
@@ -271,6 +274,7 @@ func TestExecProcess(t *testing.T) {
 // TestExecOptions: --user, --env, --env-file, --workdir and the clean
 // environment; bad values are one-line errors.
 func TestExecOptions(t *testing.T) {
+	// Not parallel: t.Setenv changes the whole test process's environment.
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24")
 	envFile := filepath.Join(t.TempDir(), "env")
@@ -462,6 +466,7 @@ func grepLines(s, sub string) string {
 // processes could leave its cgroup: a cgroup.procs above the container's
 // that its host ids may write (others, or owned by its range).
 func TestExecRefuses(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24")
 	procs := filepath.Join(e.cgroot, "cgroup.procs")
@@ -497,6 +502,7 @@ func TestExecRefuses(t *testing.T) {
 // hook waives CAP_NET_BIND_SERVICE there); another container's address
 // stays out of reach.
 func TestExecPrivilegedPort(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24", "--addr", "fd77::1")
 	e.mustRun("container", "add", "db", "--addr", "10.77.0.2/24")
@@ -528,6 +534,7 @@ func TestExecPrivilegedPort(t *testing.T) {
 // capabilities that would undo isolation, and its exit status is returned.
 // (rule8_contain_test.go tries harder to get out.)
 func TestExec(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1")
 	r := e.run("exec", "web", "--", "sh", "-c", "grep -E '^Cap(Eff|Bnd)' /proc/self/status; cat /proc/self/cgroup; exit 7")

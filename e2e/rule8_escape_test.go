@@ -66,6 +66,7 @@ def udp(fam, dst, bind=None):
 `
 
 func TestEscapeUnspecifiedIsOwnLoopback(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply(escapePolicy)
 	host := e.agent("")
@@ -121,6 +122,7 @@ try_("own4", lambda: tcp(socket.AF_INET, ("0.0.0.0", 7611)))
 }
 
 func TestEscapePrivateLoopback(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.hostAddresses()
 	e.apply(escapePolicy)
@@ -225,6 +227,7 @@ try_("ping-from-private", ping)
 }
 
 func TestEscapePoseAsHost(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply(escapePolicy)
 	// loopback: host shares the host's 127.0.0.1, but not the host's own
@@ -252,6 +255,7 @@ try_("bind-lo", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(("
 }
 
 func TestEscapeRegistryQuota(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.apply(escapePolicy)
 	// a binds UDP wildcard sockets on port after port (each one holds two

@@ -14,6 +14,7 @@ import (
 // ones that stay keep their rules on every connection — source address
 // right, foreign binds refused — with traffic running concurrently.
 func TestChurnUnderLoad(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "web", "--addr", "10.77.0.1/24", "--addr", "fd77::1")
 	e.mustRun("container", "add", "db", "--addr", "10.77.0.2/24", "--addr", "fd77::2")

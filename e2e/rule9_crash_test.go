@@ -39,6 +39,7 @@ func (e *env) killAt(d time.Duration, args ...string) {
 // the installed policy is the old or the new one, never a mix, and the next
 // command finishes the job.
 func TestApplyCrash(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	gen := func(n, base int) string {
 		var b strings.Builder
@@ -99,6 +100,7 @@ func TestApplyCrash(t *testing.T) {
 // container exists completely (after the next command's repair) or not at
 // all — no cgroup, no address, no ownership left behind.
 func TestAddCrash(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "base", "--addr", "10.77.0.1")
 	start := time.Now()
@@ -148,6 +150,7 @@ func TestAddCrash(t *testing.T) {
 // TestUpCrash kills `up` at many instants; the next `up` finishes the job
 // and `down` removes everything.
 func TestUpCrash(t *testing.T) {
+	t.Parallel()
 	e := newBareEnv(t)
 	start := time.Now()
 	e.mustRun("up", "--cgroup-root", e.cgroot)
@@ -179,6 +182,7 @@ func TestUpCrash(t *testing.T) {
 // completely (namespace, veth, TC link, reachable) or not at all (no
 // namespace, veth or TC link left).
 func TestNetnsCrash(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	x := n.name("x")
 	n.names = append(n.names, x)

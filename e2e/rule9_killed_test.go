@@ -25,6 +25,7 @@ import (
 // process that joined the old cgroup after the crash is not killed for
 // that: the cgroup is made anew once it is empty.
 func TestKilledCgroupRepair(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.mustRun("container", "add", "x", "--addr", "10.77.5.1")
 	e.mustRun("container", "add", "y", "--addr", "10.77.5.3")

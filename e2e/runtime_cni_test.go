@@ -167,6 +167,7 @@ func (n *netEnv) findContainer(name string) (containerJSON, bool) {
 // still), the pod cannot spoof; apply leaves the pod alone; `up` and GC
 // reap pods whose namespace vanished; versions 0.4.0 and 1.0.0 too.
 func TestCNI(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	n.installNFT()
 	pol := filepath.Join(t.TempDir(), "policy.yaml")

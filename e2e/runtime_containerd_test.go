@@ -96,6 +96,7 @@ func checkServed(t *testing.T, n *netEnv, k containerJSON) {
 }
 
 func TestContainerd(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "containerd", "ctr", "containerd-shim-runc-v2", "runc", "busybox")
 	n := newNetEnv(t, "direct")
 	n.installNFT()

@@ -197,6 +197,7 @@ func httpGet(t *testing.T, a *sockprobe.Agent, dst netip.AddrPort) string {
 }
 
 func TestPodman(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	n.installNFT()
 	rootfs := busyboxRootfs(t)

@@ -24,6 +24,7 @@ import (
 )
 
 func TestTwoNodes(t *testing.T) {
+	t.Parallel()
 	n := newNetEnv(t, "direct")
 	a, b := filepath.Base(n.netns), filepath.Base(n.outside)
 	// host-gw: each node routes the other's pod subnets via its uplink
