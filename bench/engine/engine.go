@@ -354,6 +354,11 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		}
 		add(Direct, n, in)
 	}
+	for _, w := range measured {
+		if w != BcastFanout && !b.measures(w) {
+			unavailable[w] = "left out (--workloads)"
+		}
+	}
 	switch {
 	case o.NoFanout:
 		unavailable[BcastFanout] = "left out (--no-bcast)"
