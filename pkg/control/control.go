@@ -1,6 +1,6 @@
 // Package control is l3iso's control plane: it turns operator requests
 // (container add/del, apply, down) into cgroups, map entries and host
-// addresses, in the order that keeps DESIGN.md's rules true at every
+// addresses, in the order that keeps docs/DESIGN.md's rules true at every
 // instant — even when the process dies half way.
 //
 // Ordering rules:

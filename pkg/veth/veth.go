@@ -36,7 +36,7 @@
 // bridge, where such containers reach each other over L2.
 //
 // The bridge baseline (BridgeName, EnsureBridge, Enslave, Release,
-// DeleteBridge) is the Docker-style path of the seeds: host-side veths become
+// DeleteBridge) is the classic Docker-style path (docs/DESIGN.md): host-side veths become
 // ports of one Linux bridge and the container routes move onto the bridge.
 //
 // Call the functions from the host network namespace (not from inside Do).
