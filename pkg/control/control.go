@@ -19,6 +19,7 @@ package control
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -494,7 +495,7 @@ func (c *Control) addAlone(spec policy.Container, o AddOptions) (k maps.Containe
 		delete(mine, hostItem{kind: itemBcast4, ip: b, onLo: true})
 	}
 	err = c.create(&k,
-		func() { c.st.Maps.RemoveSole(c.gen, k, sharedBcast) },
+		func() { c.st.Maps.Remove(c.gen, k, maps.Shared{Broadcasts: sharedBcast}) },
 		func() error { return c.hostItems(true, items(desired([]maps.Container{k}))) },
 		func() { c.hostItems(false, items(mine)) })
 	if err != nil {
@@ -534,7 +535,7 @@ func (c *Control) addChecked(spec policy.Container, o AddOptions) (maps.Containe
 	cur := c.cur
 	next := append(append([]maps.Container{}, cur...), k)
 	err = c.create(&k,
-		func() { c.st.Maps.Remove(c.gen, k, cur) },
+		func() { c.removeFromMaps(k, cur) },
 		func() error { return c.configureHost(cur, next) },
 		func() { c.unconfigureHost(next, cur) })
 	if err != nil {
@@ -711,9 +712,9 @@ func (c *Control) del(k maps.Container, alone bool, rest []maps.Container) error
 		}
 	}
 	if alone {
-		err = c.st.Maps.RemoveSole(c.gen, k, nil)
+		err = c.st.Maps.Remove(c.gen, k, maps.Shared{})
 	} else {
-		err = c.st.Maps.Remove(c.gen, k, rest)
+		err = c.removeFromMaps(k, rest)
 	}
 	if err != nil {
 		return err
@@ -739,6 +740,46 @@ func (c *Control) del(k maps.Container, alone bool, rest []maps.Container) error
 		c.setCur(rest)
 	}
 	return c.end()
+}
+
+// removeFromMaps deletes k's entries from the active generation, keeping
+// the markers that others (the containers that stay) share with it, and
+// the broadcast filter of the others.
+func (c *Control) removeFromMaps(k maps.Container, others []maps.Container) error {
+	if err := c.st.Maps.Remove(c.gen, k, sharedWith(k, slices.Values(others))); err != nil {
+		return err
+	}
+	for _, a := range k.Spec.Addresses {
+		if _, ok := a.Broadcast(); ok {
+			return c.st.Maps.ResetBcastFilter(others)
+		}
+	}
+	return nil
+}
+
+// sharedWith is what k shares with others (k itself among them or not):
+// the IPs they own port ranges of, the broadcast addresses of subnets they
+// are on.
+func sharedWith(k maps.Container, others iter.Seq[maps.Container]) maps.Shared {
+	var sh maps.Shared
+	for o := range others {
+		if o.ID == k.ID {
+			continue
+		}
+		for _, b := range o.Spec.Addresses {
+			for _, a := range k.Spec.Addresses {
+				if !a.WholeIP() && !b.WholeIP() && a.Addr == b.Addr && !slices.Contains(sh.IPs, a.Addr) {
+					sh.IPs = append(sh.IPs, a.Addr)
+				}
+				ba, ok1 := a.Broadcast()
+				bb, ok2 := b.Broadcast()
+				if ok1 && ok2 && ba == bb && !slices.Contains(sh.Broadcasts, ba) {
+					sh.Broadcasts = append(sh.Broadcasts, ba)
+				}
+			}
+		}
+	}
+	return sh
 }
 
 // Down removes every container, stopping their processes with the

@@ -336,79 +336,33 @@ func concurrently(steps []func() error) error {
 	return errors.Join(errs...)
 }
 
+// Shared lists what a container shares with others that stay when it
+// goes: the IPs they own port ranges of (the IP's marker in l3_owners), and
+// the broadcast addresses of subnets they are on (the marker in l3_locals).
+type Shared struct {
+	IPs        []netip.Addr
+	Broadcasts []netip.Addr
+}
+
 // Remove deletes container c from generation gen, in the reverse order of
-// Insert. others are the containers that stay: an IP shared by port ranges
-// keeps its marker while one of them still owns a range of it.
-func (s *Set) Remove(gen uint32, c Container, others []Container) error {
-	sharedIP := func(a netip.Addr) bool {
-		for _, o := range others {
-			if o.ID == c.ID {
-				continue
-			}
-			for _, b := range o.Spec.Addresses {
-				if b.Addr == a && !b.WholeIP() {
-					return true
-				}
-			}
-		}
-		return false
-	}
-	// A subnet's broadcast marker stays while another container is on it.
-	bcastUsed := func(addr sockL3Addr) bool {
-		for _, o := range others {
-			for _, a := range o.Spec.Addresses {
-				if b, ok := a.Broadcast(); ok && o.ID != c.ID && toAddr(b) == addr {
-					return true
-				}
-			}
-		}
-		return false
-	}
-	return s.remove(gen, c, sharedIP, bcastUsed, func() error {
-		var stay []Container
-		for _, o := range others {
-			if o.ID != c.ID {
-				stay = append(stay, o)
-			}
-		}
-		return s.ResetBcastFilter(stay)
-	})
-}
-
-// RemoveSole deletes container c from generation gen without knowing the
-// other containers: c must own whole IPs only (no other container has a
-// port range of them), and keepBcast lists the broadcast addresses of c's
-// subnets that other containers are on (their markers stay). The broadcast
-// filter keeps c's bits: a stale bit only costs the programs a lookup, and
-// the next apply or repair clears it.
-func (s *Set) RemoveSole(gen uint32, c Container, keepBcast []netip.Addr) error {
-	for _, a := range c.Spec.Addresses {
-		if !a.WholeIP() {
-			return fmt.Errorf("container %q: shares an IP by ports: remove it with the others known", c.Spec.Name)
-		}
-	}
-	keep := map[sockL3Addr]bool{}
-	for _, b := range keepBcast {
-		keep[toAddr(b)] = true
-	}
-	return s.remove(gen, c, func(netip.Addr) bool { return false },
-		func(a sockL3Addr) bool { return keep[a] }, func() error { return nil })
-}
-
-func (s *Set) remove(gen uint32, c Container, sharedIP func(netip.Addr) bool, bcastUsed func(sockL3Addr) bool, resetFilter func() error) error {
+// Insert: the cgroup → container entry first, ownership last. keep lists
+// the shared markers of c that other containers still need; the others of
+// c's go. The broadcast filter keeps c's bits: a stale bit only costs the
+// programs a lookup, and ResetBcastFilter clears it.
+func (s *Set) Remove(gen uint32, c Container, keep Shared) error {
 	var e entries
 	if err := e.add(gen, c); err != nil {
 		return err
 	}
 	var partial []sockL3OwnerKey
 	for _, k := range e.partialK {
-		if !sharedIP(fromAddr(k.Addr)) {
+		if !slices.Contains(keep.IPs, fromAddr(k.Addr)) {
 			partial = append(partial, k)
 		}
 	}
 	var bcast []sockL3LocalKey
 	for _, k := range e.bcastK {
-		if !bcastUsed(k.Addr) {
+		if !slices.Contains(keep.Broadcasts, fromAddr(k.Addr)) {
 			bcast = append(bcast, k)
 		}
 	}
@@ -421,12 +375,6 @@ func (s *Set) remove(gen uint32, c Container, sharedIP func(netip.Addr) bool, bc
 		func() error { return del(s.Owners, "l3_owners", e.ownerK) },
 		func() error { return del(s.Owners, "l3_owners", partial) },
 		func() error { return del(s.Locals, "l3_locals", bcast) },
-		func() error {
-			if len(e.bcastK) == 0 {
-				return nil // c set no filter bit: the others' filter stays
-			}
-			return resetFilter()
-		},
 	} {
 		if err := step(); err != nil {
 			return err

@@ -186,9 +186,10 @@ func lookupIn(t *testing.T, x *Index, name string) uint32 {
 	return id
 }
 
-// TestInsertNextRemoveSole: InsertNext writes what Insert writes; RemoveSole
+// TestInsertNextRemoveSole: InsertNext writes what Insert writes; Remove
 // leaves the markers of a subnet others are on; DeleteGen empties a
-// generation.
+// generation. (That a container sharing an IP by ports is never removed
+// without the others known is the planner's: pkg/control, TestPlanDel.)
 func TestInsertNextRemoveSole(t *testing.T) {
 	s := newTestSet(t)
 	var cs []Container
@@ -217,24 +218,20 @@ func TestInsertNextRemoveSole(t *testing.T) {
 	}
 	// web goes alone: the subnet's broadcast marker stays for web2.
 	bcast := netip.MustParseAddr("10.77.0.255")
-	if err := s.RemoveSole(6, web, []netip.Addr{bcast}); err != nil {
+	if err := s.Remove(6, web, Shared{Broadcasts: []netip.Addr{bcast}}); err != nil {
 		t.Fatal(err)
 	}
 	if id, _, _ := s.Owner(6, netip.MustParseAddr("10.77.0.1")); id != 0 {
-		t.Errorf("10.77.0.1 still owned by %d after RemoveSole", id)
+		t.Errorf("10.77.0.1 still owned by %d after Remove", id)
 	}
 	if in, _ := s.BroadcastInUse(6, bcast); !in {
-		t.Error("RemoveSole dropped the broadcast marker web2 needs")
+		t.Error("Remove dropped the broadcast marker web2 needs")
 	}
 	if _, ok, _ := s.Meta(6, web.ID); ok {
-		t.Error("web's metadata survived RemoveSole")
+		t.Error("web's metadata survived Remove")
 	}
 	if k, ok, _ := s.Meta(6, web2.ID); !ok || k.Spec.Name != "web2" {
 		t.Error("Meta(web2) lost")
-	}
-	shared := container(4003, "shared", "10.77.0.9:80/tcp")
-	if err := s.RemoveSole(6, shared, nil); err == nil {
-		t.Error("RemoveSole took a container that shares an IP by ports")
 	}
 	if err := s.DeleteGen(6, cs); err != nil {
 		t.Fatal(err)

@@ -98,8 +98,9 @@ func newTestSet(t *testing.T) *Set {
 }
 
 // TestInsertRemove writes containers into real maps and checks that Remove
-// and DeleteGen leave nothing behind, and the shared-IP marker lives as
-// long as one owner of a port range does.
+// and DeleteGen leave nothing behind, the shared-IP marker lives as long as
+// one owner of a port range does (Remove is told so), and the broadcast
+// filter loses the bit of a subnet nobody is on.
 func TestInsertRemove(t *testing.T) {
 	s := newTestSet(t)
 	mk := func(id uint32, name string, addrs ...string) Container {
@@ -155,13 +156,16 @@ func TestInsertRemove(t *testing.T) {
 	if c, err := s.Config(); err != nil || c.Level != 3 {
 		t.Errorf("Config after SetActiveGen: %+v, %v", c, err)
 	}
-	if err := s.Remove(7, db, all); err != nil {
+	if err := s.Remove(7, db, Shared{IPs: []netip.Addr{netip.MustParseAddr("10.77.0.9")}}); err != nil { // db2 owns ports of it
 		t.Fatal(err)
 	}
 	if _, partial, _ := s.Owner(7, netip.MustParseAddr("10.77.0.9")); !partial {
 		t.Error("removing db dropped the marker while db2 still owns ports of 10.77.0.9")
 	}
-	if err := s.Remove(7, web, []Container{web, db2}); err != nil {
+	if err := s.Remove(7, web, Shared{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ResetBcastFilter([]Container{db2}); err != nil {
 		t.Fatal(err)
 	}
 	if bloom() != 0 {
