@@ -10,7 +10,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/loader"
 )
 
 // AttachDoNothing attaches, at cgroup cg, a program that does nothing — it
@@ -52,7 +52,7 @@ func AttachDoNothingSockets(cg string) (*DoNothing, error) {
 // takes, and, with netnsWide, in place of the programs l3iso attaches to
 // the calling thread's network namespace (l3_sk_lookup, l3_tc_group on lo).
 func attachDoNothing(cg string, netnsWide bool, want func(ebpf.AttachType) bool) (*DoNothing, error) {
-	spec, err := maps.SocketSpec()
+	spec, err := loader.SocketSpec()
 	if err != nil {
 		return nil, err
 	}

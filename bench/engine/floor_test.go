@@ -10,7 +10,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/l3iso/l3iso/internal/sockprobe"
-	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/loader"
 )
 
 // TestAttachDoNothing checks that hook_floor's cgroup has one do-nothing
@@ -27,7 +27,7 @@ func TestAttachDoNothing(t *testing.T) {
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		t.Fatal(err)
 	}
-	spec, err := maps.SocketSpec()
+	spec, err := loader.SocketSpec()
 	if err != nil {
 		t.Fatal(err)
 	}

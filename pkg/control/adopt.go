@@ -196,7 +196,7 @@ func (c *Control) CheckAdopted(name string, at Attachment) (maps.Container, erro
 		if p, ok := delivs[a]; !ok || p.ID != k.ID || p.IfIndex != l.Attrs().Index {
 			return k, fmt.Errorf("container %q: map l3_delivs does not deliver %s to its veth %s", name, a, l.Attrs().Name)
 		}
-		if id, _, err := c.st.Maps.Owner(c.gen, a); err != nil || id != k.ID {
+		if id, _, err := c.gen.Owner(a); err != nil || id != k.ID {
 			return k, fmt.Errorf("container %q: map l3_owners does not give it %s (owner id %d): %v", name, a, id, err)
 		}
 	}
@@ -256,7 +256,7 @@ func (c *Control) ReapAdopted() ([]string, error) {
 // that has an adopted one's name is refused.
 func (c *Control) withAdopted(p *policy.Policy) (*policy.Policy, error) {
 	var adopted []policy.Container
-	err := c.st.Maps.ScanMetas(c.gen, nil, func(m maps.Meta) {
+	err := c.gen.Scan(nil, func(m maps.Meta) {
 		if m.Adopted() {
 			adopted = append(adopted, m.Container().Spec)
 		}

@@ -124,17 +124,22 @@ type survey struct {
 	cgid []uint64 // by policy container: its cgroup id; 0 while it is new
 	old  []int32  // by policy container: its installed version in olds if that differs, else -1
 	olds []maps.Container
-	gone []bool // by olds: not in the policy
-	used []bool // by id: in use
-	slot *maps.Slot
-	dup  string // a name two installed containers have
+	gone []bool     // by olds: not in the policy
+	used []bool     // by id: in use
+	gen  maps.Gen   // the generation the apply writes: the inactive one
+	slot *maps.Slot // what it holds
+	dup  string     // a name two installed containers have
 }
 
 // survey reads the installed containers against policy p (validated:
 // sorted by name).
 func (c *Control) survey(p *policy.Policy) (*survey, error) {
-	sv := newSurvey(p, maps.NewSlot(maps.OtherGen(c.gen)))
-	if err := c.st.Maps.ScanMetas(c.gen, sv.slot, func(m maps.Meta) { sv.see(m) }); err != nil {
+	next, err := c.st.Maps.Inactive()
+	if err != nil {
+		return nil, err
+	}
+	sv := newSurvey(p, next)
+	if err := c.gen.Scan(sv.slot, func(m maps.Meta) { sv.see(m) }); err != nil {
 		return nil, err
 	}
 	return sv, sv.done()
@@ -150,13 +155,17 @@ type installedMeta interface {
 	Container() maps.Container // decoded
 }
 
-// newSurvey starts a survey of the installed containers against policy p;
-// slot receives what the inactive generation holds.
-func newSurvey(p *policy.Policy, slot *maps.Slot) *survey {
+// newSurvey starts a survey of the installed containers against policy p,
+// for an apply that writes generation next (the inactive one; the zero Gen
+// in tests that plan only).
+func newSurvey(p *policy.Policy, next maps.Gen) *survey {
 	pc := p.Containers
 	sv := &survey{
 		p: p, id: make([]uint32, len(pc)), cgid: make([]uint64, len(pc)), old: make([]int32, len(pc)),
-		used: make([]bool, maps.MaxContainers+1), slot: slot,
+		used: make([]bool, maps.MaxContainers+1), gen: next,
+	}
+	if next != (maps.Gen{}) {
+		sv.slot = next.NewSlot()
 	}
 	for i := range sv.old {
 		sv.old[i] = -1

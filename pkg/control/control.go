@@ -38,7 +38,7 @@ var ErrNotFound = errors.New("no such container")
 // Control is an open installation plus the operations on it.
 type Control struct {
 	st  *loader.State
-	gen uint32
+	gen maps.Gen // the active generation
 	// The containers of the active generation, by name, once read (all):
 	// commands that change one container do without them (see Add).
 	cur    []maps.Container
@@ -64,7 +64,7 @@ func Open(bpffs string, exclusive bool) (*Control, error) {
 		return nil, err
 	}
 	c := &Control{st: st}
-	if c.gen, err = st.Maps.ActiveGen(); err != nil {
+	if c.gen, err = st.Maps.Active(); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -162,7 +162,7 @@ func (c *Control) Close() error { return c.st.Close() }
 func (c *Control) State() *loader.State { return c.st }
 
 func (c *Control) load() error {
-	gen, err := c.st.Maps.ActiveGen()
+	gen, err := c.st.Maps.Active()
 	if err != nil {
 		return err
 	}
@@ -175,7 +175,7 @@ func (c *Control) load() error {
 // them from l3_metas the first time.
 func (c *Control) all() ([]maps.Container, error) {
 	if !c.loaded {
-		cur, err := c.st.Maps.Containers(c.gen)
+		cur, err := c.gen.Containers()
 		if err != nil {
 			return nil, err
 		}
@@ -240,7 +240,7 @@ func (c *Control) findIndexed(name string) (k maps.Container, ok bool, err error
 		}
 		return k, false, nil
 	}
-	k, found, err := c.st.Maps.Meta(c.gen, id)
+	k, found, err := c.gen.Container(id)
 	if err != nil || !found || k.Spec.Name != name {
 		return maps.Container{}, false, err // stale (an apply under way): read all
 	}
@@ -408,7 +408,7 @@ func (c *Control) fastAddFacts(spec policy.Container) (f addFacts, ok bool) {
 	}
 	ips := make([]netip.Addr, 0, len(spec.Addresses))
 	for _, a := range spec.Addresses {
-		id, partial, err := c.st.Maps.Owner(c.gen, a.Addr)
+		id, partial, err := c.gen.Owner(a.Addr)
 		if err != nil {
 			return f, false
 		}
@@ -428,7 +428,7 @@ func (c *Control) fastAddFacts(spec policy.Container) (f addFacts, ok bool) {
 	f.free = free[0]
 	for _, a := range spec.Addresses {
 		if b, ok := a.Broadcast(); ok {
-			used, err := c.st.Maps.BroadcastInUse(c.gen, b)
+			used, err := c.gen.BroadcastInUse(b)
 			if err != nil {
 				return f, false
 			}

@@ -81,8 +81,8 @@ var steps = [numSteps]struct {
 	stepIndex:       {do: (*Control).enterIndex, undo: func(c *Control, s *script) { c.leaveIndex(s.come) }},
 	stepBuildIndex:  {do: func(c *Control, s *script) error { return c.st.Maps.BuildIndex(s.others) }},
 	stepInsert:      {do: (*Control).insert, undo: (*Control).uninsert},
-	stepWriteNext:   {do: (*Control).writeNext, undo: func(c *Control, s *script) { c.st.Maps.PurgeGen(s.next.slot.Gen) }},
-	stepRepairMaps:  {do: func(c *Control, s *script) error { return c.st.Maps.Repair(c.gen, s.others) }},
+	stepWriteNext:   {do: (*Control).writeNext, undo: func(c *Control, s *script) { s.next.gen.Purge() }},
+	stepRepairMaps:  {do: func(c *Control, s *script) error { return c.gen.Repair(s.others) }},
 	stepStop:        {do: (*Control).stop},
 	stepUnconfigure: {do: func(c *Control, s *script) error { return c.hostItems(false, s.remove) }},
 	stepUnplumb:     {do: (*Control).unplumbGone},
@@ -92,7 +92,7 @@ var steps = [numSteps]struct {
 	stepRepairHost:  {do: func(c *Control, _ *script) error { return c.repairHost() }},
 	stepPlumb:       {do: (*Control).plumbCome},
 	stepRepairNetns: {do: func(c *Control, _ *script) error { return c.repairNetns() }},
-	stepFilter:      {do: func(c *Control, s *script) error { return c.st.Maps.ResetBcastFilterSeq(s.filter) }},
+	stepFilter:      {do: func(c *Control, s *script) error { return c.st.Maps.ResetBcastFilter(s.filter) }},
 	stepCountStale:  {do: (*Control).countStale},
 	stepForget:      {do: (*Control).forget},
 	stepEnd:         {do: func(c *Control, _ *script) error { return c.end() }},
@@ -155,9 +155,9 @@ func (c *Control) fixCgroups(s *script) error {
 	return nil
 }
 
-func (c *Control) initCounters(s *script) error { return c.st.Maps.InitCountersOf(ids(s.come)) }
+func (c *Control) initCounters(s *script) error { return c.st.Maps.InitCounters(ids(s.come)...) }
 
-func (c *Control) zeroCounters(cs []maps.Container) error { return c.st.Maps.InitCountersOf(ids(cs)) }
+func (c *Control) zeroCounters(cs []maps.Container) error { return c.st.Maps.InitCounters(ids(cs)...) }
 
 func ids(cs []maps.Container) []uint32 {
 	out := make([]uint32, 0, len(cs))
@@ -185,16 +185,16 @@ func (c *Control) leaveIndex(cs []maps.Container) error {
 	return nil
 }
 
-func (c *Control) insert(s *script) error { return c.st.Maps.Insert(c.gen, s.come...) }
+func (c *Control) insert(s *script) error { return c.gen.Insert(s.come...) }
 
 func (c *Control) uninsert(s *script) {
 	for _, k := range s.come {
-		c.st.Maps.Remove(c.gen, k, s.keep)
+		c.gen.Remove(k, s.keep)
 	}
 }
 
 func (c *Control) writeNext(s *script) error {
-	return c.st.Maps.WriteSlotSeq(s.next.slot, s.next.all())
+	return s.next.gen.Write(s.next.slot, s.next.all())
 }
 
 // stop ends the processes of the containers that go, all at once (one
@@ -256,7 +256,7 @@ func (c *Control) unplumbGone(s *script) error {
 
 func (c *Control) removeGone(s *script) error {
 	for _, k := range s.gone {
-		if err := c.st.Maps.Remove(c.gen, k, s.keep); err != nil {
+		if err := c.gen.Remove(k, s.keep); err != nil {
 			return err
 		}
 	}
@@ -267,10 +267,10 @@ func (c *Control) removeGone(s *script) error {
 // it is: the next apply writes over it. The containers are read again if
 // this Control needs them.
 func (c *Control) switchGen(s *script) error {
-	if err := c.st.Maps.SetActiveGen(s.next.slot.Gen); err != nil {
+	if err := c.st.Maps.Switch(s.next.gen); err != nil {
 		return err
 	}
-	c.gen = s.next.slot.Gen
+	c.gen = s.next.gen
 	c.cur, c.loaded, c.byName = nil, false, nil
 	return nil
 }
@@ -325,7 +325,7 @@ func (c *Control) forget(s *script) error {
 	if err := c.zeroCounters(s.gone); err != nil {
 		return err
 	}
-	if err := c.st.Maps.PurgeListeners(ids(s.gone)...); err != nil {
+	if err := c.st.PurgeListeners(ids(s.gone)...); err != nil {
 		return err
 	}
 	return c.leaveIndex(s.gone)

@@ -69,7 +69,7 @@ func surveyOf(t *testing.T, p *policy.Policy, installed []maps.Container) *surve
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	sv := newSurvey(p, maps.NewSlot(maps.OtherGen(0)))
+	sv := newSurvey(p, maps.Gen{})
 	for _, k := range installed {
 		sv.see(meta{k})
 	}

@@ -68,20 +68,20 @@ func openIndex(dir string) *Index {
 	}{{&x.ids, idsPin, idsSpec()}, {&x.names, namesPin, namesSpec()}} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, p.name), nil)
 		if err != nil {
-			x.Close()
+			x.close()
 			return nil
 		}
 		*p.m = m
 		if p.spec.Compatible(m) != nil {
-			x.Close()
+			x.close()
 			return nil
 		}
 	}
 	return x
 }
 
-// Close releases the index's file descriptors.
-func (x *Index) Close() {
+// close releases the index's file descriptors.
+func (x *Index) close() {
 	if x == nil {
 		return
 	}
@@ -126,11 +126,11 @@ func (s *Set) BuildIndex(cs []Container) error {
 		return fmt.Errorf("create map %s: %w", idsPin, err)
 	}
 	if x.names, err = ebpf.NewMap(namesSpec()); err != nil {
-		x.Close()
+		x.close()
 		return fmt.Errorf("create map %s: %w", namesPin, err)
 	}
 	if err := x.reset(cs); err != nil {
-		x.Close()
+		x.close()
 		return err
 	}
 	// ids first: the index counts as present once l3_names is pinned. A
@@ -143,12 +143,12 @@ func (s *Set) BuildIndex(cs []Container) error {
 		tmp := final + "_tmp" // bpffs refuses names with a dot
 		os.Remove(tmp)
 		if err := p.m.Pin(tmp); err != nil {
-			x.Close()
+			x.close()
 			return fmt.Errorf("pin map %s: %w", p.name, err)
 		}
 		if err := os.Rename(tmp, final); err != nil {
 			os.Remove(tmp)
-			x.Close()
+			x.close()
 			return fmt.Errorf("pin map %s: %w", p.name, err)
 		}
 	}

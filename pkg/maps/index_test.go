@@ -200,46 +200,46 @@ func TestInsertNextRemoveSole(t *testing.T) {
 	web := container(4001, "web", "10.77.0.1/24", "fd77::1")
 	web2 := container(4002, "web2", "10.77.0.2/24")
 	cs = append(cs, web, web2)
-	if err := s.Insert(5, cs...); err != nil {
+	if err := (Gen{s, 5}).Insert(cs...); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.InsertNext(6, cs...); err != nil {
+	if err := (Gen{s, 6}).Write(Gen{s, 6}.NewSlot(), slices.Values(cs)); err != nil {
 		t.Fatal(err)
 	}
-	for name, m := range map[string]*ebpf.Map{"conts": s.Conts, "locals": s.Locals, "owners": s.Owners, "routes": s.Routes, "metas": s.Metas} {
+	for name, m := range map[string]*ebpf.Map{"conts": s.conts, "locals": s.locals, "owners": s.owners, "routes": s.routes, "metas": s.metas} {
 		n5, n6 := countGen(t, m, 5), countGen(t, m, 6)
 		if n5 == 0 || n5 != n6 {
 			t.Errorf("map %s: %d entries in generation 5 (Insert), %d in 6 (InsertNext)", name, n5, n6)
 		}
 	}
-	got, err := s.Containers(6)
+	got, err := (Gen{s, 6}).Containers()
 	if err != nil || len(got) != len(cs) {
 		t.Fatalf("Containers(6): %d, %v", len(got), err)
 	}
 	// web goes alone: the subnet's broadcast marker stays for web2.
 	bcast := netip.MustParseAddr("10.77.0.255")
-	if err := s.Remove(6, web, Shared{Broadcasts: []netip.Addr{bcast}}); err != nil {
+	if err := (Gen{s, 6}).Remove(web, Shared{Broadcasts: []netip.Addr{bcast}}); err != nil {
 		t.Fatal(err)
 	}
-	if id, _, _ := s.Owner(6, netip.MustParseAddr("10.77.0.1")); id != 0 {
+	if id, _, _ := (Gen{s, 6}).Owner(netip.MustParseAddr("10.77.0.1")); id != 0 {
 		t.Errorf("10.77.0.1 still owned by %d after Remove", id)
 	}
-	if in, _ := s.BroadcastInUse(6, bcast); !in {
+	if in, _ := (Gen{s, 6}).BroadcastInUse(bcast); !in {
 		t.Error("Remove dropped the broadcast marker web2 needs")
 	}
-	if _, ok, _ := s.Meta(6, web.ID); ok {
+	if _, ok, _ := (Gen{s, 6}).Container(web.ID); ok {
 		t.Error("web's metadata survived Remove")
 	}
-	if k, ok, _ := s.Meta(6, web2.ID); !ok || k.Spec.Name != "web2" {
+	if k, ok, _ := (Gen{s, 6}).Container(web2.ID); !ok || k.Spec.Name != "web2" {
 		t.Error("Meta(web2) lost")
 	}
-	if err := s.DeleteGen(6, cs); err != nil {
+	if err := deleteGen(Gen{s, 6}, cs); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteGen(5, cs); err != nil {
+	if err := deleteGen(Gen{s, 5}, cs); err != nil {
 		t.Fatal(err)
 	}
-	for name, m := range map[string]*ebpf.Map{"conts": s.Conts, "locals": s.Locals, "owners": s.Owners, "routes": s.Routes, "metas": s.Metas} {
+	for name, m := range map[string]*ebpf.Map{"conts": s.conts, "locals": s.locals, "owners": s.owners, "routes": s.routes, "metas": s.metas} {
 		k := make([]byte, m.KeySize())
 		if err := m.NextKey(nil, &k); !errors.Is(err, ebpf.ErrKeyNotExist) {
 			t.Errorf("map %s not empty after DeleteGen: %v", name, err)
