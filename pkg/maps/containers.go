@@ -87,8 +87,8 @@ func metaOf(c Container) (sockL3Meta, error) {
 	if len(c.Spec.Addresses) > int(sockL3LimitsL3MAX_ADDRS) || len(c.Spec.Multicast) > int(sockL3LimitsL3MAX_MCAST) {
 		return meta, fmt.Errorf("container %q: too many addresses or multicast groups", c.Spec.Name)
 	}
-	if len(c.Spec.Name) >= NameLen {
-		return meta, fmt.Errorf("container name %q longer than %d characters", c.Spec.Name, NameLen-1)
+	if _, err := nameKey(c.Spec.Name); err != nil {
+		return meta, err
 	}
 	meta.Cgid, meta.Naddrs, meta.Nmcast = c.CgroupID, uint8(len(c.Spec.Addresses)), uint8(len(c.Spec.Multicast))
 	for i := 0; i < len(c.Spec.Name); i++ {

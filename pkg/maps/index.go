@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/policy"
 )
 
 // The index is user space's own bookkeeping, pinned beside the programs'
@@ -93,10 +95,15 @@ func (x *Index) close() {
 	}
 }
 
+// nameKey is name as l3_names and l3_metas hold it: NUL-padded, or (a name
+// of NameLen characters) not terminated. A name the policy refuses is none.
 func nameKey(name string) ([NameLen]byte, error) {
 	var k [NameLen]byte
-	if len(name) >= NameLen {
-		return k, fmt.Errorf("container name %q longer than %d characters", name, NameLen-1)
+	if err := policy.ValidateName(name); err != nil {
+		return k, err
+	}
+	if len(name) > NameLen {
+		return k, fmt.Errorf("container name %q is longer than the %d bytes l3_metas holds", name, NameLen)
 	}
 	copy(k[:], name)
 	return k, nil

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -195,7 +196,7 @@ func TestInsertNextRemoveSole(t *testing.T) {
 	var cs []Container
 	for i := uint32(1); i <= 3000; i++ { // enough to be written in parts
 		a := netip.AddrFrom4([4]byte{10, 80, byte(i >> 8), byte(i)})
-		cs = append(cs, container(i, "c"+a.String(), a.String()))
+		cs = append(cs, container(i, "c"+strings.ReplaceAll(a.String(), ".", "-"), a.String())) // a valid name (policy.ValidateName)
 	}
 	web := container(4001, "web", "10.77.0.1/24", "fd77::1")
 	web2 := container(4002, "web2", "10.77.0.2/24")
@@ -282,4 +283,37 @@ func countGen(t *testing.T, m *ebpf.Map, gen uint32) int {
 	t.Helper()
 	keys, _ := genKeys(t, m, gen)
 	return len(keys)
+}
+
+// TestLongName: a name of the policy's longest (32 characters) is stored,
+// indexed and read back (l3_metas and l3_names hold it without a NUL); one
+// the policy refuses is stored nowhere.
+func TestLongName(t *testing.T) {
+	if NameLen < policy.MaxNameLen {
+		t.Fatalf("l3_metas holds names of %d bytes, the policy allows %d", NameLen, policy.MaxNameLen)
+	}
+	s, _ := pinnedSet(t)
+	long := container(1, strings.Repeat("x", policy.MaxNameLen), "10.77.0.1")
+	if err := s.BuildIndex([]Container{long}); err != nil {
+		t.Fatal(err)
+	}
+	g := Gen{s, 0}
+	if err := g.Insert(long); err != nil {
+		t.Fatal(err)
+	}
+	got, err := g.Containers()
+	if err != nil || len(got) != 1 || got[0].Spec.Name != long.Spec.Name {
+		t.Fatalf("Containers: %+v, %v", got, err)
+	}
+	if id, err := s.Index().Lookup(long.Spec.Name); err != nil || id != 1 {
+		t.Errorf("Lookup(%d characters) = %d, %v", len(long.Spec.Name), id, err)
+	}
+	for _, bad := range []string{strings.Repeat("x", policy.MaxNameLen+1), "-web", "Web"} {
+		if err := g.Insert(container(2, bad, "10.77.0.2")); err == nil {
+			t.Errorf("Insert took the name %q", bad)
+		}
+		if id, err := s.Index().Lookup(bad); err != nil || id != 0 {
+			t.Errorf("Lookup(%q) = %d, %v", bad, id, err)
+		}
+	}
 }
