@@ -157,6 +157,14 @@ func (s *script) with(ks ...stepKind) *script {
 	return s
 }
 
+// withIf is with, if ok.
+func (s *script) withIf(ok bool, ks ...stepKind) *script {
+	if ok {
+		s.with(ks...)
+	}
+	return s
+}
+
 // errFull says a planner could not decide from the fast path's facts: the
 // command needs every installed container read (and the planner again).
 var errFull = errors.New("needs every container")
@@ -228,13 +236,9 @@ func planAdd(spec policy.Container, o AddOptions, f addFacts) (*script, error) {
 		}
 		s.add = items(mine)
 	}
-	s.with(stepBegin, stepCgroups, stepCounters, stepIndex, stepInsert, stepEnd)
-	if len(s.add) > 0 {
-		s.with(stepConfigure)
-	}
-	if isNetns(k) {
-		s.with(stepPlumb)
-	}
+	s.with(stepBegin, stepCgroups, stepCounters, stepIndex, stepInsert, stepEnd).
+		withIf(len(s.add) > 0, stepConfigure).
+		withIf(isNetns(k), stepPlumb)
 	return s, nil
 }
 
@@ -273,13 +277,9 @@ func planDel(k maps.Container, grace time.Duration, f delFacts) (*script, error)
 		// Every host item of k is its own: whole IPs, no subnet.
 		s.remove = items(desired(s.gone))
 	}
-	s.with(stepBegin, stepStop, stepRemove, stepCountStale, stepForget, stepEnd)
-	if len(s.remove) > 0 {
-		s.with(stepUnconfigure)
-	}
-	if isNetns(k) {
-		s.with(stepUnplumb)
-	}
+	s.with(stepBegin, stepStop, stepRemove, stepCountStale, stepForget, stepEnd).
+		withIf(len(s.remove) > 0, stepUnconfigure).
+		withIf(isNetns(k), stepUnplumb)
 	return s, nil
 }
 
@@ -404,25 +404,14 @@ func planApply(f applyFacts, o ApplyOptions) (*script, Plan, error) {
 	}
 	s.remove, s.add = hostChanges(sv, gone, fresh)
 	s.readdressed = sv.readdressed()
-	s.with(stepBegin, stepWriteNext, stepSwitch, stepFilter, stepCountStale, stepEnd)
-	if len(s.come) > 0 {
-		s.with(stepCgroups, stepCounters, stepIndex)
-	}
-	if len(gone) > 0 {
-		s.with(stepStop, stepForget)
-	}
-	if len(s.remove) > 0 {
-		s.with(stepUnconfigure)
-	}
-	if len(s.add) > 0 {
-		s.with(stepConfigure)
-	}
-	if slices.ContainsFunc(gone, isNetns) || len(s.readdressed) > 0 {
-		s.with(stepUnplumb)
-	}
-	if slices.ContainsFunc(gone, isNetns) || slices.ContainsFunc(s.come, isNetns) || len(s.readdressed) > 0 {
-		s.with(stepPlumb)
-	}
+	goneNetns := slices.ContainsFunc(gone, isNetns)
+	s.with(stepBegin, stepWriteNext, stepSwitch, stepFilter, stepCountStale, stepEnd).
+		withIf(len(s.come) > 0, stepCgroups, stepCounters, stepIndex).
+		withIf(len(gone) > 0, stepStop, stepForget).
+		withIf(len(s.remove) > 0, stepUnconfigure).
+		withIf(len(s.add) > 0, stepConfigure).
+		withIf(goneNetns || len(s.readdressed) > 0, stepUnplumb).
+		withIf(goneNetns || len(s.readdressed) > 0 || slices.ContainsFunc(s.come, isNetns), stepPlumb)
 	return s, plan, nil
 }
 
