@@ -8,10 +8,11 @@ import (
 )
 
 // newFloorCgroup makes a cgroup under parent with a do-nothing program at
-// each of l3iso's socket hooks (engine.AttachDoNothing): the hooks' own
-// price, without l3iso's work.
+// each of l3iso's cgroup hooks (engine.AttachDoNothingCgroup): the hooks'
+// own price, without l3iso's work. (The namespace's programs, sk_lookup
+// and lo's TCX, are those of the installation whose netns it runs in.)
 func newFloorCgroup(tb testing.TB, parent string) string {
-	return newDoNothingCgroup(tb, parent, engine.AttachDoNothing)
+	return newDoNothingCgroup(tb, parent, engine.AttachDoNothingCgroup)
 }
 
 // newSockFloorCgroup is newFloorCgroup without the packet (cgroup_skb)

@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * binds.h — shared containers' listening sockets, by what the application
- * asked for (DESIGN.md rule 3; l3iso.h, struct l3_bkey). The socket hooks
+ * asked for (docs/DESIGN.md rule 3; l3iso.h, struct l3_bkey). The socket hooks
  * (sock.c) enter and remove them; the TC programs on lo and the uplink
  * (tc.c) find the socket a connection or datagram goes to and assign it;
- * l3_sk_lookup refuses what finds none.
+ * l3_sk_lookup refuses what finds none. l3_uwild counts the UDP wildcard
+ * entries by port (uwild_add, uwild_on): the TC programs leave a datagram
+ * alone where it is 0.
  *
  * Include after maps.h and registry.h.
  */

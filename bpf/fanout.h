@@ -455,7 +455,7 @@ static __always_inline int fan_out(struct __sk_buff *skb, int from, const struct
 
 		/* Frames into netns containers carry the group's address. */
 		if (direct && saved)
-			set_l2(skb, gmac, osrc);
+			store_l2(skb, gmac, osrc);
 		bpf_loop(L3_LPAGE_WORDS, fan_word, &f, 0);
 		sent = f.sent;
 	}
@@ -463,10 +463,10 @@ static __always_inline int fan_out(struct __sk_buff *skb, int from, const struct
 	skb->mark = mark;
 	if (from == G_NETNS && cfg && cfg->uplink_ifindex && (g->bcast ? g->dst.w[3] == 0xffffffff : 1)) {
 		/* and out of the uplink, as from a host on its segment */
-		if (saved && set_l2(skb, gmac, osrc) == 0)
+		if (saved && store_l2(skb, gmac, osrc) == 0)
 			bpf_clone_redirect(skb, cfg->uplink_ifindex, 0);
 	}
-	if (out && cfg && cfg->uplink_ifindex && saved && set_l2(skb, gmac, cfg->uplink_mac) == 0) {
+	if (out && cfg && cfg->uplink_ifindex && saved && store_l2(skb, gmac, cfg->uplink_mac) == 0) {
 		/* Stores through skb itself: the verifier rejects them through
 		 * a saved skb+offset pointer. */
 		asm volatile("" : "+r"(skb));
@@ -476,7 +476,7 @@ static __always_inline int fan_out(struct __sk_buff *skb, int from, const struct
 		skb->mark = mark;
 	}
 	if (saved)
-		set_l2(skb, odst, osrc);
+		store_l2(skb, odst, osrc);
 	if (!sent)
 		count(0, L3_C_GROUP_NO_LISTENER);
 	return TCX_NEXT;

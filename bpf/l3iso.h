@@ -317,7 +317,7 @@ struct l3_stats {
 
 /*
  * l3_binds: the listening sockets of shared-mode containers, by what the
- * application asked for (DESIGN.md rule 3). A container's sockets never
+ * application asked for (docs/DESIGN.md rule 3). A container's sockets never
  * hold its addresses in the kernel's bind table on the port the
  * application named: a TCP bind to port P (wildcard, an own address, or
  * 127.0.0.1/::1) and a UDP wildcard bind to P are bound to the wildcard on

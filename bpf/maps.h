@@ -358,6 +358,11 @@ static __always_inline int addr_is_mcast(const struct l3_addr *a)
 static __always_inline struct l3_owner *owner_of(__u32 gen, const struct l3_addr *a,
 						 __u8 proto, __u16 port /* host order */)
 {
+	/* No policy owns a loopback address (pkg/policy refuses them; the
+	 * private loopbacks are l3_locals'): the host's traffic on lo, the
+	 * most common, is spared the trie walk. */
+	if (addr_is_loopback(a))
+		return NULL;
 	struct l3_owner_key k = {
 		.prefixlen = L3_OWNER_PLEN_FULL,
 		.gen = gen,

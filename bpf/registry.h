@@ -1,15 +1,15 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * registry.h — what containers' sockets register, and what that may cost
- * each container (DESIGN.md rules 3 and 6, and rule 8: a container cannot
+ * each container (docs/DESIGN.md rules 3 and 6, and rule 8: a container cannot
  * exhaust what the others need).
  *
  *   quota_take/give  l3_quota: a container's sockets hold at most
  *                    L3_SOCK_QUOTA registrations (l3_binds entries and
  *                    l3_listen slots); beyond it a bind or join fails with
- *                    ENOBUFS (counter sock_quota)
+ *                    ENOBUFS (counter socket_quota_exceeded)
  *   reg_add/reg_del  l3_listen + l3_lsum: the broadcast/multicast listener
- *                    registry (tc.c fans datagrams out over it); a page and
+ *                    registry (fanout.h fans datagrams out over it); a page and
  *                    a summary are deleted when their last entry goes
  *
  * Include after maps.h.

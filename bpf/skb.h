@@ -127,6 +127,24 @@ static __always_inline int set_l2(struct __sk_buff *skb, const __u8 *dst, const 
 	return 0;
 }
 
+/*
+ * set_l2 with a helper instead of a store through the packet pointer. A
+ * program that stores through it gets a prologue from the verifier that
+ * makes every cloned skb it sees writable — a copy of the headers of
+ * every TCP segment, which TCP sends as clones — whether it writes or
+ * not. l3_tc_group and l3_tc_group_out, on lo and the uplink, see all of
+ * the host's traffic and rewrite only the frames they fan out: they use
+ * this, and pay for a writable copy only then.
+ */
+static __always_inline int store_l2(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
+{
+	__u8 l2[2 * ETH_ALEN];
+
+	__builtin_memcpy(l2, dst, ETH_ALEN);
+	__builtin_memcpy(l2 + ETH_ALEN, src, ETH_ALEN);
+	return bpf_skb_store_bytes(skb, 0, l2, sizeof(l2), 0);
+}
+
 /* fe80::/10 */
 static __always_inline int addr_is_ll6(const struct l3_addr *a)
 {

@@ -1,7 +1,7 @@
 //go:build ignore
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * sock.c — the socket layer of l3iso (DESIGN.md rules 1–7).
+ * sock.c — the socket layer of l3iso (docs/DESIGN.md rules 1–7).
  *
  * Attached once, as bpf_links, at l3iso's cgroup v2 root (and, for
  * l3_sk_lookup, to the network namespace `l3iso up` ran in). A container is
@@ -13,7 +13,7 @@
  *                the wildcard on a shadow port and are entered in l3_binds
  *                (binds.h): the TC programs steer its traffic to them
  *   post_bind4/6 enters what the kernel bound: l3_binds, the broadcast
- *                registry (l3_listen)
+ *                registry (l3_listen), a host UDP wildcard in l3_hostudp
  *   sockops      listen() on a socket bound to port 0 (or never bound)
  *                enters it in l3_binds
  *   connect4/6   unbound sockets get the container's source (bpf_bind);
@@ -30,7 +30,9 @@
  *                a private loopback never leaves its container
  *   l3_sk_lookup refuses (RST, ICMP port unreachable) a connection or
  *                datagram for a container's address that no socket of it
- *                listens for, instead of letting a host wildcard take it
+ *                listens for, instead of letting a host wildcard take it;
+ *                hands a SYN that ends a TIME_WAIT to its listener
+ *                (l3_socks, entered by steer() in steer.h)
  *
  * Units: l3iso.h (the map layouts, shared with Go), maps.h (the maps, address
  * helpers), registry.h (quotas, the listener registry), binds.h (l3_binds),
@@ -910,9 +912,9 @@ int l3_sendmsg6(struct bpf_sock_addr *ctx)
  *
  * These hooks run on every recvfrom, getsockname and getpeername of every
  * process under l3iso's cgroup, the host's and netns containers' included,
- * so the common cases leave early: a socket in another netns (a netns
- * container's loopback is its own), then an address that is no private
- * loopback — before the container lookup (a cgroup walk and a hash
+ * so the common cases leave early: an address that is no private
+ * loopback, then a socket in another netns (a netns container's loopback
+ * is its own) — before the container lookup (a cgroup walk and a hash
  * lookup), the costly part.
  */
 static __always_inline int show_loopback(struct bpf_sock_addr *ctx, int v6)
@@ -921,15 +923,17 @@ static __always_inline int show_loopback(struct bpf_sock_addr *ctx, int v6)
 	struct l3_cfg *cfg;
 	struct l3_cont *c;
 
-	cfg = config();
-	if (!cfg || !host_netns(ctx, cfg))
-		return 1; /* a netns container's loopback is its own */
+	/* The address first: it costs two loads and no call, and nearly
+	 * every datagram leaves here. */
 	if (v6)
 		load_user6(ctx, &a);
 	else
 		load_user4(ctx, &a);
 	if (!addr_is_private_loop(&a) || addr_is_host(&a))
 		return 1;
+	cfg = config();
+	if (!cfg || !host_netns(ctx, cfg))
+		return 1; /* a netns container's loopback is its own */
 	c = task_container(active_gen(), cfg);
 	if (!c || (c->flags & L3_CF_LOOP_HOST) || !own_loop(c, &a))
 		return 1;

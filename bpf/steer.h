@@ -107,20 +107,22 @@ static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
  * A datagram of a container's UDP wildcard socket leaves from its shadow
  * port: give it the port the application bound (l3_sports), as the peer
  * expects. Done where its datagrams leave the host stack: lo's ingress
- * (to the host and containers) and the uplink's egress.
+ * (to the host and containers) and the uplink's egress. Returns 1 when
+ * it touched the packet (its pointers are stale then).
  */
-static __always_inline void fix_sport(struct __sk_buff *skb, __u32 l4off, __u16 sport)
+static __always_inline int fix_sport(struct __sk_buff *skb, __u32 l4off, __u16 sport)
 {
 	struct l3_sport *sp = sport_of(IPPROTO_UDP, sport);
 	__u16 old, new;
 
 	if (!sp || !sp->id)
-		return;
+		return 0;
 	old = bpf_htons(sport);
 	new = bpf_htons(sp->aport);
 	if (bpf_l4_csum_replace(skb, l4off + 6, old, new, BPF_F_MARK_MANGLED_0 | 2))
-		return;
+		return 1; /* may have written: the caller reads the packet again */
 	bpf_skb_store_bytes(skb, l4off, &new, 2, 0);
+	return 1;
 }
 
 #endif /* L3ISO_STEER_H */

@@ -1,13 +1,13 @@
 //go:build ignore
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * tc.c — the packet path (DESIGN.md, "Two container modes"; rules 3, 4, 6).
+ * tc.c — the packet path (docs/DESIGN.md, "Two container modes on one host"; rules 3, 4, 6).
  * TCX programs, attached with bpf_links:
  *
  *   l3_tc_group     TCX ingress of lo and the uplink: a new connection or a
  *                   unicast datagram for a shared container goes to its socket
  *                   (steer.h, rule 3); a broadcast or multicast datagram is
- *                   copied to its listeners (fanout.h, rule 6); a shared
+ *                   copied to its listeners (fanout.h, rule 6); on lo, a shared
  *                   container's shadow UDP port gets its application port back.
  *   l3_tc_group_out TCX egress of the uplink: the same port fix, and the
  *                   listeners' copies of what the host sends out.
@@ -16,7 +16,10 @@
  *                   straight into its namespace with bpf_redirect_peer — no
  *                   host IP input, no forwarding, no netfilter, no bridge.
  *   l3_tc_veth      on every host-side veth (delivery direct): what leaves a
- *                   container must carry a source it owns; to a sibling it goes
+ *                   container must carry a source it owns; a broadcast or
+ *                   multicast from its own address is copied to the listeners
+ *                   and out of the uplink (fanout.h, rule 6) before the host
+ *                   stack gets it; to a sibling it goes
  *                   by bpf_redirect_peer, elsewhere by a FIB lookup and
  *                   bpf_redirect / bpf_redirect_neigh out of the egress
  *                   interface, to the host itself it passes.
@@ -277,11 +280,8 @@ int l3_tc_group(struct __sk_buff *skb)
 			steer(skb, &p);
 		return TCX_NEXT;
 	}
-	if (skb->ifindex == LOOPBACK_IFINDEX) {
-		fix_sport(skb, off, p.sport);
-		if (!l4_of(skb, &off, &p)) /* read again after the write */
-			return TCX_NEXT;
-	}
+	if (skb->ifindex == LOOPBACK_IFINDEX && fix_sport(skb, off, p.sport) && !l4_of(skb, &off, &p))
+		return TCX_NEXT; /* read again after the write */
 	if (addr_is_mcast(&p.dst) || (addr_is_mapped(&p.dst) && p.dst.w[3] == 0xffffffff))
 		return group(skb, G_IN);
 	if (addr_is_mapped(&p.dst)) {

@@ -1,8 +1,8 @@
 package e2e
 
-// End-to-end tests of broadcast and multicast delivery (DESIGN.md rule 6,
-// issue 4): an outside host on the uplink and five shared-mode containers
-// on one subnet, of which two listen.
+// End-to-end tests of broadcast and multicast delivery (docs/DESIGN.md
+// rule 6, docs/multicast.md): an outside host on the uplink and five
+// shared-mode containers on one subnet, of which two listen.
 
 import (
 	"errors"
@@ -308,9 +308,9 @@ func TestMulticastShared(t *testing.T) {
 			// the members get one copy each, and the outside host, a
 			// member on its link, gets c4's too. IPv4 copies reach the
 			// members through lo, a member of the all-hosts group only:
-			// 224.0.0.1 is their destination in IP_PKTINFO (README,
-			// limits). IPv6 copies re-enter through the uplink and keep
-			// the group.
+			// 224.0.0.1 is their destination in IP_PKTINFO
+			// (docs/multicast.md, "What applications get"). IPv6 copies
+			// re-enter through the uplink and keep the group.
 			seen, c4addr, hostAddr := netip.MustParseAddr("224.0.0.1"), netip.MustParseAddr("10.79.0.4"), hostUp4
 			if tc.fam == unix.AF_INET6 {
 				seen, c4addr, hostAddr = tc.group, netip.MustParseAddr("fd79::4"), hostUp6

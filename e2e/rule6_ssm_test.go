@@ -124,7 +124,7 @@ func TestMulticastSourceShared(t *testing.T) {
 			}
 
 			// Sent on this host: by the host itself and by c4. IPv4 copies
-			// come through lo as 224.0.0.1 (README, limits); the source
+			// come through lo as 224.0.0.1 (docs/multicast.md); the source
 			// check ran before the readdressing.
 			seen := tc.group
 			if tc.group.Is4() {

@@ -1,6 +1,6 @@
 package e2e
 
-// Containment (DESIGN.md rule 8): what a process started by `l3iso exec`
+// Containment (docs/DESIGN.md rule 8): what a process started by `l3iso exec`
 // tries, as root and as another uid, to weaken its own, another
 // container's or the host's isolation. Each probe is first made from a
 // plain host-root agent, to show that it works where nothing stops it.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# examples/demo.sh — a guided tour of l3iso's L3 rules (docs: DESIGN.md).
+# examples/demo.sh — a guided tour of l3iso's L3 rules (the rules: docs/DESIGN.md).
 #
 #   make demo                          (builds bin/l3iso, then runs this)
 #   sudo bash examples/demo.sh bin/l3iso
@@ -72,7 +72,7 @@ step() {
 }
 
 # Python helpers shared by every snippet. check() prints what happened and
-# exits 1 when it is not what DESIGN.md promises.
+# exits 1 when it is not what docs/DESIGN.md promises.
 PYLIB='
 import errno, socket, sys
 me = sys.argv[1]
@@ -178,7 +178,7 @@ on_exit() {
 		echo "  removed the namespace, the cgroups and the pins"
 	fi
 	if [ "$rc" = 0 ]; then
-		printf '\ndemo passed: every outcome above is what DESIGN.md promises\n'
+		printf '\ndemo passed: every outcome above is what docs/DESIGN.md promises\n'
 	else
 		printf '\ndemo FAILED (exit status %s) in step: %s\n' "$rc" "$STEP" >&2
 	fi
@@ -212,7 +212,7 @@ mkdir -p "$HOST_CG"
 # ---------------------------------------------------------------------------
 # The demo
 
-step "up: load the programs, attach them once at the demo's cgroup root (DESIGN.md: dataplane shape)"
+step "up: load the programs, attach them once at the demo's cgroup root (docs/DESIGN.md: the shape of the dataplane)"
 show up --cgroup-root "$CG"
 
 # The policy: three containers in the host network stack (mode shared).

@@ -283,31 +283,38 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// loopback, host and hook_floor: the same place but for the cgroup,
-	// in the shared installation's namespace, over 127.0.0.1.
-	lo := Place{w.unmanaged, s1.host, loopbackAddr, cpuServer}
-	onLo := func(config, cg string) *target {
-		srv, cli := lo, lo
-		srv.Cgroup, cli.Cgroup, cli.CPU = cg, cg, cpuClient
+	// loopback, host and hook_floor: over 127.0.0.1 of a namespace's lo.
+	// loopback in a namespace of its own, where no program runs; host in
+	// the shared installation's, where l3iso's programs for the namespace
+	// (l3_tc_group on lo, l3_sk_lookup) run too; hook_floor in one of its
+	// own with a do-nothing program at each of l3iso's hooks.
+	onLo := func(config, cg, netns string) *target {
+		srv := Place{cg, netns, loopbackAddr, cpuServer}
+		cli := srv
+		cli.CPU = cpuClient
 		t := &target{config: config, containers: 1, server: srv, client: cli, in: s1}
 		b.targets = append(b.targets, t)
 		return t
 	}
-	onLo(Loopback, w.unmanaged)
+	loNetns, err := w.newNetns("lo")
+	if err != nil {
+		return nil, err
+	}
+	onLo(Loopback, w.unmanaged, loNetns)
 	// A host process under l3iso's root, in no container: the hooks run
 	// and find none.
 	hostCg := filepath.Join(s1.cgroot, "host")
 	if err := cgroup.Create(hostCg); err != nil {
 		return nil, err
 	}
-	onLo(Host, hostCg)
+	onLo(Host, hostCg, s1.host)
 	add(Shared, 1, s1)
-	// The hooks' floor: a do-nothing program at each of l3iso's socket
-	// hooks (AttachDoNothing).
-	if cg, err := w.doNothingCgroup(); err != nil {
+	// The hooks' floor: a do-nothing program at each of l3iso's hooks
+	// (AttachDoNothing).
+	if cg, ns, err := w.doNothingFloor(); err != nil {
 		unavailable[HookFloor] = err.Error()
 	} else {
-		onLo(HookFloor, cg).extra = func(ps programSet) error { return ps.addLinks(w.floor.links) }
+		onLo(HookFloor, cg, ns).extra = func(ps programSet) error { return ps.addLinks(w.floor.links) }
 	}
 	deliveries := []struct {
 		config, tag, delivery string
@@ -353,6 +360,11 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 			return nil, err
 		}
 		add(Direct, n, in)
+	}
+	for _, w := range measured {
+		if w != BcastFanout && !b.measures(w) {
+			unavailable[w] = "left out (--workloads)"
+		}
 	}
 	switch {
 	case o.NoFanout:

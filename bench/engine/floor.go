@@ -10,35 +10,58 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/loader"
 )
 
 // AttachDoNothing attaches, at cgroup cg, a program that does nothing — it
 // returns 1, "go on" — at every attach point where `l3iso up` attaches one
-// of its socket programs. A workload in cg pays what the kernel charges
-// for running a cgroup program at each hook (the dispatch, the socket lock
-// and sockaddr copy of a sock_addr hook, the skb programs' run on every
-// packet) and none of l3iso's work: the floor under any design that
-// enforces the L3 rules with these hooks. Closing the returned link set
+// of its socket programs; and, in the calling thread's network namespace,
+// one in place of each of l3iso's programs that run for the whole
+// namespace on lo's traffic: l3_sk_lookup (it returns 1, SK_PASS) and
+// l3_tc_group at lo's TCX ingress (it returns TCX_NEXT). A workload in cg,
+// on lo of that namespace, pays what the kernel charges for running a
+// program at each hook (the dispatch, the socket lock and sockaddr copy of
+// a sock_addr hook, the skb programs' run on every packet) and none of
+// l3iso's work: the floor under any design that enforces the L3 rules
+// with these hooks. Call it in a namespace of its own: the namespace's
+// programs run for every socket in it. Closing the returned link set
 // detaches them all; on error nothing stays attached.
 func AttachDoNothing(cg string) (*DoNothing, error) {
-	return attachDoNothing(cg, func(ebpf.AttachType) bool { return true })
+	return attachDoNothing(cg, true, func(ebpf.AttachType) bool { return true })
 }
 
-// AttachDoNothingSockets is AttachDoNothing without the two packet
+// AttachDoNothingCgroup is AttachDoNothing at the cgroup's attach points
+// only: for a workload in the namespace of an l3iso installation, whose
+// own programs run there for the namespace.
+func AttachDoNothingCgroup(cg string) (*DoNothing, error) {
+	return attachDoNothing(cg, false, func(ebpf.AttachType) bool { return true })
+}
+
+// AttachDoNothingSockets is AttachDoNothingCgroup without the two packet
 // (cgroup_skb) attach points: only the hooks on socket system calls, which
 // no design that rewrites sources and checks binds can do without. The
-// difference to AttachDoNothing is the price of l3iso's packet backstops.
+// difference to AttachDoNothingCgroup is the price of l3iso's packet
+// backstops.
 func AttachDoNothingSockets(cg string) (*DoNothing, error) {
-	return attachDoNothing(cg, func(t ebpf.AttachType) bool {
+	return attachDoNothing(cg, false, func(t ebpf.AttachType) bool {
 		return t != ebpf.AttachCGroupInetIngress && t != ebpf.AttachCGroupInetEgress
 	})
 }
 
-func attachDoNothing(cg string, want func(ebpf.AttachType) bool) (*DoNothing, error) {
-	spec, err := maps.SocketSpec()
+// attachDoNothing attaches at cg in place of every socket program want
+// takes, and, with netnsWide, in place of the programs l3iso attaches to
+// the calling thread's network namespace (l3_sk_lookup, l3_tc_group on lo).
+func attachDoNothing(cg string, netnsWide bool, want func(ebpf.AttachType) bool) (*DoNothing, error) {
+	spec, err := loader.SocketSpec()
 	if err != nil {
 		return nil, err
+	}
+	want0 := want
+	want = func(t ebpf.AttachType) bool {
+		if t == ebpf.AttachSkLookup {
+			return netnsWide // a namespace's, not a cgroup's
+		}
+		return want0(t)
 	}
 	names := make([]string, 0, len(spec.Programs))
 	for n, ps := range spec.Programs {
@@ -76,8 +99,39 @@ func attachDoNothing(cg string, want func(ebpf.AttachType) bool) (*DoNothing, er
 		}
 		d.links = append(d.links, l)
 	}
+	if netnsWide {
+		if err := d.attachLoTCX(); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
 	return d, nil
 }
+
+// attachLoTCX attaches a do-nothing program at the TCX ingress of lo in the
+// calling thread's network namespace, in place of l3_tc_group.
+func (d *DoNothing) attachLoTCX() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         doNothingName,
+		Type:         ebpf.SchedCLS,
+		AttachType:   ebpf.AttachTCXIngress,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1 /* TCX_NEXT */), asm.Return()},
+	})
+	if err != nil {
+		return fmt.Errorf("load a do-nothing program in place of l3_tc_group: %w", err)
+	}
+	defer prog.Close() // the link holds it
+	l, err := link.AttachTCX(link.TCXOptions{Interface: loIfindex, Program: prog, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return fmt.Errorf("attach a do-nothing program at lo's TCX ingress in place of l3_tc_group: %w", err)
+	}
+	d.links = append(d.links, l)
+	return nil
+}
+
+// loIfindex is lo's interface index in every network namespace.
+const loIfindex = 1
 
 // doNothingName is the do-nothing programs' name.
 const doNothingName = "l3b_nothing"

@@ -507,6 +507,16 @@ func (r *Report) fmtRatio(a, b Key) string {
 	return fmt.Sprintf("**%.2f×** [%.2f–%.2f]", x.Median, x.Low, x.High)
 }
 
+// anyValid: did any configuration measure workload w?
+func (r *Report) anyValid(w string) bool {
+	for _, c := range Configs {
+		if len(r.m[r.main(c, w)].valid()) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // WriteMarkdown writes the report as Markdown tables.
 func (r *Report) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
@@ -523,6 +533,9 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	}
 	b.WriteString("| workload | config | median (min–max) | vs loopback | vs bridge | cross-check |\n|---|---|---|---|---|---|\n")
 	for _, w := range []string{UDPPPS, TCPRR, tcpRRP50, TCPRRP99, tcpRRP999, TCPCRR, TCPGbps, BcastFanout, BcastCPUNs, SendtoNs} {
+		if !r.anyValid(w) {
+			continue // not measured in this run (--workloads, --no-bcast): "Not measured" below says why
+		}
 		for _, c := range Configs {
 			k := r.main(c, w)
 			s := r.m[k]

@@ -56,20 +56,30 @@ type undoStep struct {
 	fn   func() error
 }
 
-// doNothingCgroup makes the cgroup of the hook_floor configuration, below
-// top, with a do-nothing program at each of l3iso's socket hooks.
-func (w *world) doNothingCgroup() (string, error) {
-	cg := filepath.Join(w.top, "floor")
+// doNothingFloor makes the place of the hook_floor configuration: a
+// network namespace of its own (l3b-ID-fl) and a cgroup below top, with a
+// do-nothing program at each of l3iso's hooks (AttachDoNothing): the
+// cgroup's socket hooks, and the namespace's sk_lookup and lo's TCX
+// ingress. It returns the cgroup and the namespace.
+func (w *world) doNothingFloor() (cg, ns string, err error) {
+	cg = filepath.Join(w.top, "floor")
 	if err := cgroup.Create(cg); err != nil {
-		return "", err
+		return "", "", err
 	}
-	d, err := AttachDoNothing(cg)
+	if ns, err = w.newNetns("fl"); err != nil {
+		return "", "", err
+	}
+	var d *DoNothing
+	err = inNetns(ns, func() (err error) {
+		d, err = AttachDoNothing(cg)
+		return err
+	})
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	w.floor = d
 	w.onTeardown("detach the do-nothing programs", d.Close)
-	return cg, nil
+	return cg, ns, nil
 }
 
 // onTeardown records fn to run at teardown (last recorded, first run).

@@ -1,7 +1,7 @@
 // Command l3iso-cni is l3iso's CNI plugin (type "l3iso"): `make` builds it
 // as bin/cni/l3iso and `make install` puts it in /opt/cni/bin. A runtime
 // (podman, containerd, a Kubernetes node) runs it with CNI_COMMAND=ADD,
-// DEL, CHECK, STATUS, GC or VERSION; see pkg/cni and the README section
+// DEL, CHECK, STATUS, GC or VERSION; see pkg/cni and docs/runtimes.md,
 // "Container runtimes, CNI and Kubernetes".
 package main
 

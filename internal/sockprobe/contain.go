@@ -1,7 +1,7 @@
 package sockprobe
 
 // Containment probes: what a contained process would try to escape its
-// container (DESIGN.md rule 8). Each returns the kernel's answer; nil means
+// container (docs/DESIGN.md rule 8). Each returns the kernel's answer; nil means
 // the attempt worked.
 
 import (

@@ -1,6 +1,6 @@
 // Package confine starts a command inside an l3iso container so that
 // nothing it does — as root or any uid — can weaken its own, another
-// container's or the host's isolation (DESIGN.md rule 8). `l3iso exec` is
+// container's or the host's isolation (docs/DESIGN.md rule 8). `l3iso exec` is
 // its one user.
 //
 // Three processes take part, each the l3iso binary:

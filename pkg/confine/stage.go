@@ -14,7 +14,7 @@ import (
 )
 
 // DroppedCaps are the capabilities a process started with `l3iso exec`
-// cannot get back: those that would let it undo its isolation (DESIGN.md
+// cannot get back: those that would let it undo its isolation (docs/DESIGN.md
 // rule 8) — reconfigure the network or BPF, open raw sockets, leave its
 // cgroup or namespaces, load modules, or take over processes. They leave
 // the bounding set, so no execve restores them. In a user namespace they

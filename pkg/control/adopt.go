@@ -67,38 +67,30 @@ func (c *Control) Adopt(spec policy.Container, at Attachment) (maps.Container, *
 	} else if !errors.Is(err, ErrNotFound) {
 		return maps.Container{}, nil, err
 	}
-	c.attaching, c.attached = &at, nil
-	defer func() { c.attaching = nil }()
-	k, err := c.AddWith(spec, AddOptions{})
-	if err != nil {
-		return maps.Container{}, nil, err
-	}
-	return k, c.attached, nil
+	return c.add(spec, AddOptions{}, &at)
 }
 
 // attach is plumb for an adopted container: the veth pair into the
-// runtime's namespace (c.attaching, set by Adopt), wired for the delivery.
-func (c *Control) attach(k maps.Container) error {
-	at := c.attaching
+// runtime's namespace at, wired for the delivery.
+func (c *Control) attach(k maps.Container, at *Attachment) (*veth.Endpoint, error) {
 	if at == nil {
-		return fmt.Errorf("container %q: its network namespace is a container runtime's: l3iso cannot make it anew; the runtime adds it again (CNI ADD)", k.Spec.Name)
+		return nil, fmt.Errorf("container %q: its network namespace is a container runtime's: l3iso cannot make it anew; the runtime adds it again (CNI ADD)", k.Spec.Name)
 	}
 	if err := c.ensureDelivery(); err != nil {
-		return err
+		return nil, err
 	}
 	ep, err := veth.Attach(veth.AttachSpec{
 		Container: c.key(k.Spec.Name), Netns: at.Netns, IfName: at.IfName,
 		Addrs: vethAddrs(k), MTU: c.vethMTU(), SubnetsViaGateway: true,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := c.wire(k, ep, true); err != nil {
 		c.unplumb(k, true)
-		return err
+		return nil, err
 	}
-	c.attached = ep
-	return nil
+	return ep, nil
 }
 
 // repairAdopted is repairNetns for adopted container k: its veth wired
@@ -204,7 +196,7 @@ func (c *Control) CheckAdopted(name string, at Attachment) (maps.Container, erro
 		if p, ok := delivs[a]; !ok || p.ID != k.ID || p.IfIndex != l.Attrs().Index {
 			return k, fmt.Errorf("container %q: map l3_delivs does not deliver %s to its veth %s", name, a, l.Attrs().Name)
 		}
-		if id, _, err := c.st.Maps.Owner(c.gen, a); err != nil || id != k.ID {
+		if id, _, err := c.gen.Owner(a); err != nil || id != k.ID {
 			return k, fmt.Errorf("container %q: map l3_owners does not give it %s (owner id %d): %v", name, a, id, err)
 		}
 	}
@@ -264,7 +256,7 @@ func (c *Control) ReapAdopted() ([]string, error) {
 // that has an adopted one's name is refused.
 func (c *Control) withAdopted(p *policy.Policy) (*policy.Policy, error) {
 	var adopted []policy.Container
-	err := c.st.Maps.ScanMetas(c.gen, nil, func(m maps.Meta) {
+	err := c.gen.Scan(nil, func(m maps.Meta) {
 		if m.Adopted() {
 			adopted = append(adopted, m.Container().Spec)
 		}
@@ -273,8 +265,7 @@ func (c *Control) withAdopted(p *policy.Policy) (*policy.Policy, error) {
 		return p, err
 	}
 	for _, a := range adopted {
-		byName := func(c policy.Container, name string) int { return strings.Compare(c.Name, name) }
-		if _, ok := slices.BinarySearchFunc(p.Containers, a.Name, byName); ok { // p is sorted
+		if _, ok := slices.BinarySearchFunc(p.Containers, a.Name, byPolicyName); ok { // p is sorted
 			return nil, fmt.Errorf("container %q of the policy has the name of a container the CNI plugin made for a runtime's network namespace: give yours another name", a.Name)
 		}
 	}

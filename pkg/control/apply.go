@@ -11,7 +11,6 @@ import (
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/policy"
-	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 // Plan is what Apply would change.
@@ -44,7 +43,7 @@ type ApplyOptions struct {
 	// file is more often a mistake than a wish).
 	AllowEmpty bool
 	// Force lets containers take addresses the host uses (a gateway, a
-	// neighbour, an address it reaches through a route; see checkHost) —
+	// neighbour, an address it reaches through a route; see askHost) —
 	// never one of the host's own addresses.
 	Force bool
 	// Grace is how long processes get between SIGTERM and SIGKILL (see
@@ -74,7 +73,7 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 			return Plan{}, err
 		}
 	}
-	fileContainers := len(p.Containers)
+	f := applyFacts{fileConts: len(p.Containers)}
 	if !o.dropAdopted {
 		var err error
 		if p, err = c.withAdopted(p); err != nil {
@@ -82,268 +81,37 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 		}
 	}
 	tr.step("validate")
-	sv, err := c.survey(p)
-	if err != nil {
+	var err error
+	if f.sv, err = c.survey(p); err != nil {
 		return Plan{}, err
 	}
 	tr.step("read containers")
-	pc := p.Containers
-	// The plan: Diff of the containers that are not exactly as installed
-	// (Diff leaves identical ones out; it sees each name on its own).
-	var oldDiff, newDiff []policy.Container
-	for _, k := range sv.olds {
-		oldDiff = append(oldDiff, k.Spec)
+	if f.running, err = c.running(f.sv.removed()); err != nil {
+		return Plan{}, err
 	}
-	for i := range pc {
-		if sv.id[i] == 0 || sv.old[i] >= 0 {
-			newDiff = append(newDiff, pc[i])
-		}
-	}
-	plan := Plan{Changes: policy.Diff(&policy.Policy{Containers: oldDiff}, &policy.Policy{Containers: newDiff})}
-	tr.step("diff")
-	for i, spec := range pc {
-		if o := sv.old[i]; o >= 0 && sv.olds[o].Spec.Mode != spec.Mode {
-			return plan, fmt.Errorf("container %q: its mode cannot change from %s to %s while it exists (its processes cannot move to another network stack): delete it first (remove it from the policy and apply), then add it with the new mode", spec.Name, sv.olds[o].Spec.Mode, spec.Mode)
-		}
-	}
-	var gone []maps.Container
-	for j, k := range sv.olds {
-		if sv.gone[j] {
-			gone = append(gone, k)
-		}
-	}
-	if plan.Running, err = c.running(gone); err != nil {
-		return plan, err
-	}
-	lose := sv.losing()
-	if fileContainers == 0 && !o.AllowEmpty {
-		return plan, emptyPolicyError(len(gone), plan.Running)
-	}
-	if len(plan.Running) > 0 && !o.Prune {
-		return plan, pruneError(plan.Running, o.Grace)
-	}
-	// The addresses the host must not have already: those of containers
-	// that come or change (an unchanged shared container's are l3iso's),
-	// and every netns container's (they are not l3iso's on the host).
-	var checking []policy.Container
-	for i, spec := range pc {
-		o := sv.old[i]
-		if sv.id[i] == 0 || spec.Mode == policy.ModeNetns && !spec.Adopted || (o >= 0 && !slices.Equal(sv.olds[o].Spec.Addresses, spec.Addresses)) {
-			checking = append(checking, spec)
-		}
-	}
-	if err := c.checkHost(sv.installed(), checking, o.Force); err != nil {
-		return plan, err
+	if f.uses, err = lookupHostUses(askHost(f.sv.installed(), f.sv.checking()).ips); err != nil {
+		return Plan{}, err
 	}
 	tr.step("check host")
-	if o.DryRun && !plan.Empty() {
-		plan.Stale, err = lose.countPlanned(c, slices.Collect(sv.installed()), plan.Running)
-	}
-	if o.DryRun || plan.Empty() {
+	s, plan, err := planApply(f, o)
+	tr.step("plan")
+	if err != nil || s == nil {
+		if err == nil && o.DryRun && !plan.Empty() {
+			plan.Stale, err = f.sv.losing().countPlanned(c, slices.Collect(f.sv.installed()), plan.Running)
+		}
 		return plan, err
 	}
-
-	// The next generation: the policy's containers, survivors with their
-	// id, cgroup and counters (next(i)); new ones get free ids.
-	n := 0
-	for i := range pc {
-		if sv.id[i] == 0 {
-			n++
-		}
-	}
-	ids, err := freeIn(sv.used, n)
-	if err != nil {
-		return plan, err
-	}
-	var fresh []maps.Container
-	var freshAt []int // index of each fresh container in the policy
-	isFresh := make([]bool, len(pc))
-	for i := range pc {
-		if sv.id[i] == 0 {
-			sv.id[i], ids = ids[0], ids[1:]
-			freshAt, isFresh[i] = append(freshAt, i), true
-			fresh = append(fresh, sv.next(i))
-		}
-	}
-	// What changes on the host: the items of the containers that go, come
-	// or change, against those of the others (hostDiff).
-	before := append([]maps.Container{}, gone...)
-	var after []maps.Container
-	same := make([]bool, len(pc)) // its host items stay
-	for i := range pc {
-		switch o := sv.old[i]; {
-		case isFresh[i]:
-			after = append(after, sv.next(i))
-		case o < 0 || sameItems(sv.olds[o], sv.next(i)):
-			same[i] = true
-		default:
-			before, after = append(before, sv.olds[o]), append(after, sv.next(i))
-		}
-	}
-	unconfigure, configure := hostDiff(before, after, func(yield func(maps.Container) bool) {
-		for i := range pc {
-			if same[i] && !yield(sv.next(i)) {
-				return
+	err = c.run(s, tr)
+	plan.Stale = s.stale
+	for i, st := range s.stopped {
+		if st.Procs > 0 {
+			if plan.Stopped == nil {
+				plan.Stopped = map[string]cgroup.Stopped{}
 			}
-		}
-	})
-	tr.step("next, host changes")
-
-	// Up to the switch, a failure leaves the active policy untouched: undo
-	// the new cgroups and counters; the next generation is purged by the
-	// next reconcile (or right here).
-	// The generation that is not active: it holds the policy of the apply
-	// before last (or nothing), which no program reads.
-	newGen := maps.OtherGen(c.gen)
-	x := c.st.Maps.Index()
-	abort := func(err error) (Plan, error) {
-		c.st.Maps.PurgeGen(newGen)
-		for _, k := range fresh {
-			cgroup.Remove(c.CgroupPath(k.Spec.Name))
-			c.st.Maps.DeleteCounters(k.ID)
-		}
-		if x != nil {
-			x.Remove(fresh...)
-		}
-		return plan, err
-	}
-	if err := c.begin(); err != nil {
-		return plan, err
-	}
-	freshIDs := make([]uint32, 0, len(fresh))
-	for j, i := range freshAt {
-		if sv.cgid[i], _, err = cgroup.Make(c.CgroupPath(pc[i].Name)); err != nil {
-			return abort(err)
-		}
-		fresh[j].CgroupID = sv.cgid[i]
-		freshIDs = append(freshIDs, sv.id[i])
-	}
-	tr.step("cgroups")
-	if err := c.st.Maps.InitCountersOf(freshIDs); err != nil {
-		return abort(err)
-	}
-	if x != nil {
-		// In the index before their metadata exists (maps/index.go).
-		if err := x.Add(fresh...); err != nil {
-			return abort(err)
+			plan.Stopped[s.gone[i].Spec.Name] = st
 		}
 	}
-	tr.step("counters, index")
-	if err := c.st.Maps.WriteSlotSeq(sv.slot, sv.all()); err != nil {
-		return abort(err)
-	}
-	tr.step("write next generation")
-	// Containers that go: their processes end first (after the switch they
-	// would be host processes), and their addresses leave the host while
-	// the active policy still owns them.
-	if err := c.stopGone(gone, o, &plan); err != nil {
-		return abort(err)
-	}
-	tr.step("stop removed")
-	if err := c.hostItems(false, unconfigure); err != nil {
-		return abort(err)
-	}
-	tr.step("unconfigure host")
-	// netns containers that go lose their namespace, and those that lose
-	// addresses lose them, while the active policy still owns them.
-	var goneNetns []string
-	for _, k := range gone {
-		if isNetns(k) {
-			lose.readNetns(c, k)
-			if err := c.unplumb(k, false); err != nil {
-				return abort(err)
-			}
-			if !k.Spec.Adopted { // its veth is gone already, its namespace not l3iso's
-				goneNetns = append(goneNetns, c.key(k.Spec.Name))
-			}
-		}
-	}
-	readdressed := map[string]bool{}
-	for i := range pc {
-		if sv.old[i] < 0 || pc[i].Mode != policy.ModeNetns {
-			continue
-		}
-		o, k := sv.olds[sv.old[i]], sv.next(i)
-		if sameAddrs(vethAddrs(o), vethAddrs(k)) {
-			continue
-		}
-		readdressed[k.Spec.Name] = true
-		if err := c.shrinkAddrs(o, k); err != nil {
-			return abort(err)
-		}
-	}
-
-	tr.step("netns before")
-	if err := c.st.Maps.SetActiveGen(newGen); err != nil {
-		return abort(err)
-	}
-
-	// After the switch: configure new addresses. The old generation stays
-	// as it is: the next apply writes over it. The containers are read
-	// again if this Control needs them.
-	c.gen = newGen
-	c.cur, c.loaded, c.byName = nil, false, nil
-	tr.step("switch")
-	if err := c.hostItems(true, configure); err != nil {
-		return plan, fmt.Errorf("policy switched, but configuring host addresses failed (the next l3iso command retries): %w", err)
-	}
-	// The namespaces of netns containers that went must be gone first:
-	// one whose process died with a TCP connection that cannot finish
-	// closing (an orphan socket holds its namespace) keeps its veth and
-	// the host routes on it, which a container taking its address would
-	// collide with. DeleteMany deletes such a veth itself.
-	if err := veth.DeleteMany(goneNetns); err != nil {
-		return plan, fmt.Errorf("policy switched, but %w (the next l3iso command retries)", err)
-	}
-	tr.step("netns gone")
-	// netns containers that come get their namespace, those that gain
-	// addresses get them: now that the active policy owns them.
-	var comeNetns []maps.Container
-	for _, k := range fresh {
-		if isNetns(k) {
-			comeNetns = append(comeNetns, k)
-		}
-	}
-	if err := c.plumbAll(comeNetns); err != nil {
-		return plan, fmt.Errorf("policy switched, but %w (the next l3iso command retries)", err)
-	}
-	for i := range pc {
-		switch k := sv.next(i); {
-		case !isNetns(k):
-		case readdressed[k.Spec.Name]:
-			if err := c.growAddrs(k); err != nil {
-				return plan, fmt.Errorf("policy switched, but configuring the addresses of container %q failed (the next l3iso command retries): %w", k.Spec.Name, err)
-			}
-		}
-	}
-	tr.step("configure host, netns")
-	if err := c.st.Maps.ResetBcastFilterSeq(sv.all()); err != nil {
-		return plan, err
-	}
-	// Before the purge forgets the listeners of the removed containers;
-	// a failure to read them is reported once the apply is done.
-	var staleErr error
-	if plan.Stale, err = lose.count(c, slices.AppendSeq(slices.Clone(gone), sv.all())); err != nil {
-		staleErr = fmt.Errorf("policy applied, but %w", err)
-	}
-	goneIDs := make([]uint32, 0, len(gone))
-	for _, k := range gone {
-		goneIDs = append(goneIDs, k.ID)
-	}
-	if err := c.st.Maps.InitCountersOf(goneIDs); err != nil { // zeroed
-		return plan, err
-	}
-	if err := c.st.Maps.PurgeListeners(goneIDs...); err != nil {
-		return plan, err
-	}
-	if x != nil {
-		// Out of the index once their metadata is gone.
-		if err := x.Remove(gone...); err != nil {
-			return plan, err
-		}
-	}
-	defer tr.step("counters, listeners, index")
-	return plan, errors.Join(c.end(), staleErr)
+	return plan, err
 }
 
 // survey is the installed containers next to a policy: read in one pass
@@ -356,48 +124,82 @@ type survey struct {
 	cgid []uint64 // by policy container: its cgroup id; 0 while it is new
 	old  []int32  // by policy container: its installed version in olds if that differs, else -1
 	olds []maps.Container
-	gone []bool // by olds: not in the policy
-	used []bool // by id: in use
-	slot *maps.Slot
+	gone []bool     // by olds: not in the policy
+	used []bool     // by id: in use
+	gen  maps.Gen   // the generation the apply writes: the inactive one
+	slot *maps.Slot // what it holds
+	dup  string     // a name two installed containers have
 }
 
 // survey reads the installed containers against policy p (validated:
 // sorted by name).
 func (c *Control) survey(p *policy.Policy) (*survey, error) {
+	next, err := c.st.Maps.Inactive()
+	if err != nil {
+		return nil, err
+	}
+	sv := newSurvey(p, next)
+	if err := c.gen.Scan(sv.slot, func(m maps.Meta) { sv.see(m) }); err != nil {
+		return nil, err
+	}
+	return sv, sv.done()
+}
+
+// installedMeta is the view of an installed container's metadata that a
+// survey reads (maps.Meta).
+type installedMeta interface {
+	ID() uint32
+	CgroupID() uint64
+	Name() string
+	Is(maps.Container) bool    // the metadata is exactly what this container's would be
+	Container() maps.Container // decoded
+}
+
+// newSurvey starts a survey of the installed containers against policy p,
+// for an apply that writes generation next (the inactive one; the zero Gen
+// in tests that plan only).
+func newSurvey(p *policy.Policy, next maps.Gen) *survey {
 	pc := p.Containers
 	sv := &survey{
 		p: p, id: make([]uint32, len(pc)), cgid: make([]uint64, len(pc)), old: make([]int32, len(pc)),
-		used: make([]bool, maps.MaxContainers+1), slot: maps.NewSlot(maps.OtherGen(c.gen)),
+		used: make([]bool, maps.MaxContainers+1), gen: next,
+	}
+	if next != (maps.Gen{}) {
+		sv.slot = next.NewSlot()
 	}
 	for i := range sv.old {
 		sv.old[i] = -1
 	}
-	var dup string
-	err := c.st.Maps.ScanMetas(c.gen, sv.slot, func(m maps.Meta) {
-		if int(m.ID()) < len(sv.used) {
-			sv.used[m.ID()] = true
-		}
-		name := m.Name()
-		i, found := slices.BinarySearchFunc(pc, name, func(c policy.Container, name string) int { return strings.Compare(c.Name, name) })
-		if !found {
-			sv.olds, sv.gone = append(sv.olds, m.Container()), append(sv.gone, true)
-			return
-		}
-		if sv.id[i] != 0 {
-			dup = pc[i].Name
-			return
-		}
-		sv.id[i], sv.cgid[i] = m.ID(), m.CgroupID()
-		if !m.Is(sv.next(i)) {
-			sv.old[i] = int32(len(sv.olds))
-			sv.olds, sv.gone = append(sv.olds, m.Container()), append(sv.gone, false)
-		}
-	})
-	if err != nil {
-		return nil, err
+	return sv
+}
+
+// see takes in one installed container, decoding it only if the policy
+// does not have it exactly.
+func (sv *survey) see(m installedMeta) {
+	pc := sv.p.Containers
+	if int(m.ID()) < len(sv.used) {
+		sv.used[m.ID()] = true
 	}
-	if dup != "" {
-		return nil, fmt.Errorf("two installed containers are called %q: run `l3iso up` to repair the installation", dup)
+	i, found := slices.BinarySearchFunc(pc, m.Name(), byPolicyName)
+	if !found {
+		sv.olds, sv.gone = append(sv.olds, m.Container()), append(sv.gone, true)
+		return
+	}
+	if sv.id[i] != 0 {
+		sv.dup = pc[i].Name
+		return
+	}
+	sv.id[i], sv.cgid[i] = m.ID(), m.CgroupID()
+	if !m.Is(sv.next(i)) {
+		sv.old[i] = int32(len(sv.olds))
+		sv.olds, sv.gone = append(sv.olds, m.Container()), append(sv.gone, false)
+	}
+}
+
+// done finishes the survey once every installed container was seen.
+func (sv *survey) done() error {
+	if sv.dup != "" {
+		return fmt.Errorf("two installed containers are called %q: run `l3iso up` to repair the installation", sv.dup)
 	}
 	slices.SortFunc(sv.olds, func(a, b maps.Container) int { return strings.Compare(a.Spec.Name, b.Spec.Name) })
 	// (gone and old follow olds: recompute them after the sort.)
@@ -405,12 +207,14 @@ func (c *Control) survey(p *policy.Policy) (*survey, error) {
 		sv.gone[j] = true
 	}
 	for j, k := range sv.olds {
-		if i, found := slices.BinarySearchFunc(pc, k.Spec.Name, func(c policy.Container, name string) int { return strings.Compare(c.Name, name) }); found {
+		if i, found := slices.BinarySearchFunc(sv.p.Containers, k.Spec.Name, byPolicyName); found {
 			sv.old[i], sv.gone[j] = int32(j), false
 		}
 	}
-	return sv, nil
+	return nil
 }
+
+func byPolicyName(c policy.Container, name string) int { return strings.Compare(c.Name, name) }
 
 // next is policy container i as the next generation has it.
 func (sv *survey) next(i int) maps.Container {
@@ -445,61 +249,46 @@ func (sv *survey) installed() iter.Seq[maps.Container] {
 	}
 }
 
-// running counts the processes of each of cs (those without any are left
-// out; nil if none has any).
-func (c *Control) running(cs []maps.Container) (map[string]int, error) {
-	var out map[string]int
-	for _, k := range cs {
-		n, err := cgroup.Procs(c.CgroupPath(k.Spec.Name))
-		if err != nil {
-			return nil, err
-		}
-		if n > 0 {
-			if out == nil {
-				out = map[string]int{}
-			}
-			out[k.Spec.Name] = n
+// diff is the plan's list of changes: policy.Diff of the containers that
+// are not exactly as installed (Diff leaves identical ones out; it sees
+// each name on its own).
+func (sv *survey) diff() []policy.Change {
+	var oldDiff, newDiff []policy.Container
+	for _, k := range sv.olds {
+		oldDiff = append(oldDiff, k.Spec)
+	}
+	for i, spec := range sv.p.Containers {
+		if sv.id[i] == 0 || sv.old[i] >= 0 {
+			newDiff = append(newDiff, spec)
 		}
 	}
-	return out, nil
+	return policy.Diff(&policy.Policy{Containers: oldDiff}, &policy.Policy{Containers: newDiff})
 }
 
-// stopGone ends the processes of the containers an apply removes, all
-// at once (one grace period for all), and removes their cgroups; what it
-// did goes to plan.Stopped. Without o.Prune it ends nothing: a container
-// that has gained a process since the plan was made refuses the apply.
-func (c *Control) stopGone(gone []maps.Container, o ApplyOptions, plan *Plan) error {
-	if !o.Prune {
-		running, err := c.running(gone)
-		if err != nil {
-			return err
-		}
-		if len(running) > 0 {
-			return pruneError(running, o.Grace)
+// removed lists the installed containers the policy does not have.
+func (sv *survey) removed() []maps.Container {
+	var out []maps.Container
+	for j, k := range sv.olds {
+		if sv.gone[j] {
+			out = append(out, k)
 		}
 	}
-	paths := make([]string, len(gone))
-	for i, k := range gone {
-		paths[i] = c.CgroupPath(k.Spec.Name)
-	}
-	stopped, err := cgroup.Stop(paths, o.Grace)
-	for i, st := range stopped {
-		if st.Procs > 0 {
-			if plan.Stopped == nil {
-				plan.Stopped = map[string]cgroup.Stopped{}
-			}
-			plan.Stopped[gone[i].Spec.Name] = st
+	return out
+}
+
+// checking are the containers whose addresses the host must not have
+// already: those that come or change (an unchanged shared container's are
+// l3iso's), and every netns container's (they are not l3iso's on the
+// host). Call it before planApply gives the new ones their ids.
+func (sv *survey) checking() []policy.Container {
+	var out []policy.Container
+	for i, spec := range sv.p.Containers {
+		j := sv.old[i]
+		if sv.id[i] == 0 || spec.Mode == policy.ModeNetns && !spec.Adopted || (j >= 0 && !slices.Equal(sv.olds[j].Spec.Addresses, spec.Addresses)) {
+			out = append(out, spec)
 		}
 	}
-	if err != nil {
-		return err
-	}
-	for _, p := range paths {
-		if err := cgroup.RemoveTree(p); err != nil {
-			return err
-		}
-	}
-	return nil
+	return out
 }
 
 // ErrEmptyPolicy is the refusal of a policy with no containers (see

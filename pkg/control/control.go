@@ -1,16 +1,16 @@
 // Package control is l3iso's control plane: it turns operator requests
-// (container add/del, apply, down) into cgroups, map entries and host
-// addresses, in the order that keeps DESIGN.md's rules true at every
-// instant — even when the process dies half way.
+// (container add/del, apply, down, the CNI plugin's ADD/DEL/GC, the repair
+// of what a crash left) into cgroups, map entries, host addresses and
+// network namespaces, in the order that keeps docs/DESIGN.md's rules true
+// at every instant — even when the process dies half way.
 //
-// Ordering rules:
-//   - an address is owned in the maps before it is configured on the host,
-//     and unconfigured before it leaves the maps (rule 9, both ways);
-//   - a container's processes end (SIGTERM, then SIGKILL after a grace
-//     period) before its cgroup stops being a container, so they never run
-//     as unconfined host processes;
-//   - `apply` writes the next policy generation beside the active one (over
-//     the one before, by difference) and switches with one map write.
+// Each command reads what it needs of the installation (the facts), plans
+// (a pure planner turns the facts and the request into a script of steps:
+// plan.go) and executes (one executor runs the steps of every command in
+// one order, each with its own undo: executor.go). The ordering rules —
+// rule 9 both ways, processes ending before their cgroup stops being a
+// container, the generation switch of `apply` — are written once, in the
+// order of the step kinds (plan.go).
 //
 // Every mutating call first reconciles: it finishes what a crashed call left
 // (missing host addresses, orphan cgroups, entries of an unused generation).
@@ -23,7 +23,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
@@ -39,7 +38,7 @@ var ErrNotFound = errors.New("no such container")
 // Control is an open installation plus the operations on it.
 type Control struct {
 	st  *loader.State
-	gen uint32
+	gen maps.Gen // the active generation
 	// The containers of the active generation, by name, once read (all):
 	// commands that change one container do without them (see Add).
 	cur    []maps.Container
@@ -49,12 +48,8 @@ type Control struct {
 	loIndex, upIndex int  // resolved once per command
 	deliveryReady    bool // ensureDelivery ran in this command
 
-	tr *tracer // the steps of the add under way (L3ISO_TRACE)
+	tr *tracer // the steps of the command under way (L3ISO_TRACE)
 
-	// attaching is where the veth of the container Adopt adds goes;
-	// attached is that veth once made (adopt.go).
-	attaching *Attachment
-	attached  *veth.Endpoint
 	// reaped are the adopted containers FromState removed (ReapAdopted).
 	reaped []string
 }
@@ -69,7 +64,7 @@ func Open(bpffs string, exclusive bool) (*Control, error) {
 		return nil, err
 	}
 	c := &Control{st: st}
-	if c.gen, err = st.Maps.ActiveGen(); err != nil {
+	if c.gen, err = st.Maps.Active(); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -167,7 +162,7 @@ func (c *Control) Close() error { return c.st.Close() }
 func (c *Control) State() *loader.State { return c.st }
 
 func (c *Control) load() error {
-	gen, err := c.st.Maps.ActiveGen()
+	gen, err := c.st.Maps.Active()
 	if err != nil {
 		return err
 	}
@@ -180,7 +175,7 @@ func (c *Control) load() error {
 // them from l3_metas the first time.
 func (c *Control) all() ([]maps.Container, error) {
 	if !c.loaded {
-		cur, err := c.st.Maps.Containers(c.gen)
+		cur, err := c.gen.Containers()
 		if err != nil {
 			return nil, err
 		}
@@ -245,7 +240,7 @@ func (c *Control) findIndexed(name string) (k maps.Container, ok bool, err error
 		}
 		return k, false, nil
 	}
-	k, found, err := c.st.Maps.Meta(c.gen, id)
+	k, found, err := c.gen.Container(id)
 	if err != nil || !found || k.Spec.Name != name {
 		return maps.Container{}, false, err // stale (an apply under way): read all
 	}
@@ -259,72 +254,46 @@ func (c *Control) CgroupPath(name string) string { return c.st.ContainerCgroup(n
 // source of truth: a container is there (then everything it needs is made
 // to exist) or it is not (then nothing of it may remain).
 func (c *Control) reconcile() error {
-	if _, err := c.all(); err != nil {
+	f, err := c.repairFacts()
+	if err != nil {
 		return err
 	}
-	// A cgroup without a container is an add that died before its
-	// metadata was written, or a delete that died after: remove it.
-	known := map[string]bool{}
-	for _, k := range c.cur {
+	return c.run(planRepair(f), nil)
+}
+
+// repairFacts reads what a repair plans from: the containers, the cgroups
+// that belong to none, and each container's cgroup.
+func (c *Control) repairFacts() (repairFacts, error) {
+	cur, err := c.all()
+	if err != nil {
+		return repairFacts{}, err
+	}
+	f := repairFacts{cur: cur, cgroups: make([]cgroupState, len(cur))}
+	known := make(map[string]bool, len(cur))
+	for _, k := range cur {
 		known[k.Spec.Name] = true
 	}
 	dir := filepath.Join(c.st.Config.CgroupRoot, loader.ContainersDir)
 	entries, err := os.ReadDir(dir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("list %s: %w", dir, err)
+		return f, fmt.Errorf("list %s: %w", dir, err)
 	}
 	for _, e := range entries {
 		if e.IsDir() && !known[e.Name()] {
-			if err := cgroup.Remove(filepath.Join(dir, e.Name())); err != nil {
-				return err
-			}
+			f.orphans = append(f.orphans, filepath.Join(dir, e.Name()))
 		}
 	}
-	// Containers whose cgroup vanished (removed by hand): recreate it and
-	// take its new id. So too for a cgroup a command died removing after
-	// it killed the processes (a del, or an apply that removed the
-	// container, rolled back here): the kernel would kill whatever is
-	// cloned into it (see cgroup.Killed). Unless processes joined it since
-	// (through cgroup.procs, as `l3iso exec` does): those the repair does
-	// not kill; a later repair finds the cgroup empty.
-	for i, k := range c.cur {
+	for i, k := range cur {
 		path := c.CgroupPath(k.Spec.Name)
 		if cgroup.Killed(path) {
-			if pop, err := cgroup.Populated(path); err == nil && !pop {
-				if err := cgroup.Remove(path); err != nil {
-					return err
-				}
-			}
+			pop, err := cgroup.Populated(path)
+			f.cgroups[i].killed = err == nil && !pop
 		}
-		id, err := cgroup.ID(path)
-		if err == nil && id == k.CgroupID {
-			continue
-		}
-		if err := cgroup.Create(path); err != nil {
-			return err
-		}
-		if c.cur[i].CgroupID, err = cgroup.ID(path); err != nil {
-			return err
+		if id, err := cgroup.ID(path); err == nil {
+			f.cgroups[i].id = id
 		}
 	}
-	// Map entries: exactly those of the active generation's containers
-	// (other generations' and orphaned entries go).
-	if err := c.st.Maps.Repair(c.gen, c.cur); err != nil {
-		return err
-	}
-	if err := c.st.Maps.BuildIndex(c.cur); err != nil {
-		return err
-	}
-	// Host state: what the policy needs and the host lacks is added;
-	// l3iso's routes the policy does not need are removed.
-	if err := c.repairHost(); err != nil {
-		return err
-	}
-	// netns containers: namespaces, veths, TC links, delivery mode.
-	if err := c.repairNetns(); err != nil {
-		return err
-	}
-	return c.end()
+	return f, nil
 }
 
 func (c *Control) without(name string) []maps.Container {
@@ -354,34 +323,10 @@ func (c *Control) Policy() (*policy.Policy, error) {
 	return c.policyOf(cs), nil
 }
 
-func freeIDs(used []maps.Container, n int) ([]uint32, error) {
-	taken := make([]bool, maps.MaxContainers+1)
-	for _, k := range used {
-		if int(k.ID) < len(taken) {
-			taken[k.ID] = true
-		}
-	}
-	return freeIn(taken, n)
-}
-
-// freeIn returns the n lowest ids (from 1) not taken.
-func freeIn(taken []bool, n int) ([]uint32, error) {
-	var out []uint32
-	for id := uint32(1); len(out) < n && int(id) <= maps.MaxContainers; id++ {
-		if int(id) >= len(taken) || !taken[id] {
-			out = append(out, id)
-		}
-	}
-	if len(out) < n {
-		return nil, fmt.Errorf("too many containers: l3iso supports %d; delete some first", maps.MaxContainers)
-	}
-	return out, nil
-}
-
 // AddOptions are what an operator may allow Add beyond the plain case.
 type AddOptions struct {
 	// Force lets the container take addresses the host uses (a gateway, a
-	// neighbour, an address it reaches through a route; see checkHost) —
+	// neighbour, an address it reaches through a route; see askHost) —
 	// never one of the host's own addresses.
 	Force bool
 }
@@ -403,229 +348,111 @@ func (c *Control) Add(spec policy.Container) (maps.Container, error) {
 // conflict to report), a container invalid by itself — gets the full
 // check, which words the error.
 func (c *Control) AddWith(spec policy.Container, o AddOptions) (maps.Container, error) {
+	k, _, err := c.add(spec, o, nil)
+	return k, err
+}
+
+// add is AddWith, and Adopt with the runtime's namespace at.
+func (c *Control) add(spec policy.Container, o AddOptions, at *Attachment) (maps.Container, *veth.Endpoint, error) {
 	if spec.Mode == "" {
 		spec.Mode = policy.ModeShared
 	}
 	if spec.Loopback == "" {
 		spec.Loopback = policy.LoopbackIsolated
 	}
-	if err := checkModes(spec); err != nil {
-		return maps.Container{}, err
-	}
-	if !c.loaded {
-		k, done, err := c.addAlone(spec, o)
-		if done {
-			return k, err
+	tr := trace("add")
+	var s *script
+	if f, ok := c.fastAddFacts(spec); ok {
+		var err error
+		if s, err = planAdd(spec, o, f); err != nil && !errors.Is(err, errFull) {
+			return maps.Container{}, nil, err
 		}
 	}
-	return c.addChecked(spec, o)
+	if s == nil {
+		f, err := c.fullAddFacts(spec)
+		if err != nil {
+			return maps.Container{}, nil, err
+		}
+		if s, err = planAdd(spec, o, f); err != nil {
+			return maps.Container{}, nil, err
+		}
+	}
+	tr.step("check")
+	s.attach = at
+	if err := c.run(s, tr); err != nil {
+		return maps.Container{}, nil, err
+	}
+	return s.come[0], s.attached, nil
 }
 
-// addAlone is Add for a container that conflicts with nothing (see Add);
-// done is false, with nothing changed, when it cannot tell cheaply.
-func (c *Control) addAlone(spec policy.Container, o AddOptions) (k maps.Container, done bool, err error) {
+// fastAddFacts reads what the fast path of an add asks (see addFacts):
+// the index for spec's name, l3_owners for its addresses, and — when
+// neither has it — the host for each address and l3_locals for its
+// subnets' broadcast addresses. ok is false when there is no fast path:
+// every container is known already or must be read (no index, or the
+// installation is dirty), or a read failed (the full path reads again).
+func (c *Control) fastAddFacts(spec policy.Container) (f addFacts, ok bool) {
 	x := c.st.Maps.Index()
-	if x == nil || c.st.Config.Dirty {
-		return k, false, nil
+	if c.loaded || x == nil || c.st.Config.Dirty {
+		return f, false
 	}
-	tr := trace("add")
-	c.tr = tr
-	defer func() { c.tr = nil }()
-	alone := &policy.Policy{Containers: []policy.Container{spec}}
-	if alone.Validate() != nil {
-		return k, false, nil
-	}
-	if id, err := x.Lookup(spec.Name); err != nil || id != 0 {
-		return k, false, err
+	id, err := x.Lookup(spec.Name)
+	if err != nil {
+		return f, false
 	}
 	// A cgroup of that name belongs to no container here (the dirty bit is
-	// clear): let the full check look.
-	path := c.CgroupPath(spec.Name)
-	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
-		return k, false, nil
+	// clear): the full check looks.
+	_, err = os.Lstat(c.CgroupPath(spec.Name))
+	if f.nameUsed = id != 0 || !errors.Is(err, os.ErrNotExist); f.nameUsed {
+		return f, true // planAdd sends it to the full path
 	}
 	ips := make([]netip.Addr, 0, len(spec.Addresses))
 	for _, a := range spec.Addresses {
-		id, partial, err := c.st.Maps.Owner(c.gen, a.Addr)
+		id, partial, err := c.gen.Owner(a.Addr)
 		if err != nil {
-			return k, false, err
+			return f, false
 		}
-		if id != 0 || partial {
-			return k, false, nil
-		}
+		f.owned = f.owned || id != 0 || partial
 		ips = append(ips, a.Addr)
 	}
-	// Owned by no container, so none of them is l3iso's on the host: the
-	// host must not use any (see checkHost).
-	tr.step("check name, owners")
-	uses, err := lookupHostUses(ips)
+	if f.owned {
+		return f, true
+	}
+	if f.uses, err = lookupHostUses(ips); err != nil {
+		return f, false
+	}
+	free, err := x.FreeIDs(1)
 	if err != nil {
-		return k, false, err
+		return f, false // none free, or unreadable: the full path says which
 	}
-	owner := make(map[netip.Addr]string, len(ips))
-	for _, ip := range ips {
-		owner[ip] = spec.Name
-	}
-	if err := hostUseError(ips, uses, owner, func(netip.Addr) bool { return o.Force }); err != nil {
-		return k, true, err
-	}
-	tr.step("check host")
-	ids, err := x.FreeIDs(1)
-	if err != nil {
-		return k, true, err
-	}
-	k = maps.Container{ID: ids[0], Spec: spec}
-	// Its subnets' broadcast routes that the host has for other containers
-	// already: an undo leaves them (and their markers) alone.
-	var sharedBcast []netip.Addr
+	f.free = free[0]
 	for _, a := range spec.Addresses {
 		if b, ok := a.Broadcast(); ok {
-			used, err := c.st.Maps.BroadcastInUse(c.gen, b)
+			used, err := c.gen.BroadcastInUse(b)
 			if err != nil {
-				return k, false, err
+				return f, false
 			}
-			if used {
-				sharedBcast = append(sharedBcast, b)
+			if used && !slices.Contains(f.shared, b) {
+				f.shared = append(f.shared, b)
 			}
 		}
 	}
-	mine := desired([]maps.Container{k})
-	for _, b := range sharedBcast {
-		delete(mine, hostItem{kind: itemBcast4, ip: b, onLo: true})
-	}
-	err = c.create(&k,
-		func() { c.st.Maps.RemoveSole(c.gen, k, sharedBcast) },
-		func() error { return c.hostItems(true, items(desired([]maps.Container{k}))) },
-		func() { c.hostItems(false, items(mine)) })
+	return f, true
+}
+
+// fullAddFacts reads every installed container, and what the host uses
+// spec's addresses for (those l3iso did not configure).
+func (c *Control) fullAddFacts(spec policy.Container) (addFacts, error) {
+	cur, err := c.all()
 	if err != nil {
-		return maps.Container{}, true, err
+		return addFacts{}, err
 	}
-	return k, true, nil
-}
-
-func items(m map[hostItem]bool) []hostItem {
-	out := make([]hostItem, 0, len(m))
-	for h := range m {
-		out = append(out, h)
+	f := addFacts{all: cur, free: lowestFree(cur)}
+	if f.all == nil {
+		f.all = []maps.Container{}
 	}
-	return out
-}
-
-// addChecked is Add with the full check: against every container.
-func (c *Control) addChecked(spec policy.Container, o AddOptions) (maps.Container, error) {
-	if _, err := c.all(); err != nil {
-		return maps.Container{}, err
-	}
-	if _, err := c.Find(spec.Name); err == nil {
-		return maps.Container{}, fmt.Errorf("container %q already exists: delete it first or choose another name", spec.Name)
-	}
-	p := c.policyOf(append(append([]maps.Container{}, c.cur...), maps.Container{Spec: spec}))
-	if err := p.Validate(); err != nil {
-		return maps.Container{}, err
-	}
-	if err := c.checkHost(slices.Values(c.cur), []policy.Container{spec}, o.Force); err != nil {
-		return maps.Container{}, err
-	}
-	ids, err := freeIDs(c.cur, 1)
-	if err != nil {
-		return maps.Container{}, err
-	}
-	k := maps.Container{ID: ids[0], Spec: spec}
-	cur := c.cur
-	next := append(append([]maps.Container{}, cur...), k)
-	err = c.create(&k,
-		func() { c.st.Maps.Remove(c.gen, k, cur) },
-		func() error { return c.configureHost(cur, next) },
-		func() { c.unconfigureHost(next, cur) })
-	if err != nil {
-		return maps.Container{}, err
-	}
-	next[len(next)-1] = k
-	sort.Slice(next, func(i, j int) bool { return next[i].Spec.Name < next[j].Spec.Name })
-	c.setCur(next)
-	return k, nil
-}
-
-// create makes checked container k (its id chosen; create fills in its
-// cgroup id): cgroup, index entry, counters, map entries (unmap undoes
-// them), host addresses (configure; unconfigure undoes them), a netns
-// container's namespace. On an error it undoes what it did and leaves the
-// dirty bit set: the next command repairs whatever an undo could not.
-func (c *Control) create(k *maps.Container, unmap func(), configure func() error, unconfigure func()) error {
-	if err := c.begin(); err != nil {
-		return err
-	}
-	var undo []func()
-	fail := func(err error) error {
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i]()
-		}
-		return err
-	}
-	path := c.CgroupPath(k.Spec.Name)
-	var err error
-	c.tr.step("begin")
-	if k.CgroupID, _, err = cgroup.Make(path); err != nil {
-		return fail(err)
-	}
-	c.tr.step("cgroup")
-	undo = append(undo, func() { cgroup.Remove(path) })
-	if x := c.st.Maps.Index(); x != nil {
-		// In the index before its metadata exists (maps/index.go).
-		if err := x.Add(*k); err != nil {
-			return fail(err)
-		}
-		undo = append(undo, func() { x.Remove(*k) })
-	}
-	if err := c.st.Maps.InitCounters(k.ID); err != nil {
-		return fail(err)
-	}
-	undo = append(undo, func() { c.st.Maps.DeleteCounters(k.ID) })
-	undo = append(undo, unmap)
-	c.tr.step("index, counters")
-	if err := c.st.Maps.Insert(c.gen, *k); err != nil {
-		return fail(err)
-	}
-	c.tr.step("maps")
-	undo = append(undo, unconfigure)
-	if err := configure(); err != nil {
-		return fail(err)
-	}
-	c.tr.step("host addresses")
-	if isNetns(*k) {
-		// Its namespace, veth and addresses: after the maps own them.
-		if err := c.plumb(*k); err != nil {
-			return fail(err)
-		}
-	}
-	defer c.tr.step("end")
-	return c.end()
-}
-
-// checkModes refuses what a container's mode cannot do. Both modes are
-// available; policy.Validate has checked the rest (netns containers own
-// whole IPs and have their own loopback).
-func checkModes(spec policy.Container) error {
-	switch spec.Mode {
-	case policy.ModeShared, policy.ModeNetns:
-		return nil
-	}
-	return fmt.Errorf("container %q: unknown mode %q: use shared or netns", spec.Name, spec.Mode)
-}
-
-// sole reports whether k shares nothing with other containers that its
-// deletion would have to look at: no port range of an IP (others may have
-// ranges of it) and no subnet (others may be on it).
-func sole(k maps.Container) bool {
-	for _, a := range k.Spec.Addresses {
-		if !a.WholeIP() {
-			return false
-		}
-		if _, ok := a.Broadcast(); ok {
-			return false
-		}
-	}
-	return true
+	f.uses, err = lookupHostUses(askHost(slices.Values(cur), []policy.Container{spec}).ips)
+	return f, err
 }
 
 // DefaultGrace is how long Del, Down and an Apply that removes containers
@@ -652,93 +479,26 @@ func (c *Control) DelOutlived(name string, grace time.Duration) (cgroup.Stopped,
 	if err != nil {
 		return cgroup.Stopped{}, nil, err
 	}
-	alone := !c.loaded && sole(k) && c.st.Maps.Index() != nil
-	var rest []maps.Container
-	if !alone {
+	var s *script
+	if !c.loaded && c.st.Maps.Index() != nil {
+		if s, err = planDel(k, grace, delFacts{}); err != nil && !errors.Is(err, errFull) {
+			return cgroup.Stopped{}, nil, err
+		}
+	}
+	if s == nil {
 		if _, err := c.all(); err != nil {
 			return cgroup.Stopped{}, nil, err
 		}
-		rest = c.without(name)
-	}
-	path := c.CgroupPath(name)
-	if err := c.begin(); err != nil {
-		return cgroup.Stopped{}, nil, err
-	}
-	// Its processes end while it is still a container (should this
-	// command die during the grace period, it still is one), and its
-	// cgroup goes with them: nothing can join it after.
-	st, err := cgroup.Stop([]string{path}, grace)
-	stopped := st[0]
-	if err != nil {
-		return stopped, nil, err
-	}
-	if stopped.Procs > 0 {
-		if err := cgroup.Remove(path); err != nil {
-			return stopped, nil, err
+		if s, err = planDel(k, grace, delFacts{rest: c.without(name), full: true}); err != nil {
+			return cgroup.Stopped{}, nil, err
 		}
 	}
-	// What outlived them, while its namespace and listeners are there.
-	lose := newLosing()
-	lose.loses(k, nil)
-	outlived, countErr := lose.count(c, append(rest, k))
-	if err := c.del(k, alone, rest); err != nil {
-		return stopped, outlived, err
+	err = c.run(s, nil)
+	stopped := cgroup.Stopped{Grace: grace}
+	if len(s.stopped) > 0 {
+		stopped = s.stopped[0]
 	}
-	if countErr != nil {
-		return stopped, nil, fmt.Errorf("container %q deleted, but %w", name, countErr)
-	}
-	return stopped, outlived, nil
-}
-
-// del is Del once k's processes are gone.
-func (c *Control) del(k maps.Container, alone bool, rest []maps.Container) error {
-	var err error
-	path := c.CgroupPath(k.Spec.Name)
-	if alone {
-		// Every host item of k is its own: whole IPs, no subnet.
-		err = c.hostItems(false, items(desired([]maps.Container{k})))
-	} else {
-		err = c.unconfigureHost(c.cur, rest)
-	}
-	if err != nil {
-		return err
-	}
-	if isNetns(k) {
-		// Its namespace and veth go while the maps still own its
-		// addresses (rule 9, the other way).
-		if err := c.unplumb(k, true); err != nil {
-			return err
-		}
-	}
-	if alone {
-		err = c.st.Maps.RemoveSole(c.gen, k, nil)
-	} else {
-		err = c.st.Maps.Remove(c.gen, k, rest)
-	}
-	if err != nil {
-		return err
-	}
-	if err := cgroup.Remove(path); err != nil {
-		return err
-	}
-	if err := c.st.Maps.DeleteCounters(k.ID); err != nil {
-		return err
-	}
-	// Its sockets' release hooks emptied the registry; purge what a
-	// crash of ours or a race could leave.
-	if err := c.st.Maps.PurgeListeners(k.ID); err != nil {
-		return err
-	}
-	if x := c.st.Maps.Index(); x != nil {
-		// Out of the index once its metadata is gone (maps/index.go).
-		if err := x.Remove(k); err != nil {
-			return err
-		}
-	}
-	if !alone {
-		c.setCur(rest)
-	}
-	return c.end()
+	return stopped, s.stale, err
 }
 
 // Down removes every container, stopping their processes with the

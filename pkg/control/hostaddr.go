@@ -187,65 +187,6 @@ func diffItems(from, minus map[hostItem]bool) []hostItem {
 	return out
 }
 
-// configureHost adds what newer needs and older did not have. The maps
-// already own it (rule 9).
-func (c *Control) configureHost(older, newer []maps.Container) error {
-	return c.hostItems(true, diffItems(desired(newer), desired(older)))
-}
-
-// unconfigureHost removes what older needed and newer does not, while the
-// maps still own it.
-func (c *Control) unconfigureHost(older, newer []maps.Container) error {
-	return c.hostItems(false, diffItems(desired(older), desired(newer)))
-}
-
-// checkHost refuses addresses the host uses (see lookupHostUses): one of
-// its own, which taking would break a running service, and — unless force
-// — one it reaches or is reached by (a gateway, a neighbour, a machine
-// behind a route), which taking would cut the host off from. cur are the
-// installed containers (what l3iso configured is theirs, and an address an
-// installed netns container has is not checked again for use: it was, or
-// forced, when it came); adding are the containers whose addresses are
-// checked. The cost is a few lookups per address checked.
-func (c *Control) checkHost(cur iter.Seq[maps.Container], adding []policy.Container, force bool) error {
-	owner := map[netip.Addr]string{} // the last container that has it
-	for _, spec := range adding {
-		// netns containers too: the host routes their addresses to their
-		// veth, which a local address would override.
-		for _, a := range spec.Addresses {
-			owner[a.Addr] = spec.Name
-		}
-	}
-	if len(owner) == 0 {
-		return nil
-	}
-	// Those l3iso configured already are its own.
-	installed := map[netip.Addr]bool{}
-	for k := range cur {
-		eachItem(k, func(h hostItem) { delete(owner, h.ip) })
-		if isNetns(k) {
-			for _, a := range k.Spec.Addresses {
-				installed[a.Addr] = true
-			}
-		}
-	}
-	check := make([]netip.Addr, 0, len(owner))
-	seen := make(map[netip.Addr]bool, len(owner))
-	for _, spec := range adding { // in the policy's order: the first error is the first address
-		for _, a := range spec.Addresses {
-			if _, ok := owner[a.Addr]; ok && !seen[a.Addr] {
-				seen[a.Addr] = true
-				check = append(check, a.Addr)
-			}
-		}
-	}
-	uses, err := lookupHostUses(check)
-	if err != nil {
-		return err
-	}
-	return hostUseError(check, uses, owner, func(ip netip.Addr) bool { return force || installed[ip] })
-}
-
 // hostUseError is the refusal of the first of ips the host uses (nil if
 // none): owner names each one's container; waived says which uses other
 // than the host's own may be taken.
@@ -261,12 +202,4 @@ func hostUseError(ips []netip.Addr, uses map[netip.Addr]hostUse, owner map[netip
 		}
 	}
 	return nil
-}
-
-// sameSpec reports whether two containers are exactly alike (multicast in
-// the same order too: policy.Diff may still find no change where this
-// finds one, never the other way round).
-func sameSpec(a, b policy.Container) bool {
-	return a.Name == b.Name && a.Mode == b.Mode && a.Loopback == b.Loopback &&
-		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Multicast, b.Multicast)
 }

@@ -109,14 +109,15 @@ func (c *Control) vethMTU() int {
 }
 
 // plumb creates the namespace and veth of netns container k and wires them
-// for the current delivery. The maps already own k's addresses (rule 9). On
-// error nothing of it is left.
-func (c *Control) plumb(k maps.Container) error {
+// for the current delivery — for an adopted container, only the veth,
+// into the runtime's namespace at (adopt.go). The maps already own k's
+// addresses (rule 9). On error nothing of it is left.
+func (c *Control) plumb(k maps.Container, at *Attachment) (*veth.Endpoint, error) {
 	if k.Spec.Adopted {
-		return c.attach(k) // the runtime's namespace (adopt.go)
+		return c.attach(k, at)
 	}
 	if err := c.ensureDelivery(); err != nil {
-		return err
+		return nil, err
 	}
 	mtu := c.vethMTU()
 	c.tr.step("delivery, MTU")
@@ -128,29 +129,17 @@ func (c *Control) plumb(k maps.Container) error {
 	})
 	if err != nil {
 		if mtu != 0 && errors.Is(err, veth.ErrInvalid) {
-			return fmt.Errorf("%w (a container's veth takes the MTU of the uplink %s: %d)", err, c.st.Config.Uplink, mtu)
+			return nil, fmt.Errorf("%w (a container's veth takes the MTU of the uplink %s: %d)", err, c.st.Config.Uplink, mtu)
 		}
-		return err
+		return nil, err
 	}
 	c.tr.step("namespace, veth")
 	if err := c.wire(k, ep, true); err != nil {
 		c.unplumb(k, true)
-		return err
+		return nil, err
 	}
 	c.tr.step("wire")
-	return nil
-}
-
-// plumbAll plumbs netns containers one after the other. (Workers in
-// parallel gained nothing measurable: the kernel serialises namespace and
-// link creation.)
-func (c *Control) plumbAll(ks []maps.Container) error {
-	for _, k := range ks {
-		if err := c.plumb(k); err != nil {
-			return fmt.Errorf("creating the network namespace of container %q failed: %w", k.Spec.Name, err)
-		}
-	}
-	return nil
+	return ep, nil
 }
 
 // wire registers a container's veth in the maps, attaches the TC program
@@ -361,7 +350,7 @@ func (c *Control) repairNetns() error {
 			if err := c.unplumb(k, true); err != nil {
 				return err
 			}
-			if err := c.plumb(k); err != nil {
+			if _, err := c.plumb(k, nil); err != nil {
 				return err
 			}
 			continue

@@ -65,7 +65,7 @@ func (c *Control) Check() ([]loader.Problem, error) {
 func CheckState(st *loader.State) ([]loader.Problem, error) {
 	c := &Control{st: st}
 	var err error
-	if c.gen, err = st.Maps.ActiveGen(); err != nil {
+	if c.gen, err = st.Maps.Active(); err != nil {
 		return nil, err
 	}
 	out, err := c.Check()

@@ -93,7 +93,7 @@ func Open(o Options) (_ *Monitor, err error) {
 	if m.set, err = maps.OpenPinned(m.dir); err != nil {
 		return nil, err
 	}
-	if m.rd, err = ringbuf.NewReader(m.set.Events); err != nil {
+	if m.rd, err = m.set.EventReader(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", pin, err)
 	}
 	if err := m.readNames(); err != nil {
@@ -110,9 +110,9 @@ func Open(o Options) (_ *Monitor, err error) {
 		}
 	}
 	m.start, m.skew = clocks()
-	_, m.lostKnown, _ = m.set.ReadCounter(0, "events_lost")
+	_, m.lostKnown, _ = m.eventsLost(0)
 	for _, id := range m.watched() {
-		if m.lost[id], _, err = m.set.ReadCounter(id, "events_lost"); err != nil {
+		if m.lost[id], _, err = m.eventsLost(id); err != nil {
 			return nil, err
 		}
 	}
@@ -195,13 +195,24 @@ func lockHolder(path string) string {
 	return "held by a process l3iso cannot name"
 }
 
+// eventsLost reads the events_lost counter of container id (0: the host);
+// ok is false if this binary has no such counter.
+func (m *Monitor) eventsLost(id uint32) (v uint64, ok bool, err error) {
+	cs, err := m.set.ReadCounters(id)
+	if err != nil {
+		return 0, true, err
+	}
+	v, ok = cs["events_lost"]
+	return v, ok, nil
+}
+
 // readNames reads the active policy's container names.
 func (m *Monitor) readNames() error {
-	gen, err := m.set.ActiveGen()
+	gen, err := m.set.Active()
 	if err != nil {
 		return err
 	}
-	cs, err := m.set.Containers(gen)
+	cs, err := gen.Containers()
 	if err != nil {
 		return err
 	}
@@ -327,7 +338,7 @@ func (m *Monitor) tick(emit func(any) error) error {
 	}
 	now := time.Now().UTC()
 	for _, id := range m.watched() {
-		v, _, err := m.set.ReadCounter(id, "events_lost")
+		v, _, err := m.eventsLost(id)
 		if err != nil {
 			return err
 		}

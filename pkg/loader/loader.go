@@ -37,10 +37,6 @@ const DefaultBPFFS = "/sys/fs/bpf/l3iso"
 // per container.
 const ContainersDir = "l3iso"
 
-// socketSpec is the program collection `up` installs (a test swaps in an
-// "older binary").
-var socketSpec = maps.SocketSpec
-
 // ErrNotUp says nothing is pinned: `l3iso up` has not run (or `down` did).
 var ErrNotUp = errors.New("l3iso is not up")
 
@@ -158,7 +154,7 @@ func Open(dir string, exclusive bool) (*State, error) {
 	// A map whose pin is missing is taken from the programs that use it
 	// (Check reports it; up pins it again).
 	var found map[string]*ebpf.Map
-	s.Maps, err = maps.OpenPinnedOr(mapsDir(dir), func(name string) *ebpf.Map {
+	s.Maps, err = maps.OpenPinned(mapsDir(dir), func(name string) *ebpf.Map {
 		if found == nil {
 			found = s.mapsOfPrograms(missingMaps(dir))
 		}
@@ -413,9 +409,6 @@ func (st *State) createMaps(cfg maps.Config) error {
 	}
 	st.Maps = set
 	if err := set.SetConfig(cfg); err != nil {
-		return err
-	}
-	if err := set.SetActiveGen(0); err != nil {
 		return err
 	}
 	if err := set.InitCounters(0); err != nil {

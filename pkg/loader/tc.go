@@ -10,8 +10,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-
-	"github.com/l3iso/l3iso/pkg/maps"
 )
 
 // The TC programs of netns containers (bpf/tc.c).
@@ -36,10 +34,6 @@ const (
 // groupLinkName is the pin name of the TCX ingress link of ProgGroup on
 // interface ifname (it chains with the interface's other l3iso program).
 func groupLinkName(ifname string) string { return "tc-" + ifname + "-group" }
-
-// tcSpec is the TC program collection `up` installs (a test swaps in an
-// "older binary").
-var tcSpec = maps.TCSpec
 
 func progsDir(dir string) string { return filepath.Join(dir, "progs") }
 

@@ -181,7 +181,7 @@ func TestUpgradeTCInPlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	restoreSock := loader.SetSocketSpec(maps.VariantSpec)
+	restoreSock := loader.SetSocketSpec(loader.VariantSpec)
 	restoreTC := loader.SetTCSpec(func() (*ebpf.CollectionSpec, error) {
 		spec, err := olderTCSpec()
 		return spec, err
@@ -224,7 +224,7 @@ func TestUpgradeTCInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	curSpec, err := maps.TCSpec()
+	curSpec, err := loader.TCSpec()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -560,20 +560,20 @@ func who(id uint32) string {
 }
 
 // olderTCSpec is the "older binary" of the TC programs: the L3ISO_VARIANT
-// build (maps.TCVariantSpec). Every program must differ from the current
+// build (loader.TCVariantSpec). Every program must differ from the current
 // build, or its link would have nothing to be upgraded to.
 func olderTCSpec() (*ebpf.CollectionSpec, error) {
-	old, err := maps.TCVariantSpec()
+	old, err := loader.TCVariantSpec()
 	if err != nil {
 		return nil, err
 	}
-	cur, err := maps.TCSpec()
+	cur, err := loader.TCSpec()
 	if err != nil {
 		return nil, err
 	}
 	for name, p := range old.Programs {
 		if c, ok := cur.Programs[name]; ok && p.Instructions.String() == c.Instructions.String() {
-			return nil, fmt.Errorf("maps.TCVariantSpec leaves %s identical to the current build: make the L3ISO_VARIANT change in a helper it calls (bpf/tc.c)", name)
+			return nil, fmt.Errorf("loader.TCVariantSpec leaves %s identical to the current build: make the L3ISO_VARIANT change in a helper it calls (bpf/tc.c)", name)
 		}
 	}
 	return old, nil

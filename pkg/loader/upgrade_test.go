@@ -67,7 +67,7 @@ func TestUpgradeInPlace(t *testing.T) {
 	dir := filepath.Join(sockprobe.NewBPFFS(t), "l3iso")
 
 	restore := loader.SetSocketSpec(func() (*ebpf.CollectionSpec, error) {
-		spec, err := maps.VariantSpec()
+		spec, err := loader.VariantSpec()
 		if err == nil {
 			delete(spec.Programs, "l3_post_bind4")
 			delete(spec.Programs, "l3_post_bind6")
@@ -105,7 +105,11 @@ func TestUpgradeInPlace(t *testing.T) {
 	id, _ := cgroup.ID(cg)
 	a, _ := policy.ParseAddress("10.77.0.1")
 	web := maps.Container{ID: 1, CgroupID: id, Spec: policy.Container{Name: "web", Mode: policy.ModeShared, Loopback: policy.LoopbackIsolated, Addresses: []policy.Address{a}}}
-	if err := st.Maps.Insert(0, web); err != nil {
+	g, err := st.Maps.Active()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Insert(web); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

@@ -131,13 +131,13 @@ func (s *Set) Occupancy() ([]MapUse, error) {
 		name, what string
 		m          *ebpf.Map
 	}{
-		{"l3_conts", "container cgroups (both generations)", s.Conts},
-		{"l3_metas", "container records (both generations)", s.Metas},
-		{"l3_owners", "address ownership entries (both generations)", s.Owners},
-		{"l3_locals", "own and derivative addresses (both generations)", s.Locals},
-		{"l3_delivs", "netns container addresses", s.Delivs},
-		{"l3_listen", "listener registry pages", s.Listen},
-		{"l3_binds", "shared containers' listening sockets", s.Binds},
+		{"l3_conts", "container cgroups (both generations)", s.conts},
+		{"l3_metas", "container records (both generations)", s.metas},
+		{"l3_owners", "address ownership entries (both generations)", s.owners},
+		{"l3_locals", "own and derivative addresses (both generations)", s.locals},
+		{"l3_delivs", "netns container addresses", s.delivs},
+		{"l3_listen", "listener registry pages", s.listen},
+		{"l3_binds", "shared containers' listening sockets", s.binds},
 	} {
 		n, err := countKeys(m.m)
 		if err != nil {

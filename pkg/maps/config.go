@@ -76,7 +76,7 @@ type Config struct {
 // Config reads l3_config[0].
 func (s *Set) Config() (Config, error) {
 	var v sockL3Cfg
-	if err := s.Cfg.Lookup(uint32(0), &v); err != nil {
+	if err := s.cfg.Lookup(uint32(0), &v); err != nil {
 		return Config{}, fmt.Errorf("read map l3_config: %w", err)
 	}
 	return Config{
@@ -119,7 +119,7 @@ func tagWord(tag string) (uint32, error) {
 // are not the operator's settings: they keep the values they have.
 func (s *Set) SetConfig(c Config) error {
 	var cur sockL3Cfg
-	if err := s.Cfg.Lookup(uint32(0), &cur); err != nil {
+	if err := s.cfg.Lookup(uint32(0), &cur); err != nil {
 		return fmt.Errorf("read map l3_config: %w", err)
 	}
 	v := sockL3Cfg{
@@ -158,7 +158,7 @@ func (s *Set) SetConfig(c Config) error {
 	for i := 0; i < len(c.Uplink); i++ {
 		v.Uplink[i] = int8(c.Uplink[i])
 	}
-	if err := s.Cfg.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
+	if err := s.cfg.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write map l3_config: %w", err)
 	}
 	return nil
@@ -219,35 +219,17 @@ var CounterNames = []string{
 // Counters are one container's verdict counters, summed over CPUs, by name.
 type Counters map[string]uint64
 
-// InitCounters zeroes the counters of container id (0: the host), so a new
-// container does not inherit a deleted one's figures, and gives the id a
-// new epoch with an empty socket quota (registry.h): sockets of a deleted
-// container of that id never count against, or unregister, the new one's.
-func (s *Set) InitCounters(id uint32) error {
-	n, err := ebpf.PossibleCPU()
-	if err != nil {
-		return fmt.Errorf("count CPUs: %w", err)
-	}
-	if err := s.Counters.Update(id, make([]sockL3Stats, n), ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("reset counters of container %d: %w", id, err)
-	}
-	return s.newEpoch(id)
-}
-
-// DeleteCounters zeroes the counters of a deleted container id.
-func (s *Set) DeleteCounters(id uint32) error { return s.InitCounters(id) }
-
 // newEpoch starts a new epoch of id's socket registrations (l3_quota).
 func (s *Set) newEpoch(id uint32) error {
 	if id == 0 {
 		return nil
 	}
 	var q sockL3Qval
-	if err := s.Quota.Lookup(id, &q); err != nil {
+	if err := s.quota.Lookup(id, &q); err != nil {
 		return fmt.Errorf("read map l3_quota: %w", err)
 	}
 	q = sockL3Qval{Epoch: q.Epoch + 1}
-	if err := s.Quota.Update(id, &q, ebpf.UpdateAny); err != nil {
+	if err := s.quota.Update(id, &q, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("reset the socket quota of container %d: %w", id, err)
 	}
 	return nil
@@ -260,7 +242,7 @@ const SocketQuota = int(sockL3LimitsL3SOCK_QUOTA)
 // QuotaUsed is how many of its SocketQuota container id's sockets hold.
 func (s *Set) QuotaUsed(id uint32) (int, error) {
 	var q sockL3Qval
-	if err := s.Quota.Lookup(id, &q); err != nil {
+	if err := s.quota.Lookup(id, &q); err != nil {
 		return 0, fmt.Errorf("read map l3_quota: %w", err)
 	}
 	return int(q.Used), nil
@@ -275,7 +257,7 @@ func (s *Set) ReadCounters(id uint32) (Counters, error) {
 			out[n] = 0
 		}
 	}
-	if err := s.Counters.Lookup(id, &vals); err != nil {
+	if err := s.counters.Lookup(id, &vals); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return out, nil
 		}
@@ -289,31 +271,6 @@ func (s *Set) ReadCounters(id uint32) (Counters, error) {
 		}
 	}
 	return out, nil
-}
-
-// ReadCounter sums one counter (a name of CounterNames) of container id
-// over CPUs; ok is false if this binary has no such counter.
-func (s *Set) ReadCounter(id uint32, name string) (v uint64, ok bool, err error) {
-	i := -1
-	for j, n := range CounterNames {
-		if n != "" && n == name {
-			i = j
-		}
-	}
-	if i < 0 {
-		return 0, false, nil
-	}
-	var vals []sockL3Stats
-	if err := s.Counters.Lookup(id, &vals); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return 0, true, nil
-		}
-		return 0, true, fmt.Errorf("read counters of container %d: %w", id, err)
-	}
-	for _, c := range vals {
-		v += c.C[i]
-	}
-	return v, true, nil
 }
 
 // ip4From and ip4To convert an IPv4 address in network order, as the

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -88,8 +87,8 @@ func metaOf(c Container) (sockL3Meta, error) {
 	if len(c.Spec.Addresses) > int(sockL3LimitsL3MAX_ADDRS) || len(c.Spec.Multicast) > int(sockL3LimitsL3MAX_MCAST) {
 		return meta, fmt.Errorf("container %q: too many addresses or multicast groups", c.Spec.Name)
 	}
-	if len(c.Spec.Name) >= NameLen {
-		return meta, fmt.Errorf("container name %q longer than %d characters", c.Spec.Name, NameLen-1)
+	if _, err := nameKey(c.Spec.Name); err != nil {
+		return meta, err
 	}
 	meta.Cgid, meta.Naddrs, meta.Nmcast = c.CgroupID, uint8(len(c.Spec.Addresses)), uint8(len(c.Spec.Multicast))
 	for i := 0; i < len(c.Spec.Name); i++ {
@@ -239,18 +238,35 @@ func del[K any](m *ebpf.Map, name string, ks []K) error {
 	return nil
 }
 
-// Insert writes the containers into generation gen. Ownership and derivative
-// addresses go in first; the cgroup → container entries last, so a process
-// never sees a container half described.
-func (s *Set) Insert(gen uint32, cs ...Container) error {
-	steps, err := s.insertSteps(gen, cs, 1)
-	if err != nil {
+// Insert writes the containers into generation g, which the programs may
+// be reading: ownership and derivative addresses go in first, the cgroup →
+// container entries last, so a process never sees a container half
+// described.
+func (g Gen) Insert(cs ...Container) error {
+	e := newEntries(cs)
+	for _, c := range cs {
+		if err := e.add(g.n, c); err != nil {
+			return err
+		}
+	}
+	if err := g.s.addBcast(slices.Values(cs)); err != nil {
 		return err
 	}
-	if err := s.addBcast(slices.Values(cs)); err != nil {
-		return err
-	}
-	for _, step := range steps {
+	s := g.s
+	for _, step := range []func() error{
+		func() error {
+			return put(s.owners, "l3_owners", e.partialK, markers(len(e.partialK), sockL3Owner{Flags: uint32(sockL3OwnerFlagsL3OF_PARTIAL)}))
+		},
+		func() error {
+			return put(s.locals, "l3_locals", e.bcastK, markers(len(e.bcastK), sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_BCAST)}))
+		},
+		func() error { return put(s.owners, "l3_owners", e.ownerK, e.ownerV) },
+		func() error { return put(s.locals, "l3_locals", e.localK, e.localV) },
+		func() error { return put(s.routes, "l3_routes", e.routeK, e.routeV) },
+		func() error { return put(s.mcasts, "l3_mcasts", e.mcastK, e.mcastV) },
+		func() error { return put(s.metas, "l3_metas", e.metaK, e.metaV) },
+		func() error { return put(s.conts, "l3_conts", e.contK, e.contV) },
+	} {
 		if err := step(); err != nil {
 			return err
 		}
@@ -258,47 +274,13 @@ func (s *Set) Insert(gen uint32, cs ...Container) error {
 	return nil
 }
 
-// InsertNext is Insert for a generation the programs do not read yet (the
-// next one of an apply): no order among its entries matters until the
-// switch, so the maps are written concurrently, in parts.
-func (s *Set) InsertNext(gen uint32, cs ...Container) error {
-	steps, err := s.insertSteps(gen, cs, runtime.GOMAXPROCS(0))
-	if err != nil {
-		return err
+// markers is n copies of a shared marker's value.
+func markers[V any](n int, v V) []V {
+	out := make([]V, n)
+	for i := range out {
+		out[i] = v
 	}
-	if err := s.addBcast(slices.Values(cs)); err != nil { // the filter covers the next generation too
-		return err
-	}
-	return concurrently(steps)
-}
-
-// insertSteps are the writes of Insert, in its order; each big one cut in
-// parts pieces.
-func (s *Set) insertSteps(gen uint32, cs []Container, parts int) ([]func() error, error) {
-	e := newEntries(cs)
-	for _, c := range cs {
-		if err := e.add(gen, c); err != nil {
-			return nil, err
-		}
-	}
-	partialV := make([]sockL3Owner, len(e.partialK))
-	for i := range partialV {
-		partialV[i] = sockL3Owner{Flags: uint32(sockL3OwnerFlagsL3OF_PARTIAL)}
-	}
-	bcastV := make([]sockL3Local, len(e.bcastK))
-	for i := range bcastV {
-		bcastV[i] = sockL3Local{Kind: uint32(sockL3LocalKindL3LOCAL_BCAST)}
-	}
-	var steps []func() error
-	steps = append(steps, putParts(s.Owners, "l3_owners", e.partialK, partialV, parts)...)
-	steps = append(steps, putParts(s.Locals, "l3_locals", e.bcastK, bcastV, parts)...)
-	steps = append(steps, putParts(s.Owners, "l3_owners", e.ownerK, e.ownerV, parts)...)
-	steps = append(steps, putParts(s.Locals, "l3_locals", e.localK, e.localV, parts)...)
-	steps = append(steps, putParts(s.Routes, "l3_routes", e.routeK, e.routeV, parts)...)
-	steps = append(steps, putParts(s.Mcasts, "l3_mcasts", e.mcastK, e.mcastV, parts)...)
-	steps = append(steps, putParts(s.Metas, "l3_metas", e.metaK, e.metaV, parts)...)
-	steps = append(steps, putParts(s.Conts, "l3_conts", e.contK, e.contV, parts)...)
-	return steps, nil
+	return out
 }
 
 // putParts cuts a put of more than a few thousand entries in parts.
@@ -336,97 +318,46 @@ func concurrently(steps []func() error) error {
 	return errors.Join(errs...)
 }
 
-// Remove deletes container c from generation gen, in the reverse order of
-// Insert. others are the containers that stay: an IP shared by port ranges
-// keeps its marker while one of them still owns a range of it.
-func (s *Set) Remove(gen uint32, c Container, others []Container) error {
-	sharedIP := func(a netip.Addr) bool {
-		for _, o := range others {
-			if o.ID == c.ID {
-				continue
-			}
-			for _, b := range o.Spec.Addresses {
-				if b.Addr == a && !b.WholeIP() {
-					return true
-				}
-			}
-		}
-		return false
-	}
-	// A subnet's broadcast marker stays while another container is on it.
-	bcastUsed := func(addr sockL3Addr) bool {
-		for _, o := range others {
-			for _, a := range o.Spec.Addresses {
-				if b, ok := a.Broadcast(); ok && o.ID != c.ID && toAddr(b) == addr {
-					return true
-				}
-			}
-		}
-		return false
-	}
-	return s.remove(gen, c, sharedIP, bcastUsed, func() error {
-		var stay []Container
-		for _, o := range others {
-			if o.ID != c.ID {
-				stay = append(stay, o)
-			}
-		}
-		return s.ResetBcastFilter(stay)
-	})
+// Shared lists what a container shares with others that stay when it
+// goes: the IPs they own port ranges of (the IP's marker in l3_owners), and
+// the broadcast addresses of subnets they are on (the marker in l3_locals).
+type Shared struct {
+	IPs        []netip.Addr
+	Broadcasts []netip.Addr
 }
 
-// RemoveSole deletes container c from generation gen without knowing the
-// other containers: c must own whole IPs only (no other container has a
-// port range of them), and keepBcast lists the broadcast addresses of c's
-// subnets that other containers are on (their markers stay). The broadcast
-// filter keeps c's bits: a stale bit only costs the programs a lookup, and
-// the next apply or repair clears it.
-func (s *Set) RemoveSole(gen uint32, c Container, keepBcast []netip.Addr) error {
-	for _, a := range c.Spec.Addresses {
-		if !a.WholeIP() {
-			return fmt.Errorf("container %q: shares an IP by ports: remove it with the others known", c.Spec.Name)
-		}
-	}
-	keep := map[sockL3Addr]bool{}
-	for _, b := range keepBcast {
-		keep[toAddr(b)] = true
-	}
-	return s.remove(gen, c, func(netip.Addr) bool { return false },
-		func(a sockL3Addr) bool { return keep[a] }, func() error { return nil })
-}
-
-func (s *Set) remove(gen uint32, c Container, sharedIP func(netip.Addr) bool, bcastUsed func(sockL3Addr) bool, resetFilter func() error) error {
+// Remove deletes container c from generation g, in the reverse order of
+// Insert: the cgroup → container entry first, ownership last. keep lists
+// the shared markers of c that other containers still need; the others of
+// c's go. The broadcast filter keeps c's bits: a stale bit only costs the
+// programs a lookup, and ResetBcastFilter clears it.
+func (g Gen) Remove(c Container, keep Shared) error {
+	s := g.s
 	var e entries
-	if err := e.add(gen, c); err != nil {
+	if err := e.add(g.n, c); err != nil {
 		return err
 	}
 	var partial []sockL3OwnerKey
 	for _, k := range e.partialK {
-		if !sharedIP(fromAddr(k.Addr)) {
+		if !slices.Contains(keep.IPs, fromAddr(k.Addr)) {
 			partial = append(partial, k)
 		}
 	}
 	var bcast []sockL3LocalKey
 	for _, k := range e.bcastK {
-		if !bcastUsed(k.Addr) {
+		if !slices.Contains(keep.Broadcasts, fromAddr(k.Addr)) {
 			bcast = append(bcast, k)
 		}
 	}
 	for _, step := range []func() error{
-		func() error { return del(s.Conts, "l3_conts", e.contK) },
-		func() error { return del(s.Metas, "l3_metas", e.metaK) },
-		func() error { return del(s.Mcasts, "l3_mcasts", e.mcastK) },
-		func() error { return del(s.Routes, "l3_routes", e.routeK) },
-		func() error { return del(s.Locals, "l3_locals", e.localK) },
-		func() error { return del(s.Owners, "l3_owners", e.ownerK) },
-		func() error { return del(s.Owners, "l3_owners", partial) },
-		func() error { return del(s.Locals, "l3_locals", bcast) },
-		func() error {
-			if len(e.bcastK) == 0 {
-				return nil // c set no filter bit: the others' filter stays
-			}
-			return resetFilter()
-		},
+		func() error { return del(s.conts, "l3_conts", e.contK) },
+		func() error { return del(s.metas, "l3_metas", e.metaK) },
+		func() error { return del(s.mcasts, "l3_mcasts", e.mcastK) },
+		func() error { return del(s.routes, "l3_routes", e.routeK) },
+		func() error { return del(s.locals, "l3_locals", e.localK) },
+		func() error { return del(s.owners, "l3_owners", e.ownerK) },
+		func() error { return del(s.owners, "l3_owners", partial) },
+		func() error { return del(s.locals, "l3_locals", bcast) },
 	} {
 		if err := step(); err != nil {
 			return err
@@ -436,39 +367,41 @@ func (s *Set) remove(gen uint32, c Container, sharedIP func(netip.Addr) bool, bc
 }
 
 // Repair makes the policy maps hold exactly the entries of containers cs in
-// generation gen: it rewrites those and deletes every other key — entries of
-// other generations, and orphans of a command that died between writing
-// ownership and the metadata that explains it. It scans every map: run it
-// only after an interrupted command.
-func (s *Set) Repair(gen uint32, cs []Container) error {
+// generation g: it rewrites those and deletes every other key — entries of
+// the other generation, and orphans of a command that died between writing
+// ownership and the metadata that explains it — and resets the broadcast
+// filter to cs. It scans every map: run it only after an interrupted
+// command.
+func (g Gen) Repair(cs []Container) error {
+	s := g.s
 	e := newEntries(cs)
 	for _, c := range cs {
-		if err := e.add(gen, c); err != nil {
+		if err := e.add(g.n, c); err != nil {
 			return err
 		}
 	}
-	if err := s.Insert(gen, cs...); err != nil {
+	if err := g.Insert(cs...); err != nil {
 		return err
 	}
-	if err := prune(s.Conts, "l3_conts", e.contK); err != nil {
+	if err := prune(s.conts, "l3_conts", e.contK); err != nil {
 		return err
 	}
-	if err := prune(s.Metas, "l3_metas", e.metaK); err != nil {
+	if err := prune(s.metas, "l3_metas", e.metaK); err != nil {
 		return err
 	}
-	if err := prune(s.Mcasts, "l3_mcasts", e.mcastK); err != nil {
+	if err := prune(s.mcasts, "l3_mcasts", e.mcastK); err != nil {
 		return err
 	}
-	if err := prune(s.Routes, "l3_routes", e.routeK); err != nil {
+	if err := prune(s.routes, "l3_routes", e.routeK); err != nil {
 		return err
 	}
-	if err := prune(s.Locals, "l3_locals", append(e.localK, e.bcastK...)); err != nil {
+	if err := prune(s.locals, "l3_locals", append(e.localK, e.bcastK...)); err != nil {
 		return err
 	}
-	if err := prune(s.Owners, "l3_owners", append(e.ownerK, e.partialK...)); err != nil {
+	if err := prune(s.owners, "l3_owners", append(e.ownerK, e.partialK...)); err != nil {
 		return err
 	}
-	return s.ResetBcastFilter(cs)
+	return s.ResetBcastFilter(slices.Values(cs))
 }
 
 // prune deletes every key of m that is not in keep.
@@ -478,30 +411,6 @@ func prune[K comparable](m *ebpf.Map, name string, keep []K) error {
 		want[k] = true
 	}
 	return purge(m, name, func(k *K) bool { return !want[*k] })
-}
-
-// DeleteGen removes the entries of containers cs from generation gen, by
-// computing their keys (no scan): the cleanup after a policy switch.
-func (s *Set) DeleteGen(gen uint32, cs []Container) error {
-	e := newEntries(cs)
-	for _, c := range cs {
-		if err := e.add(gen, c); err != nil {
-			return err
-		}
-	}
-	// No program reads generation gen any more: no order matters, so the
-	// maps are emptied concurrently, in parts.
-	parts := runtime.GOMAXPROCS(0)
-	var steps []func() error
-	steps = append(steps, delParts(s.Conts, "l3_conts", e.contK, parts)...)
-	steps = append(steps, delParts(s.Metas, "l3_metas", e.metaK, parts)...)
-	steps = append(steps, delParts(s.Mcasts, "l3_mcasts", e.mcastK, parts)...)
-	steps = append(steps, delParts(s.Routes, "l3_routes", e.routeK, parts)...)
-	steps = append(steps, delParts(s.Locals, "l3_locals", e.localK, parts)...)
-	steps = append(steps, delParts(s.Owners, "l3_owners", e.ownerK, parts)...)
-	steps = append(steps, delParts(s.Owners, "l3_owners", e.partialK, parts)...)
-	steps = append(steps, delParts(s.Locals, "l3_locals", e.bcastK, parts)...)
-	return concurrently(steps)
 }
 
 // delParts cuts a delBatch of more than a few thousand keys in parts.
@@ -522,9 +431,10 @@ func delBatch[K any](m *ebpf.Map, name string, ks []K) error {
 	return del(m, name, ks)
 }
 
-// Containers reads the containers of generation gen from l3_metas, by name.
+// Containers reads the containers of generation g from l3_metas, by name.
 // It reads in batches: one system call per thousand containers.
-func (s *Set) Containers(gen uint32) ([]Container, error) {
+func (g Gen) Containers() ([]Container, error) {
+	s, gen := g.s, g.n
 	var (
 		chunks [][]Container // one per batch: no slice of 10,000 grown step by step
 		total  int
@@ -533,7 +443,7 @@ func (s *Set) Containers(gen uint32) ([]Container, error) {
 		vals   = make([]sockL3Meta, 1024)
 	)
 	for {
-		n, err := s.Metas.BatchLookup(&cursor, keys, vals, nil)
+		n, err := s.metas.BatchLookup(&cursor, keys, vals, nil)
 		chunk := make([]Container, 0, n)
 		for i := 0; i < n; i++ {
 			if keys[i].Gen == gen {
@@ -597,24 +507,25 @@ func decodeMeta(id uint32, v *sockL3Meta) Container {
 	return c
 }
 
-// PurgeGen deletes every entry of generation gen from every policy map.
-func (s *Set) PurgeGen(gen uint32) error {
-	if err := purge(s.Conts, "l3_conts", func(k *sockL3ContKey) bool { return k.Gen == gen }); err != nil {
+// Purge deletes every entry of generation g from every policy map.
+func (g Gen) Purge() error {
+	s, gen := g.s, g.n
+	if err := purge(s.conts, "l3_conts", func(k *sockL3ContKey) bool { return k.Gen == gen }); err != nil {
 		return err
 	}
-	if err := purge(s.Metas, "l3_metas", func(k *sockL3MetaKey) bool { return k.Gen == gen }); err != nil {
+	if err := purge(s.metas, "l3_metas", func(k *sockL3MetaKey) bool { return k.Gen == gen }); err != nil {
 		return err
 	}
-	if err := purge(s.Mcasts, "l3_mcasts", func(k *sockL3McastKey) bool { return k.Gen == gen }); err != nil {
+	if err := purge(s.mcasts, "l3_mcasts", func(k *sockL3McastKey) bool { return k.Gen == gen }); err != nil {
 		return err
 	}
-	if err := purge(s.Routes, "l3_routes", func(k *sockL3RouteKey) bool { return k.Gen == gen }); err != nil {
+	if err := purge(s.routes, "l3_routes", func(k *sockL3RouteKey) bool { return k.Gen == gen }); err != nil {
 		return err
 	}
-	if err := purge(s.Locals, "l3_locals", func(k *sockL3LocalKey) bool { return k.Gen == gen }); err != nil {
+	if err := purge(s.locals, "l3_locals", func(k *sockL3LocalKey) bool { return k.Gen == gen }); err != nil {
 		return err
 	}
-	return purge(s.Owners, "l3_owners", func(k *sockL3OwnerKey) bool { return k.Gen == gen })
+	return purge(s.owners, "l3_owners", func(k *sockL3OwnerKey) bool { return k.Gen == gen })
 }
 
 func purge[K any](m *ebpf.Map, name string, match func(*K) bool) error {
@@ -644,11 +555,11 @@ func purge[K any](m *ebpf.Map, name string, match func(*K) bool) error {
 	return del(m, name, keys)
 }
 
-// Meta returns container id of generation gen, as its metadata describes
-// it; ok is false if there is none.
-func (s *Set) Meta(gen, id uint32) (c Container, ok bool, err error) {
+// Container returns container id of generation g, as its metadata
+// describes it; ok is false if there is none.
+func (g Gen) Container(id uint32) (c Container, ok bool, err error) {
 	var v sockL3Meta
-	if err := s.Metas.Lookup(&sockL3MetaKey{Gen: gen, Id: id}, &v); err != nil {
+	if err := g.s.metas.Lookup(&sockL3MetaKey{Gen: g.n, Id: id}, &v); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return Container{}, false, nil
 		}
@@ -657,11 +568,11 @@ func (s *Set) Meta(gen, id uint32) (c Container, ok bool, err error) {
 	return decodeMeta(id, &v), true, nil
 }
 
-// BroadcastInUse reports whether some container of generation gen has a
+// BroadcastInUse reports whether some container of generation g has a
 // subnet whose broadcast address is b (its l3_locals marker exists).
-func (s *Set) BroadcastInUse(gen uint32, b netip.Addr) (bool, error) {
+func (g Gen) BroadcastInUse(b netip.Addr) (bool, error) {
 	var v sockL3Local
-	if err := s.Locals.Lookup(&sockL3LocalKey{Gen: gen, Addr: toAddr(b)}, &v); err != nil {
+	if err := g.s.locals.Lookup(&sockL3LocalKey{Gen: g.n, Addr: toAddr(b)}, &v); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return false, nil
 		}
@@ -670,12 +581,12 @@ func (s *Set) BroadcastInUse(gen uint32, b netip.Addr) (bool, error) {
 	return true, nil
 }
 
-// Owner returns the id of the container that owns addr (any port), 0 if
-// none, and whether only port ranges of it are owned.
-func (s *Set) Owner(gen uint32, addr netip.Addr) (id uint32, partial bool, err error) {
+// Owner returns the id of the container of generation g that owns addr
+// (any port), 0 if none, and whether only port ranges of it are owned.
+func (g Gen) Owner(addr netip.Addr) (id uint32, partial bool, err error) {
 	var v sockL3Owner
-	k := sockL3OwnerKey{Prefixlen: 184, Gen: gen, Addr: toAddr(addr)}
-	if err := s.Owners.Lookup(&k, &v); err != nil {
+	k := sockL3OwnerKey{Prefixlen: 184, Gen: g.n, Addr: toAddr(addr)}
+	if err := g.s.owners.Lookup(&k, &v); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return 0, false, nil
 		}
@@ -684,9 +595,12 @@ func (s *Set) Owner(gen uint32, addr netip.Addr) (id uint32, partial bool, err e
 	return v.Id, v.Flags&uint32(sockL3OwnerFlagsL3OF_PARTIAL) != 0, nil
 }
 
-// InitCountersOf zeroes the counters of containers ids (see InitCounters),
-// a batch of them per system call.
-func (s *Set) InitCountersOf(ids []uint32) error {
+// InitCounters zeroes the counters of containers ids (0: the host), so a
+// new container does not inherit a deleted one's figures, and gives each id
+// a new epoch with an empty socket quota (registry.h): sockets of a deleted
+// container of that id never count against, or unregister, the new one's.
+// It writes a batch of ids per system call.
+func (s *Set) InitCounters(ids ...uint32) error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -699,13 +613,12 @@ func (s *Set) InitCountersOf(ids []uint32) error {
 	for len(ids) > 0 {
 		k := ids[:min(len(ids), chunk)]
 		ids = ids[len(k):]
-		if _, err := s.Counters.BatchUpdate(k, zero[:len(k)*n], nil); err != nil {
+		if _, err := s.counters.BatchUpdate(k, zero[:len(k)*n], nil); err != nil {
 			for _, id := range k { // no batch operations on this kernel
-				if err := s.InitCounters(id); err != nil {
-					return err
+				if err := s.counters.Update(id, zero[:n], ebpf.UpdateAny); err != nil {
+					return fmt.Errorf("reset counters of container %d: %w", id, err)
 				}
 			}
-			continue
 		}
 		for _, id := range k {
 			if err := s.newEpoch(id); err != nil {

@@ -37,7 +37,7 @@ func (s *Set) SetPort(p Port, addrs []netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	if err := s.Ports.Update(uint32(p.IfIndex), sockL3Port{Id: p.ID}, ebpf.UpdateAny); err != nil {
+	if err := s.ports.Update(uint32(p.IfIndex), sockL3Port{Id: p.ID}, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("update map l3_ports (ifindex %d, container %d): %w", p.IfIndex, p.ID, err)
 	}
 	ks := make([]sockL3Addr, 0, len(addrs))
@@ -46,7 +46,7 @@ func (s *Set) SetPort(p Port, addrs []netip.Addr) error {
 		ks = append(ks, toAddr(a))
 		vs = append(vs, v)
 	}
-	return put(s.Delivs, "l3_delivs", ks, vs)
+	return put(s.delivs, "l3_delivs", ks, vs)
 }
 
 // DeletePort removes the addresses, then the port: the reverse of SetPort.
@@ -56,10 +56,10 @@ func (s *Set) DeletePort(ifindex int, addrs []netip.Addr) error {
 	for _, a := range addrs {
 		ks = append(ks, toAddr(a))
 	}
-	if err := del(s.Delivs, "l3_delivs", ks); err != nil {
+	if err := del(s.delivs, "l3_delivs", ks); err != nil {
 		return err
 	}
-	return del(s.Ports, "l3_ports", []uint32{uint32(ifindex)})
+	return del(s.ports, "l3_ports", []uint32{uint32(ifindex)})
 }
 
 // DeleteDeliveries removes addresses from l3_delivs (a netns container that
@@ -69,7 +69,7 @@ func (s *Set) DeleteDeliveries(addrs []netip.Addr) error {
 	for _, a := range addrs {
 		ks = append(ks, toAddr(a))
 	}
-	return del(s.Delivs, "l3_delivs", ks)
+	return del(s.delivs, "l3_delivs", ks)
 }
 
 // Deliveries reads l3_delivs: every netns container address and its port.
@@ -79,7 +79,7 @@ func (s *Set) Deliveries() (map[netip.Addr]Port, error) {
 		k sockL3Addr
 		v sockL3Deliv
 	)
-	it := s.Delivs.Iterate()
+	it := s.delivs.Iterate()
 	for it.Next(&k, &v) {
 		out[fromAddr(k)] = Port{
 			ID: v.Id, IfIndex: int(v.Ifindex),
@@ -100,7 +100,7 @@ func (s *Set) PortIDs() (map[int]uint32, error) {
 		k uint32
 		v sockL3Port
 	)
-	it := s.Ports.Iterate()
+	it := s.ports.Iterate()
 	for it.Next(&k, &v) {
 		out[int(k)] = v.Id
 	}

@@ -6,7 +6,6 @@ import (
 	"iter"
 	"net/netip"
 	"os"
-	"slices"
 	"sync/atomic"
 	"unsafe"
 
@@ -29,7 +28,7 @@ func (s *Set) hot() ([]byte, error) {
 		return s.cfgMem, nil
 	}
 	size := (int(unsafe.Sizeof(sockL3Cfg{})) + os.Getpagesize() - 1) &^ (os.Getpagesize() - 1)
-	b, err := unix.Mmap(s.Cfg.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	b, err := unix.Mmap(s.cfg.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("map l3_config into memory: %w (an l3_config pinned by an older l3iso is not mmapable: run `l3iso down`, then `l3iso up`)", err)
 	}
@@ -40,23 +39,46 @@ func (s *Set) hot() ([]byte, error) {
 func word32(b []byte, off uintptr) *uint32 { return (*uint32)(unsafe.Pointer(&b[off])) }
 func word64(b []byte, off uintptr) *uint64 { return (*uint64)(unsafe.Pointer(&b[off])) }
 
-// ActiveGen returns the generation the programs use now.
-func (s *Set) ActiveGen() (uint32, error) {
-	b, err := s.hot()
-	if err != nil {
-		return 0, err
-	}
-	return atomic.LoadUint32(word32(b, offGen)), nil
+// Gen is one of the two policy generations of a Set (slot.go): the handle
+// through which everything keyed by generation is read and written.
+type Gen struct {
+	s *Set
+	n uint32
 }
 
-// SetActiveGen switches every program to generation g with one atomic
-// 4-byte store.
-func (s *Set) SetActiveGen(g uint32) error {
+// Active returns the generation the programs use now.
+func (s *Set) Active() (Gen, error) {
 	b, err := s.hot()
 	if err != nil {
-		return fmt.Errorf("switch to policy generation %d: %w", g, err)
+		return Gen{}, err
 	}
-	atomic.StoreUint32(word32(b, offGen), g)
+	return Gen{s, atomic.LoadUint32(word32(b, offGen))}, nil
+}
+
+// Inactive returns the generation the programs do not use: the one an
+// apply writes, then switches to.
+func (s *Set) Inactive() (Gen, error) {
+	g, err := s.Active()
+	return g.other(), err
+}
+
+// other is the generation an apply switches to from g, and back: g with
+// its top bit flipped. (An l3iso from before this scheme writes generation
+// g+1 and deletes g: never the other one, which it would otherwise write
+// over without knowing what it holds.)
+func (g Gen) other() Gen { return Gen{g.s, g.n ^ 1<<31} }
+
+// String names the generation: "generation N".
+func (g Gen) String() string { return fmt.Sprintf("generation %d", g.n) }
+
+// Switch makes g the active generation: every program switches to it with
+// one atomic 4-byte store.
+func (s *Set) Switch(g Gen) error {
+	b, err := s.hot()
+	if err != nil {
+		return fmt.Errorf("switch to policy %s: %w", g, err)
+	}
+	atomic.StoreUint32(word32(b, offGen), g.n)
 	return nil
 }
 
@@ -88,12 +110,7 @@ func (s *Set) addBcast(cs iter.Seq[Container]) error { return s.writeBloom(cs, f
 // ResetBcastFilter makes the filter exactly that of cs, the containers of
 // the only generation left (after a policy switch, a delete, a repair):
 // bits of broadcast addresses no container has any more are cleared.
-func (s *Set) ResetBcastFilter(cs []Container) error {
-	return s.writeBloom(slices.Values(cs), true)
-}
-
-// ResetBcastFilterSeq is ResetBcastFilter for containers given one by one.
-func (s *Set) ResetBcastFilterSeq(cs iter.Seq[Container]) error { return s.writeBloom(cs, true) }
+func (s *Set) ResetBcastFilter(cs iter.Seq[Container]) error { return s.writeBloom(cs, true) }
 
 func (s *Set) writeBloom(cs iter.Seq[Container], reset bool) error {
 	b, err := s.hot()

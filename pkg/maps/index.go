@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/policy"
 )
 
 // The index is user space's own bookkeeping, pinned beside the programs'
@@ -68,20 +70,20 @@ func openIndex(dir string) *Index {
 	}{{&x.ids, idsPin, idsSpec()}, {&x.names, namesPin, namesSpec()}} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, p.name), nil)
 		if err != nil {
-			x.Close()
+			x.close()
 			return nil
 		}
 		*p.m = m
 		if p.spec.Compatible(m) != nil {
-			x.Close()
+			x.close()
 			return nil
 		}
 	}
 	return x
 }
 
-// Close releases the index's file descriptors.
-func (x *Index) Close() {
+// close releases the index's file descriptors.
+func (x *Index) close() {
 	if x == nil {
 		return
 	}
@@ -93,10 +95,15 @@ func (x *Index) Close() {
 	}
 }
 
+// nameKey is name as l3_names and l3_metas hold it: NUL-padded, or (a name
+// of NameLen characters) not terminated. A name the policy refuses is none.
 func nameKey(name string) ([NameLen]byte, error) {
 	var k [NameLen]byte
-	if len(name) >= NameLen {
-		return k, fmt.Errorf("container name %q longer than %d characters", name, NameLen-1)
+	if err := policy.ValidateName(name); err != nil {
+		return k, err
+	}
+	if len(name) > NameLen {
+		return k, fmt.Errorf("container name %q is longer than the %d bytes l3_metas holds", name, NameLen)
 	}
 	copy(k[:], name)
 	return k, nil
@@ -126,11 +133,11 @@ func (s *Set) BuildIndex(cs []Container) error {
 		return fmt.Errorf("create map %s: %w", idsPin, err)
 	}
 	if x.names, err = ebpf.NewMap(namesSpec()); err != nil {
-		x.Close()
+		x.close()
 		return fmt.Errorf("create map %s: %w", namesPin, err)
 	}
 	if err := x.reset(cs); err != nil {
-		x.Close()
+		x.close()
 		return err
 	}
 	// ids first: the index counts as present once l3_names is pinned. A
@@ -143,12 +150,12 @@ func (s *Set) BuildIndex(cs []Container) error {
 		tmp := final + "_tmp" // bpffs refuses names with a dot
 		os.Remove(tmp)
 		if err := p.m.Pin(tmp); err != nil {
-			x.Close()
+			x.close()
 			return fmt.Errorf("pin map %s: %w", p.name, err)
 		}
 		if err := os.Rename(tmp, final); err != nil {
 			os.Remove(tmp)
-			x.Close()
+			x.close()
 			return fmt.Errorf("pin map %s: %w", p.name, err)
 		}
 	}

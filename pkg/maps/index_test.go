@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -180,63 +181,60 @@ func lookupIn(t *testing.T, x *Index, name string) uint32 {
 	return id
 }
 
-// TestInsertNextRemoveSole: InsertNext writes what Insert writes; RemoveSole
+// TestInsertNextRemoveSole: InsertNext writes what Insert writes; Remove
 // leaves the markers of a subnet others are on; DeleteGen empties a
-// generation.
+// generation. (That a container sharing an IP by ports is never removed
+// without the others known is the planner's: pkg/control, TestPlanDel.)
 func TestInsertNextRemoveSole(t *testing.T) {
 	s := newTestSet(t)
 	var cs []Container
 	for i := uint32(1); i <= 3000; i++ { // enough to be written in parts
 		a := netip.AddrFrom4([4]byte{10, 80, byte(i >> 8), byte(i)})
-		cs = append(cs, container(i, "c"+a.String(), a.String()))
+		cs = append(cs, container(i, "c"+strings.ReplaceAll(a.String(), ".", "-"), a.String())) // a valid name (policy.ValidateName)
 	}
 	web := container(4001, "web", "10.77.0.1/24", "fd77::1")
 	web2 := container(4002, "web2", "10.77.0.2/24")
 	cs = append(cs, web, web2)
-	if err := s.Insert(5, cs...); err != nil {
+	if err := (Gen{s, 5}).Insert(cs...); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.InsertNext(6, cs...); err != nil {
+	if err := (Gen{s, 6}).Write(Gen{s, 6}.NewSlot(), slices.Values(cs)); err != nil {
 		t.Fatal(err)
 	}
-	for name, m := range map[string]*ebpf.Map{"conts": s.Conts, "locals": s.Locals, "owners": s.Owners, "routes": s.Routes, "metas": s.Metas} {
+	for name, m := range map[string]*ebpf.Map{"conts": s.conts, "locals": s.locals, "owners": s.owners, "routes": s.routes, "metas": s.metas} {
 		n5, n6 := countGen(t, m, 5), countGen(t, m, 6)
 		if n5 == 0 || n5 != n6 {
 			t.Errorf("map %s: %d entries in generation 5 (Insert), %d in 6 (InsertNext)", name, n5, n6)
 		}
 	}
-	got, err := s.Containers(6)
+	got, err := (Gen{s, 6}).Containers()
 	if err != nil || len(got) != len(cs) {
 		t.Fatalf("Containers(6): %d, %v", len(got), err)
 	}
 	// web goes alone: the subnet's broadcast marker stays for web2.
 	bcast := netip.MustParseAddr("10.77.0.255")
-	if err := s.RemoveSole(6, web, []netip.Addr{bcast}); err != nil {
+	if err := (Gen{s, 6}).Remove(web, Shared{Broadcasts: []netip.Addr{bcast}}); err != nil {
 		t.Fatal(err)
 	}
-	if id, _, _ := s.Owner(6, netip.MustParseAddr("10.77.0.1")); id != 0 {
-		t.Errorf("10.77.0.1 still owned by %d after RemoveSole", id)
+	if id, _, _ := (Gen{s, 6}).Owner(netip.MustParseAddr("10.77.0.1")); id != 0 {
+		t.Errorf("10.77.0.1 still owned by %d after Remove", id)
 	}
-	if in, _ := s.BroadcastInUse(6, bcast); !in {
-		t.Error("RemoveSole dropped the broadcast marker web2 needs")
+	if in, _ := (Gen{s, 6}).BroadcastInUse(bcast); !in {
+		t.Error("Remove dropped the broadcast marker web2 needs")
 	}
-	if _, ok, _ := s.Meta(6, web.ID); ok {
-		t.Error("web's metadata survived RemoveSole")
+	if _, ok, _ := (Gen{s, 6}).Container(web.ID); ok {
+		t.Error("web's metadata survived Remove")
 	}
-	if k, ok, _ := s.Meta(6, web2.ID); !ok || k.Spec.Name != "web2" {
+	if k, ok, _ := (Gen{s, 6}).Container(web2.ID); !ok || k.Spec.Name != "web2" {
 		t.Error("Meta(web2) lost")
 	}
-	shared := container(4003, "shared", "10.77.0.9:80/tcp")
-	if err := s.RemoveSole(6, shared, nil); err == nil {
-		t.Error("RemoveSole took a container that shares an IP by ports")
-	}
-	if err := s.DeleteGen(6, cs); err != nil {
+	if err := deleteGen(Gen{s, 6}, cs); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteGen(5, cs); err != nil {
+	if err := deleteGen(Gen{s, 5}, cs); err != nil {
 		t.Fatal(err)
 	}
-	for name, m := range map[string]*ebpf.Map{"conts": s.Conts, "locals": s.Locals, "owners": s.Owners, "routes": s.Routes, "metas": s.Metas} {
+	for name, m := range map[string]*ebpf.Map{"conts": s.conts, "locals": s.locals, "owners": s.owners, "routes": s.routes, "metas": s.metas} {
 		k := make([]byte, m.KeySize())
 		if err := m.NextKey(nil, &k); !errors.Is(err, ebpf.ErrKeyNotExist) {
 			t.Errorf("map %s not empty after DeleteGen: %v", name, err)
@@ -279,4 +277,37 @@ func countGen(t *testing.T, m *ebpf.Map, gen uint32) int {
 	t.Helper()
 	keys, _ := genKeys(t, m, gen)
 	return len(keys)
+}
+
+// TestLongName: a name of the policy's longest (32 characters) is stored,
+// indexed and read back (l3_metas and l3_names hold it without a NUL); one
+// the policy refuses is stored nowhere.
+func TestLongName(t *testing.T) {
+	if NameLen < policy.MaxNameLen {
+		t.Fatalf("l3_metas holds names of %d bytes, the policy allows %d", NameLen, policy.MaxNameLen)
+	}
+	s, _ := pinnedSet(t)
+	long := container(1, strings.Repeat("x", policy.MaxNameLen), "10.77.0.1")
+	if err := s.BuildIndex([]Container{long}); err != nil {
+		t.Fatal(err)
+	}
+	g := Gen{s, 0}
+	if err := g.Insert(long); err != nil {
+		t.Fatal(err)
+	}
+	got, err := g.Containers()
+	if err != nil || len(got) != 1 || got[0].Spec.Name != long.Spec.Name {
+		t.Fatalf("Containers: %+v, %v", got, err)
+	}
+	if id, err := s.Index().Lookup(long.Spec.Name); err != nil || id != 1 {
+		t.Errorf("Lookup(%d characters) = %d, %v", len(long.Spec.Name), id, err)
+	}
+	for _, bad := range []string{strings.Repeat("x", policy.MaxNameLen+1), "-web", "Web"} {
+		if err := g.Insert(container(2, bad, "10.77.0.2")); err == nil {
+			t.Errorf("Insert took the name %q", bad)
+		}
+		if id, err := s.Index().Lookup(bad); err != nil || id != 0 {
+			t.Errorf("Lookup(%q) = %d, %v", bad, id, err)
+		}
+	}
 }

@@ -32,7 +32,7 @@ func (s *Set) Listeners() ([]Listener, error) {
 		k   sockL3Lkey
 		v   sockL3Lset
 	)
-	it := s.Listen.Iterate()
+	it := s.listen.Iterate()
 	for it.Next(&k, &v) {
 		g := fromAddr(k.Group)
 		if g == bcastKey {
@@ -54,11 +54,12 @@ func (s *Set) Listeners() ([]Listener, error) {
 // l3_binds): their sockets are gone, and their release hook normally took
 // their entries with it; what is left belongs to sockets that outlived
 // their container (passed to a process elsewhere). A read of the pages the
-// ids can be in finds those; only then is l3_purge (tc.c) loaded, and run
-// once per leftover entry: it changes the page under the registry's lock,
-// as the socket hooks do, where a write from here would replace the whole
+// ids can be in finds those; only then is l3_purge (tc.c) loaded with
+// load (the loader's: it loads programs against these maps), and run once
+// per leftover entry: it changes the page under the registry's lock, as
+// the socket hooks do, where a write from here would replace the whole
 // page and could undo a registration of another container made meanwhile.
-func (s *Set) PurgeListeners(ids ...uint32) error {
+func (s *Set) PurgeListeners(load func() (*ebpf.Program, error), ids ...uint32) error {
 	gone := make(map[uint32]bool, len(ids))
 	pages := make(map[uint16]bool, len(ids))
 	for _, id := range ids {
@@ -78,7 +79,7 @@ func (s *Set) PurgeListeners(ids ...uint32) error {
 		v    sockL3Lset
 		reqs []sockL3PurgeReq
 	)
-	it := s.Listen.Iterate()
+	it := s.listen.Iterate()
 	for it.Next(&k, &v) {
 		if !pages[k.Page] {
 			continue
@@ -97,9 +98,9 @@ func (s *Set) PurgeListeners(ids ...uint32) error {
 	if len(reqs) == 0 {
 		return nil
 	}
-	prog, err := s.purgeProgram()
+	prog, err := load()
 	if err != nil {
-		return err
+		return fmt.Errorf("load the registry purge program: %w", err)
 	}
 	defer prog.Close()
 	for _, r := range reqs {
@@ -117,21 +118,6 @@ func (s *Set) PurgeListeners(ids ...uint32) error {
 // listenPage is the l3_listen page of container id (struct l3_lset).
 func listenPage(id uint32) uint16 {
 	return uint16((id - 1) / uint32(sockL3LpageLimitsL3LPAGE_IDS))
-}
-
-// purgeProgram loads l3_purge against the set's maps.
-func (s *Set) purgeProgram() (*ebpf.Program, error) {
-	spec, err := loadTc()
-	if err != nil {
-		return nil, fmt.Errorf("load embedded TC programs: %w", err)
-	}
-	var objs struct {
-		Purge *ebpf.Program `ebpf:"l3_purge"`
-	}
-	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: s.Replacements()}); err != nil {
-		return nil, fmt.Errorf("load the registry purge program: %w", err)
-	}
-	return objs.Purge, nil
 }
 
 // Bind is one entry of l3_binds: a listening socket of a shared
@@ -158,7 +144,7 @@ func (s *Set) Listening() ([]Bind, error) {
 		k   sockL3Bkey
 		v   sockL3Bval
 	)
-	it := s.Binds.Iterate()
+	it := s.binds.Iterate()
 	for it.Next(&k, &v) {
 		if v.Flags&uint8(sockL3BvalFlagsL3BV_DEAD) != 0 {
 			continue
@@ -214,7 +200,7 @@ func (s *Set) purgeBinds(gone map[uint32]bool) error {
 		v    sockL3Bval
 		dead []sockL3Bkey
 	)
-	it := s.Binds.Iterate()
+	it := s.binds.Iterate()
 	for it.Next(&k, &v) {
 		if gone[k.Id] {
 			dead = append(dead, k)
@@ -224,7 +210,7 @@ func (s *Set) purgeBinds(gone map[uint32]bool) error {
 		return fmt.Errorf("read map l3_binds: %w", err)
 	}
 	for i := range dead {
-		if err := s.Binds.Delete(&dead[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := s.binds.Delete(&dead[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete from map l3_binds: %w", err)
 		}
 	}
@@ -232,7 +218,7 @@ func (s *Set) purgeBinds(gone map[uint32]bool) error {
 		idx uint32
 		sp  sockL3Sport
 	)
-	it = s.Sports.Iterate()
+	it = s.sports.Iterate()
 	var stale []uint32
 	for it.Next(&idx, &sp) {
 		if sp.Id != 0 && gone[sp.Id] {
@@ -243,7 +229,7 @@ func (s *Set) purgeBinds(gone map[uint32]bool) error {
 		return fmt.Errorf("read map l3_sports: %w", err)
 	}
 	for _, i := range stale {
-		if err := s.Sports.Update(i, &sockL3Sport{}, ebpf.UpdateAny); err != nil {
+		if err := s.sports.Update(i, &sockL3Sport{}, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("clear a shadow port in map l3_sports: %w", err)
 		}
 	}

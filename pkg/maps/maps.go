@@ -18,6 +18,7 @@ import (
 	"sort"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,28 +31,28 @@ const (
 
 // Set is the collection of maps the socket (and, later, TC) programs share.
 type Set struct {
-	Cfg      *ebpf.Map // [0] = Config, the active generation, the broadcast filter
-	Conts    *ebpf.Map // cgroup id → container
-	Locals   *ebpf.Map // (container, address) → own/derivative kind
-	Owners   *ebpf.Map // LPM (address, proto, port) → owner
-	Routes   *ebpf.Map // LPM (container, subnet) → source address
-	Mcasts   *ebpf.Map // LPM (container, group) → allowed
-	Metas    *ebpf.Map // (gen, id) → the operator's view of a container
-	Counters *ebpf.Map // per-CPU counters per container id
-	SkStore  *ebpf.Map // per-socket flags
-	Delivs   *ebpf.Map // netns container address → its veth and MACs
-	Ports    *ebpf.Map // host-side veth ifindex → container id
-	Listen   *ebpf.Map // (group or broadcast, port, page) → listening containers
-	Lsum     *ebpf.Map // (group or broadcast, port) → the pages of Listen that hold anybody
-	Quota    *ebpf.Map // container id → its sockets' registrations, and the id's epoch
-	Binds    *ebpf.Map // (container, proto, kind, port, address) → its listening socket
-	Sports   *ebpf.Map // TCP and UDP shadow ports → container, application port
-	HostUDP  *ebpf.Map // UDP port → the host's wildcard sockets on it
-	UWild    *ebpf.Map // UDP port → the containers' wildcard sockets on it
-	Scratch  *ebpf.Map // per CPU: l3iso's own socket lookups under way
-	Socks    *ebpf.Map // l3_binds key → listening socket, for l3_sk_lookup
-	Events   *ebpf.Map // ring buffer: denials and drops (struct l3_event), for `monitor`
-	EBucket  *ebpf.Map // per container and CPU: the events' rate limit
+	cfg      *ebpf.Map // [0] = Config, the active generation, the broadcast filter
+	conts    *ebpf.Map // cgroup id → container
+	locals   *ebpf.Map // (container, address) → own/derivative kind
+	owners   *ebpf.Map // LPM (address, proto, port) → owner
+	routes   *ebpf.Map // LPM (container, subnet) → source address
+	mcasts   *ebpf.Map // LPM (container, group) → allowed
+	metas    *ebpf.Map // (gen, id) → the operator's view of a container
+	counters *ebpf.Map // per-CPU counters per container id
+	skStore  *ebpf.Map // per-socket flags
+	delivs   *ebpf.Map // netns container address → its veth and MACs
+	ports    *ebpf.Map // host-side veth ifindex → container id
+	listen   *ebpf.Map // (group or broadcast, port, page) → listening containers
+	lsum     *ebpf.Map // (group or broadcast, port) → the pages of Listen that hold anybody
+	quota    *ebpf.Map // container id → its sockets' registrations, and the id's epoch
+	binds    *ebpf.Map // (container, proto, kind, port, address) → its listening socket
+	sports   *ebpf.Map // TCP and UDP shadow ports → container, application port
+	hostUDP  *ebpf.Map // UDP port → the host's wildcard sockets on it
+	uWild    *ebpf.Map // UDP port → the containers' wildcard sockets on it
+	scratch  *ebpf.Map // per CPU: l3iso's own socket lookups under way
+	socks    *ebpf.Map // l3_binds key → listening socket, for l3_sk_lookup
+	events   *ebpf.Map // ring buffer: denials and drops (struct l3_event), for `monitor`
+	eBucket  *ebpf.Map // per container and CPU: the events' rate limit
 
 	cfgMem []byte // l3_config's value, mmapped (hotline.go)
 
@@ -62,32 +63,50 @@ type Set struct {
 // The pin names under <bpffs>/maps. Changing one breaks upgrades.
 func (s *Set) byName() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
-		"l3_config": &s.Cfg, "l3_conts": &s.Conts,
-		"l3_locals": &s.Locals, "l3_owners": &s.Owners, "l3_routes": &s.Routes,
-		"l3_mcasts": &s.Mcasts, "l3_metas": &s.Metas, "l3_counters": &s.Counters,
-		"l3_skstore": &s.SkStore, "l3_delivs": &s.Delivs, "l3_ports": &s.Ports,
-		"l3_listen": &s.Listen, "l3_lsum": &s.Lsum,
-		"l3_quota": &s.Quota, "l3_binds": &s.Binds, "l3_sports": &s.Sports,
-		"l3_hostudp": &s.HostUDP, "l3_uwild": &s.UWild, "l3_scratch": &s.Scratch, "l3_socks": &s.Socks,
-		"l3_events": &s.Events, "l3_ebucket": &s.EBucket,
+		"l3_config": &s.cfg, "l3_conts": &s.conts,
+		"l3_locals": &s.locals, "l3_owners": &s.owners, "l3_routes": &s.routes,
+		"l3_mcasts": &s.mcasts, "l3_metas": &s.metas, "l3_counters": &s.counters,
+		"l3_skstore": &s.skStore, "l3_delivs": &s.delivs, "l3_ports": &s.ports,
+		"l3_listen": &s.listen, "l3_lsum": &s.lsum,
+		"l3_quota": &s.quota, "l3_binds": &s.binds, "l3_sports": &s.sports,
+		"l3_hostudp": &s.hostUDP, "l3_uwild": &s.uWild, "l3_scratch": &s.scratch, "l3_socks": &s.socks,
+		"l3_events": &s.events, "l3_ebucket": &s.eBucket,
 	}
 }
 
-// SocketSpec returns the collection spec of the socket programs (bpf/sock.c).
-func SocketSpec() (*ebpf.CollectionSpec, error) {
+// Object is one of the BPF objects bpf2go builds from bpf/ into this
+// package (gen.go). Their programs are the loader's (loader.SocketSpec,
+// loader.TCSpec); this package uses the maps they declare.
+type Object int
+
+// The embedded objects.
+const (
+	SocketObject        Object = iota // bpf/sock.c: the socket programs; it declares every map
+	TCObject                          // bpf/tc.c: the TC programs, over the same maps
+	SocketVariantObject               // bpf/sock.c built with L3ISO_VARIANT: other instructions, for upgrade tests
+	TCVariantObject                   // bpf/tc.c built with L3ISO_VARIANT
+)
+
+// LoadObject parses embedded object o.
+func LoadObject(o Object) (*ebpf.CollectionSpec, error) {
+	switch o {
+	case SocketObject:
+		return loadSock()
+	case TCObject:
+		return loadTc()
+	case SocketVariantObject:
+		return loadSockvariant()
+	case TCVariantObject:
+		return loadTcvariant()
+	}
+	return nil, fmt.Errorf("no embedded BPF object %d", int(o))
+}
+
+// mapSpecs is the spec that declares the maps: the socket programs'.
+func mapSpecs() (*ebpf.CollectionSpec, error) {
 	spec, err := loadSock()
 	if err != nil {
 		return nil, fmt.Errorf("load embedded socket programs: %w", err)
-	}
-	return spec, nil
-}
-
-// TCSpec returns the collection spec of the TC programs (bpf/tc.c). It
-// declares the same maps as SocketSpec: load it with Replacements.
-func TCSpec() (*ebpf.CollectionSpec, error) {
-	spec, err := loadTc()
-	if err != nil {
-		return nil, fmt.Errorf("load embedded TC programs: %w", err)
 	}
 	return spec, nil
 }
@@ -96,7 +115,7 @@ func TCSpec() (*ebpf.CollectionSpec, error) {
 // pinned installation lacks (maps an older l3iso did not know), and returns
 // their names. Existing pins are left alone.
 func PinMissing(dir string) ([]string, error) {
-	spec, err := SocketSpec()
+	spec, err := mapSpecs()
 	if err != nil {
 		return nil, err
 	}
@@ -124,9 +143,10 @@ func PinMissing(dir string) ([]string, error) {
 	return added, nil
 }
 
-// New creates fresh, unpinned maps from the embedded spec.
+// New creates fresh, unpinned maps from the embedded spec. Their active
+// generation is the first (l3_config is all zeros).
 func New() (*Set, error) {
-	spec, err := SocketSpec()
+	spec, err := mapSpecs()
 	if err != nil {
 		return nil, err
 	}
@@ -152,34 +172,23 @@ func New() (*Set, error) {
 var ErrIncompatible = errors.New("pinned maps were made by an incompatible version of l3iso")
 
 // OpenPinned opens the maps pinned in dir and checks that their layout is
-// the one this binary was built with.
+// the one this binary was built with. A map whose pin is missing is taken
+// from missing(name) when that returns one (the loader passes the map the
+// running programs use): the Set owns it then.
 //
 // Checking the layouts needs the embedded object parsed, which costs more
 // than the rest of a `container add`: once the pins passed the check, the
 // index remembers which object they passed it against (index.go), and later
 // opens by a binary with the same object skip it.
-func OpenPinned(dir string) (*Set, error) { return OpenPinnedOr(dir, nil) }
-
-// PinNames are the pin names of the maps, sorted.
-func PinNames() []string {
-	var out []string
-	for name := range (&Set{}).byName() {
-		out = append(out, name)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// OpenPinnedOr is OpenPinned, but a map whose pin is missing is taken from
-// missing(name) when that returns one (the map the running programs use,
-// see loader): the Set owns it then.
-func OpenPinnedOr(dir string, missing func(name string) *ebpf.Map) (*Set, error) {
+func OpenPinned(dir string, missing ...func(name string) *ebpf.Map) (*Set, error) {
 	s := &Set{dir: dir}
 	for name, dst := range s.byName() {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
-		if errors.Is(err, os.ErrNotExist) && missing != nil {
-			if m = missing(name); m != nil {
-				err = nil
+		for _, f := range missing {
+			if m == nil && errors.Is(err, os.ErrNotExist) {
+				if m = f(name); m != nil {
+					err = nil
+				}
 			}
 		}
 		if err != nil {
@@ -195,7 +204,7 @@ func OpenPinnedOr(dir string, missing func(name string) *ebpf.Map) (*Set, error)
 	if s.index.stamped() {
 		return s, nil
 	}
-	spec, err := SocketSpec()
+	spec, err := mapSpecs()
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -208,6 +217,16 @@ func OpenPinnedOr(dir string, missing func(name string) *ebpf.Map) (*Set, error)
 	}
 	s.index.stamp()
 	return s, nil
+}
+
+// PinNames are the pin names of the maps, sorted.
+func PinNames() []string {
+	var out []string
+	for name := range (&Set{}).byName() {
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Pin pins every map into dir (which must exist).
@@ -230,13 +249,17 @@ func (s *Set) Replacements() map[string]*ebpf.Map {
 	return r
 }
 
+// EventReader opens a reader of l3_events, the ring buffer of denials and
+// drops (events.go). One reader at a time (pkg/events locks).
+func (s *Set) EventReader() (*ringbuf.Reader, error) { return ringbuf.NewReader(s.events) }
+
 // Close releases the file descriptors (pins stay).
 func (s *Set) Close() error {
 	if s.cfgMem != nil {
 		unix.Munmap(s.cfgMem)
 		s.cfgMem = nil
 	}
-	s.index.Close()
+	s.index.close()
 	s.index = nil
 	for _, m := range s.byName() {
 		if *m != nil {

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"runtime"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -98,8 +100,9 @@ func newTestSet(t *testing.T) *Set {
 }
 
 // TestInsertRemove writes containers into real maps and checks that Remove
-// and DeleteGen leave nothing behind, and the shared-IP marker lives as
-// long as one owner of a port range does.
+// and DeleteGen leave nothing behind, the shared-IP marker lives as long as
+// one owner of a port range does (Remove is told so), and the broadcast
+// filter loses the bit of a subnet nobody is on.
 func TestInsertRemove(t *testing.T) {
 	s := newTestSet(t)
 	mk := func(id uint32, name string, addrs ...string) Container {
@@ -117,17 +120,17 @@ func TestInsertRemove(t *testing.T) {
 	db := mk(2, "db", "10.77.0.9:5432/tcp")
 	db2 := mk(3, "db2", "10.77.0.9:6000-6099/tcp")
 	all := []Container{web, db, db2}
-	if err := s.Insert(7, all...); err != nil {
+	if err := (Gen{s, 7}).Insert(all...); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Containers(7)
+	got, err := (Gen{s, 7}).Containers()
 	if err != nil || len(got) != 3 || got[2].Spec.Name != "web" || got[2].Spec.Addresses[0].String() != "10.77.0.1/24" {
 		t.Fatalf("Containers: %+v, %v", got, err)
 	}
-	if id, partial, _ := s.Owner(7, netip.MustParseAddr("10.77.0.9")); id != 0 || !partial {
+	if id, partial, _ := (Gen{s, 7}).Owner(netip.MustParseAddr("10.77.0.9")); id != 0 || !partial {
 		t.Errorf("10.77.0.9: owner %d partial %v, want the shared marker", id, partial)
 	}
-	if id, _, _ := s.Owner(7, netip.MustParseAddr("10.77.0.1")); id != 1 {
+	if id, _, _ := (Gen{s, 7}).Owner(netip.MustParseAddr("10.77.0.1")); id != 1 {
 		t.Errorf("10.77.0.1: owner %d, want 1", id)
 	}
 	// The broadcast filter has 10.77.0.255, set through the mmapped
@@ -135,7 +138,7 @@ func TestInsertRemove(t *testing.T) {
 	bcast := bloomBit(netip.MustParseAddr("10.77.0.255"))
 	bloom := func() uint64 {
 		var v sockL3Cfg
-		if err := s.Cfg.Lookup(uint32(0), &v); err != nil {
+		if err := s.cfg.Lookup(uint32(0), &v); err != nil {
 			t.Fatal(err)
 		}
 		return v.BcastBloom[bcast/64] >> (bcast % 64) & 1
@@ -146,31 +149,34 @@ func TestInsertRemove(t *testing.T) {
 	if bloom() != 1 {
 		t.Error("the broadcast filter lacks 10.77.0.255 after Insert and SetConfig")
 	}
-	if err := s.SetActiveGen(7); err != nil {
+	if err := s.Switch(Gen{s, 7}); err != nil {
 		t.Fatal(err)
 	}
-	if g, err := s.ActiveGen(); err != nil || g != 7 {
-		t.Errorf("ActiveGen = %d, %v; want 7", g, err)
+	if g, err := s.Active(); err != nil || g.n != 7 {
+		t.Errorf("Active = %v, %v; want generation 7", g, err)
 	}
 	if c, err := s.Config(); err != nil || c.Level != 3 {
 		t.Errorf("Config after SetActiveGen: %+v, %v", c, err)
 	}
-	if err := s.Remove(7, db, all); err != nil {
+	if err := (Gen{s, 7}).Remove(db, Shared{IPs: []netip.Addr{netip.MustParseAddr("10.77.0.9")}}); err != nil { // db2 owns ports of it
 		t.Fatal(err)
 	}
-	if _, partial, _ := s.Owner(7, netip.MustParseAddr("10.77.0.9")); !partial {
+	if _, partial, _ := (Gen{s, 7}).Owner(netip.MustParseAddr("10.77.0.9")); !partial {
 		t.Error("removing db dropped the marker while db2 still owns ports of 10.77.0.9")
 	}
-	if err := s.Remove(7, web, []Container{web, db2}); err != nil {
+	if err := (Gen{s, 7}).Remove(web, Shared{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ResetBcastFilter(slices.Values([]Container{db2})); err != nil {
 		t.Fatal(err)
 	}
 	if bloom() != 0 {
 		t.Error("the broadcast filter still has 10.77.0.255 after its only container went")
 	}
-	if err := s.DeleteGen(7, []Container{db2}); err != nil {
+	if err := deleteGen(Gen{s, 7}, []Container{db2}); err != nil {
 		t.Fatal(err)
 	}
-	for name, m := range map[string]*ebpf.Map{"conts": s.Conts, "locals": s.Locals, "owners": s.Owners, "routes": s.Routes, "metas": s.Metas} {
+	for name, m := range map[string]*ebpf.Map{"conts": s.conts, "locals": s.locals, "owners": s.owners, "routes": s.routes, "metas": s.metas} {
 		k := make([]byte, m.KeySize())
 		err := m.NextKey(nil, &k)
 		if err == nil {
@@ -190,19 +196,19 @@ func TestRepair(t *testing.T) {
 		return Container{ID: id, CgroupID: uint64(1000 + id), Spec: policy.Container{Name: name, Mode: policy.ModeShared, Loopback: policy.LoopbackIsolated, Addresses: []policy.Address{a}}}
 	}
 	web, ghost, old := mk(1, "web", "10.77.0.1/24"), mk(2, "ghost", "10.77.0.2"), mk(3, "old", "10.77.0.3")
-	if err := s.Insert(5, web, ghost); err != nil {
+	if err := (Gen{s, 5}).Insert(web, ghost); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Insert(4, old); err != nil {
+	if err := (Gen{s, 4}).Insert(old); err != nil {
 		t.Fatal(err)
 	}
 	// The ghost's add died before its metadata and container entry.
-	s.Metas.Delete(sockL3MetaKey{Gen: 5, Id: 2})
-	s.Conts.Delete(sockL3ContKey{Gen: 5, Cgid: 1002})
+	s.metas.Delete(sockL3MetaKey{Gen: 5, Id: 2})
+	s.conts.Delete(sockL3ContKey{Gen: 5, Cgid: 1002})
 	// And one of web's entries was lost.
-	s.Owners.Delete(sockL3OwnerKey{Prefixlen: 160, Gen: 5, Addr: toAddr(netip.MustParseAddr("10.77.0.1"))})
+	s.owners.Delete(sockL3OwnerKey{Prefixlen: 160, Gen: 5, Addr: toAddr(netip.MustParseAddr("10.77.0.1"))})
 
-	if err := s.Repair(5, []Container{web}); err != nil {
+	if err := (Gen{s, 5}).Repair([]Container{web}); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -210,15 +216,44 @@ func TestRepair(t *testing.T) {
 		addr string
 		want uint32
 	}{{5, "10.77.0.1", 1}, {5, "10.77.0.2", 0}, {4, "10.77.0.3", 0}} {
-		if id, _, _ := s.Owner(tc.gen, netip.MustParseAddr(tc.addr)); id != tc.want {
+		if id, _, _ := (Gen{s, tc.gen}).Owner(netip.MustParseAddr(tc.addr)); id != tc.want {
 			t.Errorf("gen %d %s: owner %d, want %d", tc.gen, tc.addr, id, tc.want)
 		}
 	}
 	var v sockL3Local
-	if err := s.Locals.Lookup(sockL3LocalKey{Gen: 5, Id: 2, Addr: toAddr(netip.MustParseAddr("10.77.0.2"))}, &v); err == nil {
+	if err := s.locals.Lookup(sockL3LocalKey{Gen: 5, Id: 2, Addr: toAddr(netip.MustParseAddr("10.77.0.2"))}, &v); err == nil {
 		t.Error("the ghost's local entry survived repair")
 	}
-	if got, _ := s.Containers(4); len(got) != 0 {
+	if got, _ := (Gen{s, 4}).Containers(); len(got) != 0 {
 		t.Errorf("generation 4 survived repair: %+v", got)
 	}
+}
+
+// deleteGen removes the entries of containers cs from generation g, by
+// computing their keys (no scan), concurrently, in parts.
+func deleteGen(g Gen, cs []Container) error {
+	s := g.s
+	e := newEntries(cs)
+	for _, c := range cs {
+		if err := e.add(g.n, c); err != nil {
+			return err
+		}
+	}
+	parts := runtime.GOMAXPROCS(0)
+	var steps []func() error
+	steps = append(steps, delParts(s.conts, "l3_conts", e.contK, parts)...)
+	steps = append(steps, delParts(s.metas, "l3_metas", e.metaK, parts)...)
+	steps = append(steps, delParts(s.mcasts, "l3_mcasts", e.mcastK, parts)...)
+	steps = append(steps, delParts(s.routes, "l3_routes", e.routeK, parts)...)
+	steps = append(steps, delParts(s.locals, "l3_locals", e.localK, parts)...)
+	steps = append(steps, delParts(s.owners, "l3_owners", e.ownerK, parts)...)
+	steps = append(steps, delParts(s.owners, "l3_owners", e.partialK, parts)...)
+	steps = append(steps, delParts(s.locals, "l3_locals", e.bcastK, parts)...)
+	return concurrently(steps)
+}
+
+// readSlot reads what generation g holds, as a Scan of the other one does.
+func readSlot(g Gen) (*Slot, error) {
+	sl := g.NewSlot()
+	return sl, g.other().Scan(sl, func(Meta) {})
 }

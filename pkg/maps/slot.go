@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"iter"
 	"runtime"
-	"slices"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 )
 
-// A policy push alternates between two generation numbers, g and
-// OtherGen(g) (see ARCHITECTURE.md, "Atomic pushes"). The generation an apply switches away
+// A policy push alternates between two generations, Active and Inactive
+// (see ARCHITECTURE.md, "Atomic pushes"). The generation an apply switches away
 // from is not deleted: it stays as it was, unread by the programs, and the
 // next apply writes its policy over it by difference — only the entries of
 // containers that differ from what that generation holds are written, and
@@ -23,18 +22,12 @@ import (
 //
 // Slot is what the other generation holds, read from its metadata: the
 // metadata of a generation describes exactly the entries it has (Insert,
-// Remove and WriteSlot keep them together, and a repair after a crash
+// Remove and Write keep them together, and a repair after a crash
 // deletes every generation but the active one).
-
-// OtherGen is the generation an apply switches to from generation g, and
-// back: g with its top bit flipped. (An l3iso from before this scheme
-// writes generation g+1 and deletes g: never the other one, which it would
-// otherwise write over without knowing what it holds.)
-func OtherGen(g uint32) uint32 { return g ^ 1<<31 }
 
 // Slot is the content of the generation an apply writes next.
 type Slot struct {
-	Gen    uint32
+	gen    Gen
 	chunks [][]byte // compact metadata (compactMeta), one after another
 	off    []int64  // by container id: chunk<<32 | 1 + offset in it; 0: none
 }
@@ -87,8 +80,10 @@ func expandMeta(b []byte) (v sockL3Meta, n int) {
 	return v, n + len(raw) - metaTail
 }
 
-func newSlot(gen uint32) *Slot {
-	return &Slot{Gen: gen, off: make([]int64, MaxContainers+1)}
+// NewSlot returns an empty slot for what generation g holds, for a Scan of
+// the other generation to fill.
+func (g Gen) NewSlot() *Slot {
+	return &Slot{gen: g, off: make([]int64, MaxContainers+1)}
 }
 
 func (sl *Slot) put(id uint32, v *sockL3Meta) {
@@ -131,8 +126,8 @@ func (sl *Slot) container(id uint32) Container {
 	return decodeMeta(id, &v)
 }
 
-// Len is how many containers the slot holds.
-func (sl *Slot) Len() int {
+// len is how many containers the slot holds.
+func (sl *Slot) len() int {
 	n := 0
 	for _, o := range sl.off {
 		if o != 0 {
@@ -140,15 +135,6 @@ func (sl *Slot) Len() int {
 		}
 	}
 	return n
-}
-
-// ReadSlot reads what generation gen holds.
-func (s *Set) ReadSlot(gen uint32) (*Slot, error) {
-	sl := newSlot(gen)
-	if err := s.ScanMetas(OtherGen(gen), sl, func(Meta) {}); err != nil {
-		return nil, err
-	}
-	return sl, nil
 }
 
 // Meta is a view of one container's metadata in l3_metas, valid only
@@ -200,23 +186,26 @@ func (m Meta) Adopted() bool { return m.v.Pad&metaAdopted != 0 }
 // Container decodes the metadata.
 func (m Meta) Container() Container { return decodeMeta(m.id, m.v) }
 
-// ScanMetas calls visit with the metadata of each container of generation
-// gen, in no order, and puts what generation sl.Gen holds in sl (if sl is
-// not nil): one pass over l3_metas, decoding nothing.
-func (s *Set) ScanMetas(gen uint32, sl *Slot, visit func(Meta)) error {
+// Scan calls visit with the metadata of each container of generation g, in
+// no order, and puts what the other generation holds in other (if it is
+// not nil: other.gen's NewSlot): one pass over l3_metas, decoding nothing.
+func (g Gen) Scan(other *Slot, visit func(Meta)) error {
 	var (
 		cursor ebpf.MapBatchCursor
 		keys   = make([]sockL3MetaKey, 256)
 		vals   = make([]sockL3Meta, 256)
 	)
+	if other != nil && other.gen.n == g.n {
+		return fmt.Errorf("scan %s: the slot is for the same generation, not the other one", g)
+	}
 	for {
-		n, err := s.Metas.BatchLookup(&cursor, keys, vals, nil)
+		n, err := g.s.metas.BatchLookup(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
 			switch {
-			case keys[i].Gen == gen:
+			case keys[i].Gen == g.n:
 				visit(Meta{id: keys[i].Id, v: &vals[i]})
-			case sl != nil && keys[i].Gen == sl.Gen:
-				sl.put(keys[i].Id, &vals[i])
+			case other != nil && keys[i].Gen == other.gen.n:
+				other.put(keys[i].Id, &vals[i])
 			}
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -228,23 +217,18 @@ func (s *Set) ScanMetas(gen uint32, sl *Slot, visit func(Meta)) error {
 	}
 }
 
-// NewSlot returns an empty slot for generation gen, for ScanMetas to fill.
-func NewSlot(gen uint32) *Slot { return newSlot(gen) }
-
-// WriteSlot makes generation sl.Gen, which no program reads, hold exactly
+// Write makes generation g, which no program reads, hold exactly
 // containers cs: it writes the entries of the containers whose metadata
 // there differs (or is missing), writes the shared markers cs need, and
 // deletes the entries that only containers no longer there (or there in
-// another version) had. sl is what the generation holds (ReadSlot, or
-// ScanMetas); it is used up.
-func (s *Set) WriteSlot(sl *Slot, cs []Container) error {
-	return s.WriteSlotSeq(sl, slices.Values(cs))
-}
-
-// WriteSlotSeq is WriteSlot for containers given one by one (it goes
-// through them three times).
-func (s *Set) WriteSlotSeq(sl *Slot, cs iter.Seq[Container]) error {
-	gen := sl.Gen
+// another version) had. have is what the generation holds (g.NewSlot,
+// filled by a Scan of the active one); it is used up. It goes through cs
+// three times.
+func (g Gen) Write(have *Slot, cs iter.Seq[Container]) error {
+	if have.gen.n != g.n {
+		return fmt.Errorf("write %s: the slot holds %s", g, have.gen)
+	}
+	s, gen, sl := g.s, g.n, have
 	if err := s.addBcast(cs); err != nil { // the filter covers the next generation too
 		return err
 	}
@@ -300,18 +284,18 @@ func (s *Set) WriteSlotSeq(sl *Slot, cs iter.Seq[Container]) error {
 
 	parts := runtime.GOMAXPROCS(0)
 	var steps []func() error
-	steps = append(steps, delParts(s.Conts, "l3_conts", minus(drop.contK, add.contK), parts)...)
-	steps = append(steps, delParts(s.Metas, "l3_metas", minus(drop.metaK, add.metaK), parts)...)
-	steps = append(steps, delParts(s.Mcasts, "l3_mcasts", minus(drop.mcastK, add.mcastK), parts)...)
-	steps = append(steps, delParts(s.Routes, "l3_routes", minus(drop.routeK, add.routeK), parts)...)
-	steps = append(steps, delParts(s.Locals, "l3_locals", minus(append(drop.localK, drop.bcastK...), localK), parts)...)
-	steps = append(steps, delParts(s.Owners, "l3_owners", minus(append(drop.ownerK, drop.partialK...), ownerK), parts)...)
-	steps = append(steps, putParts(s.Owners, "l3_owners", ownerK, ownerV, parts)...)
-	steps = append(steps, putParts(s.Locals, "l3_locals", localK, localV, parts)...)
-	steps = append(steps, putParts(s.Routes, "l3_routes", add.routeK, add.routeV, parts)...)
-	steps = append(steps, putParts(s.Mcasts, "l3_mcasts", add.mcastK, add.mcastV, parts)...)
-	steps = append(steps, putParts(s.Metas, "l3_metas", add.metaK, add.metaV, parts)...)
-	steps = append(steps, putParts(s.Conts, "l3_conts", add.contK, add.contV, parts)...)
+	steps = append(steps, delParts(s.conts, "l3_conts", minus(drop.contK, add.contK), parts)...)
+	steps = append(steps, delParts(s.metas, "l3_metas", minus(drop.metaK, add.metaK), parts)...)
+	steps = append(steps, delParts(s.mcasts, "l3_mcasts", minus(drop.mcastK, add.mcastK), parts)...)
+	steps = append(steps, delParts(s.routes, "l3_routes", minus(drop.routeK, add.routeK), parts)...)
+	steps = append(steps, delParts(s.locals, "l3_locals", minus(append(drop.localK, drop.bcastK...), localK), parts)...)
+	steps = append(steps, delParts(s.owners, "l3_owners", minus(append(drop.ownerK, drop.partialK...), ownerK), parts)...)
+	steps = append(steps, putParts(s.owners, "l3_owners", ownerK, ownerV, parts)...)
+	steps = append(steps, putParts(s.locals, "l3_locals", localK, localV, parts)...)
+	steps = append(steps, putParts(s.routes, "l3_routes", add.routeK, add.routeV, parts)...)
+	steps = append(steps, putParts(s.mcasts, "l3_mcasts", add.mcastK, add.mcastV, parts)...)
+	steps = append(steps, putParts(s.metas, "l3_metas", add.metaK, add.metaV, parts)...)
+	steps = append(steps, putParts(s.conts, "l3_conts", add.contK, add.contV, parts)...)
 	// No program reads this generation: deletes and writes (of other keys)
 	// run at the same time.
 	return concurrently(steps)

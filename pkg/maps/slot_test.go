@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"testing"
 
@@ -17,7 +18,7 @@ import (
 func dumpGen(t *testing.T, s *Set, gen uint32) []string {
 	t.Helper()
 	var out []string
-	for name, m := range map[string]*ebpf.Map{"conts": s.Conts, "locals": s.Locals, "owners": s.Owners, "routes": s.Routes, "mcasts": s.Mcasts, "metas": s.Metas} {
+	for name, m := range map[string]*ebpf.Map{"conts": s.conts, "locals": s.locals, "owners": s.owners, "routes": s.routes, "mcasts": s.mcasts, "metas": s.metas} {
 		keys, off := genKeys(t, m, gen)
 		for _, k := range keys {
 			v := make([]byte, m.ValueSize())
@@ -80,19 +81,19 @@ func TestWriteSlot(t *testing.T) {
 	}
 	// Generation 1 is active (with something else in it); generation 0 is
 	// written by difference, policy after policy.
-	if err := s.Insert(1, container(9, "active", "10.99.0.1/24")); err != nil {
+	if err := (Gen{s, 1}).Insert(container(9, "active", "10.99.0.1/24")); err != nil {
 		t.Fatal(err)
 	}
 	want1 := dumpGen(t, s, 1)
 	for i, cs := range policies {
-		sl, err := s.ReadSlot(0)
+		sl, err := readSlot(Gen{s, 0})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := s.WriteSlot(sl, cs); err != nil {
+		if err := (Gen{s, 0}).Write(sl, slices.Values(cs)); err != nil {
 			t.Fatalf("policy %d: %v", i, err)
 		}
-		if err := ref.Insert(0, cs...); err != nil {
+		if err := (Gen{ref, 0}).Insert(cs...); err != nil {
 			t.Fatal(err)
 		}
 		got, want := dumpGen(t, s, 0), dumpGen(t, ref, 0)
@@ -102,17 +103,17 @@ func TestWriteSlot(t *testing.T) {
 		if d := diffLines(dumpGen(t, s, 1), want1); d != "" {
 			t.Errorf("policy %d: WriteSlot touched the active generation:\n%s", i, d)
 		}
-		active, sl2 := 0, NewSlot(0)
-		err = s.ScanMetas(1, sl2, func(m Meta) {
+		active, sl2 := 0, (Gen{s, 0}).NewSlot()
+		err = (Gen{s, 1}).Scan(sl2, func(m Meta) {
 			if m.Name() != "active" || !m.Is(container(9, "active", "10.99.0.1/24")) {
 				t.Errorf("policy %d: ScanMetas: active container %q is not as inserted", i, m.Name())
 			}
 			active++
 		})
-		if err != nil || active != 1 || sl2.Len() != len(cs) {
-			t.Errorf("policy %d: ScanMetas: %d active, %d in the slot (want %d), %v", i, active, sl2.Len(), len(cs), err)
+		if err != nil || active != 1 || sl2.len() != len(cs) {
+			t.Errorf("policy %d: ScanMetas: %d active, %d in the slot (want %d), %v", i, active, sl2.len(), len(cs), err)
 		}
-		if err := ref.DeleteGen(0, cs); err != nil {
+		if err := deleteGen(Gen{ref, 0}, cs); err != nil {
 			t.Fatal(err)
 		}
 	}

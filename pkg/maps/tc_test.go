@@ -53,7 +53,7 @@ func frame(dstMAC net.HardwareAddr, src, dst string) []byte {
 // verdict and the counter of every path that does not need a route lookup.
 func TestTCVerdicts(t *testing.T) {
 	s := newTestSet(t)
-	spec, err := TCSpec()
+	spec, err := loadTc()
 	if err != nil {
 		t.Fatal(err)
 	}

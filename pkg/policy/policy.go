@@ -86,10 +86,13 @@ func (p *Policy) Find(name string) (*Container, bool) {
 	return nil, false
 }
 
+// MaxNameLen is the longest container name.
+const MaxNameLen = 32
+
 // validName is ^[a-z0-9][a-z0-9-]{0,31}$, without a regexp: a policy of
 // 10,000 containers checks 10,000 names.
 func validName(name string) bool {
-	if len(name) == 0 || len(name) > 32 {
+	if len(name) == 0 || len(name) > MaxNameLen {
 		return false
 	}
 	for i := 0; i < len(name); i++ {
@@ -102,7 +105,9 @@ func validName(name string) bool {
 }
 
 // ValidateName checks a container name: 1 to 32 characters from a-z, 0-9
-// and '-', starting with a letter or a digit.
+// and '-', starting with a letter or a digit. It is the one rule: pkg/veth
+// (namespace and interface names) and pkg/maps (l3_metas, the index) call
+// it.
 func ValidateName(name string) error {
 	if !validName(name) {
 		return fmt.Errorf("invalid container name %q: use 1-32 characters from a-z, 0-9 and '-', starting with a letter or digit", name)

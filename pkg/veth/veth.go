@@ -36,7 +36,7 @@
 // bridge, where such containers reach each other over L2.
 //
 // The bridge baseline (BridgeName, EnsureBridge, Enslave, Release,
-// DeleteBridge) is the Docker-style path of the seeds: host-side veths become
+// DeleteBridge) is the classic Docker-style path (docs/DESIGN.md): host-side veths become
 // ports of one Linux bridge and the container routes move onto the bridge.
 //
 // Call the functions from the host network namespace (not from inside Do).
@@ -64,6 +64,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/policy"
 )
 
 // Names and fixed addresses shared with the other l3iso packages.
@@ -78,8 +80,8 @@ const (
 	// PeerIfName is the name of the container side of the veth pair, inside
 	// the container's network namespace.
 	PeerIfName = "eth0"
-	// MaxNameLen is the longest container name.
-	MaxNameLen = 32
+	// MaxNameLen is the longest container name (policy.MaxNameLen).
+	MaxNameLen = policy.MaxNameLen
 	// DefaultMTU is the MTU of both veth ends when Spec.MTU is 0.
 	DefaultMTU = 1500
 	// RouteProtocol marks the host routes this package installs (rtm_protocol;
@@ -230,16 +232,11 @@ func ValidateKey(key string) error {
 	return ValidateName(name)
 }
 
-// ValidateName reports whether container is a valid container name.
+// ValidateName reports whether container is a valid container name: the
+// policy's rule (policy.ValidateName).
 func ValidateName(container string) error {
-	if len(container) == 0 || len(container) > MaxNameLen {
-		return fmt.Errorf("%w: container name %q must be 1 to %d characters long", ErrInvalid, container, MaxNameLen)
-	}
-	for i := 0; i < len(container); i++ {
-		c := container[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return fmt.Errorf("%w: container name %q contains %q: use only a-z, 0-9 and -", ErrInvalid, container, c)
-		}
+	if err := policy.ValidateName(container); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
 }

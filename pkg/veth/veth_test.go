@@ -19,6 +19,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/l3iso/l3iso/pkg/policy"
 )
 
 // Test addresses come only from 10.250.0.0/16 and fd00:250::/64. Each run
@@ -1081,4 +1083,23 @@ func BenchmarkCreateDelete(b *testing.B) {
 	}
 	b.ReportMetric(float64(createTime.Nanoseconds())/float64(batches*n), "create-ns/ctr")
 	b.ReportMetric(float64(deleteTime.Nanoseconds())/float64(batches*n), "delete-ns/ctr")
+}
+
+// TestValidateNameIsPolicys: a container name is valid here exactly when
+// the policy takes it (one rule: policy.ValidateName), and a refusal is
+// ErrInvalid.
+func TestValidateNameIsPolicys(t *testing.T) {
+	for _, name := range []string{"web", "web-1", "web-", "0", "-web", "-", "", "Web", "web_1", "wéb",
+		strings.Repeat("a", MaxNameLen), strings.Repeat("a", MaxNameLen+1)} {
+		err, want := ValidateName(name), policy.ValidateName(name)
+		if (err == nil) != (want == nil) {
+			t.Errorf("ValidateName(%q) = %v, the policy says %v", name, err, want)
+		}
+		if err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("ValidateName(%q) = %v, want ErrInvalid", name, err)
+		}
+		if key := Key("k3fa", name); (ValidateKey(key) == nil) != (want == nil) {
+			t.Errorf("ValidateKey(%q) = %v, the policy says %v about %q", key, ValidateKey(key), want, name)
+		}
+	}
 }
