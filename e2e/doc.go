@@ -29,7 +29,6 @@
 // A test calls t.Parallel first thing when it shares nothing with the
 // others: its own netns, cgroup subtree and bpffs, no host-global state
 // (no address, sysctl or fixed port outside its namespaces). The few that
-// do not say why (they time l3iso, or set environment variables). They
-// mostly wait (for processes, packets, timeouts), so more of them than
-// there are CPUs may run at once: make test uses -parallel $(E2E_PARALLEL).
+// do not say why (they time l3iso, or set environment variables). go test
+// runs as many at once as -parallel says (GOMAXPROCS by default).
 package e2e
