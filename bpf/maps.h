@@ -388,6 +388,14 @@ static __always_inline void own_lookup(int delta)
 		__sync_fetch_and_add(n, delta);
 }
 
+/* Is a TC program of l3iso looking a socket up on this CPU (own_lookup)? */
+static __always_inline int own_lookup_busy(void)
+{
+	__u32 zero = 0, *n = bpf_map_lookup_elem(&l3_scratch, &zero);
+
+	return n && *n;
+}
+
 static __always_inline int mcast_allowed(__u32 gen, __u32 id, const struct l3_addr *g)
 {
 	struct l3_mcast_key k = {.prefixlen = 64 + 128, .gen = gen, .id = id, .group = *g};
