@@ -27,14 +27,14 @@ import (
 // programs run for every socket in it. Closing the returned link set
 // detaches them all; on error nothing stays attached.
 func AttachDoNothing(cg string) (*DoNothing, error) {
-	return attachDoNothing(cg, true, func(ebpf.AttachType) bool { return true })
+	return attachDoNothing(cg, true, true)
 }
 
 // AttachDoNothingCgroup is AttachDoNothing at the cgroup's attach points
 // only: for a workload in the namespace of an l3iso installation, whose
 // own programs run there for the namespace.
 func AttachDoNothingCgroup(cg string) (*DoNothing, error) {
-	return attachDoNothing(cg, false, func(ebpf.AttachType) bool { return true })
+	return attachDoNothing(cg, false, true)
 }
 
 // AttachDoNothingSockets is AttachDoNothingCgroup without the two packet
@@ -43,31 +43,31 @@ func AttachDoNothingCgroup(cg string) (*DoNothing, error) {
 // difference to AttachDoNothingCgroup is the price of l3iso's packet
 // backstops.
 func AttachDoNothingSockets(cg string) (*DoNothing, error) {
-	return attachDoNothing(cg, false, func(t ebpf.AttachType) bool {
-		return t != ebpf.AttachCGroupInetIngress && t != ebpf.AttachCGroupInetEgress
-	})
+	return attachDoNothing(cg, false, false)
 }
 
-// attachDoNothing attaches at cg in place of every socket program want
-// takes, and, with netnsWide, in place of the programs l3iso attaches to
-// the calling thread's network namespace (l3_sk_lookup, l3_tc_group on lo).
-func attachDoNothing(cg string, netnsWide bool, want func(ebpf.AttachType) bool) (*DoNothing, error) {
+// attachDoNothing attaches at cg in place of every socket program — the
+// two packet (cgroup_skb) ones only with packets — and, with netnsWide,
+// in place of the programs l3iso attaches to the calling thread's network
+// namespace (l3_sk_lookup, l3_tc_group on lo).
+func attachDoNothing(cg string, netnsWide, packets bool) (*DoNothing, error) {
 	spec, err := loader.SocketSpec()
 	if err != nil {
 		return nil, err
 	}
-	want0 := want
-	want = func(t ebpf.AttachType) bool {
-		if t == ebpf.AttachSkLookup {
-			return netnsWide // a namespace's, not a cgroup's
-		}
-		return want0(t)
-	}
 	names := make([]string, 0, len(spec.Programs))
 	for n, ps := range spec.Programs {
-		if want(ps.AttachType) {
-			names = append(names, n)
+		switch ps.AttachType {
+		case ebpf.AttachSkLookup: // a namespace's, not a cgroup's
+			if !netnsWide {
+				continue
+			}
+		case ebpf.AttachCGroupInetIngress, ebpf.AttachCGroupInetEgress:
+			if !packets {
+				continue
+			}
 		}
+		names = append(names, n)
 	}
 	sort.Strings(names)
 	d := &DoNothing{}
