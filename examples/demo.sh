@@ -57,8 +57,9 @@ MOUNTED_BPFFS=
 # ---------------------------------------------------------------------------
 # Helpers
 
-# l3 ARGS...: run l3iso in the demo's namespace, with the demo's pins.
-l3() { nsenter --net="$NETNS_PATH" "$BIN" --bpffs "$BPFFS" --state-dir "$TMP/state" "$@"; }
+# l3 ARGS...: run l3iso in the demo's namespace, with the demo's pins (its
+# audit log under $TMP, nothing to the machine's syslog).
+l3() { L3ISO_SYSLOG=off nsenter --net="$NETNS_PATH" "$BIN" --bpffs "$BPFFS" --state-dir "$TMP/state" "$@"; }
 
 # show ARGS...: print an l3iso command, then run it.
 show() {

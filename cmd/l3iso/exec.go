@@ -50,7 +50,19 @@ no user and no PID namespace; exec becomes COMMAND, as host root. The
 mounts, capabilities, no_new_privs and the 32-bit filter above still apply,
 but the command can signal and trace host processes, write host files and
 leave its cgroup. It prints a warning saying so.`,
-		Args: cobra.MinimumNArgs(2),
+		Args: func(cmd *cobra.Command, args []string) error {
+			// Without "--", exec's flag parser would read COMMAND's own
+			// flags (grep -w DIR runs grep in DIR; id -u fails as a flag
+			// of exec's): COMMAND starts after "--", always.
+			if at := cmd.ArgsLenAtDash(); at != 1 || len(args) < 2 {
+				name := "NAME"
+				if len(args) > 0 && at != 0 {
+					name = args[0]
+				}
+				return fmt.Errorf("exec takes NAME, then -- and the command: l3iso exec [flags] %s -- COMMAND [ARGS...]", name)
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := control.Open(g.bpffs, false)
 			if err != nil {
@@ -68,6 +80,9 @@ leave its cgroup. It prints a warning saying so.`,
 			return nil
 		},
 	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return fmt.Errorf("%w (the command's own flags go after --: l3iso exec [flags] NAME -- COMMAND [ARGS...])", err)
+	})
 	f := cmd.Flags()
 	f.StringVarP(&o.User, "user", "u", "", "run as `NAME|UID[:GROUP|GID]` (ids inside the container; default root)")
 	f.StringArrayVarP(&o.Env, "env", "e", nil, "set `NAME=VALUE` in the command's environment (NAME alone: the caller's value); repeatable")
