@@ -958,23 +958,40 @@ int l3_recvmsg6(struct bpf_sock_addr *ctx)
  * getsockname: a shadow socket (bind_shared) shows what the application
  * bound — the wildcard, its address, or 127.0.0.1 / ::1 — and the port it
  * asked for (l3_sports: an MPTCP listener's socket is not the one its bind
- * ran on); any other socket as recvmsg does.
+ * ran on); any other socket as recvmsg does. A shadow is known by where it
+ * is — the wildcard, in l3iso's namespace — and by whose it is: l3_sports
+ * is keyed by the port alone, and an IPv6-only host socket, or a netns
+ * container's in its own namespace, may hold the same number.
  */
 static __always_inline int show_own(struct bpf_sock_addr *ctx, int v6)
 {
-	struct l3_sport *sp = sport_of(sock_proto(ctx->protocol), bpf_ntohs(ctx->user_port));
+	struct l3_sport *sp;
+	struct l3_cfg *cfg;
+	struct l3_cont *c;
+	struct l3_addr a;
 
-	if (sp && sp->id) {
-		struct l3_addr a = sp->view;
-
+	if (v6)
+		load_user6(ctx, &a);
+	else
+		load_user4(ctx, &a);
+	if (!addr_is_any(&a))
+		return show_loopback(ctx, v6);
+	cfg = config();
+	if (!cfg || !host_netns(ctx, cfg))
+		return 1;
+	sp = sport_of(sock_proto(ctx->protocol), bpf_ntohs(ctx->user_port));
+	if (!sp || !sp->id)
+		return 1;
+	c = task_container(active_gen(), cfg);
+	if (c && c->id == sp->id) {
+		a = sp->view;
 		if (addr_is_private_loop(&a))
 			loopback_of(&a, &a);
 		store_user(ctx, v6, &a);
 		asm volatile("" : "+r"(ctx));
 		ctx->user_port = bpf_htons(sp->aport);
-		return 1;
 	}
-	return show_loopback(ctx, v6);
+	return 1;
 }
 
 SEC("cgroup/getsockname4")
