@@ -274,6 +274,8 @@ enum l3_counter {
 				       loopback to elsewhere (id 0: the host to a private loopback) */
 	L3_C_EVENTS_LOST,	    /* a denial or drop whose event (l3_events) the rate limit or a
 				       full ring buffer kept out */
+	L3_C_CONNECT_BOUND,	    /* EADDRNOTAVAIL: connect of a socket bound to a port (a shadow:
+				       the wildcard, on l3iso's port) that needs a source address */
 	L3_C_MAX = 40, /* x8 bytes x 16385 ids per CPU */
 };
 

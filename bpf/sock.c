@@ -788,29 +788,39 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 {
 	struct l3_cfg *cfg = config();
 	struct l3_addr src, dst;
+	struct l3_cont *c;
 	int set_src, ret;
-	__u32 gen;
+	__u32 gen, id;
+	long err;
 
 	if (!cfg)
 		return 1;
 	gen = active_gen();
-	ret = route_out(ctx, v6, cfg, gen, task_container(gen, cfg), &dst, &src, &set_src, L3_EV_CONNECT);
+	c = task_container(gen, cfg);
+	ret = route_out(ctx, v6, cfg, gen, c, &dst, &src, &set_src, L3_EV_CONNECT);
 	if (!ret || !set_src)
 		return ret;
 	if (v6) {
 		struct sockaddr_in6 sa = {.sin6_family = 10 /* AF_INET6 */};
 
 		__builtin_memcpy(&sa.sin6_addr, src.w, 16);
-		if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)))
-			return deny(EADDRNOTAVAIL);
+		err = bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
 	} else {
 		struct sockaddr_in sa = {.sin_family = 2 /* AF_INET */};
 
 		sa.sin_addr.s_addr = src.w[3];
-		if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)))
-			return deny(EADDRNOTAVAIL);
+		err = bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
 	}
-	return 1;
+	if (!err)
+		return 1;
+	/* The socket is bound to a port already (a container's fixed-port
+	 * bind is a shadow: the wildcard, on l3iso's port) and the kernel
+	 * binds no address to it now: nothing it could send from. */
+	id = c ? c->id : 0;
+	count(id, L3_C_CONNECT_BOUND);
+	ev_call(id, L3_EV_CONNECT, L3_C_CONNECT_BOUND, EADDRNOTAVAIL, sock_proto(ctx->protocol), &src, 0,
+		&dst, bpf_ntohs(ctx->user_port), 0);
+	return deny(EADDRNOTAVAIL);
 }
 
 SEC("cgroup/connect4")

@@ -145,6 +145,33 @@ func TestMonitorEvents(t *testing.T) {
 		expectEvent(t, mon, wantEvent{container: "v4only", typ: "connect", reason: "denied_no_address", verdict: "denied", family: 6, proto: "tcp",
 			dst: "fd77::2", dstPort: 7011, agent: v4only}, err)
 	})
+	t.Run("bound-port", func(t *testing.T) {
+		// A fixed-port bind of a container is a shadow (the wildcard, on
+		// l3iso's port): a connect that needs a source address then
+		// fails, counted and recorded — IPv4 TCP, IPv6 UDP.
+		for _, c := range []struct {
+			p              proto
+			bind, src, dst string
+		}{{tcp4, "0.0.0.0:7410", "10.77.0.1", "10.77.0.2:7012"}, {udp6, "[::]:7411", "fd77::1", "[fd77::2]:7013"}} {
+			before := e.counters()["web"]["connect_denied_bound_port"]
+			id := web.Socket(c.p.family, c.p.typ, 0)
+			if err := web.Bind(id, ap(c.bind)); err != nil {
+				t.Fatal(err)
+			}
+			err := web.Connect(id, ap(c.dst))
+			web.Close(id)
+			if !errors.Is(err, unix.EADDRNOTAVAIL) {
+				t.Errorf("%s: connect to %s after bind %s: %v, want EADDRNOTAVAIL", c.p.name, c.dst, c.bind, err)
+			}
+			d := ap(c.dst)
+			expectEvent(t, mon, wantEvent{container: "web", typ: "connect", reason: "connect_denied_bound_port", verdict: "denied",
+				family: map[bool]int{true: 6, false: 4}[c.p.addrIsV6Sock], proto: c.p.name[:3], addr: c.src, port: -2,
+				dst: d.Addr().String(), dstPort: int(d.Port()), agent: web}, err)
+			if after := e.counters()["web"]["connect_denied_bound_port"]; after != before+1 {
+				t.Errorf("%s: connect_denied_bound_port %d → %d, want one more", c.p.name, before, after)
+			}
+		}
+	})
 	t.Run("join", func(t *testing.T) {
 		for _, g := range []struct {
 			p     proto

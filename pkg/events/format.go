@@ -166,6 +166,8 @@ func (e Event) detail() string {
 		return "source " + e.Addr + " is not its own"
 	case "denied_no_address":
 		return "it has no " + fam + " address"
+	case "connect_denied_bound_port":
+		return "its socket is bound to a port (an l3iso shadow), so no source can be set: bind port 0, or, for UDP, an address of its own"
 	case "loopback_denied":
 		return "another's loopback"
 	case "ingress_dropped_foreign":

@@ -214,6 +214,8 @@ var CounterNames = []string{
 	sockL3CounterL3C_REFUSED:     "refused",
 	sockL3CounterL3C_LOOP_DENIED: "loopback_denied",
 	sockL3CounterL3C_EVENTS_LOST: "events_lost",
+
+	sockL3CounterL3C_CONNECT_BOUND: "connect_denied_bound_port",
 }
 
 // Counters are one container's verdict counters, summed over CPUs, by name.

@@ -173,6 +173,7 @@ const (
 	sockL3CounterL3C_REFUSED              sockL3Counter = 30
 	sockL3CounterL3C_LOOP_DENIED          sockL3Counter = 31
 	sockL3CounterL3C_EVENTS_LOST          sockL3Counter = 32
+	sockL3CounterL3C_CONNECT_BOUND        sockL3Counter = 33
 	sockL3CounterL3C_MAX                  sockL3Counter = 40
 )
 
