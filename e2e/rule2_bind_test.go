@@ -24,9 +24,9 @@ containers:
   v4only:
     addresses: [10.77.1.1]
   multi:
-    addresses: [10.77.3.1/24, 10.77.4.1/24]
+    addresses: [10.77.3.1/24, 10.77.4.1/24, fd77:3::1/64, fd77:4::1/64]
   peer4:
-    addresses: [10.77.4.2/24]
+    addresses: [10.77.4.2/24, fd77:4::2/64]
   shareloop:
     addresses: [10.77.2.1]
     loopback: host
