@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l3iso/l3iso/internal/sockprobe"
+	"github.com/l3iso/l3iso/pkg/maps"
 )
 
 // basePolicy is the layout the socket tests share.
@@ -24,9 +25,9 @@ containers:
   v4only:
     addresses: [10.77.1.1]
   multi:
-    addresses: [10.77.3.1/24, 10.77.4.1/24]
+    addresses: [10.77.3.1/24, 10.77.4.1/24, fd77:3::1/64, fd77:4::1/64]
   peer4:
-    addresses: [10.77.4.2/24]
+    addresses: [10.77.4.2/24, fd77:4::2/64]
   shareloop:
     addresses: [10.77.2.1]
     loopback: host
@@ -61,13 +62,14 @@ func TestBind(t *testing.T) {
 	for _, n := range []string{"web", "db", "v4only", "shareloop", ""} {
 		agents[n] = e.agent(n)
 	}
-	rows := []struct {
+	type bindRow struct {
 		container string
 		p         proto
 		req       string
 		want      string // bound address as getsockname shows it (port 0 = any)
 		err       error
-	}{
+	}
+	rows := []bindRow{
 		// Rule 2: own addresses, foreign addresses (errno as in a namespace).
 		{"web", tcp4, "10.77.0.1:0", "10.77.0.1:0", nil},
 		{"web", udp4, "10.77.0.1:0", "10.77.0.1:0", nil},
@@ -92,6 +94,7 @@ func TestBind(t *testing.T) {
 		{"db", tcp4, "10.77.0.9:5433", "", unix.EACCES},
 		{"db", tcp4, "10.77.0.9:0", "", unix.EACCES},
 		{"db", udp4, "10.77.0.9:5432", "", unix.EACCES},
+		{"db", udp6, "[fd77::9]:5432", "", unix.EACCES},
 		{"db", tcp6, "[fd77::9]:5432", "[fd77::9]:5432", nil},
 		{"db", tcp6, "[::ffff:10.77.0.9]:5432", "[::ffff:10.77.0.9]:5432", nil},
 		{"db", tcp6, "[fd77::9]:80", "", unix.EACCES},
@@ -118,12 +121,32 @@ func TestBind(t *testing.T) {
 		{"", udp4, "10.77.0.1:0", "", unix.EADDRNOTAVAIL},
 		{"", tcp4, "10.77.0.9:80", "", unix.EADDRNOTAVAIL},
 		{"", tcp6, "[fd77::1]:0", "", unix.EADDRNOTAVAIL},
+		{"", udp6, "[fd77::1]:0", "", unix.EADDRNOTAVAIL},
+		{"", tcp6, "[fd77::9]:80", "", unix.EADDRNOTAVAIL},
+		{"", udp6, "[fd77::9]:5432", "", unix.EADDRNOTAVAIL},
 		{"", tcp6, "[::ffff:10.77.0.1]:0", "", unix.EADDRNOTAVAIL},
 		{"", mptcp6, "[fd77::1]:0", "", unix.EADDRNOTAVAIL},
 		{"", tcp4, "127.0.0.1:0", "127.0.0.1:0", nil},
 		{"", tcp4, "0.0.0.0:0", "0.0.0.0:0", nil},
 		{"", tcp6, "[::]:0", "[::]:0", nil},
 	}
+	// The private IPv6 loopbacks (fd6c:3369:736f::/48) are addresses on lo,
+	// which the kernel alone would let anyone bind: nobody binds one by
+	// hand, not the host, not another container.
+	lo6 := map[string]string{}
+	for _, c := range e.listJSON() {
+		lo6[c.Name] = c.Loopback6
+	}
+	if !maps.Loopback6Prefix.Contains(netip.MustParseAddr(lo6["web"])) || !maps.Loopback6Prefix.Contains(netip.MustParseAddr(lo6["db"])) {
+		t.Fatalf("private IPv6 loopbacks of web and db: %q, %q, want in %s", lo6["web"], lo6["db"], maps.Loopback6Prefix)
+	}
+	webLo6, dbLo6 := "["+lo6["web"]+"]:0", "["+lo6["db"]+"]:0"
+	rows = append(rows, []bindRow{
+		{"", tcp6, webLo6, "", unix.EADDRNOTAVAIL},
+		{"", udp6, webLo6, "", unix.EADDRNOTAVAIL},
+		{"web", tcp6, dbLo6, "", unix.EADDRNOTAVAIL},
+		{"web", udp6, dbLo6, "", unix.EADDRNOTAVAIL},
+	}...)
 	for _, r := range rows {
 		who := r.container
 		if who == "" {

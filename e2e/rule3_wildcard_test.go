@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/l3iso/l3iso/internal/sockprobe"
 	"github.com/l3iso/l3iso/pkg/maps"
 )
 
@@ -169,8 +170,9 @@ func TestBackstop(t *testing.T) {
 }
 
 // TestWildcardTwoContainers checks rule 3 end to end with Go's own
-// listeners (dual-stack, MPTCP since Go 1.24) and a plain TCP one: two
-// containers listen on *:PORT and each gets only connections to its address.
+// listeners (dual-stack, MPTCP since Go 1.24) and plain TCP and UDP
+// sockets, IPv4 and IPv6: two containers listen on *:PORT and each gets
+// only what is sent to its addresses, the other nothing of it.
 func TestWildcardTwoContainers(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -192,35 +194,83 @@ func TestWildcardTwoContainers(t *testing.T) {
 	if wlocal.String() != "[::]:7300" || dlocal.String() != "[::]:7300" {
 		t.Fatalf("Go listeners bound to %s and %s, want [::]:7300 both", wlocal, dlocal)
 	}
-	for _, tc := range []struct{ dst, who string }{{"[fd77::1]:7300", "web"}, {"[fd77::2]:7300", "db"}} {
+	goAcceptors := map[string]interface {
+		GoAccept(int, time.Duration) (netip.AddrPort, error)
+	}{"web": web, "db": db}
+	goListeners := map[string]int{"web": wid, "db": did}
+	other := map[string]string{"web": "db", "db": "web"}
+	for _, tc := range []struct{ dst, who string }{{"[fd77::1]:7300", "web"}, {"[fd77::2]:7300", "db"}, {"10.77.0.1:7300", "web"}, {"10.77.0.2:7300", "db"}} {
 		_, remote, err := host.GoDial("tcp", tc.dst, 3*time.Second)
 		if err != nil {
 			t.Fatalf("dial %s: %v", tc.dst, err)
 		}
-		a := map[string]interface {
-			GoAccept(int, time.Duration) (netip.AddrPort, error)
-		}{"web": web, "db": db}[tc.who]
-		lid := map[string]int{"web": wid, "db": did}[tc.who]
-		if _, err := a.GoAccept(lid, 3*time.Second); err != nil {
+		if _, err := goAcceptors[tc.who].GoAccept(goListeners[tc.who], 3*time.Second); err != nil {
 			t.Fatalf("%s did not accept the connection to %s: %v", tc.who, remote, err)
+		}
+		o := other[tc.who]
+		if peer, err := goAcceptors[o].GoAccept(goListeners[o], 200*time.Millisecond); err == nil {
+			t.Fatalf("%s's Go listener accepted a connection (from %s) when %s was dialled", o, peer, tc.dst)
 		}
 	}
 
-	// Plain TCP (as C programs do): 0.0.0.0:7301 in both.
-	l1 := listen(t, web, tcp4, "0.0.0.0:7301")
-	defer web.Close(l1)
-	l2 := listen(t, db, tcp4, "0.0.0.0:7301")
-	defer db.Close(l2)
-	c := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-	defer host.Close(c)
-	if err := host.Connect(c, ap("10.77.0.2:7301")); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := db.Accept(l2, 3*time.Second); err != nil {
-		t.Fatalf("db did not get the connection to its address: %v", err)
-	}
-	if _, _, err := web.Accept(l1, 200*time.Millisecond); err == nil {
-		t.Fatal("web got a connection meant for db")
+	// Plain sockets (as C programs do): the same wildcard in both, TCP and
+	// UDP, IPv4 and IPv6 (dual-stack: its IPv4 addresses too). Whatever
+	// the host sends to one container's address reaches that container's
+	// socket, and not the other's.
+	agents := map[string]*sockprobe.Agent{"web": web, "db": db}
+	for _, pc := range []struct {
+		p    proto
+		bind string
+		dsts []string // web's address first, then db's, per family
+	}{
+		{tcp4, "0.0.0.0:7301", []string{"10.77.0.1", "10.77.0.2"}},
+		{tcp6, "[::]:7302", []string{"fd77::1", "fd77::2", "10.77.0.1", "10.77.0.2"}},
+		{udp4, "0.0.0.0:7303", []string{"10.77.0.1", "10.77.0.2"}},
+		{udp6, "[::]:7304", []string{"fd77::1", "fd77::2", "10.77.0.1", "10.77.0.2"}},
+	} {
+		t.Run("plain/"+pc.p.name, func(t *testing.T) {
+			ls := map[string]int{}
+			for _, who := range []string{"web", "db"} {
+				ls[who] = listen(t, agents[who], pc.p, pc.bind)
+				defer agents[who].Close(ls[who])
+			}
+			port := ap(pc.bind).Port()
+			for i, d := range pc.dsts {
+				who := []string{"web", "db"}[i%2]
+				dst := netip.AddrPortFrom(netip.MustParseAddr(d), port)
+				own, oth := agents[who], agents[other[who]]
+				c := host.Socket(family(dst.Addr()), pc.p.typ, 0)
+				defer host.Close(c)
+				if pc.p.typ == unix.SOCK_STREAM {
+					if err := host.Connect(c, dst); err != nil {
+						t.Fatalf("connect %s: %v", dst, err)
+					}
+					a, _, err := own.Accept(ls[who], 3*time.Second)
+					if err != nil {
+						t.Fatalf("%s did not get the connection to its address %s: %v", who, dst, err)
+					}
+					own.Close(a)
+					if a, peer, err := oth.Accept(ls[other[who]], 200*time.Millisecond); err == nil {
+						oth.Close(a)
+						t.Fatalf("%s accepted a connection (from %s) meant for %s at %s", other[who], peer, who, dst)
+					}
+					continue
+				}
+				if err := host.SendTo(c, dst, []byte(d)); err != nil {
+					t.Fatalf("sendto %s: %v", dst, err)
+				}
+				b, _, to, err := own.RecvFrom(ls[who], 3*time.Second)
+				if err != nil {
+					t.Fatalf("%s did not get the datagram to its address %s: %v", who, dst, err)
+				}
+				if string(b) != d || to.Unmap() != dst.Addr() {
+					t.Fatalf("%s got %q to %s, want %q to %s", who, b, to, d, dst.Addr())
+				}
+				if b, from, _, err := oth.RecvFrom(ls[other[who]], 300*time.Millisecond); err == nil {
+					t.Fatalf("%s received %q (from %s) meant for %s at %s", other[who], b, from, who, dst)
+				}
+			}
+		})
 	}
 }
 

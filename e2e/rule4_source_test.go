@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l3iso/l3iso/internal/sockprobe"
+	"github.com/l3iso/l3iso/pkg/maps"
 )
 
 // TestSource checks rule 4: a socket that connects or sends without a bound
@@ -47,8 +48,14 @@ func TestSource(t *testing.T) {
 		// Several addresses: the one on the destination's subnet...
 		{multi, "multi", tcp4, "peer4", "10.77.4.2:7008", "", "10.77.4.1"},
 		{multi, "multi", udp4, "peer4", "10.77.4.2:7009", "", "10.77.4.1"},
+		{multi, "multi", tcp6, "peer4", "[fd77:4::2]:7012", "", "fd77:4::1"},
+		{multi, "multi", udp6, "peer4", "[fd77:4::2]:7013", "", "fd77:4::1"},
+		{multi, "multi", tcp6, "peer4", "10.77.4.2:7014", "[::ffff:10.77.4.2]:7014", "10.77.4.1"},
 		// ...else the first one.
 		{multi, "multi", tcp4, "db", "10.77.0.2:7010", "", "10.77.3.1"},
+		{multi, "multi", udp4, "db", "10.77.0.2:7015", "", "10.77.3.1"},
+		{multi, "multi", tcp6, "db", "[fd77::2]:7016", "", "fd77:3::1"},
+		{multi, "multi", udp6, "db", "[fd77::2]:7017", "", "fd77:3::1"},
 		{v4only, "v4only", tcp6, "db", "10.77.0.2:7011", "[::ffff:10.77.0.2]:7011", "10.77.1.1"},
 	}
 	for _, r := range rows {
@@ -143,24 +150,56 @@ func TestSource(t *testing.T) {
 		}
 	})
 
-	t.Run("host-to-container", func(t *testing.T) {
-		// The host may talk to a container address, but not from it.
-		lid := listen(t, db, tcp4, "10.77.0.2:7022")
-		defer db.Close(lid)
-		cid := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer host.Close(cid)
-		if err := host.Connect(cid, ap("10.77.0.2:7022")); err != nil {
-			t.Fatalf("host connect to container: %v", err)
-		}
-		aid, peer, err := db.Accept(lid, 3*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		db.Close(aid)
-		if peer.Addr() == netip.MustParseAddr("10.77.0.2") {
-			t.Fatalf("host connected from the container's own address %s", peer)
-		}
-	})
+	// The host may talk to a container address, but not from it: its
+	// source is its own address toward containers (maps.HostAddr4/6).
+	for _, h := range []struct {
+		p   proto
+		dst string
+	}{
+		{tcp4, "10.77.0.2:7022"},
+		{udp4, "10.77.0.2:7023"},
+		{tcp6, "[fd77::2]:7024"},
+		{udp6, "[fd77::2]:7025"},
+	} {
+		t.Run("host-to-container/"+h.p.name, func(t *testing.T) {
+			dst := ap(h.dst)
+			lid := listen(t, db, h.p, h.dst)
+			defer db.Close(lid)
+			cid := host.Socket(h.p.family, h.p.typ, 0)
+			defer host.Close(cid)
+			var peer netip.AddrPort
+			if h.p.typ == unix.SOCK_STREAM {
+				if err := host.Connect(cid, dst); err != nil {
+					t.Fatalf("host connect to container: %v", err)
+				}
+				aid, p, err := db.Accept(lid, 3*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				db.Close(aid)
+				peer = p
+			} else {
+				if err := host.SendTo(cid, dst, []byte("x")); err != nil {
+					t.Fatalf("host sendto container: %v", err)
+				}
+				_, p, _, err := db.RecvFrom(lid, 3*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				peer = p
+			}
+			if peer.Addr() == dst.Addr() {
+				t.Fatalf("host reached %s from the container's own address %s", dst, peer)
+			}
+			want := maps.HostAddr4
+			if h.p.family == unix.AF_INET6 {
+				want = maps.HostAddr6
+			}
+			if peer.Addr() != want {
+				t.Fatalf("host reached %s from %s, want the host's own address %s", dst, peer, want)
+			}
+		})
+	}
 
 	c := e.counters()
 	if c["web"]["source_rewritten"] == 0 {

@@ -121,10 +121,21 @@ func TestLoopback(t *testing.T) {
 			if from.Addr().String() != fam.lo {
 				t.Errorf("recvfrom source = %s, want %s", from, fam.lo)
 			}
-			// db's datagram to the same address goes to db's own loopback.
+			// db's datagram to the same address goes to db's own loopback:
+			// the send must succeed (else nothing was tested), db's own
+			// listener on that address gets it, and web's does not.
+			dl := listen(t, db, fam.p, fam.dst)
+			defer db.Close(dl)
 			did := db.Socket(fam.p.family, unix.SOCK_DGRAM, 0)
 			defer db.Close(did)
-			db.SendTo(did, ap(fam.dst), []byte("leak"))
+			if err := db.SendTo(did, ap(fam.dst), []byte("leak")); err != nil {
+				t.Fatalf("db → its own %s: %v", fam.dst, err)
+			}
+			if b, from, _, err := db.RecvFrom(dl, 3*time.Second); err != nil {
+				t.Errorf("db's datagram to %s did not reach db's own loopback listener: %v", fam.dst, err)
+			} else if string(b) != "leak" || from.Addr().String() != fam.lo {
+				t.Errorf("db's loopback listener got %q from %s, want \"leak\" from %s", b, from, fam.lo)
+			}
 			if b, _, _, err := web.RecvFrom(lid, 300*time.Millisecond); err == nil {
 				t.Errorf("web's loopback socket received %q from db", b)
 			}

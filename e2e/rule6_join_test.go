@@ -90,20 +90,26 @@ time.sleep(60)
 		t.Errorf("ff15::3:4 (an IPv6 join without an interface) is joined on %q, want up0", on6)
 	}
 
-	// And what the uplink brings arrives: an agent's join (ip_mreqn,
-	// ifindex 0) receives the outside host's datagram.
+	// And what the uplink brings arrives: an agent's join (ip_mreqn or
+	// ipv6_mreq, ifindex 0) receives the outside host's datagram, IPv4 and
+	// IPv6.
 	in := n.agent(name)
-	s := udpBound(t, in, unix.AF_INET, grpPort)
-	if err := in.JoinGroup(s, netip.MustParseAddr("239.3.1.1"), 0); err != nil {
-		t.Fatal(err)
-	}
 	out := n.out()
-	o := out.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	if err := out.SendTo(o, netip.AddrPortFrom(netip.MustParseAddr("239.3.1.1"), grpPort), []byte("g")); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, _, err := in.RecvFrom(s, 2*time.Second); err != nil {
-		t.Errorf("the group's datagram from the uplink did not arrive: %v", err)
+	for _, g := range []netip.Addr{netip.MustParseAddr("239.3.1.1"), netip.MustParseAddr("ff15::3:1:1")} {
+		fam := family(g)
+		s := udpBound(t, in, fam, grpPort)
+		if err := in.JoinGroup(s, g, 0); err != nil {
+			t.Fatalf("join %s without an interface: %v", g, err)
+		}
+		o := out.Socket(fam, unix.SOCK_DGRAM, 0)
+		if err := out.SendTo(o, netip.AddrPortFrom(g, grpPort), []byte("g")); err != nil {
+			t.Fatalf("outside host's send to %s: %v", g, err)
+		}
+		if _, _, dst, err := in.RecvFrom(s, 2*time.Second); err != nil {
+			t.Errorf("the datagram to group %s from the uplink did not arrive: %v", g, err)
+		} else if dst != g {
+			t.Errorf("the datagram to group %s arrived with destination %s", g, dst)
+		}
 	}
 }
 
