@@ -320,8 +320,8 @@ static __always_inline __u32 private_id(const struct l3_addr *a)
 
 	if (addr_is_mapped(a))
 		id = bpf_ntohl(a->w[3]) - L3_LO4_BASE;
-	else if (a->w[2] == 0)
-		id = bpf_ntohl(a->w[3]);
+	else if (a->w[1] == bpf_htonl(L3_LO6_W1) && a->w[2] == 0)
+		id = bpf_ntohl(a->w[3]); /* fd6c:3369:736f::id exactly, not fd6c:3369:736f:X::id */
 	else
 		return 0;
 	return id <= L3_MAX_CONTAINERS ? id : 0;

@@ -652,25 +652,32 @@ int l3_bind6(struct bpf_sock_addr *ctx)
 
 /* --------------------------------------------------------- connect, send */
 
-/* The address a socket is bound to (mapped form), zero if unbound. */
-static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct l3_addr *a)
+/* The address a socket of family v6 holds (mapped form), zero for the
+ * wildcard. (post_bind6 may not read src_ip4: v6 is a constant there.) */
+static __always_inline void sk_bound(struct bpf_sock *sk, int v6, struct l3_addr *a)
 {
-	struct bpf_sock *sk = ctx->sk;
-
 	__builtin_memset(a, 0, sizeof(*a));
-	if (!sk)
-		return;
 	if (!v6) {
-		addr_set4(a, sk->src_ip4);
-		if (!sk->src_ip4)
-			__builtin_memset(a, 0, sizeof(*a));
+		if (sk->src_ip4)
+			addr_set4(a, sk->src_ip4);
 		return;
 	}
 	a->w[0] = sk->src_ip6[0];
 	a->w[1] = sk->src_ip6[1];
 	a->w[2] = sk->src_ip6[2];
 	a->w[3] = sk->src_ip6[3];
-	if (addr_is_mapped(a) && !a->w[3])
+	if (addr_is_any(a))
+		__builtin_memset(a, 0, sizeof(*a));
+}
+
+/* The address a socket is bound to (mapped form), zero if unbound. */
+static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct l3_addr *a)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	if (sk)
+		sk_bound(sk, v6, a);
+	else
 		__builtin_memset(a, 0, sizeof(*a));
 }
 
@@ -1347,24 +1354,6 @@ int l3_setsockopt(struct bpf_sockopt *ctx)
 }
 
 /* ------------------------------------------------ registration (rule 3, 6) */
-
-/* The address a socket of family v6 holds (mapped form), zero for the
- * wildcard. (post_bind6 may not read src_ip4: v6 is a constant there.) */
-static __always_inline void sk_bound(struct bpf_sock *sk, int v6, struct l3_addr *a)
-{
-	__builtin_memset(a, 0, sizeof(*a));
-	if (!v6) {
-		if (sk->src_ip4)
-			addr_set4(a, sk->src_ip4);
-		return;
-	}
-	a->w[0] = sk->src_ip6[0];
-	a->w[1] = sk->src_ip6[1];
-	a->w[2] = sk->src_ip6[2];
-	a->w[3] = sk->src_ip6[3];
-	if (addr_is_any(a))
-		__builtin_memset(a, 0, sizeof(*a));
-}
 
 /*
  * After a bind the kernel made: enter what bind remembered — the socket in
