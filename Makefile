@@ -7,7 +7,8 @@
 #   make test             vet, gofmt, then every test (run as root: privileged tests run)
 #   make demo             a guided tour of the L3 rules, confined to its own netns,
 #                         cgroup and bpffs directory (needs root)
-#   make deps             runtime tools the tests need on a fresh Debian 12
+#   make deps             the tools the demo needs on a fresh Debian 12 (.ci/run
+#                         installs everything the tests need)
 #   make bench / bench-quick   bin/l3iso-bench measures bin/l3iso: loopback, shared, host,
 #                              bridge, bridge_ct, routed, direct (needs root)
 #   make bench-hooks[-quick]   the socket-hook and control-plane cost benchmarks
@@ -121,11 +122,12 @@ bench-hooks:
 bench-hooks-quick:
 	$(GO) test -run '^$$' -bench . -benchtime=1x -short -count=1 ./bench/...
 
-# Runtime tools the tests call: ip (iproute2), nsenter (util-linux),
-# python3, nft (nftables), modprobe (kmod), prometheus and promtool
-# (prometheus). Installs only what is missing,
-# and says nothing when everything is there.
-DEPS := ip:iproute2 nsenter:util-linux python3:python3 nft:nftables modprobe:kmod prometheus:prometheus promtool:prometheus
+# The tools the demo (examples/demo.sh) calls: ip (iproute2), nsenter
+# (util-linux), python3. Installs only what is missing, and says nothing
+# when everything is there. The tests need more (nftables, kmod,
+# prometheus, podman, containerd, nginx, redis, ...): .ci/run installs
+# those, with no daemon started.
+DEPS := ip:iproute2 nsenter:util-linux python3:python3
 
 deps:
 	@missing=; \

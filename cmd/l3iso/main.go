@@ -69,7 +69,7 @@ Start with:  l3iso up && l3iso container add web --addr 10.77.0.1/24`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.bpffs, "bpffs", "/sys/fs/bpf/l3iso", "directory (on a bpf filesystem) where l3iso pins its maps and links")
-	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", audit.StateDirFromEnv(), "directory of the audit log (audit.log): every change is recorded there (default $L3ISO_STATE_DIR, else "+audit.DefaultStateDir+")")
+	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", audit.StateDirFromEnv(), "directory of the audit log (audit.log): every change is recorded there ($L3ISO_STATE_DIR sets the default)")
 	root.AddCommand(newUp(g), newDown(g), newContainer(g), newExec(g), newApply(g), newStatus(g), newStats(g),
 		newHistory(g), newMetrics(g), newMonitor(g), newOCIHook(g))
 	return root

@@ -64,7 +64,7 @@ l3iso_events_lost_total{container}) as ` + "`l3iso metrics`" + ` serves them.`,
 				}
 				key := n
 				if n == "" {
-					key = metrics.HostLabel
+					key = maps.HostName
 				}
 				byName[key] = cnt
 				list = append(list, metrics.Named{Container: key, Counters: cnt})

@@ -51,10 +51,6 @@ type Lost struct {
 	Total uint64 `json:"total"`
 }
 
-// HostName is how events of processes outside every container name their
-// container (as `l3iso stats` does).
-const HostName = "(host)"
-
 // verdict is what happened: a call that failed is denied, a packet
 // dropped; a refused join, and a connection or datagram nobody listens
 // for, are refused.

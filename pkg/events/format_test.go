@@ -15,7 +15,7 @@ func TestText(t *testing.T) {
 	names := func(id uint32) string {
 		switch id {
 		case 0:
-			return HostName
+			return maps.HostName
 		case 3:
 			return "web"
 		case 5:

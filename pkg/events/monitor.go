@@ -35,7 +35,7 @@ import (
 // Options say what a Monitor reads and shows.
 type Options struct {
 	BPFFS     string   // the installation
-	Container string   // only this container's events ("" = all; HostName: the host's)
+	Container string   // only this container's events ("" = all; maps.HostName: the host's)
 	Match     []string // only events whose type, reason, verdict or a word of the reason is one of these
 	// Backlog shows the events already in the ring when the Monitor
 	// started (written while nobody read); without it they are skipped,
@@ -101,7 +101,7 @@ func Open(o Options) (_ *Monitor, err error) {
 	}
 	if o.Container != "" {
 		m.filtered = true
-		if o.Container != HostName {
+		if o.Container != maps.HostName {
 			id, ok := m.idOf(o.Container)
 			if !ok {
 				return nil, fmt.Errorf("no container %q: `l3iso container list` shows the containers", o.Container)
@@ -237,7 +237,7 @@ func (m *Monitor) idOf(name string) (uint32, bool) {
 // names again (a container added since), at most once a second.
 func (m *Monitor) name(id uint32) string {
 	if id == 0 {
-		return HostName
+		return maps.HostName
 	}
 	if n, ok := m.names[id]; ok {
 		return n

@@ -218,6 +218,10 @@ var CounterNames = []string{
 	sockL3CounterL3C_CONNECT_BOUND: "connect_denied_bound_port",
 }
 
+// HostName is how every output (stats, metrics' container label, monitor)
+// names id 0: the processes outside every container.
+const HostName = "(host)"
+
 // Counters are one container's verdict counters, summed over CPUs, by name.
 type Counters map[string]uint64
 

@@ -25,10 +25,6 @@ import (
 	"github.com/l3iso/l3iso/pkg/policy"
 )
 
-// HostLabel is the container label of processes outside every container
-// (counter id 0), as `l3iso stats` names them.
-const HostLabel = "(host)"
-
 // eventsLost is the counter (pkg/maps CounterNames) of denials and drops
 // whose event the rate limit or a full ring kept out: not a verdict, so
 // exported as l3iso_events_lost_total.
@@ -132,7 +128,7 @@ func collect(ctl *control.Control, ch chan<- prometheus.Metric, gauge func(*prom
 	if err != nil {
 		return err
 	}
-	counterMetrics(ch, HostLabel, host, false)
+	counterMetrics(ch, maps.HostName, host, false)
 	for _, k := range cs {
 		cnt, err := st.Maps.ReadCounters(k.ID)
 		if err != nil {
@@ -184,7 +180,7 @@ func counterMetrics(ch chan<- prometheus.Metric, container string, cnt maps.Coun
 	}
 }
 
-// Named are one container's counters ("(host)": HostLabel).
+// Named are one container's counters ("(host)": maps.HostName).
 type Named struct {
 	Container string
 	Counters  maps.Counters
