@@ -185,6 +185,25 @@ func Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	name := Name(conf.Name, args.ContainerID, args.IfName)
+	// The pods: rule first, before IPAM allocates anything: a bad policy
+	// file or CNI_ARGS costs no allocation to give back.
+	var rule policy.PodRule
+	var matched bool
+	if conf.Policy != "" {
+		p, err := policy.Load(conf.Policy)
+		if err != nil {
+			return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("the policy file of network %q: %v: fix it (or remove \"policy\" from the network configuration)", conf.Name, err), "")
+		}
+		pa := podArgs{}
+		if err := types.LoadArgs(args.Args, &pa); err != nil {
+			return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_ARGS: "+err.Error(), "")
+		}
+		names := []string{string(pa.K8S_POD_NAME), args.ContainerID}
+		if pa.K8S_POD_NAMESPACE != "" && pa.K8S_POD_NAME != "" {
+			names = append([]string{string(pa.K8S_POD_NAMESPACE) + "/" + string(pa.K8S_POD_NAME)}, names...)
+		}
+		rule, matched = p.MatchPod(names...)
+	}
 	var ipamRes *current.Result
 	switch {
 	case conf.IPAM.Type != "":
@@ -224,23 +243,9 @@ func Add(args *skel.CmdArgs) (err error) {
 	if len(spec.Addresses) == 0 {
 		return types.NewError(ErrAddress, fmt.Sprintf("the IPAM plugin (or previous result) of network %q gave no address", conf.Name), "")
 	}
-	if conf.Policy != "" {
-		p, err := policy.Load(conf.Policy)
-		if err != nil {
-			return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("the policy file of network %q: %v: fix it (or remove \"policy\" from the network configuration)", conf.Name, err), "")
-		}
-		pa := podArgs{}
-		if err := types.LoadArgs(args.Args, &pa); err != nil {
-			return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_ARGS: "+err.Error(), "")
-		}
-		names := []string{string(pa.K8S_POD_NAME), args.ContainerID}
-		if pa.K8S_POD_NAMESPACE != "" && pa.K8S_POD_NAME != "" {
-			names = append([]string{string(pa.K8S_POD_NAMESPACE) + "/" + string(pa.K8S_POD_NAME)}, names...)
-		}
-		if r, ok := p.MatchPod(names...); ok {
-			spec.Addresses = append(spec.Addresses, r.Addresses...)
-			spec.Multicast = r.Multicast
-		}
+	if matched {
+		spec.Addresses = append(spec.Addresses, rule.Addresses...)
+		spec.Multicast = rule.Multicast
 	}
 	if err := (&policy.Policy{Containers: []policy.Container{spec}}).Validate(); err != nil {
 		return types.NewError(ErrAddress, fmt.Sprintf("container %s of network %q: %v", name, conf.Name, err), "")
