@@ -22,6 +22,9 @@ import (
 //     the unplumbing of the netns containers that go have no undo (their
 //     processes are dead), only a repair makes their cgroups and
 //     namespaces anew, so the next changing command repairs;
+//     A script with s.retry (del) that fails from stepStop on says so:
+//     the processes may be dead already ("processes of container "web"
+//     stopped, but ...: run `l3iso container del web` again");
 //   - after s.commit, nothing is undone: the error says what is done
 //     already ("policy switched, but ...") and that the next changing
 //     command finishes the rest (the dirty bit stays set);
@@ -46,6 +49,15 @@ func (c *Control) run(s *script, tr *tracer) error {
 			return err
 		case s.commit != stepNone && k > s.commit:
 			return fmt.Errorf("%s, but %w (the next l3iso command retries)", s.done, err)
+		}
+		if s.retry != "" && k >= stepStop {
+			// The processes may be dead already (no undo makes
+			// them anew): the error says so, and what to run.
+			if s.ended {
+				err = fmt.Errorf("%s, but %w: %s", s.stopDone, err, s.retry)
+			} else {
+				err = fmt.Errorf("%w: %s", err, s.retry)
+			}
 		}
 		errs := []error{err}
 		for j := i; j >= 0; j-- {
@@ -237,6 +249,7 @@ func (c *Control) stop(s *script) error {
 	if s.stopped, err = cgroup.Stop(paths, s.grace); err != nil {
 		return err
 	}
+	s.ended = true
 	for _, p := range paths {
 		if err := cgroup.RemoveTree(p); err != nil {
 			return err

@@ -111,6 +111,11 @@ type script struct {
 	add, remove []hostItem  // host items that come and go
 	keep        maps.Shared // stepInsert's undo, stepRemove: the markers others share with what comes or goes
 
+	// stopDone says what is true once stepStop ended the processes, and
+	// retry what to run, should it or a later step before the commit fail
+	// (del: the processes cannot come back; "" for none).
+	stopDone, retry string
+
 	grace time.Duration // stepStop: between SIGTERM and SIGKILL
 	prune bool          // stepStop: end processes that joined since the plan (else refuse)
 	wait  bool          // stepUnplumb: wait for the kernel to destroy the veths (else stepPlumb does)
@@ -135,6 +140,7 @@ type script struct {
 	// What the executor found: the processes each container that went had
 	// (by gone), the sockets left, the adopted container's veth.
 	stopped   []cgroup.Stopped
+	ended     bool // stepStop ended the processes (and went on to remove the cgroups)
 	stale     []Stale
 	staleErr  error
 	goneNetns []string // keys of the netns containers whose veths stepPlumb deletes
@@ -262,7 +268,9 @@ func planDel(k maps.Container, grace time.Duration, f delFacts) (*script, error)
 	s := &script{
 		what: "del", gone: []maps.Container{k}, grace: grace, prune: true, wait: true,
 		commit: stepRemove, done: fmt.Sprintf("container %q deleted", k.Spec.Name),
-		lose: newLosing(), owners: slices.Values(append(slices.Clip(f.rest), k)),
+		stopDone: fmt.Sprintf("processes of container %q stopped", k.Spec.Name),
+		retry:    fmt.Sprintf("run `l3iso container del %s` again", k.Spec.Name),
+		lose:     newLosing(), owners: slices.Values(append(slices.Clip(f.rest), k)),
 	}
 	s.lose.loses(k, nil)
 	if f.full {
