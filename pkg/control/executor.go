@@ -119,6 +119,7 @@ var steps = [numSteps]struct {
 	stepFilter:      {do: func(c *Control, s *script) error { return c.st.Maps.ResetBcastFilter(s.filter) }},
 	stepCountStale:  {do: (*Control).countStale},
 	stepForget:      {do: (*Control).forget},
+	stepPurge:       {do: func(c *Control, s *script) error { return c.st.PurgeListeners(s.free...) }},
 	stepEnd:         {do: func(c *Control, _ *script) error { return c.end() }},
 }
 

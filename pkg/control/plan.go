@@ -71,6 +71,7 @@ const (
 	stepFilter      // the broadcast filter: exactly the bits of the containers' subnets
 	stepCountStale  // count the sockets left on the addresses that went (reported, never a failure)
 	stepForget      // zero the counters of the containers that went, purge their listeners, leave the index
+	stepPurge       // repair: the listener registries hold only ids of containers (what a failed stepForget left)
 	stepEnd         // clear the dirty bit
 	numSteps
 )
@@ -82,7 +83,8 @@ var stepNames = [numSteps]string{
 	stepRepairMaps: "maps", stepStop: "stop removed", stepUnconfigure: "unconfigure host",
 	stepUnplumb: "netns before", stepRemove: "maps", stepSwitch: "switch", stepConfigure: "configure host",
 	stepRepairHost: "host", stepPlumb: "netns", stepRepairNetns: "netns", stepFilter: "broadcast filter",
-	stepCountStale: "stale sockets", stepForget: "counters, listeners, index", stepEnd: "end",
+	stepCountStale: "stale sockets", stepForget: "counters, listeners, index", stepPurge: "listeners",
+	stepEnd: "end",
 }
 
 func (k stepKind) String() string {
@@ -132,10 +134,11 @@ type script struct {
 	others []maps.Container
 	full   bool
 
-	// repair (stepFixCgroups)
+	// repair (stepFixCgroups, stepPurge)
 	orphans []string // cgroups of no container
 	remake  []int    // containers (in others) whose cgroup is made anew
 	killed  []int    // of those, the ones whose killed, empty cgroup goes first
+	free    []uint32 // the ids of no container: purged from the listener registries
 
 	// What the executor found: the processes each container that went had
 	// (by gone), the sockets left, the adopted container's veth.
@@ -480,9 +483,22 @@ type cgroupState struct {
 
 // planRepair plans the repair of an installation from l3_metas: a
 // container is there (then everything it needs is made to exist) or it is
-// not (then nothing of it may remain).
+// not (then nothing of it may remain: ids of no container leave the
+// listener registries, which a failed stepForget may have left them in;
+// their counters are zeroed when an add takes the id again).
 func planRepair(f repairFacts) *script {
 	s := &script{what: "repair", orphans: f.orphans, others: f.cur, full: true}
+	taken := make([]bool, maps.MaxContainers+1)
+	for _, k := range f.cur {
+		if int(k.ID) < len(taken) {
+			taken[k.ID] = true
+		}
+	}
+	for id := 1; id < len(taken); id++ {
+		if !taken[id] {
+			s.free = append(s.free, uint32(id))
+		}
+	}
 	for i, k := range f.cur {
 		st := f.cgroups[i]
 		if st.killed {
@@ -492,7 +508,7 @@ func planRepair(f repairFacts) *script {
 			s.remake = append(s.remake, i)
 		}
 	}
-	return s.with(stepFixCgroups, stepBuildIndex, stepRepairMaps, stepRepairHost, stepRepairNetns, stepEnd)
+	return s.with(stepFixCgroups, stepBuildIndex, stepRepairMaps, stepRepairHost, stepRepairNetns, stepPurge, stepEnd)
 }
 
 // -------------------------------------------------------------- helpers

@@ -644,11 +644,16 @@ func TestPlanRepair(t *testing.T) {
 	if !slices.Equal(s.remake, []int{1, 2, 3}) || !slices.Equal(s.killed, []int{3}) || !slices.Equal(s.orphans, []string{"/cg/l3iso/ghost"}) {
 		t.Errorf("remake %v, killed %v, orphans %v", s.remake, s.killed, s.orphans)
 	}
-	if got, want := stepList(s), "cgroups, index, maps, host, netns, end"; got != want {
+	if got, want := stepList(s), "cgroups, index, maps, host, netns, listeners, end"; got != want {
 		t.Errorf("steps %s, want %s", got, want)
 	}
 	if s.has(stepBegin) {
 		t.Error("a repair sets the dirty bit: it runs with it set, or for up")
+	}
+	// What a failed stepForget left: every id of no container leaves the
+	// listener registries, and no id of a container does.
+	if len(s.free) != maps.MaxContainers-len(cur) || s.free[0] != 5 || int(s.free[len(s.free)-1]) != maps.MaxContainers {
+		t.Errorf("purged ids: %d of them, %v … %v; want %d, 5 … %d", len(s.free), s.free[:min(3, len(s.free))], s.free[max(0, len(s.free)-1):], maps.MaxContainers-len(cur), maps.MaxContainers)
 	}
 }
 
@@ -680,6 +685,7 @@ func TestStepOrder(t *testing.T) {
 		{stepCountStale, stepForget, "sockets counted before their listeners are purged"},
 		{stepRepairMaps, stepRepairHost, "rule 9 in a repair"},
 		{stepForget, stepEnd, "the dirty bit cleared after the last change"},
+		{stepPurge, stepEnd, "the dirty bit cleared after the last change"},
 	} {
 		if r.first >= r.then {
 			t.Errorf("%v runs after %v: %s", r.first, r.then, r.why)
