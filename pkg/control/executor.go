@@ -101,7 +101,7 @@ var steps = [numSteps]struct {
 	stepBegin:       {do: (*Control).doBegin},
 	stepCgroups:     {do: (*Control).makeCgroups, undo: (*Control).removeCgroups},
 	stepFixCgroups:  {do: (*Control).fixCgroups},
-	stepCounters:    {do: (*Control).initCounters, undo: func(c *Control, s *script) error { return c.zeroCounters(s.come) }},
+	stepCounters:    {do: func(c *Control, s *script) error { return c.initCounters(s.come) }},
 	stepIndex:       {do: (*Control).enterIndex, undo: func(c *Control, s *script) error { return c.leaveIndex(s.come) }},
 	stepBuildIndex:  {do: func(c *Control, s *script) error { return c.st.Maps.BuildIndex(s.others) }},
 	stepInsert:      {do: (*Control).insert, undo: (*Control).uninsert},
@@ -182,9 +182,13 @@ func (c *Control) fixCgroups(s *script) error {
 	return nil
 }
 
-func (c *Control) initCounters(s *script) error { return c.st.Maps.InitCounters(ids(s.come)...) }
-
-func (c *Control) zeroCounters(cs []maps.Container) error { return c.st.Maps.InitCounters(ids(cs)...) }
+// initCounters zeroes the counters of cs and gives their ids a new socket
+// epoch (maps.Set.InitCounters). stepCounters has no undo: after a rollback
+// the ids of what came are free, and the next container to take one gets
+// this same step first; nothing reads the counters of a free id.
+func (c *Control) initCounters(cs []maps.Container) error {
+	return c.st.Maps.InitCounters(ids(cs)...)
+}
 
 func ids(cs []maps.Container) []uint32 {
 	out := make([]uint32, 0, len(cs))
@@ -366,7 +370,7 @@ func (c *Control) countStale(s *script) error {
 // what a crash of ours or a race could leave), and removes them from the
 // index, now that their metadata is gone.
 func (c *Control) forget(s *script) error {
-	if err := c.zeroCounters(s.gone); err != nil {
+	if err := c.initCounters(s.gone); err != nil {
 		return err
 	}
 	if err := c.st.PurgeListeners(ids(s.gone)...); err != nil {
