@@ -200,9 +200,6 @@ type addFacts struct {
 // path it returns errFull for everything but a container that conflicts
 // with nothing: the full view words the errors.
 func planAdd(spec policy.Container, o AddOptions, f addFacts) (*script, error) {
-	if err := checkModes(spec); err != nil {
-		return nil, err
-	}
 	full := f.all != nil
 	if !full {
 		if f.nameUsed || f.owned || (&policy.Policy{Containers: []policy.Container{spec}}).Validate() != nil {
@@ -600,17 +597,6 @@ func lowestFree(used []maps.Container) uint32 {
 		return 0
 	}
 	return ids[0]
-}
-
-// checkModes refuses what a container's mode cannot do. Both modes are
-// available; policy.Validate has checked the rest (netns containers own
-// whole IPs and have their own loopback).
-func checkModes(spec policy.Container) error {
-	switch spec.Mode {
-	case policy.ModeShared, policy.ModeNetns:
-		return nil
-	}
-	return fmt.Errorf("container %q: unknown mode %q: use shared or netns", spec.Name, spec.Mode)
 }
 
 func byName(k maps.Container, name string) int { return strings.Compare(k.Spec.Name, name) }

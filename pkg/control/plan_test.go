@@ -446,6 +446,16 @@ func TestPlanAdd(t *testing.T) {
 	if _, err := planAdd(spec, AddOptions{}, addFacts{all: []maps.Container{}}); err == nil || !strings.Contains(err.Error(), "too many containers") {
 		t.Errorf("no free id: %v", err)
 	}
+	// An unknown mode: the fast path leaves it to the full one, where
+	// policy.Validate refuses it (there is no other check of the mode).
+	spec.Mode = "bridge"
+	if _, err := planAdd(spec, AddOptions{}, fastFacts(nil, spec, nil)); !errors.Is(err, errFull) {
+		t.Errorf("unknown mode, fast path: %v", err)
+	}
+	want := `container "web": unknown mode "bridge": write shared or netns`
+	if _, err := planAdd(spec, AddOptions{}, addFacts{all: []maps.Container{}, free: 1}); err == nil || err.Error() != want {
+		t.Errorf("unknown mode: %v, want %q", err, want)
+	}
 }
 
 // TestPlanDel: a del on the fast path (a container that shares nothing)
