@@ -35,6 +35,20 @@ func fakeSteps(t *testing.T, fail, failUndo map[stepKind]error) (done, undone *[
 	return done, undone
 }
 
+// wantError checks that err reads want and wraps each of is.
+func wantError(t *testing.T, err error, want string, is ...error) {
+	t.Helper()
+	if err == nil || err.Error() != want {
+		t.Errorf("error %v, want %q", err, want)
+		return
+	}
+	for _, e := range is {
+		if !errors.Is(err, e) {
+			t.Errorf("error %q does not wrap %q", err, e)
+		}
+	}
+}
+
 // TestRunUndo: a failure before the commit undoes, the failing step first,
 // then those before it, the last first; the undos' failures are joined to
 // the error; a del that fails after it stopped the processes says so and
@@ -67,10 +81,7 @@ func TestRunUndo(t *testing.T) {
 	t.Run("del, before the commit", func(t *testing.T) {
 		done, undone := fakeSteps(t, map[stepKind]error{stepUnplumb: boom}, nil)
 		err := (&Control{}).run(del(), nil)
-		want := "processes of container \"web\" stopped, but boom: run `l3iso container del web` again"
-		if err == nil || err.Error() != want || !errors.Is(err, boom) {
-			t.Errorf("error %v, want %q", err, want)
-		}
+		wantError(t, err, "processes of container \"web\" stopped, but boom: run `l3iso container del web` again", boom)
 		if want := []stepKind{stepBegin, stepStop, stepUnplumb}; !slices.Equal(*done, want) {
 			t.Errorf("ran %v, want %v", *done, want)
 		}
@@ -82,10 +93,7 @@ func TestRunUndo(t *testing.T) {
 	t.Run("del, the stop fails", func(t *testing.T) {
 		_, undone := fakeSteps(t, map[stepKind]error{stepStop: boom}, nil)
 		err := (&Control{}).run(del(), nil)
-		want := "boom: run `l3iso container del web` again"
-		if err == nil || err.Error() != want || !errors.Is(err, boom) {
-			t.Errorf("error %v, want %q", err, want)
-		}
+		wantError(t, err, "boom: run `l3iso container del web` again", boom)
 		if len(*undone) != 0 {
 			t.Errorf("undid %v: nothing before the stop has an undo", *undone)
 		}
@@ -94,12 +102,9 @@ func TestRunUndo(t *testing.T) {
 	t.Run("add, undos fail", func(t *testing.T) {
 		_, undone := fakeSteps(t, map[stepKind]error{stepPlumb: boom}, map[stepKind]error{stepInsert: undoBoom, stepCgroups: undoBoom2})
 		err := (&Control{}).run(add(), nil)
-		want := "boom\n" +
-			"undoing step \"maps\" failed too (the next l3iso command repairs): undo boom\n" +
-			"undoing step \"cgroups\" failed too (the next l3iso command repairs): undo boom 2"
-		if err == nil || err.Error() != want || !errors.Is(err, boom) || !errors.Is(err, undoBoom) || !errors.Is(err, undoBoom2) {
-			t.Errorf("error %v, want %q", err, want)
-		}
+		wantError(t, err, "boom\n"+
+			"undoing step \"maps\" failed too (the next l3iso command repairs): undo boom\n"+
+			"undoing step \"cgroups\" failed too (the next l3iso command repairs): undo boom 2", boom, undoBoom, undoBoom2)
 		if want := []stepKind{stepInsert, stepIndex, stepCgroups}; !slices.Equal(*undone, want) {
 			t.Errorf("undid %v, want %v: an undo that fails does not stop the others", *undone, want)
 		}
@@ -108,10 +113,7 @@ func TestRunUndo(t *testing.T) {
 	t.Run("del, after the commit", func(t *testing.T) {
 		done, undone := fakeSteps(t, map[stepKind]error{stepForget: boom}, nil)
 		err := (&Control{}).run(del(), nil)
-		want := `container "web" deleted, but boom (the next l3iso command retries)`
-		if err == nil || err.Error() != want || !errors.Is(err, boom) {
-			t.Errorf("error %v, want %q", err, want)
-		}
+		wantError(t, err, `container "web" deleted, but boom (the next l3iso command retries)`, boom)
 		if len(*undone) != 0 {
 			t.Errorf("undid %v after the commit", *undone)
 		}
@@ -137,9 +139,7 @@ func TestRunUndo(t *testing.T) {
 	t.Run("apply, after the commit", func(t *testing.T) {
 		_, undone := fakeSteps(t, map[stepKind]error{stepPlumb: boom}, nil)
 		err := (&Control{}).run(apply, nil)
-		if want := "policy switched, but boom (the next l3iso command retries)"; err == nil || err.Error() != want {
-			t.Errorf("error %v, want %q", err, want)
-		}
+		wantError(t, err, "policy switched, but boom (the next l3iso command retries)", boom)
 		if len(*undone) != 0 {
 			t.Errorf("undid %v after the switch", *undone)
 		}
