@@ -69,30 +69,6 @@ func ID(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
-// FindByID returns the path of the cgroup v2 directory whose id is id.
-func FindByID(id uint64) (string, error) {
-	mount, err := Mount()
-	if err != nil {
-		return "", err
-	}
-	found := ""
-	errStop := errors.New("found")
-	err = filepath.WalkDir(mount, func(p string, d os.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return nil
-		}
-		if got, err := ID(p); err == nil && got == id {
-			found = p
-			return errStop
-		}
-		return nil
-	})
-	if found == "" {
-		return "", fmt.Errorf("no cgroup with id %d below %s", id, mount)
-	}
-	return found, nil
-}
-
 // Create makes the cgroup at path (and missing parents); an existing one is fine.
 func Create(path string) error {
 	if err := os.MkdirAll(path, 0o755); err != nil {

@@ -68,11 +68,6 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 	if err := p.Validate(); err != nil {
 		return Plan{}, err
 	}
-	for _, spec := range p.Containers {
-		if err := checkModes(spec); err != nil {
-			return Plan{}, err
-		}
-	}
 	f := applyFacts{fileConts: len(p.Containers)}
 	if !o.dropAdopted {
 		var err error

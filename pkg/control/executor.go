@@ -1,6 +1,7 @@
 package control
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -15,7 +16,15 @@ import (
 //   - before s.commit (the switch, the deletion from the maps), a failure
 //     undoes what the script did — the undo of the step that failed too,
 //     which may have done part of its work, then those of the steps before
-//     it, the last first — and returns the step's error as it is;
+//     it, the last first — and returns the step's error as it is, joined
+//     (errors.Join) with the error of every undo that failed: the rollback
+//     is then incomplete. The dirty bit stays set either way: stepStop and
+//     the unplumbing of the netns containers that go have no undo (their
+//     processes are dead), only a repair makes their cgroups and
+//     namespaces anew, so the next changing command repairs;
+//     A script with s.retry (del) that fails from stepStop on says so:
+//     the processes may be dead already ("processes of container "web"
+//     stopped, but ...: run `l3iso container del web` again");
 //   - after s.commit, nothing is undone: the error says what is done
 //     already ("policy switched, but ...") and that the next changing
 //     command finishes the rest (the dirty bit stays set);
@@ -41,12 +50,27 @@ func (c *Control) run(s *script, tr *tracer) error {
 		case s.commit != stepNone && k > s.commit:
 			return fmt.Errorf("%s, but %w (the next l3iso command retries)", s.done, err)
 		}
-		for j := i; j >= 0; j-- {
-			if undo := steps[s.steps[j]].undo; undo != nil {
-				undo(c, s)
+		if s.retry != "" && k >= stepStop {
+			// The processes may be dead already (no undo makes
+			// them anew): the error says so, and what to run.
+			if s.ended {
+				err = fmt.Errorf("%s, but %w: %s", s.stopDone, err, s.retry)
+			} else {
+				err = fmt.Errorf("%w: %s", err, s.retry)
 			}
 		}
-		return err
+		errs := []error{err}
+		for j := i; j >= 0; j-- {
+			if undo := steps[s.steps[j]].undo; undo != nil {
+				if uerr := undo(c, s); uerr != nil {
+					errs = append(errs, fmt.Errorf("undoing step %q failed too (the next l3iso command repairs): %w", s.steps[j], uerr))
+				}
+			}
+		}
+		if len(errs) == 1 {
+			return err
+		}
+		return errors.Join(errs...)
 	}
 	c.finish(s)
 	if s.staleErr != nil {
@@ -72,29 +96,30 @@ func (c *Control) finish(s *script) {
 // nothing to undo).
 var steps = [numSteps]struct {
 	do   func(*Control, *script) error
-	undo func(*Control, *script)
+	undo func(*Control, *script) error
 }{
 	stepBegin:       {do: (*Control).doBegin},
 	stepCgroups:     {do: (*Control).makeCgroups, undo: (*Control).removeCgroups},
 	stepFixCgroups:  {do: (*Control).fixCgroups},
-	stepCounters:    {do: (*Control).initCounters, undo: func(c *Control, s *script) { c.zeroCounters(s.come) }},
-	stepIndex:       {do: (*Control).enterIndex, undo: func(c *Control, s *script) { c.leaveIndex(s.come) }},
+	stepCounters:    {do: func(c *Control, s *script) error { return c.initCounters(s.come) }},
+	stepIndex:       {do: (*Control).enterIndex, undo: func(c *Control, s *script) error { return c.leaveIndex(s.come) }},
 	stepBuildIndex:  {do: func(c *Control, s *script) error { return c.st.Maps.BuildIndex(s.others) }},
 	stepInsert:      {do: (*Control).insert, undo: (*Control).uninsert},
-	stepWriteNext:   {do: (*Control).writeNext, undo: func(c *Control, s *script) { s.next.gen.Purge() }},
+	stepWriteNext:   {do: (*Control).writeNext, undo: func(c *Control, s *script) error { return s.next.gen.Purge() }},
 	stepRepairMaps:  {do: func(c *Control, s *script) error { return c.gen.Repair(s.others) }},
 	stepStop:        {do: (*Control).stop},
-	stepUnconfigure: {do: func(c *Control, s *script) error { return c.hostItems(false, s.remove) }},
-	stepUnplumb:     {do: (*Control).unplumbGone},
+	stepUnconfigure: {do: func(c *Control, s *script) error { return c.hostItems(false, s.remove) }, undo: func(c *Control, s *script) error { return c.hostItems(true, s.remove) }},
+	stepUnplumb:     {do: (*Control).unplumbGone, undo: (*Control).regrowAddrs},
 	stepRemove:      {do: (*Control).removeGone},
 	stepSwitch:      {do: (*Control).switchGen},
-	stepConfigure:   {do: func(c *Control, s *script) error { return c.hostItems(true, s.add) }, undo: func(c *Control, s *script) { c.hostItems(false, s.add) }},
+	stepConfigure:   {do: func(c *Control, s *script) error { return c.hostItems(true, s.add) }, undo: func(c *Control, s *script) error { return c.hostItems(false, s.add) }},
 	stepRepairHost:  {do: func(c *Control, _ *script) error { return c.repairHost() }},
 	stepPlumb:       {do: (*Control).plumbCome},
 	stepRepairNetns: {do: func(c *Control, _ *script) error { return c.repairNetns() }},
 	stepFilter:      {do: func(c *Control, s *script) error { return c.st.Maps.ResetBcastFilter(s.filter) }},
 	stepCountStale:  {do: (*Control).countStale},
 	stepForget:      {do: (*Control).forget},
+	stepPurge:       {do: func(c *Control, s *script) error { return c.st.PurgeListeners(s.free...) }},
 	stepEnd:         {do: func(c *Control, _ *script) error { return c.end() }},
 }
 
@@ -116,10 +141,12 @@ func (c *Control) makeCgroups(s *script) error {
 	return nil
 }
 
-func (c *Control) removeCgroups(s *script) {
+func (c *Control) removeCgroups(s *script) error {
+	var errs []error
 	for _, k := range s.come {
-		cgroup.Remove(c.CgroupPath(k.Spec.Name))
+		errs = append(errs, cgroup.Remove(c.CgroupPath(k.Spec.Name)))
 	}
+	return errors.Join(errs...)
 }
 
 // fixCgroups removes the cgroups of no container (an add that died before
@@ -155,9 +182,13 @@ func (c *Control) fixCgroups(s *script) error {
 	return nil
 }
 
-func (c *Control) initCounters(s *script) error { return c.st.Maps.InitCounters(ids(s.come)...) }
-
-func (c *Control) zeroCounters(cs []maps.Container) error { return c.st.Maps.InitCounters(ids(cs)...) }
+// initCounters zeroes the counters of cs and gives their ids a new socket
+// epoch (maps.Set.InitCounters). stepCounters has no undo: after a rollback
+// the ids of what came are free, and the next container to take one gets
+// this same step first; nothing reads the counters of a free id.
+func (c *Control) initCounters(cs []maps.Container) error {
+	return c.st.Maps.InitCounters(ids(cs)...)
+}
 
 func ids(cs []maps.Container) []uint32 {
 	out := make([]uint32, 0, len(cs))
@@ -187,10 +218,12 @@ func (c *Control) leaveIndex(cs []maps.Container) error {
 
 func (c *Control) insert(s *script) error { return c.gen.Insert(s.come...) }
 
-func (c *Control) uninsert(s *script) {
+func (c *Control) uninsert(s *script) error {
+	var errs []error
 	for _, k := range s.come {
-		c.gen.Remove(k, s.keep)
+		errs = append(errs, c.gen.Remove(k, s.keep))
 	}
+	return errors.Join(errs...)
 }
 
 func (c *Control) writeNext(s *script) error {
@@ -221,6 +254,7 @@ func (c *Control) stop(s *script) error {
 	if s.stopped, err = cgroup.Stop(paths, s.grace); err != nil {
 		return err
 	}
+	s.ended = true
 	for _, p := range paths {
 		if err := cgroup.RemoveTree(p); err != nil {
 			return err
@@ -252,6 +286,20 @@ func (c *Control) unplumbGone(s *script) error {
 		}
 	}
 	return nil
+}
+
+// regrowAddrs gives the netns containers whose addresses change their
+// installed addresses back (stepUnplumb's undo): the maps still own them.
+// The namespaces of the containers that went are not made anew: their
+// processes are dead; the repair the dirty bit calls for makes them.
+func (c *Control) regrowAddrs(s *script) error {
+	var errs []error
+	for _, r := range s.readdressed {
+		if err := c.growAddrs(r[0]); err != nil {
+			errs = append(errs, fmt.Errorf("giving container %q its addresses back: %w", r[0].Spec.Name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (c *Control) removeGone(s *script) error {
@@ -322,7 +370,7 @@ func (c *Control) countStale(s *script) error {
 // what a crash of ours or a race could leave), and removes them from the
 // index, now that their metadata is gone.
 func (c *Control) forget(s *script) error {
-	if err := c.zeroCounters(s.gone); err != nil {
+	if err := c.initCounters(s.gone); err != nil {
 		return err
 	}
 	if err := c.st.PurgeListeners(ids(s.gone)...); err != nil {

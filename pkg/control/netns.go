@@ -135,7 +135,9 @@ func (c *Control) plumb(k maps.Container, at *Attachment) (*veth.Endpoint, error
 	}
 	c.tr.step("namespace, veth")
 	if err := c.wire(k, ep, true); err != nil {
-		c.unplumb(k, true)
+		if uerr := c.unplumb(k, true); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("undoing it failed too (the next l3iso command repairs): %w", uerr))
+		}
 		return nil, err
 	}
 	c.tr.step("wire")

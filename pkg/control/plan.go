@@ -71,6 +71,7 @@ const (
 	stepFilter      // the broadcast filter: exactly the bits of the containers' subnets
 	stepCountStale  // count the sockets left on the addresses that went (reported, never a failure)
 	stepForget      // zero the counters of the containers that went, purge their listeners, leave the index
+	stepPurge       // repair: the listener registries hold only ids of containers (what a failed stepForget left)
 	stepEnd         // clear the dirty bit
 	numSteps
 )
@@ -82,7 +83,8 @@ var stepNames = [numSteps]string{
 	stepRepairMaps: "maps", stepStop: "stop removed", stepUnconfigure: "unconfigure host",
 	stepUnplumb: "netns before", stepRemove: "maps", stepSwitch: "switch", stepConfigure: "configure host",
 	stepRepairHost: "host", stepPlumb: "netns", stepRepairNetns: "netns", stepFilter: "broadcast filter",
-	stepCountStale: "stale sockets", stepForget: "counters, listeners, index", stepEnd: "end",
+	stepCountStale: "stale sockets", stepForget: "counters, listeners, index", stepPurge: "listeners",
+	stepEnd: "end",
 }
 
 func (k stepKind) String() string {
@@ -111,6 +113,11 @@ type script struct {
 	add, remove []hostItem  // host items that come and go
 	keep        maps.Shared // stepInsert's undo, stepRemove: the markers others share with what comes or goes
 
+	// stopDone says what is true once stepStop ended the processes, and
+	// retry what to run, should it or a later step before the commit fail
+	// (del: the processes cannot come back; "" for none).
+	stopDone, retry string
+
 	grace time.Duration // stepStop: between SIGTERM and SIGKILL
 	prune bool          // stepStop: end processes that joined since the plan (else refuse)
 	wait  bool          // stepUnplumb: wait for the kernel to destroy the veths (else stepPlumb does)
@@ -127,14 +134,16 @@ type script struct {
 	others []maps.Container
 	full   bool
 
-	// repair (stepFixCgroups)
+	// repair (stepFixCgroups, stepPurge)
 	orphans []string // cgroups of no container
 	remake  []int    // containers (in others) whose cgroup is made anew
 	killed  []int    // of those, the ones whose killed, empty cgroup goes first
+	free    []uint32 // the ids of no container: purged from the listener registries
 
 	// What the executor found: the processes each container that went had
 	// (by gone), the sockets left, the adopted container's veth.
 	stopped   []cgroup.Stopped
+	ended     bool // stepStop ended the processes (and went on to remove the cgroups)
 	stale     []Stale
 	staleErr  error
 	goneNetns []string // keys of the netns containers whose veths stepPlumb deletes
@@ -191,9 +200,6 @@ type addFacts struct {
 // path it returns errFull for everything but a container that conflicts
 // with nothing: the full view words the errors.
 func planAdd(spec policy.Container, o AddOptions, f addFacts) (*script, error) {
-	if err := checkModes(spec); err != nil {
-		return nil, err
-	}
 	full := f.all != nil
 	if !full {
 		if f.nameUsed || f.owned || (&policy.Policy{Containers: []policy.Container{spec}}).Validate() != nil {
@@ -262,7 +268,9 @@ func planDel(k maps.Container, grace time.Duration, f delFacts) (*script, error)
 	s := &script{
 		what: "del", gone: []maps.Container{k}, grace: grace, prune: true, wait: true,
 		commit: stepRemove, done: fmt.Sprintf("container %q deleted", k.Spec.Name),
-		lose: newLosing(), owners: slices.Values(append(slices.Clip(f.rest), k)),
+		stopDone: fmt.Sprintf("processes of container %q stopped", k.Spec.Name),
+		retry:    fmt.Sprintf("run `l3iso container del %s` again", k.Spec.Name),
+		lose:     newLosing(), owners: slices.Values(append(slices.Clip(f.rest), k)),
 	}
 	s.lose.loses(k, nil)
 	if f.full {
@@ -472,9 +480,22 @@ type cgroupState struct {
 
 // planRepair plans the repair of an installation from l3_metas: a
 // container is there (then everything it needs is made to exist) or it is
-// not (then nothing of it may remain).
+// not (then nothing of it may remain: ids of no container leave the
+// listener registries, which a failed stepForget may have left them in;
+// their counters are zeroed when an add takes the id again).
 func planRepair(f repairFacts) *script {
 	s := &script{what: "repair", orphans: f.orphans, others: f.cur, full: true}
+	taken := make([]bool, maps.MaxContainers+1)
+	for _, k := range f.cur {
+		if int(k.ID) < len(taken) {
+			taken[k.ID] = true
+		}
+	}
+	for id := 1; id < len(taken); id++ {
+		if !taken[id] {
+			s.free = append(s.free, uint32(id))
+		}
+	}
 	for i, k := range f.cur {
 		st := f.cgroups[i]
 		if st.killed {
@@ -484,7 +505,7 @@ func planRepair(f repairFacts) *script {
 			s.remake = append(s.remake, i)
 		}
 	}
-	return s.with(stepFixCgroups, stepBuildIndex, stepRepairMaps, stepRepairHost, stepRepairNetns, stepEnd)
+	return s.with(stepFixCgroups, stepBuildIndex, stepRepairMaps, stepRepairHost, stepRepairNetns, stepPurge, stepEnd)
 }
 
 // -------------------------------------------------------------- helpers
@@ -576,17 +597,6 @@ func lowestFree(used []maps.Container) uint32 {
 		return 0
 	}
 	return ids[0]
-}
-
-// checkModes refuses what a container's mode cannot do. Both modes are
-// available; policy.Validate has checked the rest (netns containers own
-// whole IPs and have their own loopback).
-func checkModes(spec policy.Container) error {
-	switch spec.Mode {
-	case policy.ModeShared, policy.ModeNetns:
-		return nil
-	}
-	return fmt.Errorf("container %q: unknown mode %q: use shared or netns", spec.Name, spec.Mode)
 }
 
 func byName(k maps.Container, name string) int { return strings.Compare(k.Spec.Name, name) }

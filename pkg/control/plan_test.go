@@ -14,9 +14,10 @@ import (
 	"github.com/l3iso/l3iso/pkg/policy"
 )
 
-// The planners compute only: these tests need no root. What the executor
-// does with a script is tested by the system tests (cmd/l3iso: TestApply,
-// TestApplyCrash, TestKilledCgroupRepair, TestChurnUnderLoad, ...).
+// The planners compute only: these tests need no root. How the executor
+// runs and undoes a script is tested with fake steps (executor_test.go);
+// what the steps do, by the system tests (e2e: TestApply, TestApplyCrash,
+// TestKilledCgroupRepair, TestChurnUnderLoad, ...).
 
 // ct is a container of the tests: "name[/mode] addr addr ...", with id
 // and cgroup id; mode is netns or shared (the default).
@@ -375,7 +376,7 @@ func TestPlanAdd(t *testing.T) {
 		full: true, err: `container "web" already exists: delete it first or choose another name`,
 	}, {
 		name: "address owned", installed: []string{"web 10.77.0.1"}, spec: "db 10.77.0.1",
-		full: true, err: "10.77.0.1",
+		full: true, err: `address 10.77.0.1 of container "db" overlaps 10.77.0.1 of container "web": an address:port may be owned by one container only`,
 	}, {
 		name: "ports of an owned IP", installed: []string{"web 10.77.0.9:80/tcp"}, spec: "db 10.77.0.9:5432/tcp",
 		full: true, id: 2, add: []string{lo6(2)}, // the IP is l3iso's on the host already
@@ -383,7 +384,7 @@ func TestPlanAdd(t *testing.T) {
 		steps: "begin, cgroups, counters, index, maps, configure host, end",
 	}, {
 		name: "invalid alone", spec: "web/netns 10.77.0.1:80/tcp",
-		full: true, err: "web",
+		full: true, err: `container "web": address 10.77.0.1:80/tcp names ports, but a netns container owns whole IPs (the address lives in its own namespace): drop the port, or use mode: shared to share an IP by ports`,
 	}, {
 		name: "host conflict", spec: "web 10.77.0.9", uses: gw,
 		err: `address 10.77.0.9 of container "web" is used by this host: it is a neighbour this host knows on eth0`,
@@ -445,6 +446,16 @@ func TestPlanAdd(t *testing.T) {
 	spec := ct(t, 0, "web 10.77.0.1").Spec
 	if _, err := planAdd(spec, AddOptions{}, addFacts{all: []maps.Container{}}); err == nil || !strings.Contains(err.Error(), "too many containers") {
 		t.Errorf("no free id: %v", err)
+	}
+	// An unknown mode: the fast path leaves it to the full one, where
+	// policy.Validate refuses it (there is no other check of the mode).
+	spec.Mode = "bridge"
+	if _, err := planAdd(spec, AddOptions{}, fastFacts(nil, spec, nil)); !errors.Is(err, errFull) {
+		t.Errorf("unknown mode, fast path: %v", err)
+	}
+	want := `container "web": unknown mode "bridge": write shared or netns`
+	if _, err := planAdd(spec, AddOptions{}, addFacts{all: []maps.Container{}, free: 1}); err == nil || err.Error() != want {
+		t.Errorf("unknown mode: %v, want %q", err, want)
 	}
 }
 
@@ -582,7 +593,7 @@ func TestPlanAgree(t *testing.T) {
 					t.Errorf("%s: netns %v, the fast add %v", what, s.has(stepPlumb), fast.has(stepPlumb))
 				}
 			}
-			if !reflect.DeepEqual(full.keep, fast.keep) || full.keep.IPs == nil && fast.keep.IPs == nil && !slices.Equal(full.keep.Broadcasts, fast.keep.Broadcasts) {
+			if !reflect.DeepEqual(full.keep, fast.keep) {
 				t.Errorf("keep: full %+v, fast %+v", full.keep, fast.keep)
 			}
 			if stepList(full) != stepList(fast) {
@@ -644,11 +655,16 @@ func TestPlanRepair(t *testing.T) {
 	if !slices.Equal(s.remake, []int{1, 2, 3}) || !slices.Equal(s.killed, []int{3}) || !slices.Equal(s.orphans, []string{"/cg/l3iso/ghost"}) {
 		t.Errorf("remake %v, killed %v, orphans %v", s.remake, s.killed, s.orphans)
 	}
-	if got, want := stepList(s), "cgroups, index, maps, host, netns, end"; got != want {
+	if got, want := stepList(s), "cgroups, index, maps, host, netns, listeners, end"; got != want {
 		t.Errorf("steps %s, want %s", got, want)
 	}
 	if s.has(stepBegin) {
 		t.Error("a repair sets the dirty bit: it runs with it set, or for up")
+	}
+	// What a failed stepForget left: every id of no container leaves the
+	// listener registries, and no id of a container does.
+	if len(s.free) != maps.MaxContainers-len(cur) || s.free[0] != 5 || int(s.free[len(s.free)-1]) != maps.MaxContainers {
+		t.Errorf("purged ids: %d of them, %v … %v; want %d, 5 … %d", len(s.free), s.free[:min(3, len(s.free))], s.free[max(0, len(s.free)-1):], maps.MaxContainers-len(cur), maps.MaxContainers)
 	}
 }
 
@@ -661,6 +677,9 @@ func TestStepOrder(t *testing.T) {
 	}{
 		{stepBegin, stepCgroups, "the dirty bit before any change"},
 		{stepCgroups, stepInsert, "a container's cgroup exists before the maps name it"},
+		{stepCgroups, stepWriteNext, "a container's cgroup exists before the next generation names it"},
+		{stepCounters, stepInsert, "a new container's counters are zeroed before the maps name it"},
+		{stepCounters, stepWriteNext, "a new container's counters are zeroed before the next generation names it"},
 		{stepIndex, stepInsert, "the index has a container before its metadata exists"},
 		{stepIndex, stepWriteNext, "the index has a container before its metadata exists"},
 		{stepInsert, stepConfigure, "rule 9: owned in the maps before the host has it"},
@@ -680,6 +699,7 @@ func TestStepOrder(t *testing.T) {
 		{stepCountStale, stepForget, "sockets counted before their listeners are purged"},
 		{stepRepairMaps, stepRepairHost, "rule 9 in a repair"},
 		{stepForget, stepEnd, "the dirty bit cleared after the last change"},
+		{stepPurge, stepEnd, "the dirty bit cleared after the last change"},
 	} {
 		if r.first >= r.then {
 			t.Errorf("%v runs after %v: %s", r.first, r.then, r.why)

@@ -719,9 +719,14 @@ func ForceTeardown(dir string) error {
 		os.Remove(pin)
 	}
 	if cgid != 0 {
-		if root, err := cgroup.FindByID(cgid); err == nil {
-			if err := cgroup.Remove(filepath.Join(root, ContainersDir)); err != nil {
-				return err
+		// The attach point by its id (open_by_handle_at), not by a walk
+		// of the whole hierarchy; one removed since is ESTALE: nothing to
+		// remove.
+		if mount, err := cgroup.Mount(); err == nil {
+			if root, err := cgroup.PathByID(mount, cgid); err == nil {
+				if err := cgroup.Remove(filepath.Join(root, ContainersDir)); err != nil {
+					return err
+				}
 			}
 		}
 	}

@@ -1,0 +1,52 @@
+package loader_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/l3iso/l3iso/internal/sockprobe"
+	"github.com/l3iso/l3iso/pkg/cgroup"
+	"github.com/l3iso/l3iso/pkg/loader"
+)
+
+// TestForceTeardown: an installation this binary cannot read loses its
+// containers' cgroups (found from the links' attach point by its id), its
+// links and its pins.
+func TestForceTeardown(t *testing.T) {
+	sockprobe.RequirePrivileged(t)
+	netns := sockprobe.NewNetns(t)
+	root := sockprobe.NewCgroup(t, "")
+	dir := filepath.Join(sockprobe.NewBPFFS(t), "l3iso")
+	st, _, err := upIn(t, netns, loader.Options{CgroupRoot: root, BPFFS: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	t.Cleanup(func() {
+		if _, err := os.Stat(dir); err == nil { // the teardown failed: undo Up
+			inNetns(netns, func() error {
+				if st, err := loader.Open(dir, true); err == nil {
+					st.Teardown()
+					st.Close()
+				}
+				return nil
+			})
+		}
+	})
+	web := filepath.Join(root, loader.ContainersDir, "web")
+	if err := cgroup.Create(web); err != nil {
+		t.Fatal(err)
+	}
+	sockprobe.Start(t, sockprobe.Options{CgroupDir: web, NetnsPath: netns}) // a process in it: the teardown kills it
+	if err := loader.ForceTeardown(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, loader.ContainersDir)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the containers' cgroups stay after ForceTeardown: %v", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the pins stay after ForceTeardown: %v", err)
+	}
+}
