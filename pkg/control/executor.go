@@ -21,8 +21,8 @@ import (
 //     is then incomplete. The dirty bit stays set either way: stepStop and
 //     the unplumbing of the netns containers that go have no undo (their
 //     processes are dead), only a repair makes their cgroups and
-//     namespaces anew, so the next changing command repairs;
-//     A script with s.retry (del) that fails from stepStop on says so:
+//     namespaces anew, so the next changing command repairs. A script
+//     with s.retry (del) that fails from stepStop on says so:
 //     the processes may be dead already ("processes of container "web"
 //     stopped, but ...: run `l3iso container del web` again");
 //   - after s.commit, nothing is undone: the error says what is done
