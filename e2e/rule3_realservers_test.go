@@ -51,34 +51,25 @@ func needPrograms(t *testing.T, names ...string) {
 	}
 }
 
-var (
-	idServerOnce sync.Once
-	idServerPath string
-	idServerErr  error
-)
-
-// idServer builds testdata/idserver once: a Go server with Go's default
-// listeners that answers with its name.
+// idServer builds testdata/idserver once, into the test binary's
+// directory (e2eDir): a Go server with Go's default listeners that answers
+// with its name.
 func idServer(t *testing.T) string {
 	t.Helper()
-	idServerOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "l3iso-idserver-")
-		if err != nil {
-			idServerErr = err
-			return
-		}
-		idServerPath = filepath.Join(dir, "idserver")
-		out, err := exec.Command("go", "build", "-o", idServerPath, "./testdata/idserver").CombinedOutput()
-		if err != nil {
-			idServerErr = fmt.Errorf("build idserver: %v: %s", err, out)
-		}
-		os.Chmod(dir, 0o755)
-	})
-	if idServerErr != nil {
-		t.Fatal(idServerErr)
+	p, err := buildIDServer()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return idServerPath
+	return p
 }
+
+var buildIDServer = sync.OnceValues(func() (string, error) {
+	p := filepath.Join(e2eDir, "idserver")
+	if err := goBuild(p, "./testdata/idserver"); err != nil {
+		return "", err
+	}
+	return p, os.Chmod(e2eDir, 0o755) // exec runs it as the containers' host uids
+})
 
 // bg runs `l3iso ARGS...` in the env's netns in the background until the
 // test ends (`down` kills what is left in the containers). With ready set,

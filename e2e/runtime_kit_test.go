@@ -51,14 +51,11 @@ func cniKit(t *testing.T) string {
 		if kitErr = os.MkdirAll(kitDir, 0o755); kitErr != nil {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(kitDir, "l3iso"), "github.com/l3iso/l3iso/cmd/l3iso-cni")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			kitErr = fmt.Errorf("build the CNI plugin: %v: %s", err, out)
+		if kitErr = goBuild(filepath.Join(kitDir, "l3iso"), "github.com/l3iso/l3iso/cmd/l3iso-cni"); kitErr != nil {
 			return
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
 		for _, p := range []string{cnitoolPkg, hostLocalPkg} {
 			bin := filepath.Base(strings.Split(p, "@")[0])
 			if pre := os.Getenv("L3ISO_CNI_TOOLS"); pre != "" {
