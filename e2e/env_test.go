@@ -339,7 +339,7 @@ func (e *env) counters() map[string]map[string]uint64 {
 func (e *env) listJSON() []containerJSON {
 	e.t.Helper()
 	var out []containerJSON
-	if err := json.Unmarshal([]byte(e.mustRun("container", "list", "-o", "json")), &out); err != nil {
+	if err := decodeStrict(e.mustRun("container", "list", "-o", "json"), &out); err != nil {
 		e.t.Fatalf("container list -o json: %v", err)
 	}
 	return out

@@ -125,7 +125,7 @@ func TestMetricsPrometheus(t *testing.T) {
 	dir := t.TempDir()
 	rules, _ := filepath.Abs(filepath.Join("..", "examples", "l3iso-rules.yml"))
 	cfg := filepath.Join(dir, "prometheus.yml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`global:
+	err := os.WriteFile(cfg, []byte(fmt.Sprintf(`global:
   scrape_interval: 1s
   evaluation_interval: 1s
 rule_files: [%q]
@@ -135,6 +135,9 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:9377"]
 `, rules)), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
 	e.start("", "prometheus", "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address=127.0.0.1:9090", "--log.level=warn")
 	c := httpIn(e.netns)

@@ -53,7 +53,9 @@ func TestApplyCrash(t *testing.T) {
 	e.apply(old)
 	dir := t.TempDir()
 	pf := filepath.Join(dir, "new.yaml")
-	os.WriteFile(pf, []byte(neu), 0o644)
+	if err := os.WriteFile(pf, []byte(neu), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	// Time one whole apply, then kill at fractions of it.
 	start := time.Now()
 	e.mustRun("apply", "-f", pf)
