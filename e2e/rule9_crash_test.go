@@ -39,7 +39,9 @@ func (e *env) killAt(d time.Duration, args ...string) {
 // the installed policy is the old or the new one, never a mix, and the next
 // command finishes the job.
 func TestApplyCrash(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it kills l3iso at instants taken from a timed run,
+	// which only mean something if nothing else loads the machine
+	// between the timing and the kills.
 	e := newEnv(t)
 	gen := func(n, base int) string {
 		var b strings.Builder
@@ -102,7 +104,9 @@ func TestApplyCrash(t *testing.T) {
 // container exists completely (after the next command's repair) or not at
 // all — no cgroup, no address, no ownership left behind.
 func TestAddCrash(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it kills l3iso at instants taken from a timed run,
+	// which only mean something if nothing else loads the machine
+	// between the timing and the kills.
 	e := newEnv(t)
 	e.mustRun("container", "add", "base", "--addr", "10.77.0.1")
 	start := time.Now()
@@ -152,7 +156,9 @@ func TestAddCrash(t *testing.T) {
 // TestUpCrash kills `up` at many instants; the next `up` finishes the job
 // and `down` removes everything.
 func TestUpCrash(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it kills l3iso at instants taken from a timed run,
+	// which only mean something if nothing else loads the machine
+	// between the timing and the kills.
 	e := newBareEnv(t)
 	start := time.Now()
 	e.mustRun("up", "--cgroup-root", e.cgroot)
@@ -184,7 +190,9 @@ func TestUpCrash(t *testing.T) {
 // completely (namespace, veth, TC link, reachable) or not at all (no
 // namespace, veth or TC link left).
 func TestNetnsCrash(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it kills l3iso at instants taken from a timed run,
+	// which only mean something if nothing else loads the machine
+	// between the timing and the kills.
 	n := newNetEnv(t, "direct")
 	x := n.name("x")
 	n.names = append(n.names, x)
