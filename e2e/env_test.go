@@ -369,3 +369,17 @@ func copyFile(src, dst string, perm os.FileMode) error {
 	}
 	return os.WriteFile(dst, b, perm)
 }
+
+// requireTool fails (CI / L3ISO_REQUIRE_PRIVILEGED) or skips the test when
+// a program it drives (a server, a runtime, prometheus) is missing.
+func requireTool(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			if sockprobe.Required() {
+				t.Fatalf("%s is not installed (apt-get install it; .ci/run does): %v", n, err)
+			}
+			t.Skipf("%s is not installed: %v", n, err)
+		}
+	}
+}

@@ -25,7 +25,7 @@ import (
 // (examples/l3iso-rules.test.yml).
 func TestPrometheusExamples(t *testing.T) {
 	t.Parallel()
-	needPrograms(t, "promtool")
+	requireTool(t, "promtool")
 	for _, args := range [][]string{
 		{"check", "config", "prometheus.yml"},
 		{"check", "rules", "l3iso-rules.yml"},
@@ -90,7 +90,7 @@ func seriesKey(m map[string]string) string {
 // exposition passes `promtool check metrics`.
 func TestMetricsPrometheus(t *testing.T) {
 	t.Parallel()
-	needPrograms(t, "prometheus", "promtool")
+	requireTool(t, "prometheus", "promtool")
 	e := newEnv(t)
 	start := time.Now()
 	e.apply("containers:\n  web:\n    addresses: [10.77.0.1/24, fd77::1, \"10.77.0.9:80/tcp\"]\n  db:\n    addresses: [\"10.77.0.9:5432/tcp\"]\n  api:\n    mode: netns\n    addresses: [10.78.0.1]\n")

@@ -37,20 +37,6 @@ var realAddrs = map[string][]string{
 // The host's own addresses in the test's netns (one end of a veth).
 const hostIP4, hostIP6 = "192.0.2.10", "2001:db8:5::10"
 
-// needPrograms fails (CI) or skips the test when a program it drives is
-// missing; .ci/run installs them.
-func needPrograms(t *testing.T, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if sockprobe.Required() {
-				t.Fatalf("%s is not installed (apt-get install it; .ci/run does)", n)
-			}
-			t.Skipf("%s is not installed", n)
-		}
-	}
-}
-
 // idServer builds testdata/idserver once, into the test binary's
 // directory (e2eDir): a Go server with Go's default listeners that answers
 // with its name.
@@ -263,7 +249,7 @@ func (e *env) hostAddresses() {
 
 func TestRealServers(t *testing.T) {
 	t.Parallel()
-	needPrograms(t, "nginx", "redis-server", "redis-cli", "python3")
+	requireTool(t, "nginx", "redis-server", "redis-cli", "python3")
 	e := newEnv(t)
 	e.hostAddresses()
 	e.apply(realPolicy)

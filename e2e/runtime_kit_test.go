@@ -21,8 +21,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/l3iso/l3iso/internal/sockprobe"
 )
 
 // The CNI tools the tests drive the plugin with, built from the Go module
@@ -180,19 +178,5 @@ func writeJSONFile(t *testing.T, path string, v any) {
 	}
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// requireTool fails (CI) or skips the test when a runtime's program is
-// missing.
-func requireTool(t *testing.T, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if sockprobe.Required() {
-				t.Fatalf("%s is not installed (.ci/run installs it): %v", n, err)
-			}
-			t.Skipf("%s is not installed: %v", n, err)
-		}
 	}
 }
