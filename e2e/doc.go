@@ -29,6 +29,8 @@
 // A test calls t.Parallel first thing when it shares nothing with the
 // others: its own netns, cgroup subtree and bpffs, no host-global state
 // (no address, sysctl or fixed port outside its namespaces). The few that
-// do not say why (they time l3iso, or set environment variables). go test
-// runs as many at once as -parallel says (GOMAXPROCS by default).
+// do not say why (they time l3iso or kill it at instants taken from a
+// timed run, load every CPU, or set environment variables). go test runs
+// the parallel ones as many at once as -parallel says (GOMAXPROCS by
+// default), after the serial ones.
 package e2e

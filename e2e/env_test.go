@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -14,12 +15,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/l3iso/l3iso/internal/netstat"
 	"github.com/l3iso/l3iso/internal/sockprobe"
 	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/veth"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -41,17 +44,28 @@ func TestMain(m *testing.M) {
 	// syslog.
 	os.Setenv("L3ISO_STATE_DIR", filepath.Join(dir, "state"))
 	os.Setenv("L3ISO_SYSLOG", "off")
-	build := exec.Command("go", "build", "-o", binary, "github.com/l3iso/l3iso/cmd/l3iso")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as `make build` does
-	out, err := build.CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build l3iso: %v\n%s", err, out)
+	if err := goBuild(binary, "github.com/l3iso/l3iso/cmd/l3iso"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// goBuild builds package pkg into the file out as `make build` does
+// (without cgo), within 5 minutes. Programs the tests build go into e2eDir,
+// which TestMain removes.
+func goBuild(out, pkg string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %v: %s", pkg, err, b)
+	}
+	return nil
 }
 
 // env is one private l3iso installation.
@@ -82,6 +96,7 @@ func (e *env) up(upArgs ...string) {
 	e.mustRun(append([]string{"up", "--cgroup-root", e.cgroot}, upArgs...)...)
 	t.Cleanup(func() {
 		e.run("down")
+		e.checkNetnsGone()
 		// down restores the host sysctls l3iso changed.
 		if out, err := exec.Command("nsenter", "--net="+e.netns, "cat", "/proc/sys/net/ipv4/conf/lo/accept_local").Output(); err == nil && strings.TrimSpace(string(out)) != "0" {
 			t.Errorf("down left net.ipv4.conf.lo.accept_local = %s", strings.TrimSpace(string(out)))
@@ -97,6 +112,25 @@ func (e *env) up(upArgs ...string) {
 			}
 		}
 	})
+}
+
+// checkNetnsGone fails the test if named network namespaces of this
+// installation's containers (/run/netns/l3iso-TAG_*, TAG from its bpffs)
+// are left after `down`, and removes them.
+func (e *env) checkNetnsGone() {
+	e.t.Helper()
+	if loader.NameTag(e.bpffs) == "" {
+		e.t.Fatalf("bpffs %s has no name tag: its namespaces cannot be told from others'", e.bpffs)
+	}
+	left, err := filepath.Glob(veth.NetnsPath(e.key("*")))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, p := range left {
+		e.t.Errorf("down left network namespace %s (removed now)", p)
+		unix.Unmount(p, unix.MNT_DETACH)
+		os.Remove(p)
+	}
 }
 
 // newBareEnv makes the netns, cgroups and bpffs but does not run `up`.
@@ -305,7 +339,7 @@ func (e *env) counters() map[string]map[string]uint64 {
 func (e *env) listJSON() []containerJSON {
 	e.t.Helper()
 	var out []containerJSON
-	if err := json.Unmarshal([]byte(e.mustRun("container", "list", "-o", "json")), &out); err != nil {
+	if err := decodeStrict(e.mustRun("container", "list", "-o", "json"), &out); err != nil {
 		e.t.Fatalf("container list -o json: %v", err)
 	}
 	return out
@@ -334,4 +368,18 @@ func copyFile(src, dst string, perm os.FileMode) error {
 		return err
 	}
 	return os.WriteFile(dst, b, perm)
+}
+
+// requireTool fails (CI / L3ISO_REQUIRE_PRIVILEGED) or skips the test when
+// a program it drives (a server, a runtime, prometheus) is missing.
+func requireTool(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			if sockprobe.Required() {
+				t.Fatalf("%s is not installed (apt-get install it; .ci/run does): %v", n, err)
+			}
+			t.Skipf("%s is not installed: %v", n, err)
+		}
+	}
 }

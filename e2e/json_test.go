@@ -7,6 +7,10 @@ package e2e
 // product's own.
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+
 	"github.com/l3iso/l3iso/pkg/control"
 	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/maps"
@@ -67,4 +71,19 @@ type interfaceJSON struct {
 type containerStatJSON struct {
 	containerJSON
 	Counters maps.Counters `json:"counters"`
+}
+
+// decodeStrict decodes out, one JSON value, into v, refusing fields that v
+// lacks: the shapes here mirror the whole output, so a field l3iso adds or
+// renames fails the test until it is mirrored (and checked) here too.
+func decodeStrict(out string, v any) error {
+	d := json.NewDecoder(bytes.NewReader([]byte(out)))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return err
+	}
+	if d.More() {
+		return errors.New("more than one JSON value")
+	}
+	return nil
 }

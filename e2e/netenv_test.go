@@ -14,7 +14,6 @@ package e2e
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -239,7 +238,7 @@ func reach(t *testing.T, typ int, from, to *sockprobe.Agent, dst netip.AddrPort,
 func (e *env) status() statusJSON {
 	e.t.Helper()
 	var st statusJSON
-	if err := json.Unmarshal([]byte(e.mustRun("status", "-o", "json")), &st); err != nil {
+	if err := decodeStrict(e.mustRun("status", "-o", "json"), &st); err != nil {
 		e.t.Fatalf("status -o json: %v", err)
 	}
 	return st

@@ -58,9 +58,15 @@ func TestAuditTrail(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(bad, []byte("containers:\n  web:\n    adresses: [10.77.0.1]\n"), 0o644)
 	policy := filepath.Join(dir, "policy.yaml")
-	os.WriteFile(policy, []byte("containers:\n  web:\n    addresses: [10.77.0.1/24, 10.77.0.2]\n  api:\n    addresses: [fd77::5]\n"), 0o644)
+	for f, body := range map[string]string{
+		bad:    "containers:\n  web:\n    adresses: [10.77.0.1]\n",
+		policy: "containers:\n  web:\n    addresses: [10.77.0.1/24, 10.77.0.2]\n  api:\n    addresses: [fd77::5]\n",
+	} {
+		if err := os.WriteFile(f, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, args := range [][]string{
 		{"container", "add", "x", "--addr", "10.77.0.1"}, // owned by web
 		{"container", "add", "web", "--addr", "10.77.0.7"},

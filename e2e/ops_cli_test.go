@@ -54,7 +54,9 @@ func TestBadInput(t *testing.T) {
 	dir := t.TempDir()
 	file := func(name, body string) string {
 		p := filepath.Join(dir, name)
-		os.WriteFile(p, []byte(body), 0o644)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		return p
 	}
 	unknownField := file("unknown.yaml", "containers:\n  web:\n    addresses: [10.77.0.1]\n    adresses: [10.77.0.2]\n")

@@ -17,18 +17,22 @@ import (
 )
 
 // secondEnv is another l3iso installation in e's network namespace: its
-// own cgroup subtree and bpffs mount. Cleanup takes it down.
+// own cgroup subtree, bpffs mount and state directory. Cleanup takes it
+// down and checks that it left no network namespace.
 func (e *env) secondEnv(upArgs ...string) *env {
 	t := e.t
 	t.Helper()
-	o := &env{t: t, netns: e.netns, cgroot: sockprobe.NewCgroup(t, "")}
+	o := &env{t: t, netns: e.netns, cgroot: sockprobe.NewCgroup(t, ""), state: t.TempDir()}
 	o.hostCg = filepath.Join(o.cgroot, "host")
 	if err := os.Mkdir(o.hostCg, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	o.bpffs = filepath.Join(sockprobe.NewBPFFS(t), "l3iso")
 	o.mustRun(append([]string{"up", "--cgroup-root", o.cgroot}, upArgs...)...)
-	t.Cleanup(func() { o.run("down") })
+	t.Cleanup(func() {
+		o.run("down")
+		o.checkNetnsGone()
+	})
 	return o
 }
 

@@ -37,48 +37,25 @@ var realAddrs = map[string][]string{
 // The host's own addresses in the test's netns (one end of a veth).
 const hostIP4, hostIP6 = "192.0.2.10", "2001:db8:5::10"
 
-// needPrograms fails (CI) or skips the test when a program it drives is
-// missing; .ci/run installs them.
-func needPrograms(t *testing.T, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if sockprobe.Required() {
-				t.Fatalf("%s is not installed (apt-get install it; .ci/run does)", n)
-			}
-			t.Skipf("%s is not installed", n)
-		}
-	}
-}
-
-var (
-	idServerOnce sync.Once
-	idServerPath string
-	idServerErr  error
-)
-
-// idServer builds testdata/idserver once: a Go server with Go's default
-// listeners that answers with its name.
+// idServer builds testdata/idserver once, into the test binary's
+// directory (e2eDir): a Go server with Go's default listeners that answers
+// with its name.
 func idServer(t *testing.T) string {
 	t.Helper()
-	idServerOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "l3iso-idserver-")
-		if err != nil {
-			idServerErr = err
-			return
-		}
-		idServerPath = filepath.Join(dir, "idserver")
-		out, err := exec.Command("go", "build", "-o", idServerPath, "./testdata/idserver").CombinedOutput()
-		if err != nil {
-			idServerErr = fmt.Errorf("build idserver: %v: %s", err, out)
-		}
-		os.Chmod(dir, 0o755)
-	})
-	if idServerErr != nil {
-		t.Fatal(idServerErr)
+	p, err := buildIDServer()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return idServerPath
+	return p
 }
+
+var buildIDServer = sync.OnceValues(func() (string, error) {
+	p := filepath.Join(e2eDir, "idserver")
+	if err := goBuild(p, "./testdata/idserver"); err != nil {
+		return "", err
+	}
+	return p, os.Chmod(e2eDir, 0o755) // exec runs it as the containers' host uids
+})
 
 // bg runs `l3iso ARGS...` in the env's netns in the background until the
 // test ends (`down` kills what is left in the containers). With ready set,
@@ -272,7 +249,7 @@ func (e *env) hostAddresses() {
 
 func TestRealServers(t *testing.T) {
 	t.Parallel()
-	needPrograms(t, "nginx", "redis-server", "redis-cli", "python3")
+	requireTool(t, "nginx", "redis-server", "redis-cli", "python3")
 	e := newEnv(t)
 	e.hostAddresses()
 	e.apply(realPolicy)

@@ -11,7 +11,6 @@ import (
 	"context"
 	be "encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"net/netip"
@@ -53,8 +52,10 @@ func TestExecContainment(t *testing.T) {
 	self := os.Getpid()                       // the test process: host root
 	pin := firstPin(t, e.bpffs)
 	hostFile := rootOwnedFile(t)
-	// (The hierarchy's root is not among them: inside exec, the path of
-	// the cgroup2 mount is the container's own cgroup.)
+	// (The hierarchy's root is not among them: the host agent may not
+	// clone into it while it has child cgroups with controllers. The
+	// agents get each cgroup as a descriptor the test opens: inside exec
+	// the host's cgroup paths do not exist.)
 	cgroups := []string{e.hostCg, e.cgroupOf("db"), e.cgroot}
 	group := []byte{239, 9, 9, 9, 0, 0, 0, 0} // struct ip_mreq: 239.9.9.9 on any interface
 
@@ -111,8 +112,8 @@ func TestExecContainment(t *testing.T) {
 		t.Run(who.name, func(t *testing.T) {
 			a := e.execAgent("web", who.flags...)
 			for _, cg := range cgroups {
-				if err := a.Clone3IntoCgroup(cg); err == nil {
-					t.Errorf("clone3(CLONE_INTO_CGROUP) into %s from inside exec worked", cg)
+				if err := a.Clone3IntoCgroup(cg); !deniedCgroupMove(err) {
+					t.Errorf("clone3(CLONE_INTO_CGROUP) into %s from inside exec: %v, want a permission error", cg, err)
 				}
 			}
 			// The caller's session keyring (host root's keys) stays
@@ -557,11 +558,37 @@ func TestExec(t *testing.T) {
 	if !strings.Contains(r.stdout, "0::/\n") {
 		t.Errorf("/proc/self/cgroup inside exec: %q", r.stdout)
 	}
+	// Nor can it move itself by writing cgroup.procs of a cgroup outside.
+	// Inside exec those paths do not exist, and exec closes inherited
+	// descriptors, so the command gets each cgroup directory as a
+	// descriptor over a unix socket and opens cgroup.procs below it: the
+	// answer is the kernel's permission check, never ENOENT.
 	cg := filepath.Join(e.hostCg, "cgroup.procs")
+	const moveSelf = `import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+_, fds, _, _ = socket.recv_fds(s, 1, 1)
+try:
+    fd = os.open("cgroup.procs", os.O_WRONLY, dir_fd=fds[0])
+    os.write(fd, str(os.getpid()).encode())
+    print("escaped")
+except OSError as x:
+    print("errno", x.errno)
+print(open("/proc/self/cgroup").read(), end="")`
 	for _, target := range []string{e.cgroot, e.hostCg, filepath.Dir(e.cgroot)} {
-		r = e.run("exec", "web", "--", "sh", "-c", fmt.Sprintf("echo $$ > %s/cgroup.procs && echo escaped; cat /proc/self/cgroup", target))
-		if strings.Contains(r.stdout, "escaped") {
-			t.Errorf("a process in the container moved itself to %s: %s", target, r.stdout)
+		dir, err := os.Open(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sock, wait := sockprobe.OfferFD(t, dir)
+		r = e.run("exec", "web", "--", "python3", "-c", moveSelf, sock)
+		if err := wait(); err != nil {
+			t.Fatalf("hand %s to the exec'd command: %v (exit %d, %s)", target, err, r.code, r.stderr)
+		}
+		dir.Close()
+		errno, _ := strconv.Atoi(strings.TrimPrefix(strings.SplitN(r.stdout, "\n", 2)[0], "errno "))
+		if r.code != 0 || !deniedCgroupMove(syscall.Errno(errno)) {
+			t.Errorf("a process in the container writes its pid to %s/cgroup.procs: exit %d, %q (%s); want a permission error", target, r.code, r.stdout, r.stderr)
 		}
 	}
 	// The host's view of cgroups is unchanged (our read-only remount did
@@ -602,4 +629,14 @@ func TestExec(t *testing.T) {
 	if r := e.run("exec", "web", "--", "/bin/true"); r.code != 0 {
 		t.Errorf("exec of /bin/true: exit %d, stderr %q", r.code, r.stderr)
 	}
+}
+
+// deniedCgroupMove reports whether err is how the kernel refuses to move
+// a process into a cgroup it may not use: no write permission on
+// cgroup.procs of the common ancestor (EACCES; the kernel checks it
+// before the cgroup namespace, whose ENOENT would also be the answer of a
+// path that does not exist, so it does not count), or a read-only mount
+// (EROFS). nil, and any other error, is not.
+func deniedCgroupMove(err error) bool {
+	return errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EROFS)
 }

@@ -39,7 +39,9 @@ func (e *env) killAt(d time.Duration, args ...string) {
 // the installed policy is the old or the new one, never a mix, and the next
 // command finishes the job.
 func TestApplyCrash(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it kills l3iso at instants taken from a timed run,
+	// which only mean something if nothing else loads the machine
+	// between the timing and the kills.
 	e := newEnv(t)
 	gen := func(n, base int) string {
 		var b strings.Builder
@@ -53,7 +55,9 @@ func TestApplyCrash(t *testing.T) {
 	e.apply(old)
 	dir := t.TempDir()
 	pf := filepath.Join(dir, "new.yaml")
-	os.WriteFile(pf, []byte(neu), 0o644)
+	if err := os.WriteFile(pf, []byte(neu), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	// Time one whole apply, then kill at fractions of it.
 	start := time.Now()
 	e.mustRun("apply", "-f", pf)
@@ -100,7 +104,9 @@ func TestApplyCrash(t *testing.T) {
 // container exists completely (after the next command's repair) or not at
 // all — no cgroup, no address, no ownership left behind.
 func TestAddCrash(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it kills l3iso at instants taken from a timed run,
+	// which only mean something if nothing else loads the machine
+	// between the timing and the kills.
 	e := newEnv(t)
 	e.mustRun("container", "add", "base", "--addr", "10.77.0.1")
 	start := time.Now()
@@ -150,7 +156,9 @@ func TestAddCrash(t *testing.T) {
 // TestUpCrash kills `up` at many instants; the next `up` finishes the job
 // and `down` removes everything.
 func TestUpCrash(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it kills l3iso at instants taken from a timed run,
+	// which only mean something if nothing else loads the machine
+	// between the timing and the kills.
 	e := newBareEnv(t)
 	start := time.Now()
 	e.mustRun("up", "--cgroup-root", e.cgroot)
@@ -182,7 +190,9 @@ func TestUpCrash(t *testing.T) {
 // completely (namespace, veth, TC link, reachable) or not at all (no
 // namespace, veth or TC link left).
 func TestNetnsCrash(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it kills l3iso at instants taken from a timed run,
+	// which only mean something if nothing else loads the machine
+	// between the timing and the kills.
 	n := newNetEnv(t, "direct")
 	x := n.name("x")
 	n.names = append(n.names, x)

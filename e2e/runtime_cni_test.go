@@ -243,8 +243,7 @@ func TestCNI(t *testing.T) {
 		if _, ok := n.findContainer(name); !ok {
 			t.Fatalf("apply removed %s, which the CNI plugin made", name)
 		}
-		f := filepath.Join(t.TempDir(), "p.yaml")
-		os.WriteFile(f, []byte("containers:\n  x-"+n.suffix+":\n    mode: netns\n    addresses: ["+addrs[0].String()+"]\n"), 0o644)
+		f := policyFile(t, "containers:\n  x-"+n.suffix+":\n    mode: netns\n    addresses: ["+addrs[0].String()+"]\n")
 		n.mustFail([]string{addrs[0].String(), name, "CNI plugin"}, "apply", "-f", f)
 		c.mustCnitool("check", pod, "")
 		n.mustRun("apply", "-f", policyFile(t, "containers: {}\n"), "--allow-empty")

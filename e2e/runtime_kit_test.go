@@ -21,8 +21,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/l3iso/l3iso/internal/sockprobe"
 )
 
 // The CNI tools the tests drive the plugin with, built from the Go module
@@ -51,14 +49,11 @@ func cniKit(t *testing.T) string {
 		if kitErr = os.MkdirAll(kitDir, 0o755); kitErr != nil {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(kitDir, "l3iso"), "github.com/l3iso/l3iso/cmd/l3iso-cni")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			kitErr = fmt.Errorf("build the CNI plugin: %v: %s", err, out)
+		if kitErr = goBuild(filepath.Join(kitDir, "l3iso"), "github.com/l3iso/l3iso/cmd/l3iso-cni"); kitErr != nil {
 			return
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
 		for _, p := range []string{cnitoolPkg, hostLocalPkg} {
 			bin := filepath.Base(strings.Split(p, "@")[0])
 			if pre := os.Getenv("L3ISO_CNI_TOOLS"); pre != "" {
@@ -183,19 +178,5 @@ func writeJSONFile(t *testing.T, path string, v any) {
 	}
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// requireTool fails (CI) or skips the test when a runtime's program is
-// missing.
-func requireTool(t *testing.T, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if sockprobe.Required() {
-				t.Fatalf("%s is not installed (.ci/run installs it): %v", n, err)
-			}
-			t.Skipf("%s is not installed: %v", n, err)
-		}
 	}
 }

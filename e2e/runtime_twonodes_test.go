@@ -78,7 +78,11 @@ func TestTwoNodes(t *testing.T) {
 		t.Errorf("node B's stack saw pod traffic: counters %+v → %+v", beforeB, after)
 	}
 	for _, node := range []*netEnv{n, nodeB} {
-		for _, k := range node.listJSON() {
+		list := node.listJSON()
+		if len(list) != 1 {
+			t.Errorf("node %s lists %d containers, want its one pod: %+v", filepath.Base(node.netns), len(list), list)
+		}
+		for _, k := range list {
 			if cnt := node.counters()[k.Name]; cnt["tc_redirected_in"] == 0 || cnt["tc_redirected_out"] == 0 {
 				t.Errorf("node %s, pod %s: not delivered directly (counters %v)", filepath.Base(node.netns), k.Name, cnt)
 			}

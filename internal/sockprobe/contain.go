@@ -17,12 +17,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Clone3IntoCgroup opens the cgroup v2 directory dir and clones a child
-// into it with clone3(CLONE_INTO_CGROUP); the child exits at once. nil
-// means a process of the agent was born in that cgroup.
+// Clone3IntoCgroup has the agent clone a child into the cgroup v2
+// directory dir with clone3(CLONE_INTO_CGROUP); the child exits at once.
+// nil means a process of the agent was born in that cgroup. The test
+// process opens dir and hands the agent the descriptor (OfferFD): where
+// the agent runs, dir's path may not exist (inside `l3iso exec` the host's
+// cgroup paths do not), and the answer must be the kernel's to clone3,
+// not ENOENT from a path lookup. An agent that cannot take the descriptor
+// fails the test.
 func (a *Agent) Clone3IntoCgroup(dir string) error {
 	a.t.Helper()
-	return a.call(&request{Op: opClone3Cgroup, Address: dir}).Err.decode()
+	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		a.t.Fatalf("sockprobe: open cgroup %s for the agent: %v", dir, err)
+	}
+	defer f.Close()
+	path, wait := OfferFD(a.t, f)
+	rep := a.call(&request{Op: opClone3Cgroup, Address: path})
+	if err := wait(); err != nil {
+		a.t.Fatalf("sockprobe agent %d: clone3 into %s: %v", a.pid, dir, err)
+	}
+	return rep.Err.decode()
 }
 
 // BPFObjGet calls BPF_OBJ_GET on a pinned BPF object; nil means the agent
@@ -151,10 +166,12 @@ type cloneArgs struct {
 	flags, pidfd, childTID, parentTID, exitSignal, stack, stackSize, tls, setTID, setTIDSize, cgroup uint64
 }
 
-func clone3IntoCgroup(dir string) error {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+// clone3IntoCgroup takes a cgroup directory's descriptor from the unix
+// socket at sock (see OfferFD) and clones into that cgroup.
+func clone3IntoCgroup(sock string) error {
+	fd, err := takeFD(sock)
 	if err != nil {
-		return err
+		return misusef("clone3 into a cgroup: take the cgroup's descriptor: %v", err)
 	}
 	defer unix.Close(fd)
 	args := cloneArgs{flags: unix.CLONE_INTO_CGROUP, exitSignal: uint64(unix.SIGCHLD), cgroup: uint64(fd)}

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/l3iso/l3iso/internal/sockprobe"
 	"github.com/l3iso/l3iso/pkg/policy"
 )
 
@@ -68,16 +69,9 @@ func randomByte() byte {
 }
 
 // requireRoot skips a privileged test when not root, but fails it when the
-// environment says privileged tests must run (CI=true).
-func requireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			tb.Fatal("privileged test: needs root, and CI=true requires privileged tests to run")
-		}
-		tb.Skip("privileged test: needs root")
-	}
-}
+// environment says privileged tests must run (sockprobe.Required: CI or
+// L3ISO_REQUIRE_PRIVILEGED).
+func requireRoot(tb testing.TB) { sockprobe.RequirePrivileged(tb) }
 
 // uniqueName returns a container name no other test uses.
 func uniqueName() string { return "t" + randomHex(4) }
