@@ -35,6 +35,7 @@ import (
 	"io"
 	"maps"
 	"math"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -283,38 +284,51 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// loopback, host and hook_floor: over 127.0.0.1 of a namespace's lo.
-	// loopback in a namespace of its own, where no program runs; host in
-	// the shared installation's, where l3iso's programs for the namespace
-	// (l3_tc_group on lo, l3_sk_lookup) run too; hook_floor in one of its
-	// own with a do-nothing program at each of l3iso's hooks.
-	onLo := func(config, cg, netns string) *target {
-		srv := Place{cg, netns, loopbackAddr, cpuServer}
+	// loopback, host and hook_floor: over an address on a namespace's lo
+	// that is not 127/8, the kind of address shared's container has
+	// (loAddr). loopback in a namespace of its own, where no program runs;
+	// host in the shared installation's, where l3iso's programs for the
+	// namespace (l3_tc_group on lo, l3_sk_lookup) run too, on an address
+	// of the host's that no container owns; hook_floor in one of its own
+	// with a do-nothing program at each of l3iso's hooks.
+	onLo := func(config, cg, netns string, addr netip.Addr) (*target, error) {
+		if err := addLoAddress(netns, addr); err != nil {
+			return nil, fmt.Errorf("%s: %w", config, err)
+		}
+		srv := Place{cg, netns, addr, cpuServer}
 		cli := srv
 		cli.CPU = cpuClient
 		t := &target{config: config, containers: 1, server: srv, client: cli, in: s1}
 		b.targets = append(b.targets, t)
-		return t
+		return t, nil
 	}
 	loNetns, err := w.newNetns("lo")
 	if err != nil {
 		return nil, err
 	}
-	onLo(Loopback, w.unmanaged, loNetns)
+	if _, err := onLo(Loopback, w.unmanaged, loNetns, loAddr); err != nil {
+		return nil, err
+	}
 	// A host process under l3iso's root, in no container: the hooks run
 	// and find none.
 	hostCg := filepath.Join(s1.cgroot, "host")
 	if err := cgroup.Create(hostCg); err != nil {
 		return nil, err
 	}
-	onLo(Host, hostCg, s1.host)
+	if _, err := onLo(Host, hostCg, s1.host, hostLoAddr); err != nil {
+		return nil, err
+	}
 	add(Shared, 1, s1)
 	// The hooks' floor: a do-nothing program at each of l3iso's hooks
 	// (AttachDoNothing).
 	if cg, ns, err := w.doNothingFloor(); err != nil {
 		unavailable[HookFloor] = err.Error()
 	} else {
-		onLo(HookFloor, cg, ns).extra = func(ps programSet) error { return ps.addLinks(w.floor.links) }
+		t, err := onLo(HookFloor, cg, ns, loAddr)
+		if err != nil {
+			return nil, err
+		}
+		t.extra = func(ps programSet) error { return ps.addLinks(w.floor.links) }
 	}
 	deliveries := []struct {
 		config, tag, delivery string
@@ -336,9 +350,10 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		}
 		add(d.config, 1, in)
 	}
-	// The bare prototype: routed delivery's namespace and veth, the server
-	// in no l3iso cgroup, and a bare redirect_peer program ahead of
-	// everything on the uplink (see barePeerProgram).
+	// The bare prototype: routed delivery's namespace, veth and container
+	// (its server under l3iso's socket programs, as direct's is), and a
+	// bare redirect_peer program ahead of everything on the uplink (see
+	// barePeerProgram): direct / bare_peer differ in the TC delivery only.
 	bp, err := mk("bp", "routed", false, 1)
 	if err != nil {
 		return nil, err
@@ -347,7 +362,6 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		unavailable[BarePeer] = err.Error()
 	} else {
 		t := add(BarePeer, 1, bp)
-		t.server.Cgroup = w.unmanaged
 		t.extra = func(ps programSet) error { return ps.add(bp.barePeerProg) }
 	}
 	for _, n := range o.Scale {
@@ -456,8 +470,17 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	return rep, nil
 }
 
-// loopbackAddr is where the loopback configuration's server listens.
-var loopbackAddr = mustAddr("127.0.0.1")
+// loAddr is the address on lo where the loopback and hook_floor
+// configurations' servers listen: shared's container address (sharedBas+1),
+// in namespaces of their own. Not 127.0.0.1: a datagram to 127/8 takes a
+// cheaper path through this kind of machine's kernel than one to any other
+// local address (bench/README.md, "Same path, same address"), so a floor
+// on 127.0.0.1 would count that difference as l3iso's. hostLoAddr is the
+// host configuration's: on lo of shared's namespace, owned by no container.
+var (
+	loAddr     = mustAddr("10.80.0.1")
+	hostLoAddr = mustAddr("10.79.0.1")
+)
 
 // bench is one run in progress.
 type bench struct {

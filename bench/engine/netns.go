@@ -137,6 +137,21 @@ func joinUplink(host, outside string) error {
 	return nil
 }
 
+// addLoAddress adds a/32 (or /128) to lo in the namespace at path, as
+// `ip addr add A dev lo` would.
+func addLoAddress(path string, a netip.Addr) error {
+	h, err := netnsHandle(path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo", Index: 1}}
+	if err := h.AddrAdd(lo, nlAddr(a, a.BitLen())); err != nil {
+		return fmt.Errorf("address %s on lo in netns %s: %w", a, filepath.Base(path), err)
+	}
+	return nil
+}
+
 // addBroadcastRoute adds, in the namespace at path, the broadcast route
 // `ip route add broadcast ADDR dev DEV table local scope link` would.
 func addBroadcastRoute(path string, a netip.Addr, dev string) error {
