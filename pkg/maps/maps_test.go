@@ -87,7 +87,7 @@ func TestHeaderConstants(t *testing.T) {
 
 // newTestSet makes a private set of maps (pinned nowhere), closed when the
 // test ends; the test needs root.
-func newTestSet(t *testing.T) *Set {
+func newTestSet(t testing.TB) *Set {
 	t.Helper()
 	sockprobe.RequirePrivileged(t)
 	rlimit.RemoveMemlock()
