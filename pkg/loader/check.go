@@ -54,7 +54,7 @@ func (st *State) Check() ([]Problem, error) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		if p := st.checkCgroupLink(n, spec.Programs[n].AttachType, rootID); p != nil {
+		if p := st.checkCgroupLink(n, spec.Programs[n].AttachType, rootID != 0); p != nil {
 			out = append(out, *p)
 		}
 	}
@@ -93,7 +93,7 @@ func (st *State) Programs(veths []string) (attached, expected int, err error) {
 	rootID, _ := cgroup.ID(st.Config.CgroupRoot)
 	for n, p := range spec.Programs {
 		expected++
-		if rootID != 0 && st.checkCgroupLink(n, p.AttachType, rootID) == nil {
+		if rootID != 0 && st.checkCgroupLink(n, p.AttachType, true) == nil {
 			attached++
 		}
 	}
@@ -130,10 +130,19 @@ func kernelName(name string) string {
 }
 
 // checkCgroupLink checks the pinned link of socket program name: that it
-// exists, is attached at the cgroup root (id rootID), with attach type at,
-// and runs that program.
-func (st *State) checkCgroupLink(name string, at ebpf.AttachType, rootID uint64) *Problem {
+// exists, is attached to its cgroup (CgroupOf; compared only when
+// rootKnown, i.e. the cgroup root could be read), with attach type at, and
+// runs that program.
+func (st *State) checkCgroupLink(name string, at ebpf.AttachType, rootKnown bool) *Problem {
 	obj := "links/" + name
+	var wantID uint64
+	if rootKnown && at != ebpf.AttachSkLookup {
+		id, err := cgroup.ID(st.CgroupOf(at))
+		if err != nil {
+			return &Problem{obj, fmt.Sprintf("its cgroup %s cannot be read (%v): %s runs nowhere", st.CgroupOf(at), err, name)}
+		}
+		wantID = id
+	}
 	info, p := st.pinnedLink(name, name+" is not attached (or only by someone else's descriptor)")
 	if p != nil {
 		return p
@@ -159,8 +168,8 @@ func (st *State) checkCgroupLink(name string, at ebpf.AttachType, rootID uint64)
 		return &Problem{obj, "is not a cgroup link"}
 	case cg.CgroupId == 0:
 		return &Problem{obj, "detached (BPF_LINK_DETACH): the pin stays, but " + name + " runs nowhere"}
-	case rootID != 0 && cg.CgroupId != rootID:
-		return &Problem{obj, fmt.Sprintf("attached to cgroup id %d, not to the cgroup root %s (id %d)", cg.CgroupId, st.Config.CgroupRoot, rootID)}
+	case rootKnown && cg.CgroupId != wantID:
+		return &Problem{obj, fmt.Sprintf("attached to cgroup id %d, not to %s (id %d)", cg.CgroupId, st.CgroupOf(at), wantID)}
 	case ebpf.AttachType(cg.AttachType) != at:
 		return &Problem{obj, fmt.Sprintf("attach type %s, want %s", ebpf.AttachType(cg.AttachType), at)}
 	}

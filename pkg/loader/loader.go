@@ -468,13 +468,9 @@ func (st *State) ensureLinks() (changed bool, err error) {
 	for n := range coll.Programs {
 		names = append(names, n)
 	}
-	rootID, err := cgroup.ID(st.Config.CgroupRoot)
-	if err != nil {
-		return false, err
-	}
 	for _, name := range linkOrder(linksDir(st.Dir), names) {
 		prog := coll.Programs[name]
-		c, err := st.ensureLink(name, prog, spec.Programs[name].AttachType, rootID)
+		c, err := st.ensureLink(name, prog, spec.Programs[name].AttachType)
 		if err != nil {
 			return changed, err
 		}
@@ -502,12 +498,16 @@ func linkOrder(dir string, names []string) []string {
 	return append(fresh, pinned...)
 }
 
-func (st *State) ensureLink(name string, prog *ebpf.Program, at ebpf.AttachType, rootID uint64) (bool, error) {
+func (st *State) ensureLink(name string, prog *ebpf.Program, at ebpf.AttachType) (bool, error) {
+	want, err := st.wantTarget(at)
+	if err != nil {
+		return false, err
+	}
 	pin := filepath.Join(linksDir(st.Dir), name)
 	l, err := link.LoadPinnedLink(pin, nil)
 	if err == nil {
 		defer l.Close()
-		if attachedTo(l, at) == wantTarget(at, rootID) {
+		if attachedTo(l, at) == want {
 			same, err := sameProgram(l, prog)
 			if err != nil {
 				return false, fmt.Errorf("inspect pinned link %s: %w", pin, err)
@@ -534,8 +534,8 @@ func (st *State) ensureLink(name string, prog *ebpf.Program, at ebpf.AttachType,
 		if nl, err = attachNetns(prog); err != nil {
 			return false, fmt.Errorf("attach %s to this network namespace: %w", name, err)
 		}
-	} else if nl, err = link.AttachCgroup(link.CgroupOptions{Path: st.Config.CgroupRoot, Attach: at, Program: prog}); err != nil {
-		return false, fmt.Errorf("attach %s to cgroup %s: %w", name, st.Config.CgroupRoot, err)
+	} else if nl, err = link.AttachCgroup(link.CgroupOptions{Path: st.CgroupOf(at), Attach: at, Program: prog}); err != nil {
+		return false, fmt.Errorf("attach %s to cgroup %s: %w", name, st.CgroupOf(at), err)
 	}
 	defer nl.Close() // the pin keeps it; on error, closing detaches it
 	if err := pinOver(nl, pin); err != nil {
@@ -564,13 +564,28 @@ func attachedTo(l link.Link, at ebpf.AttachType) uint64 {
 	return info.Cgroup().CgroupId
 }
 
-// wantTarget is what a link of attach type at must be attached to: the
-// cgroup root (id rootID), or this thread's network namespace.
-func wantTarget(at ebpf.AttachType, rootID uint64) uint64 {
-	if at == ebpf.AttachSkLookup {
-		return netnsIno()
+// CgroupOf is the cgroup the socket program of attach type at is attached
+// to. l3_egress, the egress backstop, is attached where the containers'
+// cgroups are (<root>/l3iso): it checks only a container's packets, and a
+// host process under the root then does not run it for each packet it
+// sends (issue 17). Every other socket program is attached at the cgroup
+// root: the host's binds, connects and sends are checked (rule 2, the
+// host's source toward a container), and the ingress backstop keeps
+// container traffic from the host's sockets there.
+func (st *State) CgroupOf(at ebpf.AttachType) string {
+	if at == ebpf.AttachCGroupInetEgress {
+		return filepath.Join(st.Config.CgroupRoot, ContainersDir)
 	}
-	return rootID
+	return st.Config.CgroupRoot
+}
+
+// wantTarget is what a link of attach type at must be attached to: its
+// cgroup's id (CgroupOf), or this thread's network namespace's inode.
+func (st *State) wantTarget(at ebpf.AttachType) (uint64, error) {
+	if at == ebpf.AttachSkLookup {
+		return netnsIno(), nil
+	}
+	return cgroup.ID(st.CgroupOf(at))
 }
 
 // netnsIno is the inode of the calling thread's network namespace.
@@ -637,6 +652,8 @@ func (st *State) Links() ([]LinkInfo, error) {
 		return nil, fmt.Errorf("list %s: %w", linksDir(st.Dir), err)
 	}
 	rootID, _ := cgroup.ID(st.Config.CgroupRoot)
+	contDir := filepath.Join(st.Config.CgroupRoot, ContainersDir)
+	contID, _ := cgroup.ID(contDir)
 	var out []LinkInfo
 	for _, e := range entries {
 		li := LinkInfo{Name: e.Name()}
@@ -659,6 +676,8 @@ func (st *State) Links() ([]LinkInfo, error) {
 					li.Target = "(detached)"
 				case rootID:
 					li.Target = st.Config.CgroupRoot
+				case contID:
+					li.Target = contDir
 				default:
 					li.Target = fmt.Sprintf("cgroup id %d", cg.CgroupId)
 				}
@@ -710,7 +729,10 @@ func ForceTeardown(dir string) error {
 	for _, e := range entries {
 		pin := filepath.Join(linksDir(dir), e.Name())
 		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			if info, err := l.Info(); err == nil && info.Cgroup() != nil {
+			// The root from any cgroup link but the egress backstop's,
+			// which is attached one level down (CgroupOf).
+			if info, err := l.Info(); err == nil && info.Cgroup() != nil &&
+				ebpf.AttachType(info.Cgroup().AttachType) != ebpf.AttachCGroupInetEgress {
 				cgid = info.Cgroup().CgroupId
 			}
 			l.Unpin()
