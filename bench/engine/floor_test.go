@@ -48,23 +48,8 @@ func TestAttachDoNothing(t *testing.T) {
 			defer f.Close()
 			q.Target = int(f.Fd())
 		}
-		res, err := link.QueryPrograms(q)
-		if err != nil {
-			t.Fatalf("query %v at %s: %v", at, target, err)
-		}
-		for _, p := range res.Programs {
-			prog, err := ebpf.NewProgramFromID(p.ID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			info, err := prog.Info()
-			prog.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			names = append(names, info.Name)
-		}
-		return len(res.Programs), names
+		names = sockprobe.ProgramNames(t, q)
+		return len(names), names
 	}
 
 	d, err := AttachDoNothing(cg)

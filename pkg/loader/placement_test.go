@@ -3,6 +3,7 @@ package loader_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -86,23 +87,5 @@ func effective(t *testing.T, cg string, at ebpf.AttachType, name string) bool {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at, QueryFlags: unix.BPF_F_QUERY_EFFECTIVE})
-	if err != nil {
-		t.Fatalf("query %s programs of %s: %v", at, cg, err)
-	}
-	for _, p := range res.Programs {
-		prog, err := ebpf.NewProgramFromID(p.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := prog.Info()
-		prog.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.Name == name {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(sockprobe.ProgramNames(t, link.QueryOptions{Target: int(f.Fd()), Attach: at, QueryFlags: unix.BPF_F_QUERY_EFFECTIVE}), name)
 }
