@@ -54,6 +54,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -278,10 +279,7 @@ func server(addr netip.Addr, cpu int) error {
 		}
 		buf := make([]byte, 2048)
 		for {
-			// read(2), not recvfrom: x/sys/unix's Recvfrom allocates the
-			// sender's address on every call, and the garbage collector
-			// it feeds takes the pinned CPUs from the measured path.
-			_, err := unix.Read(udpFD, buf)
+			err := recvFrom(udpFD, buf)
 			if err == nil {
 				udpPkts.Add(1)
 			} else if !errors.Is(err, unix.EINTR) {
@@ -424,7 +422,7 @@ func listener(addr netip.Addr, port, cpu int) error {
 		}
 		buf := make([]byte, 2048)
 		for {
-			_, err := unix.Read(fd, buf) // no allocation per datagram (see server)
+			err := recvFrom(fd, buf)
 			if err == nil {
 				pkts.Add(1)
 			} else if !errors.Is(err, unix.EINTR) {
@@ -444,6 +442,24 @@ func listener(addr netip.Addr, port, cpu int) error {
 		}
 		return snap{UDP: pkts.Load(), Ns: time.Since(start).Nanoseconds(), Busy: busy, Drops: drops}, nil
 	})
+}
+
+// recvFrom receives one datagram into buf with recvfrom(2), asking for
+// the sender's address as a server does: the kernel runs the cgroup
+// recvmsg hooks (l3iso's l3_recvmsg4/6) only for a call that asks for it,
+// so read(2) would leave them out of the measured path. The address goes
+// to a buffer of the calling goroutine's stack, not to a new Sockaddr per
+// call as x/sys/unix's Recvfrom makes (whose garbage the collector then
+// clears on the CPUs the measured path is pinned to).
+func recvFrom(fd int, buf []byte) error {
+	var from unix.RawSockaddrAny
+	fromLen := uint32(unix.SizeofSockaddrAny)
+	_, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0,
+		uintptr(unsafe.Pointer(&from)), uintptr(unsafe.Pointer(&fromLen)))
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 // socketDrops is the drop count of the UDP socket with inode ino, from
