@@ -471,14 +471,14 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 }
 
 // loAddr is the address on lo where the loopback and hook_floor
-// configurations' servers listen: shared's container address (sharedBas+1),
-// in namespaces of their own. Not 127.0.0.1: a datagram to 127/8 takes a
+// configurations' servers listen: shared's container 1's address, in
+// namespaces of their own. Not 127.0.0.1: a datagram to 127/8 takes a
 // cheaper path through this kind of machine's kernel than one to any other
 // local address (bench/README.md, "Same path, same address"), so a floor
 // on 127.0.0.1 would count that difference as l3iso's. hostLoAddr is the
 // host configuration's: on lo of shared's namespace, owned by no container.
 var (
-	loAddr     = mustAddr("10.80.0.1")
+	loAddr     = nthAddr(sharedBas, 1)
 	hostLoAddr = mustAddr("10.79.0.1")
 )
 

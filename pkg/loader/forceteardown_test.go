@@ -15,14 +15,7 @@ import (
 // containers' cgroups (found from the links' attach point by its id), its
 // links and its pins.
 func TestForceTeardown(t *testing.T) {
-	sockprobe.RequirePrivileged(t)
-	netns := sockprobe.NewNetns(t)
-	root := sockprobe.NewCgroup(t, "")
-	dir := filepath.Join(sockprobe.NewBPFFS(t), "l3iso")
-	st, _, err := upIn(t, netns, loader.Options{CgroupRoot: root, BPFFS: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, netns, root, dir := upTemp(t)
 	st.Close()
 	t.Cleanup(func() {
 		if _, err := os.Stat(dir); err == nil { // the teardown failed: undo Up
