@@ -81,7 +81,7 @@ func (st *State) Check() ([]Problem, error) {
 }
 
 // Programs counts the program attachments the installation should have —
-// every socket program at the cgroup root (sk_lookup: in this network
+// every socket program at its cgroup (CgroupOf; sk_lookup: in this network
 // namespace), the host-wide TCX links (HostTC) and one TCX link on each
 // host-side veth in veths — and how many of them are attached as they
 // should be (what Check and CheckTC find no problem with).

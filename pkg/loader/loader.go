@@ -644,8 +644,9 @@ type LinkInfo struct {
 }
 
 // Links lists the pinned links, with the target each is attached to as the
-// kernel reports it (not the configuration): the cgroup root, "(detached)"
-// once BPF_LINK_DETACH detached it, an interface.
+// kernel reports it (not the configuration): the cgroup root or the
+// containers' cgroup, "(detached)" once BPF_LINK_DETACH detached it, an
+// interface.
 func (st *State) Links() ([]LinkInfo, error) {
 	entries, err := os.ReadDir(linksDir(st.Dir))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -724,16 +725,19 @@ func ForceTeardown(dir string) error {
 		return err
 	}
 	defer lock.Close()
+	// The containers' cgroup, from any cgroup link: the egress backstop's
+	// is attached to it, every other one to its parent (CgroupOf).
 	var cgid uint64
+	sub := ""
 	entries, _ := os.ReadDir(linksDir(dir))
 	for _, e := range entries {
 		pin := filepath.Join(linksDir(dir), e.Name())
 		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			// The root from any cgroup link but the egress backstop's,
-			// which is attached one level down (CgroupOf).
-			if info, err := l.Info(); err == nil && info.Cgroup() != nil &&
-				ebpf.AttachType(info.Cgroup().AttachType) != ebpf.AttachCGroupInetEgress {
-				cgid = info.Cgroup().CgroupId
+			if info, err := l.Info(); err == nil && info.Cgroup() != nil && info.Cgroup().CgroupId != 0 {
+				cgid, sub = info.Cgroup().CgroupId, ContainersDir
+				if ebpf.AttachType(info.Cgroup().AttachType) == ebpf.AttachCGroupInetEgress {
+					sub = ""
+				}
 			}
 			l.Unpin()
 			l.Close()
@@ -745,8 +749,8 @@ func ForceTeardown(dir string) error {
 		// of the whole hierarchy; one removed since is ESTALE: nothing to
 		// remove.
 		if mount, err := cgroup.Mount(); err == nil {
-			if root, err := cgroup.PathByID(mount, cgid); err == nil {
-				if err := cgroup.Remove(filepath.Join(root, ContainersDir)); err != nil {
+			if at, err := cgroup.PathByID(mount, cgid); err == nil {
+				if err := cgroup.Remove(filepath.Join(at, sub)); err != nil {
 					return err
 				}
 			}
