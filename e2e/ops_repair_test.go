@@ -609,3 +609,47 @@ func (n *netEnv) hostIf(name string) string {
 	n.t.Fatalf("no container %s", name)
 	return ""
 }
+
+// TestContainersCgroupRemoved: the containers' parent cgroup (<root>/l3iso)
+// holds the egress backstop's link. Removed by hand while empty, it takes
+// the link with it: status says so, add and apply refuse (changing
+// nothing) rather than make it anew without the program, and up repairs,
+// after which a new container runs l3_egress again.
+func TestContainersCgroupRemoved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	parent := filepath.Join(e.cgroot, "l3iso")
+	if err := os.Remove(parent); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run("status"); r.code == 0 || !strings.Contains(r.stdout+r.stderr, "l3_egress") {
+		t.Errorf("status after the containers' cgroup went: exit %d, want non-zero naming l3_egress:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	pf := filepath.Join(t.TempDir(), "p.yaml")
+	if err := os.WriteFile(pf, []byte("containers:\n  db:\n    addresses: [10.77.0.2]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"container", "add", "web", "--addr", "10.77.0.1"}, {"apply", "-f", pf}} {
+		r := e.run(args...)
+		if r.code == 0 || !strings.Contains(r.stderr, "run `l3iso up`") {
+			t.Errorf("%s: exit %d, want a refusal that says to run `l3iso up`:\n%s", args[0], r.code, r.stderr)
+		}
+	}
+	if _, err := os.Stat(parent); err == nil {
+		t.Errorf("a refused command made %s anew", parent)
+	}
+	if list := e.listJSON(); len(list) != 0 {
+		t.Errorf("refused commands left containers: %v", list)
+	}
+	e.mustRun("up", "--cgroup-root", e.cgroot)
+	e.mustRun("container", "add", "web", "--addr", "10.77.0.1")
+	f, err := os.Open(filepath.Join(parent, "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	names := sockprobe.ProgramNames(t, link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInetEgress, QueryFlags: unix.BPF_F_QUERY_EFFECTIVE})
+	if !slices.Contains(names, "l3_egress") {
+		t.Errorf("after up, web's cgroup runs %v on egress, want l3_egress", names)
+	}
+}

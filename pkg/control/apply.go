@@ -96,7 +96,9 @@ func (c *Control) Apply(p *policy.Policy, o ApplyOptions) (Plan, error) {
 		}
 		return plan, err
 	}
-	err = c.run(s, tr)
+	if err = c.containersCgroup(s); err == nil {
+		err = c.run(s, tr)
+	}
 	plan.Stale = s.stale
 	for i, st := range s.stopped {
 		if st.Procs > 0 {

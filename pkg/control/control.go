@@ -379,6 +379,9 @@ func (c *Control) add(spec policy.Container, o AddOptions, at *Attachment) (maps
 	}
 	tr.step("check")
 	s.attach = at
+	if err := c.containersCgroup(s); err != nil {
+		return maps.Container{}, nil, err
+	}
 	if err := c.run(s, tr); err != nil {
 		return maps.Container{}, nil, err
 	}

@@ -3,9 +3,12 @@ package control
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
+	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/veth"
 )
@@ -124,6 +127,22 @@ var steps = [numSteps]struct {
 }
 
 func (c *Control) doBegin(*script) error { return c.begin() }
+
+// containersCgroup checks, before add or apply runs script s, that the
+// containers' parent cgroup `up` made is there when s makes containers'
+// cgroups. The egress backstop is attached to it (loader.CgroupOf): one
+// removed by hand took the link with it, and making it anew would give
+// the new containers no egress check until the next `up`.
+func (c *Control) containersCgroup(s *script) error {
+	if !slices.Contains(s.steps, stepCgroups) || len(s.come)+len(s.remake) == 0 {
+		return nil
+	}
+	dir := filepath.Join(c.st.Config.CgroupRoot, loader.ContainersDir)
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("the containers' cgroup %s is gone (%v), and the egress check of containers with it: run `l3iso up` to make it and attach its program again, then retry", dir, err)
+	}
+	return nil
+}
 
 // makeCgroups makes the cgroups of the containers that come and records
 // their ids.
