@@ -166,21 +166,37 @@ func TestLoopback(t *testing.T) {
 	})
 
 	t.Run("host-cannot-reach-private-loopback", func(t *testing.T) {
-		lid := listen(t, web, tcp4, "127.0.0.1:7104")
-		defer web.Close(lid)
-		cid := host.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-		defer host.Close(cid)
-		// 127.128.0.1 is web's private loopback underneath (id 1 is the
-		// first container by name order: db... ask l3iso for it).
-		var lo4 string
+		// web's private loopbacks underneath (ask l3iso for them): the
+		// host's connect and sendto to them fail with ENETUNREACH, in
+		// both families, while web listens there.
+		var lo4, lo6 string
 		for _, c := range e.listJSON() {
 			if c.Name == "web" {
-				lo4 = c.Loopback4
+				lo4, lo6 = c.Loopback4, c.Loopback6
 			}
 		}
-		err := host.Connect(cid, netip.AddrPortFrom(netip.MustParseAddr(lo4), 7104))
-		if err == nil {
-			t.Fatalf("host reached web's private loopback %s:7104", lo4)
+		if lo4 == "" || lo6 == "" {
+			t.Fatalf("web's private loopbacks not listed: %q, %q", lo4, lo6)
+		}
+		for _, c := range []struct {
+			kind     proto
+			listenAt string
+			lo       string
+		}{{tcp4, "127.0.0.1:7104", lo4}, {tcp6, "[::1]:7104", lo6}, {udp4, "127.0.0.1:7104", lo4}, {udp6, "[::1]:7104", lo6}} {
+			lid := listen(t, web, c.kind, c.listenAt)
+			dst := netip.AddrPortFrom(netip.MustParseAddr(c.lo), 7104)
+			cid := host.Socket(c.kind.family, c.kind.typ, c.kind.protocol)
+			var err error
+			if c.kind.typ == unix.SOCK_STREAM {
+				err = host.Connect(cid, dst)
+			} else {
+				err = host.SendTo(cid, dst, []byte("x"))
+			}
+			if err != unix.ENETUNREACH {
+				t.Errorf("%s: host → web's private loopback %s: %v, want ENETUNREACH", c.kind.name, dst, err)
+			}
+			host.Close(cid)
+			web.Close(lid)
 		}
 	})
 	if c := e.counters(); c["web"]["loopback_remapped"] == 0 {
