@@ -170,7 +170,7 @@ var scaledWorkloads = map[string]bool{UDPPPS: true, TCPCRR: true}
 
 // sendtoConfigs are where sendto_ns runs: the socket-hook comparison
 // (unmanaged, a host process under l3iso's root, a container, do-nothing
-// programs), all on lo of one namespace. Elsewhere the sender is the
+// programs), each on lo of its namespace. Elsewhere the sender is the
 // outside host, which no l3iso program sees.
 var sendtoConfigs = map[string]bool{Loopback: true, Host: true, Shared: true, HookFloor: true}
 

@@ -19,7 +19,7 @@ const (
 	BridgeCT  = "bridge_ct"  // the same plus an nftables conntrack rule (br_netfilter is on): Docker-like
 	Routed    = "routed"     // netns container, l3iso --delivery routed
 	Direct    = "direct"     // netns container, l3iso --delivery direct (TC + bpf_redirect_peer)
-	BarePeer  = "bare_peer"  // the same path with a bare redirect_peer program and no l3iso program on it: the prototype
+	BarePeer  = "bare_peer"  // the same path with a bare redirect_peer program instead of l3iso's TC programs (the receiver under its socket programs): the prototype
 	Host      = "host"       // as loopback, in a cgroup under l3iso's root that is no container: a host process l3iso's programs see
 )
 

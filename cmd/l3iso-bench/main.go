@@ -53,8 +53,9 @@ func newRoot() *cobra.Command {
 cgroup subtree and a private bpffs mount — loopback (no l3iso), shared-mode
 containers, a host process under l3iso's root in no container, and netns
 containers behind l3iso's bridge (with and without conntrack), routed and
-direct delivery, and direct's bare redirect_peer prototype with no l3iso
-program on its path, and loopback with do-nothing programs at l3iso's
+direct delivery, and direct's bare redirect_peer prototype in place of
+l3iso's TC programs (the receiver under l3iso's socket programs, as in
+direct), and loopback with do-nothing programs at l3iso's
 socket hooks (hook_floor: the hooks' own price) — runs its own load
 generator through each (udp_pps, tcp_rr with p50/p99/p99.9, tcp_crr,
 tcp_gbps, sendto_ns; bcast_fanout: a broadcast from outside to 100
