@@ -684,8 +684,9 @@ static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct
 /*
  * Shared by connect and sendmsg: where a destination leads and which
  * source a socket uses. Returns 1 to allow, 0 denied (errno set), the
- * source to use in *src when *set_src, and the destination the kernel will
- * use in *dst.
+ * source to use in *src when *set_src (enum set_src: which counters the
+ * caller adds once the source is in place — count_src), and the
+ * destination the kernel will use in *dst.
  *
  *   host        → a private loopback: ENETUNREACH (no container's loopback
  *                 is anyone else's); → a shared container's address, unbound:
@@ -698,6 +699,32 @@ static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct
  *                 namespace refuses a loopback source off lo); unbound: its
  *                 own address toward dst (rule 4)
  */
+enum set_src {
+	SRC_KEEP = 0,	/* the kernel's source (or the bound one): counted already */
+	SRC_HOST = 1,	/* the host's own address toward a shared container */
+	SRC_LOOP = 2,	/* a container's private loopback, to itself */
+	SRC_PICKED = 3, /* a container's own address toward dst (rule 4) */
+};
+
+/*
+ * The counters of a source route_out chose, added by its caller only when
+ * the source is used: connect's bpf_bind can fail, and an explicit source
+ * (IP_PKTINFO) wins over it in sendmsg (rewritten = 0).
+ */
+static __always_inline void count_src(__u32 id, int set_src, int rewritten)
+{
+	if (set_src == SRC_HOST) {
+		if (rewritten)
+			count(0, L3_C_HOST_SRC_REWRITTEN);
+		return;
+	}
+	count(id, L3_C_CONNECT_ALLOWED);
+	if (set_src == SRC_LOOP)
+		count(id, L3_C_LOOP_REMAPPED); /* the destination: remapped either way */
+	else if (rewritten)
+		count(id, L3_C_SRC_REWRITTEN);
+}
+
 static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l3_cfg *cfg,
 				     __u32 gen, struct l3_cont *c, struct l3_addr *dst,
 				     struct l3_addr *src, int *set_src, __u16 ev)
@@ -706,7 +733,7 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 	__u8 proto = sock_proto(ctx->protocol);
 	struct l3_addr bound;
 
-	*set_src = 0;
+	*set_src = SRC_KEEP;
 	if (v6)
 		load_user6(ctx, dst);
 	else
@@ -730,8 +757,7 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 		 */
 		if (addr_is_any(&bound) && owned_on_host(gen, dst)) {
 			host_addr_like(dst, src);
-			*set_src = 1;
-			count(0, L3_C_HOST_SRC_REWRITTEN);
+			*set_src = SRC_HOST;
 		}
 		return 1;
 	}
@@ -754,12 +780,13 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 		} else {
 			ctx->user_ip4 = dst->w[3];
 		}
-		count(c->id, L3_C_CONNECT_ALLOWED);
-		count(c->id, L3_C_LOOP_REMAPPED);
 		if (addr_is_any(&bound)) {
 			*src = *dst;
-			*set_src = 1;
+			*set_src = SRC_LOOP;
+			return 1;
 		}
+		count(c->id, L3_C_CONNECT_ALLOWED);
+		count(c->id, L3_C_LOOP_REMAPPED);
 		return 1;
 	}
 	if (addr_is_private_loop(dst) && !addr_is_host(dst)) {
@@ -785,9 +812,7 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 		ev_call(c->id, ev, L3_C_NO_ADDR, ENETUNREACH, proto, NULL, 0, dst, dport, 0);
 		return deny(ENETUNREACH);
 	}
-	*set_src = 1;
-	count(c->id, L3_C_CONNECT_ALLOWED);
-	count(c->id, L3_C_SRC_REWRITTEN);
+	*set_src = SRC_PICKED;
 	return 1;
 }
 
@@ -818,12 +843,15 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 		sa.sin_addr.s_addr = src.w[3];
 		err = bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
 	}
-	if (!err)
+	id = c ? c->id : 0;
+	if (!err) {
+		count_src(id, set_src, 1);
 		return 1;
+	}
 	/* The socket is bound to a port already (a container's fixed-port
 	 * bind is a shadow: the wildcard, on l3iso's port) and the kernel
-	 * binds no address to it now: nothing it could send from. */
-	id = c ? c->id : 0;
+	 * binds no address to it now: nothing it could send from. Nothing
+	 * was allowed or rewritten. */
 	count(id, L3_C_CONNECT_BOUND);
 	ev_call(id, L3_EV_CONNECT, L3_C_CONNECT_BOUND, EADDRNOTAVAIL, sock_proto(ctx->protocol), &src, 0,
 		&dst, bpf_ntohs(ctx->user_port), 0);
@@ -894,8 +922,11 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
 			&dst, bpf_ntohs(ctx->user_port), 0);
 		return deny(EINVAL);
 	}
-	if (!set_src || !addr_is_any(&msrc))
+	if (!set_src)
 		return 1;
+	count_src(c ? c->id : 0, set_src, addr_is_any(&msrc));
+	if (!addr_is_any(&msrc))
+		return 1; /* its explicit source (IP_PKTINFO), checked above */
 	/* Make the compiler address the stores from ctx itself: the verifier
 	 * rejects a store through a saved ctx+offset pointer. */
 	asm volatile("" : "+r"(ctx));

@@ -153,7 +153,8 @@ func TestMonitorEvents(t *testing.T) {
 			p              proto
 			bind, src, dst string
 		}{{tcp4, "0.0.0.0:7410", "10.77.0.1", "10.77.0.2:7012"}, {udp6, "[::]:7411", "fd77::1", "[fd77::2]:7013"}} {
-			before := e.counters()["web"]["connect_denied_bound_port"]
+			was := e.counters()["web"]
+			before := was["connect_denied_bound_port"]
 			id := web.Socket(c.p.family, c.p.typ, 0)
 			if err := web.Bind(id, ap(c.bind)); err != nil {
 				t.Fatal(err)
@@ -167,8 +168,15 @@ func TestMonitorEvents(t *testing.T) {
 			expectEvent(t, mon, wantEvent{container: "web", typ: "connect", reason: "connect_denied_bound_port", verdict: "denied",
 				family: map[bool]int{true: 6, false: 4}[c.p.addrIsV6Sock], proto: c.p.name[:3], addr: c.src, port: -2,
 				dst: d.Addr().String(), dstPort: int(d.Port()), agent: web}, err)
-			if after := e.counters()["web"]["connect_denied_bound_port"]; after != before+1 {
+			now := e.counters()["web"]
+			if after := now["connect_denied_bound_port"]; after != before+1 {
 				t.Errorf("%s: connect_denied_bound_port %d → %d, want one more", c.p.name, before, after)
+			}
+			// Refused: neither allowed nor given a source.
+			for _, k := range []string{"connect_allowed", "source_rewritten"} {
+				if now[k] != was[k] {
+					t.Errorf("%s: %s %d → %d on a refused connect, want no change", c.p.name, k, was[k], now[k])
+				}
 			}
 		}
 	})
