@@ -684,9 +684,11 @@ static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct
 /*
  * Shared by connect and sendmsg: where a destination leads and which
  * source a socket uses. Returns 1 to allow, 0 denied (errno set), the
- * source to use in *src when *set_src (enum set_src: which counters the
- * caller adds once the source is in place — count_src), and the
- * destination the kernel will use in *dst.
+ * source to use in *src when *set_src, and the destination the kernel
+ * will use in *dst. What an allowed call counts (enum route_count) is
+ * left in *cnt: the caller adds it (count_route) once the call is
+ * allowed for good — connect's bpf_bind can still fail, sendmsg can
+ * still refuse a loopback source.
  *
  *   host        → a private loopback: ENETUNREACH (no container's loopback
  *                 is anyone else's); → a shared container's address, unbound:
@@ -699,41 +701,39 @@ static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct
  *                 namespace refuses a loopback source off lo); unbound: its
  *                 own address toward dst (rule 4)
  */
-enum set_src {
-	SRC_KEEP = 0,	/* the kernel's source (or the bound one): counted already */
-	SRC_HOST = 1,	/* the host's own address toward a shared container */
-	SRC_LOOP = 2,	/* a container's private loopback, to itself */
-	SRC_PICKED = 3, /* a container's own address toward dst (rule 4) */
+enum route_count {
+	RC_ALLOWED = 1 << 0,	   /* connect_allowed */
+	RC_REMAPPED = 1 << 1,	   /* loopback_remapped: the destination */
+	RC_REWRITTEN = 1 << 2,	   /* source_rewritten: the source route_out chose */
+	RC_HOST_REWRITTEN = 1 << 3, /* host_source_rewritten */
 };
 
-/*
- * The counters of a source route_out chose, added by its caller only when
- * the source is used: connect's bpf_bind can fail, and an explicit source
- * (IP_PKTINFO) wins over it in sendmsg (rewritten = 0).
- */
-static __always_inline void count_src(__u32 id, int set_src, int rewritten)
+/* The counters of an allowed call; rewritten = 0: the source route_out
+ * chose was not used (sendmsg with an explicit one, IP_PKTINFO). */
+static __always_inline void count_route(__u32 id, __u32 cnt, int rewritten)
 {
-	if (set_src == SRC_HOST) {
-		if (rewritten)
-			count(0, L3_C_HOST_SRC_REWRITTEN);
+	if (cnt & RC_ALLOWED)
+		count(id, L3_C_CONNECT_ALLOWED);
+	if (cnt & RC_REMAPPED)
+		count(id, L3_C_LOOP_REMAPPED);
+	if (!rewritten)
 		return;
-	}
-	count(id, L3_C_CONNECT_ALLOWED);
-	if (set_src == SRC_LOOP)
-		count(id, L3_C_LOOP_REMAPPED); /* the destination: remapped either way */
-	else if (rewritten)
+	if (cnt & RC_REWRITTEN)
 		count(id, L3_C_SRC_REWRITTEN);
+	if (cnt & RC_HOST_REWRITTEN)
+		count(0, L3_C_HOST_SRC_REWRITTEN);
 }
 
 static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l3_cfg *cfg,
 				     __u32 gen, struct l3_cont *c, struct l3_addr *dst,
-				     struct l3_addr *src, int *set_src, __u16 ev)
+				     struct l3_addr *src, int *set_src, __u32 *cnt, __u16 ev)
 {
 	__u16 dport = bpf_ntohs(ctx->user_port);
 	__u8 proto = sock_proto(ctx->protocol);
 	struct l3_addr bound;
 
-	*set_src = SRC_KEEP;
+	*set_src = 0;
+	*cnt = 0;
 	if (v6)
 		load_user6(ctx, dst);
 	else
@@ -757,7 +757,8 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 		 */
 		if (addr_is_any(&bound) && owned_on_host(gen, dst)) {
 			host_addr_like(dst, src);
-			*set_src = SRC_HOST;
+			*set_src = 1;
+			*cnt = RC_HOST_REWRITTEN;
 		}
 		return 1;
 	}
@@ -765,7 +766,7 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 	if ((addr_is_loopback(dst) || addr_is_any(dst)) && !addr_is_host(dst)) {
 		if (c->flags & L3_CF_LOOP_HOST) {
 			/* loopback: host — the host's 127.0.0.1 / ::1, kernel source */
-			count(c->id, L3_C_CONNECT_ALLOWED);
+			*cnt = RC_ALLOWED;
 			return 1;
 		}
 		/* Rule 5: its private loopback (where the kernel would take
@@ -780,13 +781,11 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 		} else {
 			ctx->user_ip4 = dst->w[3];
 		}
+		*cnt = RC_ALLOWED | RC_REMAPPED;
 		if (addr_is_any(&bound)) {
 			*src = *dst;
-			*set_src = SRC_LOOP;
-			return 1;
+			*set_src = 1;
 		}
-		count(c->id, L3_C_CONNECT_ALLOWED);
-		count(c->id, L3_C_LOOP_REMAPPED);
 		return 1;
 	}
 	if (addr_is_private_loop(dst) && !addr_is_host(dst)) {
@@ -803,7 +802,7 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 			return deny(EINVAL);
 		}
 		/* bind already checked it */
-		count(c->id, L3_C_CONNECT_ALLOWED);
+		*cnt = RC_ALLOWED;
 		return 1;
 	}
 	if (pick_source(gen, c, dst, src) < 0) {
@@ -812,7 +811,8 @@ static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l
 		ev_call(c->id, ev, L3_C_NO_ADDR, ENETUNREACH, proto, NULL, 0, dst, dport, 0);
 		return deny(ENETUNREACH);
 	}
-	*set_src = SRC_PICKED;
+	*set_src = 1;
+	*cnt = RC_ALLOWED | RC_REWRITTEN;
 	return 1;
 }
 
@@ -821,17 +821,21 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 	struct l3_cfg *cfg = config();
 	struct l3_addr src, dst;
 	struct l3_cont *c;
-	int set_src, ret;
-	__u32 gen, id;
+	__u32 gen, id, cnt;
+	int set_src;
 	long err;
 
 	if (!cfg)
 		return 1;
 	gen = active_gen();
 	c = task_container(gen, cfg);
-	ret = route_out(ctx, v6, cfg, gen, c, &dst, &src, &set_src, L3_EV_CONNECT);
-	if (!ret || !set_src)
-		return ret;
+	if (!route_out(ctx, v6, cfg, gen, c, &dst, &src, &set_src, &cnt, L3_EV_CONNECT))
+		return 0;
+	id = c ? c->id : 0;
+	if (!set_src) {
+		count_route(id, cnt, 0);
+		return 1;
+	}
 	if (v6) {
 		struct sockaddr_in6 sa = {.sin6_family = 10 /* AF_INET6 */};
 
@@ -843,9 +847,8 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, int v6)
 		sa.sin_addr.s_addr = src.w[3];
 		err = bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
 	}
-	id = c ? c->id : 0;
 	if (!err) {
-		count_src(id, set_src, 1);
+		count_route(id, cnt, 1);
 		return 1;
 	}
 	/* The socket is bound to a port already (a container's fixed-port
@@ -875,8 +878,8 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
 	struct l3_cfg *cfg = config();
 	struct l3_addr msrc, src, dst;
 	struct l3_cont *c;
+	__u32 gen, cnt;
 	int set_src;
-	__u32 gen;
 
 	if (!cfg)
 		return 1;
@@ -913,7 +916,7 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
 		}
 	}
 
-	if (!route_out(ctx, v6, cfg, gen, c, &dst, &src, &set_src, L3_EV_SENDMSG))
+	if (!route_out(ctx, v6, cfg, gen, c, &dst, &src, &set_src, &cnt, L3_EV_SENDMSG))
 		return 0;
 	if (c && !addr_is_any(&msrc) && own_loop(c, &msrc) && !own_loop(c, &dst)) {
 		/* A loopback source never leaves its container. */
@@ -922,11 +925,9 @@ static __always_inline int do_sendmsg(struct bpf_sock_addr *ctx, int v6)
 			&dst, bpf_ntohs(ctx->user_port), 0);
 		return deny(EINVAL);
 	}
-	if (!set_src)
-		return 1;
-	count_src(c ? c->id : 0, set_src, addr_is_any(&msrc));
-	if (!addr_is_any(&msrc))
-		return 1; /* its explicit source (IP_PKTINFO), checked above */
+	count_route(c ? c->id : 0, cnt, set_src && addr_is_any(&msrc));
+	if (!set_src || !addr_is_any(&msrc))
+		return 1; /* the kernel's source, or its explicit one (IP_PKTINFO, checked above) */
 	/* Make the compiler address the stores from ctx itself: the verifier
 	 * rejects a store through a saved ctx+offset pointer. */
 	asm volatile("" : "+r"(ctx));

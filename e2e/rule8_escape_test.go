@@ -141,7 +141,8 @@ func TestEscapePrivateLoopback(t *testing.T) {
 	ub6 := listen(t, b, udp6, "[fd77::2]:7701")
 	host := e.agent("")
 	th := listen(t, host, tcp4, hostIP4+":7702")
-	before := e.counters()["a"]["loopback_denied"]
+	was := e.counters()["a"]
+	before := was["loopback_denied"]
 
 	var bid, aid uint32
 	for _, c := range e.listJSON() {
@@ -164,10 +165,13 @@ try_("udp4-lo-to-b", lambda: udp(socket.AF_INET, ("10.77.0.2", 7701), ("127.0.0.
 try_("udp6-lo-to-b", lambda: udp(socket.AF_INET6, ("fd77::2", 7701), ("::1", 0)))
 try_("tcp4-lo-to-host", lambda: tcp(socket.AF_INET, (%[1]q, 7702), ("127.0.0.1", 0)))
 # Its private loopback named as the source of one datagram (IP_PKTINFO).
-def pktinfo4(src):
+def pktinfo4(src, bound=None):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if bound:
+        s.bind((bound, 0))
     s.sendmsg([b"x"], [(socket.IPPROTO_IP, 8, struct.pack("I4s4s", 0, socket.inet_aton(src), socket.inet_aton("0.0.0.0")))], 0, ("10.77.0.2", 7701))
 try_("pktinfo-own-private", lambda: pktinfo4(%[2]q))
+try_("pktinfo-bound-own-private", lambda: pktinfo4(%[2]q, "10.77.0.1"))
 def pktinfo6(src):
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.sendmsg([b"x"], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, socket.inet_pton(socket.AF_INET6, src) + struct.pack("I", 0))], 0, ("fd77::2", 7701))
@@ -179,7 +183,7 @@ try_("udp6-to-b-private", lambda: udp(socket.AF_INET6, (%[4]q, 7701)))
 	want := map[string]string{
 		"tcp4-lo-to-b": "EINVAL", "tcp6-lo-to-b": "EINVAL", "udp4-lo-to-b": "EINVAL", "udp6-lo-to-b": "EINVAL",
 		"tcp4-lo-to-host": "EINVAL", "pktinfo-own-private": "EINVAL", "pktinfo6-own-private": "EINVAL",
-		"tcp6-to-b-private": "ENETUNREACH", "udp6-to-b-private": "ENETUNREACH",
+		"pktinfo-bound-own-private": "EINVAL", "tcp6-to-b-private": "ENETUNREACH", "udp6-to-b-private": "ENETUNREACH",
 	}
 	for k, w := range want {
 		if got[k] != w {
@@ -199,8 +203,15 @@ try_("udp6-to-b-private", lambda: udp(socket.AF_INET6, (%[4]q, 7701)))
 			t.Errorf("b received %q from %s, sent from a's loopback", p, from)
 		}
 	}
-	if after := e.counters()["a"]["loopback_denied"]; after < before+uint64(len(want)) {
+	now := e.counters()["a"]
+	if after := now["loopback_denied"]; after < before+uint64(len(want)) {
 		t.Errorf("loopback_denied of a went from %d to %d, want %d more", before, after, len(want))
+	}
+	// Every call above was refused: none was allowed, none given a source.
+	for _, k := range []string{"connect_allowed", "source_rewritten"} {
+		if now[k] != was[k] {
+			t.Errorf("%s of a went from %d to %d over refused calls, want no change", k, was[k], now[k])
+		}
 	}
 
 	// A ping socket runs no bind hook: bound to a's private loopback, its
