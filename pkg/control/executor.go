@@ -25,9 +25,10 @@ import (
 //     the unplumbing of the netns containers that go have no undo (their
 //     processes are dead), only a repair makes their cgroups and
 //     namespaces anew, so the next changing command repairs. A script
-//     with s.retry (del) that fails from stepStop on says so:
-//     the processes may be dead already ("processes of container "web"
-//     stopped, but ...: run `l3iso container del web` again");
+//     with s.retry (del, an apply that removes containers) that fails
+//     from stepStop on says so: the processes may be dead already
+//     ("processes of container "web" stopped, but ...: run `l3iso
+//     container del web` again");
 //   - after s.commit, nothing is undone: the error says what is done
 //     already ("policy switched, but ...") and that the next changing
 //     command finishes the rest (the dirty bit stays set);
@@ -58,7 +59,9 @@ func (c *Control) run(s *script, tr *tracer) error {
 			// them anew): the error says so, and what to run.
 			if s.ended {
 				err = fmt.Errorf("%s, but %w: %s", s.stopDone, err, s.retry)
-			} else {
+			} else if s.prune {
+				// (Without --prune, stepStop's refusal says
+				// what to do itself.)
 				err = fmt.Errorf("%w: %s", err, s.retry)
 			}
 		}

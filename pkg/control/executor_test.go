@@ -136,6 +136,32 @@ func TestRunUndo(t *testing.T) {
 			t.Errorf("undid %v, want %v", *undone, want)
 		}
 	})
+	// A planned apply that removes two netns containers, with --prune:
+	// once their processes are ended, a failure before the switch says
+	// so, and what to run.
+	installed := []maps.Container{ct(t, 1, "api/netns 10.77.0.2"), web, ct(t, 3, "db 10.77.0.3")}
+	pruning, _, err := planApply(applyFacts{sv: surveyOf(t, specs(installed[2]), installed), fileConts: 1}, ApplyOptions{Prune: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("apply, after the stop, before the commit", func(t *testing.T) {
+		_, undone := fakeSteps(t, map[stepKind]error{stepUnplumb: boom}, nil)
+		err := (&Control{}).run(pruning, nil)
+		wantError(t, err, "processes of containers \"api\", \"web\" (removed by the policy) stopped, but boom: "+
+			"the policy is not switched: run the same `l3iso apply --prune` again", boom)
+		if !slices.Contains(*undone, stepUnplumb) {
+			t.Errorf("undid %v, want the unplumbing's undo among them", *undone)
+		}
+	})
+	t.Run("apply, the stop fails", func(t *testing.T) {
+		fakeSteps(t, map[stepKind]error{stepStop: boom}, nil)
+		pruning.ended = false // (a script runs once; this one ran above)
+		wantError(t, (&Control{}).run(pruning, nil), "boom: the policy is not switched: run the same `l3iso apply --prune` again", boom)
+		pruning.prune = false // without --prune the stop's refusal says what to do
+		defer func() { pruning.prune = true }()
+		wantError(t, (&Control{}).run(pruning, nil), "boom", boom)
+	})
+
 	t.Run("apply, after the commit", func(t *testing.T) {
 		_, undone := fakeSteps(t, map[stepKind]error{stepPlumb: boom}, nil)
 		err := (&Control{}).run(apply, nil)

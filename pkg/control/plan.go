@@ -6,6 +6,7 @@ import (
 	"iter"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -115,7 +116,8 @@ type script struct {
 
 	// stopDone says what is true once stepStop ended the processes, and
 	// retry what to run, should it or a later step before the commit fail
-	// (del: the processes cannot come back; "" for none).
+	// (del, an apply that removes containers: the processes cannot come
+	// back; "" for none).
 	stopDone, retry string
 
 	grace time.Duration // stepStop: between SIGTERM and SIGKILL
@@ -393,6 +395,23 @@ func planApply(f applyFacts, o ApplyOptions) (*script, Plan, error) {
 	s := &script{
 		what: "apply", gone: gone, next: sv, grace: o.Grace, prune: o.Prune,
 		commit: stepSwitch, done: "policy switched", lose: sv.losing(), filter: sv.all(),
+	}
+	if len(gone) > 0 {
+		// Once stepStop ran, a failure before the switch leaves the
+		// old policy with these containers' processes ended.
+		q := make([]string, len(gone))
+		for i, k := range gone {
+			q[i] = strconv.Quote(k.Spec.Name)
+		}
+		what, flag := "container", ""
+		if len(q) > 1 {
+			what = "containers"
+		}
+		if o.Prune {
+			flag = " --prune"
+		}
+		s.stopDone = fmt.Sprintf("processes of %s %s (removed by the policy) stopped", what, strings.Join(q, ", "))
+		s.retry = fmt.Sprintf("the policy is not switched: run the same `l3iso apply%s` again", flag)
 	}
 	s.owners = func(yield func(maps.Container) bool) {
 		for _, k := range gone {
