@@ -29,6 +29,15 @@ struct {
 	__type(value, struct l3_cont);
 } l3_conts SEC(".maps");
 
+/* Mmapable: user space writes its words with atomic stores (l3iso.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct l3_owned_filter);
+} l3_ofilter SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 21);
@@ -355,13 +364,23 @@ static __always_inline int addr_is_mcast(const struct l3_addr *a)
 	return (bpf_ntohl(a->w[0]) >> 24) == 0xff;
 }
 
+/* Does l3_ofilter prove that no container owns IP a (any port)? */
+static __always_inline int surely_unowned(const struct l3_addr *a)
+{
+	__u32 zero = 0, h = (a->w[0] ^ a->w[1] ^ a->w[2] ^ a->w[3]) * (__u32)L3_OFILTER_MUL;
+	struct l3_owned_filter *f = bpf_map_lookup_elem(&l3_ofilter, &zero);
+
+	h >>= 16;
+	return f && (f->w[(h >> 6) & (L3_OFILTER_BITS / 64 - 1)] >> (h & 63)) & 1;
+}
+
 static __always_inline struct l3_owner *owner_of(__u32 gen, const struct l3_addr *a,
 						 __u8 proto, __u16 port /* host order */)
 {
 	/* No policy owns a loopback address (pkg/policy refuses them; the
 	 * private loopbacks are l3_locals'): the host's traffic on lo, the
 	 * most common, is spared the trie walk. */
-	if (addr_is_loopback(a))
+	if (addr_is_loopback(a) || surely_unowned(a))
 		return NULL;
 	struct l3_owner_key k = {
 		.prefixlen = L3_OWNER_PLEN_FULL,

@@ -93,6 +93,7 @@ const enum l3_sk_flags *unused_sk_flags __attribute__((unused));
 const enum l3_cfg_flags *unused_cfg_flags __attribute__((unused));
 const enum l3_group_limits *unused_group_limits __attribute__((unused));
 const enum l3_bloom *unused_bloom __attribute__((unused));
+const enum l3_ofilter_bits *unused_ofilter_bits __attribute__((unused));
 const enum l3_lpage_limits *unused_lpage_limits __attribute__((unused));
 const enum l3_bind_kind *unused_bind_kind __attribute__((unused));
 const enum l3_bval_flags *unused_bval_flags __attribute__((unused));

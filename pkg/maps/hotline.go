@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,15 +25,27 @@ var (
 
 // hot maps l3_config's value page once per Set.
 func (s *Set) hot() ([]byte, error) {
-	if s.cfgMem != nil {
-		return s.cfgMem, nil
+	return mmapValue(s.cfg, unsafe.Sizeof(sockL3Cfg{}), &s.cfgMem,
+		"l3_config", " (an l3_config pinned by an older l3iso is not mmapable: run `l3iso down`, then `l3iso up`)")
+}
+
+// ofHot maps l3_ofilter's value once per Set.
+func (s *Set) ofHot() ([]byte, error) {
+	return mmapValue(s.ofilter, unsafe.Sizeof(sockL3OwnedFilter{}), &s.ofMem, "l3_ofilter", "")
+}
+
+// mmapValue maps the value (size bytes) of mmapable array m, of one
+// entry, into *mem once.
+func mmapValue(m *ebpf.Map, size uintptr, mem *[]byte, name, hint string) ([]byte, error) {
+	if *mem != nil {
+		return *mem, nil
 	}
-	size := (int(unsafe.Sizeof(sockL3Cfg{})) + os.Getpagesize() - 1) &^ (os.Getpagesize() - 1)
-	b, err := unix.Mmap(s.cfg.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	n := (int(size) + os.Getpagesize() - 1) &^ (os.Getpagesize() - 1)
+	b, err := unix.Mmap(m.FD(), 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("map l3_config into memory: %w (an l3_config pinned by an older l3iso is not mmapable: run `l3iso down`, then `l3iso up`)", err)
+		return nil, fmt.Errorf("map %s into memory: %w%s", name, err, hint)
 	}
-	s.cfgMem = b
+	*mem = b
 	return b, nil
 }
 
@@ -103,17 +116,24 @@ func bloomOf(cs iter.Seq[Container]) (f [len(sockL3Cfg{}.BcastBloom)]uint64) {
 	return f
 }
 
-// addBcast sets the filter bits of cs's broadcast addresses; call it before
-// their l3_locals markers go in, so the filter never hides a live one.
+// addBcast sets the filter bits of cs's broadcast addresses, and clears
+// the bits of their addresses in the filter of unowned IPs; call it before
+// their l3_locals and l3_owners entries go in, so neither filter ever
+// hides a live one.
 func (s *Set) addBcast(cs iter.Seq[Container]) error { return s.writeBloom(cs, false) }
 
-// ResetBcastFilter makes the filter exactly that of cs, the containers of
-// the only generation left (after a policy switch, a delete, a repair):
-// bits of broadcast addresses no container has any more are cleared.
+// ResetBcastFilter makes both filters exactly those of cs, the containers
+// of the only generation left (after a policy switch, a delete, a
+// repair): bits of broadcast addresses no container has any more are
+// cleared, and bits of IPs none owns any more are set.
 func (s *Set) ResetBcastFilter(cs iter.Seq[Container]) error { return s.writeBloom(cs, true) }
 
 func (s *Set) writeBloom(cs iter.Seq[Container], reset bool) error {
 	b, err := s.hot()
+	if err != nil {
+		return err
+	}
+	of, err := s.ofHot()
 	if err != nil {
 		return err
 	}
@@ -125,5 +145,36 @@ func (s *Set) writeBloom(cs iter.Seq[Container], reset bool) error {
 			atomic.OrUint64(p, w)
 		}
 	}
+	owned := ownedOf(cs)
+	for i, w := range owned {
+		p := word64(of, uintptr(8*i))
+		if reset {
+			atomic.StoreUint64(p, ^w)
+		} else if w != 0 {
+			atomic.AndUint64(p, ^w)
+		}
+	}
 	return nil
+}
+
+// ownedBit is the bit of IP a in l3_ofilter, as bpf/maps.h surely_unowned
+// computes it from the address's 16-byte form (IPv4 mapped) read as four
+// native-order words.
+func ownedBit(a netip.Addr) uint32 {
+	b := a.As16()
+	h := binary.NativeEndian.Uint32(b[0:]) ^ binary.NativeEndian.Uint32(b[4:]) ^
+		binary.NativeEndian.Uint32(b[8:]) ^ binary.NativeEndian.Uint32(b[12:])
+	return (h * uint32(sockL3OfilterBitsL3OFILTER_MUL)) >> 16
+}
+
+// ownedOf is the set of bits of the IPs cs's containers own (any port).
+func ownedOf(cs iter.Seq[Container]) *[len(sockL3OwnedFilter{}.W)]uint64 {
+	f := new([len(sockL3OwnedFilter{}.W)]uint64)
+	for c := range cs {
+		for _, a := range c.Spec.Addresses {
+			bit := ownedBit(a.Addr)
+			f[bit/64] |= 1 << (bit % 64)
+		}
+	}
+	return f
 }

@@ -53,8 +53,10 @@ type Set struct {
 	socks    *ebpf.Map // l3_binds key → listening socket, for l3_sk_lookup
 	events   *ebpf.Map // ring buffer: denials and drops (struct l3_event), for `monitor`
 	eBucket  *ebpf.Map // per container and CPU: the events' rate limit
+	ofilter  *ebpf.Map // IPs no container owns, surely (hotline.go)
 
 	cfgMem []byte // l3_config's value, mmapped (hotline.go)
+	ofMem  []byte // l3_ofilter's value, mmapped (hotline.go)
 
 	dir   string // where the maps are pinned ("" for New's)
 	index *Index // user space's index (index.go); nil until built
@@ -70,7 +72,7 @@ func (s *Set) byName() map[string]**ebpf.Map {
 		"l3_listen": &s.listen, "l3_lsum": &s.lsum,
 		"l3_quota": &s.quota, "l3_binds": &s.binds, "l3_sports": &s.sports,
 		"l3_hostudp": &s.hostUDP, "l3_uwild": &s.uWild, "l3_scratch": &s.scratch, "l3_socks": &s.socks,
-		"l3_events": &s.events, "l3_ebucket": &s.eBucket,
+		"l3_events": &s.events, "l3_ebucket": &s.eBucket, "l3_ofilter": &s.ofilter,
 	}
 }
 
@@ -255,6 +257,10 @@ func (s *Set) EventReader() (*ringbuf.Reader, error) { return ringbuf.NewReader(
 
 // Close releases the file descriptors (pins stay).
 func (s *Set) Close() error {
+	if s.ofMem != nil {
+		unix.Munmap(s.ofMem)
+		s.ofMem = nil
+	}
 	if s.cfgMem != nil {
 		unix.Munmap(s.cfgMem)
 		s.cfgMem = nil

@@ -102,9 +102,25 @@ func newTestSet(t testing.TB) *Set {
 // TestInsertRemove writes containers into real maps and checks that Remove
 // and DeleteGen leave nothing behind, the shared-IP marker lives as long as
 // one owner of a port range does (Remove is told so), and the broadcast
-// filter loses the bit of a subnet nobody is on.
+// filter loses the bit of a subnet nobody is on; the filter of unowned
+// IPs never says "unowned" of an address a container has.
 func TestInsertRemove(t *testing.T) {
 	s := newTestSet(t)
+	// unowned reads l3_ofilter's bit of a (1: no container owns a, surely).
+	unowned := func(a string) uint64 {
+		var v sockL3OwnedFilter
+		if err := s.ofilter.Lookup(uint32(0), &v); err != nil {
+			t.Fatal(err)
+		}
+		bit := ownedBit(netip.MustParseAddr(a))
+		return v.W[bit/64] >> (bit % 64) & 1
+	}
+	addrs := []string{"10.77.0.1", "fd77::1", "10.77.0.9", "10.79.0.1"}
+	for _, a := range addrs {
+		if unowned(a) != 0 {
+			t.Fatalf("a new l3_ofilter says no container owns %s: it must say nothing until written", a)
+		}
+	}
 	mk := func(id uint32, name string, addrs ...string) Container {
 		c := Container{ID: id, CgroupID: uint64(1000 + id), Spec: policy.Container{Name: name, Mode: policy.ModeShared, Loopback: policy.LoopbackIsolated}}
 		for _, a := range addrs {
@@ -149,6 +165,14 @@ func TestInsertRemove(t *testing.T) {
 	if bloom() != 1 {
 		t.Error("the broadcast filter lacks 10.77.0.255 after Insert and SetConfig")
 	}
+	if err := s.ResetBcastFilter(slices.Values(all)); err != nil {
+		t.Fatal(err)
+	}
+	for a, want := range map[string]uint64{"10.77.0.1": 0, "fd77::1": 0, "10.77.0.9": 0, "10.79.0.1": 1, "fd79::1": 1} {
+		if got := unowned(a); got != want {
+			t.Errorf("l3_ofilter's bit of %s is %d after a reset to web, db, db2; want %d", a, got, want)
+		}
+	}
 	if err := s.Switch(Gen{s, 7}); err != nil {
 		t.Fatal(err)
 	}
@@ -172,6 +196,21 @@ func TestInsertRemove(t *testing.T) {
 	}
 	if bloom() != 0 {
 		t.Error("the broadcast filter still has 10.77.0.255 after its only container went")
+	}
+	for a, want := range map[string]uint64{"10.77.0.1": 1, "fd77::1": 1, "10.77.0.9": 0} {
+		if got := unowned(a); got != want {
+			t.Errorf("l3_ofilter's bit of %s is %d after a reset to db2; want %d", a, got, want)
+		}
+	}
+	// An address goes live only after Insert cleared its bit.
+	if err := (Gen{s, 7}).Insert(web); err != nil {
+		t.Fatal(err)
+	}
+	if unowned("10.77.0.1") != 0 || unowned("fd77::1") != 0 {
+		t.Error("Insert of web left l3_ofilter saying nobody owns its addresses")
+	}
+	if err := (Gen{s, 7}).Remove(web, Shared{}); err != nil {
+		t.Fatal(err)
 	}
 	if err := deleteGen(Gen{s, 7}, []Container{db2}); err != nil {
 		t.Fatal(err)

@@ -364,6 +364,18 @@ const (
 	sockL3ModeL3MODE_NETNS  sockL3Mode = 1
 )
 
+type sockL3OfilterBits uint32
+
+const (
+	sockL3OfilterBitsL3OFILTER_BITS sockL3OfilterBits = 65536
+	sockL3OfilterBitsL3OFILTER_MUL  sockL3OfilterBits = 2654435761
+)
+
+type sockL3OwnedFilter struct {
+	_ structs.HostLayout
+	W [1024]uint64
+}
+
 type sockL3Owner struct {
 	_     structs.HostLayout
 	Id    uint32
@@ -558,6 +570,7 @@ type sockMapSpecs struct {
 	L3Lsum     *ebpf.MapSpec `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
+	L3Ofilter  *ebpf.MapSpec `ebpf:"l3_ofilter"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
 	L3Ports    *ebpf.MapSpec `ebpf:"l3_ports"`
 	L3Quota    *ebpf.MapSpec `ebpf:"l3_quota"`
@@ -588,6 +601,7 @@ type sockVariableSpecs struct {
 	UnusedLocalKind   *ebpf.VariableSpec `ebpf:"unused_local_kind"`
 	UnusedLpageLimits *ebpf.VariableSpec `ebpf:"unused_lpage_limits"`
 	UnusedMode        *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedOfilterBits *ebpf.VariableSpec `ebpf:"unused_ofilter_bits"`
 	UnusedOwnerFlags  *ebpf.VariableSpec `ebpf:"unused_owner_flags"`
 	UnusedPurgeReq    *ebpf.VariableSpec `ebpf:"unused_purge_req"`
 	UnusedSkFlags     *ebpf.VariableSpec `ebpf:"unused_sk_flags"`
@@ -627,6 +641,7 @@ type sockMaps struct {
 	L3Lsum     *ebpf.Map `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
+	L3Ofilter  *ebpf.Map `ebpf:"l3_ofilter"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
 	L3Ports    *ebpf.Map `ebpf:"l3_ports"`
 	L3Quota    *ebpf.Map `ebpf:"l3_quota"`
@@ -653,6 +668,7 @@ func (m *sockMaps) Close() error {
 		m.L3Lsum,
 		m.L3Mcasts,
 		m.L3Metas,
+		m.L3Ofilter,
 		m.L3Owners,
 		m.L3Ports,
 		m.L3Quota,
@@ -684,6 +700,7 @@ type sockVariables struct {
 	UnusedLocalKind   *ebpf.Variable `ebpf:"unused_local_kind"`
 	UnusedLpageLimits *ebpf.Variable `ebpf:"unused_lpage_limits"`
 	UnusedMode        *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedOfilterBits *ebpf.Variable `ebpf:"unused_ofilter_bits"`
 	UnusedOwnerFlags  *ebpf.Variable `ebpf:"unused_owner_flags"`
 	UnusedPurgeReq    *ebpf.Variable `ebpf:"unused_purge_req"`
 	UnusedSkFlags     *ebpf.Variable `ebpf:"unused_sk_flags"`

@@ -185,6 +185,11 @@ type sockvariantL3MetaKey struct {
 	Id  uint32
 }
 
+type sockvariantL3OwnedFilter struct {
+	_ structs.HostLayout
+	W [1024]uint64
+}
+
 type sockvariantL3Owner struct {
 	_     structs.HostLayout
 	Id    uint32
@@ -338,6 +343,7 @@ type sockvariantMapSpecs struct {
 	L3Lsum     *ebpf.MapSpec `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
+	L3Ofilter  *ebpf.MapSpec `ebpf:"l3_ofilter"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
 	L3Ports    *ebpf.MapSpec `ebpf:"l3_ports"`
 	L3Quota    *ebpf.MapSpec `ebpf:"l3_quota"`
@@ -368,6 +374,7 @@ type sockvariantVariableSpecs struct {
 	UnusedLocalKind   *ebpf.VariableSpec `ebpf:"unused_local_kind"`
 	UnusedLpageLimits *ebpf.VariableSpec `ebpf:"unused_lpage_limits"`
 	UnusedMode        *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedOfilterBits *ebpf.VariableSpec `ebpf:"unused_ofilter_bits"`
 	UnusedOwnerFlags  *ebpf.VariableSpec `ebpf:"unused_owner_flags"`
 	UnusedPurgeReq    *ebpf.VariableSpec `ebpf:"unused_purge_req"`
 	UnusedSkFlags     *ebpf.VariableSpec `ebpf:"unused_sk_flags"`
@@ -407,6 +414,7 @@ type sockvariantMaps struct {
 	L3Lsum     *ebpf.Map `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
+	L3Ofilter  *ebpf.Map `ebpf:"l3_ofilter"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
 	L3Ports    *ebpf.Map `ebpf:"l3_ports"`
 	L3Quota    *ebpf.Map `ebpf:"l3_quota"`
@@ -433,6 +441,7 @@ func (m *sockvariantMaps) Close() error {
 		m.L3Lsum,
 		m.L3Mcasts,
 		m.L3Metas,
+		m.L3Ofilter,
 		m.L3Owners,
 		m.L3Ports,
 		m.L3Quota,
@@ -464,6 +473,7 @@ type sockvariantVariables struct {
 	UnusedLocalKind   *ebpf.Variable `ebpf:"unused_local_kind"`
 	UnusedLpageLimits *ebpf.Variable `ebpf:"unused_lpage_limits"`
 	UnusedMode        *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedOfilterBits *ebpf.Variable `ebpf:"unused_ofilter_bits"`
 	UnusedOwnerFlags  *ebpf.Variable `ebpf:"unused_owner_flags"`
 	UnusedPurgeReq    *ebpf.Variable `ebpf:"unused_purge_req"`
 	UnusedSkFlags     *ebpf.Variable `ebpf:"unused_sk_flags"`

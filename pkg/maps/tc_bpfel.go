@@ -79,6 +79,7 @@ type tcMapSpecs struct {
 	L3Lsum     *ebpf.MapSpec `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.MapSpec `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.MapSpec `ebpf:"l3_metas"`
+	L3Ofilter  *ebpf.MapSpec `ebpf:"l3_ofilter"`
 	L3Owners   *ebpf.MapSpec `ebpf:"l3_owners"`
 	L3Ports    *ebpf.MapSpec `ebpf:"l3_ports"`
 	L3Quota    *ebpf.MapSpec `ebpf:"l3_quota"`
@@ -129,6 +130,7 @@ type tcMaps struct {
 	L3Lsum     *ebpf.Map `ebpf:"l3_lsum"`
 	L3Mcasts   *ebpf.Map `ebpf:"l3_mcasts"`
 	L3Metas    *ebpf.Map `ebpf:"l3_metas"`
+	L3Ofilter  *ebpf.Map `ebpf:"l3_ofilter"`
 	L3Owners   *ebpf.Map `ebpf:"l3_owners"`
 	L3Ports    *ebpf.Map `ebpf:"l3_ports"`
 	L3Quota    *ebpf.Map `ebpf:"l3_quota"`
@@ -155,6 +157,7 @@ func (m *tcMaps) Close() error {
 		m.L3Lsum,
 		m.L3Mcasts,
 		m.L3Metas,
+		m.L3Ofilter,
 		m.L3Owners,
 		m.L3Ports,
 		m.L3Quota,
