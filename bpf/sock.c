@@ -682,26 +682,6 @@ static __always_inline void bound_addr(struct bpf_sock_addr *ctx, int v6, struct
 		__builtin_memset(a, 0, sizeof(*a));
 }
 
-/*
- * Shared by connect and sendmsg: where a destination leads and which
- * source a socket uses. Returns 1 to allow, 0 denied (errno set), the
- * source to use in *src when *set_src, and the destination the kernel
- * will use in *dst. What an allowed call counts (enum route_count) is
- * left in *cnt: the caller adds it (count_route) once the call is
- * allowed for good — connect's bpf_bind can still fail, sendmsg can
- * still refuse a loopback source.
- *
- *   host        → a private loopback: ENETUNREACH (no container's loopback
- *                 is anyone else's); → a shared container's address, unbound:
- *                 from the host's own address (L3_HOST4 / L3_HOST6), which
- *                 no container can use as a source
- *   container   → 127.0.0.0/8, ::1, 0.0.0.0, :: (the kernel's loopback for an
- *                 unspecified destination): its private loopback (unless
- *                 loopback: host); → another's private loopback: ENETUNREACH;
- *                 from its private loopback to anywhere else: EINVAL (as a
- *                 namespace refuses a loopback source off lo); unbound: its
- *                 own address toward dst (rule 4)
- */
 enum route_count {
 	RC_ALLOWED = 1 << 0,	   /* connect_allowed */
 	RC_REMAPPED = 1 << 1,	   /* loopback_remapped: the destination */
@@ -725,6 +705,26 @@ static __always_inline void count_route(__u32 id, __u32 cnt, int rewritten)
 		count(0, L3_C_HOST_SRC_REWRITTEN);
 }
 
+/*
+ * Shared by connect and sendmsg: where a destination leads and which
+ * source a socket uses. Returns 1 to allow, 0 denied (errno set), the
+ * source to use in *src when *set_src, and the destination the kernel
+ * will use in *dst. What an allowed call counts (enum route_count) is
+ * left in *cnt: the caller adds it (count_route) once the call is
+ * allowed for good — connect's bpf_bind can still fail, sendmsg can
+ * still refuse a loopback source.
+ *
+ *   host        → a private loopback: ENETUNREACH (no container's loopback
+ *                 is anyone else's); → a shared container's address, unbound:
+ *                 from the host's own address (L3_HOST4 / L3_HOST6), which
+ *                 no container can use as a source
+ *   container   → 127.0.0.0/8, ::1, 0.0.0.0, :: (the kernel's loopback for an
+ *                 unspecified destination): its private loopback (unless
+ *                 loopback: host); → another's private loopback: ENETUNREACH;
+ *                 from its private loopback to anywhere else: EINVAL (as a
+ *                 namespace refuses a loopback source off lo); unbound: its
+ *                 own address toward dst (rule 4)
+ */
 static __always_inline int route_out(struct bpf_sock_addr *ctx, int v6, struct l3_cfg *cfg,
 				     __u32 gen, struct l3_cont *c, struct l3_addr *dst,
 				     struct l3_addr *src, int *set_src, __u32 *cnt, __u16 ev)
