@@ -44,15 +44,16 @@ enum l3_bloom {
 };
 
 /*
- * l3_ofilter[0] (struct l3_owned_filter): which IPs no container owns, surely — a bit per hash of
- * an address, set when no address of any live generation's containers
- * hashes to it. A clear bit proves nothing: l3_owners decides. So a map
- * that is all zeros (made by `up` for an installation older than it, or
- * never written) is correct, only slower, and the host's traffic to its
- * own addresses — the most common, on any host — skips the l3_owners trie
- * walk (owner_of) for one word read. User space clears an address's bit
- * before the address goes live and sets bits only when it recomputes the
- * filter from the one generation left (pkg/maps, hotline.go).
+ * l3_ofilter[0] (struct l3_owned_filter): which IPs no container owns,
+ * surely — a bit per hash of an address, set when no address of any live
+ * generation's containers hashes to it. A clear bit proves nothing:
+ * l3_owners decides. So a map that is all zeros (made by `up` for an
+ * installation older than it, or never written) is correct, only slower,
+ * and the host's traffic to its own addresses — the most common, on any
+ * host — skips the l3_owners trie walk (owner_of) for one word read. User
+ * space clears an address's bit before the address goes live and sets
+ * bits only when it recomputes the filter from the one generation left
+ * (pkg/maps, hotline.go: addFilters, ResetFilters).
  */
 enum l3_ofilter_bits {
 	L3_OFILTER_BITS = 65536,

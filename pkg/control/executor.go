@@ -122,7 +122,7 @@ var steps = [numSteps]struct {
 	stepRepairHost:  {do: func(c *Control, _ *script) error { return c.repairHost() }},
 	stepPlumb:       {do: (*Control).plumbCome},
 	stepRepairNetns: {do: func(c *Control, _ *script) error { return c.repairNetns() }},
-	stepFilter:      {do: func(c *Control, s *script) error { return c.st.Maps.ResetBcastFilter(s.filter) }},
+	stepFilter:      {do: func(c *Control, s *script) error { return c.st.Maps.ResetFilters(s.filter) }},
 	stepCountStale:  {do: (*Control).countStale},
 	stepForget:      {do: (*Control).forget},
 	stepPurge:       {do: func(c *Control, s *script) error { return c.st.PurgeListeners(s.free...) }},

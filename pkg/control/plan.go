@@ -69,7 +69,7 @@ const (
 	stepRepairHost  // repair: the host items the active policy needs, and only those
 	stepPlumb       // delete the namespaces of netns containers that went; make those that come; add addresses
 	stepRepairNetns // repair: every netns container's namespace, veth and wiring
-	stepFilter      // the broadcast filter: exactly the bits of the containers' subnets
+	stepFilter      // the filters (maps.ResetFilters): exactly the broadcast addresses and IPs of the containers that stay
 	stepCountStale  // count the sockets left on the addresses that went (reported, never a failure)
 	stepForget      // zero the counters of the containers that went, purge their listeners, leave the index
 	stepPurge       // repair: the listener registries hold only ids of containers (what a failed stepForget left)
@@ -83,7 +83,7 @@ var stepNames = [numSteps]string{
 	stepIndex: "index", stepBuildIndex: "index", stepInsert: "maps", stepWriteNext: "write next generation",
 	stepRepairMaps: "maps", stepStop: "stop removed", stepUnconfigure: "unconfigure host",
 	stepUnplumb: "netns before", stepRemove: "maps", stepSwitch: "switch", stepConfigure: "configure host",
-	stepRepairHost: "host", stepPlumb: "netns", stepRepairNetns: "netns", stepFilter: "broadcast filter",
+	stepRepairHost: "host", stepPlumb: "netns", stepRepairNetns: "netns", stepFilter: "filters",
 	stepCountStale: "stale sockets", stepForget: "counters, listeners, index", stepPurge: "listeners",
 	stepEnd: "end",
 }

@@ -141,14 +141,14 @@ func TestPlanApply(t *testing.T) {
 		policy: []string{"web 10.77.0.1", "db 10.77.0.2/24"},
 		come:   []string{"db#1", "web#2"}, gone: []string{},
 		add:   []string{"broadcast 10.77.0.255", "local 10.77.0.1", "local 10.77.0.2", lo6(1), lo6(2)},
-		steps: "begin, cgroups, counters, index, write next generation, switch, configure host, broadcast filter, stale sockets, end",
+		steps: "begin, cgroups, counters, index, write next generation, switch, configure host, filters, stale sockets, end",
 	}, {
 		name:      "gone",
 		installed: []string{"web 10.77.0.1", "db 10.77.0.2"},
 		policy:    []string{"web 10.77.0.1"},
 		come:      []string{}, gone: []string{"db#2"},
 		remove: []string{"local 10.77.0.2", lo6(2)},
-		steps:  "begin, write next generation, stop removed, unconfigure host, switch, broadcast filter, stale sockets, counters, listeners, index, end",
+		steps:  "begin, write next generation, stop removed, unconfigure host, switch, filters, stale sockets, counters, listeners, index, end",
 	}, {
 		name:      "unchanged",
 		installed: []string{"web 10.77.0.1"},
@@ -161,14 +161,14 @@ func TestPlanApply(t *testing.T) {
 		come:      []string{}, gone: []string{},
 		add: []string{"local 10.77.0.2"}, remove: []string{"local 10.77.0.1"},
 		changes: []string{`~ container "web"`},
-		steps:   "begin, write next generation, unconfigure host, switch, configure host, broadcast filter, stale sockets, end",
+		steps:   "begin, write next generation, unconfigure host, switch, configure host, filters, stale sockets, end",
 	}, {
 		name:      "changed netns",
 		installed: []string{"api/netns 10.78.0.1/24 10.78.0.5/24"},
 		policy:    []string{"api/netns 10.78.0.1/24"},
 		come:      []string{}, gone: []string{},
 		readdressed: "api",
-		steps:       "begin, write next generation, netns before, switch, netns, broadcast filter, stale sockets, end",
+		steps:       "begin, write next generation, netns before, switch, netns, filters, stale sockets, end",
 	}, {
 		name:      "refused mode change",
 		installed: []string{"web 10.77.0.1"},
@@ -190,7 +190,7 @@ func TestPlanApply(t *testing.T) {
 		uses:   gw, o: ApplyOptions{Force: true},
 		come: []string{"web#1"}, gone: []string{},
 		add:   []string{"local 10.77.0.9", lo6(1)},
-		steps: "begin, cgroups, counters, index, write next generation, switch, configure host, broadcast filter, stale sockets, end",
+		steps: "begin, cgroups, counters, index, write next generation, switch, configure host, filters, stale sockets, end",
 	}, {
 		name:      "host conflict: installed already",
 		installed: []string{"web 10.77.0.9"},
@@ -198,7 +198,7 @@ func TestPlanApply(t *testing.T) {
 		uses:      own, // not asked: l3iso configured it
 		come:      []string{"db#2"}, gone: []string{},
 		add:   []string{"local 10.77.0.10", lo6(2)},
-		steps: "begin, cgroups, counters, index, write next generation, switch, configure host, broadcast filter, stale sockets, end",
+		steps: "begin, cgroups, counters, index, write next generation, switch, configure host, filters, stale sockets, end",
 	}, {
 		name:      "id reuse",
 		installed: []string{"a 10.77.0.1", "-", "c 10.77.0.3", "b 10.77.0.2"},
@@ -207,7 +207,7 @@ func TestPlanApply(t *testing.T) {
 		come: []string{"d#2", "e#5"}, gone: []string{"b#4"},
 		add:    []string{"local 10.77.0.4", "local 10.77.0.5", lo6(2), lo6(5)},
 		remove: []string{"local 10.77.0.2", lo6(4)},
-		steps:  "begin, cgroups, counters, index, write next generation, stop removed, unconfigure host, switch, configure host, broadcast filter, stale sockets, counters, listeners, index, end",
+		steps:  "begin, cgroups, counters, index, write next generation, stop removed, unconfigure host, switch, configure host, filters, stale sockets, counters, listeners, index, end",
 	}, {
 		name:      "shared broadcast",
 		installed: []string{"web 10.77.0.1/24", "db 10.77.0.2/24"},
@@ -215,14 +215,14 @@ func TestPlanApply(t *testing.T) {
 		come:      []string{"api#3"}, gone: []string{"db#2"},
 		// web stays on the subnet: its broadcast route stays.
 		add: []string{"local 10.77.0.3", lo6(3)}, remove: []string{"local 10.77.0.2", lo6(2)},
-		steps: "begin, cgroups, counters, index, write next generation, stop removed, unconfigure host, switch, configure host, broadcast filter, stale sockets, counters, listeners, index, end",
+		steps: "begin, cgroups, counters, index, write next generation, stop removed, unconfigure host, switch, configure host, filters, stale sockets, counters, listeners, index, end",
 	}, {
 		name:      "last on the subnet",
 		installed: []string{"web 10.77.0.1/24", "db 10.77.0.2"},
 		policy:    []string{"db 10.77.0.2"},
 		come:      []string{}, gone: []string{"web#1"},
 		remove: []string{"broadcast 10.77.0.255", "local 10.77.0.1", lo6(1)},
-		steps:  "begin, write next generation, stop removed, unconfigure host, switch, broadcast filter, stale sockets, counters, listeners, index, end",
+		steps:  "begin, write next generation, stop removed, unconfigure host, switch, filters, stale sockets, counters, listeners, index, end",
 	}, {
 		name:      "running, without prune",
 		installed: []string{"web 10.77.0.1", "db 10.77.0.2"},
@@ -488,11 +488,11 @@ func TestPlanDel(t *testing.T) {
 		name: "shared broadcast", installed: []string{"web 10.77.0.1/24", "db 10.77.0.2/24"},
 		full: true, remove: []string{"local 10.77.0.1", lo6(1)},
 		keep:  maps.Shared{Broadcasts: []netip.Addr{netip.MustParseAddr("10.77.0.255")}},
-		steps: "begin, stop removed, unconfigure host, maps, broadcast filter, stale sockets, counters, listeners, index, end",
+		steps: "begin, stop removed, unconfigure host, maps, filters, stale sockets, counters, listeners, index, end",
 	}, {
 		name: "last on the subnet", installed: []string{"web 10.77.0.1/24", "db 10.77.0.2"},
 		full: true, remove: []string{"broadcast 10.77.0.255", "local 10.77.0.1", lo6(1)},
-		steps: "begin, stop removed, unconfigure host, maps, broadcast filter, stale sockets, counters, listeners, index, end",
+		steps: "begin, stop removed, unconfigure host, maps, filters, stale sockets, counters, listeners, index, end",
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			var installed []maps.Container
@@ -522,7 +522,7 @@ func TestPlanDel(t *testing.T) {
 				if !reflect.DeepEqual(s.keep, tc.keep) {
 					t.Errorf("keep %+v, want %+v", s.keep, tc.keep)
 				}
-				if got := stepList(s); got != tc.steps && !(s == fast && got == strings.Replace(tc.steps, "broadcast filter, ", "", 1)) {
+				if got := stepList(s); got != tc.steps && !(s == fast && got == strings.Replace(tc.steps, "filters, ", "", 1)) {
 					t.Errorf("steps\n  %s\nwant\n  %s", got, tc.steps)
 				}
 				if s.commit != stepRemove || s.done != fmt.Sprintf("container %q deleted", k.Spec.Name) || !s.wait || !s.prune {

@@ -249,7 +249,7 @@ func (g Gen) Insert(cs ...Container) error {
 			return err
 		}
 	}
-	if err := g.s.addBcast(slices.Values(cs)); err != nil {
+	if err := g.s.addFilters(slices.Values(cs)); err != nil {
 		return err
 	}
 	s := g.s
@@ -329,8 +329,9 @@ type Shared struct {
 // Remove deletes container c from generation g, in the reverse order of
 // Insert: the cgroup → container entry first, ownership last. keep lists
 // the shared markers of c that other containers still need; the others of
-// c's go. The broadcast filter keeps c's bits: a stale bit only costs the
-// programs a lookup, and ResetBcastFilter clears it.
+// c's go. The filters keep c's bits (a broadcast address still set, an IP
+// still not proven unowned): a stale bit only costs the programs a lookup,
+// and ResetFilters recomputes them.
 func (g Gen) Remove(c Container, keep Shared) error {
 	s := g.s
 	var e entries
@@ -401,7 +402,7 @@ func (g Gen) Repair(cs []Container) error {
 	if err := prune(s.owners, "l3_owners", append(e.ownerK, e.partialK...)); err != nil {
 		return err
 	}
-	return s.ResetBcastFilter(slices.Values(cs))
+	return s.ResetFilters(slices.Values(cs))
 }
 
 // prune deletes every key of m that is not in keep.

@@ -116,19 +116,19 @@ func bloomOf(cs iter.Seq[Container]) (f [len(sockL3Cfg{}.BcastBloom)]uint64) {
 	return f
 }
 
-// addBcast sets the filter bits of cs's broadcast addresses, and clears
-// the bits of their addresses in the filter of unowned IPs; call it before
+// addFilters sets the bits of cs's broadcast addresses in the broadcast
+// filter, and clears the bits of their IPs in l3_ofilter; call it before
 // their l3_locals and l3_owners entries go in, so neither filter ever
 // hides a live one.
-func (s *Set) addBcast(cs iter.Seq[Container]) error { return s.writeBloom(cs, false) }
+func (s *Set) addFilters(cs iter.Seq[Container]) error { return s.writeFilters(cs, false) }
 
-// ResetBcastFilter makes both filters exactly those of cs, the containers
+// ResetFilters makes both filters exactly those of cs, the containers
 // of the only generation left (after a policy switch, a delete, a
 // repair): bits of broadcast addresses no container has any more are
 // cleared, and bits of IPs none owns any more are set.
-func (s *Set) ResetBcastFilter(cs iter.Seq[Container]) error { return s.writeBloom(cs, true) }
+func (s *Set) ResetFilters(cs iter.Seq[Container]) error { return s.writeFilters(cs, true) }
 
-func (s *Set) writeBloom(cs iter.Seq[Container], reset bool) error {
+func (s *Set) writeFilters(cs iter.Seq[Container], reset bool) error {
 	b, err := s.hot()
 	if err != nil {
 		return err

@@ -165,7 +165,7 @@ func TestInsertRemove(t *testing.T) {
 	if bloom() != 1 {
 		t.Error("the broadcast filter lacks 10.77.0.255 after Insert and SetConfig")
 	}
-	if err := s.ResetBcastFilter(slices.Values(all)); err != nil {
+	if err := s.ResetFilters(slices.Values(all)); err != nil {
 		t.Fatal(err)
 	}
 	for a, want := range map[string]uint64{"10.77.0.1": 0, "fd77::1": 0, "10.77.0.9": 0, "10.79.0.1": 1, "fd79::1": 1} {
@@ -191,7 +191,7 @@ func TestInsertRemove(t *testing.T) {
 	if err := (Gen{s, 7}).Remove(web, Shared{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.ResetBcastFilter(slices.Values([]Container{db2})); err != nil {
+	if err := s.ResetFilters(slices.Values([]Container{db2})); err != nil {
 		t.Fatal(err)
 	}
 	if bloom() != 0 {

@@ -229,7 +229,7 @@ func (g Gen) Write(have *Slot, cs iter.Seq[Container]) error {
 		return fmt.Errorf("write %s: the slot holds %s", g, have.gen)
 	}
 	s, gen, sl := g.s, g.n, have
-	if err := s.addBcast(cs); err != nil { // the filter covers the next generation too
+	if err := s.addFilters(cs); err != nil { // the filter covers the next generation too
 		return err
 	}
 	// Which containers the slot has already, exactly.
