@@ -61,10 +61,16 @@ type Options struct {
 	Worker string
 	// Quick selects the short defaults (make bench-quick).
 	Quick bool
-	// Rounds (default 15, quick 5) and RunTime, the duration of one run of
-	// one workload in one configuration (default 0.4 s, quick 0.25 s).
+	// Rounds (default DefaultRounds, quick QuickRounds) and RunTime, the
+	// duration of one run of one workload in one configuration (default
+	// DefaultRunTime, quick QuickRunTime).
 	Rounds  int
 	RunTime time.Duration
+	// TargetRounds are rounds of the two sides of issue 17's target
+	// ratios only (isFocus), spread among the full rounds: they narrow
+	// those intervals for a fraction of a full round's time. Default:
+	// TargetShare of Rounds (none with Quick); negative: none.
+	TargetRounds int
 	// Scale are the container counts of the scaling runs (shared and
 	// direct). Default 100 and 1,000; set NoScale for none.
 	Scale   []int
@@ -121,6 +127,12 @@ func (o *Options) defaults() error {
 			o.Rounds = QuickRounds
 		}
 	}
+	switch {
+	case o.TargetRounds < 0:
+		o.TargetRounds = 0
+	case o.TargetRounds == 0 && !o.Quick:
+		o.TargetRounds = o.Rounds * TargetShare / 100
+	}
 	if o.RunTime == 0 {
 		o.RunTime = DefaultRunTime
 		if o.Quick {
@@ -162,6 +174,11 @@ const (
 	DefaultRunTime = 300 * time.Millisecond
 	QuickRounds    = 6
 	QuickRunTime   = 200 * time.Millisecond
+	// TargetShare is the default of target rounds, in % of the rounds:
+	// with 50 rounds, 40 more of the 13 runs of the target pairs (~3.5
+	// min) take the intervals of those ratios from ±2.6 % to ±1.9 %
+	// (median width of the last full run × √(50/90)).
+	TargetShare = 80
 )
 
 // scaledWorkloads are measured with 100 and 1,000 containers too: the
@@ -248,7 +265,7 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	w.nice = o.Nice
 
 	unavailable := map[string]string{}
-	b := &bench{o: o, w: w, pr: pr, m: Measurements{}, failures: map[string]int{}}
+	b := &bench{o: o, w: w, pr: pr, m: Measurements{}, failures: map[string]int{}, runs: map[string]int{}}
 
 	// Topologies.
 	pr.phase("setting up the topologies")
@@ -428,7 +445,7 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	checks := b.fanoutChecks(ctx, unavailable)
 	for what, n := range b.failures {
 		if _, broken := unavailable[strings.SplitN(what, " in ", 2)[1]]; !broken {
-			unavailable[what] = fmt.Sprintf("%d of %d runs failed (counted as missing)", n, o.Rounds)
+			unavailable[what] = fmt.Sprintf("%d of %d runs failed (counted as missing)", n, b.runs[what])
 		}
 	}
 	var stats *BPFStats
@@ -463,6 +480,7 @@ func Run(ctx context.Context, o Options) (rep *Report, err error) {
 		rep.Fanout.Checks = checks
 	}
 	rep.RunSeconds = o.RunTime.Seconds()
+	rep.TargetRounds = o.TargetRounds
 	rep.CrossCheck = cross
 	rep.ControlPlane = ops
 	rep.BPFStats = stats
@@ -490,6 +508,7 @@ type bench struct {
 	targets  []*target
 	m        Measurements
 	failures map[string]int // runs that failed, by "workload in config"
+	runs     map[string]int // runs made, by "workload in config"
 	ct       *install       // bridge_ct's installation
 	softirqd []int          // pids of the ksoftirqd threads (bcast_cpu_ns)
 	epoch    time.Time      // bcast_cpu_ns's clock
@@ -552,17 +571,46 @@ func (b *bench) runsOf(workload string) []*target {
 	return out
 }
 
+// isFocus: is t's figure in workload w a side of one of issue 17's
+// target ratios (report.go, targets)? Those run in the target rounds too.
+func isFocus(t *target, w string) bool {
+	if t.fanout || (t.containers != 1 && t.containers != 1000) {
+		return false
+	}
+	switch w {
+	case UDPPPS:
+		return t.containers == 1000 || slices.Contains([]string{Shared, HookFloor, Direct, BarePeer, Bridge}, t.config)
+	case TCPCRR:
+		return t.config == Shared || t.config == Direct
+	case SendtoNs:
+		return t.containers == 1 && (t.config == Host || t.config == Loopback)
+	}
+	return false
+}
+
+// focusOf lists the targets workload w runs in a target round.
+func (b *bench) focusOf(w string) []*target {
+	var out []*target
+	for _, t := range b.runsOf(w) {
+		if isFocus(t, w) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // measured are the measured workloads, in the order of a round.
 var measured = []string{UDPPPS, TCPRR, TCPCRR, TCPGbps, SendtoNs, BcastFanout}
 
 // measure runs the warm-up and the rounds.
 func (b *bench) measure(ctx context.Context) error {
-	total := 0
+	total, focusTotal := 0, 0
 	for _, w := range measured {
 		total += len(b.runsOf(w))
+		focusTotal += len(b.focusOf(w))
 	}
 	d := b.o.RunTime
-	b.pr.phase(fmt.Sprintf("warm-up, then %d rounds × %d runs of %v", b.o.Rounds, total, d))
+	b.pr.phase(fmt.Sprintf("warm-up, then %d rounds × %d runs of %v and %d target rounds × %d runs", b.o.Rounds, total, d, b.o.TargetRounds, focusTotal))
 	for _, w := range measured {
 		for _, t := range b.runsOf(w) {
 			if t.broken != nil {
@@ -588,69 +636,39 @@ func (b *bench) measure(ctx context.Context) error {
 		}
 	}
 	start, done := time.Now(), 0
+	all := b.o.Rounds*total + b.o.TargetRounds*focusTotal
 	sys0, serr := readSys()
 	ld := &Load{LoadAvgStart: loadAvg()}
-	for r := 0; r < b.o.Rounds; r++ {
+	round := func(label string, reverse bool, focus bool) error {
 		rs0, _ := readSys()
 		for _, w := range measured {
 			ts := b.runsOf(w)
+			if focus && len(b.focusOf(w)) == 0 {
+				continue // no target's ratio in w: nothing of it in a target round
+			}
 			for k := range ts {
 				// Serpentine: every other round backwards, so each side
 				// of a pair runs first as often as the other.
 				t := ts[k]
-				if r%2 == 1 {
+				if reverse {
 					t = ts[len(ts)-1-k]
+				}
+				if focus && !isFocus(t, w) {
+					// Not a side of a target's ratio: missing in this
+					// round (NaN keeps the rounds aligned).
+					for _, name := range figures[w] {
+						k := Key{t.config, name, t.containers}
+						b.m[k] = append(b.m[k], math.NaN())
+					}
+					continue
 				}
 				left := "…"
 				if done > 0 {
-					left = (time.Since(start) / time.Duration(done) * time.Duration(b.o.Rounds*total-done)).Round(time.Second).String()
+					left = (time.Since(start) / time.Duration(done) * time.Duration(all-done)).Round(time.Second).String()
 				}
-				b.pr.status("round %d/%d · %s · %s · run %d/%d · ~%s left", r+1, b.o.Rounds, w, t.label(), done+1, b.o.Rounds*total, left)
-				var res runFigures
-				var err error
-				if t.broken == nil {
-					wait0, t0 := b.queueWaits(t), time.Now()
-					res, err = b.runOnce(ctx, t, w, d)
-					if wait0 != nil && err == nil {
-						if wait1 := b.queueWaits(t); wait1 != nil {
-							ld.QueueWaitMsPerS = append(ld.QueueWaitMsPerS, waitedMs(wait0, wait1)/time.Since(t0).Seconds())
-						}
-					}
-					for try := 0; try < 2 && errors.Is(err, errStarved); try++ {
-						// Again: a receiver that is not scheduled in the
-						// window counts nothing on a loaded machine;
-						// its workers are in step.
-						res, err = b.runOnce(ctx, t, w, d)
-					}
-				}
-				if t.broken != nil {
-					err = t.broken
-				}
-				vals := res.vals
-				if err != nil {
-					if ctx.Err() != nil {
-						return ctx.Err()
-					}
-					// NaN keeps the rounds aligned for the per-round ratios.
-					vals = map[string]float64{}
-					for _, name := range figures[w] {
-						vals[name] = math.NaN()
-					}
-					b.failures[fmt.Sprintf("%s in %s", w, t.label())]++
-					if t.broken == nil && errors.Is(err, errStarved) {
-						// Three times in a row: this round's figure is
-						// missing, the configuration stays in.
-						b.pr.phase(fmt.Sprintf("round %d: %s in %s counted nothing three times (missing this round): %v", r+1, w, t.label(), err))
-					} else if t.broken == nil {
-						// Its workers may still answer the failed run
-						// later: leave the configuration out from here on.
-						b.pr.phase(fmt.Sprintf("round %d: %s in %s failed, left out from here on: %v", r+1, w, t.label(), err))
-						t.broken = err
-					}
-				}
-				for name, v := range vals {
-					k := Key{t.config, name, t.containers}
-					b.m[k] = append(b.m[k], v)
+				b.pr.status("%s · %s · %s · run %d/%d · ~%s left", label, w, t.label(), done+1, all, left)
+				if err := b.measureRun(ctx, t, w, label, ld); err != nil {
+					return err
 				}
 				done++
 			}
@@ -658,11 +676,83 @@ func (b *bench) measure(ctx context.Context) error {
 		if rs1, err := readSys(); err == nil {
 			ld.RoundStealPct = append(ld.RoundStealPct, stealPct(rs0.all, rs1.all))
 		}
+		return nil
+	}
+	focusDone := 0
+	for r := 0; r < b.o.Rounds; r++ {
+		if err := round(fmt.Sprintf("round %d/%d", r+1, b.o.Rounds), r%2 == 1, false); err != nil {
+			return err
+		}
+		// The target rounds spread over the run, one after every full
+		// round or so: the machine's drift reaches them as it reaches
+		// the full rounds.
+		for ; focusDone < (r+1)*b.o.TargetRounds/b.o.Rounds; focusDone++ {
+			label := fmt.Sprintf("target round %d/%d", focusDone+1, b.o.TargetRounds)
+			if err := round(label, focusDone%2 == 1, true); err != nil {
+				return err
+			}
+		}
 	}
 	if sys1, err := readSys(); serr == nil && err == nil {
 		l := load(sys0, sys1, time.Since(start).Seconds())
 		l.RoundStealPct, l.QueueWaitMsPerS, l.LoadAvgStart, l.LoadAvgEnd = ld.RoundStealPct, ld.QueueWaitMsPerS, ld.LoadAvgStart, loadAvg()
 		b.load = &l
+	}
+	return nil
+}
+
+// measureRun runs workload w in t once and appends its figures to b.m
+// (NaN when it failed: the rounds stay aligned). Only a cancelled ctx
+// returns an error; a failed run is counted in b.failures, and a
+// configuration whose workers may still answer it is left out from here
+// on.
+func (b *bench) measureRun(ctx context.Context, t *target, w, label string, ld *Load) error {
+	var res runFigures
+	var err error
+	b.runs[fmt.Sprintf("%s in %s", w, t.label())]++
+	if t.broken == nil {
+		wait0, t0 := b.queueWaits(t), time.Now()
+		res, err = b.runOnce(ctx, t, w, b.o.RunTime)
+		if wait0 != nil && err == nil {
+			if wait1 := b.queueWaits(t); wait1 != nil {
+				ld.QueueWaitMsPerS = append(ld.QueueWaitMsPerS, waitedMs(wait0, wait1)/time.Since(t0).Seconds())
+			}
+		}
+		for try := 0; try < 2 && errors.Is(err, errStarved); try++ {
+			// Again: a receiver that is not scheduled in the window
+			// counts nothing on a loaded machine; its workers are in
+			// step.
+			res, err = b.runOnce(ctx, t, w, b.o.RunTime)
+		}
+	}
+	if t.broken != nil {
+		err = t.broken
+	}
+	vals := res.vals
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// NaN keeps the rounds aligned for the per-round ratios.
+		vals = map[string]float64{}
+		for _, name := range figures[w] {
+			vals[name] = math.NaN()
+		}
+		b.failures[fmt.Sprintf("%s in %s", w, t.label())]++
+		if t.broken == nil && errors.Is(err, errStarved) {
+			// Three times in a row: this round's figure is missing, the
+			// configuration stays in.
+			b.pr.phase(fmt.Sprintf("%s: %s in %s counted nothing three times (missing this round): %v", label, w, t.label(), err))
+		} else if t.broken == nil {
+			// Its workers may still answer the failed run later: leave
+			// the configuration out from here on.
+			b.pr.phase(fmt.Sprintf("%s: %s in %s failed, left out from here on: %v", label, w, t.label(), err))
+			t.broken = err
+		}
+	}
+	for name, v := range vals {
+		k := Key{t.config, name, t.containers}
+		b.m[k] = append(b.m[k], v)
 	}
 	return nil
 }

@@ -117,10 +117,13 @@ type Result struct {
 // Stable is what `l3iso-bench -o json` prints: the documented, stable
 // shape. Everything else is in Report (the details file).
 type Stable struct {
-	Machine    Machine    `json:"machine"`
-	Rounds     int        `json:"rounds"`
-	Results    []Result   `json:"results"`
-	Statistics Statistics `json:"statistics"`
+	Machine Machine `json:"machine"`
+	Rounds  int     `json:"rounds"`
+	// TargetRounds ran the two sides of issue 17's target ratios only
+	// (their series have rounds + target_rounds entries).
+	TargetRounds int        `json:"target_rounds"`
+	Results      []Result   `json:"results"`
+	Statistics   Statistics `json:"statistics"`
 	// Ratios are the targets' ratios with their intervals, per-round
 	// ratios and verdicts.
 	Ratios []Target `json:"ratios"`
@@ -201,7 +204,8 @@ type Target struct {
 type Report struct {
 	Machine      Machine    `json:"machine"`
 	Rounds       int        `json:"rounds"`
-	RunSeconds   float64    `json:"run_seconds"` // one run of one workload in one configuration
+	TargetRounds int        `json:"target_rounds"` // of the target ratios' two sides only, among the rounds
+	RunSeconds   float64    `json:"run_seconds"`   // one run of one workload in one configuration
 	Command      string     `json:"command"`
 	Results      []Result   `json:"results"`
 	Latency      []Result   `json:"tcp_rr_latency"` // p50, p99, p99.9
@@ -249,7 +253,7 @@ type Figure struct {
 
 // Stable returns the documented, stable part of the report.
 func (r *Report) Stable() Stable {
-	return Stable{Machine: r.Machine, Rounds: r.Rounds, Results: r.Results, Statistics: r.Statistics, Ratios: r.Targets}
+	return Stable{Machine: r.Machine, Rounds: r.Rounds, TargetRounds: r.TargetRounds, Results: r.Results, Statistics: r.Statistics, Ratios: r.Targets}
 }
 
 // num is v as a JSON number, or nil (null) for NaN.
@@ -521,11 +525,16 @@ func (r *Report) anyValid(w string) bool {
 func (r *Report) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Machine: %s.\n\n", r.Machine)
-	fmt.Fprintf(&b, "%d rounds, configurations interleaved (the two sides of every target's ratio next to each other; every other round "+
+	targets := ""
+	if r.TargetRounds > 0 {
+		targets = fmt.Sprintf(" and %d target rounds among them (the two sides of issue 17's target ratios only: udp_pps, tcp_crr "+
+			"and sendto_ns in the configurations the Targets table names)", r.TargetRounds)
+	}
+	fmt.Fprintf(&b, "%d rounds%s, configurations interleaved (the two sides of every target's ratio next to each other; every other round "+
 		"in reverse order), %.2f s per run; median (min–max) over rounds; ratios computed per round: median [%.0f %% bootstrap "+
 		"confidence interval] (see Statistics). **Bold** ratios: the interval excludes 1, a difference is shown; otherwise "+
 		"\"no difference shown\". %s.\n\n",
-		r.Rounds, r.RunSeconds, 100*r.Statistics.Confidence, r.Machine.Pinning)
+		r.Rounds, targets, r.RunSeconds, 100*r.Statistics.Confidence, r.Machine.Pinning)
 
 	cross := map[Key]Cross{}
 	for _, c := range r.CrossCheck {
