@@ -175,10 +175,12 @@ const (
 	QuickRounds    = 6
 	QuickRunTime   = 200 * time.Millisecond
 	// TargetShare is the default of target rounds, in % of the rounds:
-	// with 50 rounds, 40 more of the 13 runs of the target pairs (~3.5
-	// min) take the intervals of those ratios from ±2.6 % to ±1.9 %
-	// (median width of the last full run × √(50/90)).
-	TargetShare = 80
+	// with 50 rounds, 80 more of the 13 runs of the target pairs (~4.2 s
+	// each, ~5.6 min). A run with 40 reached ±0.6–3.2 % (median ±2.5 %)
+	// where one without had reached ±0.8–3.8 %: the machine's quiet
+	// moves the widths as much as the rounds do, and 130 rounds narrow
+	// the widest of those to ~±2.7 % (× √(90/130)).
+	TargetShare = 160
 )
 
 // scaledWorkloads are measured with 100 and 1,000 containers too: the

@@ -144,9 +144,9 @@ func TestSmoke(t *testing.T) {
 		if tg.Verdict == NotMeasured && !strings.Contains(tg.What, "1,000") {
 			t.Errorf("target %q: not measured", tg.What)
 		}
-		// Issue 17's ratios ran in the target rounds too (3 + 2).
-		if tg.Issue && tg.Verdict != NotMeasured && tg.Ratio.Rounds != 5 {
-			t.Errorf("target %q: %d rounds, want 5 (3 rounds, 2 target rounds)", tg.What, tg.Ratio.Rounds)
+		// Issue 17's ratios ran in the target rounds too (3 + 4).
+		if tg.Issue && tg.Verdict != NotMeasured && tg.Ratio.Rounds != 7 {
+			t.Errorf("target %q: %d rounds, want 7 (3 rounds, 4 target rounds)", tg.What, tg.Ratio.Rounds)
 		}
 	}
 	// Elsewhere the target rounds left a gap (NaN) in their workloads,
@@ -155,7 +155,7 @@ func TestSmoke(t *testing.T) {
 	for _, f := range rep.Series {
 		series[f.Key] = [2]int{len(f.PerRound), len(f.PerRound.valid())}
 	}
-	for k, want := range map[Key][2]int{{Shared, UDPPPS, 1}: {5, 5}, {Loopback, UDPPPS, 1}: {5, 3}, {Loopback, TCPRR, 1}: {3, 3}} {
+	for k, want := range map[Key][2]int{{Shared, UDPPPS, 1}: {7, 7}, {Loopback, UDPPPS, 1}: {7, 3}, {Loopback, TCPRR, 1}: {3, 3}} {
 		if series[k] != want {
 			t.Errorf("%v: %d entries, %d measured; want %v", k, series[k][0], series[k][1], want)
 		}

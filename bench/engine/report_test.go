@@ -208,8 +208,8 @@ func TestStableJSONShape(t *testing.T) {
 	if err := json.Unmarshal(buf.Bytes(), &top); err != nil {
 		t.Fatal(err)
 	}
-	if keys := slices.Sorted(mapKeysOf(top)); !slices.Equal(keys, []string{"machine", "ratios", "results", "rounds", "statistics"}) {
-		t.Fatalf("top-level keys = %v, want machine, ratios, results, rounds, statistics", keys)
+	if keys := slices.Sorted(mapKeysOf(top)); !slices.Equal(keys, []string{"machine", "ratios", "results", "rounds", "statistics", "target_rounds"}) {
+		t.Fatalf("top-level keys = %v, want machine, ratios, results, rounds, statistics, target_rounds", keys)
 	}
 	// The intervals can be recomputed from the JSON alone: the method and
 	// seed, and each ratio's per-round ratios.

@@ -76,7 +76,7 @@ does.
 Prints a Markdown report (or the stable JSON with -o json); writes
 report.md, results.json, details.json and chart.svg into --dir.
 --quick (make bench-quick) takes under 3 minutes on a 2-vCPU machine,
-the full run (make bench) about 17.`,
+the full run (make bench) about 21.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
