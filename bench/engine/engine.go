@@ -69,8 +69,10 @@ type Options struct {
 	// TargetRounds are rounds of the two sides of issue 17's target
 	// ratios only (isFocus), spread among the full rounds: they narrow
 	// those intervals for a fraction of a full round's time. Default:
-	// TargetShare of Rounds (none with Quick); negative: none.
-	TargetRounds int
+	// TargetShare of Rounds (none with Quick); set NoTargetRounds for
+	// none.
+	TargetRounds   int
+	NoTargetRounds bool
 	// Scale are the container counts of the scaling runs (shared and
 	// direct). Default 100 and 1,000; set NoScale for none.
 	Scale   []int
@@ -129,6 +131,8 @@ func (o *Options) defaults() error {
 	}
 	switch {
 	case o.TargetRounds < 0:
+		return fmt.Errorf("%d target rounds: want 0 (the default) or more", o.TargetRounds)
+	case o.NoTargetRounds:
 		o.TargetRounds = 0
 	case o.TargetRounds == 0 && !o.Quick:
 		o.TargetRounds = o.Rounds * TargetShare / 100
@@ -574,20 +578,11 @@ func (b *bench) runsOf(workload string) []*target {
 }
 
 // isFocus: is t's figure in workload w a side of one of issue 17's
-// target ratios (report.go, targets)? Those run in the target rounds too.
+// target ratios (report.go, issueRatios)? Those run in the target rounds
+// too.
 func isFocus(t *target, w string) bool {
-	if t.fanout || (t.containers != 1 && t.containers != 1000) {
-		return false
-	}
-	switch w {
-	case UDPPPS:
-		return t.containers == 1000 || slices.Contains([]string{Shared, HookFloor, Direct, BarePeer, Bridge}, t.config)
-	case TCPCRR:
-		return t.config == Shared || t.config == Direct
-	case SendtoNs:
-		return t.containers == 1 && (t.config == Host || t.config == Loopback)
-	}
-	return false
+	k := Key{t.config, w, t.containers}
+	return !t.fanout && slices.ContainsFunc(issueRatios, func(x issueRatio) bool { return x.of == k || x.over == k })
 }
 
 // focusOf lists the targets workload w runs in a target round.

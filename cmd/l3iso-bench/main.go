@@ -44,7 +44,6 @@ func newRoot() *cobra.Command {
 		svg    string
 		l3iso  string
 		rounds int
-		focus  int
 		runFor time.Duration
 	)
 	cmd := &cobra.Command{
@@ -90,8 +89,8 @@ the full run (make bench) about 21.`,
 			if rounds < 0 || (rounds > 0 && rounds < 3) {
 				return fmt.Errorf("--rounds %d: want at least 3 (a confidence interval needs them)", rounds)
 			}
-			if focus < -1 {
-				return fmt.Errorf("--target-rounds %d: want -1 (a share of --rounds), 0 (none) or more", focus)
+			if o.TargetRounds < 0 {
+				return fmt.Errorf("--target-rounds %d: want 1 or more (--no-target-rounds for none)", o.TargetRounds)
 			}
 			if runFor < 0 || (runFor > 0 && runFor < 50*time.Millisecond) {
 				return fmt.Errorf("--run %v: want at least 50ms", runFor)
@@ -104,13 +103,6 @@ the full run (make bench) about 21.`,
 				return err
 			}
 			o.Binary, o.Rounds, o.RunTime, o.Progress = bin, rounds, runFor, os.Stderr
-			switch focus {
-			case -1: // the default: a share of the rounds
-			case 0:
-				o.TargetRounds = -1 // none
-			default:
-				o.TargetRounds = focus
-			}
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
 			sig := make(chan os.Signal, 2)
@@ -146,7 +138,8 @@ the full run (make bench) about 21.`,
 	f.StringVar(&l3iso, "l3iso", "", "the l3iso binary to measure (default: l3iso in the directory of l3iso-bench)")
 	f.BoolVar(&o.Quick, "quick", false, "the short run: fewer, shorter rounds (under 3 minutes)")
 	f.IntVar(&rounds, "rounds", 0, fmt.Sprintf("rounds (default %d, with --quick %d)", engine.DefaultRounds, engine.QuickRounds))
-	f.IntVar(&focus, "target-rounds", -1, fmt.Sprintf("rounds of the target ratios' two sides only, spread among the full rounds (-1: %d %% of --rounds, none with --quick; 0: none)", engine.TargetShare))
+	f.IntVar(&o.TargetRounds, "target-rounds", 0, fmt.Sprintf("rounds of the target ratios' two sides only, spread among the full rounds (default %d %% of --rounds, none with --quick)", engine.TargetShare))
+	f.BoolVar(&o.NoTargetRounds, "no-target-rounds", false, "leave out the target rounds")
 	f.DurationVar(&runFor, "run", 0, fmt.Sprintf("duration of one run of one workload in one configuration (default %v, with --quick %v)", engine.DefaultRunTime, engine.QuickRunTime))
 	f.StringSliceVar(&o.Workloads, "workloads", nil, "measure only these workloads (udp_pps, tcp_rr, tcp_crr, tcp_gbps, sendto_ns, bcast_fanout)")
 	f.BoolVar(&o.NoScale, "no-scale", false, "leave out the runs with 100 and 1,000 containers")

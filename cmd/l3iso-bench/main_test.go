@@ -26,7 +26,7 @@ func TestFlags(t *testing.T) {
 		{[]string{"-o", "xml"}, `unknown output format "xml": use -o text or -o json`},
 		{[]string{"--rounds", "x"}, `invalid argument "x" for "--rounds"`},
 		{[]string{"--rounds", "2"}, `--rounds 2: want at least 3`},
-		{[]string{"--target-rounds", "-2"}, `--target-rounds -2: want -1 (a share of --rounds), 0 (none) or more`},
+		{[]string{"--target-rounds", "-2"}, `--target-rounds -2: want 1 or more (--no-target-rounds for none)`},
 		{[]string{"--run", "10ms"}, `--run 10ms: want at least 50ms`},
 		{[]string{"--nice", "-21"}, `--nice -21: want -20 to 19`},
 		{[]string{"extra"}, `unknown command "extra"`},
