@@ -202,6 +202,9 @@ static __always_inline __u8 l4_of(struct __sk_buff *skb, __u32 *off, struct upkt
 	struct ethhdr *eth = data;
 	__u16 *ports;
 
+#ifdef L3ISO_VARIANT
+	asm volatile("r0 = 0" ::: "r0"); /* as in parse() */
+#endif
 	if ((void *)(eth + 1) > end)
 		return 0;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {

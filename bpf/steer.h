@@ -27,8 +27,8 @@ static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
 	struct bpf_sock *sk;
 	struct l3_owner *o;
 	struct l3_bval *v;
+	const struct l3_addr *to;
 	struct l3_bkey k;
-	struct l3_addr to;
 	__u32 id, len;
 	int ok, tw = 0;
 
@@ -51,8 +51,8 @@ static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
 	v = binds_find(id, p->proto, p->dport, &p->dst, &k);
 	if (!v || (p->proto == IPPROTO_UDP && k.kind == L3_BK_EXACT))
 		return; /* nobody (l3_sk_lookup decides), or a UDP socket at the address itself */
-	to = addr_is_any(&v->saddr) ? p->dst : v->saddr;
-	if (addr_is_mapped(&to) != addr_is_mapped(&p->dst))
+	to = addr_is_any(&v->saddr) ? &p->dst : &v->saddr;
+	if (addr_is_mapped(to) != addr_is_mapped(&p->dst))
 		return; /* a socket at an address of the other family */
 	own_lookup(1);
 	if (p->proto == IPPROTO_TCP) {
@@ -78,10 +78,10 @@ static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
 				return;
 			}
 		}
-		len = tuple_of(&t, p, &to, v->sport);
+		len = tuple_of(&t, p, to, v->sport);
 		sk = bpf_sk_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 	} else {
-		len = tuple_of(&t, p, &to, v->sport);
+		len = tuple_of(&t, p, to, v->sport);
 		sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 	}
 	own_lookup(-1);
@@ -91,11 +91,11 @@ static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
 	 * address (never a host wildcard that shares the port with it). */
 	if (addr_is_any(&v->saddr))
 		ok = sk->src_port == v->sport;
-	else if (addr_is_mapped(&to))
-		ok = sk->src_ip4 == to.w[3];
+	else if (addr_is_mapped(to))
+		ok = sk->src_ip4 == to->w[3];
 	else
-		ok = sk->src_ip6[0] == to.w[0] && sk->src_ip6[1] == to.w[1] &&
-		     sk->src_ip6[2] == to.w[2] && sk->src_ip6[3] == to.w[3];
+		ok = sk->src_ip6[0] == to->w[0] && sk->src_ip6[1] == to->w[1] &&
+		     sk->src_ip6[2] == to->w[2] && sk->src_ip6[3] == to->w[3];
 	if (ok && tw)
 		bpf_map_update_elem(&l3_socks, &k, sk, BPF_ANY); /* fails for MPTCP: l3_sk_lookup refuses, the client retries */
 	else if (ok && !bpf_sk_assign(skb, sk, 0))

@@ -25,6 +25,13 @@
  *                   interface, to the host itself it passes.
  *   l3_tc_guard     on every host-side veth (delivery routed and bridge): only
  *                   the source check; the kernel routes or bridges the rest.
+ *                   Both: what is for a shared container's socket goes to it
+ *                   (steer.h), as from lo and the uplink (l3_tc_guard: when
+ *                   routed).
+ *   l3_tc_bridge    on the bridge's ingress (delivery bridge): the same for
+ *                   what containers send to the host through the bridge.
+ *   l3_tc_veth_out  on the egress of every host-side veth: what a shared
+ *                   container's shadow UDP port sends gets its port back.
  *   l3_purge        attached nowhere: user space runs it to purge the registry.
  *
  * The host is not a hop: redirected packets keep their TTL / hop limit, as
@@ -95,6 +102,31 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct l3_deliv *d)
 }
 
 /*
+ * What a netns container sends to the host stack: a new connection or a
+ * unicast datagram for a shared container goes to its socket, as from lo
+ * and the uplink (steer.h) — its wildcard socket holds a shadow port,
+ * where the kernel's own lookup would not find it. Never to a private
+ * loopback: each is one shared container's own (and l3_ingress would drop
+ * it). A function of its own: its stack is not on the path to group()'s.
+ * Global, so the verifier checks it once, and the compiler cannot drop
+ * its return value (a static one's, unused, may leave r0 a stack pointer,
+ * which the verifier refuses).
+ */
+__noinline int steer_in(struct __sk_buff *skb)
+{
+	struct upkt p;
+	__u32 off;
+	__u8 proto = l4_of(skb, &off, &p);
+
+	if (!proto || addr_is_private_loop(&p.dst))
+		return 0;
+	if (proto == IPPROTO_TCP && !tcp_syn(skb, off))
+		return 0;
+	steer(skb, &p);
+	return 0;
+}
+
+/*
  * Out of the host, by the kernel's FIB: bpf_redirect with resolved MACs, or
  * bpf_redirect_neigh to let the neighbour subsystem resolve the next hop.
  * tot_len 0 makes the kernel check the MTU against the skb (GSO aware).
@@ -134,7 +166,9 @@ static __always_inline int to_fib(struct __sk_buff *skb, __u32 id, const struct 
 		count(id, L3_C_TC_REDIRECT_OUT);
 		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
 	case BPF_FIB_LKUP_RET_NOT_FWDED:
-		/* A host address (or not unicast): the host stack's. */
+		/* A host address (or not unicast): the host stack's — a shared
+		 * container's socket, if it is one of theirs. */
+		steer_in(skb);
 		count(id, L3_C_TC_TO_HOST);
 		return TC_ACT_OK;
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
@@ -197,8 +231,18 @@ static __always_inline int from_container(struct __sk_buff *skb, int deliver)
 	default:
 		break;
 	}
-	if (!deliver)
+	if (!deliver) {
+		/*
+		 * Routed or bridged by the kernel. What is for the host itself
+		 * (to this veth's MAC: routed) may be for a shared container's
+		 * socket. Bridged frames (to the bridge's MAC) are steered at
+		 * the bridge (l3_tc_bridge): an assignment made on its port
+		 * does not reach the host's socket lookup.
+		 */
+		if (skb->pkt_type == PACKET_HOST)
+			steer_in(skb);
 		return TC_ACT_OK;
+	}
 	if (skb->pkt_type != PACKET_HOST) {
 		/* Not sent to the gateway's MAC (L2 broadcast): the host's,
 		 * and a directed broadcast's copies to its listeners. */
@@ -305,6 +349,36 @@ int l3_tc_group_out(struct __sk_buff *skb)
 	if (!skb->ingress_ifindex && l4_of(skb, &off, &p) == IPPROTO_UDP)
 		fix_sport(skb, off, p.sport);
 	return group(skb, G_HOST_OUT);
+}
+
+/*
+ * TCX ingress of the bridge (delivery bridge): what a netns container sends
+ * to the host itself, after the bridge, goes to a shared container's socket
+ * if it is for one (steer_in).
+ */
+SEC("tcx/ingress")
+int l3_tc_bridge(struct __sk_buff *skb)
+{
+	if (skb->pkt_type == PACKET_HOST)
+		steer_in(skb);
+	return TCX_NEXT;
+}
+
+/*
+ * On the egress of every host-side veth: what a shared container's UDP
+ * wildcard socket sends to a netns container leaves from its shadow port;
+ * it gets its application port back, as on the uplink. Only what the host
+ * stack sends (no ingress interface): not what it forwards or bridges.
+ */
+SEC("tcx/egress")
+int l3_tc_veth_out(struct __sk_buff *skb)
+{
+	struct upkt p;
+	__u32 off;
+
+	if (!skb->ingress_ifindex && l4_of(skb, &off, &p) == IPPROTO_UDP)
+		fix_sport(skb, off, p.sport);
+	return TCX_NEXT;
 }
 
 /*

@@ -302,7 +302,7 @@ func TestStatusRepair(t *testing.T) {
 }
 
 // TestStatusRepairNetns removes and detaches the TCX links of a netns
-// container's veth and of the uplink: status finds each, up repairs it,
+// container's veth (ingress and egress) and of the uplink: status finds each, up repairs it,
 // and traffic flows through the programs again.
 func TestStatusRepairNetns(t *testing.T) {
 	t.Parallel()
@@ -324,6 +324,8 @@ func TestStatusRepairNetns(t *testing.T) {
 	}{
 		{"veth link removed", "links/tc-" + hostIf + "-ingress", hostIf, false},
 		{"veth link detached", "links/tc-" + hostIf + "-ingress", hostIf, true},
+		{"veth egress link removed", "links/tc-" + hostIf + "-egress", hostIf, false},
+		{"veth egress link detached", "links/tc-" + hostIf + "-egress", hostIf, true},
 		{"uplink link removed", "links/tc-up0-ingress", "up0", false},
 		{"uplink link detached", "links/tc-up0-ingress", "up0", true},
 		{"uplink group link detached", "links/tc-up0-group-out", "up0", true},

@@ -60,22 +60,11 @@ func newGroupEnv(t *testing.T) *groupEnv {
 	return g
 }
 
-// udp opens a UDP socket of family fam in agent a bound to the wildcard
-// address and port.
+// udpBound opens a UDP socket of family fam in agent a bound to the
+// wildcard address and port (wildListener).
 func udpBound(t *testing.T, a *sockprobe.Agent, fam int, port uint16) int {
 	t.Helper()
-	id := a.Socket(fam, unix.SOCK_DGRAM, 0)
-	any := netip.IPv4Unspecified()
-	if fam == unix.AF_INET6 {
-		any = netip.IPv6Unspecified()
-		if err := a.SetV6Only(id, true); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := a.Bind(id, netip.AddrPortFrom(any, port)); err != nil {
-		t.Fatalf("bind %v:%d: %v", any, port, err)
-	}
-	return id
+	return wildListener(t, a, unix.SOCK_DGRAM, fam, port)
 }
 
 // drain counts what socket id receives until nothing comes for a while; it

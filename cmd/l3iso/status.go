@@ -12,6 +12,7 @@ import (
 	"github.com/l3iso/l3iso/pkg/loader"
 	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/policy"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 type statusJSON struct {
@@ -114,6 +115,11 @@ func interfaces(c *control.Control) ([]interfaceJSON, error) {
 			return nil, err
 		}
 	}
+	if c.State().Config.Delivery == maps.DeliveryBridge {
+		if err := add(veth.BridgeName, "bridge"); err != nil {
+			return nil, err
+		}
+	}
 	cs, err := c.Containers()
 	if err != nil {
 		return nil, err
@@ -140,9 +146,10 @@ func newStatus(g *globals) *cobra.Command {
 		Short: "Show programs, links, pins, containers and counters, and what is wrong",
 		Long: `status shows the installation: its options, every pinned link with the
 target the kernel reports (a cgroup, an interface, or "(detached)"), the TCX
-programs on lo, the uplink and every netns container's host-side veth, the
-broadcast/multicast listeners, and each container with its counters (a
-netns container with its namespace and veth: ip netns exec NETNS ...).
+programs on lo, the uplink, the bridge (delivery bridge) and every netns
+container's host-side veth, the broadcast/multicast listeners, and each
+container with its counters (a netns container with its namespace and
+veth: ip netns exec NETNS ...).
 
 It lists stale sockets: live sockets of a container that hold an address
 it no longer owns (an apply took it; another container may own it now),

@@ -128,10 +128,7 @@ func (c *Control) checkAdopted(k maps.Container) []loader.Problem {
 	if _, err := veth.HostLink(c.key(k.Spec.Name)); err != nil {
 		return []loader.Problem{{Object: "container " + k.Spec.Name, Issue: "made by the CNI plugin; its veth " + c.HostIfName(k.Spec.Name) + " is gone: the runtime released its network namespace without a CNI DEL (`l3iso up` removes the container)"}}
 	}
-	if p := c.st.CheckTC(c.st.VethTC(c.HostIfName(k.Spec.Name))); p != nil {
-		return []loader.Problem{*p}
-	}
-	return nil
+	return c.st.CheckVethTC(c.HostIfName(k.Spec.Name))
 }
 
 // adoptedGrace is how long the processes in an adopted container's own
@@ -174,8 +171,8 @@ func (c *Control) CheckAdopted(name string, at Attachment) (maps.Container, erro
 	if err := veth.CheckAttached(key, at.Netns, at.IfName, vethAddrs(k)); err != nil {
 		return k, err
 	}
-	if p := c.st.CheckTC(c.st.VethTC(c.HostIfName(name))); p != nil {
-		return k, fmt.Errorf("%s", p)
+	if ps := c.st.CheckVethTC(c.HostIfName(name)); len(ps) > 0 {
+		return k, fmt.Errorf("%s", ps[0])
 	}
 	l, err := veth.HostLink(key)
 	if err != nil {

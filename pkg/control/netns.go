@@ -154,15 +154,15 @@ func (c *Control) wire(k maps.Container, ep *veth.Endpoint, fresh bool) error {
 	if err := c.st.Maps.SetPort(port, ips(k)); err != nil {
 		return fmt.Errorf("container %q: %w", k.Spec.Name, err)
 	}
-	prog := loader.ProgGuard
 	if c.st.Config.Delivery == maps.DeliveryDirect {
-		prog = loader.ProgVeth
 		if err := vethForwarding(ep.HostIf); err != nil {
 			return fmt.Errorf("container %q: %w", k.Spec.Name, err)
 		}
 	}
-	if _, err := c.st.AttachTC(ep.HostIf, ep.HostIfIndex, prog); err != nil {
-		return fmt.Errorf("container %q: %w", k.Spec.Name, err)
+	for _, w := range c.st.VethTC(ep.HostIf) {
+		if _, err := c.st.AttachTCWant(w, ep.HostIfIndex); err != nil {
+			return fmt.Errorf("container %q: %w", k.Spec.Name, err)
+		}
 	}
 	bridge := c.st.Config.Delivery == maps.DeliveryBridge
 	if k.Spec.Adopted {
@@ -235,7 +235,7 @@ func (c *Control) unplumb(k maps.Container, wait bool) error {
 
 // ensureDelivery makes the host-wide state of the delivery mode exist, once
 // per command: the uplink's TC program (direct), IP forwarding (routed,
-// bridge), the bridge (bridge).
+// bridge), the bridge and its TC program (bridge).
 func (c *Control) ensureDelivery() error {
 	if c.deliveryReady {
 		return nil
@@ -254,7 +254,11 @@ func (c *Control) ensureDelivery() error {
 		return err
 	}
 	if d == maps.DeliveryBridge {
-		if _, err := veth.EnsureBridge(nil, nil); err != nil {
+		idx, err := veth.EnsureBridge(nil, nil)
+		if err != nil {
+			return fmt.Errorf("delivery bridge: %w", err)
+		}
+		if _, err := c.st.AttachTCWant(c.st.BridgeTC(), idx); err != nil {
 			return fmt.Errorf("delivery bridge: %w", err)
 		}
 	}
@@ -404,7 +408,9 @@ func (c *Control) repairNetns() error {
 	}
 	for _, k := range c.cur {
 		if isNetns(k) {
-			keep[c.st.VethTC(c.HostIfName(k.Spec.Name)).Pin] = true
+			for _, w := range c.st.VethTC(c.HostIfName(k.Spec.Name)) {
+				keep[w.Pin] = true
+			}
 		}
 	}
 	if _, err := c.st.PruneTC(keep); err != nil {

@@ -49,9 +49,7 @@ func (c *Control) Check() ([]loader.Problem, error) {
 			out = append(out, loader.Problem{Object: "container " + k.Spec.Name, Issue: "its network namespace " + c.NetnsName(k.Spec.Name) + " is missing"})
 			continue
 		}
-		if p := c.st.CheckTC(c.st.VethTC(c.HostIfName(k.Spec.Name))); p != nil {
-			out = append(out, *p)
-		}
+		out = append(out, c.st.CheckVethTC(c.HostIfName(k.Spec.Name))...)
 	}
 	h, err := c.hostGaps()
 	if err != nil {

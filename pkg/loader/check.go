@@ -14,6 +14,7 @@ import (
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 // A Problem is something wrong with an installation that `l3iso up`
@@ -82,8 +83,8 @@ func (st *State) Check() ([]Problem, error) {
 
 // Programs counts the program attachments the installation should have —
 // every socket program at its cgroup (CgroupOf; sk_lookup: in this network
-// namespace), the host-wide TCX links (HostTC) and one TCX link on each
-// host-side veth in veths — and how many of them are attached as they
+// namespace), the host-wide TCX links (HostTC) and the TCX links of each
+// host-side veth in veths (VethTC) — and how many of them are attached as they
 // should be (what Check and CheckTC find no problem with).
 func (st *State) Programs(veths []string) (attached, expected int, err error) {
 	spec, err := socketSpec()
@@ -99,7 +100,7 @@ func (st *State) Programs(veths []string) (attached, expected int, err error) {
 	}
 	want := st.HostTC()
 	for _, v := range veths {
-		want = append(want, st.VethTC(v))
+		want = append(want, st.VethTC(v)...)
 	}
 	for _, w := range want {
 		expected++
@@ -234,7 +235,8 @@ type TCWant struct {
 
 // HostTC are the host-wide TCX links the configuration asks for:
 // ProgGroup on lo and the uplink (and ProgGroupOut on the uplink's egress),
-// and ProgUplink on the uplink in direct delivery.
+// ProgUplink on the uplink in direct delivery, ProgBridge on the bridge in
+// bridge delivery.
 func (st *State) HostTC() []TCWant {
 	out := []TCWant{{groupLinkName("lo"), "lo", ProgGroup, ebpf.AttachTCXIngress}}
 	if up := st.Config.Uplink; up != "" {
@@ -245,17 +247,41 @@ func (st *State) HostTC() []TCWant {
 			out = append(out, TCWant{tcLinkName(up), up, ProgUplink, ebpf.AttachTCXIngress})
 		}
 	}
+	if st.Config.Delivery == maps.DeliveryBridge {
+		out = append(out, st.BridgeTC())
+	}
 	return out
 }
 
-// VethTC is the TCX link the host-side veth ifname of a netns container
-// should have in the current delivery.
-func (st *State) VethTC(ifname string) TCWant {
+// BridgeTC is the TCX link of the bridge in delivery bridge: ProgBridge
+// on its ingress.
+func (st *State) BridgeTC() TCWant {
+	return TCWant{tcLinkName(veth.BridgeName), veth.BridgeName, ProgBridge, ebpf.AttachTCXIngress}
+}
+
+// VethTC are the TCX links the host-side veth ifname of a netns container
+// should have in the current delivery: on its ingress ProgVeth (direct) or
+// ProgGuard, on its egress ProgVethOut.
+func (st *State) VethTC(ifname string) []TCWant {
 	prog := ProgGuard
 	if st.Config.Delivery == maps.DeliveryDirect {
 		prog = ProgVeth
 	}
-	return TCWant{tcLinkName(ifname), ifname, prog, ebpf.AttachTCXIngress}
+	return []TCWant{
+		{tcLinkName(ifname), ifname, prog, ebpf.AttachTCXIngress},
+		{tcOutLinkName(ifname), ifname, ProgVethOut, ebpf.AttachTCXEgress},
+	}
+}
+
+// CheckVethTC is CheckTC for each of VethTC(ifname).
+func (st *State) CheckVethTC(ifname string) []Problem {
+	var out []Problem
+	for _, w := range st.VethTC(ifname) {
+		if p := st.CheckTC(w); p != nil {
+			out = append(out, *p)
+		}
+	}
+	return out
 }
 
 // CheckTC checks that the pinned link w.Pin is attached to w.Interface as it

@@ -29,6 +29,13 @@ const (
 	// ProgGroupOut does the same for broadcasts this host sends out of the
 	// uplink (TCX egress).
 	ProgGroupOut = "l3_tc_group_out"
+	// ProgVethOut gives a shared container's shadow UDP port its
+	// application port back on the egress of every host-side veth (any
+	// delivery).
+	ProgVethOut = "l3_tc_veth_out"
+	// ProgBridge steers what netns containers send to a shared container
+	// through the bridge (delivery bridge), on the bridge's ingress.
+	ProgBridge = "l3_tc_bridge"
 )
 
 // groupLinkName is the pin name of the TCX ingress link of ProgGroup on
@@ -39,6 +46,10 @@ func progsDir(dir string) string { return filepath.Join(dir, "progs") }
 
 // tcLinkName is the pin name of the TCX ingress link on interface ifname.
 func tcLinkName(ifname string) string { return "tc-" + ifname + "-ingress" }
+
+// tcOutLinkName is the pin name of the TCX egress link (ProgVethOut) on
+// host-side veth ifname.
+func tcOutLinkName(ifname string) string { return "tc-" + ifname + "-egress" }
 
 // ensureTCPrograms loads the TC programs against the pinned maps and pins
 // them in <bpffs>/progs, where container commands pick them up without
@@ -155,6 +166,12 @@ func (st *State) AttachTC(ifname string, ifindex int, prog string) (bool, error)
 	return st.attachTC(tcLinkName(ifname), ifname, ifindex, prog, ebpf.AttachTCXIngress)
 }
 
+// AttachTCWant makes link w (VethTC) exist on interface index ifindex, as
+// AttachTC does for the ingress link.
+func (st *State) AttachTCWant(w TCWant, ifindex int) (bool, error) {
+	return st.attachTC(w.Pin, w.Interface, ifindex, w.Program, w.Attach)
+}
+
 // ensureGroupLinks attaches ProgGroup to lo and the uplink (if any).
 func (st *State) ensureGroupLinks() (bool, error) {
 	ifs := []string{"lo"}
@@ -244,8 +261,8 @@ func (st *State) attachTC(pinName, ifname string, ifindex int, prog string, at e
 		// After ProgUplink, whichever was attached first; it only
 		// copies, then hands on to the stack and any other program.
 		o.Anchor = link.Tail()
-	case ProgGroupOut:
-		// Alone on the egress; first, should another tool add one.
+	case ProgGroupOut, ProgVethOut, ProgBridge:
+		// Alone on its hook; first, should another tool add one.
 		o.Anchor = link.Head()
 	}
 	l, err := link.AttachTCX(o)
@@ -262,10 +279,20 @@ func (st *State) attachTC(pinName, ifname string, ifindex int, prog string, at e
 	return true, nil
 }
 
-// DetachTC removes l3iso's TCX link from interface ifname (detaching its
-// program). A missing link is fine.
+// DetachTC removes l3iso's TCX links from interface ifname — the ingress
+// link and a host-side veth's egress link — detaching their programs. A
+// missing link is fine.
 func (st *State) DetachTC(ifname string) error {
-	pin := filepath.Join(linksDir(st.Dir), tcLinkName(ifname))
+	var errs []error
+	for _, name := range []string{tcLinkName(ifname), tcOutLinkName(ifname)} {
+		if err := st.detachPin(filepath.Join(linksDir(st.Dir), name)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (st *State) detachPin(pin string) error {
 	l, err := link.LoadPinnedLink(pin, nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

@@ -55,11 +55,13 @@ type tcvariantSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcvariantProgramSpecs struct {
 	L3Purge      *ebpf.ProgramSpec `ebpf:"l3_purge"`
+	L3TcBridge   *ebpf.ProgramSpec `ebpf:"l3_tc_bridge"`
 	L3TcGroup    *ebpf.ProgramSpec `ebpf:"l3_tc_group"`
 	L3TcGroupOut *ebpf.ProgramSpec `ebpf:"l3_tc_group_out"`
 	L3TcGuard    *ebpf.ProgramSpec `ebpf:"l3_tc_guard"`
 	L3TcUplink   *ebpf.ProgramSpec `ebpf:"l3_tc_uplink"`
 	L3TcVeth     *ebpf.ProgramSpec `ebpf:"l3_tc_veth"`
+	L3TcVethOut  *ebpf.ProgramSpec `ebpf:"l3_tc_veth_out"`
 }
 
 // tcvariantMapSpecs contains maps before they are loaded into the kernel.
@@ -181,21 +183,25 @@ type tcvariantVariables struct {
 // It can be passed to loadTcvariantObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcvariantPrograms struct {
 	L3Purge      *ebpf.Program `ebpf:"l3_purge"`
+	L3TcBridge   *ebpf.Program `ebpf:"l3_tc_bridge"`
 	L3TcGroup    *ebpf.Program `ebpf:"l3_tc_group"`
 	L3TcGroupOut *ebpf.Program `ebpf:"l3_tc_group_out"`
 	L3TcGuard    *ebpf.Program `ebpf:"l3_tc_guard"`
 	L3TcUplink   *ebpf.Program `ebpf:"l3_tc_uplink"`
 	L3TcVeth     *ebpf.Program `ebpf:"l3_tc_veth"`
+	L3TcVethOut  *ebpf.Program `ebpf:"l3_tc_veth_out"`
 }
 
 func (p *tcvariantPrograms) Close() error {
 	return _TcvariantClose(
 		p.L3Purge,
+		p.L3TcBridge,
 		p.L3TcGroup,
 		p.L3TcGroupOut,
 		p.L3TcGuard,
 		p.L3TcUplink,
 		p.L3TcVeth,
+		p.L3TcVethOut,
 	)
 }
 
