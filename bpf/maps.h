@@ -152,9 +152,10 @@ struct {
  * l3_socks: listening sockets by their l3_binds key, for l3_sk_lookup
  * (which can only assign a socket from a socket map): a SYN for a 4-tuple
  * in TIME_WAIT goes through the kernel's TIME_WAIT handling, which looks
- * the listener up itself. The TC program enters the listener when it
- * meets one; the kernel removes a socket when it closes. MPTCP listeners
- * cannot be entered (their subflow socket has a ULP).
+ * the listener up itself; a fragmented datagram is whole only after TC.
+ * The TC program enters the socket when it meets such a packet; the
+ * kernel removes a socket when it closes. MPTCP listeners cannot be
+ * entered (their subflow socket has a ULP).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);

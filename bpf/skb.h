@@ -172,6 +172,7 @@ struct upkt {
 	struct l3_addr src, dst;
 	__u16 sport, dport; /* host order */
 	__u8 proto;
+	__u8 frag; /* the first fragment of a datagram: the kernel reassembles it */
 };
 
 /* The tuple of a lookup from p's source to (to, port), by to's family. */
@@ -193,8 +194,19 @@ static __always_inline __u32 tuple_of(struct bpf_sock_tuple *t, const struct upk
 	return sizeof(t->ipv6);
 }
 
+/* IPv6's fragment header (RFC 8200, 4.5). */
+struct frag6 {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset (8-octet units) << 3, M flag in bit 0 */
+	__be32 id;
+};
+
+#define NEXTHDR_FRAGMENT 44
+
 /* Where the L4 header starts, and its protocol (0: neither TCP nor UDP,
- * or a fragment after the first). */
+ * or a fragment after the first). An IPv6 fragment header right after
+ * the fixed header is walked; other extension headers are not. */
 static __always_inline __u8 l4_of(struct __sk_buff *skb, __u32 *off, struct upkt *p)
 {
 	void *data = (void *)(long)skb->data;
@@ -218,17 +230,30 @@ static __always_inline __u8 l4_of(struct __sk_buff *skb, __u32 *off, struct upkt
 		addr_set4(&p->src, ip->saddr);
 		addr_set4(&p->dst, ip->daddr);
 		p->proto = ip->protocol;
+		p->frag = (ip->frag_off & bpf_htons(0x2000)) != 0; /* IP_MF, at offset 0 */
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		__u8 nh;
 
 		if ((void *)(ip6 + 1) > end)
 			return 0;
-		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
-			return 0;
+		nh = ip6->nexthdr;
 		*off = ETH_HLEN + sizeof(*ip6);
+		p->frag = 0;
+		if (nh == NEXTHDR_FRAGMENT) {
+			struct frag6 *fh = (void *)(ip6 + 1);
+
+			if ((void *)(fh + 1) > end || (fh->frag_off & bpf_htons(0xfff8)))
+				return 0; /* a fragment after the first */
+			nh = fh->nexthdr;
+			*off += sizeof(*fh);
+			p->frag = 1;
+		}
+		if (nh != IPPROTO_TCP && nh != IPPROTO_UDP)
+			return 0;
 		__builtin_memcpy(p->src.w, &ip6->saddr, 16);
 		__builtin_memcpy(p->dst.w, &ip6->daddr, 16);
-		p->proto = ip6->nexthdr;
+		p->proto = nh;
 	} else {
 		return 0;
 	}

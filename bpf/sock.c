@@ -1589,6 +1589,9 @@ static __always_inline void ev_lookup(struct bpf_sk_lookup *ctx, __u32 id, const
  *     (elsewhere the kernel finds the container's socket, or answers ICMP
  *     port unreachable itself).
  *
+ * and assigns the socket TC entered in l3_socks (steer.h) to a SYN that
+ * ends a TIME_WAIT and to a datagram that came in fragments, now whole.
+ *
  * l3iso's own lookups (own_lookup) pass.
  */
 SEC("sk_lookup")
@@ -1602,6 +1605,7 @@ int l3_sk_lookup(struct bpf_sk_lookup *ctx)
 	struct l3_cfg *cfg;
 	struct l3_bkey k;
 	struct l3_addr d;
+	int refuse = 1;
 	__u32 id;
 
 	/*
@@ -1623,8 +1627,14 @@ int l3_sk_lookup(struct bpf_sk_lookup *ctx)
 	if (proto == IPPROTO_UDP) {
 		__u32 k = port, *hn = bpf_map_lookup_elem(&l3_hostudp, &k);
 
-		if (!hn || !*hn)
-			return SK_PASS;
+		if (!hn || !*hn) {
+			/* Nothing to refuse: only a container's wildcard
+			 * socket to find, for a datagram that came in
+			 * fragments (steer.h). */
+			if (!uwild_on(port))
+				return SK_PASS;
+			refuse = 0;
+		}
 	}
 	if (own_lookup_busy())
 		return SK_PASS;
@@ -1652,13 +1662,19 @@ int l3_sk_lookup(struct bpf_sk_lookup *ctx)
 	v = binds_find(id, proto, port, &d, &k);
 	if (v && proto == IPPROTO_UDP && k.kind == L3_BK_EXACT)
 		return SK_PASS; /* its socket is at the address: the kernel finds it */
-	if (v && proto == IPPROTO_TCP) {
-		/* A SYN that ends a TIME_WAIT (steer.h): its listener. */
+	if (v) {
+		/*
+		 * TCP: a SYN that ends a TIME_WAIT — its listener. UDP: a
+		 * datagram that came in fragments — the wildcard socket
+		 * (only the one at v's shadow port). TC entered it (steer.h).
+		 */
 		struct bpf_sock *sk = bpf_map_lookup_elem(&l3_socks, &k);
 
 		if (sk) {
-			long err = bpf_sk_assign(ctx, sk, 0);
+			long err = -1;
 
+			if (proto == IPPROTO_TCP || sk->src_port == v->sport)
+				err = bpf_sk_assign(ctx, sk, 0);
 			bpf_sk_release(sk);
 			if (!err) {
 				count(id, L3_C_STEERED);
@@ -1666,6 +1682,8 @@ int l3_sk_lookup(struct bpf_sk_lookup *ctx)
 			}
 		}
 	}
+	if (!refuse)
+		return SK_PASS; /* the kernel finds what it finds, or answers itself */
 	count(id, L3_C_REFUSED);
 	ev_lookup(ctx, id, &d);
 	return SK_DROP;

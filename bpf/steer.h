@@ -18,7 +18,9 @@
  * port, or the address itself (binds.h); it is assigned to the packet
  * (bpf_sk_assign), before the kernel's own lookup, which would find the
  * host's wildcard socket on the port, or nothing. What finds no entry
- * goes on, and l3_sk_lookup refuses it. O(1): an ownership lookup, at
+ * goes on, and l3_sk_lookup refuses it. The first fragment of a datagram
+ * (the only one with ports) enters the socket in l3_socks instead, where
+ * l3_sk_lookup finds it for the reassembled datagram. O(1): an ownership lookup, at
  * most three l3_binds lookups, one socket lookup.
  */
 static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
@@ -96,8 +98,15 @@ static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
 	else
 		ok = sk->src_ip6[0] == to->w[0] && sk->src_ip6[1] == to->w[1] &&
 		     sk->src_ip6[2] == to->w[2] && sk->src_ip6[3] == to->w[3];
-	if (ok && tw)
-		bpf_map_update_elem(&l3_socks, &k, sk, BPF_ANY); /* fails for MPTCP: l3_sk_lookup refuses, the client retries */
+	if (ok && (tw || p->frag))
+		/*
+		 * For l3_sk_lookup, which the kernel runs once the datagram is
+		 * whole (an assignment to a fragment does not survive its
+		 * reassembly), or for the listener a TIME_WAIT's SYN ends up
+		 * looking for. Fails for MPTCP: l3_sk_lookup refuses, the
+		 * client retries.
+		 */
+		bpf_map_update_elem(&l3_socks, &k, sk, BPF_ANY);
 	else if (ok && !bpf_sk_assign(skb, sk, 0))
 		count(id, L3_C_STEERED);
 	bpf_sk_release(sk);

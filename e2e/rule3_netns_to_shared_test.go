@@ -8,7 +8,9 @@ package e2e
 // port (docs/ARCHITECTURE.md, "Sharing a port").
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -43,9 +45,39 @@ func wildListener(t *testing.T, a *sockprobe.Agent, typ, fam int, port uint16) i
 	return id
 }
 
+// udpRoundTrip sends size bytes from a connected UDP socket of client to
+// dst: server's socket sid must get them whole, from an address want, and
+// its reply of the same size must reach the client's connected socket —
+// so it comes from dst, not from a shadow port.
+func udpRoundTrip(t *testing.T, client, server *sockprobe.Agent, sid int, dst netip.AddrPort, want netip.Addr, size int) {
+	t.Helper()
+	id := client.Socket(family(dst.Addr()), unix.SOCK_DGRAM, 0)
+	defer client.Close(id)
+	if err := client.Connect(id, dst); err != nil {
+		t.Fatal(err)
+	}
+	ping, pong := bytes.Repeat([]byte("p"), size), bytes.Repeat([]byte("P"), size)
+	if err := client.Write(id, ping); err != nil {
+		t.Fatal(err)
+	}
+	b, from, _, err := server.RecvFrom(sid, 3*time.Second)
+	if err != nil || !bytes.Equal(b, ping) {
+		t.Fatalf("the wildcard UDP socket at %v got %d bytes (want %d), %v", dst, len(b), size, err)
+	}
+	if from.Addr() != want {
+		t.Errorf("the datagram to %v came from %v, want from %v", dst, from, want)
+	}
+	if err := server.SendTo(sid, from, pong); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := client.Read(id, 3*time.Second); err != nil || !bytes.Equal(b, pong) {
+		t.Errorf("the client's connected socket got %d bytes (want %d), %v: the reply must come from %v", len(b), size, err, dst)
+	}
+}
+
 // TestNetnsToSharedWildcard: in each delivery, a netns container's TCP
-// connection and UDP datagrams to a shared container's address reach that
-// container's wildcard listener — not another shared container's on the
+// connection and UDP datagrams (one fragmented) to a shared container's
+// address reach that container's wildcard listener — not another shared container's on the
 // same port, not the host's — and a UDP reply comes from the port the
 // client sent to, so the client's connected socket takes it (the shadow
 // port would be refused: l3_tc_veth_out). A port nobody listens on is
@@ -116,34 +148,19 @@ func TestNetnsToSharedWildcard(t *testing.T) {
 						}
 					})
 
-					t.Run("udp", func(t *testing.T) {
-						id := inc.Socket(f.fam, unix.SOCK_DGRAM, 0)
-						defer inc.Close(id)
-						if err := inc.Connect(id, netip.AddrPortFrom(f.dst, udpPort)); err != nil {
-							t.Fatal(err)
-						}
-						if err := inc.Write(id, []byte("ping")); err != nil {
-							t.Fatal(err)
-						}
-						b, from, _, err := ins.RecvFrom(lis["s"][1], 3*time.Second)
-						if err != nil || string(b) != "ping" {
-							t.Fatalf("s's wildcard UDP socket got %q, %v", b, err)
-						}
-						if from.Addr() != f.src {
-							t.Errorf("s got the datagram from %v, want from %v", from, f.src)
-						}
-						if err := ins.SendTo(lis["s"][1], from, []byte("pong")); err != nil {
-							t.Fatal(err)
-						}
-						if b, err := inc.Read(id, 3*time.Second); err != nil || string(b) != "pong" {
-							t.Errorf("the client's connected socket got %q, %v: the reply must come from %v:%d", b, err, f.dst, udpPort)
-						}
-						for who, a := range others {
-							if b, from, _, err := a.RecvFrom(lis[who][1], 200*time.Millisecond); err == nil {
-								t.Errorf("%s's UDP socket got %q from %v, meant for s", who, b, from)
+					for _, size := range []int{4, 4000} {
+						// 4,000 bytes: fragmented by the container's
+						// stack (the veth's MTU is 1,500), the reply by
+						// the host's.
+						t.Run(fmt.Sprintf("udp-%d", size), func(t *testing.T) {
+							udpRoundTrip(t, inc, ins, lis["s"][1], netip.AddrPortFrom(f.dst, udpPort), f.src, size)
+							for who, a := range others {
+								if b, from, _, err := a.RecvFrom(lis[who][1], 200*time.Millisecond); err == nil {
+									t.Errorf("%s's UDP socket got %d bytes from %v, meant for s", who, len(b), from)
+								}
 							}
-						}
-					})
+						})
+					}
 
 					t.Run("closed-port", func(t *testing.T) {
 						id := inc.Socket(f.fam, unix.SOCK_STREAM, 0)
