@@ -224,6 +224,31 @@ func TestCNI(t *testing.T) {
 	if cnt := n.counters()[name]; cnt["tc_redirected_in"] == 0 || cnt["tc_redirected_out"] == 0 {
 		t.Errorf("redirect counters of %s did not count: %v", name, cnt)
 	}
+	t.Run("pod-to-shared-wildcard", func(t *testing.T) {
+		// A pod reaches a shared container's wildcard listeners
+		// through its veth, as any netns container does
+		// (TestNetnsToSharedWildcard), and gets the UDP replies from
+		// the port it sent to.
+		s := n.name("svc")
+		n.names = append(n.names, s)
+		n.mustRun("container", "add", s, "--addr", "10.79.0.1/24", "--addr", "fd79::1/64")
+		defer n.mustRun("container", "del", s)
+		svc := n.agent(s)
+		for fi, dst := range []netip.Addr{netip.MustParseAddr("10.79.0.1"), netip.MustParseAddr("fd79::1")} {
+			l := wildListener(t, svc, unix.SOCK_STREAM, family(dst), 7710)
+			u := wildListener(t, svc, unix.SOCK_DGRAM, family(dst), 7711)
+			id := in.Socket(family(dst), unix.SOCK_STREAM, 0)
+			if err := in.Connect(id, netip.AddrPortFrom(dst, 7710)); err != nil {
+				t.Errorf("pod connect %v:7710: %v", dst, err)
+			} else if _, peer, err := svc.Accept(l, 3*time.Second); err != nil || peer.Addr() != addrs[fi] {
+				t.Errorf("the shared container's listener: accepted from %v, %v; want from %v", peer, err, addrs[fi])
+			}
+			in.Close(id)
+			udpRoundTrip(t, in, svc, u, netip.AddrPortFrom(dst, 7711), addrs[fi], 100)
+			svc.Close(l)
+			svc.Close(u)
+		}
+	})
 	t.Run("spoofed-source", func(t *testing.T) {
 		checkSpoofAt(t, n, name, pod, "eth0", [2]netip.Addr{netip.MustParseAddr("10.78.0.200"), netip.MustParseAddr("fd78::200")})
 	})
