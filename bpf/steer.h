@@ -11,6 +11,42 @@
 #define L3ISO_STEER_H
 
 /*
+ * Is there a UDP socket connected to exactly this datagram's source at its
+ * destination? A wildcard socket holds a shadow, so its port is free in
+ * the kernel's table, and a client socket of the same container may get
+ * it when the kernel picks it a port (autobind: never below 1024 unless
+ * ip_local_port_range says so). The datagram is that client's reply: the
+ * kernel's to deliver. A connected socket's local address is its source
+ * (connect sets it), so one of another container or the host never
+ * matches a container's address. An unconnected client at the port
+ * cannot be told from a host wildcard socket sharing it: the wildcard
+ * socket gets those. t: the caller's, to spare the stack.
+ */
+static __always_inline int udp_flow_socket(struct __sk_buff *skb, const struct upkt *p,
+					   struct bpf_sock_tuple *t)
+{
+	struct bpf_sock *sk;
+	__u32 len = tuple_of(t, p, &p->dst, p->dport);
+	__u32 diff4, diff6, dport;
+
+	sk = bpf_sk_lookup_udp(skb, t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	/* every field read, whatever the family: the compiler would
+	 * otherwise load through a pointer it selects, which the verifier
+	 * refuses for a socket */
+	dport = sk->dst_port;
+	diff4 = sk->dst_ip4 ^ p->src.w[3];
+	diff6 = (sk->dst_ip6[0] ^ p->src.w[0]) | (sk->dst_ip6[1] ^ p->src.w[1]) |
+		(sk->dst_ip6[2] ^ p->src.w[2]) | (sk->dst_ip6[3] ^ p->src.w[3]);
+	asm volatile("" ::"r"(diff4), "r"(diff6));
+	bpf_sk_release(sk);
+	if (dport != bpf_htons(p->sport))
+		return 0;
+	return addr_is_mapped(&p->src) ? !diff4 : !diff6;
+}
+
+/*
  * A connection (its SYN) or a datagram for an address of a shared
  * container — or its private loopback — goes to the socket of that
  * container that l3_binds names for (address, port): one bound to the
@@ -57,6 +93,10 @@ static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
 	if (addr_is_mapped(to) != addr_is_mapped(&p->dst))
 		return; /* a socket at an address of the other family */
 	own_lookup(1);
+	if (p->proto == IPPROTO_UDP && p->dport >= 1024 && udp_flow_socket(skb, p, &t)) {
+		own_lookup(-1);
+		return;
+	}
 	if (p->proto == IPPROTO_TCP) {
 		/*
 		 * A SYN of a connection the kernel knows already (sent again
