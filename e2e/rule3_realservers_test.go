@@ -253,6 +253,9 @@ func TestRealServers(t *testing.T) {
 	e := newEnv(t)
 	e.hostAddresses()
 	e.apply(realPolicy)
+	// A netns container as a client too: its packets reach the host stack
+	// through its veth, not lo (TestNetnsToSharedWildcard).
+	e.mustRun("container", "add", "n", "--mode", "netns", "--addr", "10.78.0.9/24", "--addr", "fd78::9/64")
 	srv := idServer(t)
 
 	// The host listens on the same ports first (Go's default listener, a
@@ -277,8 +280,9 @@ func TestRealServers(t *testing.T) {
 	// Debian's redis-server with its defaults: every address, protected mode.
 	e.bg("", "exec", "a", "--", "redis-server", "--port", "6379", "--save", "", "--appendonly", "no", "--dir", redisDir)
 
-	// Every address of each container, both families, from the host and
-	// from the other container: each answers for itself only.
+	// Every address of each container, both families, from the host, from
+	// the other container and from the netns container: each answers for
+	// itself only.
 	for _, owner := range []string{"a", "b"} {
 		other := map[string]string{"a": "b", "b": "a"}[owner]
 		var ps []probe
@@ -288,7 +292,7 @@ func TestRealServers(t *testing.T) {
 				probe{Kind: "tcp", Addr: addr, Port: 8090, Wait: 5},
 				probe{Kind: "udp", Addr: addr, Port: 8090, Timeout: 2})
 		}
-		for _, from := range []string{"", other} {
+		for _, from := range []string{"", other, "n"} {
 			for i, r := range e.probes(from, ps) {
 				p := ps[i]
 				if !r.OK || r.Body != owner {
