@@ -56,8 +56,10 @@ static __always_inline int udp_flow_socket(struct __sk_buff *skb, const struct u
  * host's wildcard socket on the port, or nothing. What finds no entry
  * goes on, and l3_sk_lookup refuses it. The first fragment of a datagram
  * (the only one with ports) enters the socket in l3_socks instead, where
- * l3_sk_lookup finds it for the reassembled datagram. O(1): an ownership lookup, at
- * most three l3_binds lookups, one socket lookup.
+ * l3_sk_lookup finds it for the reassembled datagram. O(1): an ownership
+ * lookup, at most three l3_binds lookups, at most two socket lookups (the
+ * second: a TCP SYN's 4-tuple, or a UDP datagram's to a port >= 1024,
+ * udp_flow_socket).
  */
 static __always_inline void steer(struct __sk_buff *skb, const struct upkt *p)
 {

@@ -345,6 +345,18 @@ func (e *env) listJSON() []containerJSON {
 	return out
 }
 
+// idOf is the id of container name (`container list -o json`).
+func (e *env) idOf(name string) uint32 {
+	e.t.Helper()
+	for _, c := range e.listJSON() {
+		if c.Name == name {
+			return c.ID
+		}
+	}
+	e.t.Fatalf("no container %q in container list", name)
+	return 0
+}
+
 // hostAddrs lists what is local in the env's netns: interface addresses
 // and l3iso's local-table routes (IPv4 container addresses are AnyIP routes,
 // "local 10.77.0.1 dev lo ...").

@@ -302,8 +302,8 @@ func TestStatusRepair(t *testing.T) {
 }
 
 // TestStatusRepairNetns removes and detaches the TCX links of a netns
-// container's veth (ingress and egress) and of the uplink: status finds each, up repairs it,
-// and traffic flows through the programs again.
+// container's veth (ingress and egress) and of the uplink: status finds
+// each, up repairs it, and traffic flows through the programs again.
 func TestStatusRepairNetns(t *testing.T) {
 	t.Parallel()
 	n := newNetEnv(t, "direct")

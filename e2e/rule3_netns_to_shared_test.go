@@ -9,6 +9,7 @@ package e2e
 
 import (
 	"bytes"
+	byteorder "encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/l3iso/l3iso/internal/sockprobe"
+	"github.com/l3iso/l3iso/pkg/maps"
 	"github.com/l3iso/l3iso/pkg/veth"
 )
 
@@ -158,6 +160,61 @@ func TestNetnsToSharedWildcard(t *testing.T) {
 								if b, from, _, err := a.RecvFrom(lis[who][1], 200*time.Millisecond); err == nil {
 									t.Errorf("%s's UDP socket got %d bytes from %v, meant for s", who, len(b), from)
 								}
+							}
+						})
+					}
+
+					if f.fam == unix.AF_INET6 {
+						// s's ::1 is its private loopback on the host,
+						// an address a netns container can route to
+						// (its 127/8 never leaves it). Its sockets
+						// there are s's alone (rule 5).
+						t.Run("private-loopback", func(t *testing.T) {
+							lo := maps.Loopback6(n.idOf(s))
+							l := listen(t, ins, tcp6, "[::1]:7612")
+							defer ins.Close(l)
+							u := listen(t, ins, udp6, "[::1]:7613")
+							defer ins.Close(u)
+							id := inc.Socket(f.fam, unix.SOCK_STREAM, 0)
+							err := inc.Connect(id, netip.AddrPortFrom(lo, 7612))
+							inc.Close(id)
+							if _, peer, aerr := ins.Accept(l, 200*time.Millisecond); err == nil || aerr == nil {
+								t.Errorf("c's connect to s's private loopback %v: %v; s accepted from %v (%v): want neither", lo, err, peer, aerr)
+							}
+							id = inc.Socket(f.fam, unix.SOCK_DGRAM, 0)
+							serr := inc.SendTo(id, netip.AddrPortFrom(lo, 7613), []byte("x"))
+							inc.Close(id)
+							if b, from, _, err := ins.RecvFrom(u, 500*time.Millisecond); err == nil {
+								t.Errorf("s's socket on ::1 got %q from %v, sent by c to %v (send: %v)", b, from, lo, serr)
+							}
+							// The socket hooks refuse those (ENETUNREACH);
+							// a raw socket's datagram runs none of them
+							// and goes through the veth.
+							raw := inc.Socket(unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_UDP)
+							defer inc.Close(raw)
+							if err := inc.SetsockoptInt(raw, unix.IPPROTO_IPV6, unix.IPV6_CHECKSUM, 6); err != nil {
+								t.Fatal(err)
+							}
+							// The control: the same datagram to s's own
+							// address arrives.
+							ctl := listen(t, ins, udp6, "[fd79::1]:7613")
+							defer ins.Close(ctl)
+							udp := byteorder.BigEndian.AppendUint16(nil, 5555) // source port
+							udp = byteorder.BigEndian.AppendUint16(udp, 7613)
+							udp = append(udp, 0, 9, 0, 0, 'r') // length, checksum (the kernel's: IPV6_CHECKSUM), data
+							if err := inc.SendTo(raw, netip.AddrPortFrom(f.dst, 0), udp); err != nil {
+								t.Fatal(err)
+							}
+							if b, _, _, err := ins.RecvFrom(ctl, 3*time.Second); err != nil || string(b) != "r" {
+								t.Fatalf("the control: s's socket at %v:7613 got %q, %v from c's raw socket", f.dst, b, err)
+							}
+							before := n.counters()[s]["ingress_dropped_foreign"]
+							rerr := inc.SendTo(raw, netip.AddrPortFrom(lo, 0), udp)
+							if b, from, _, err := ins.RecvFrom(u, 500*time.Millisecond); err == nil {
+								t.Errorf("s's socket on ::1 got %q from %v, a raw datagram of c to %v (send: %v)", b, from, lo, rerr)
+							}
+							if after := n.counters()[s]["ingress_dropped_foreign"]; after != before+1 {
+								t.Errorf("s's ingress_dropped_foreign %d -> %d after c's raw datagram to %v (send: %v): want one more", before, after, lo, rerr)
 							}
 						})
 					}

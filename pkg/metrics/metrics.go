@@ -39,7 +39,7 @@ var (
 	dIntact    = desc("isolation_intact", "1 if the installation has no problem (what `l3iso status` lists: detached or unpinned links, missing TCX programs, cgroups, namespaces or host addresses, an interrupted command), else 0. 0 when nothing is installed.")
 	dProblems  = desc("problems", "How many problems `l3iso status` lists (`l3iso up` repairs them).")
 	dProblem   = desc("problem_info", "One series per problem `l3iso status` lists, with what is wrong.", "object", "problem")
-	dAttached  = desc("programs_attached", "Program attachments in place as they should be: socket programs at the cgroup root (the egress backstop at its l3iso/ cgroup), TCX programs on lo, the uplink and netns containers' veths.")
+	dAttached  = desc("programs_attached", "Program attachments in place as they should be: socket programs at the cgroup root (the egress backstop at its l3iso/ cgroup), TCX programs on lo, the uplink, the bridge (delivery bridge) and netns containers' veths (ingress and egress).")
 	dExpected  = desc("programs_expected", "Program attachments the installation should have (see l3iso_programs_attached).")
 	dVerdicts  = desc("verdicts_total", "Verdicts of l3iso's programs per container, by reason: the counters of `l3iso stats`.", "container", "reason")
 	dLost      = desc("events_lost_total", "Denials and drops whose event for `l3iso monitor` the per-container rate limit or a full ring buffer kept out.", "container")
