@@ -30,6 +30,12 @@ enum l3_limits {
 	L3_OWNER_PLEN_ADDR = 160, /* l3_owner prefixlen of a whole IP (gen + addr) */
 	L3_OWNER_PLEN_FULL = 184, /* gen + addr + proto + port */
 	L3_SOCK_QUOTA = 4096,	  /* socket registrations per container (l3_binds, l3_listen) */
+	L3_MAX_XUPLINKS = 8,	  /* extra uplinks (l3_xuplinks) */
+};
+
+/* l3_xuplinks[i]: an extra uplink's name, NUL padded ("": none). */
+struct l3_ifname {
+	char name[16];
 };
 
 /* An IPv6 or IPv4-mapped address, network byte order. */

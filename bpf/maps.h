@@ -21,6 +21,18 @@ struct {
 	__type(value, struct l3_cfg);
 } l3_config SEC(".maps");
 
+/*
+ * User space only: the extra uplinks `l3iso up --extra-uplink` named,
+ * where l3iso attaches what it attaches to the uplink's TCX hooks
+ * (pkg/loader, HostTC). A map of its own: l3_config's layout stays.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, L3_MAX_XUPLINKS);
+	__type(key, __u32);
+	__type(value, struct l3_ifname);
+} l3_xuplinks SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 2 * L3_MAX_CONTAINERS);

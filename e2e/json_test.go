@@ -36,18 +36,19 @@ type containerJSON struct {
 
 // statusJSON is `status -o json`.
 type statusJSON struct {
-	BPFFS      string              `json:"bpffs"`
-	CgroupRoot string              `json:"cgroup_root"`
-	Uplink     string              `json:"uplink"`
-	Delivery   string              `json:"delivery"`
-	Links      []loader.LinkInfo   `json:"links"`
-	Interfaces []interfaceJSON     `json:"interfaces"`
-	Containers []containerStatJSON `json:"containers"`
-	Host       maps.Counters       `json:"host_counters"`
-	Listeners  []listenerJSON      `json:"listeners"`
-	Stale      []control.Stale     `json:"stale_sockets"`
-	Problems   []loader.Problem    `json:"problems"`
-	Repair     string              `json:"repair,omitempty"`
+	BPFFS        string              `json:"bpffs"`
+	CgroupRoot   string              `json:"cgroup_root"`
+	Uplink       string              `json:"uplink"`
+	ExtraUplinks []string            `json:"extra_uplinks"`
+	Delivery     string              `json:"delivery"`
+	Links        []loader.LinkInfo   `json:"links"`
+	Interfaces   []interfaceJSON     `json:"interfaces"`
+	Containers   []containerStatJSON `json:"containers"`
+	Host         maps.Counters       `json:"host_counters"`
+	Listeners    []listenerJSON      `json:"listeners"`
+	Stale        []control.Stale     `json:"stale_sockets"`
+	Problems     []loader.Problem    `json:"problems"`
+	Repair       string              `json:"repair,omitempty"`
 }
 
 // listenerJSON is one entry of status's broadcast/multicast registry.

@@ -16,15 +16,17 @@ import (
 )
 
 type statusJSON struct {
-	BPFFS      string              `json:"bpffs"`
-	CgroupRoot string              `json:"cgroup_root"`
-	Uplink     string              `json:"uplink"`
-	Delivery   string              `json:"delivery"`
-	Links      []loader.LinkInfo   `json:"links"`
-	Interfaces []interfaceJSON     `json:"interfaces"`
-	Containers []containerStatJSON `json:"containers"`
-	Host       maps.Counters       `json:"host_counters"`
-	Listeners  []listenerJSON      `json:"listeners"`
+	BPFFS      string `json:"bpffs"`
+	CgroupRoot string `json:"cgroup_root"`
+	Uplink     string `json:"uplink"`
+	// ExtraUplinks: `up --extra-uplink` ([] for none).
+	ExtraUplinks []string            `json:"extra_uplinks"`
+	Delivery     string              `json:"delivery"`
+	Links        []loader.LinkInfo   `json:"links"`
+	Interfaces   []interfaceJSON     `json:"interfaces"`
+	Containers   []containerStatJSON `json:"containers"`
+	Host         maps.Counters       `json:"host_counters"`
+	Listeners    []listenerJSON      `json:"listeners"`
 	// Stale are live sockets that hold an address their container does
 	// not own (any more), or one a container owns now (a socket of no
 	// container): they receive nothing (control.Stale).
@@ -82,8 +84,8 @@ type interfaceJSON struct {
 	Programs []loader.TCXProgram `json:"tcx"`
 }
 
-// interfaces lists lo, the uplink and the host-side veths of netns
-// containers.
+// interfaces lists lo, the uplink, the extra uplinks and the host-side
+// veths of netns containers.
 func interfaces(c *control.Control) ([]interfaceJSON, error) {
 	out := []interfaceJSON{}
 	add := func(name, role string) error {
@@ -112,6 +114,11 @@ func interfaces(c *control.Control) ([]interfaceJSON, error) {
 	}
 	if up := c.State().Config.Uplink; up != "" {
 		if err := add(up, "uplink"); err != nil {
+			return nil, err
+		}
+	}
+	for _, x := range c.State().Config.ExtraUplinks {
+		if err := add(x, "extra uplink"); err != nil {
 			return nil, err
 		}
 	}
@@ -179,7 +186,7 @@ otherwise it exits 0.`,
 			}
 			defer c.Close()
 			st := c.State()
-			s := statusJSON{BPFFS: st.Dir, CgroupRoot: st.Config.CgroupRoot, Uplink: st.Config.Uplink, Delivery: st.Config.Delivery.String(), Containers: []containerStatJSON{}}
+			s := statusJSON{BPFFS: st.Dir, CgroupRoot: st.Config.CgroupRoot, Uplink: st.Config.Uplink, ExtraUplinks: append([]string{}, st.Config.ExtraUplinks...), Delivery: st.Config.Delivery.String(), Containers: []containerStatJSON{}}
 			if s.Links, err = st.Links(); err != nil {
 				return err
 			}
@@ -232,7 +239,11 @@ otherwise it exits 0.`,
 			if uplink == "" {
 				uplink = "(none: addresses on lo)"
 			}
-			fmt.Fprintf(w, "pinned in:    %s\ncgroup root:  %s\nuplink:       %s\ndelivery:     %s\n", s.BPFFS, s.CgroupRoot, uplink, s.Delivery)
+			fmt.Fprintf(w, "pinned in:    %s\ncgroup root:  %s\nuplink:       %s\n", s.BPFFS, s.CgroupRoot, uplink)
+			if len(s.ExtraUplinks) > 0 {
+				fmt.Fprintf(w, "extra uplinks: %s\n", strings.Join(s.ExtraUplinks, ", "))
+			}
+			fmt.Fprintf(w, "delivery:     %s\n", s.Delivery)
 			if len(s.Problems) == 0 {
 				fmt.Fprintf(w, "problems:     none\n\n")
 			} else {

@@ -34,8 +34,21 @@ go unchecked. On a running installation:
                  direct delivery, shared containers' IPv6 addresses (added
                  on IF before they leave the old one); containers,
                  processes and sockets stay ('--uplink ""': none, lo)
+  --extra-uplink IF ...
+                 sets the extra uplinks to these ('--extra-uplink ""':
+                 none): the programs of the ones left out are detached
   --cgroup-root  cannot change: every container's cgroup lives below it;
                  run 'l3iso down' first (it removes every container)
+
+Extra uplinks (--extra-uplink, repeatable, at most 8) are the host's other
+interfaces where traffic for the containers may arrive — a second network
+that routes the containers' addresses to this host. Each gets the uplink's
+TCX programs: a new connection or datagram to a shared container's
+wildcard listener finds it (without them it is refused there), a shadow
+UDP port's replies leave with the application's port, broadcasts arriving
+there reach their listeners, and in direct delivery packets for netns
+containers go straight in. Shared containers' IPv6 addresses and
+multicast joins stay on the uplink.
 
 up also repairs: it reads the kernel's view (as 'l3iso status' does) and
 puts back whatever is wrong — a link detached (BPF_LINK_DETACH) or unpinned
@@ -76,6 +89,7 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 			o.KeepCgroupRoot = !cmd.Flags().Changed("cgroup-root")
 			o.KeepUplink = !cmd.Flags().Changed("uplink")
 			o.KeepDelivery = !cmd.Flags().Changed("delivery")
+			o.KeepExtraUplinks = !cmd.Flags().Changed("extra-uplink")
 			o.BPFFS = g.bpffs
 			log, err := g.openAudit()
 			if err != nil {
@@ -127,13 +141,10 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 				return err
 			}
 			w := cmd.OutOrStdout()
+			switched := switches(st)
 			switch {
-			case st.UplinkSwitched && st.Switched:
-				fmt.Fprintf(w, "l3iso is up: uplink switched from %s to %s, delivery from %s to %s\n", uplinkName(st.UplinkFrom), uplinkName(st.Config.Uplink), st.From, st.Config.Delivery)
-			case st.UplinkSwitched:
-				fmt.Fprintf(w, "l3iso is up: uplink switched from %s to %s\n", uplinkName(st.UplinkFrom), uplinkName(st.Config.Uplink))
-			case st.Switched:
-				fmt.Fprintf(w, "l3iso is up: delivery switched from %s to %s\n", st.From, st.Config.Delivery)
+			case len(switched) > 0:
+				fmt.Fprintf(w, "l3iso is up: %s\n", strings.Join(switched, ", "))
 			case len(wrong) > 0:
 				fmt.Fprintf(w, "l3iso is up at %s: repaired %d problem(s):\n", st.Dir, len(wrong))
 			case changed:
@@ -141,7 +152,7 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 			default:
 				fmt.Fprintf(w, "l3iso was already up at %s (nothing changed)\n", st.Dir)
 			}
-			if len(wrong) > 0 && (st.UplinkSwitched || st.Switched) {
+			if len(wrong) > 0 && len(switched) > 0 {
 				fmt.Fprintf(w, "and repaired %d problem(s):\n", len(wrong))
 			}
 			for _, p := range wrong {
@@ -155,6 +166,7 @@ l3iso's socket programs. Use --cgroup-root to confine l3iso to a subtree.`,
 	}
 	cmd.Flags().StringVar(&o.CgroupRoot, "cgroup-root", "", "cgroup v2 directory to attach at (default: the installation's; a new one: the cgroup v2 mount's root, found in /proc/self/mountinfo)")
 	cmd.Flags().StringVar(&o.Uplink, "uplink", "", "interface that connects containers to the network: shared-mode IPv6 addresses live on it, direct delivery receives on it (default: the installation's; a new one: none, lo; switches a running installation)")
+	cmd.Flags().StringArrayVar(&o.ExtraUplinks, "extra-uplink", nil, "another interface where traffic for the containers arrives: it gets the uplink's TCX programs (repeatable, at most 8; default: the installation's; a new one: none; '--extra-uplink \"\"': none)")
 	cmd.Flags().StringVar(&delivery, "delivery", "direct", "how packets reach netns containers: direct, routed or bridge (default: the installation's; switches a running installation)")
 	return cmd
 }
@@ -185,12 +197,7 @@ func upChanges(st *loader.State, installed bool, repaired []loader.Problem) []st
 		out = append(out, fmt.Sprintf("installed: programs attached at %s, pinned in %s, uplink %s, delivery %s",
 			st.Config.CgroupRoot, st.Dir, uplinkName(st.Config.Uplink), st.Config.Delivery))
 	}
-	if st.UplinkSwitched {
-		out = append(out, fmt.Sprintf("uplink switched from %s to %s", uplinkName(st.UplinkFrom), uplinkName(st.Config.Uplink)))
-	}
-	if st.Switched {
-		out = append(out, fmt.Sprintf("delivery switched from %s to %s", st.From, st.Config.Delivery))
-	}
+	out = append(out, switches(st)...)
 	for _, p := range repaired {
 		out = append(out, "repaired: "+p.String())
 	}
@@ -198,4 +205,28 @@ func upChanges(st *loader.State, installed bool, repaired []loader.Problem) []st
 		out = append(out, "programs or pins replaced (an upgrade, or links attached again)")
 	}
 	return out
+}
+
+// switches says what an up changed on a running installation: the uplink,
+// the delivery, the extra uplinks.
+func switches(st *loader.State) []string {
+	var out []string
+	if st.UplinkSwitched {
+		out = append(out, fmt.Sprintf("uplink switched from %s to %s", uplinkName(st.UplinkFrom), uplinkName(st.Config.Uplink)))
+	}
+	if st.Switched {
+		out = append(out, fmt.Sprintf("delivery switched from %s to %s", st.From, st.Config.Delivery))
+	}
+	if st.ExtraSwitched {
+		out = append(out, fmt.Sprintf("extra uplinks now %s (were %s)", extraNames(st.Config.ExtraUplinks), extraNames(st.ExtraFrom)))
+	}
+	return out
+}
+
+// extraNames lists extra uplinks for a message: "none" if there are none.
+func extraNames(xs []string) string {
+	if len(xs) == 0 {
+		return "none"
+	}
+	return strings.Join(xs, ", ")
 }

@@ -241,13 +241,26 @@ func (c *Control) ensureDelivery() error {
 		return nil
 	}
 	d := c.st.Config.Delivery
-	if c.st.Config.Uplink != "" {
-		if d == maps.DeliveryDirect {
-			if _, err := c.st.AttachTC(c.st.Config.Uplink, int(c.st.Config.UplinkIfindex), loader.ProgUplink); err != nil {
-				return fmt.Errorf("delivery direct: %w", err)
+	for _, up := range c.st.Uplinks() {
+		if d != maps.DeliveryDirect {
+			if err := c.st.DetachTC(up); err != nil {
+				return err
 			}
-		} else if err := c.st.DetachTC(c.st.Config.Uplink); err != nil {
-			return err
+			continue
+		}
+		idx := int(c.st.Config.UplinkIfindex)
+		if up != c.st.Config.Uplink {
+			l, err := netlink.LinkByName(up)
+			if err != nil {
+				// Gone (unplugged, deleted): status names it, and
+				// commands on containers go on; up attaches again
+				// when it is back.
+				continue
+			}
+			idx = l.Attrs().Index
+		}
+		if _, err := c.st.AttachTC(up, idx, loader.ProgUplink); err != nil {
+			return fmt.Errorf("delivery direct: %w", err)
 		}
 	}
 	if err := c.setForwarding(d != maps.DeliveryDirect); err != nil {
@@ -300,7 +313,7 @@ func (c *Control) setForwarding(on bool) error {
 			*mine = false
 		}
 	}
-	if cfg != c.st.Config {
+	if cfg.Forward4 != c.st.Config.Forward4 || cfg.Forward6 != c.st.Config.Forward6 {
 		if err := c.st.Maps.SetConfig(cfg); err != nil {
 			return err
 		}

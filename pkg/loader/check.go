@@ -234,12 +234,12 @@ type TCWant struct {
 }
 
 // HostTC are the host-wide TCX links the configuration asks for:
-// ProgGroup on lo and the uplink (and ProgGroupOut on the uplink's egress),
-// ProgUplink on the uplink in direct delivery, ProgBridge on the bridge in
-// bridge delivery.
+// ProgGroup on lo and on the uplink and each extra uplink (and ProgGroupOut
+// on their egress), ProgUplink on them in direct delivery, ProgBridge on
+// the bridge in bridge delivery.
 func (st *State) HostTC() []TCWant {
 	out := []TCWant{{groupLinkName("lo"), "lo", ProgGroup, ebpf.AttachTCXIngress}}
-	if up := st.Config.Uplink; up != "" {
+	for _, up := range st.Uplinks() {
 		out = append(out,
 			TCWant{groupLinkName(up), up, ProgGroup, ebpf.AttachTCXIngress},
 			TCWant{groupLinkName(up) + "-out", up, ProgGroupOut, ebpf.AttachTCXEgress})
@@ -251,6 +251,16 @@ func (st *State) HostTC() []TCWant {
 		out = append(out, st.BridgeTC())
 	}
 	return out
+}
+
+// Uplinks are the uplink (if any) and the extra uplinks: the interfaces
+// where the outside's traffic for the containers arrives.
+func (st *State) Uplinks() []string {
+	var out []string
+	if st.Config.Uplink != "" {
+		out = append(out, st.Config.Uplink)
+	}
+	return append(out, st.Config.ExtraUplinks...)
 }
 
 // BridgeTC is the TCX link of the bridge in delivery bridge: ProgBridge

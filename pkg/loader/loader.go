@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -28,6 +29,7 @@ import (
 
 	"github.com/l3iso/l3iso/pkg/cgroup"
 	"github.com/l3iso/l3iso/pkg/maps"
+	"github.com/l3iso/l3iso/pkg/veth"
 )
 
 // DefaultBPFFS is where l3iso pins its objects unless told otherwise.
@@ -48,10 +50,14 @@ type Options struct {
 	BPFFS      string // "" = DefaultBPFFS
 	Uplink     string // "" = shared-mode addresses live on lo
 	Delivery   maps.Delivery
-	// KeepCgroupRoot, KeepUplink and KeepDelivery leave the value of an
-	// existing installation as it is (the field then applies only to a
-	// new one).
-	KeepCgroupRoot, KeepUplink, KeepDelivery bool
+	// ExtraUplinks are interfaces besides Uplink where traffic for the
+	// containers arrives: each gets the uplink's TCX programs (HostTC).
+	// "" entries are dropped: [""] is none.
+	ExtraUplinks []string
+	// KeepCgroupRoot, KeepUplink, KeepDelivery and KeepExtraUplinks leave
+	// the value of an existing installation as it is (the field then
+	// applies only to a new one).
+	KeepCgroupRoot, KeepUplink, KeepDelivery, KeepExtraUplinks bool
 }
 
 // State is an open installation: its pinned maps, with the lock held.
@@ -69,6 +75,10 @@ type State struct {
 	// UplinkSwitched says it did.
 	UplinkFrom     string
 	UplinkSwitched bool
+	// ExtraFrom are the extra uplinks before, when Up changed them;
+	// ExtraSwitched says it did.
+	ExtraFrom     []string
+	ExtraSwitched bool
 
 	madeDir   bool     // OpenForUp made Dir
 	addedMaps []string // maps OpenForUp created for this binary (an upgrade)
@@ -302,6 +312,19 @@ func (st *State) Up(o Options) (changed bool, err error) {
 	if o.Uplink == "lo" {
 		o.Uplink = "" // addresses live on lo without an uplink: it is none
 	}
+	if installed && o.KeepExtraUplinks {
+		// Kept, less the one the uplink moves to (if it was one).
+		o.ExtraUplinks = nil
+		for _, x := range st.Config.ExtraUplinks {
+			if x != o.Uplink {
+				o.ExtraUplinks = append(o.ExtraUplinks, x)
+			}
+		}
+	}
+	extra, err := extraUplinks(o.ExtraUplinks, o.Uplink, installed && o.KeepExtraUplinks, dir)
+	if err != nil {
+		return false, err
+	}
 	root := o.CgroupRoot
 	if root == "" {
 		root = mount
@@ -314,7 +337,7 @@ func (st *State) Up(o Options) (changed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	want := maps.Config{Level: uint32(level + 2), CgroupRoot: root, Uplink: o.Uplink, Delivery: o.Delivery, NameTag: NameTag(dir)}
+	want := maps.Config{Level: uint32(level + 2), CgroupRoot: root, Uplink: o.Uplink, Delivery: o.Delivery, NameTag: NameTag(dir), ExtraUplinks: extra}
 	if want.NetnsCookie, err = hostNetnsCookie(); err != nil {
 		return false, err
 	}
@@ -345,6 +368,19 @@ func (st *State) Up(o Options) (changed bool, err error) {
 			}
 			st.Config = cfg
 			changed = true
+		}
+		if !slices.Equal(st.Config.ExtraUplinks, want.ExtraUplinks) {
+			// Their links: attached below (ensureGroupLinks) and by the
+			// repair's delivery step; those of the ones dropped pruned
+			// there (HostTC no longer lists them).
+			st.ExtraFrom = st.Config.ExtraUplinks
+			cfg := st.Config
+			cfg.ExtraUplinks = want.ExtraUplinks
+			if err := st.Maps.SetConfig(cfg); err != nil {
+				return changed, err
+			}
+			st.Config = cfg
+			st.ExtraSwitched, changed = true, true
 		}
 	} else {
 		if err := st.createMaps(want); err != nil {
@@ -849,6 +885,41 @@ func linkOf(name string) (uint32, [6]byte, netip.Addr, error) {
 		}
 	}
 	return uint32(l.Attrs().Index), mac, ip4, nil
+}
+
+// extraUplinks checks the extra uplinks `up` was given (or keeps, when
+// kept): each an interface of this namespace, none twice, none lo, the
+// uplink, or an interface l3iso makes itself, at most
+// maps.MaxExtraUplinks. "" entries are dropped.
+func extraUplinks(names []string, uplink string, kept bool, dir string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, x := range names {
+		switch {
+		case x == "":
+			continue
+		case seen[x]:
+			return nil, fmt.Errorf("--extra-uplink %s is given twice", x)
+		case x == "lo":
+			return nil, errors.New("--extra-uplink lo: lo has l3iso's programs already; name a network interface")
+		case x == uplink:
+			return nil, fmt.Errorf("--extra-uplink %s is the uplink itself: name the other interfaces only", x)
+		case x == veth.BridgeName || strings.HasPrefix(x, veth.HostIfPrefix):
+			return nil, fmt.Errorf("--extra-uplink %s: l3iso makes and wires that interface itself; name an interface of the host's", x)
+		}
+		if _, err := netlink.LinkByName(x); err != nil {
+			if kept {
+				return nil, fmt.Errorf("extra uplink %s of the installation at %s: interface missing (%v): bring it back, or name the ones to keep (l3iso up --extra-uplink IF ..., or --extra-uplink \"\" for none)", x, dir, err)
+			}
+			return nil, fmt.Errorf("--extra-uplink %s: interface missing (%v; check `ip link`)", x, err)
+		}
+		seen[x] = true
+		out = append(out, x)
+	}
+	if len(out) > maps.MaxExtraUplinks {
+		return nil, fmt.Errorf("%d extra uplinks: l3iso takes at most %d", len(out), maps.MaxExtraUplinks)
+	}
+	return out, nil
 }
 
 // attachNetns attaches an sk_lookup program to the calling thread's

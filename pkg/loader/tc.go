@@ -172,12 +172,10 @@ func (st *State) AttachTCWant(w TCWant, ifindex int) (bool, error) {
 	return st.attachTC(w.Pin, w.Interface, ifindex, w.Program, w.Attach)
 }
 
-// ensureGroupLinks attaches ProgGroup to lo and the uplink (if any).
+// ensureGroupLinks attaches ProgGroup to lo, the uplink (if any) and the
+// extra uplinks, and ProgGroupOut to the egress of the latter.
 func (st *State) ensureGroupLinks() (bool, error) {
-	ifs := []string{"lo"}
-	if st.Config.Uplink != "" {
-		ifs = append(ifs, st.Config.Uplink)
-	}
+	ifs := append([]string{"lo"}, st.Uplinks()...)
 	changed := false
 	for _, name := range ifs {
 		idx, _, _, err := linkOf(name)

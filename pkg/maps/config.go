@@ -71,7 +71,15 @@ type Config struct {
 	// NoEvents turns l3_events off: the programs write no records of
 	// denials and drops (bpf/events.h). For measuring what they cost.
 	NoEvents bool
+	// ExtraUplinks are interfaces besides Uplink where traffic for the
+	// containers arrives (`up --extra-uplink`): they get the uplink's TCX
+	// programs. Kept in l3_xuplinks, which no program reads; at most
+	// MaxExtraUplinks, in the order given.
+	ExtraUplinks []string
 }
+
+// MaxExtraUplinks is how many extra uplinks an installation can have.
+const MaxExtraUplinks = int(sockL3LimitsL3MAX_XUPLINKS)
 
 // Config reads l3_config[0].
 func (s *Set) Config() (Config, error) {
@@ -79,7 +87,7 @@ func (s *Set) Config() (Config, error) {
 	if err := s.cfg.Lookup(uint32(0), &v); err != nil {
 		return Config{}, fmt.Errorf("read map l3_config: %w", err)
 	}
-	return Config{
+	c := Config{
 		NetnsCookie: v.NetnsCookie, Level: v.Level, Delivery: Delivery(v.Delivery),
 		UplinkIfindex: v.UplinkIfindex, UplinkMAC: v.UplinkMac, CgroupRoot: cstr(v.Cgroot[:]), Uplink: cstr(v.Uplink[:]),
 		UplinkIP4:   ip4From(v.UplinkIp4),
@@ -89,7 +97,17 @@ func (s *Set) Config() (Config, error) {
 		AcceptLocal: v.Flags&uint32(sockL3CfgFlagsL3CFG_ACCEPT_LOCAL) != 0,
 		NoEvents:    v.Flags&uint32(sockL3CfgFlagsL3CFG_NO_EVENTS) != 0,
 		NameTag:     nameTag(v.NameTag),
-	}, nil
+	}
+	for i := 0; i < MaxExtraUplinks; i++ {
+		var n sockL3Ifname
+		if err := s.xuplinks.Lookup(uint32(i), &n); err != nil {
+			return Config{}, fmt.Errorf("read map l3_xuplinks: %w", err)
+		}
+		if name := cstr(n.Name[:]); name != "" {
+			c.ExtraUplinks = append(c.ExtraUplinks, name)
+		}
+	}
+	return c, nil
 }
 
 // nameTag and tagWord convert Config.NameTag from and to l3_cfg's pad: its
@@ -157,6 +175,23 @@ func (s *Set) SetConfig(c Config) error {
 	}
 	for i := 0; i < len(c.Uplink); i++ {
 		v.Uplink[i] = int8(c.Uplink[i])
+	}
+	if len(c.ExtraUplinks) > MaxExtraUplinks {
+		return fmt.Errorf("%d extra uplinks: at most %d", len(c.ExtraUplinks), MaxExtraUplinks)
+	}
+	names := make([]sockL3Ifname, MaxExtraUplinks)
+	for i, x := range c.ExtraUplinks {
+		if x == "" || len(x) >= len(names[i].Name) {
+			return fmt.Errorf("extra uplink name %q: want 1 to %d bytes", x, len(names[i].Name)-1)
+		}
+		for j := 0; j < len(x); j++ {
+			names[i].Name[j] = int8(x[j])
+		}
+	}
+	for i := range names {
+		if err := s.xuplinks.Update(uint32(i), &names[i], ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write map l3_xuplinks: %w", err)
+		}
 	}
 	if err := s.cfg.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write map l3_config: %w", err)

@@ -54,6 +54,7 @@ type Set struct {
 	events   *ebpf.Map // ring buffer: denials and drops (struct l3_event), for `monitor`
 	eBucket  *ebpf.Map // per container and CPU: the events' rate limit
 	ofilter  *ebpf.Map // IPs no container owns, surely (hotline.go)
+	xuplinks *ebpf.Map // the extra uplinks' names (Config.ExtraUplinks)
 
 	cfgMem []byte // l3_config's value, mmapped (hotline.go)
 	ofMem  []byte // l3_ofilter's value, mmapped (hotline.go)
@@ -73,6 +74,7 @@ func (s *Set) byName() map[string]**ebpf.Map {
 		"l3_quota": &s.quota, "l3_binds": &s.binds, "l3_sports": &s.sports,
 		"l3_hostudp": &s.hostUDP, "l3_uwild": &s.uWild, "l3_scratch": &s.scratch, "l3_socks": &s.socks,
 		"l3_events": &s.events, "l3_ebucket": &s.eBucket, "l3_ofilter": &s.ofilter,
+		"l3_xuplinks": &s.xuplinks,
 	}
 }
 

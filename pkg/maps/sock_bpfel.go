@@ -244,6 +244,11 @@ const (
 	sockL3GroupLimitsL3MARK_OUT  sockL3GroupLimits = 1815347202
 )
 
+type sockL3Ifname struct {
+	_    structs.HostLayout
+	Name [16]int8
+}
+
 type sockL3Lent struct {
 	_    structs.HostLayout
 	Id   uint32
@@ -265,6 +270,7 @@ const (
 	sockL3LimitsL3OWNER_PLEN_ADDR sockL3Limits = 160
 	sockL3LimitsL3OWNER_PLEN_FULL sockL3Limits = 184
 	sockL3LimitsL3SOCK_QUOTA      sockL3Limits = 4096
+	sockL3LimitsL3MAX_XUPLINKS    sockL3Limits = 8
 )
 
 type sockL3Lkey struct {
@@ -580,6 +586,7 @@ type sockMapSpecs struct {
 	L3Socks    *ebpf.MapSpec `ebpf:"l3_socks"`
 	L3Sports   *ebpf.MapSpec `ebpf:"l3_sports"`
 	L3Uwild    *ebpf.MapSpec `ebpf:"l3_uwild"`
+	L3Xuplinks *ebpf.MapSpec `ebpf:"l3_xuplinks"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -651,6 +658,7 @@ type sockMaps struct {
 	L3Socks    *ebpf.Map `ebpf:"l3_socks"`
 	L3Sports   *ebpf.Map `ebpf:"l3_sports"`
 	L3Uwild    *ebpf.Map `ebpf:"l3_uwild"`
+	L3Xuplinks *ebpf.Map `ebpf:"l3_xuplinks"`
 }
 
 func (m *sockMaps) Close() error {
@@ -678,6 +686,7 @@ func (m *sockMaps) Close() error {
 		m.L3Socks,
 		m.L3Sports,
 		m.L3Uwild,
+		m.L3Xuplinks,
 	)
 }
 

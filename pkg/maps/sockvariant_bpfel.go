@@ -91,6 +91,11 @@ type sockvariantL3Deliv struct {
 	HostMac [6]uint8
 }
 
+type sockvariantL3Ifname struct {
+	_    structs.HostLayout
+	Name [16]int8
+}
+
 type sockvariantL3Lkey struct {
 	_     structs.HostLayout
 	Group sockvariantL3Addr
@@ -353,6 +358,7 @@ type sockvariantMapSpecs struct {
 	L3Socks    *ebpf.MapSpec `ebpf:"l3_socks"`
 	L3Sports   *ebpf.MapSpec `ebpf:"l3_sports"`
 	L3Uwild    *ebpf.MapSpec `ebpf:"l3_uwild"`
+	L3Xuplinks *ebpf.MapSpec `ebpf:"l3_xuplinks"`
 }
 
 // sockvariantVariableSpecs contains global variables before they are loaded into the kernel.
@@ -424,6 +430,7 @@ type sockvariantMaps struct {
 	L3Socks    *ebpf.Map `ebpf:"l3_socks"`
 	L3Sports   *ebpf.Map `ebpf:"l3_sports"`
 	L3Uwild    *ebpf.Map `ebpf:"l3_uwild"`
+	L3Xuplinks *ebpf.Map `ebpf:"l3_xuplinks"`
 }
 
 func (m *sockvariantMaps) Close() error {
@@ -451,6 +458,7 @@ func (m *sockvariantMaps) Close() error {
 		m.L3Socks,
 		m.L3Sports,
 		m.L3Uwild,
+		m.L3Xuplinks,
 	)
 }
 

@@ -91,6 +91,7 @@ type tcvariantMapSpecs struct {
 	L3Socks    *ebpf.MapSpec `ebpf:"l3_socks"`
 	L3Sports   *ebpf.MapSpec `ebpf:"l3_sports"`
 	L3Uwild    *ebpf.MapSpec `ebpf:"l3_uwild"`
+	L3Xuplinks *ebpf.MapSpec `ebpf:"l3_xuplinks"`
 }
 
 // tcvariantVariableSpecs contains global variables before they are loaded into the kernel.
@@ -142,6 +143,7 @@ type tcvariantMaps struct {
 	L3Socks    *ebpf.Map `ebpf:"l3_socks"`
 	L3Sports   *ebpf.Map `ebpf:"l3_sports"`
 	L3Uwild    *ebpf.Map `ebpf:"l3_uwild"`
+	L3Xuplinks *ebpf.Map `ebpf:"l3_xuplinks"`
 }
 
 func (m *tcvariantMaps) Close() error {
@@ -169,6 +171,7 @@ func (m *tcvariantMaps) Close() error {
 		m.L3Socks,
 		m.L3Sports,
 		m.L3Uwild,
+		m.L3Xuplinks,
 	)
 }
 
