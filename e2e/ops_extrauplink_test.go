@@ -69,15 +69,23 @@ func programsOn(st statusJSON, ifname string) []string {
 }
 
 // TestExtraUplink: from a second network behind interface x1, a shared
-// container's wildcard TCP listener and UDP socket and a netns container
-// (direct delivery) are reached once x1 is an extra uplink — IPv4 and
-// IPv6, the UDP reply from the port the client sent to — and not before
-// (the control: refused, or lost); status shows x1 and its programs, up
-// repairs them, bad names change nothing, and dropping x1 detaches them.
+// container's wildcard TCP listener and UDP socket (and its subnet's
+// broadcast) and a netns container are reached once x1 is an extra
+// uplink — IPv4 and IPv6, the UDP reply from the port the client sent
+// to — and not before (the control: refused, or lost; the netns container
+// in direct delivery only: bridge delivery's kernel forwards to it);
+// status shows x1 and its programs, up repairs them, bad names change
+// nothing, dropping x1 detaches them, and a vanished x1 is a problem.
 func TestExtraUplink(t *testing.T) {
 	t.Parallel()
+	for _, delivery := range []string{"direct", "bridge"} {
+		t.Run(delivery, func(t *testing.T) { testExtraUplink(t, delivery) })
+	}
+}
+
+func testExtraUplink(t *testing.T, delivery string) {
 	const tcpPort, udpPort, netnsPort = 7621, 7622, 7623
-	n := newNetEnv(t, "direct")
+	n := newNetEnv(t, delivery)
 	second := n.addSecondNetwork("x1")
 	s := n.name("s")
 	n.mustRun("container", "add", s, "--addr", "10.79.0.1/24", "--addr", "fd79::1/64")
@@ -135,11 +143,14 @@ func TestExtraUplink(t *testing.T) {
 
 	// The control: without the extra uplink, the second network's SYN to
 	// s comes in on x1, where nothing steers it to s's shadow port, and
-	// l3_sk_lookup refuses it; c (direct delivery, forwarding off) gets
-	// nothing.
+	// l3_sk_lookup refuses it; c gets nothing in direct delivery
+	// (forwarding off; bridge delivery forwards).
 	for _, f := range fams {
 		if err := connectFrom(netip.AddrPortFrom(f.shared, tcpPort)); err == nil {
 			t.Fatalf("%s: the second network reached s's wildcard listener without an extra uplink: the control does not hold", f.name)
+		}
+		if delivery != "direct" {
+			continue
 		}
 		if err := connectFrom(netip.AddrPortFrom(f.netns, netnsPort)); err == nil {
 			t.Fatalf("%s: the second network reached netns container c without an extra uplink: the control does not hold", f.name)
@@ -176,7 +187,10 @@ func TestExtraUplink(t *testing.T) {
 	if !slices.Equal(st.ExtraUplinks, []string{"x1"}) {
 		t.Errorf("status: extra_uplinks %v, want [x1]", st.ExtraUplinks)
 	}
-	want := []string{"egress/l3_tc_group_out", "ingress/l3_tc_group", "ingress/l3_tc_uplink"}
+	want := []string{"egress/l3_tc_group_out", "ingress/l3_tc_group"}
+	if delivery == "direct" {
+		want = append(want, "ingress/l3_tc_uplink")
+	}
 	if got := programsOn(st, "x1"); !slices.Equal(got, want) {
 		t.Errorf("status: programs on x1 %v, want %v", got, want)
 	}
