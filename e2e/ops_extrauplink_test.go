@@ -161,7 +161,8 @@ func testExtraUplink(t *testing.T, delivery string) {
 		}
 	}
 
-	// Bad names change nothing.
+	// Bad names change nothing. t0: a tun device, no Ethernet header.
+	ipRun(t, []string{"-n", filepath.Base(n.netns), "tuntap", "add", "t0", "mode", "tun"})
 	for _, bad := range []struct {
 		args []string
 		says string
@@ -170,13 +171,15 @@ func testExtraUplink(t *testing.T, delivery string) {
 		{[]string{"--extra-uplink", "up0"}, "is the uplink itself"},
 		{[]string{"--extra-uplink", "x1", "--extra-uplink", "x1"}, "given twice"},
 		{[]string{"--extra-uplink", "lo"}, "--extra-uplink lo"},
+		{[]string{"--extra-uplink", "t0"}, "--extra-uplink t0 is no Ethernet interface (link/none)"},
+		{[]string{"--uplink", "t0"}, "--uplink t0 is no Ethernet interface"},
 	} {
 		r := n.run(append([]string{"up"}, bad.args...)...)
 		if r.code == 0 || !strings.Contains(r.stderr, bad.says) {
 			t.Errorf("up %v: exit %d, stderr %q; want a failure saying %q", bad.args, r.code, r.stderr, bad.says)
 		}
-		if st := n.status(); len(st.ExtraUplinks) != 0 || len(programsOn(st, "x1")) != 0 {
-			t.Errorf("up %v failed but changed the installation: extra uplinks %v, programs on x1 %v", bad.args, st.ExtraUplinks, programsOn(st, "x1"))
+		if st := n.status(); len(st.ExtraUplinks) != 0 || len(programsOn(st, "x1")) != 0 || len(programsOn(st, "t0")) != 0 || st.Uplink != "up0" {
+			t.Errorf("up %v failed but changed the installation: uplink %s, extra uplinks %v, programs on x1 %v, on t0 %v", bad.args, st.Uplink, st.ExtraUplinks, programsOn(st, "x1"), programsOn(st, "t0"))
 		}
 	}
 

@@ -41,7 +41,7 @@ go unchecked. On a running installation:
                  run 'l3iso down' first (it removes every container)
 
 Extra uplinks (--extra-uplink, repeatable, at most 8) are the host's other
-interfaces where traffic for the containers may arrive — a second network
+Ethernet interfaces where traffic for the containers may arrive — a second network
 that routes the containers' addresses to this host. Each gets the uplink's
 TCX programs: a new connection or datagram to a shared container's
 wildcard listener finds it (without them it is refused there), a shadow
@@ -70,7 +70,10 @@ installation):
   bridge   host-side veths are ports of bridge l3iso-br0, routed to the
            uplink like a Docker host (IP forwarding on)
 Peers on the uplink's network reach netns containers through one route via
-this host's uplink address (no proxy ARP/NDP).
+this host's uplink address (no proxy ARP/NDP). The uplink and the extra
+uplinks are Ethernet interfaces (a NIC, veth, bond, VLAN or bridge): a
+tunnel's frames (tun, WireGuard) have no Ethernet header for l3iso's TC
+programs, and up refuses them.
 
 A netns container's namespace is l3iso-NAME and its host-side veth l3i-NAME
 with the default --bpffs; with another --bpffs both carry a tag of it

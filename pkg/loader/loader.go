@@ -348,6 +348,14 @@ func (st *State) Up(o Options) (changed bool, err error) {
 			}
 			return false, err
 		}
+		if !installed || o.Uplink != st.Config.Uplink {
+			// A new uplink (one kept is checked when it was new).
+			if l, err := netlink.LinkByName(o.Uplink); err == nil {
+				if err := ethernet(l, "--uplink"); err != nil {
+					return false, err
+				}
+			}
+		}
 	}
 
 	if installed {
@@ -907,11 +915,15 @@ func extraUplinks(names []string, uplink string, kept bool, dir string) ([]strin
 		case x == veth.BridgeName || strings.HasPrefix(x, veth.HostIfPrefix):
 			return nil, fmt.Errorf("--extra-uplink %s: l3iso makes and wires that interface itself; name an interface of the host's", x)
 		}
-		if _, err := netlink.LinkByName(x); err != nil {
+		l, err := netlink.LinkByName(x)
+		if err != nil {
 			if kept {
 				return nil, fmt.Errorf("extra uplink %s of the installation at %s: interface missing (%v): bring it back, or name the ones to keep (l3iso up --extra-uplink IF ..., or --extra-uplink \"\" for none)", x, dir, err)
 			}
 			return nil, fmt.Errorf("--extra-uplink %s: interface missing (%v; check `ip link`)", x, err)
+		}
+		if err := ethernet(l, "--extra-uplink"); err != nil {
+			return nil, err
 		}
 		seen[x] = true
 		out = append(out, x)
@@ -920,6 +932,16 @@ func extraUplinks(names []string, uplink string, kept bool, dir string) ([]strin
 		return nil, fmt.Errorf("%d extra uplinks: l3iso takes at most %d", len(out), maps.MaxExtraUplinks)
 	}
 	return out, nil
+}
+
+// ethernet refuses an interface whose frames have no Ethernet header (a
+// tun, a WireGuard or IP-in-IP tunnel): l3iso's TC programs parse and
+// rewrite Ethernet headers. flag names the option for the message.
+func ethernet(l netlink.Link, flag string) error {
+	if t := l.Attrs().EncapType; t != "ether" {
+		return fmt.Errorf("%s %s is no Ethernet interface (link/%s): l3iso's TC programs read and write Ethernet headers; name an Ethernet interface (a NIC, veth, bond, VLAN or bridge)", flag, l.Attrs().Name, t)
+	}
+	return nil
 }
 
 // attachNetns attaches an sk_lookup program to the calling thread's
