@@ -232,6 +232,23 @@ struct {
 
 /* ---------------------------------------------------------------- helpers */
 
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST 60
+
+/* How many IPv6 extension headers l4_of and the skb backstops' parse
+ * walk: hop-by-hop, destination options, routing, fragment (RFC 8200's
+ * order) — an AH or a longer chain ends the walk. */
+#define L3_EXTHDRS 4
+
+/* Is nh an IPv6 extension header the walks step over (hop-by-hop,
+ * routing, destination options: each (length + 1) * 8 bytes)? */
+static __always_inline int ext_hdr(__u8 nh)
+{
+	return nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING || nh == NEXTHDR_DEST;
+}
+
 static __always_inline void count(__u32 id, __u32 c)
 {
 	struct l3_stats *s = bpf_map_lookup_elem(&l3_counters, &id);

@@ -202,11 +202,53 @@ struct frag6 {
 	__be32 id;
 };
 
-#define NEXTHDR_FRAGMENT 44
+/*
+ * The IPv6 extension headers before the transport header, from offset o
+ * (the end of the fixed header) with next header nh: hop-by-hop,
+ * destination options, routing, fragment (at most L3_EXTHDRS, within the
+ * frame's first 256 bytes). Returns the transport header's offset << 8 |
+ * its protocol, | 1 << 16 behind a fragment header (a first fragment);
+ * 0 for a later fragment or a chain it does not follow. Out of line
+ * (global: the verifier checks it once): most packets have no extension
+ * header, and l4_of's path for them stays as short as it was.
+ */
+__noinline int ipv6_exthdrs(struct __sk_buff *skb, __u32 o, __u32 nh)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 frag = 0;
+
+	if (o > 255)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < L3_EXTHDRS; i++) {
+		__u8 *h = data + o;
+
+		if (nh == NEXTHDR_FRAGMENT) {
+			struct frag6 *fh = (void *)h;
+
+			if ((void *)(fh + 1) > end || (fh->frag_off & bpf_htons(0xfff8)))
+				return 0; /* a fragment after the first */
+			nh = fh->nexthdr;
+			o += sizeof(*fh);
+			frag = 1;
+		} else if (ext_hdr(nh)) {
+			if ((void *)(h + 2) > end)
+				return 0;
+			nh = h[0];
+			o += ((__u32)h[1] + 1) * 8;
+		} else {
+			break;
+		}
+		if (o > 255)
+			return 0;
+	}
+	return frag << 16 | o << 8 | (nh & 0xff);
+}
 
 /* Where the L4 header starts, and its protocol (0: neither TCP nor UDP,
- * or a fragment after the first). An IPv6 fragment header right after
- * the fixed header is walked; other extension headers are not. */
+ * or a fragment after the first). IPv6 extension headers are walked
+ * (ipv6_exthdrs). */
 static __always_inline __u8 l4_of(struct __sk_buff *skb, __u32 *off, struct upkt *p)
 {
 	void *data = (void *)(long)skb->data;
@@ -240,19 +282,22 @@ static __always_inline __u8 l4_of(struct __sk_buff *skb, __u32 *off, struct upkt
 		nh = ip6->nexthdr;
 		*off = ETH_HLEN + sizeof(*ip6);
 		p->frag = 0;
-		if (nh == NEXTHDR_FRAGMENT) {
-			struct frag6 *fh = (void *)(ip6 + 1);
+		__builtin_memcpy(p->src.w, &ip6->saddr, 16);
+		__builtin_memcpy(p->dst.w, &ip6->daddr, 16);
+		if (nh != IPPROTO_TCP && nh != IPPROTO_UDP) {
+			int r = ipv6_exthdrs(skb, ETH_HLEN + sizeof(*ip6), nh);
 
-			if ((void *)(fh + 1) > end || (fh->frag_off & bpf_htons(0xfff8)))
-				return 0; /* a fragment after the first */
-			nh = fh->nexthdr;
-			*off += sizeof(*fh);
-			p->frag = 1;
+			if (!r)
+				return 0;
+			nh = r & 0xff;
+			*off = (r >> 8) & 0xff;
+			p->frag = (r >> 16) & 1;
+			/* the call may have moved the packet's data */
+			data = (void *)(long)skb->data;
+			end = (void *)(long)skb->data_end;
 		}
 		if (nh != IPPROTO_TCP && nh != IPPROTO_UDP)
 			return 0;
-		__builtin_memcpy(p->src.w, &ip6->saddr, 16);
-		__builtin_memcpy(p->dst.w, &ip6->daddr, 16);
 		p->proto = nh;
 	} else {
 		return 0;

@@ -1117,11 +1117,25 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 		if (LOAD(skb, 0, &ip6, sizeof(ip6)))
 			return -1;
+		__u32 off = sizeof(ip6);
+		__u8 h[2];
+
 		__builtin_memcpy(p->src.w, &ip6.saddr, 16);
 		__builtin_memcpy(p->dst.w, &ip6.daddr, 16);
 		p->proto = ip6.nexthdr;
-		if ((p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) &&
-		    !LOAD(skb, sizeof(ip6), ports, sizeof(ports))) {
+		/* Extension headers (an IPV6_DSTOPTS socket's, a routing
+		 * header's), as l4_of walks them: a port-range owner's check
+		 * needs the ports behind them. Never a fragment header here:
+		 * ingress sees the reassembled datagram, egress the whole. */
+#pragma unroll
+		for (int i = 0; i < L3_EXTHDRS; i++) {
+			if (!ext_hdr(p->proto) || off > 255 || LOAD(skb, off & 0x1ff, h, sizeof(h)))
+				break;
+			p->proto = h[0];
+			off += ((__u32)h[1] + 1) * 8;
+		}
+		if ((p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) && off <= 255 &&
+		    !LOAD(skb, off & 0x1ff, ports, sizeof(ports))) {
 			p->sport = bpf_ntohs(ports[0]);
 			p->dport = bpf_ntohs(ports[1]);
 		}

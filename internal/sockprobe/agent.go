@@ -338,6 +338,13 @@ func (a *Agent) SetsockoptInt(id, level, opt, value int) error {
 	return a.call(&request{Op: opSetsockoptInt, ID: id, Level: level, Opt: opt, Value: value}).Err.decode()
 }
 
+// SetsockoptRaw sets a socket option whose value is optval's bytes
+// (IPV6_DSTOPTS: an extension header) on socket id.
+func (a *Agent) SetsockoptRaw(id, level, opt int, optval []byte) error {
+	a.t.Helper()
+	return a.call(&request{Op: opSetsockoptRaw, ID: id, Level: level, Opt: opt, Payload: optval}).Err.decode()
+}
+
 // GetsockoptInt reads an integer socket option of socket id.
 func (a *Agent) GetsockoptInt(id, level, opt int) (int, error) {
 	a.t.Helper()

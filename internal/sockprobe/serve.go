@@ -199,6 +199,8 @@ func (srv *server) dispatch(req *request, rep *reply) error {
 		return s.withFD(func(fd int) error { return setsockopt32(fd, req.Level, req.Opt, req.Payload, req.Value == 1) })
 	case opSetsockoptInt:
 		return s.withFD(func(fd int) error { return unix.SetsockoptInt(fd, req.Level, req.Opt, req.Value) })
+	case opSetsockoptRaw:
+		return s.withFD(func(fd int) error { return unix.SetsockoptString(fd, req.Level, req.Opt, string(req.Payload)) })
 	case opGetsockoptInt:
 		return s.withFD(func(fd int) error {
 			v, err := unix.GetsockoptInt(fd, req.Level, req.Opt)

@@ -22,6 +22,7 @@ const AgentEnv = envVar + "=1"
 const (
 	opSocket        = "socket"
 	opSetsockoptInt = "setsockopt-int"
+	opSetsockoptRaw = "setsockopt-raw"
 	opGetsockoptInt = "getsockopt-int"
 	opSockInfo      = "sockinfo"
 	opBind          = "bind"
