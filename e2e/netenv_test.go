@@ -172,6 +172,36 @@ func family(a netip.Addr) int {
 	return unix.AF_INET6
 }
 
+// tcpExchange connects client socket cid of agent from to dst; listener
+// lid of agent to must accept the connection from wantSrc, and a ping and
+// a pong must cross it.
+func tcpExchange(t *testing.T, from *sockprobe.Agent, cid int, to *sockprobe.Agent, lid int, dst netip.AddrPort, wantSrc netip.Addr) {
+	t.Helper()
+	if err := from.Connect(cid, dst); err != nil {
+		t.Fatalf("connect %s: %v", dst, err)
+	}
+	aid, peer, err := to.Accept(lid, 3*time.Second)
+	if err != nil {
+		t.Fatalf("accept on %s: %v", dst, err)
+	}
+	defer to.Close(aid)
+	if peer.Addr() != wantSrc {
+		t.Errorf("tcp %s: connection from %s, want from %s", dst, peer.Addr(), wantSrc)
+	}
+	if err := from.Write(cid, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := to.Read(aid, 3*time.Second); err != nil || string(b) != "ping" {
+		t.Fatalf("tcp %s: server read %q, %v", dst, b, err)
+	}
+	if err := to.Write(aid, []byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := from.Read(cid, 3*time.Second); err != nil || string(b) != "pong" {
+		t.Fatalf("tcp %s: client read %q, %v", dst, b, err)
+	}
+}
+
 // reach checks one TCP connection (both directions of data) or one UDP
 // exchange from agent from to agent to, listening on dst, and that to sees
 // wantSrc as the peer (the client binds nothing: its source is chosen by the
@@ -191,29 +221,7 @@ func reach(t *testing.T, typ int, from, to *sockprobe.Agent, dst netip.AddrPort,
 		if err := to.Listen(sid); err != nil {
 			t.Fatal(err)
 		}
-		if err := from.Connect(cid, dst); err != nil {
-			t.Fatalf("connect %s: %v", dst, err)
-		}
-		aid, peer, err := to.Accept(sid, 3*time.Second)
-		if err != nil {
-			t.Fatalf("accept on %s: %v", dst, err)
-		}
-		defer to.Close(aid)
-		if peer.Addr() != wantSrc {
-			t.Errorf("tcp %s: connection from %s, want from %s", dst, peer.Addr(), wantSrc)
-		}
-		if err := from.Write(cid, []byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		if b, err := to.Read(aid, 3*time.Second); err != nil || string(b) != "ping" {
-			t.Fatalf("tcp %s: server read %q, %v", dst, b, err)
-		}
-		if err := to.Write(aid, []byte("pong")); err != nil {
-			t.Fatal(err)
-		}
-		if b, err := from.Read(cid, 3*time.Second); err != nil || string(b) != "pong" {
-			t.Fatalf("tcp %s: client read %q, %v", dst, b, err)
-		}
+		tcpExchange(t, from, cid, to, sid, dst, wantSrc)
 		return
 	}
 	if err := from.SendTo(cid, dst, []byte("ping")); err != nil {

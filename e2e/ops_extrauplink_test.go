@@ -122,23 +122,7 @@ func testExtraUplink(t *testing.T, delivery string) {
 		t.Helper()
 		id := far.Socket(family(dst.Addr()), unix.SOCK_STREAM, 0)
 		defer far.Close(id)
-		if err := far.Connect(id, dst); err != nil {
-			t.Fatalf("connect from the second network to %v: %v", dst, err)
-		}
-		aid, peer, err := a.Accept(lid, 3*time.Second)
-		if err != nil {
-			t.Fatalf("the listener at %v did not accept: %v", dst, err)
-		}
-		defer a.Close(aid)
-		if peer.Addr() != src {
-			t.Errorf("accepted a connection from %v, want from %v", peer, src)
-		}
-		if err := far.Write(id, []byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		if b, err := a.Read(aid, 3*time.Second); err != nil || string(b) != "ping" {
-			t.Errorf("read %q, %v", b, err)
-		}
+		tcpExchange(t, far, id, a, lid, dst, src)
 	}
 
 	// The control: without the extra uplink, the second network's SYN to

@@ -49,27 +49,11 @@ func TestIPv6ExtensionHeaders(t *testing.T) {
 		t.Helper()
 		id := withDstOpts(t, out, unix.SOCK_STREAM)
 		defer out.Close(id)
-		if err := out.Connect(id, dst); err != nil {
-			t.Fatalf("connect to %v with a destination options header: %v", dst, err)
-		}
-		aid, peer, err := a.Accept(lid, 3*time.Second)
-		if err != nil {
-			t.Fatalf("the listener at %v did not accept: %v", dst, err)
-		}
-		defer a.Close(aid)
-		if peer.Addr() != outside6 {
-			t.Errorf("accepted from %v, want from %v", peer, outside6)
-		}
-		if err := out.Write(id, []byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		if b, err := a.Read(aid, 3*time.Second); err != nil || string(b) != "ping" {
-			t.Errorf("read %q, %v", b, err)
-		}
+		tcpExchange(t, out, id, a, lid, dst, outside6)
 	}
 	// udpTo sends from a connected socket with the header to dst: socket
-	// sid of a must get it; its reply (with the header too, if
-	// replyOpts) must reach the client from dst.
+	// sid of a must get it; its reply (with the header too, when sid has
+	// it) must reach the client from dst.
 	udpTo := func(t *testing.T, a *sockprobe.Agent, sid int, dst netip.AddrPort) {
 		t.Helper()
 		id := withDstOpts(t, out, unix.SOCK_DGRAM)
