@@ -170,6 +170,9 @@ func testExtraUplink(t *testing.T, delivery string) {
 	if out := n.mustRun("up", "--extra-uplink", "x1"); !strings.Contains(out, "extra uplinks now x1 (were none)") {
 		t.Errorf("up --extra-uplink x1 says %q", out)
 	}
+	if recs := n.history(); len(recs) == 0 || recs[len(recs)-1].Command != "up" || !slices.Contains(recs[len(recs)-1].Changes, "extra uplinks now x1 (were none)") {
+		t.Errorf("the audit log does not record the extra uplink: %+v", recs)
+	}
 	st := n.status()
 	if !slices.Equal(st.ExtraUplinks, []string{"x1"}) {
 		t.Errorf("status: extra_uplinks %v, want [x1]", st.ExtraUplinks)

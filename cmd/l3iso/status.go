@@ -16,11 +16,10 @@ import (
 )
 
 type statusJSON struct {
-	BPFFS      string `json:"bpffs"`
-	CgroupRoot string `json:"cgroup_root"`
-	Uplink     string `json:"uplink"`
-	// ExtraUplinks: `up --extra-uplink` ([] for none).
-	ExtraUplinks []string            `json:"extra_uplinks"`
+	BPFFS        string              `json:"bpffs"`
+	CgroupRoot   string              `json:"cgroup_root"`
+	Uplink       string              `json:"uplink"`
+	ExtraUplinks []string            `json:"extra_uplinks"` // `up --extra-uplink`; [] for none
 	Delivery     string              `json:"delivery"`
 	Links        []loader.LinkInfo   `json:"links"`
 	Interfaces   []interfaceJSON     `json:"interfaces"`

@@ -41,14 +41,14 @@ go unchecked. On a running installation:
                  run 'l3iso down' first (it removes every container)
 
 Extra uplinks (--extra-uplink, repeatable, at most 8) are the host's other
-Ethernet interfaces where traffic for the containers may arrive — a second network
-that routes the containers' addresses to this host. Each gets the uplink's
-TCX programs: a new connection or datagram to a shared container's
-wildcard listener finds it (without them it is refused there), a shadow
-UDP port's replies leave with the application's port, broadcasts arriving
-there reach their listeners, and in direct delivery packets for netns
-containers go straight in. Shared containers' IPv6 addresses and
-multicast joins stay on the uplink.
+Ethernet interfaces where traffic for the containers may arrive — a second
+network that routes the containers' addresses to this host. Each gets the
+uplink's TCX programs: a new connection or datagram to a shared
+container's wildcard listener finds it (without them it is refused
+there), a shadow UDP port's replies leave with the application's port,
+broadcasts arriving there reach their listeners, and in direct delivery
+packets for netns containers go straight in. Shared containers' IPv6
+addresses and multicast joins stay on the uplink.
 
 up also repairs: it reads the kernel's view (as 'l3iso status' does) and
 puts back whatever is wrong — a link detached (BPF_LINK_DETACH) or unpinned
@@ -197,8 +197,12 @@ func problemList(ps []loader.Problem) string {
 func upChanges(st *loader.State, installed bool, repaired []loader.Problem) []string {
 	var out []string
 	if !installed {
-		out = append(out, fmt.Sprintf("installed: programs attached at %s, pinned in %s, uplink %s, delivery %s",
-			st.Config.CgroupRoot, st.Dir, uplinkName(st.Config.Uplink), st.Config.Delivery))
+		line := fmt.Sprintf("installed: programs attached at %s, pinned in %s, uplink %s, delivery %s",
+			st.Config.CgroupRoot, st.Dir, uplinkName(st.Config.Uplink), st.Config.Delivery)
+		if len(st.Config.ExtraUplinks) > 0 {
+			line += ", extra uplinks " + extraNames(st.Config.ExtraUplinks)
+		}
+		out = append(out, line)
 	}
 	out = append(out, switches(st)...)
 	for _, p := range repaired {
